@@ -1,0 +1,1 @@
+"""Amaranth components of the inference datapath. See docs/architecture.md."""

@@ -1,0 +1,2 @@
+"""Simulation flow: Amaranth → Verilog → Verilator → cocotb, and Python APIs that run one
+operation on the Verilated RTL (``sim.run_matmul``, ``sim.run_softmax``, ``sim.run_kvcache``)."""

@@ -1,0 +1,235 @@
+"""Amaranth → Verilog → Verilator → cocotb, with cached builds.
+
+Typical use from pytest::
+
+    design = build(lambda: Fp32Adder(), "fp32_adder", params={"preset": "tiny"})
+    run(design, "sim.tb.arith", testcase="fp32_add_random", data={"a": a, "b": b})
+
+Caching happens at two levels, both under ``build/``:
+
+1. ``build/verilog/<key>.v``: the Verilog of one design, keyed by a hash of the design name, its
+   parameters, the sources of ``hdl/`` and the Amaranth version. Unchanged inputs skip
+   elaboration.
+2. ``build/sim/<name>/<hash>/``: the Verilator model, keyed by a hash of the Verilog text, the
+   Verilator flags and the tool versions. A second run of an unchanged test does not rebuild.
+
+Both are guarded by file locks, so parallel pytest-xdist workers share one build safely.
+
+Data travels from pytest to cocotb and back as ``.npz`` files in a per-run folder whose path the
+testbench reads from ``TFA_RUN_DIR`` (see :func:`sim.tb.common.load_inputs`).
+"""
+
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import toolchain
+
+__all__ = ["ROOT", "BUILD", "Design", "build", "run", "SimulationError", "VERILATOR_WAIVERS"]
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD = Path(os.environ.get("TFA_BUILD_DIR", ROOT / "build"))
+
+#: Verilator warnings that Amaranth's generated Verilog trips over, each with the reason.
+VERILATOR_WAIVERS = [
+    "-Wno-WIDTHEXPAND",   # Amaranth widens operands implicitly: `a + b` is one bit wider
+    "-Wno-WIDTHTRUNC",    # ... and truncates on assignment to a narrower signal
+    "-Wno-UNUSEDSIGNAL",  # unused bits of wide intermediate values
+    "-Wno-UNUSEDPARAM",
+    "-Wno-DECLFILENAME",  # one file holds every module of the design
+    "-Wno-PINCONNECTEMPTY",
+    "-Wno-CASEINCOMPLETE",  # yosys-written case statements cover the rest with a default assignment
+    "-Wno-PROCASSINIT",   # yosys emits `reg x = init;` followed by always blocks
+]
+
+#: Flags of every simulation build. The model only exposes top-level ports to cocotb
+#: (no --public-flat-rw), which makes large models faster; WAVES=1 still records every signal.
+BUILD_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "-j", "0"] + VERILATOR_WAIVERS
+
+
+class SimulationError(AssertionError):
+    """A cocotb test failed, or the simulator crashed."""
+
+
+@dataclass(frozen=True)
+class Design:
+    """A built Verilator model."""
+    name: str
+    toplevel: str
+    verilog: Path
+    build_dir: Path
+    waves: bool
+    params: dict
+
+
+@contextmanager
+def _locked(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _sha(*parts):
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def _hdl_sources_digest():
+    h = hashlib.sha256()
+    for path in sorted((ROOT / "hdl").rglob("*.py")):
+        h.update(path.relative_to(ROOT).as_posix().encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def generate_verilog(elaborate, name, params=None):
+    """Verilog text of the component ``elaborate()`` returns, cached (level 1)."""
+    import amaranth
+    from amaranth.back import verilog
+
+    params = dict(params or {})
+    key = _sha(name, json.dumps(params, sort_keys=True, default=str), _hdl_sources_digest(),
+               amaranth.__version__)
+    path = BUILD / "verilog" / f"{name}-{key}.v"
+    with _locked(path.with_suffix(".lock")):
+        if not path.exists():
+            component = elaborate()
+            text = verilog.convert(component, name=name, emit_src=False)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(path)
+    return path
+
+
+def build(elaborate, name, params=None, *, waves=None):
+    """Elaborate, convert and Verilate a design; return a :class:`Design`. Cached.
+
+    Parameters
+    ----------
+    elaborate : callable
+        Returns the Amaranth component (called only when the cache misses).
+    name : str
+        Verilog module name of the top level; also the build folder name.
+    params : dict
+        Everything that changes the design (the cache key).
+    waves : bool
+        Build with FST tracing. Default: the ``WAVES`` environment variable.
+    """
+    toolchain.apply_to_process()
+    if waves is None:
+        waves = os.environ.get("WAVES", "0") not in ("", "0")
+    verilog_path = generate_verilog(elaborate, name, params)
+    import cocotb
+    flags = BUILD_FLAGS + (["--trace-fst", "--trace-structs"] if waves else [])
+    key = _sha(verilog_path.read_bytes(), flags, toolchain.verilator_version(), cocotb.__version__)
+    build_dir = BUILD / "sim" / name / key
+    stamp = build_dir / ".built"
+    with _locked(build_dir.with_suffix(".lock")):
+        if not stamp.exists():
+            from cocotb_tools.runner import get_runner
+            if build_dir.exists():
+                shutil.rmtree(build_dir)
+            runner = get_runner("verilator")
+            t0 = time.monotonic()
+            runner.build(sources=[verilog_path], hdl_toplevel=name, build_dir=build_dir,
+                         build_args=flags, waves=waves, log_file=build_dir / "build.log")
+            stamp.write_text(f"{time.monotonic() - t0:.1f} s\n")
+    return Design(name=name, toplevel=name, verilog=verilog_path, build_dir=build_dir,
+                  waves=waves, params=dict(params or {}))
+
+
+_run_counter = itertools.count()
+
+
+def run(design, test_module, *, testcase=None, data=None, env=None, seed=None, run_dir=None):
+    """Run the cocotb tests of ``test_module`` on ``design``; return the outputs.
+
+    ``data`` (a dict of numpy arrays and JSON-able values) is written to ``inputs.npz`` in a
+    fresh run folder; the testbench writes ``outputs.npz`` there, which is returned as a dict.
+    Raises :class:`SimulationError` when a test fails.
+    """
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    toolchain.apply_to_process()
+    if run_dir is None:
+        tag = f"{os.getpid()}-{next(_run_counter)}-{time.time_ns() % 10**9}"
+        run_dir = design.build_dir.parent / "runs" / tag
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    arrays, meta = {}, {}
+    for key, value in (data or {}).items():
+        if isinstance(value, np.ndarray):
+            arrays[key] = value
+        else:
+            meta[key] = value
+    np.savez(run_dir / "inputs.npz", **arrays)
+    (run_dir / "meta.json").write_text(json.dumps(meta, default=_json_default))
+    extra_env = {"TFA_RUN_DIR": str(run_dir), "PYTHONPATH": os.pathsep.join([str(ROOT)] + sys.path)}
+    extra_env.update(env or {})
+    runner = get_runner("verilator")
+    results = run_dir / "results.xml"
+    waves = design.waves
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=design.toplevel, hdl_toplevel_lang="verilog",
+                    build_dir=design.build_dir,
+                    test_dir=run_dir, testcase=testcase, seed=seed, extra_env=extra_env,
+                    results_xml=str(results), waves=waves, log_file=run_dir / "sim.log")
+    except SystemExit as exc:
+        raise SimulationError(f"simulation of {design.name} failed (exit {exc.code}); log: {run_dir / 'sim.log'}\n"
+                              + _tail(run_dir / "sim.log")) from None
+    try:
+        n_tests, n_failed = get_results(results)
+    except RuntimeError as exc:
+        raise SimulationError(f"{design.name}: no results ({exc}); log: {run_dir / 'sim.log'}\n"
+                              + _tail(run_dir / "sim.log")) from None
+    if n_tests == 0:
+        raise SimulationError(f"{design.name}: no cocotb test matched {testcase!r} in {test_module}")
+    if n_failed:
+        raise SimulationError(f"{design.name}: {n_failed} of {n_tests} cocotb tests failed; "
+                              f"log: {run_dir / 'sim.log'}\n" + _tail(run_dir / "sim.log"))
+    out_path = run_dir / "outputs.npz"
+    outputs = {}
+    if out_path.exists():
+        with np.load(out_path) as f:
+            outputs = {k: f[k] for k in f.files}
+    if waves:
+        fst = run_dir / "dump.fst"
+        if fst.exists():
+            outputs["waves"] = str(fst)
+            print(f"waveform: {fst}")
+    return outputs
+
+
+def _json_default(value):
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    raise TypeError(f"cannot send {type(value).__name__} to the testbench as metadata")
+
+
+def _tail(path, lines=40):
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""

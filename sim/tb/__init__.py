@@ -1,0 +1,1 @@
+"""cocotb testbenches (they run inside the simulator, started by sim.runner)."""

@@ -4,3 +4,4 @@ from .fp import (  # noqa: F401
     BF16_QNAN, FP32_QNAN, as_bf16_bits, as_fp32_bits, bf16_daz, bf16_from_bits, bf16_mul,
     bf16_to_fp32_bits, fp32_add, fp32_daz, fp32_from_bits, fp32_to_bf16,
 )
+from .kvcache import KVCacheError, KVOp, KVResponse, KVStatus, PagedKVCache  # noqa: F401

@@ -1,0 +1,576 @@
+"""Processing-element arithmetic: int8 MAC, bf16 multiply, fp32 add, fp32 → bf16.
+
+Two layers per unit (docs/arith.md):
+
+1. Handshake-free pipelined *cores* (:class:`Int8MacCore`, :class:`Bf16MulCore`,
+   :class:`Fp32AddCore`, :class:`Fp32ToBf16Core`) for reuse inside the systolic array. Every
+   pipeline register advances one stage when ``en`` is 1 and holds when it is 0. A core takes a
+   new input every ``en``-cycle; its output ``y`` shows the result of the input presented
+   :attr:`latency` ``en``-cycles earlier.
+2. *Stream units* (:class:`Int8Mac`, :class:`Bf16Multiplier`, :class:`Fp32Adder`,
+   :class:`Fp32ToBf16`) wrapping a core between two ``amaranth.lib.stream`` interfaces, for the
+   block boundary and unit tests.
+
+The numerics are docs/numerics.md "Floating point" exactly (DAZ, FTZ, RNE, overflow to ±Inf,
+canonical NaN, +0 for an exact zero sum except (−0) + (−0)); the references are
+:func:`golden.bf16_mul`, :func:`golden.fp32_add` and :func:`golden.fp32_to_bf16`; the int8 MAC
+computes ``acc + a·w`` wrapped to 32 bits.
+
+Pipelining: each core's datapath is a fixed sequence of combinational *steps*. A register can
+sit after any step; ``stages`` says how many registers there are (the one after the last step is
+always present, so ``y`` is a register output) and a fixed per-core priority list says where
+they go. The defaults are chosen so that no stage holds more than one carry chain or one
+shifter, aiming at ≥ 100 MHz on ECP5.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AccelConfig
+
+__all__ = [
+    "Int8MacCore", "Bf16MulCore", "Fp32AddCore", "Fp32ToBf16Core",
+    "Int8Mac", "Bf16Multiplier", "Fp32Adder", "Fp32ToBf16",
+]
+
+_FP32_QNAN = 0x7FC00000
+_BF16_QNAN = 0x7FC0
+
+
+class _Pipeline:
+    """Builds a datapath step by step, inserting an ``en``-gated register after the steps whose
+    index is in ``registered`` and plain wires after the others."""
+
+    def __init__(self, m, en, registered):
+        self._m = m
+        self._en = en
+        self._registered = frozenset(registered)
+        self._index = 0
+
+    def step(self, name, **values):
+        """Close step ``name``: returns an object whose attributes are the ``values``, seen
+        through a register (when this step is registered) or a wire."""
+        index = self._index
+        self._index += 1
+        regd = index in self._registered
+        out = {}
+        for key, value in values.items():
+            value = Value.cast(value)
+            sig = Signal(value.shape(), name=f"{name}_{key}" + ("_q" if regd else ""))
+            if regd:
+                with self._m.If(self._en):
+                    self._m.d.sync += sig.eq(value)
+            else:
+                self._m.d.comb += sig.eq(value)
+            out[key] = sig
+        return _Values(out)
+
+
+class _Values:
+    def __init__(self, values):
+        self.__dict__.update(values)
+
+
+def _check_stages(stages, max_stages):
+    if not isinstance(stages, int) or isinstance(stages, bool):
+        raise TypeError(f"stages must be an int, not {stages!r}")
+    if not 1 <= stages <= max_stages:
+        raise ValueError(f"stages must be in 1..{max_stages}, not {stages}")
+
+
+class _Core(wiring.Component):
+    """Common parameter handling of the pipelined cores.
+
+    Subclasses define ``_STEPS`` (step names in datapath order), ``_PRIORITY`` (the order in
+    which steps receive a register; the last step first) and ``_DEFAULT_STAGES``.
+    """
+
+    _STEPS = ()
+    _PRIORITY = ()
+    _DEFAULT_STAGES = 1
+
+    def __init__(self, *, stages=None):
+        if stages is None:
+            stages = self._DEFAULT_STAGES
+        _check_stages(stages, len(self._STEPS))
+        self._stages = stages
+        super().__init__()
+
+    @property
+    def stages(self):
+        """Number of pipeline registers."""
+        return self._stages
+
+    @property
+    def latency(self):
+        """``en``-cycles from an input to its result on ``y``."""
+        return self._stages
+
+    @property
+    def throughput(self):
+        """New inputs accepted per ``en``-cycle."""
+        return 1
+
+    @classmethod
+    def max_stages(cls):
+        """The deepest pipeline this core supports (a register after every step)."""
+        return len(cls._STEPS)
+
+    def _registered_steps(self):
+        names = self._PRIORITY[:self._stages]
+        return {self._STEPS.index(name) for name in names}
+
+    def _pipeline(self, m):
+        return _Pipeline(m, self.en, self._registered_steps())
+
+
+class Int8MacCore(_Core):
+    """int8 multiply-accumulate: ``y = acc + a·w`` wrapped to 32 bits.
+
+    Parameters
+    ----------
+    stages : int
+        Pipeline registers, 1..2 (default 2: multiply | add).
+
+    Members
+    -------
+    en : In(1)
+        Advance every pipeline register by one stage.
+    a : In(8)
+        Activation: signed int8, or unsigned 8-bit when ``a_unsigned`` is 1.
+    a_unsigned : In(1)
+        Read ``a`` as unsigned.
+    w : In(8)
+        Weight, signed int8.
+    acc : In(32)
+        Partial sum, int32 (two's complement bits).
+    y : Out(32)
+        ``acc + a·w`` modulo 2**32.
+
+    Latency ``stages`` en-cycles; throughput one input per en-cycle.
+    """
+
+    a: In(8)
+    a_unsigned: In(1)
+    w: In(8)
+    acc: In(32)
+    en: In(1)
+    y: Out(32)
+
+    _STEPS = ("mul", "add")
+    _PRIORITY = ("add", "mul")
+    _DEFAULT_STAGES = 2
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._pipeline(m)
+        a9 = Cat(self.a, self.a[7] & ~self.a_unsigned).as_signed()
+        s1 = p.step("mul", prod=a9 * self.w.as_signed(), acc=self.acc)
+        s2 = p.step("add", y=(s1.acc + s1.prod)[:32])
+        m.d.comb += self.y.eq(s2.y)
+        return m
+
+
+class Bf16MulCore(_Core):
+    """bf16 × bf16 → fp32, exact (:func:`golden.bf16_mul`).
+
+    Parameters
+    ----------
+    stages : int
+        Pipeline registers, 1..2 (default 2: 8×8 significand multiply | normalize and pack).
+
+    Members
+    -------
+    en : In(1)
+        Advance every pipeline register by one stage.
+    a, b : In(16)
+        bf16 bit patterns.
+    y : Out(32)
+        fp32 bit pattern of the product: exact, or ±Inf (≥ 2**128), ±0 (< 2**-126, sign a⊕b),
+        canonical NaN (NaN operand, 0 × Inf). Subnormal inputs read as zeros.
+
+    Latency ``stages`` en-cycles; throughput one input per en-cycle.
+    """
+
+    a: In(16)
+    b: In(16)
+    en: In(1)
+    y: Out(32)
+
+    _STEPS = ("mul", "pack")
+    _PRIORITY = ("pack", "mul")
+    _DEFAULT_STAGES = 2
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._pipeline(m)
+        a, b = self.a, self.b
+        ea, eb = a[7:15], b[7:15]
+        ma, mb = a[:7], b[:7]
+        a_zero, b_zero = ea == 0, eb == 0
+        a_inf = (ea == 0xFF) & (ma == 0)
+        b_inf = (eb == 0xFF) & (mb == 0)
+        a_nan = (ea == 0xFF) & (ma != 0)
+        b_nan = (eb == 0xFF) & (mb != 0)
+        sign = a[15] ^ b[15]
+        s1 = p.step(
+            "mul",
+            prod=Cat(ma, 1) * Cat(mb, 1),           # 16 bits, in [2**14, 2**16)
+            exp=ea + eb - 127,                        # biased exponent if prod < 2**15 (signed)
+            sign=sign,
+            nan=a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero),
+            inf=a_inf | b_inf,
+            zero=a_zero | b_zero)
+        top = s1.prod[15]
+        frac = Mux(top, Cat(Const(0, 8), s1.prod[:15]), Cat(Const(0, 9), s1.prod[:14]))
+        exp = s1.exp + top
+        y = Signal(32)
+        with m.If(s1.nan):
+            m.d.comb += y.eq(_FP32_QNAN)
+        with m.Elif(s1.inf | (exp >= 255)):
+            m.d.comb += y.eq(Cat(Const(0x7F800000, 31), s1.sign))
+        with m.Elif(s1.zero | (exp <= 0)):
+            m.d.comb += y.eq(Cat(Const(0, 31), s1.sign))
+        with m.Else():
+            m.d.comb += y.eq(Cat(frac, exp[:8], s1.sign))
+        s2 = p.step("pack", y=y)
+        m.d.comb += self.y.eq(s2.y)
+        return m
+
+
+class Fp32AddCore(_Core):
+    """fp32 + fp32 → fp32 with RNE, DAZ, FTZ (:func:`golden.fp32_add`).
+
+    The datapath has five steps: ``unpack`` (classify, order by magnitude, exponent
+    difference), ``align`` (shift the smaller significand right, folding the shifted-out bits
+    into a sticky bit), ``add`` (28-bit add or subtract), ``normalize`` (leading-zero count and
+    left shift) and ``round`` (RNE, exponent carry, overflow/underflow, special values, pack).
+
+    Parameters
+    ----------
+    stages : int
+        Pipeline registers, 1..5. Registers are placed, in order of priority, after ``round``,
+        ``align``, ``normalize``, ``add``, ``unpack``. Default 4:
+        unpack+align | add | normalize | round.
+
+    Members
+    -------
+    en : In(1)
+        Advance every pipeline register by one stage.
+    a, b : In(32)
+        fp32 bit patterns.
+    y : Out(32)
+        fp32 bit pattern of ``a + b`` rounded to nearest even; subnormal inputs read as zeros, a
+        result below 2**-126 is written as a zero of the sign of the exact sum, NaN results are
+        ``0x7FC00000``, an exact zero sum is +0 except (−0) + (−0) = −0.
+
+    Latency ``stages`` en-cycles; throughput one input per en-cycle.
+    """
+
+    a: In(32)
+    b: In(32)
+    en: In(1)
+    y: Out(32)
+
+    _STEPS = ("unpack", "align", "add", "normalize", "round")
+    _PRIORITY = ("round", "align", "normalize", "add", "unpack")
+    _DEFAULT_STAGES = 4
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._pipeline(m)
+        a, b = self.a, self.b
+
+        # unpack: classify, swap so that |x| >= |y|, exponent difference
+        ea, eb = a[23:31], b[23:31]
+        ma, mb = a[:23], b[:23]
+        a_zero, b_zero = ea == 0, eb == 0           # DAZ: a subnormal is a zero
+        a_inf = (ea == 0xFF) & (ma == 0)
+        b_inf = (eb == 0xFF) & (mb == 0)
+        a_nan = (ea == 0xFF) & (ma != 0)
+        b_nan = (eb == 0xFF) & (mb != 0)
+        special = Signal(32)
+        with m.If(a_nan | b_nan | (a_inf & b_inf & (a[31] != b[31]))):
+            m.d.comb += special.eq(_FP32_QNAN)
+        with m.Elif(a_inf):
+            m.d.comb += special.eq(a)
+        with m.Elif(b_inf):
+            m.d.comb += special.eq(b)
+        with m.Elif(a_zero & b_zero):
+            m.d.comb += special.eq(Cat(Const(0, 31), a[31] & b[31]))
+        with m.Elif(a_zero):
+            m.d.comb += special.eq(b)
+        with m.Else():
+            m.d.comb += special.eq(a)
+        swap = a[:31] < b[:31]
+        x = Mux(swap, b, a)
+        yv = Mux(swap, a, b)
+        diff = Mux(swap, eb - ea, ea - eb)[:8]
+        s1 = p.step(
+            "unpack",
+            is_special=(ea == 0xFF) | (eb == 0xFF) | a_zero | b_zero,
+            special=special,
+            sign=x[31],
+            sub=a[31] ^ b[31],
+            exp=x[23:31],
+            mx=Cat(x[:23], 1),
+            my=Cat(yv[:23], 1),
+            diff=diff)
+
+        # align: 27-bit fields = 24-bit significand and three bits below it; the lowest bit of
+        # the shifted operand is the OR of everything at or below it (sticky)
+        shamt = Mux(s1.diff[5:].any(), 31, s1.diff[:5])
+        ys = Cat(Const(0, 3), s1.my)
+        shifted = (ys >> shamt)[:27]
+        lowmask = ~(Const((1 << 27) - 1, 27) << shamt)[:27]
+        sticky = (ys & lowmask).any()
+        s2 = p.step(
+            "align",
+            is_special=s1.is_special, special=s1.special, sign=s1.sign, sub=s1.sub, exp=s1.exp,
+            big=Cat(Const(0, 3), s1.mx),
+            small=Cat(shifted[0] | sticky, shifted[1:]))
+
+        # add: |x| >= |y|, so the difference is never negative
+        total = Mux(s2.sub, (s2.big - s2.small)[:28], (s2.big + s2.small)[:28])
+        s3 = p.step(
+            "add",
+            is_special=s2.is_special, special=s2.special, sign=s2.sign, exp=s2.exp,
+            total=total)
+
+        # normalize: leading one to bit 27; exponent = exp + 1 - leading zeros
+        n = s3.total
+        lz = []
+        for width in (16, 8, 4, 2, 1):
+            z = n[28 - width:] == 0
+            n = Mux(z, (n << width)[:28], n)
+            lz.append(z)
+        lzc = Cat(*reversed(lz))                    # 5 bits: 16, 8, 4, 2, 1
+        s4 = p.step(
+            "normalize",
+            is_special=s3.is_special, special=s3.special, sign=s3.sign,
+            is_zero=s3.total == 0,
+            exp=s3.exp + 1 - lzc,                   # signed
+            norm=n)
+
+        # round to nearest even on 24 bits, carry into the exponent, overflow/underflow, pack
+        mant = s4.norm[4:28]
+        guard = s4.norm[3]
+        rest = s4.norm[:3].any()
+        rounded = mant + (guard & (rest | mant[0]))  # 25 bits
+        exp = Signal(range(-64, 512))
+        m.d.comb += exp.eq(s4.exp + rounded[24])
+        y = Signal(32)
+        with m.If(s4.is_special):
+            m.d.comb += y.eq(s4.special)
+        with m.Elif(s4.is_zero):
+            m.d.comb += y.eq(0)                     # x + (-x) = +0
+        with m.Elif(exp >= 255):
+            m.d.comb += y.eq(Cat(Const(0x7F800000, 31), s4.sign))
+        with m.Elif(exp <= 0):
+            m.d.comb += y.eq(Cat(Const(0, 31), s4.sign))  # FTZ (an exact result)
+        with m.Else():
+            m.d.comb += y.eq(Cat(rounded[:23], exp[:8], s4.sign))
+        s5 = p.step("round", y=y)
+        m.d.comb += self.y.eq(s5.y)
+        return m
+
+
+class Fp32ToBf16Core(_Core):
+    """fp32 → bf16 with RNE (:func:`golden.fp32_to_bf16`).
+
+    Parameters
+    ----------
+    stages : int
+        Pipeline registers, 1..2 (default 1; 2 adds a register between the 32-bit rounding
+        add and the result select).
+
+    Members
+    -------
+    en : In(1)
+        Advance every pipeline register by one stage.
+    a : In(32)
+        fp32 bit pattern.
+    y : Out(16)
+        bf16 bit pattern: ``(a + 0x7FFF + a[16]) >> 16`` (rounding carries into the exponent
+        and overflows to ±Inf); a subnormal input gives a zero of its sign, NaN gives ``0x7FC0``.
+
+    Latency ``stages`` en-cycles; throughput one input per en-cycle.
+    """
+
+    a: In(32)
+    en: In(1)
+    y: Out(16)
+
+    _STEPS = ("round", "select")
+    _PRIORITY = ("select", "round")
+    _DEFAULT_STAGES = 1
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._pipeline(m)
+        a = self.a
+        exp, man = a[23:31], a[:23]
+        s1 = p.step(
+            "round",
+            rounded=(a + 0x7FFF + a[16])[16:32],
+            nan=(exp == 0xFF) & (man != 0),
+            zero=exp == 0,
+            sign=a[31])
+        y = Mux(s1.nan, _BF16_QNAN, Mux(s1.zero, Cat(Const(0, 15), s1.sign), s1.rounded))
+        s2 = p.step("select", y=y)
+        m.d.comb += self.y.eq(s2.y)
+        return m
+
+
+class _StreamUnit(wiring.Component):
+    """A core between an input and an output stream.
+
+    The core advances when the output register is empty or being read
+    (``en = o.ready | ~o.valid``); ``i.ready = en``. No beat is lost or duplicated under
+    backpressure; ``o.valid`` is a register and never depends on ``o.ready``.
+    """
+
+    _CORE = None
+    _IN_FIELDS = {}
+    _OUT_WIDTH = 32
+
+    def __init__(self, *, stages=None):
+        if stages is None:
+            stages = self._CORE._DEFAULT_STAGES
+        _check_stages(stages, self._CORE.max_stages())
+        self._stages = stages
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout(self._IN_FIELDS))),
+            "o": Out(stream.Signature(data.StructLayout({"y": self._OUT_WIDTH}))),
+        })
+
+    @classmethod
+    def from_config(cls, config):
+        """The unit for an :class:`~hdl.config.AccelConfig` (the arithmetic units have no
+        configuration-dependent parameters; the default pipeline depth is used)."""
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        return cls()
+
+    @property
+    def stages(self):
+        """Pipeline registers of the core."""
+        return self._stages
+
+    @property
+    def latency(self):
+        """Cycles from an accepted input beat to its output beat, without backpressure."""
+        return self._stages
+
+    @property
+    def throughput(self):
+        """Beats per cycle without backpressure."""
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self._CORE(stages=self._stages)
+        en = Signal()
+        m.d.comb += en.eq(self.o.ready | ~self.o.valid)
+        m.d.comb += [core.en.eq(en), self.i.ready.eq(en)]
+        for name in self._IN_FIELDS:
+            m.d.comb += getattr(core, name).eq(getattr(self.i.payload, name))
+        valid = Signal(core.latency, name="valid_pipe")
+        with m.If(en):
+            m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
+        m.d.comb += [self.o.valid.eq(valid[-1]), self.o.payload.y.eq(core.y)]
+        return m
+
+
+class Int8Mac(_StreamUnit):
+    """Stream int8 multiply-accumulate (:class:`Int8MacCore` between two streams).
+
+    Parameters
+    ----------
+    stages : int
+        Pipeline depth of the core, 1..2 (default 2).
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout({"a": 8, "w": 8, "acc": 32, "a_unsigned": 1})))
+        ``a`` signed int8 (unsigned when ``a_unsigned``), ``w`` signed int8, ``acc`` int32, as
+        bit patterns; 49-bit payload, ``a`` in the low bits.
+    o : Out(stream.Signature(StructLayout({"y": 32})))
+        ``acc + a·w`` modulo 2**32.
+
+    Latency ``stages`` cycles; throughput one beat per cycle.
+    """
+
+    _CORE = Int8MacCore
+    _IN_FIELDS = {"a": 8, "w": 8, "acc": 32, "a_unsigned": 1}
+    _OUT_WIDTH = 32
+
+
+class Bf16Multiplier(_StreamUnit):
+    """Stream bf16 × bf16 → fp32 (:class:`Bf16MulCore` between two streams).
+
+    Parameters
+    ----------
+    stages : int
+        Pipeline depth of the core, 1..2 (default 2).
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout({"a": 16, "b": 16})))
+        bf16 bit patterns, ``a`` in the low bits.
+    o : Out(stream.Signature(StructLayout({"y": 32})))
+        fp32 product bits (:func:`golden.bf16_mul`).
+
+    Latency ``stages`` cycles; throughput one beat per cycle.
+    """
+
+    _CORE = Bf16MulCore
+    _IN_FIELDS = {"a": 16, "b": 16}
+    _OUT_WIDTH = 32
+
+
+class Fp32Adder(_StreamUnit):
+    """Stream fp32 + fp32 (:class:`Fp32AddCore` between two streams).
+
+    Parameters
+    ----------
+    stages : int
+        Pipeline depth of the core, 1..5 (default 4).
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout({"a": 32, "b": 32})))
+        fp32 bit patterns, ``a`` in the low bits.
+    o : Out(stream.Signature(StructLayout({"y": 32})))
+        fp32 sum bits (:func:`golden.fp32_add`).
+
+    Latency ``stages`` cycles; throughput one beat per cycle.
+    """
+
+    _CORE = Fp32AddCore
+    _IN_FIELDS = {"a": 32, "b": 32}
+    _OUT_WIDTH = 32
+
+
+class Fp32ToBf16(_StreamUnit):
+    """Stream fp32 → bf16 (:class:`Fp32ToBf16Core` between two streams).
+
+    Parameters
+    ----------
+    stages : int
+        Pipeline depth of the core, 1..2 (default 1).
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout({"a": 32})))
+        fp32 bit pattern.
+    o : Out(stream.Signature(StructLayout({"y": 16})))
+        bf16 bits (:func:`golden.fp32_to_bf16`).
+
+    Latency ``stages`` cycles; throughput one beat per cycle.
+    """
+
+    _CORE = Fp32ToBf16Core
+    _IN_FIELDS = {"a": 32}
+    _OUT_WIDTH = 16

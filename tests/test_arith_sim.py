@@ -1,0 +1,216 @@
+# amaranth: UnusedElaboratable=no
+"""Fast amaranth.sim tests of the arithmetic cores and stream units (hdl/arith.py) against golden.
+
+Every random test is seeded; the seed is in the test id and printed on failure.
+"""
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Fragment
+from amaranth.sim import Simulator
+
+from hdl import arith
+from hdl.config import get_config
+from hdl.tops import elaborate_top
+from sim.tb.arith import UNITS, expected, pack_inputs, random_vectors, special_vectors
+
+CORES = {unit: getattr(arith, UNITS[unit][0]) for unit in UNITS}
+STREAMS = {unit: getattr(arith, UNITS[unit][1]) for unit in UNITS}
+
+
+def _subset(v, idx):
+    return {k: np.asarray(x)[idx] for k, x in v.items()}
+
+
+def _concat(*vs):
+    return {k: np.concatenate([v[k] for v in vs]) for k in vs[0]}
+
+
+def run_core(unit, core, v, *, en_gap=0.0, seed=0):
+    """Feed the vectors ``v`` through ``core`` (``en`` low at random cycles with probability
+    ``en_gap``) and return its outputs, matched to the inputs by the core's latency."""
+    fields = UNITS[unit][2]
+    n = len(next(iter(v.values())))
+    cols = {name: [int(x) for x in v[name]] for name in fields}
+    out = []
+
+    async def testbench(ctx):
+        rand = random.Random(seed)
+        edges = sent = 0
+        while len(out) < n:
+            en = not (en_gap and rand.random() < en_gap)
+            ctx.set(core.en, en)
+            if en and sent < n:
+                for name in fields:
+                    ctx.set(getattr(core, name), cols[name][sent])
+            if edges - core.latency == len(out):
+                out.append(ctx.get(core.y))
+            await ctx.tick()
+            if en:
+                edges += 1
+                sent += 1
+
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    return np.array(out, dtype=np.uint64)
+
+
+def check(unit, v, got, seed=None):
+    want = expected(unit, v).astype(np.uint64)
+    bad = np.flatnonzero(got != want)
+    if bad.size:
+        k = bad[0]
+        operands = ", ".join(f"{name}=0x{int(v[name][k]):X}" for name in UNITS[unit][2])
+        pytest.fail(f"{unit}: {bad.size} of {got.size} wrong (seed {seed}); first: {operands}: "
+                    f"got 0x{int(got[k]):X}, want 0x{int(want[k]):X}")
+
+
+def _special_sample(unit, n, seed):
+    v = special_vectors(unit)
+    total = len(next(iter(v.values())))
+    rng = np.random.default_rng(seed)
+    return _subset(v, np.sort(rng.choice(total, size=min(n, total), replace=False)))
+
+
+SPECIAL_PAIRS = {
+    # every pair of special values first (they lead special_vectors), then a sample of the rest
+    "fp32_add": 29 * 29, "bf16_mul": 25 * 25, "fp32_to_bf16": 0, "int8_mac": 0,
+}
+
+
+@pytest.mark.parametrize("unit", list(UNITS))
+def test_core_matches_golden_on_special_and_biased_random_vectors(unit):
+    seed = 1234
+    print(f"seed {seed}")
+    specials = special_vectors(unit)
+    head = _subset(specials, np.arange(SPECIAL_PAIRS[unit]))
+    v = _concat(head, _special_sample(unit, 1500, seed), random_vectors(unit, 2500, seed))
+    got = run_core(unit, CORES[unit](), v)
+    check(unit, v, got, seed)
+
+
+@pytest.mark.parametrize("unit", list(UNITS))
+def test_core_every_pipeline_depth_matches_golden_with_en_gaps(unit):
+    seed = 99
+    print(f"seed {seed}")
+    v = _concat(_special_sample(unit, 300, seed), random_vectors(unit, 300, seed))
+    for stages in range(1, CORES[unit].max_stages() + 1):
+        core = CORES[unit](stages=stages)
+        assert core.latency == stages
+        got = run_core(unit, core, v, en_gap=0.3, seed=seed + stages)
+        check(unit, v, got, seed)
+
+
+def run_stream(unit, dut, words, *, stall, backpressure, seed):
+    """Send packed payloads through a stream unit with random valid gaps and ready
+    backpressure; return the received payloads. Fails if a beat is lost, duplicated or late."""
+    out = []
+    n = len(words)
+    words = [int(x) for x in words]
+
+    async def producer(ctx):
+        rand = random.Random(seed)
+        for word in words:
+            while rand.random() < stall:
+                ctx.set(dut.i.valid, 0)
+                await ctx.tick()
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload.as_value(), word)
+            await ctx.tick().until(dut.i.ready)
+        ctx.set(dut.i.valid, 0)
+
+    async def consumer(ctx):
+        rand = random.Random(seed + 1)
+        idle = 0
+        while len(out) < n + 1:
+            ready = rand.random() >= backpressure
+            ctx.set(dut.o.ready, ready)
+            if ready and ctx.get(dut.o.valid):
+                out.append(ctx.get(dut.o.payload.as_value()))
+                idle = 0
+            else:
+                idle += 1
+                if idle > 200:
+                    break
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    sim.run()
+    assert len(out) == n, f"received {len(out)} beats for {n} sent (seed {seed})"
+    return np.array(out, dtype=np.uint64)
+
+
+@pytest.mark.parametrize("unit", list(UNITS))
+@pytest.mark.parametrize("stall, backpressure", [(0.0, 0.0), (0.4, 0.5)])
+def test_stream_unit_matches_golden_under_valid_gaps_and_backpressure(unit, stall, backpressure):
+    seed = 7
+    print(f"seed {seed}")
+    v = _concat(_special_sample(unit, 150, seed), random_vectors(unit, 250, seed))
+    got = run_stream(unit, STREAMS[unit](), pack_inputs(unit, v), stall=stall,
+                     backpressure=backpressure, seed=seed)
+    check(unit, v, got, seed)
+
+
+def test_stream_unit_full_throughput_and_latency_without_stalls():
+    # one beat per cycle: the first result appears `latency` cycles after the first input
+    dut = arith.Fp32Adder()
+    seen = []
+
+    async def testbench(ctx):
+        ctx.set(dut.o.ready, 1)
+        for k in range(20):
+            ctx.set(dut.i.valid, k < 10)
+            ctx.set(dut.i.payload.as_value(), 0x3F800000 | (0x3F800000 << 32))
+            assert ctx.get(dut.i.ready)
+            seen.append(ctx.get(dut.o.valid))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+    lat = dut.latency
+    assert seen == [0] * lat + [1] * 10 + [0] * (10 - lat)
+
+
+@pytest.mark.parametrize("cls", [*CORES.values(), *STREAMS.values()])
+@pytest.mark.parametrize("stages, error, message", [
+    (0, ValueError, r"stages must be in 1\.\.\d"),
+    (9, ValueError, r"stages must be in 1\.\.\d"),
+    ("2", TypeError, "stages must be an int"),
+    (True, TypeError, "stages must be an int"),
+])
+def test_bad_stages_are_rejected_naming_the_parameter(cls, stages, error, message):
+    with pytest.raises(error, match=message):
+        cls(stages=stages)
+
+
+def test_parameters_are_keyword_only():
+    with pytest.raises(TypeError):
+        arith.Fp32AddCore(3)
+
+
+@pytest.mark.parametrize("unit", list(UNITS))
+def test_from_config_builds_the_default_unit_and_rejects_non_configs(unit):
+    cls = STREAMS[unit]
+    dut = cls.from_config(get_config("tiny"))
+    assert dut.latency == CORES[unit]().latency == dut.stages
+    assert dut.throughput == 1
+    Fragment.get(dut, None)  # elaborates
+    with pytest.raises(TypeError, match="config must be an AccelConfig"):
+        cls.from_config("tiny")
+
+
+@pytest.mark.parametrize("top, cls", [("int8_mac", arith.Int8Mac), ("bf16_mul", arith.Bf16Multiplier),
+                                      ("fp32_add", arith.Fp32Adder), ("fp32_to_bf16", arith.Fp32ToBf16)])
+def test_tops_registry_builds_the_arithmetic_units(top, cls):
+    dut = elaborate_top(top, "default")
+    assert isinstance(dut, cls)
+    Fragment.get(dut, None)

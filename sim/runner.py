@@ -15,6 +15,9 @@ Caching happens at two levels, both under ``build/``:
 
 Both are guarded by file locks, so parallel pytest-xdist workers share one build safely.
 
+A passing run's folder is removed unless ``WAVES=1`` or ``TFA_KEEP_RUNS=1``; a failing run's
+folder stays, with ``sim.log`` and the inputs that reproduce it.
+
 Data travels from pytest to cocotb and back as ``.npz`` files in a per-run folder whose path the
 testbench reads from ``TFA_RUN_DIR`` (see :func:`sim.tb.common.load_inputs`).
 """
@@ -52,8 +55,10 @@ VERILATOR_WAIVERS = [
     "-Wno-PROCASSINIT",   # yosys emits `reg x = init;` followed by always blocks
 ]
 
-#: Flags of every simulation build. The model only exposes top-level ports to cocotb
-#: (no --public-flat-rw), which makes large models faster; WAVES=1 still records every signal.
+#: Flags of every simulation build. By default the model exposes only its top-level ports to
+#: cocotb: the runner drops cocotb's ``--public-flat-rw`` (see :func:`_runner`), which lets
+#: Verilator optimise internal signals away (``make bench`` measures the gain). ``build(...,
+#: public=True)`` keeps every signal visible to the testbench; WAVES=1 records every signal either way.
 BUILD_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "-j", "0"] + VERILATOR_WAIVERS
 
 
@@ -118,7 +123,29 @@ def generate_verilog(elaborate, name, params=None):
     return path
 
 
-def build(elaborate, name, params=None, *, waves=None):
+#: What replaces ``--public-flat-rw`` when only the top level needs to be visible.
+TOP_ONLY_VISIBILITY = ["--public-depth", "1"]
+
+
+def _runner(public=False):
+    """cocotb's Verilator runner; without ``public`` it does not add ``--public-flat-rw``."""
+    from cocotb_tools.runner import get_runner
+
+    runner = get_runner("verilator")
+    if not public:
+        build_command = runner._build_command
+
+        def _build_command():
+            cmds = build_command()
+            i = cmds[0].index("--public-flat-rw")
+            cmds[0][i:i + 1] = TOP_ONLY_VISIBILITY
+            return cmds
+
+        runner._build_command = _build_command
+    return runner
+
+
+def build(elaborate, name, params=None, *, waves=None, public=False):
     """Elaborate, convert and Verilate a design; return a :class:`Design`. Cached.
 
     Parameters
@@ -131,28 +158,61 @@ def build(elaborate, name, params=None, *, waves=None):
         Everything that changes the design (the cache key).
     waves : bool
         Build with FST tracing. Default: the ``WAVES`` environment variable.
+    public : bool
+        Make every internal signal readable from cocotb (slower model).
     """
     toolchain.apply_to_process()
     if waves is None:
         waves = os.environ.get("WAVES", "0") not in ("", "0")
     verilog_path = generate_verilog(elaborate, name, params)
     import cocotb
-    flags = BUILD_FLAGS + (["--trace-fst", "--trace-structs"] if waves else [])
-    key = _sha(verilog_path.read_bytes(), flags, toolchain.verilator_version(), cocotb.__version__)
+    flags = BUILD_FLAGS + (fst_trace_flags() if waves else [])
+    key = _sha(verilog_path.read_bytes(), flags, public or TOP_ONLY_VISIBILITY,
+               toolchain.verilator_version(), cocotb.__version__)
     build_dir = BUILD / "sim" / name / key
     stamp = build_dir / ".built"
     with _locked(build_dir.with_suffix(".lock")):
         if not stamp.exists():
-            from cocotb_tools.runner import get_runner
             if build_dir.exists():
                 shutil.rmtree(build_dir)
-            runner = get_runner("verilator")
+            runner = _runner(public)
             t0 = time.monotonic()
             runner.build(sources=[verilog_path], hdl_toplevel=name, build_dir=build_dir,
                          build_args=flags, waves=waves, log_file=build_dir / "build.log")
             stamp.write_text(f"{time.monotonic() - t0:.1f} s\n")
     return Design(name=name, toplevel=name, verilog=verilog_path, build_dir=build_dir,
                   waves=waves, params=dict(params or {}))
+
+
+LZ4_SDIST = "lz4==4.4.5"
+
+
+def fst_trace_flags():
+    """Verilator flags for FST waveforms.
+
+    Verilator's FST writer links against liblz4, which is not a Python package. The lz4 sources
+    ship inside the ``lz4`` source distribution on PyPI: fetch it once with pip, compile
+    ``lz4.c`` into ``build/third_party/lz4/liblz4.a`` and point the build at it.
+    """
+    import subprocess
+    import tarfile
+
+    lib_dir = BUILD / "third_party" / "lz4"
+    lib = lib_dir / "liblz4.a"
+    with _locked(lib_dir.with_suffix(".lock")):
+        if not lib.exists():
+            dl = lib_dir / "download"
+            dl.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+                            "--no-binary", ":all:", "-d", str(dl), LZ4_SDIST], check=True)
+            sdist = next(dl.glob("lz4-*.tar.gz"))
+            with tarfile.open(sdist) as tar:
+                for member in tar.getmembers():
+                    if "/lz4libs/" in member.name and member.name.endswith(("lz4.c", "lz4.h")):
+                        (lib_dir / Path(member.name).name).write_bytes(tar.extractfile(member).read())
+            subprocess.run(["cc", "-O2", "-fPIC", "-c", "lz4.c", "-o", "lz4.o"], cwd=lib_dir, check=True)
+            subprocess.run(["ar", "rcs", "liblz4.a", "lz4.o"], cwd=lib_dir, check=True)
+    return ["--trace-fst", "--trace-structs", "-CFLAGS", f"-I{lib_dir}", "-LDFLAGS", f"-L{lib_dir}"]
 
 
 _run_counter = itertools.count()
@@ -166,7 +226,6 @@ def run(design, test_module, *, testcase=None, data=None, env=None, seed=None, r
     Raises :class:`SimulationError` when a test fails.
     """
     from cocotb_tools.check_results import get_results
-    from cocotb_tools.runner import get_runner
 
     toolchain.apply_to_process()
     if run_dir is None:
@@ -186,9 +245,12 @@ def run(design, test_module, *, testcase=None, data=None, env=None, seed=None, r
     (run_dir / "meta.json").write_text(json.dumps(meta, default=_json_default))
     extra_env = {"TFA_RUN_DIR": str(run_dir), "PYTHONPATH": os.pathsep.join([str(ROOT)] + sys.path)}
     extra_env.update(env or {})
-    runner = get_runner("verilator")
+    runner = _runner()
     results = run_dir / "results.xml"
     waves = design.waves
+    # Under pytest, cocotb's runner checks results itself and calls sys.exit; hide the pytest
+    # marker so that the checks below give one SimulationError with the log instead.
+    pytest_current = os.environ.pop("PYTEST_CURRENT_TEST", None)
     try:
         runner.test(test_module=test_module, hdl_toplevel=design.toplevel, hdl_toplevel_lang="verilog",
                     build_dir=design.build_dir,
@@ -197,6 +259,9 @@ def run(design, test_module, *, testcase=None, data=None, env=None, seed=None, r
     except SystemExit as exc:
         raise SimulationError(f"simulation of {design.name} failed (exit {exc.code}); log: {run_dir / 'sim.log'}\n"
                               + _tail(run_dir / "sim.log")) from None
+    finally:
+        if pytest_current is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = pytest_current
     try:
         n_tests, n_failed = get_results(results)
     except RuntimeError as exc:
@@ -217,6 +282,8 @@ def run(design, test_module, *, testcase=None, data=None, env=None, seed=None, r
         if fst.exists():
             outputs["waves"] = str(fst)
             print(f"waveform: {fst}")
+    elif not os.environ.get("TFA_KEEP_RUNS"):
+        shutil.rmtree(run_dir, ignore_errors=True)  # a passing run leaves nothing behind
     return outputs
 
 

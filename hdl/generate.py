@@ -1,0 +1,76 @@
+"""`make verilog [CONFIG=…]`: write the Verilog of every top-level design and a JSON card.
+
+Output, for configuration ``<config>``:
+
+- ``build/<config>/<top>.v`` — one file per top in :data:`hdl.tops.TOPS`, module name ``<top>``,
+  clock ``clk``, synchronous active-high reset ``rst``;
+- ``build/<config>/config.json`` — the configuration's parameters and, for every top, every port
+  with its direction and width, plus the latency/throughput properties the component exposes.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from .config import PRESETS, get_config
+from .tops import TOPS, elaborate_top
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def port_list(component, name):
+    """[{name, dir, width}] of the flattened Verilog ports, clk and rst first."""
+    ports = [{"name": "clk", "dir": "in", "width": 1}, {"name": "rst", "dir": "in", "width": 1}]
+    for path, member, value in component.signature.flatten(component):
+        flat = "__".join(str(p) for p in path)
+        ports.append({"name": flat, "dir": "in" if member.flow.value == "in" else "out",
+                      "width": len(value)})
+    return ports
+
+
+def describe(component):
+    info = {}
+    for prop in ("latency", "throughput", "stages"):
+        value = getattr(component, prop, None)
+        if isinstance(value, (int, float)):
+            info[prop] = value
+    return info
+
+
+def generate(config_name, tops=None, out_dir=None):
+    config = get_config(config_name)
+    out_dir = Path(out_dir or ROOT / "build" / config.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    card = {"config": config.to_dict(), "tops": {}}
+    for name in tops or TOPS:
+        component = elaborate_top(name, config)
+        ports = port_list(component, name)
+        text = verilog.convert(component, name=name, emit_src=False)
+        path = out_dir / f"{name}.v"
+        path.write_text(text)
+        card["tops"][name] = {"file": path.name, "ports": ports, **describe(component)}
+        print(f"wrote {path}  ({len(ports)} ports)")
+    (out_dir / "config.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {out_dir / 'config.json'}")
+    return out_dir
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="default", help=f"one of {', '.join(PRESETS)}")
+    parser.add_argument("--top", action="append", help="only this top (repeatable)")
+    parser.add_argument("--out", help="output folder (default build/<config>)")
+    args = parser.parse_args(argv)
+    try:
+        generate(args.config, args.top, args.out)
+    except (ValueError, TypeError) as exc:
+        print(f"make verilog: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

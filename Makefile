@@ -52,7 +52,7 @@ waves: $(STAMP)
 	WAVES=1 $(PY) -m pytest -p no:xdist -q -s "$(TEST)"
 
 bench: $(STAMP)
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH)
 
 accuracy: $(STAMP)
 	$(PY) -m golden.accuracy

@@ -7,3 +7,6 @@ from .fp import (  # noqa: F401
 from .kvcache import KVCacheError, KVOp, KVResponse, KVStatus, PagedKVCache  # noqa: F401
 from .matmul import int8_matmul_max_k, matmul_bf16, matmul_int8  # noqa: F401
 from .requant import quantize_multiplier, requantize  # noqa: F401
+from .softmax import (  # noqa: F401
+    softmax_bf16, softmax_bf16_bits, softmax_int8, softmax_reference, softmax_scale_bf16, softmax_scale_int8,
+)

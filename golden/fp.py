@@ -68,12 +68,14 @@ def _u16(bits):
 
 def as_fp32_bits(x):
     """float32 values → uint32 bit patterns."""
-    return np.ascontiguousarray(np.asarray(x, dtype=np.float32)).view(np.uint32)
+    x = np.asarray(x, dtype=np.float32)
+    return np.ascontiguousarray(x).view(np.uint32).reshape(x.shape)
 
 
 def fp32_from_bits(bits):
     """uint32 bit patterns → float32 values."""
-    return np.ascontiguousarray(_u32(bits)).view(np.float32)
+    bits = _u32(bits)
+    return np.ascontiguousarray(bits).view(np.float32).reshape(bits.shape)
 
 
 def as_bf16_bits(x):
@@ -82,13 +84,14 @@ def as_bf16_bits(x):
     x = np.asarray(x)
     if x.dtype != ml_dtypes.bfloat16:
         raise TypeError(f"expected ml_dtypes.bfloat16 values, got dtype {x.dtype}")
-    return np.ascontiguousarray(x).view(np.uint16)
+    return np.ascontiguousarray(x).view(np.uint16).reshape(x.shape)
 
 
 def bf16_from_bits(bits):
     """uint16 bit patterns → ``ml_dtypes.bfloat16`` values."""
     import ml_dtypes
-    return np.ascontiguousarray(_u16(bits)).view(ml_dtypes.bfloat16)
+    bits = _u16(bits)
+    return np.ascontiguousarray(bits).view(ml_dtypes.bfloat16).reshape(bits.shape)
 
 
 def fp32_daz(bits):

@@ -1,2 +1,3 @@
 """Simulation flow: Amaranth → Verilog → Verilator → cocotb, and Python APIs that run one
 operation on the Verilated RTL (``sim.run_matmul``, ``sim.run_softmax``, ``sim.run_kvcache``)."""
+from .matmul_api import run_matmul  # noqa: F401

@@ -1,0 +1,610 @@
+"""Matmul engine: ``C = A·W (+ bias)`` for any M, K, N on one R×C int8/bf16 systolic array.
+
+The full description (ports, command format, stream orders, latencies, counters, error codes)
+is docs/matmul.md. In short:
+
+* A command (``cmd`` stream) gives M, K, N, the data type, the output format, the weight
+  orientation and flags. The engine answers each command with exactly one ``resp`` beat: an
+  error code and the performance counters.
+* Activations stream in once (``a``: R lanes per beat, K-tile-major), into an on-chip buffer
+  that the engine re-reads for every N tile; the first N tile computes from it while it fills.
+* Weight tiles stream in (``w``: C lanes per beat, tile order, rows along K or transposed) into a
+  staging register, then into the idle weight bank of the array (double buffering).
+* Per-N-tile parameters (bias, requantization multiplier and shift) come on ``p``.
+* Results leave on ``o``, one beat per output row slice of C columns, N-tile-major.
+"""
+
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from .arith import Fp32ToBf16Core
+from .config import AccelConfig
+from .systolic import SystolicArray, _core_latency
+
+__all__ = ["MatmulEngine", "OutFormat", "Status", "command_layout", "param_layout",
+           "result_layout", "response_layout", "COUNTERS"]
+
+
+class OutFormat:
+    """``out_fmt`` field of a command."""
+    INT32 = 0   #: int8 mode: the int32 accumulator
+    INT8 = 1    #: int8 mode: requantized per output channel
+    FP32 = 2    #: bf16 mode: the fp32 accumulator
+    BF16 = 3    #: bf16 mode: rounded to bf16 (RNE)
+
+
+class Status:
+    """``code`` field of a response."""
+    OK = 0
+    ZERO_DIM = 1          #: M, K or N is 0 (nothing consumed but the command)
+    M_TOO_LARGE = 2       #: M > acc_depth
+    A_TOO_LARGE = 3       #: M·ceil(K/R) > a_depth (the activation buffer)
+    BAD_FORMAT = 4        #: out_fmt does not belong to dtype
+    BAD_REQUANT = 5       #: a requant multiplier ≥ 2**31 or shift outside 1..62 (ran, shift clamped)
+
+
+#: Performance counters in every response, in this order.
+COUNTERS = ("cycles", "busy", "macs", "stall_input", "stall_output", "stall_weight", "stall_dependency")
+_COUNTER_WIDTH = 48
+
+
+def command_layout():
+    """Payload of the ``cmd`` stream (the first field at the least significant bit)."""
+    return data.StructLayout({
+        "m": 16, "k": 16, "n": 16,
+        "dtype": 1,          # 0 int8, 1 bf16
+        "out_fmt": 2,        # OutFormat
+        "w_transposed": 1,   # 0: a beat is a row of a W tile; 1: a beat is (part of) a column
+        "a_unsigned": 1,     # int8 mode: activations are unsigned 8-bit
+        "has_bias": 1,
+    })
+
+
+def param_layout(cols):
+    """Payload of the ``p`` stream: one beat per N tile, lane c is output column n0 + c."""
+    return data.StructLayout({
+        "bias": data.ArrayLayout(32, cols),        # int32, or fp32 bits
+        "multiplier": data.ArrayLayout(32, cols),  # requant multiplier, 0 ≤ m < 2**31
+        "shift": data.ArrayLayout(8, cols),        # requant shift, 1..62
+    })
+
+
+def result_layout(cols):
+    """Payload of the ``o`` stream."""
+    return data.StructLayout({"data": data.ArrayLayout(32, cols), "last": 1})
+
+
+def response_layout():
+    """Payload of the ``resp`` stream."""
+    return data.StructLayout({"code": 4, **{name: _COUNTER_WIDTH for name in COUNTERS}})
+
+
+def _reciprocal(divisor, bits):
+    """(multiplier, shift) with ``x * multiplier >> shift == x // divisor`` for all x < 2**bits."""
+    shift = bits + ceil_log2(divisor)
+    mult = -(-(1 << shift) // divisor)
+    x = np.arange(1 << bits, dtype=np.int64)
+    # exhaustive check at elaboration (x·mult < 2**63 for bits ≤ 17, divisor ≤ 64)
+    if not np.array_equal((x * mult) >> shift, x // divisor):
+        raise AssertionError(f"no exact reciprocal of {divisor} for {bits}-bit numerators")
+    return mult, shift
+
+
+def _lanes_below(rem, count):
+    """Per-lane flags ``lane < rem``."""
+    return [rem > i for i in range(count)]
+
+
+class MatmulEngine(wiring.Component):
+    """Tiled int8/bf16 matrix multiply around a :class:`~hdl.systolic.SystolicArray`.
+
+    Parameters
+    ----------
+    rows, cols : int
+        Array size R (along K) and C (along N), 2..64 each.
+    acc_depth : int
+        Largest M of one command (accumulator rows per bank). Power of two, 2..65536.
+    a_depth : int
+        Activation buffer words (R lanes each); a command needs M·ceil(K/R) ≤ a_depth. 2..2**20.
+    mul_stages, add_stages, mac_stages : int or None
+        Pipeline depths of the PE cores (``None``: their defaults).
+
+    Members
+    -------
+    cmd : In(stream.Signature(command_layout()))
+        Commands; accepted only while idle (see "Busy rule").
+    a : In(stream.Signature(ArrayLayout(16, R)))
+        Activations: beat ``j = kt·M + m`` carries ``A[m, kt·R + r]`` in lane r (int8 sign- or
+        zero-extended to 16 bits, or bf16 bits). Lanes past K are ignored.
+    w : In(stream.Signature(ArrayLayout(16, C)))
+        Weight tiles in order ``for nt: for kt``. Row orientation: beats r = 0..kv−1 carry
+        ``W[kt·R + r, nt·C + c]`` in lane c. Transposed: for columns c = 0..nv−1, ceil(R/C)
+        beats each, chunk j carrying ``W[kt·R + j·C + l, nt·C + c]`` in lane l. kv, nv are the
+        valid rows/columns of the tile; lanes past K or N are ignored.
+    p : In(stream.Signature(param_layout(C)))
+        One beat per N tile when ``has_bias`` or the format is INT8; otherwise unused.
+    o : Out(stream.Signature(result_layout(C)))
+        One beat per (N tile, row m), N-tile-major: lane c is column ``nt·C + c`` as int32, int8
+        (sign-extended), fp32 bits or bf16 bits (low half). ``last`` marks a command's last beat.
+    resp : Out(stream.Signature(response_layout()))
+        One beat per command: ``code`` (:class:`Status`) and the counters (:data:`COUNTERS`).
+    busy : Out(1)
+        A command is being executed.
+
+    Busy rule: ``cmd.ready`` is 1 only while idle, so a command sent while the engine is busy
+    waits in the stream and starts after the current one has sent its response; operand beats
+    of a command are accepted only while that command runs.
+
+    Latency: the last result row of an N tile enters the output FIFO ``latency`` cycles after
+    the last row of its last K tile entered the array. Throughput: R·C MACs per cycle while
+    operands keep up (a weight tile takes max(kv, nv·ceil(R/C)) beats, which overlap the M
+    cycles of the tile before).
+    """
+
+    def __init__(self, *, rows, cols, acc_depth, a_depth, mul_stages=None, add_stages=None,
+                 mac_stages=None):
+        for name, value, lo, hi in (("rows", rows, 2, 64), ("cols", cols, 2, 64),
+                                    ("acc_depth", acc_depth, 2, 65536), ("a_depth", a_depth, 2, 1 << 20)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {value!r}")
+            if not lo <= value <= hi:
+                raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
+        if acc_depth & (acc_depth - 1):
+            raise ValueError(f"acc_depth must be a power of two, not {acc_depth}")
+        self._rows, self._cols = rows, cols
+        self._acc_depth, self._a_depth = acc_depth, a_depth
+        self._acc_bits = ceil_log2(acc_depth)
+        self._array = SystolicArray(rows=rows, cols=cols, tag_width=1 + self._acc_bits,
+                                    mul_stages=mul_stages, add_stages=add_stages, mac_stages=mac_stages)
+        self._cvt_latency = _core_latency(Fp32ToBf16Core, None)
+        self._out_stages = max(2, self._cvt_latency)
+        self._fifo_depth = self._out_stages + 4
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout())),
+            "a": In(stream.Signature(data.ArrayLayout(16, rows))),
+            "w": In(stream.Signature(data.ArrayLayout(16, cols))),
+            "p": In(stream.Signature(param_layout(cols))),
+            "o": Out(stream.Signature(result_layout(cols))),
+            "resp": Out(stream.Signature(response_layout())),
+            "busy": Out(1),
+        })
+
+    @classmethod
+    def from_config(cls, config):
+        """The engine of an :class:`~hdl.config.AccelConfig`: R×C = array_rows×array_cols,
+        ``acc_depth`` = 32·R rounded up to a power of two, ``a_depth`` = 32·acc_depth."""
+        acc_depth, a_depth = cls.buffer_sizes(config)
+        return cls(rows=config.array_rows, cols=config.array_cols, acc_depth=acc_depth, a_depth=a_depth)
+
+    @staticmethod
+    def buffer_sizes(config):
+        """(acc_depth, a_depth) that :meth:`from_config` gives ``config``."""
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        acc_depth = 1 << ceil_log2(32 * config.array_rows)
+        return acc_depth, 32 * acc_depth
+
+    @property
+    def rows(self):
+        """R, the array rows (along K)."""
+        return self._rows
+
+    @property
+    def cols(self):
+        """C, the array columns (along N)."""
+        return self._cols
+
+    @property
+    def acc_depth(self):
+        """Largest M of one command."""
+        return self._acc_depth
+
+    @property
+    def a_depth(self):
+        """Activation buffer words (R lanes each)."""
+        return self._a_depth
+
+    @property
+    def array(self):
+        """The :class:`~hdl.systolic.SystolicArray`."""
+        return self._array
+
+    @property
+    def latency(self):
+        """Cycles from a row of the last K tile entering the array to its result entering the
+        output FIFO (array, accumulator write and read, output stage)."""
+        return self._array.latency + 2 + self._out_stages
+
+    @property
+    def throughput(self):
+        """Peak MACs per cycle."""
+        return self._rows * self._cols
+
+    @property
+    def w_beats_per_column(self):
+        """Beats per W tile column in transposed orientation: ceil(R/C)."""
+        return -(-self._rows // self._cols)
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self._rows, self._cols
+        J = self.w_beats_per_column
+        AB = self._acc_bits
+        arr = m.submodules.array = self._array
+
+        # ---------------------------------------------------------------- command & state
+        cmd = Signal(command_layout())
+        bf16 = cmd.dtype
+        need_p = Signal()
+        m.d.comb += need_p.eq(cmd.has_bias | (cmd.out_fmt == OutFormat.INT8))
+        m.d.comb += [arr.bf16.eq(bf16), arr.a_unsigned.eq(cmd.a_unsigned & ~bf16)]
+        kt_count = Signal(16)
+        words = Signal(range(self._a_depth + 1))
+        words_full = Signal(33)
+        code = Signal(4)
+        counters = {name: Signal(_COUNTER_WIDTH, name=f"cnt_{name}") for name in COUNTERS}
+        resp_payload = Signal(response_layout())
+        m.d.comb += [self.cmd.ready.eq(0), self.resp.valid.eq(0), self.resp.payload.eq(resp_payload)]
+
+        running = Signal()
+        start = Signal()   # one cycle: initialise the run counters
+        finish = Signal()  # one cycle: everything sent
+
+        rmult, rshift = _reciprocal(R, 17)
+
+        with m.FSM(name="engine"):
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += cmd.eq(self.cmd.payload)
+                    for c in counters.values():
+                        m.d.sync += c.eq(0)
+                    m.next = "SETUP1"
+            with m.State("SETUP1"):
+                m.d.sync += kt_count.eq(((cmd.k + (R - 1)) * rmult) >> rshift)
+                with m.If((cmd.m == 0) | (cmd.k == 0) | (cmd.n == 0)):
+                    m.d.sync += code.eq(Status.ZERO_DIM)
+                    m.next = "RESP"
+                with m.Elif(cmd.m > self._acc_depth):
+                    m.d.sync += code.eq(Status.M_TOO_LARGE)
+                    m.next = "RESP"
+                with m.Elif(cmd.dtype != cmd.out_fmt[1]):
+                    m.d.sync += code.eq(Status.BAD_FORMAT)
+                    m.next = "RESP"
+                with m.Else():
+                    m.d.sync += code.eq(Status.OK)
+                    m.next = "SETUP2"
+            with m.State("SETUP2"):
+                m.d.comb += words_full.eq(cmd.m * kt_count)
+                with m.If(words_full > self._a_depth):
+                    m.d.sync += code.eq(Status.A_TOO_LARGE)
+                    m.next = "RESP"
+                with m.Else():
+                    m.d.sync += words.eq(words_full)
+                    m.d.comb += start.eq(1)
+                    m.next = "RUN"
+            with m.State("RUN"):
+                m.d.comb += running.eq(1)
+                with m.If(finish):
+                    m.next = "RESP"
+            with m.State("RESP"):
+                m.d.comb += self.resp.valid.eq(1)
+                with m.If(self.resp.ready):
+                    m.next = "IDLE"
+        # cycles: from the cycle after the command was accepted to the response (inclusive)
+        with m.If(~self.cmd.ready & ~self.resp.valid):
+            m.d.sync += counters["cycles"].eq(counters["cycles"] + 1)
+        m.d.comb += self.busy.eq(~self.cmd.ready)
+        m.d.comb += resp_payload.code.eq(code)
+        for name, c in counters.items():
+            m.d.comb += getattr(resp_payload, name).eq(c)
+
+        # ---------------------------------------------------------------- activation buffer
+        abuf = m.submodules.abuf = Memory(shape=data.ArrayLayout(16, R), depth=self._a_depth, init=[])
+        a_wp = abuf.write_port()
+        a_rp = abuf.read_port()
+        a_wr = Signal(range(self._a_depth + 1))
+        a_m = Signal(16)
+        a_krem = Signal(17)  # K − k0 of the K tile being written
+        with m.If(start):
+            m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k)]
+        a_take = Signal()
+        m.d.comb += [a_take.eq(running & (a_wr < words)), self.a.ready.eq(a_take)]
+        valid_k = _lanes_below(a_krem, R)
+        m.d.comb += [a_wp.addr.eq(a_wr), a_wp.en.eq(a_take & self.a.valid)]
+        for r in range(R):
+            m.d.comb += a_wp.data[r].eq(Mux(valid_k[r], self.a.payload[r], 0))
+        with m.If(a_take & self.a.valid):
+            m.d.sync += a_wr.eq(a_wr + 1)
+            with m.If(a_m == cmd.m - 1):
+                m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R)]
+            with m.Else():
+                m.d.sync += a_m.eq(a_m + 1)
+
+        # ---------------------------------------------------------------- parameters
+        p_bias = [Signal(data.ArrayLayout(32, C), name=f"p_bias{b}") for b in range(2)]
+        p_mult = [Signal(data.ArrayLayout(32, C), name=f"p_mult{b}") for b in range(2)]
+        p_shift = [Signal(data.ArrayLayout(8, C), name=f"p_shift{b}") for b in range(2)]
+        p_full = Signal(2)
+        p_slot = Signal()
+        p_nrem = Signal(17)
+        p_active = Signal()
+        requant_err = Signal()
+        with m.If(start):
+            m.d.sync += [p_full.eq(0), p_slot.eq(0), p_nrem.eq(cmd.n), p_active.eq(need_p),
+                         requant_err.eq(0)]
+        p_take = Signal()
+        m.d.comb += [p_take.eq(running & p_active & ~p_full.bit_select(p_slot, 1)),
+                     self.p.ready.eq(p_take)]
+        p_bad = Signal()
+        valid_n = _lanes_below(p_nrem, C)
+        m.d.comb += p_bad.eq(Cat(*[valid_n[c] & (self.p.payload.multiplier[c][31]
+                                                 | (self.p.payload.shift[c] == 0)
+                                                 | (self.p.payload.shift[c] > 62))
+                                   for c in range(C)]).any())
+        with m.If(p_take & self.p.valid):
+            for b in range(2):
+                with m.If(p_slot == b):
+                    m.d.sync += [p_bias[b].eq(self.p.payload.bias), p_mult[b].eq(self.p.payload.multiplier),
+                                 p_shift[b].eq(self.p.payload.shift)]
+            m.d.sync += [p_full.bit_select(p_slot, 1).eq(1), p_slot.eq(~p_slot), p_nrem.eq(p_nrem - C)]
+            with m.If(p_nrem <= C):
+                m.d.sync += p_active.eq(0)
+            with m.If(p_bad & (cmd.out_fmt == OutFormat.INT8)):
+                m.d.sync += requant_err.eq(1)
+
+        # ---------------------------------------------------------------- weight loader
+        stg = Signal(data.ArrayLayout(16, R * C))
+        staged = Signal()
+        w_full = Signal(2)                       # bank holds a tile not yet fully issued
+        w_hold = [Signal(range(arr.weight_hold + 1), name=f"w_hold{b}") for b in range(2)]
+        l_bank = Signal()
+        l_krem = Signal(17)
+        l_nrem = Signal(17)
+        l_active = Signal()
+        l_r = Signal(range(R + 1))                # row beat (row orientation)
+        l_c = Signal(range(C + 1))                # column (transposed)
+        l_j = Signal(range(J + 1))                # chunk of a column (transposed)
+        with m.If(start):
+            m.d.sync += [staged.eq(0), w_full.eq(0), l_bank.eq(0), l_krem.eq(cmd.k), l_nrem.eq(cmd.n),
+                         l_active.eq(1), l_r.eq(0), l_c.eq(0), l_j.eq(0), w_hold[0].eq(0), w_hold[1].eq(0)]
+            for i in range(R * C):
+                m.d.sync += stg[i].eq(0x8000)
+        l_take = Signal()
+        m.d.comb += [l_take.eq(running & l_active & ~staged), self.w.ready.eq(l_take)]
+        lk_valid = _lanes_below(l_krem, R)
+        ln_valid = _lanes_below(l_nrem, C)
+        with m.If(l_take & self.w.valid):
+            with m.If(cmd.w_transposed):
+                for r in range(R):
+                    for c in range(C):
+                        with m.If((l_c == c) & (l_j == r // C) & lk_valid[r]):
+                            m.d.sync += stg[r * C + c].eq(self.w.payload[r % C])
+                with m.If(l_j == J - 1):
+                    m.d.sync += [l_j.eq(0), l_c.eq(l_c + 1)]
+                    with m.If((l_c == C - 1) | (l_c + 1 >= l_nrem)):
+                        m.d.sync += [staged.eq(1), l_c.eq(0)]
+                with m.Else():
+                    m.d.sync += l_j.eq(l_j + 1)
+            with m.Else():
+                for r in range(R):
+                    for c in range(C):
+                        with m.If((l_r == r) & ln_valid[c]):
+                            m.d.sync += stg[r * C + c].eq(self.w.payload[c])
+                m.d.sync += l_r.eq(l_r + 1)
+                with m.If((l_r == R - 1) | (l_r + 1 >= l_krem)):
+                    m.d.sync += [staged.eq(1), l_r.eq(0)]
+        commit = Signal()
+        m.d.comb += commit.eq(running & staged & ~w_full.bit_select(l_bank, 1)
+                              & (Mux(l_bank, w_hold[1], w_hold[0]) == 0))
+        m.d.comb += [arr.w_tile.eq(stg), arr.w_load.eq(commit), arr.w_bank.eq(l_bank)]
+        with m.If(commit):
+            m.d.sync += [staged.eq(0), w_full.bit_select(l_bank, 1).eq(1), l_bank.eq(~l_bank)]
+            for i in range(R * C):
+                m.d.sync += stg[i].eq(0x8000)
+            with m.If(l_krem <= R):
+                m.d.sync += [l_krem.eq(cmd.k), l_nrem.eq(l_nrem - C)]
+                with m.If(l_nrem <= C):
+                    m.d.sync += l_active.eq(0)
+            with m.Else():
+                m.d.sync += l_krem.eq(l_krem - R)
+
+        # ---------------------------------------------------------------- accumulator banks
+        acc = m.submodules.acc = Memory(shape=data.ArrayLayout(32, C), depth=2 << AB, init=[])
+        acc_wp = acc.write_port()
+        acc_rp = acc.read_port()        # issue: accumulator so far
+        acc_dp = acc.read_port()        # drain: final values
+        wr_cnt = [Signal(range(self._a_depth + 1), name=f"wr_cnt{b}") for b in range(2)]
+        free = Signal(2)
+        i_done = Signal(2)               # bank: all rows of its N tile issued
+
+        tag_m = arr.o_tag[:AB]
+        tag_bank = arr.o_tag[AB]
+        m.d.comb += [acc_wp.addr.eq(Cat(tag_m, tag_bank)), acc_wp.data.eq(arr.result),
+                     acc_wp.en.eq(arr.o_valid)]
+
+        # ---------------------------------------------------------------- issue
+        i_active = Signal()
+        i_m = Signal(16)
+        li = Signal(range(self._a_depth + 1))   # kt·M + m: the activation word
+        i_krem = Signal(17)
+        i_nrem = Signal(17)
+        i_kt0 = Signal()
+        i_bank = Signal()
+        i_tw = Signal()
+        with m.If(start):
+            m.d.sync += [i_active.eq(1), i_m.eq(0), li.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n),
+                         i_kt0.eq(1), i_bank.eq(0), i_tw.eq(0), free.eq(0b11), i_done.eq(0)]
+        c_w = w_full.bit_select(i_tw, 1)
+        c_a = li < a_wr
+        c_p = ~need_p | p_full.bit_select(i_bank, 1)
+        c_bank = ~(i_kt0 & (i_m == 0)) | free.bit_select(i_bank, 1)
+        c_raw = Signal()
+        m.d.comb += c_raw.eq(i_kt0 | (Mux(i_bank, wr_cnt[1], wr_cnt[0]) + cmd.m > li))
+        go = Signal()
+        m.d.comb += go.eq(running & i_active & c_w & c_a & c_p & c_bank & c_raw)
+        m.d.comb += [a_rp.addr.eq(li), acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
+
+        tile_macs = Signal(16)
+        kv = Mux(i_krem >= R, R, i_krem[:7])
+        nv = Mux(i_nrem >= C, C, i_nrem[:7])
+        m.d.comb += tile_macs.eq(kv * nv)
+
+        s1_valid = Signal()
+        s1_kt0 = Signal()
+        s1_bank = Signal()
+        s1_tw = Signal()
+        s1_m = Signal(AB)
+        m.d.sync += [s1_valid.eq(go), s1_kt0.eq(i_kt0), s1_bank.eq(i_bank), s1_tw.eq(i_tw),
+                     s1_m.eq(i_m[:AB])]
+        bias = Signal(data.ArrayLayout(32, C))
+        m.d.comb += bias.eq(Mux(cmd.has_bias, Mux(s1_bank, p_bias[1], p_bias[0]), 0))
+        m.d.comb += [arr.valid.eq(s1_valid), arr.a.eq(a_rp.data),
+                     arr.psum.eq(Mux(s1_kt0, bias, acc_rp.data)),
+                     arr.bank.eq(s1_tw), arr.tag.eq(Cat(s1_m, s1_bank))]
+
+        for b in range(2):
+            with m.If(w_hold[b] != 0):
+                m.d.sync += w_hold[b].eq(w_hold[b] - 1)
+        with m.If(go):
+            m.d.sync += [counters["busy"].eq(counters["busy"] + 1),
+                         counters["macs"].eq(counters["macs"] + tile_macs)]
+            with m.If(i_kt0 & (i_m == 0)):
+                m.d.sync += free.bit_select(i_bank, 1).eq(0)
+            with m.If(i_m == cmd.m - 1):
+                m.d.sync += [i_m.eq(0), w_full.bit_select(i_tw, 1).eq(0), i_tw.eq(~i_tw)]
+                for b in range(2):
+                    with m.If(i_tw == b):
+                        m.d.sync += w_hold[b].eq(arr.weight_hold)
+                with m.If(i_krem <= R):
+                    m.d.sync += [i_done.bit_select(i_bank, 1).eq(1), i_krem.eq(cmd.k), li.eq(0),
+                                 i_kt0.eq(1), i_bank.eq(~i_bank), i_nrem.eq(i_nrem - C)]
+                    with m.If(i_nrem <= C):
+                        m.d.sync += i_active.eq(0)
+                with m.Else():
+                    m.d.sync += [i_krem.eq(i_krem - R), i_kt0.eq(0), li.eq(li + 1)]
+            with m.Else():
+                m.d.sync += [i_m.eq(i_m + 1), li.eq(li + 1)]
+        with m.Elif(running & i_active):
+            with m.If(~c_w):
+                m.d.sync += counters["stall_weight"].eq(counters["stall_weight"] + 1)
+            with m.Elif(~c_a | ~c_p):
+                m.d.sync += counters["stall_input"].eq(counters["stall_input"] + 1)
+            with m.Elif(~c_bank):
+                m.d.sync += counters["stall_output"].eq(counters["stall_output"] + 1)
+            with m.Else():
+                m.d.sync += counters["stall_dependency"].eq(counters["stall_dependency"] + 1)
+
+        # write counts (the first row of an N tile clears its bank's count: no write to that
+        # bank can be in flight then, its previous N tile has been drained)
+        for b in range(2):
+            with m.If(go & i_kt0 & (i_m == 0) & (i_bank == b)):
+                m.d.sync += wr_cnt[b].eq(0)
+            with m.Elif(arr.o_valid & (tag_bank == b)):
+                m.d.sync += wr_cnt[b].eq(wr_cnt[b] + 1)
+
+        # ---------------------------------------------------------------- drain
+        d_active = Signal()
+        d_bank = Signal()
+        d_m = Signal(16)
+        d_nrem = Signal(17)
+        pending = Signal(range(self._fifo_depth + 1))
+        with m.If(start):
+            m.d.sync += [d_active.eq(1), d_bank.eq(0), d_m.eq(0), d_nrem.eq(cmd.n)]
+        d_ready = Signal()
+        m.d.comb += d_ready.eq(i_done.bit_select(d_bank, 1)
+                               & (Mux(d_bank, wr_cnt[1], wr_cnt[0]) == words))
+        d_go = Signal()
+        m.d.comb += d_go.eq(running & d_active & d_ready & (pending < self._fifo_depth))
+        m.d.comb += acc_dp.addr.eq(Cat(d_m[:AB], d_bank))
+        d_last = Signal()
+        m.d.comb += d_last.eq((d_m == cmd.m - 1) & (d_nrem <= C))
+        with m.If(d_go):
+            with m.If(d_m == cmd.m - 1):
+                m.d.sync += [d_m.eq(0), i_done.bit_select(d_bank, 1).eq(0), free.bit_select(d_bank, 1).eq(1),
+                             p_full.bit_select(d_bank, 1).eq(0), d_bank.eq(~d_bank), d_nrem.eq(d_nrem - C)]
+                with m.If(d_nrem <= C):
+                    m.d.sync += d_active.eq(0)
+            with m.Else():
+                m.d.sync += d_m.eq(d_m + 1)
+        with m.Elif(running & ~i_active & d_active & d_ready):
+            m.d.sync += counters["stall_output"].eq(counters["stall_output"] + 1)
+
+        # output stage: d1 (memory data) → stage A → stage B (→ padding) → FIFO
+        d1_valid, d1_last, d1_slot = Signal(), Signal(), Signal()
+        m.d.sync += [d1_valid.eq(d_go), d1_last.eq(d_last), d1_slot.eq(d_bank)]
+        raw = acc_dp.data
+        mult = Mux(d1_slot, p_mult[1], p_mult[0])
+        shift = Mux(d1_slot, p_shift[1], p_shift[0])
+        sA_prod = [Signal(signed(64), name=f"rq_prod{c}") for c in range(C)]
+        sA_sh = [Signal(range(63), name=f"rq_sh{c}") for c in range(C)]
+        sA_half = [Signal(signed(64), name=f"rq_half{c}") for c in range(C)]
+        sA_raw = Signal(data.ArrayLayout(32, C))
+        sA_valid, sA_last = Signal(), Signal()
+        m.d.sync += [sA_raw.eq(raw), sA_valid.eq(d1_valid), sA_last.eq(d1_last)]
+        for c in range(C):
+            sh = shift[c]
+            sh_c = Signal(range(63), name=f"rq_shc{c}")
+            m.d.comb += sh_c.eq(Mux(sh == 0, 1, Mux(sh > 62, 62, sh[:6])))
+            m.d.sync += [sA_prod[c].eq(raw[c].as_signed() * mult[c][:31]), sA_sh[c].eq(sh_c),
+                         sA_half[c].eq((Const(1, 64) << (sh_c - 1)[:6])[:64])]
+        sB_q = Signal(data.ArrayLayout(8, C))
+        sB_raw = Signal(data.ArrayLayout(32, C))
+        sB_valid, sB_last = Signal(), Signal()
+        m.d.sync += [sB_raw.eq(sA_raw), sB_valid.eq(sA_valid), sB_last.eq(sA_last)]
+        for c in range(C):
+            rounded = Signal(signed(64), name=f"rq_sum{c}")
+            shifted = Signal(signed(64), name=f"rq_shifted{c}")
+            m.d.comb += [rounded.eq(sA_prod[c] + sA_half[c]),
+                         shifted.eq(rounded >> sA_sh[c])]
+            m.d.sync += sB_q[c].eq(Mux(shifted > 127, 127, Mux(shifted < -128, -128, shifted)))
+        bf = Signal(data.ArrayLayout(16, C))
+        for c in range(C):
+            core = Fp32ToBf16Core()
+            m.submodules[f"to_bf16_{c}"] = core
+            m.d.comb += [core.en.eq(1), core.a.eq(raw[c]), bf[c].eq(core.y)]
+
+        def pad(sig, have, name):
+            for i in range(self._out_stages - have):
+                nxt = Signal.like(sig, name=f"{name}_pad{i}")
+                m.d.sync += nxt.eq(sig)
+                sig = nxt
+            return sig
+        q_o = pad(sB_q, 2, "q")
+        raw_o = pad(sB_raw, 2, "raw")
+        valid_o = pad(sB_valid, 2, "valid")
+        last_o = pad(sB_last, 2, "last")
+        bf_o = pad(bf, self._cvt_latency, "bf")
+        out = Signal(result_layout(C))
+        with m.Switch(cmd.out_fmt):
+            with m.Case(OutFormat.INT8):
+                for c in range(C):
+                    m.d.comb += out.data[c].eq(q_o[c].as_signed())
+            with m.Case(OutFormat.BF16):
+                for c in range(C):
+                    m.d.comb += out.data[c].eq(bf_o[c])
+            with m.Default():
+                m.d.comb += out.data.eq(raw_o)
+        m.d.comb += out.last.eq(last_o)
+
+        fifo = m.submodules.out_fifo = SyncFIFOBuffered(width=len(out.as_value()), depth=self._fifo_depth)
+        m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(valid_o),
+                     self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
+        o_fire = Signal()
+        m.d.comb += o_fire.eq(self.o.valid & self.o.ready)
+        with m.If(start):
+            m.d.sync += pending.eq(0)
+        with m.Elif(d_go & ~o_fire):
+            m.d.sync += pending.eq(pending + 1)
+        with m.Elif(~d_go & o_fire):
+            m.d.sync += pending.eq(pending - 1)
+
+        m.d.comb += finish.eq(running & ~d_active & (pending == 0))
+        with m.If(finish & requant_err):
+            m.d.sync += code.eq(Status.BAD_REQUANT)
+        return m

@@ -1,0 +1,269 @@
+"""Weight-stationary systolic array of int8/bf16 processing elements (data type chosen at run time).
+
+Geometry (R = ``rows`` along the reduction dimension K, C = ``cols`` along N)::
+
+              psum[0]   psum[1]  ...  psum[C-1]        (top: accumulator so far / bias)
+                 │         │             │
+    a[0]  ──▶ PE(0,0) ─▶ PE(0,1) ─▶ ... PE(0,C-1)       activations move right, 1 cycle per PE
+                 │         │             │
+    a[1]  ──▶ PE(1,0) ─▶ PE(1,1) ─▶ ... PE(1,C-1)       partial sums move down, L cycles per PE
+                 ...
+                 ▼         ▼             ▼
+             result[0] result[1] ... result[C-1]      (bottom: deskewed, one row per cycle)
+
+PE(k, n) holds two weights (banks 0 and 1) and computes ``psum_out = psum_in + a·w[bank]``; the
+bank travels with the activation, so a new weight tile loads into the idle bank while rows
+that use the other bank are still in flight. The partial sum entering a PE is the sum so far
+of the products above it, so in bf16 mode every output is the strictly sequential fp32 sum
+``(((psum + a0·w0) + a1·w1) + ...)`` that docs/numerics.md requires, independent of R and C.
+"""
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .arith import Bf16MulCore, Fp32AddCore, Int8MacCore
+
+__all__ = ["ProcessingElement", "SystolicArray"]
+
+
+def _delay(m, sig, cycles, name):
+    """``sig`` delayed by ``cycles`` registers (``cycles`` ≥ 0)."""
+    for i in range(cycles):
+        nxt = Signal.like(sig, name=f"{name}_d{i + 1}")
+        m.d.sync += nxt.eq(sig)
+        sig = nxt
+    return sig
+
+
+def _core_latency(cls, stages):
+    """``latency`` of core ``cls`` built with ``stages`` (``None``: its default)."""
+    core = cls() if stages is None else cls(stages=stages)
+    core._MustUse__silence = True  # built only to ask its latency
+    return core.latency
+
+
+def _check_stages(name, value):
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int or None, not {value!r}")
+    if not 1 <= value <= 16:
+        raise ValueError(f"{name} must be in 1..16, not {value}")
+
+
+class ProcessingElement(wiring.Component):
+    """One int8/bf16 multiply-accumulate cell with two stationary weights.
+
+    Parameters
+    ----------
+    mul_stages, add_stages, mac_stages : int or None
+        Pipeline depth of the :class:`hdl.arith.Bf16MulCore`, :class:`hdl.arith.Fp32AddCore` and
+        :class:`hdl.arith.Int8MacCore` inside (``None``: the core's default).
+
+    Members
+    -------
+    a_in : In(16)
+        Activation lane (bf16 bits, or int8 in the low 8 bits), arriving at cycle t.
+    bank_in : In(1)
+        Weight bank the activation uses; travels with it.
+    psum_in : In(32)
+        Partial sum (int32, or fp32 bits) for this activation, arriving at cycle t + ``mul_latency``.
+    a_out, bank_out : Out
+        ``a_in``/``bank_in`` one cycle later (to the PE on the right).
+    psum_out : Out(32)
+        ``psum_in + a·w[bank]``, at cycle t + ``mul_latency`` + ``latency`` (to the PE below).
+    bf16 : In(1)
+        1: bf16 × bf16 → fp32 product, fp32 add (:func:`golden.fp32_add`); 0: int8 MAC, int32
+        wrapping. Must stay constant while data is in flight.
+    a_unsigned : In(1)
+        int8 mode: the activation is unsigned 8-bit.
+    w_data, w_load, w_bank : In
+        When ``w_load`` is 1, weight bank ``w_bank`` takes ``w_data`` (16 bits).
+
+    Latency: ``latency`` cycles from ``psum_in`` to ``psum_out``; the activation must arrive
+    ``mul_latency`` cycles before its partial sum. Throughput: one MAC per cycle.
+    """
+
+    def __init__(self, *, mul_stages=None, add_stages=None, mac_stages=None):
+        for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages),
+                            ("mac_stages", mac_stages)):
+            _check_stages(name, value)
+        self._stages = {Bf16MulCore: mul_stages, Fp32AddCore: add_stages, Int8MacCore: mac_stages}
+        self._mul_lat = _core_latency(Bf16MulCore, mul_stages)
+        self._add_lat = _core_latency(Fp32AddCore, add_stages)
+        self._mac_lat = _core_latency(Int8MacCore, mac_stages)
+        super().__init__({
+            "a_in": In(16), "bank_in": In(1), "psum_in": In(32),
+            "a_out": Out(16), "bank_out": Out(1), "psum_out": Out(32),
+            "bf16": In(1), "a_unsigned": In(1),
+            "w_data": In(16), "w_load": In(1), "w_bank": In(1),
+        })
+
+    @property
+    def mul_latency(self):
+        """Cycles by which the activation leads its partial sum."""
+        return self._mul_lat
+
+    @property
+    def latency(self):
+        """Cycles from ``psum_in`` to ``psum_out`` (both data types)."""
+        return max(self._add_lat, self._mac_lat) + 1
+
+    def _core(self, cls):
+        stages = self._stages[cls]
+        return cls() if stages is None else cls(stages=stages)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mul = mul = self._core(Bf16MulCore)
+        m.submodules.add = add = self._core(Fp32AddCore)
+        m.submodules.mac = mac = self._core(Int8MacCore)
+
+        w = [Signal(16, name=f"w{i}", init=0x8000) for i in range(2)]
+        with m.If(self.w_load):
+            with m.If(self.w_bank):
+                m.d.sync += w[1].eq(self.w_data)
+            with m.Else():
+                m.d.sync += w[0].eq(self.w_data)
+        w_sel = Signal(16)
+        m.d.comb += w_sel.eq(Mux(self.bank_in, w[1], w[0]))
+
+        m.d.sync += [self.a_out.eq(self.a_in), self.bank_out.eq(self.bank_in)]
+
+        # bf16: the product is ready when the partial sum arrives.
+        m.d.comb += [mul.en.eq(1), mul.a.eq(self.a_in), mul.b.eq(w_sel)]
+        m.d.comb += [add.en.eq(1), add.a.eq(self.psum_in), add.b.eq(mul.y)]
+        # int8: operands wait mul_latency cycles to meet their partial sum.
+        a_d = _delay(m, self.a_in[:8], self.mul_latency, "a8")
+        w_d = _delay(m, w_sel[:8], self.mul_latency, "w8")
+        m.d.comb += [mac.en.eq(1), mac.a.eq(a_d), mac.w.eq(w_d), mac.acc.eq(self.psum_in),
+                     mac.a_unsigned.eq(self.a_unsigned)]
+
+        lat = self.latency - 1
+        fp = _delay(m, add.y, lat - add.latency, "fp")
+        it = _delay(m, mac.y, lat - mac.latency, "int")
+        m.d.sync += self.psum_out.eq(Mux(self.bf16, fp, it))
+        return m
+
+
+class SystolicArray(wiring.Component):
+    """R×C weight-stationary array; one row of A in, one row of partial sums out, per cycle.
+
+    Parameters
+    ----------
+    rows, cols : int
+        R (2..64, along K) and C (2..64, along N).
+    tag_width : int
+        Width of ``tag``, an opaque value delayed alongside each row (0..64).
+    mul_stages, add_stages, mac_stages : int or None
+        Core pipeline depths (see :class:`ProcessingElement`).
+
+    Members
+    -------
+    valid : In(1)
+        A row enters in this cycle.
+    a : In(ArrayLayout(16, R))
+        Activation row: lane k multiplies weight row k.
+    psum : In(ArrayLayout(32, C))
+        Starting partial sums of the row (accumulator so far, bias, or zero), one per column.
+    bank : In(1)
+        Weight bank the row uses.
+    tag : In(tag_width)
+        Returned with the result.
+    bf16, a_unsigned : In(1)
+        Data type (see :class:`ProcessingElement`); constant while rows are in flight.
+    w_tile : In(ArrayLayout(16, R*C))
+        A whole weight tile, element (k, n) at index ``k*C + n``.
+    w_load, w_bank : In(1)
+        Copy ``w_tile`` into bank ``w_bank`` of every PE. Allowed ``weight_hold`` cycles after the
+        last row using that bank entered.
+    o_valid, result, o_tag : Out
+        ``result[n] = psum[n] + Σ_k a[k]·w[k][n]`` (sequential in k) of the row that entered
+        ``latency`` cycles earlier.
+
+    Latency: ``latency`` = ``mul_latency + R·pe_latency + C`` cycles. Throughput: one row per
+    cycle (R·C MACs per cycle), no stalls: empty cycles travel as bubbles.
+    """
+
+    def __init__(self, *, rows, cols, tag_width=0, mul_stages=None, add_stages=None, mac_stages=None):
+        for name, value in (("rows", rows), ("cols", cols)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {value!r}")
+            if not 2 <= value <= 64:
+                raise ValueError(f"{name} must be in 2..64, not {value}")
+        if not isinstance(tag_width, int) or isinstance(tag_width, bool) or not 0 <= tag_width <= 64:
+            raise ValueError(f"tag_width must be an int in 0..64, not {tag_width!r}")
+        for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages),
+                            ("mac_stages", mac_stages)):
+            _check_stages(name, value)
+        self._rows, self._cols, self._tag_width = rows, cols, tag_width
+        self._stages = dict(mul_stages=mul_stages, add_stages=add_stages, mac_stages=mac_stages)
+        self._mul_latency = _core_latency(Bf16MulCore, mul_stages)
+        self._pe_latency = max(_core_latency(Fp32AddCore, add_stages),
+                               _core_latency(Int8MacCore, mac_stages)) + 1
+        super().__init__({
+            "valid": In(1), "a": In(data.ArrayLayout(16, rows)), "psum": In(data.ArrayLayout(32, cols)),
+            "bank": In(1), "tag": In(max(tag_width, 1)),
+            "bf16": In(1), "a_unsigned": In(1),
+            "w_tile": In(data.ArrayLayout(16, rows * cols)), "w_load": In(1), "w_bank": In(1),
+            "o_valid": Out(1), "result": Out(data.ArrayLayout(32, cols)), "o_tag": Out(max(tag_width, 1)),
+        })
+
+    @property
+    def rows(self):
+        return self._rows
+
+    @property
+    def cols(self):
+        return self._cols
+
+    @property
+    def pe_latency(self):
+        """Cycles a partial sum spends in one PE."""
+        return self._pe_latency
+
+    @property
+    def mul_latency(self):
+        return self._mul_latency
+
+    @property
+    def latency(self):
+        """Cycles from a row entering (``valid``) to its result (``o_valid``)."""
+        return self._mul_latency + self._rows * self._pe_latency + self._cols
+
+    @property
+    def weight_hold(self):
+        """Cycles after the last row using a bank entered until that bank may be reloaded."""
+        return 1 + (self._rows - 1) * self._pe_latency + self._cols + 1
+
+    @property
+    def throughput(self):
+        """Rows per cycle."""
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C, L, Lm = self._rows, self._cols, self._pe_latency, self._mul_latency
+        pes = [[ProcessingElement(**self._stages) for _ in range(C)] for _ in range(R)]
+        for k in range(R):
+            for n in range(C):
+                m.submodules[f"pe_{k}_{n}"] = pe = pes[k][n]
+                m.d.comb += [pe.bf16.eq(self.bf16), pe.a_unsigned.eq(self.a_unsigned),
+                             pe.w_data.eq(self.w_tile[k * C + n]), pe.w_load.eq(self.w_load),
+                             pe.w_bank.eq(self.w_bank)]
+                if n == 0:
+                    a = _delay(m, self.a[k], 1 + k * L, f"a_skew{k}")
+                    bank = _delay(m, self.bank, 1 + k * L, f"bank_skew{k}")
+                    m.d.comb += [pe.a_in.eq(a), pe.bank_in.eq(bank)]
+                else:
+                    m.d.comb += [pe.a_in.eq(pes[k][n - 1].a_out), pe.bank_in.eq(pes[k][n - 1].bank_out)]
+                if k == 0:
+                    m.d.comb += pe.psum_in.eq(_delay(m, self.psum[n], 1 + n + Lm, f"psum_skew{n}"))
+                else:
+                    m.d.comb += pe.psum_in.eq(pes[k - 1][n].psum_out)
+        for n in range(C):
+            m.d.comb += self.result[n].eq(_delay(m, pes[R - 1][n].psum_out, C - 1 - n, f"deskew{n}"))
+        m.d.comb += [self.o_valid.eq(_delay(m, self.valid, self.latency, "valid")),
+                     self.o_tag.eq(_delay(m, self.tag, self.latency, "tag"))]
+        return m

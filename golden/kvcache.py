@@ -39,7 +39,7 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
-    "SEQ_ID_BITS", "KVOp", "KVStatus", "KVStatusInfo", "KVResponse", "KVCacheError",
+    "SEQ_ID_BITS", "KVOp", "KVStatus", "KVStatusInfo", "KVResponse", "KVCommand", "KVCacheError",
     "OutOfPagesError", "UnknownSequenceError", "DuplicateSequenceError", "ReadPastLengthError",
     "HeadOutOfRangeError", "TooManySequencesError", "PagedKVCache",
 ]
@@ -76,6 +76,11 @@ KVStatusInfo = namedtuple("KVStatusInfo", ["length", "pages", "free_pages"])
 #: One hardware response. On OK the fields describe the addressed sequence after the command
 #: (after FREE: length 0, pages 0); on an error every field but ``status`` and ``op`` is 0.
 KVResponse = namedtuple("KVResponse", ["status", "op", "length", "pages", "free_pages"])
+
+#: One hardware command: ``execute(*command)`` runs it on the model, ``sim.run_kvcache`` on the
+#: RTL. ``k``/``v`` ([kv_heads, head_dim]) only for APPEND.
+KVCommand = namedtuple("KVCommand", ["op", "seq", "head", "start", "count", "k", "v"],
+                       defaults=(0, 0, 0, None, None))
 
 
 class KVCacheError(ValueError):

@@ -1,0 +1,485 @@
+"""Paged KV-cache controller: block tables, a hardware free list, many sequences.
+
+Implements :class:`golden.PagedKVCache` exactly (docs/numerics.md "Paged KV cache"; the
+protocol and timing are in docs/kvcache.md). One command at a time is decoded; READ_K/READ_V
+hand their rows to a read engine that streams them while the next commands are decoded, so
+back-to-back READs (for example one head after the other) stream without bubbles.
+
+Storage, all in ``amaranth.lib.memory.Memory`` (synchronous, non-transparent read ports):
+
+* data: ``2 · num_pages · page_size · kv_heads · beats_per_row`` words of ``beat_elems``
+  elements (K first, then V); the word of (kv, page, row, head, beat) is at
+  ``((kv·num_pages + page)·page_size + row)·kv_heads·beats_per_row + head·beats_per_row + beat``;
+* block tables: ``max_seqs × 2**ceil_log2(num_pages)`` physical page numbers;
+* free list: a ``num_pages``-entry LIFO stack, written 0 on top … num_pages−1 at the bottom by
+  an initialization walk of ``num_pages`` cycles after every reset (``cmd.ready`` stays low).
+
+Sequence slots are registers: a valid bit, the 16-bit id (matched by a parallel compare), the
+length and the page that receives the next token.
+"""
+
+from amaranth.hdl import Array, Cat, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+__all__ = ["KVCacheController", "OP_ALLOC", "OP_APPEND", "OP_READ_K", "OP_READ_V", "OP_FREE",
+           "OP_STATUS"]
+
+# Opcodes and status codes: the numbers of golden.kvcache.KVOp / KVStatus.
+OP_ALLOC, OP_APPEND, OP_READ_K, OP_READ_V, OP_FREE, OP_STATUS = range(6)
+_OK, _OUT_OF_PAGES, _UNKNOWN_SEQ, _DUPLICATE_SEQ, _READ_PAST_LENGTH = range(5)
+_HEAD_OUT_OF_RANGE, _TOO_MANY_SEQS, _BAD_OPCODE = 5, 6, 7
+
+SEQ_ID_BITS = 16
+HEAD_BITS = 8
+
+
+def _check_int(name, value, lo, hi):
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
+
+
+class KVCacheController(wiring.Component):
+    """Paged KV cache for up to ``max_seqs`` sequences sharing ``num_pages`` pages.
+
+    Parameters (keyword-only)
+    -------------------------
+    page_size : int
+        Tokens per page, a power of two 1..256.
+    num_pages : int
+        Physical pages, 2..65536.
+    kv_heads : int
+        KV heads per token, 1..64.
+    head_dim : int
+        Elements per head row, 1..1024.
+    max_seqs : int
+        Sequences live at once, 1..1024.
+    beat_elems : int
+        Elements per append/read beat, 1..head_dim, dividing head_dim.
+    dtype : str
+        ``"int8"`` or ``"bf16"``.
+
+    Members
+    -------
+    cmd : In(stream.Signature(cmd_layout))
+        ``op`` (3 bits, :class:`golden.KVOp`), ``seq`` (16-bit id), ``head`` (8 bits),
+        ``start`` and ``count`` (rows, ``length_bits`` each).
+    wdata : In(stream.Signature(beat_elems · element bits))
+        APPEND data: every APPEND is followed by exactly :attr:`append_beats` beats (K of head
+        0 … kv_heads−1, then V likewise; each row ``beats_per_row`` beats, element ``i`` of a
+        beat in bits ``[i·w, (i+1)·w)``, w = 8 or 16). They are consumed whether or not the
+        APPEND succeeds and written only if it does; the APPEND is checked before its first
+        beat is accepted, and the length grows after its last beat, so an error never writes.
+    resp : Out(stream.Signature(resp_layout))
+        One response per command, in command order: ``status`` (4 bits,
+        :class:`golden.KVStatus`), ``op``, ``length``, ``pages``, ``free_pages``.
+    rdata : Out(stream.Signature(rdata_layout))
+        READ rows in position order, ``beats_per_row`` beats per row; ``data`` holds
+        ``beat_elems`` 16-bit lanes (int8 sign-extended, bf16 bit patterns), ``last`` marks the
+        final beat of a READ. A READ's response comes before its data.
+
+    Throughput: READ data one beat per cycle sustained, across page boundaries and from one
+    READ to the next when each READ streams at least :attr:`command_cycles` beats. APPEND data
+    one beat per cycle within a command, plus :attr:`command_cycles` cycles per command.
+    Latency: :attr:`read_latency` cycles from a READ command's acceptance to its first beat.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range; the message names it.
+    """
+
+    def __init__(self, *, page_size, num_pages, kv_heads, head_dim, max_seqs, beat_elems, dtype):
+        _check_int("page_size", page_size, 1, 256)
+        if page_size & (page_size - 1):
+            raise ValueError(f"page_size must be a power of two, not {page_size}")
+        _check_int("num_pages", num_pages, 2, 65536)
+        _check_int("kv_heads", kv_heads, 1, 64)
+        _check_int("head_dim", head_dim, 1, 1024)
+        _check_int("max_seqs", max_seqs, 1, 1024)
+        _check_int("beat_elems", beat_elems, 1, head_dim)
+        if head_dim % beat_elems:
+            raise ValueError(f"beat_elems ({beat_elems}) must divide head_dim ({head_dim})")
+        if dtype not in ("int8", "bf16"):
+            raise ValueError(f"dtype must be 'int8' or 'bf16', not {dtype!r}")
+        self._page_size = page_size
+        self._num_pages = num_pages
+        self._kv_heads = kv_heads
+        self._head_dim = head_dim
+        self._max_seqs = max_seqs
+        self._beat_elems = beat_elems
+        self._dtype = dtype
+        self._length_bits = (num_pages * page_size).bit_length()
+        self._page_count_bits = num_pages.bit_length()
+        super().__init__({
+            "cmd": In(stream.Signature(self.cmd_layout)),
+            "wdata": In(stream.Signature(beat_elems * self.elem_bits)),
+            "resp": Out(stream.Signature(self.resp_layout)),
+            "rdata": Out(stream.Signature(self.rdata_layout)),
+            "mem": Out(self.mem_signature),
+        })
+
+    @classmethod
+    def from_config(cls, config):
+        """The controller of an :class:`hdl.config.AccelConfig` (``kv_*`` parameters)."""
+        return cls(page_size=config.kv_page_size, num_pages=config.kv_pages,
+                   kv_heads=config.kv_heads, head_dim=config.kv_head_dim,
+                   max_seqs=config.kv_max_seqs, beat_elems=config.kv_beat_elems,
+                   dtype=config.kv_dtype)
+
+    # -- parameters and derived constants ----------------------------------------------------
+    page_size = property(lambda self: self._page_size)
+    num_pages = property(lambda self: self._num_pages)
+    kv_heads = property(lambda self: self._kv_heads)
+    head_dim = property(lambda self: self._head_dim)
+    max_seqs = property(lambda self: self._max_seqs)
+    beat_elems = property(lambda self: self._beat_elems)
+    dtype = property(lambda self: self._dtype)
+
+    @property
+    def elem_bits(self):
+        """Bits of one stored element: 8 (int8) or 16 (bf16)."""
+        return 8 if self._dtype == "int8" else 16
+
+    @property
+    def beats_per_row(self):
+        return self._head_dim // self._beat_elems
+
+    @property
+    def append_beats(self):
+        """wdata beats that follow every APPEND: 2 · kv_heads · beats_per_row."""
+        return 2 * self._kv_heads * self.beats_per_row
+
+    @property
+    def max_length(self):
+        return self._num_pages * self._page_size
+
+    @property
+    def length_bits(self):
+        return self._length_bits
+
+    @property
+    def cmd_layout(self):
+        return data.StructLayout({"op": 3, "seq": SEQ_ID_BITS, "head": HEAD_BITS,
+                                  "start": self._length_bits, "count": self._length_bits})
+
+    @property
+    def resp_layout(self):
+        return data.StructLayout({"status": 4, "op": 3, "length": self._length_bits,
+                                  "pages": self._page_count_bits,
+                                  "free_pages": self._page_count_bits})
+
+    @property
+    def rdata_layout(self):
+        return data.StructLayout({"data": 16 * self._beat_elems, "last": 1})
+
+    @property
+    def mem_words(self):
+        """Words of the external K/V memory: 2 · num_pages · page_size · kv_heads ·
+        beats_per_row."""
+        return 2 * self._num_pages * self._page_size * self._kv_heads * self.beats_per_row
+
+    @property
+    def mem_signature(self):
+        """The external K/V memory port (controller side): a synchronous read port
+        (``rdata`` is the word at the ``raddr`` of the previous cycle in which ``ren`` was 1)
+        and a write port."""
+        abits = max(1, ceil_log2(self.mem_words))
+        width = self._beat_elems * self.elem_bits
+        return wiring.Signature({
+            "raddr": Out(abits), "ren": Out(1), "rdata": In(width),
+            "waddr": Out(abits), "wdata": Out(width), "wen": Out(1),
+        })
+
+    @property
+    def command_cycles(self):
+        """Cycles the decoder spends on a command besides its data beats."""
+        return 4
+
+    @property
+    def read_latency(self):
+        """Cycles from a READ's acceptance on ``cmd`` to its first ``rdata`` beat (idle read
+        engine, ready response and data streams)."""
+        return 7
+
+    @property
+    def throughput(self):
+        """READ and APPEND data beats per cycle while streaming."""
+        return 1
+
+    @property
+    def init_cycles(self):
+        """Cycles after reset before ``cmd.ready`` rises (free-list initialization)."""
+        return self._num_pages
+
+    # -- hardware ----------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        N, ps, H, S = self._num_pages, self._page_size, self._kv_heads, self._max_seqs
+        bpr = self.beats_per_row
+        HB = H * bpr                       # words per token per K or V
+        lg_ps = exact_log2(ps)
+        lg_N = ceil_log2(N)
+        pidx = max(1, lg_N)                # bits of a physical page number
+        kv_words = N * ps * HB             # V words start here
+        max_len = self.max_length
+        eb = self.elem_bits
+
+        def pages_of(length):
+            return (length + (ps - 1)) >> lg_ps
+
+        # -- storage (the K/V words are in the external memory behind ``mem``) --
+        mem = self.mem
+        m.submodules.block_tables = btab = Memory(shape=pidx, depth=S << lg_N, init=[])
+        bt_w = btab.write_port()
+        bt_r = btab.read_port()
+        m.submodules.free_stack = stack = Memory(shape=pidx, depth=N, init=[])
+        st_w = stack.write_port()
+        st_r = stack.read_port()
+
+        sp = Signal(range(N + 1), init=N)  # free pages; top of stack at sp - 1
+        m.d.comb += st_r.addr.eq(sp - 1)
+
+        slot_valid = Array(Signal(name=f"slot_valid{i}") for i in range(S))
+        slot_id = Array(Signal(SEQ_ID_BITS, name=f"slot_id{i}") for i in range(S))
+        slot_len = Array(Signal(range(max_len + 1), name=f"slot_len{i}") for i in range(S))
+        slot_tail = Array(Signal(pidx, name=f"slot_tail{i}") for i in range(S))
+
+        # -- output FIFOs --
+        m.submodules.resp_fifo = resp_fifo = SyncFIFOBuffered(width=self.resp_layout.size, depth=3)
+        m.d.comb += [
+            self.resp.valid.eq(resp_fifo.r_rdy),
+            self.resp.payload.eq(resp_fifo.r_data),
+            resp_fifo.r_en.eq(self.resp.ready),
+        ]
+        rd_depth = 4
+        m.submodules.rdata_fifo = rd_fifo = SyncFIFOBuffered(width=self.rdata_layout.size,
+                                                             depth=rd_depth)
+        m.d.comb += [
+            self.rdata.valid.eq(rd_fifo.r_rdy),
+            self.rdata.payload.eq(rd_fifo.r_data),
+            rd_fifo.r_en.eq(self.rdata.ready),
+        ]
+
+        # -- command registers and slot lookup --
+        c = Signal(self.cmd_layout)
+        hits = Signal(S)
+        m.d.comb += hits.eq(Cat(slot_valid[i] & (slot_id[i] == c.seq) for i in range(S)))
+        hit_slot = Signal(range(S))
+        free_slot = Signal(range(S))
+        for i in reversed(range(S)):
+            with m.If(hits[i]):
+                m.d.comb += hit_slot.eq(i)
+            with m.If(~slot_valid[i]):
+                m.d.comb += free_slot.eq(i)
+        any_free = Signal()
+        m.d.comb += any_free.eq(~Cat(slot_valid[i] for i in range(S)).all())
+        r_hit = Signal()
+        r_slot = Signal(range(S))
+        r_free_slot = Signal(range(S))
+        r_any_free = Signal()
+        cur_len = Signal(range(max_len + 1))
+        m.d.comb += cur_len.eq(slot_len[r_slot])
+
+        resp = Signal(self.resp_layout)
+        m.d.comb += resp_fifo.w_data.eq(resp)
+
+        def respond(status, length=0, pages=0, free=0):
+            m.d.sync += [resp.status.eq(status), resp.op.eq(c.op), resp.length.eq(length),
+                         resp.pages.eq(pages), resp.free_pages.eq(free)]
+
+        # -- read engine: stage 1 issues a block-table read, stage 2 the data read, stage 3
+        # writes the FIFO --
+        rg_active = Signal()
+        rg_slot = Signal(range(S))
+        rg_head = Signal(range(H))
+        rg_kv = Signal()
+        rg_pos = Signal(range(max_len + 1))
+        rg_rows = Signal(range(max_len + 1))
+        rg_beat = Signal(range(bpr))
+        s2_valid, s2_last, s2_kv = Signal(), Signal(), Signal()
+        s2_off = Signal(range(ps))
+        s2_word = Signal(range(HB))
+        s3_valid, s3_last = Signal(), Signal()
+
+        credit = Signal()
+        m.d.comb += credit.eq(rd_fifo.level + s2_valid + s3_valid < rd_depth)
+        issue = Signal()
+        m.d.comb += issue.eq(rg_active & credit)
+        last_beat_of_row = rg_beat == bpr - 1
+        issue_last = Signal()
+        m.d.comb += issue_last.eq(issue & last_beat_of_row & (rg_rows == 1))
+        rg_can_load = Signal()
+        m.d.comb += rg_can_load.eq(~rg_active | issue_last)
+        rg_idle = Signal()
+        m.d.comb += rg_idle.eq(~rg_active & ~s2_valid & ~s3_valid)
+
+        # the block-table read port serves the read engine, except in FREE_WALK (FSM below)
+        m.d.comb += bt_r.addr.eq((rg_slot << lg_N) | (rg_pos >> lg_ps))
+        m.d.sync += [s2_valid.eq(issue), s3_valid.eq(s2_valid), s3_last.eq(s2_last)]
+        with m.If(issue):
+            m.d.sync += [
+                s2_last.eq(issue_last), s2_kv.eq(rg_kv),
+                s2_off.eq(rg_pos & (ps - 1)), s2_word.eq(rg_head * bpr + rg_beat),
+                rg_beat.eq(Mux(last_beat_of_row, 0, rg_beat + 1)),
+            ]
+            with m.If(last_beat_of_row):
+                m.d.sync += [rg_pos.eq(rg_pos + 1), rg_rows.eq(rg_rows - 1)]
+                with m.If(rg_rows == 1):
+                    m.d.sync += rg_active.eq(0)
+        phys = bt_r.data
+        m.d.comb += [mem.raddr.eq(((s2_kv * N + phys) * ps + s2_off) * HB + s2_word),
+                     mem.ren.eq(s2_valid)]
+        word = mem.rdata
+        if eb == 8:
+            lanes = Cat(Cat(word[8 * i:8 * i + 8], word[8 * i + 7].replicate(8))
+                        for i in range(self._beat_elems))
+        else:
+            lanes = word
+        m.d.comb += [rd_fifo.w_en.eq(s3_valid), rd_fifo.w_data.eq(Cat(lanes, s3_last))]
+
+        # -- APPEND and FREE state --
+        a_write = Signal()
+        a_base = Signal(range(kv_words))
+        a_word = Signal(range(HB))
+        a_kv = Signal()
+        a_cnt = Signal(range(2 * HB))
+        f_i = Signal(range(N + 1))
+        f_pages = Signal(range(N + 1))
+        f_push = Signal()
+        init_i = Signal(range(N))
+
+        boundary = Signal()
+        m.d.comb += boundary.eq((cur_len & (ps - 1)) == 0)
+        new_page = Signal(pidx)
+        m.d.comb += new_page.eq(Mux(boundary, st_r.data, slot_tail[r_slot]))
+
+        with m.FSM(init="INIT"):
+            with m.State("INIT"):
+                m.d.comb += [st_w.addr.eq(init_i), st_w.data.eq(N - 1 - init_i), st_w.en.eq(1)]
+                m.d.sync += init_i.eq(init_i + 1)
+                with m.If(init_i == N - 1):
+                    m.d.sync += sp.eq(N)
+                    m.next = "IDLE"
+
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += c.eq(self.cmd.payload)
+                    m.next = "MATCH"
+
+            with m.State("MATCH"):
+                m.d.sync += [r_hit.eq(hits.any()), r_slot.eq(hit_slot),
+                             r_free_slot.eq(free_slot), r_any_free.eq(any_free)]
+                m.next = "EXEC"
+
+            with m.State("EXEC"):
+                m.next = "RESP"
+                with m.Switch(c.op):
+                    with m.Case(OP_ALLOC):
+                        with m.If(r_hit):
+                            respond(_DUPLICATE_SEQ)
+                        with m.Elif(~r_any_free):
+                            respond(_TOO_MANY_SEQS)
+                        with m.Else():
+                            m.d.sync += [slot_valid[r_free_slot].eq(1),
+                                         slot_id[r_free_slot].eq(c.seq),
+                                         slot_len[r_free_slot].eq(0)]
+                            respond(_OK, 0, 0, sp)
+                    with m.Case(OP_STATUS):
+                        with m.If(~r_hit):
+                            respond(_UNKNOWN_SEQ)
+                        with m.Else():
+                            respond(_OK, cur_len, pages_of(cur_len), sp)
+                    with m.Case(OP_READ_K, OP_READ_V):
+                        with m.If(~r_hit):
+                            respond(_UNKNOWN_SEQ)
+                        with m.Elif(c.head >= H):
+                            respond(_HEAD_OUT_OF_RANGE)
+                        with m.Elif(c.start + c.count > cur_len):
+                            respond(_READ_PAST_LENGTH)
+                        with m.Else():
+                            respond(_OK, cur_len, pages_of(cur_len), sp)
+                            with m.If(c.count != 0):
+                                m.next = "READ_DISPATCH"
+                    with m.Case(OP_APPEND):
+                        m.d.sync += [a_word.eq(0), a_kv.eq(0), a_cnt.eq(0), a_write.eq(0)]
+                        m.next = "APPEND_DATA"
+                        with m.If(~r_hit):
+                            respond(_UNKNOWN_SEQ)
+                        with m.Elif(boundary & (sp == 0)):
+                            respond(_OUT_OF_PAGES)
+                        with m.Else():
+                            m.d.sync += [
+                                a_write.eq(1),
+                                a_base.eq(((new_page * ps) + (cur_len & (ps - 1))) * HB),
+                            ]
+                            respond(_OK, cur_len + 1, pages_of(cur_len + 1), sp - boundary)
+                            with m.If(boundary):
+                                m.d.sync += [sp.eq(sp - 1), slot_tail[r_slot].eq(st_r.data)]
+                                m.d.comb += [
+                                    bt_w.addr.eq((r_slot << lg_N) | (cur_len >> lg_ps)),
+                                    bt_w.data.eq(st_r.data),
+                                    bt_w.en.eq(1),
+                                ]
+                    with m.Case(OP_FREE):
+                        with m.If(~r_hit):
+                            respond(_UNKNOWN_SEQ)
+                        with m.Else():
+                            m.d.sync += [f_i.eq(0), f_pages.eq(pages_of(cur_len)), f_push.eq(0)]
+                            m.next = "FREE_WAIT"
+                    with m.Default():
+                        respond(_BAD_OPCODE)
+
+            with m.State("READ_DISPATCH"):
+                with m.If(rg_can_load & resp_fifo.w_rdy):
+                    m.d.comb += resp_fifo.w_en.eq(1)
+                    m.d.sync += [rg_active.eq(1), rg_slot.eq(r_slot), rg_head.eq(c.head),
+                                 rg_kv.eq(c.op == OP_READ_V), rg_pos.eq(c.start),
+                                 rg_rows.eq(c.count), rg_beat.eq(0)]
+                    m.next = "IDLE"
+
+            with m.State("APPEND_DATA"):
+                m.d.comb += self.wdata.ready.eq(1)
+                with m.If(self.wdata.valid):
+                    m.d.comb += [
+                        mem.waddr.eq(a_base + a_word + Mux(a_kv, kv_words, 0)),
+                        mem.wdata.eq(self.wdata.payload),
+                        mem.wen.eq(a_write),
+                    ]
+                    m.d.sync += [a_cnt.eq(a_cnt + 1), a_word.eq(Mux(a_word == HB - 1, 0, a_word + 1))]
+                    with m.If(a_word == HB - 1):
+                        m.d.sync += a_kv.eq(1)
+                    with m.If(a_cnt == 2 * HB - 1):
+                        with m.If(a_write):
+                            m.d.sync += slot_len[r_slot].eq(cur_len + 1)
+                        m.next = "RESP"
+
+            with m.State("FREE_WAIT"):
+                with m.If(rg_idle):
+                    m.next = "FREE_WALK"
+
+            with m.State("FREE_WALK"):
+                m.d.comb += bt_r.addr.eq((r_slot << lg_N) | f_i)
+                m.d.sync += f_push.eq(f_i < f_pages)
+                with m.If(f_i < f_pages):
+                    m.d.sync += f_i.eq(f_i + 1)
+                with m.If(f_push):
+                    m.d.comb += [st_w.addr.eq(sp), st_w.data.eq(bt_r.data), st_w.en.eq(1)]
+                    m.d.sync += sp.eq(sp + 1)
+                with m.Elif(f_i == f_pages):
+                    m.d.sync += slot_valid[r_slot].eq(0)
+                    respond(_OK, 0, 0, sp)
+                    m.next = "RESP"
+
+            with m.State("RESP"):
+                with m.If(resp_fifo.w_rdy):
+                    m.d.comb += resp_fifo.w_en.eq(1)
+                    m.next = "IDLE"
+
+        return m

@@ -1,4 +1,4 @@
 """Simulation flow: Amaranth → Verilog → Verilator → cocotb, and Python APIs that run one
 operation on the Verilated RTL (``sim.run_matmul``, ``sim.run_softmax``, ``sim.run_kvcache``)."""
-from .matmul_api import run_matmul  # noqa: F401
 from .kvcache_api import run_kvcache  # noqa: F401
+from .matmul_api import run_matmul  # noqa: F401

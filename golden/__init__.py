@@ -10,3 +10,25 @@ from .requant import quantize_multiplier, requantize  # noqa: F401
 from .softmax import (  # noqa: F401
     softmax_bf16, softmax_bf16_bits, softmax_int8, softmax_reference, softmax_scale_bf16, softmax_scale_int8,
 )
+from .vector import (  # noqa: F401
+    RMSNormInt8,
+    RopeTable,
+    mul_bf16,
+    mul_int8,
+    residual_add_bf16,
+    residual_add_int,
+    residual_add_params,
+    rmsnorm_bf16,
+    rmsnorm_int8,
+    rmsnorm_reference,
+    rope_bf16,
+    rope_int8,
+    rope_reference,
+    rope_table,
+    silu_bf16,
+    silu_int8,
+    silu_reference,
+    silu_table_int8,
+    swiglu_bf16,
+    swiglu_int8,
+)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from golden import bf16_daz, bf16_mul, fp32_add, fp32_daz, fp32_to_bf16
+from golden.vector import fp32_mul
 
 SETTINGS = settings(derandomize=True, max_examples=300, deadline=None)
 QNAN32, QNAN16 = 0x7FC00000, 0x7FC0
@@ -146,3 +147,29 @@ def test_daz_flushes_subnormals_only_and_keeps_the_sign():
     assert fp32_daz(f).tolist() == [0, 0x80000000, 0x00800000, 0x80000000, 0x7FC00000]
     b = np.array([0x0001, 0x807F, 0x0080, 0x8000, 0x7F80], np.uint16)
     assert bf16_daz(b).tolist() == [0, 0x8000, 0x0080, 0x8000, 0x7F80]
+
+
+def _ref_fp32_mul(x, y):
+    (vx, sx), (vy, sy) = _decode32(x), _decode32(y)
+    s = sx ^ sy
+    if "nan" in (vx, vy) or ("inf" in (vx, vy) and 0 in (vx, vy)):
+        return QNAN32
+    if "inf" in (vx, vy):
+        return (s << 31) | 0x7F800000
+    return _encode32(vx * vy, s)
+
+
+@SETTINGS
+@given(_f32, _f32)
+def test_vector_fp32_mul_equals_exact_product_rounded_to_nearest_even_with_daz_ftz(x, y):
+    got = int(fp32_mul(np.uint32(x), np.uint32(y)))
+    assert got == _ref_fp32_mul(x, y), f"{x:#010x} * {y:#010x}: {got:#010x}"
+
+
+def test_vector_fp32_mul_flushes_on_the_exact_product_not_the_rounded_one():
+    # x·y = 2**-126·(1 − 2**-24), just below 2**-126: IEEE (with subnormals) rounds this tie to
+    # even, 2**-126, but the contract flushes the exact product to +0
+    x = 0x207FFFFF  # 2**-62·(1 − 2**-24)
+    y = 0x1F800000  # 2**-64
+    assert _ref_fp32_mul(x, y) == 0
+    assert int(fp32_mul(np.uint32(x), np.uint32(y))) == 0

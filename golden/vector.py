@@ -162,7 +162,7 @@ def _fp32_neg(bits):
 # ---------------------------------------------------------------- RMSNorm
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RMSNormInt8:
     """Integer RMSNorm parameters for one gain vector.
 
@@ -433,7 +433,7 @@ def swiglu_bf16(gate, up):
 # ---------------------------------------------------------------- RoPE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RopeTable:
     """cos/sin tables for positions 0 … max_pos−1 and frequencies i = 0 … head_dim/2 − 1.
 

@@ -5,6 +5,7 @@ from .fp import (  # noqa: F401
     bf16_to_fp32_bits, fp32_add, fp32_daz, fp32_from_bits, fp32_to_bf16,
 )
 from .kvcache import KVCacheError, KVCommand, KVOp, KVResponse, KVStatus, PagedKVCache  # noqa: F401
+from .layer import Calibration, DecoderLayer, LayerConfig, LayerWeights, calibrate  # noqa: F401
 from .matmul import int8_matmul_max_k, matmul_bf16, matmul_int8  # noqa: F401
 from .requant import quantize_multiplier, requantize  # noqa: F401
 from .softmax import (  # noqa: F401

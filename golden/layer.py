@@ -1,0 +1,712 @@
+"""A Llama-style decoder layer in three arithmetic modes (docs/numerics.md, "The decoder layer").
+
+::
+
+    h  = RMSNorm(x) · g_attn
+    q, k, v = h Wqᵀ, h Wkᵀ, h Wvᵀ ;  q, k = RoPE(q, k, position)
+    K, V cache ← k, v                       (golden.PagedKVCache, one page pool per layer)
+    o_h = softmax(q_h K_gᵀ / sqrt(d_head), causal) V_g      (grouped-query: g = h // group)
+    x1 = x + o Woᵀ
+    h2 = RMSNorm(x1) · g_ffn
+    y  = x1 + (SiLU(h2 W_gateᵀ) ⊙ h2 W_upᵀ) W_downᵀ
+
+Modes
+-----
+``"float64"``
+    The reference: float64 everywhere, exact RoPE angles, exact softmax. Input and output float64.
+``"bf16"``
+    Every matmul is :func:`golden.matmul_bf16` (bf16 operands, fp32 sequential accumulation)
+    rounded to bf16; softmax is :func:`golden.softmax_bf16`; the vector ops are bf16 with fp32
+    internals; the KV cache holds bf16. Input and output ``ml_dtypes.bfloat16``.
+``"int8"``
+    W8A8: int8 weights with per-output-channel scales, int8 activations into every matmul
+    (:func:`golden.matmul_int8`), int32 accumulators. Per-token power-of-two activation scales
+    into the projections (chosen from the row's largest exponent, a leading-one detect); static
+    per-tensor scales (calibrated from a float64 run, :func:`calibrate`) for q, k, v and the
+    attention output, so that the int8 KV cache and :func:`golden.softmax_int8` see one scale.
+    The residual stream and the vector ops between the matmuls are fp32/bf16. Input and output
+    float32. The scheme and why are in docs/numerics.md.
+
+Every per-token computation depends only on that token's row (and the cache rows before it),
+so prefilling S tokens and decoding them one by one give bit-identical outputs in the bf16 and
+int8 modes.
+"""
+
+import dataclasses
+import math
+
+import ml_dtypes
+import numpy as np
+
+from .fp import as_fp32_bits, bf16_from_bits, fp32_add, fp32_from_bits, fp32_to_bf16
+from .kvcache import PagedKVCache
+from .matmul import matmul_bf16, matmul_int8
+from .requant import quantize_multiplier, requantize
+from .softmax import softmax_bf16, softmax_int8, softmax_scale_bf16, softmax_scale_int8
+from .vector import residual_add_bf16, rmsnorm_bf16, rope_bf16, rope_int8, rope_table, swiglu_bf16
+
+__all__ = [
+    "MODES", "LayerConfig", "LayerWeights", "Calibration", "calibrate", "DecoderLayer",
+    "quantize_per_token", "dequantize_acc", "quantize_weights_per_channel",
+]
+
+MODES = ("float64", "bf16", "int8")
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+#: Mode → dtype of the layer input and output.
+_IO_DTYPE = {"float64": np.dtype(np.float64), "bf16": _BF16, "int8": np.dtype(np.float32)}
+
+
+def _check_int(name, value, lo, hi=None):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f"≥ {lo}"
+        raise ValueError(f"{name} must be in {rng}, not {value}")
+    return value
+
+
+def _check_float(name, value, lo_exclusive=0.0):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, not {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and value > lo_exclusive):
+        raise ValueError(f"{name} must be finite and > {lo_exclusive}, not {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerConfig:
+    """Shape hyper-parameters of one decoder layer (keyword-only, validated).
+
+    Parameters
+    ----------
+    d_model : int
+        Model width; must equal ``n_heads * head_dim``.
+    n_heads, n_kv_heads : int
+        Query heads and KV heads; ``n_kv_heads`` divides ``n_heads`` (grouped-query attention).
+    head_dim : int
+        Even (RoPE rotates pairs), 2..1024.
+    d_ff : int
+        SwiGLU hidden width.
+    rms_eps : float
+        RMSNorm epsilon (> 0).
+    rope_base : float
+        RoPE base θ (> 1).
+    """
+
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    rms_eps: float = 1e-5
+    rope_base: float = 1e4
+
+    def __post_init__(self):
+        _check_int("d_model", self.d_model, 2, 1 << 16)
+        _check_int("n_heads", self.n_heads, 1, 1024)
+        _check_int("n_kv_heads", self.n_kv_heads, 1, 1024)
+        _check_int("head_dim", self.head_dim, 2, 1024)
+        _check_int("d_ff", self.d_ff, 1, 1 << 18)
+        _check_float("rms_eps", self.rms_eps)
+        _check_float("rope_base", self.rope_base, 1.0)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even (RoPE rotates pairs), not {self.head_dim}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+        if self.d_model != self.n_heads * self.head_dim:
+            raise ValueError(f"d_model ({self.d_model}) must equal n_heads*head_dim "
+                             f"({self.n_heads}*{self.head_dim})")
+
+    @property
+    def group(self):
+        """Query heads per KV head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def kv_dim(self):
+        return self.n_kv_heads * self.head_dim
+
+
+_WEIGHT_SHAPES = {
+    "attn_norm": lambda c: (c.d_model,),
+    "wq": lambda c: (c.d_model, c.d_model),
+    "wk": lambda c: (c.kv_dim, c.d_model),
+    "wv": lambda c: (c.kv_dim, c.d_model),
+    "wo": lambda c: (c.d_model, c.d_model),
+    "ffn_norm": lambda c: (c.d_model,),
+    "w_gate": lambda c: (c.d_ff, c.d_model),
+    "w_up": lambda c: (c.d_ff, c.d_model),
+    "w_down": lambda c: (c.d_model, c.d_ff),
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerWeights:
+    """Float weights of one layer, ``(out_features, in_features)`` matrices (``y = x @ W.T``).
+
+    Q and K rows are in the "half-split" RoPE order (element i of a head rotates with element
+    i + head_dim/2, the Hugging Face order). Arrays are copied to read-only float32.
+
+    Raises
+    ------
+    TypeError
+        ``config`` not a LayerConfig, or a weight that is not a real-valued array.
+    ValueError
+        A weight of the wrong shape (the message names it and the expected shape), or not finite.
+    """
+
+    attn_norm: np.ndarray
+    wq: np.ndarray
+    wk: np.ndarray
+    wv: np.ndarray
+    wo: np.ndarray
+    ffn_norm: np.ndarray
+    w_gate: np.ndarray
+    w_up: np.ndarray
+    w_down: np.ndarray
+    config: LayerConfig
+
+    def __post_init__(self):
+        if not isinstance(self.config, LayerConfig):
+            raise TypeError(f"config must be a LayerConfig, not {type(self.config).__name__}")
+        for name, shape in _WEIGHT_SHAPES.items():
+            arr = np.asarray(getattr(self, name))
+            if arr.dtype.kind not in "fiu" and arr.dtype != _BF16:
+                raise TypeError(f"weight {name} must be a real-valued array, got dtype {arr.dtype}")
+            want = shape(self.config)
+            if arr.shape != want:
+                raise ValueError(f"weight {name} must have shape {want}, got {arr.shape}")
+            arr = np.array(arr, dtype=np.float32)
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"weight {name} has non-finite values")
+            arr.flags.writeable = False
+            object.__setattr__(self, name, arr)
+
+    @classmethod
+    def random(cls, config, *, seed):
+        """Random weights of Llama-like magnitudes for ``config`` (tests, small synthetic layers)."""
+        rng = np.random.default_rng(seed)
+        w = {}
+        for name, shape in _WEIGHT_SHAPES.items():
+            s = shape(config)
+            if len(s) == 1:
+                w[name] = 1.0 + 0.1 * rng.standard_normal(s)
+            else:
+                w[name] = rng.standard_normal(s) / np.sqrt(s[1])
+        return cls(config=config, **w)
+
+
+# ----------------------------------------------------------------------------------------------
+# int8 helpers: weight quantization, per-token activation quantization, accumulator dequantization
+
+def quantize_weights_per_channel(w):
+    """Symmetric per-output-channel int8 weights: ``(wq int8 [out, in], scale float64 [out])``.
+
+    ``scale[n] = max|w[n, :]| / 127`` (1 for an all-zero row), ``wq = clamp(rint(w / scale),
+    -127, 127)`` (round half to even). An offline step: its float arithmetic is not hardware.
+    """
+    w = np.asarray(w, dtype=np.float64)
+    amax = np.abs(w).max(axis=1)
+    scale = np.where(amax > 0, amax / 127.0, 1.0)
+    q = np.clip(np.rint(w / scale[:, None]), -127, 127).astype(np.int8)
+    return q, scale
+
+
+def quantize_per_token(x):
+    """fp32 (or bf16) rows → int8 rows with a power-of-two scale per row (per token).
+
+    For each row, ``E`` is the largest biased exponent field of its elements (a leading-one
+    detect on the exponents; 0 for an all-zero row); the row scale is ``2**(E - 133)``, so every
+    ``|x| / scale < 128``, and ``q = clamp(rne(x / scale), -127, 127)`` (round half to even;
+    the division by a power of two is exact). Subnormals read as zero; the input must be finite.
+
+    Returns
+    -------
+    (q, e) : (int8 array of x's shape, int64 array of x.shape[:-1])
+        ``x ≈ q * 2**e`` with ``e = E - 133``.
+    """
+    x = np.asarray(x)
+    if x.dtype == _BF16:
+        x = x.astype(np.float32)
+    if x.dtype != np.float32:
+        raise TypeError(f"x must be float32 or bfloat16, got dtype {x.dtype}")
+    bits = as_fp32_bits(x).reshape(x.shape)
+    expf = ((bits >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int64)
+    if np.any(expf == 255):
+        raise ValueError("x must be finite (no Inf or NaN) to be quantized")
+    x = np.where(expf == 0, np.float32(0), x)  # DAZ
+    E = expf.max(axis=-1) if x.shape[-1] else np.zeros(x.shape[:-1], np.int64)
+    e = E - 133
+    # x * 2**-e, exact in float64 (a float32 times a power of two within range)
+    y = x.astype(np.float64) * np.ldexp(1.0, -e)[..., None]
+    q = np.clip(np.rint(y), -127, 127).astype(np.int8)
+    return q, e
+
+
+def _int64_to_fp32_bits(v, exp2):
+    """The exact value ``v * 2**exp2`` (int64 ``v``, integer ``exp2`` broadcast) → fp32 bits.
+
+    Rounded once to 24 significant bits (RNE); a result below 2**-126 in magnitude is flushed to
+    a zero of v's sign (+0 for v = 0); at or above 2**128 it is ±Inf.
+    """
+    v = np.asarray(v, dtype=np.int64)
+    exp2 = np.broadcast_to(np.asarray(exp2, dtype=np.int64), v.shape)
+    neg = v < 0
+    mag = np.abs(v).astype(np.uint64)  # |int64 min| = 2**63 fits in uint64
+    bl = np.zeros(v.shape, np.int64)  # bit length of mag
+    t = mag.copy()
+    for step in (32, 16, 8, 4, 2, 1):
+        big = t >= (np.uint64(1) << np.uint64(step))
+        bl += np.where(big, step, 0)
+        t = np.where(big, t >> np.uint64(step), t)
+    bl += (t > 0).astype(np.int64)
+    sh = np.maximum(bl - 24, 0)
+    ush = sh.astype(np.uint64)
+    m = mag >> ush
+    rem = mag & ((np.uint64(1) << ush) - np.uint64(1))
+    half = np.where(sh > 0, np.uint64(1) << np.maximum(sh - 1, 0).astype(np.uint64), np.uint64(0))
+    up = (sh > 0) & ((rem > half) | ((rem == half) & ((m & np.uint64(1)) == np.uint64(1))))
+    m = m + up.astype(np.uint64)
+    carry = m == (np.uint64(1) << np.uint64(24))
+    m = np.where(carry, np.uint64(1) << np.uint64(23), m)
+    # normalise short values so that the leading bit sits at 2**23
+    m = np.where(bl < 24, m << np.maximum(24 - bl, 0).astype(np.uint64), m)
+    lead = np.where(bl >= 24, sh + carry + 23, bl - 1) + exp2  # exponent of the leading bit
+    biased = lead + 127
+    out = (np.clip(biased, 0, 255).astype(np.uint64) << np.uint64(23)) | (m & np.uint64(0x7FFFFF))
+    out = np.where(biased >= 255, np.uint64(0x7F800000), out)
+    out = np.where((biased <= 0) | (mag == 0), np.uint64(0), out)
+    out = out | np.where(neg, np.uint64(0x80000000), np.uint64(0))
+    return out.astype(np.uint32)
+
+
+def dequantize_acc(acc, multiplier, shift, row_exp=None):
+    """int32 accumulators → fp32: the exact value ``acc * m[n] * 2**(e_row - s[n])`` rounded once.
+
+    ``(m, s)`` per output channel from :func:`golden.quantize_multiplier` (the channel's weight
+    scale times the static activation scale); ``row_exp`` the per-token exponent of
+    :func:`quantize_per_token` (0 if omitted). RNE to fp32, FTZ, exactly as an int64 → fp32
+    converter with an exponent adjust computes it.
+    """
+    acc = np.asarray(acc)
+    if acc.dtype != np.int32:
+        raise TypeError(f"acc must be int32, got dtype {acc.dtype}")
+    m = np.asarray(multiplier, dtype=np.int64)
+    s = np.asarray(shift, dtype=np.int64)
+    prod = acc.astype(np.int64) * m  # |acc| < 2**31, m < 2**31: exact
+    e = -s if row_exp is None else np.asarray(row_exp, np.int64)[..., None] - s
+    return fp32_from_bits(_int64_to_fp32_bits(prod, e)).reshape(acc.shape)
+
+
+def _requantize_rows(acc, multiplier, shift, row_exp):
+    """:func:`golden.requantize` with the per-token exponent folded into the shift (row by row).
+
+    Shifts are saturated into the 6-bit range [1, 62]: a shift above 62 would give 0 anyway for
+    any int32 accumulator, and one below 1 needs a scale ≥ 2**30, which saturates.
+    """
+    out = np.empty(acc.shape, np.int8)
+    for t in range(acc.shape[0]):
+        out[t] = requantize(acc[t], multiplier, np.clip(shift - row_exp[t], 1, 62))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# small conversions
+
+def _bf16(x32):
+    """float32 → bf16 with :func:`golden.fp32_to_bf16` (DAZ, RNE, canonical NaN)."""
+    return bf16_from_bits(fp32_to_bf16(as_fp32_bits(x32).reshape(np.shape(x32))))
+
+
+def _fp32_residual_add(a, b):
+    """fp32 + fp32 with :func:`golden.fp32_add` (the int8 mode's residual stream)."""
+    return fp32_from_bits(fp32_add(as_fp32_bits(a), as_fp32_bits(b))).reshape(np.shape(a))
+
+
+def _rope_float(x, pos, base):
+    """Exact float64 RoPE, half-split pairing (the float64 mode). x (S, H, hd), pos (S,)."""
+    hd = x.shape[-1]
+    inv = base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
+    ang = np.asarray(pos, np.float64)[:, None] * inv[None, :]
+    c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+    a, b = x[..., : hd // 2], x[..., hd // 2:]
+    return np.concatenate([a * c - b * s, a * s + b * c], axis=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# calibration
+
+#: Activations with a static per-tensor int8 scale in int8 mode (absmax from a float64 run).
+STATIC_ACTIVATIONS = ("q", "k", "v", "o")
+
+
+@dataclasses.dataclass(frozen=True)
+class Calibration:
+    """Largest |value| of each statically quantized activation in a float64 run.
+
+    ``q`` and ``k`` are taken after RoPE, ``o`` is the attention output (the input of Wo).
+    The int8 scale of each is ``absmax / 127``.
+    """
+
+    q: float
+    k: float
+    v: float
+    o: float
+
+    def __post_init__(self):
+        for name in STATIC_ACTIVATIONS:
+            object.__setattr__(self, name, _check_float(f"calibration {name}", getattr(self, name)))
+
+    def scale(self, name):
+        return getattr(self, name) / 127.0
+
+
+def calibrate(weights, x):
+    """Run the float64 layer on ``x`` (float64 ``(S, d_model)``) and record the absmax of the
+    statically quantized activations: a :class:`Calibration`."""
+    layer = DecoderLayer(weights, mode="float64", max_tokens=max(1, np.shape(x)[0]))
+    layer.prefill(x)
+    return Calibration(**{k: max(v, 1e-6) for k, v in layer.absmax.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# the float64 KV store (PagedKVCache holds int8 or bf16 only)
+
+class _Float64KVStore:
+    """float64 K/V rows per sequence with the PagedKVCache methods the layer uses."""
+
+    def __init__(self, kv_heads, head_dim):
+        self._k, self._v, self._shape = {}, {}, (kv_heads, head_dim)
+        self.dtype = "float64"
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+
+    @property
+    def sequences(self):
+        return sorted(self._k)
+
+    def alloc(self, seq):
+        if seq in self._k:
+            raise ValueError(f"sequence {seq} is already allocated")
+        self._k[seq], self._v[seq] = [], []
+
+    def append(self, seq, k, v):
+        self._k[seq].append(np.array(k, np.float64))
+        self._v[seq].append(np.array(v, np.float64))
+
+    def length(self, seq):
+        return len(self._k[seq])
+
+    def read_k_all(self, seq, head):
+        return np.array([r[head] for r in self._k[seq]]).reshape(-1, self.head_dim)
+
+    def read_v_all(self, seq, head):
+        return np.array([r[head] for r in self._v[seq]]).reshape(-1, self.head_dim)
+
+    def free(self, seq):
+        del self._k[seq], self._v[seq]
+
+
+# ----------------------------------------------------------------------------------------------
+# the layer
+
+class DecoderLayer:
+    """One Llama-style decoder layer with its own KV cache.
+
+    Parameters
+    ----------
+    weights : LayerWeights
+    mode : str
+        ``"float64"``, ``"bf16"`` or ``"int8"`` (see the module docstring).
+    calibration : Calibration
+        Required in int8 mode (static activation scales), ignored otherwise.
+    max_tokens : int
+        Longest sequence the internal cache holds (1..65536); default 256.
+    max_seqs : int
+        Sequences the internal cache holds at once (1..1024); default 1.
+    page_size : int
+        Tokens per KV-cache page (power of two, 1..256); default 16.
+
+    Members
+    -------
+    mode, config, cache
+        Read-only. ``cache`` is the :class:`golden.PagedKVCache` (int8/bf16 modes) or a float64
+        store (float64 mode).
+    absmax : dict
+        Float64 mode only: largest |q|, |k|, |v|, |o| seen so far (what :func:`calibrate` reads).
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range (the message names it); int8 mode without
+        a calibration.
+    """
+
+    def __init__(self, weights, *, mode="float64", calibration=None, max_tokens=256, max_seqs=1,
+                 page_size=16):
+        if not isinstance(weights, LayerWeights):
+            raise TypeError(f"weights must be a LayerWeights, not {type(weights).__name__}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+        max_tokens = _check_int("max_tokens", max_tokens, 1, 1 << 16)
+        max_seqs = _check_int("max_seqs", max_seqs, 1, 1024)
+        page_size = _check_int("page_size", page_size, 1, 256)
+        if page_size & (page_size - 1):
+            raise ValueError(f"page_size must be a power of two, not {page_size}")
+        if mode == "int8":
+            if not isinstance(calibration, Calibration):
+                raise TypeError("int8 mode needs calibration=Calibration(...) (see golden.layer.calibrate), "
+                                f"got {type(calibration).__name__}")
+        c = weights.config
+        self._w, self._c, self._mode, self._cal = weights, c, mode, calibration
+        self._max_tokens = max_tokens
+        if mode == "float64":
+            self._cache = _Float64KVStore(c.n_kv_heads, c.head_dim)
+        else:
+            pages = max(2, -(-max_tokens // page_size) * max_seqs)
+            self._cache = PagedKVCache(page_size=page_size, num_pages=pages, kv_heads=c.n_kv_heads,
+                                       head_dim=c.head_dim, max_seqs=max_seqs,
+                                       dtype="int8" if mode == "int8" else "bf16")
+        self.absmax = {k: 0.0 for k in STATIC_ACTIVATIONS}
+        self._prepare()
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def mode(self):
+        return self._mode
+
+    @property
+    def config(self):
+        return self._c
+
+    @property
+    def weights(self):
+        return self._w
+
+    @property
+    def calibration(self):
+        return self._cal
+
+    @property
+    def cache(self):
+        return self._cache
+
+    @property
+    def io_dtype(self):
+        """dtype of the input and output hidden states in this mode."""
+        return _IO_DTYPE[self._mode]
+
+    # -- weight preparation -------------------------------------------------------------------
+    def _prepare(self):
+        w, c = self._w, self._c
+        if self._mode != "float64":
+            self._rope = rope_table(head_dim=c.head_dim, max_pos=self._max_tokens, base=c.rope_base)
+        names = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+        if self._mode == "float64":
+            # (out, in) float64; used as W.T (a BLAS transposed operand, no copy)
+            self._W = {n: np.asarray(getattr(w, n), np.float64).T for n in names}
+            self._g = {n: np.asarray(getattr(w, n), np.float64) for n in ("attn_norm", "ffn_norm")}
+        elif self._mode == "bf16":
+            self._W = {n: np.ascontiguousarray(getattr(w, n).T).astype(_BF16) for n in names}
+            self._g = {n: getattr(w, n).astype(_BF16) for n in ("attn_norm", "ffn_norm")}
+            self._sm_scale = softmax_scale_bf16(1.0 / math.sqrt(c.head_dim))
+        else:
+            self._g = {n: getattr(w, n).astype(_BF16) for n in ("attn_norm", "ffn_norm")}
+            self._W, self._ws = {}, {}
+            for n in names:
+                q, s = quantize_weights_per_channel(getattr(w, n))
+                self._W[n] = np.ascontiguousarray(q.T)
+                self._ws[n] = s
+            cal = self._cal
+            sq, sk, sv, so = (cal.scale(n) for n in STATIC_ACTIVATIONS)
+            # per-token input (2**e) → static int8 q/k/v: multiplier of weight scale / out scale
+            self._mq = quantize_multiplier(self._ws["wq"] / sq)
+            self._mk = quantize_multiplier(self._ws["wk"] / sk)
+            self._mv = quantize_multiplier(self._ws["wv"] / sv)
+            # scores → softmax: q·k·scale / sqrt(d)
+            self._sm_scale = softmax_scale_int8(sq * sk / math.sqrt(c.head_dim))
+            # P (uint8, 1/255) · V → o (static)
+            self._mpv = quantize_multiplier(sv / 255.0 / so)
+            # dequantizing multipliers: weight scale × static input scale (or × 1 for per-token)
+            self._dq_o = quantize_multiplier(self._ws["wo"] * so)
+            self._dq_gate = quantize_multiplier(self._ws["w_gate"])
+            self._dq_up = quantize_multiplier(self._ws["w_up"])
+            self._dq_down = quantize_multiplier(self._ws["w_down"])
+
+    # -- sequences ----------------------------------------------------------------------------
+    def _cache_length(self, seq):
+        if self._mode == "float64":
+            return self._cache.length(seq)
+        return self._cache.status(seq).length
+
+    def free(self, seq=0):
+        """Forget sequence ``seq`` (its cache pages are returned)."""
+        self._cache.free(seq)
+
+    def length(self, seq=0):
+        """Tokens of ``seq`` in the cache (0 if it is not allocated)."""
+        if seq not in self._cache.sequences:
+            return 0
+        return self._cache_length(seq)
+
+    # -- the public entry points ----------------------------------------------------------------
+    def prefill(self, x, seq=0):
+        """Process ``S`` tokens of sequence ``seq`` (appended after those already cached).
+
+        Parameters
+        ----------
+        x : ndarray (S, d_model) of :attr:`io_dtype`
+            Hidden states (float64 / ml_dtypes.bfloat16 / float32 by mode).
+        seq : int
+            Sequence id; allocated on first use.
+
+        Returns
+        -------
+        ndarray (S, d_model) of :attr:`io_dtype`.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Wrong dtype or shape, non-finite values, or a sequence that would exceed
+            ``max_tokens``; nothing is changed then.
+        """
+        x = self._check_x(x, 2)
+        seq = _check_int("seq", seq, 0, (1 << 16) - 1)
+        pos0 = self.length(seq)
+        if pos0 + x.shape[0] > self._max_tokens:
+            raise ValueError(f"sequence {seq} would hold {pos0 + x.shape[0]} tokens, more than "
+                             f"max_tokens={self._max_tokens}")
+        if seq not in self._cache.sequences:
+            self._cache.alloc(seq)
+        if x.shape[0] == 0:
+            return x.copy()
+        return getattr(self, f"_forward_{self._mode}")(x, seq, pos0)
+
+    def decode(self, x, seq=0):
+        """Process one token: ``x`` (d_model,) or (1, d_model); returns the same shape."""
+        arr = np.asarray(x)
+        if arr.ndim == 1:
+            return self.prefill(self._check_x(arr, 1)[None, :], seq)[0]
+        arr = self._check_x(arr, 2)
+        if arr.shape[0] != 1:
+            raise ValueError(f"decode takes one token: x must be (d_model,) or (1, d_model), got {arr.shape}")
+        return self.prefill(arr, seq)
+
+    def to_input(self, x):
+        """float hidden states → this mode's input dtype (bf16: RNE; int8 mode: float32)."""
+        x = np.asarray(x, dtype=np.float64)
+        if self._mode == "float64":
+            return x.copy()
+        if self._mode == "bf16":
+            return _bf16(x.astype(np.float32))
+        return x.astype(np.float32)
+
+    # -- validation -----------------------------------------------------------------------------
+    def _check_x(self, x, ndim):
+        want = self.io_dtype
+        if isinstance(x, (list, tuple)) or not hasattr(x, "dtype"):
+            raise TypeError(f"x must be a numpy array of {want.name}, got {type(x).__name__}")
+        if x.dtype != want:
+            raise TypeError(f"x must have dtype {want.name} in {self._mode} mode, got {x.dtype} "
+                            f"(use layer.to_input)")
+        if x.ndim != ndim or x.shape[-1] != self._c.d_model:
+            shape = "(S, d_model)" if ndim == 2 else "(d_model,)"
+            raise ValueError(f"x must have shape {shape} with d_model={self._c.d_model}, got {x.shape}")
+        if not np.all(np.isfinite(np.asarray(x, np.float32))):
+            raise ValueError("x must be finite (no Inf or NaN)")
+        return x
+
+    # -- float64 ----------------------------------------------------------------------------
+    def _forward_float64(self, x, seq, pos0):
+        c, W, g = self._c, self._W, self._g
+        S = x.shape[0]
+        pos = np.arange(pos0, pos0 + S)
+        h = self._rms64(x, g["attn_norm"])
+        q = (h @ W["wq"]).reshape(S, c.n_heads, c.head_dim)
+        k = (h @ W["wk"]).reshape(S, c.n_kv_heads, c.head_dim)
+        v = (h @ W["wv"]).reshape(S, c.n_kv_heads, c.head_dim)
+        q, k = _rope_float(q, pos, c.rope_base), _rope_float(k, pos, c.rope_base)
+        for t in range(S):
+            self._cache.append(seq, k[t], v[t])
+        L = pos0 + S
+        o = np.empty((S, c.n_heads, c.head_dim))
+        visible = np.arange(L)[None, :] <= pos[:, None]
+        for hh in range(c.n_heads):
+            kh = self._cache.read_k_all(seq, hh // c.group)
+            vh = self._cache.read_v_all(seq, hh // c.group)
+            sc = np.where(visible, q[:, hh] @ kh.T / math.sqrt(c.head_dim), -np.inf)
+            p = np.exp(sc - sc.max(axis=-1, keepdims=True))
+            o[:, hh] = (p / p.sum(axis=-1, keepdims=True)) @ vh
+        o = o.reshape(S, c.d_model)
+        for name, val in (("q", q), ("k", k), ("v", v), ("o", o)):
+            self.absmax[name] = max(self.absmax[name], float(np.abs(val).max()))
+        x1 = x + o @ W["wo"]
+        h2 = self._rms64(x1, g["ffn_norm"])
+        gate = h2 @ W["w_gate"]
+        act = gate / (1.0 + np.exp(-gate)) * (h2 @ W["w_up"])
+        return x1 + act @ W["w_down"]
+
+    def _rms64(self, x, g):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self._c.rms_eps) * g
+
+    # -- bf16 -------------------------------------------------------------------------------
+    def _mm_bf16(self, a, w):
+        return _bf16(matmul_bf16(a, w))
+
+    def _forward_bf16(self, x, seq, pos0):
+        c, W, g = self._c, self._W, self._g
+        S = x.shape[0]
+        pos = np.arange(pos0, pos0 + S)
+        h = rmsnorm_bf16(x, g["attn_norm"], eps=c.rms_eps)
+        q = self._mm_bf16(h, W["wq"]).reshape(S, c.n_heads, c.head_dim)
+        k = self._mm_bf16(h, W["wk"]).reshape(S, c.n_kv_heads, c.head_dim)
+        v = self._mm_bf16(h, W["wv"]).reshape(S, c.n_kv_heads, c.head_dim)
+        q, k = rope_bf16(q, pos[:, None], self._rope), rope_bf16(k, pos[:, None], self._rope)
+        for t in range(S):
+            self._cache.append(seq, np.ascontiguousarray(k[t]), np.ascontiguousarray(v[t]))
+        o = np.empty((S, c.n_heads, c.head_dim), _BF16)
+        for kvh in range(c.n_kv_heads):
+            kh = self._cache.read_k_all(seq, kvh)
+            vh = self._cache.read_v_all(seq, kvh)
+            kt = np.ascontiguousarray(kh.T)
+            for hh in range(kvh * c.group, (kvh + 1) * c.group):
+                scores = matmul_bf16(np.ascontiguousarray(q[:, hh]), kt)
+                p = softmax_bf16(scores, self._sm_scale, causal_pos=pos)
+                o[:, hh] = self._mm_bf16(p, vh)
+        attn = self._mm_bf16(o.reshape(S, c.d_model), W["wo"])
+        x1 = residual_add_bf16(x, attn)
+        h2 = rmsnorm_bf16(x1, g["ffn_norm"], eps=c.rms_eps)
+        act = swiglu_bf16(self._mm_bf16(h2, W["w_gate"]), self._mm_bf16(h2, W["w_up"]))
+        return residual_add_bf16(x1, self._mm_bf16(act, W["w_down"]))
+
+    # -- int8 -------------------------------------------------------------------------------
+    def _forward_int8(self, x, seq, pos0):
+        c, W, g = self._c, self._W, self._g
+        S = x.shape[0]
+        pos = np.arange(pos0, pos0 + S)
+        # attention input: bf16 RMSNorm of the fp32 residual, per-token int8
+        hq, he = quantize_per_token(rmsnorm_bf16(_bf16(x), g["attn_norm"], eps=c.rms_eps))
+        q = _requantize_rows(matmul_int8(hq, W["wq"]), *self._mq, he).reshape(S, c.n_heads, c.head_dim)
+        k = _requantize_rows(matmul_int8(hq, W["wk"]), *self._mk, he).reshape(S, c.n_kv_heads, c.head_dim)
+        v = _requantize_rows(matmul_int8(hq, W["wv"]), *self._mv, he).reshape(S, c.n_kv_heads, c.head_dim)
+        q, k = rope_int8(q, pos[:, None], self._rope), rope_int8(k, pos[:, None], self._rope)
+        for t in range(S):
+            self._cache.append(seq, np.ascontiguousarray(k[t]), np.ascontiguousarray(v[t]))
+        o = np.empty((S, c.n_heads, c.head_dim), np.int8)
+        for kvh in range(c.n_kv_heads):
+            kt = np.ascontiguousarray(self._cache.read_k_all(seq, kvh).T)
+            vh = self._cache.read_v_all(seq, kvh)
+            for hh in range(kvh * c.group, (kvh + 1) * c.group):
+                scores = matmul_int8(np.ascontiguousarray(q[:, hh]), kt)
+                p = softmax_int8(scores, self._sm_scale, causal_pos=pos)
+                o[:, hh] = requantize(matmul_int8(p, vh), *self._mpv)
+        attn = dequantize_acc(matmul_int8(o.reshape(S, c.d_model), W["wo"]), *self._dq_o)
+        x1 = _fp32_residual_add(x, attn)
+        # MLP: per-token int8 into gate/up, fp32 dequantization, bf16 SiLU·up, per-token int8
+        h2q, h2e = quantize_per_token(rmsnorm_bf16(_bf16(x1), g["ffn_norm"], eps=c.rms_eps))
+        gate = dequantize_acc(matmul_int8(h2q, W["w_gate"]), *self._dq_gate, h2e)
+        up = dequantize_acc(matmul_int8(h2q, W["w_up"]), *self._dq_up, h2e)
+        aq, ae = quantize_per_token(swiglu_bf16(_bf16(gate), _bf16(up)))
+        down = dequantize_acc(matmul_int8(aq, W["w_down"]), *self._dq_down, ae)
+        return _fp32_residual_add(x1, down)

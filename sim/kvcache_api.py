@@ -8,13 +8,15 @@ Example::
     result.responses[2]   # KVResponse(status=0, op=2, length=1, pages=1, free_pages=15)
     result.reads[2]       # the [1, head_dim] K rows, dtype int8 or bfloat16
 
-The testbench (sim/tb/kvcache.py) models the controller's external K/V memory; words never
-written read as a sentinel (0xA5 bytes), so a read of memory that no APPEND wrote shows up as
-wrong data.
+The test harness (sim/tb/kvcache_harness.v, driven by sim/tb/kvcache.py) plays the commands
+at simulator speed and models the controller's external K/V memory; words never written read
+as a sentinel (0xA5 bytes), so a read of memory that no APPEND wrote shows up as wrong data.
 """
 
+import hashlib
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import ml_dtypes
 import numpy as np
@@ -60,12 +62,41 @@ class KVRunResult:
     seed: int = 0
 
 
+#: Capacity of the harness's command and result memories (a run may not exceed them).
+MAX_COMMANDS = 1 << 15
+MAX_APPEND_BEATS = 1 << 19
+MAX_READ_BEATS = 1 << 20
+
+_HARNESS = Path(__file__).parent / "tb" / "kvcache_harness.v"
+
+
+def harness_verilog(config="tiny"):
+    """Verilog text of the controller for ``config`` plus the test harness around it."""
+    from amaranth.back import verilog
+
+    from hdl.kvcache import KVCacheController, KVCacheParams
+    p = KVCacheParams.from_config(get_config(config))
+    text = verilog.convert(KVCacheController.from_config(get_config(config)), name="kv_cache",
+                           emit_src=False)
+    fill = {
+        "CMD_W": p.cmd_layout.size, "WD_W": p.beat_elems * p.elem_bits,
+        "RESP_W": p.resp_layout.size, "RD_W": p.rdata_layout.size, "MEM_AW": p.mem_addr_bits,
+        "MEM_D": p.mem_words, "MAX_CMD": MAX_COMMANDS, "MAX_WD": MAX_APPEND_BEATS,
+        "MAX_RD": MAX_READ_BEATS,
+        "SENTINEL": f"{p.beat_elems * p.elem_bits}'h" + "a5" * (p.beat_elems * p.elem_bits // 8),
+    }
+    harness = _HARNESS.read_text()
+    for key, value in fill.items():
+        harness = harness.replace(f"@{key}@", str(value))
+    return text + "\n" + harness
+
+
 def kvcache_design(config="tiny"):
-    """The (cached) Verilator build of the controller for ``config``."""
-    from hdl.kvcache import KVCacheController
+    """The (cached) Verilator build of the controller and its harness for ``config``."""
     cfg = get_config(config)
-    return build(lambda: KVCacheController.from_config(cfg), "kv_cache",
-                 params={k: v for k, v in cfg.to_dict().items() if k.startswith("kv_")})
+    params = {k: v for k, v in cfg.to_dict().items() if k.startswith("kv_")}
+    params["harness"] = hashlib.sha256(_HARNESS.read_bytes()).hexdigest()[:16]
+    return build(lambda: harness_verilog(cfg), "kv_cache_harness", params=params)
 
 
 def _as_command(i, cmd):
@@ -120,19 +151,22 @@ def encode_commands(commands, ctrl):
 
 
 def run_kvcache(commands, *, config="tiny", seed=None, cmd_stall=0.0, data_stall=0.0,
-                resp_backpressure=0.0, read_backpressure=0.0, timeout_cycles=20_000,
-                tail_cycles=32):
+                resp_backpressure=0.0, read_backpressure=0.0, timeout_cycles=2_000,
+                tail_cycles=32, max_cycles=None):
     """Run ``commands`` (golden.KVCommand, or tuples/dicts of its fields) through the RTL.
 
     ``cmd_stall``/``data_stall`` are the probabilities of an empty cycle before a command /
     append-data beat; ``resp_backpressure``/``read_backpressure`` of ready low in a cycle.
     ``seed`` (printed) seeds them. Returns a :class:`KVRunResult`. Raises
-    :class:`sim.runner.SimulationError` if the hardware stops making progress for
-    ``timeout_cycles`` cycles.
+    :class:`sim.runner.SimulationError` if the hardware makes no handshake for
+    ``timeout_cycles`` cycles or the run exceeds ``max_cycles``. After the last expected beat
+    the harness watches ``tail_cycles`` more cycles, so extra beats are caught.
+    At most MAX_COMMANDS − 1 commands, MAX_APPEND_BEATS − 1 append beats and
+    MAX_READ_BEATS − 1 read beats per run.
     """
-    from hdl.kvcache import KVCacheController
+    from hdl.kvcache import KVCacheParams
     cfg = get_config(config)
-    ctrl = KVCacheController.from_config(cfg)
+    ctrl = KVCacheParams.from_config(cfg)
     commands = [_as_command(i, c) for i, c in enumerate(commands)]
     for name, p in (("cmd_stall", cmd_stall), ("data_stall", data_stall),
                     ("resp_backpressure", resp_backpressure),
@@ -140,6 +174,11 @@ def run_kvcache(commands, *, config="tiny", seed=None, cmd_stall=0.0, data_stall
         if not isinstance(p, (int, float)) or not 0 <= p < 1:
             raise ValueError(f"{name} must be a probability in [0, 1), not {p!r}")
     cmd_arr, w_arr, rbeats = encode_commands(commands, ctrl)
+    for what, n, limit in (("commands", len(cmd_arr), MAX_COMMANDS),
+                           ("append beats", len(w_arr), MAX_APPEND_BEATS),
+                           ("read beats", int(rbeats.sum()), MAX_READ_BEATS)):
+        if n >= limit:
+            raise ValueError(f"{n} {what} in one run; at most {limit - 1} (split the list)")
     if seed is None:
         seed = int.from_bytes(os.urandom(4), "little")
     print(f"run_kvcache: config={cfg.name} seed={seed} commands={len(commands)}")
@@ -149,9 +188,9 @@ def run_kvcache(commands, *, config="tiny", seed=None, cmd_stall=0.0, data_stall
         "cmd_stall": cmd_stall, "data_stall": data_stall,
         "resp_backpressure": resp_backpressure, "read_backpressure": read_backpressure,
         "timeout_cycles": max(int(timeout_cycles), 4 * ctrl.init_cycles),
-        "tail_cycles": tail_cycles, "sentinel": int.from_bytes(b"\xa5" * 128, "little")
-        & ((1 << (ctrl.beat_elems * ctrl.elem_bits)) - 1),
-        "status_bits": 4, "rdata_bytes": rdata_bytes,
+        "tail_cycles": tail_cycles, "rdata_bytes": rdata_bytes,
+        "max_cycles": max_cycles or 100 * (len(cmd_arr) + len(w_arr) + int(rbeats.sum()))
+        + 10 * ctrl.init_cycles + 10_000,
     })
     rl = ctrl.resp_layout
     responses = []

@@ -42,7 +42,7 @@ from .fp import as_fp32_bits, bf16_from_bits, fp32_add, fp32_from_bits, fp32_to_
 from .kvcache import PagedKVCache
 from .matmul import matmul_bf16, matmul_int8
 from .requant import quantize_multiplier, requantize
-from .softmax import softmax_bf16, softmax_int8, softmax_scale_bf16, softmax_scale_int8
+from .softmax import INT8_ONE, softmax_bf16, softmax_int8, softmax_scale_bf16, softmax_scale_int8
 from .vector import residual_add_bf16, rmsnorm_bf16, rope_bf16, rope_int8, rope_table, swiglu_bf16
 
 __all__ = [
@@ -427,12 +427,19 @@ class DecoderLayer:
         Sequences the internal cache holds at once (1..1024); default 1.
     page_size : int
         Tokens per KV-cache page (power of two, 1..256); default 16.
+    trace : bool
+        Record every attention row (scores, probabilities) in :attr:`trace` (the accuracy
+        report reads them); default False.
 
     Members
     -------
     mode, config, cache
         Read-only. ``cache`` is the :class:`golden.PagedKVCache` (int8/bf16 modes) or a float64
         store (float64 mode).
+    trace : list of dict or None
+        With ``trace=True``: per call and query head, ``head``, ``pos`` (query positions),
+        ``scores`` (the matmul output: float64, fp32 or int32 by mode), ``scale`` (the real
+        factor that turns scores into logits) and ``probs`` (float64 probabilities).
     absmax : dict
         Float64 mode only: largest |q|, |k|, |v|, |o| seen so far (what :func:`calibrate` reads).
 
@@ -444,7 +451,7 @@ class DecoderLayer:
     """
 
     def __init__(self, weights, *, mode="float64", calibration=None, max_tokens=256, max_seqs=1,
-                 page_size=16):
+                 page_size=16, trace=False):
         if not isinstance(weights, LayerWeights):
             raise TypeError(f"weights must be a LayerWeights, not {type(weights).__name__}")
         if mode not in MODES:
@@ -469,6 +476,7 @@ class DecoderLayer:
                                        head_dim=c.head_dim, max_seqs=max_seqs,
                                        dtype="int8" if mode == "int8" else "bf16")
         self.absmax = {k: 0.0 for k in STATIC_ACTIVATIONS}
+        self._trace = [] if trace else None
         self._prepare()
 
     # -- properties ---------------------------------------------------------------------------
@@ -491,6 +499,15 @@ class DecoderLayer:
     @property
     def cache(self):
         return self._cache
+
+    @property
+    def trace(self):
+        return self._trace
+
+    def _record(self, head, pos, scores, scale, probs):
+        if self._trace is not None:
+            self._trace.append(dict(head=head, pos=pos.copy(), scores=np.array(scores), scale=scale,
+                                    probs=np.asarray(probs, np.float64)))
 
     @property
     def io_dtype(self):
@@ -525,9 +542,10 @@ class DecoderLayer:
             self._mk = quantize_multiplier(self._ws["wk"] / sk)
             self._mv = quantize_multiplier(self._ws["wv"] / sv)
             # scores → softmax: q·k·scale / sqrt(d)
-            self._sm_scale = softmax_scale_int8(sq * sk / math.sqrt(c.head_dim))
-            # P (uint8, 1/255) · V → o (static)
-            self._mpv = quantize_multiplier(sv / 255.0 / so)
+            self._score_scale = sq * sk / math.sqrt(c.head_dim)
+            self._sm_scale = softmax_scale_int8(self._score_scale)
+            # P (uint8, scale 1/INT8_ONE) · V → o (static)
+            self._mpv = quantize_multiplier(sv / INT8_ONE / so)
             # dequantizing multipliers: weight scale × static input scale (or × 1 for per-token)
             self._dq_o = quantize_multiplier(self._ws["wo"] * so)
             self._dq_gate = quantize_multiplier(self._ws["w_gate"])
@@ -637,7 +655,9 @@ class DecoderLayer:
             vh = self._cache.read_v_all(seq, hh // c.group)
             sc = np.where(visible, q[:, hh] @ kh.T / math.sqrt(c.head_dim), -np.inf)
             p = np.exp(sc - sc.max(axis=-1, keepdims=True))
-            o[:, hh] = (p / p.sum(axis=-1, keepdims=True)) @ vh
+            p /= p.sum(axis=-1, keepdims=True)
+            self._record(hh, pos, q[:, hh] @ kh.T, 1.0 / math.sqrt(c.head_dim), p)
+            o[:, hh] = p @ vh
         o = o.reshape(S, c.d_model)
         for name, val in (("q", q), ("k", k), ("v", v), ("o", o)):
             self.absmax[name] = max(self.absmax[name], float(np.abs(val).max()))
@@ -673,6 +693,7 @@ class DecoderLayer:
             for hh in range(kvh * c.group, (kvh + 1) * c.group):
                 scores = matmul_bf16(np.ascontiguousarray(q[:, hh]), kt)
                 p = softmax_bf16(scores, self._sm_scale, causal_pos=pos)
+                self._record(hh, pos, scores, 1.0 / math.sqrt(c.head_dim), p.astype(np.float64))
                 o[:, hh] = self._mm_bf16(p, vh)
         attn = self._mm_bf16(o.reshape(S, c.d_model), W["wo"])
         x1 = residual_add_bf16(x, attn)
@@ -700,6 +721,7 @@ class DecoderLayer:
             for hh in range(kvh * c.group, (kvh + 1) * c.group):
                 scores = matmul_int8(np.ascontiguousarray(q[:, hh]), kt)
                 p = softmax_int8(scores, self._sm_scale, causal_pos=pos)
+                self._record(hh, pos, scores, self._score_scale, p / INT8_ONE)
                 o[:, hh] = requantize(matmul_int8(p, vh), *self._mpv)
         attn = dequantize_acc(matmul_int8(o.reshape(S, c.d_model), W["wo"]), *self._dq_o)
         x1 = _fp32_residual_add(x, attn)

@@ -37,7 +37,7 @@ from .layer import DecoderLayer, LayerConfig, LayerWeights
 
 __all__ = [
     "SMOLLM2_135M", "GGUF_FILENAME", "gguf_path", "models_available", "unpermute_qk",
-    "permute_qk", "SmolLM2", "load_smollm2", "PROMPT",
+    "permute_qk", "SmolLM2", "load_smollm2", "PROMPT", "CALIBRATION_PROMPT",
 ]
 
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -48,7 +48,7 @@ SMOLLM2_135M = dict(
     rms_eps=1e-5, rope_base=1e5, vocab_size=49152,
 )
 
-#: A fixed English prompt: the source of the real hidden states used by tests and the report.
+#: A fixed English text: the source of the real hidden states of the accuracy report (≥ 128 tokens).
 PROMPT = (
     "The history of computing is a story of machines that grew smaller and faster. Early "
     "computers filled whole rooms and used vacuum tubes, which failed often and consumed a "
@@ -56,7 +56,17 @@ PROMPT = (
     "reliable and cheap. Engineers soon learned to put many transistors on a single chip of "
     "silicon, and the integrated circuit was born. Today a phone holds billions of them, and "
     "special chips are designed to run large language models, which predict the next word of "
-    "a text from the words that came before it."
+    "a text from the words that came before it. These chips multiply large matrices of small "
+    "numbers, keep the recent keys and values of every conversation in memory, and turn "
+    "scores into probabilities many times for every word they write."
+)
+
+#: A different text, used only to calibrate the int8 mode's static activation scales.
+CALIBRATION_PROMPT = (
+    "Once upon a time, in a small village by the sea, there lived an old fisherman who told "
+    "stories to the children every evening. He spoke of storms and whales, of islands that "
+    "appeared at dawn and vanished by noon, and of a lighthouse keeper who counted the stars. "
+    "The children listened, asked questions, and went home to dream about the wide ocean."
 )
 
 

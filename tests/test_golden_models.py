@@ -10,6 +10,7 @@ bit for bit and stays close to float64.
 import numpy as np
 import pytest
 
+from golden.accuracy import measure_layer
 from golden.layer import DecoderLayer, LayerWeights, calibrate
 from golden.models import (
     SMOLLM2_135M,
@@ -145,3 +146,17 @@ def test_real_layer_decode_equals_prefill_and_tracks_float64(layer29, mode, min_
     cos = (yf * ref).sum(-1) / np.linalg.norm(yf, axis=-1) / np.linalg.norm(ref, axis=-1)
     print(f"layer 29 {mode}: min cosine {cos.min():.5f}")
     assert cos.min() >= min_cos
+
+
+def test_accuracy_report_measures_a_short_real_run(model):
+    ids = model.tokenize("The quick brown fox jumps over the lazy dog while the cat sleeps.")
+    cal = model.tokenize("Once upon a time there was a fisherman.")
+    r = measure_layer(model, 0, ids, cal, prefill=8, decode=3)
+    assert set(r) == {"bf16", "int8"}
+    for mode, min_cos in (("bf16", 0.999), ("int8", 0.99)):
+        assert min_cos <= r[mode]["min_cos"] <= 1.0 and 0 < r[mode]["max_rel_err"] < 0.2
+        sm = r[mode]["softmax"]
+        assert sm["rows"] == 9 * 11  # every query head, every token
+        assert 0 < sm["max_abs_dp"] <= 2 / 256
+    with pytest.raises(ValueError, match="fewer than prefill \\+ decode"):
+        measure_layer(model, 0, ids[:5], cal, prefill=8, decode=3)

@@ -158,7 +158,7 @@ class KVCacheParams:
     def read_latency(self):
         """Cycles from a READ's acceptance on ``cmd`` to its first ``rdata`` beat (idle read
         engine, ready response and data streams)."""
-        return 7
+        return 8
 
     @property
     def throughput(self):
@@ -273,7 +273,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
             self.resp.payload.eq(resp_fifo.r_data),
             resp_fifo.r_en.eq(self.resp.ready),
         ]
-        rd_depth = 4
+        rd_depth = 6  # 2 reads in flight + the FIFO's own 2-cycle latency, with slack
         m.submodules.rdata_fifo = rd_fifo = SyncFIFOBuffered(width=self.rdata_layout.size,
                                                              depth=rd_depth)
         m.d.comb += [

@@ -50,7 +50,8 @@ class KVRunResult:
     counters : dict
         ``cycles`` (from reset release to the last handshake), ``read_beats``,
         ``append_beats``, ``expected_read_beats``, and per-handshake cycle stamps
-        ``read_cycles``, ``append_cycles``, ``cmd_cycles``, ``resp_cycles`` (arrays).
+        ``read_cycles``, ``append_cycles``, ``cmd_cycles``, ``resp_cycles`` (arrays);
+        ``write_addrs``: the K/V memory address of every write, in order.
     seed : int
         The testbench's random seed (valid gaps, backpressure).
     """
@@ -222,10 +223,13 @@ def run_kvcache(commands, *, config="tiny", seed=None, cmd_stall=0.0, data_stall
             reads.append(None)
     reads += [None] * (len(commands) - len(reads))
     counters = {
-        "cycles": int(out["cycles"]), "read_beats": len(beats), "append_beats": len(w_arr),
+        "cycles": 1 + max([int(out[k][-1]) for k in ("read_cycles", "append_cycles", "cmd_cycles",
+                                                     "resp_cycles") if len(out[k])] or [-1]),
+        "read_beats": len(beats), "append_beats": len(w_arr),
         "expected_read_beats": int(out["expected_read_beats"]),
         "read_cycles": out["read_cycles"], "append_cycles": out["append_cycles"],
         "cmd_cycles": out["cmd_cycles"], "resp_cycles": out["resp_cycles"],
+        "write_addrs": out["write_addrs"],
     }
     return KVRunResult(responses=responses, reads=reads, lanes=lanes, last=last,
                        counters=counters, seed=seed)

@@ -76,8 +76,21 @@ def random_commands(cache, n, seed):
 
 
 def expected(config, cmds):
+    """Golden's (response, rows) per command and the K/V memory addresses the hardware must
+    write, in order (from golden's physical page of each appended token)."""
     golden = PagedKVCache.from_config(config)
-    return [golden.execute(*c) for c in cmds]
+    p = KVCacheParams.from_config(get_config(config))
+    hb = p.kv_heads * p.beats_per_row
+    out, addrs = [], []
+    for c in cmds:
+        resp, rows = golden.execute(*c)
+        out.append((resp, rows))
+        if c.op == KVOp.APPEND and resp.status == KVStatus.OK:
+            page, row = golden.physical_page(c.seq, resp.length - 1)
+            base = (page * p.page_size + row) * hb
+            addrs += [base + j for j in range(hb)]
+            addrs += [p.mem_words // 2 + base + j for j in range(hb)]
+    return out, addrs
 
 
 def raw(rows):
@@ -85,10 +98,11 @@ def raw(rows):
 
 
 def check_against_golden(config, cmds, result):
-    """Every response equal to golden's, every read row bit-identical, the beat framing
-    (``last`` on each READ's final beat, int8 lanes sign-extended, no extra beats) right."""
+    """Every response equal to golden's, every read row bit-identical, every K/V write in the
+    physical page golden chose, the beat framing (``last`` on each READ's final beat, int8
+    lanes sign-extended, no extra beats) right."""
     ctrl = KVCacheParams.from_config(get_config(config))
-    want = expected(config, cmds)
+    want, addrs = expected(config, cmds)
     assert len(result.responses) == len(cmds)
     for i, (cmd, (resp, rows), got, got_rows) in enumerate(
             zip(cmds, want, result.responses, result.reads, strict=True)):
@@ -104,7 +118,15 @@ def check_against_golden(config, cmds, result):
     if ctrl.dtype == "int8":
         lanes = result.lanes.view(np.int16)
         assert np.array_equal(lanes, lanes.astype(np.int8).astype(np.int16)), "int8 lane not sign-extended"
+    assert np.array_equal(result.counters["write_addrs"], np.array(addrs, np.int64)), \
+        "K/V memory writes differ from golden's physical pages (or an error wrote)"
     return want
+
+
+def tagged(cache, tag):
+    """K and V rows whose every element is ``tag`` (K) and ``-tag`` (V)."""
+    k = np.full((cache.kv_heads, cache.head_dim), tag, cache.np_dtype)
+    return k, (-k).astype(cache.np_dtype)
 
 
 @pytest.mark.cocotb
@@ -116,5 +138,90 @@ def test_random_command_stream_matches_golden_response_by_response_tiny(stalls):
     cmds = random_commands(PagedKVCache.from_config("tiny"), 10_000, seed)
     result = run_kvcache(cmds, config="tiny", seed=seed, **STALLS[stalls])
     want = check_against_golden("tiny", cmds, result)
+    assert result.counters["read_beats"] > 10_000
     codes = {r.status for r, _ in want}
     assert codes == set(int(s) for s in KVStatus), f"not every status code exercised: {codes}"
+
+
+def isolation_commands(cache):
+    """Adversarial isolation: sequences with distinct tags; a freed sequence's pages (full of
+    its tag) reused by others; reads of exactly the length, one past it, of other heads; an
+    OUT_OF_PAGES append whose data must go nowhere; too many sequences."""
+    ps, H = cache.page_size, cache.kv_heads
+    A, B, C, D = 11, 22, 33, 65535
+    cmds = [KVCommand(KVOp.ALLOC, A), KVCommand(KVOp.ALLOC, B)]
+    cmds += [KVCommand(KVOp.APPEND, A, k=tagged(cache, 1)[0], v=tagged(cache, 1)[1])
+             for _ in range(3 * ps + 1)]
+    cmds += [KVCommand(KVOp.APPEND, B, k=tagged(cache, 2)[0], v=tagged(cache, 2)[1])
+             for _ in range(2)]
+    cmds += [KVCommand(KVOp.FREE, A), KVCommand(KVOp.ALLOC, C)]
+    cmds += [KVCommand(KVOp.APPEND, C, k=tagged(cache, 3)[0], v=tagged(cache, 3)[1])]
+    for op in (KVOp.READ_K, KVOp.READ_V):
+        cmds += [KVCommand(op, C, 0, 0, 1), KVCommand(op, C, 0, 0, 2), KVCommand(op, C, 0, 1, 0),
+                 KVCommand(op, C, 0, 2, 0), KVCommand(op, C, H, 0, 1), KVCommand(op, C, 255, 0, 1),
+                 KVCommand(op, A, 0, 0, 1)]
+        cmds += [KVCommand(op, B, h, 0, 2) for h in range(H)]
+        cmds += [KVCommand(op, B, h, 1, 1) for h in range(H)]
+    cmds += [KVCommand(KVOp.ALLOC, A), KVCommand(KVOp.ALLOC, D), KVCommand(KVOp.ALLOC, 5)]
+    cmds += [KVCommand(KVOp.APPEND, A, k=tagged(cache, 4)[0], v=tagged(cache, 4)[1]),
+             KVCommand(KVOp.READ_K, A, 0, 0, 1), KVCommand(KVOp.READ_V, A, H - 1, 0, 1)]
+    # C fills every free page, then one more append fails; then everyone reads everything
+    free_rows = (cache.num_pages - 3) * ps  # A, B and C hold one page each
+    cmds += [KVCommand(KVOp.APPEND, C, k=tagged(cache, 3)[0], v=tagged(cache, 3)[1])
+             for _ in range(free_rows + ps - 1)]
+    cmds += [KVCommand(KVOp.APPEND, C, k=tagged(cache, 99)[0], v=tagged(cache, 99)[1]),
+             KVCommand(KVOp.APPEND, D, k=tagged(cache, 99)[0], v=tagged(cache, 99)[1]),
+             KVCommand(KVOp.STATUS, C)]
+    for seq, n in ((A, 1), (B, 2), (C, free_rows + ps)):
+        for h in range(H):
+            cmds += [KVCommand(KVOp.READ_K, seq, h, 0, n), KVCommand(KVOp.READ_V, seq, h, 0, n)]
+    cmds += [KVCommand(KVOp.FREE, C), KVCommand(KVOp.FREE, C), KVCommand(KVOp.STATUS, B)]
+    return cmds, {A: 4, B: 2, C: 3}
+
+
+@pytest.mark.cocotb
+@pytest.mark.xdist_group("kvcache_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_sequences_only_read_their_own_rows_after_free_reuse_and_failed_appends(stalls):
+    cache = PagedKVCache.from_config("tiny")
+    cmds, tags = isolation_commands(cache)
+    result = run_kvcache(cmds, config="tiny", seed=7, **STALLS[stalls])
+    want = check_against_golden("tiny", cmds, result)
+    statuses = [r.status for r, _ in want]
+    for code in (KVStatus.OUT_OF_PAGES, KVStatus.READ_PAST_LENGTH, KVStatus.HEAD_OUT_OF_RANGE,
+                 KVStatus.UNKNOWN_SEQ, KVStatus.TOO_MANY_SEQS):
+        assert code in statuses, f"{code.name} not exercised"
+    seen = 0
+    for cmd, rows in zip(cmds, result.reads, strict=True):
+        if rows is not None and len(rows):
+            tag = tags[cmd.seq]
+            assert np.all(rows == (tag if cmd.op == KVOp.READ_K else -tag)), \
+                f"sequence {cmd.seq} read rows that are not its own: {np.unique(rows)}"
+            seen += len(rows)
+    assert seen > 4 * cache.num_pages * cache.page_size // 2
+
+
+@pytest.mark.cocotb
+@pytest.mark.xdist_group("kvcache_tiny")
+def test_back_to_back_reads_stream_one_beat_per_cycle_across_pages_and_heads():
+    cache = PagedKVCache.from_config("tiny")
+    ctrl = KVCacheParams.from_config(get_config("tiny"))
+    n = 3 * cache.page_size
+    cmds = [KVCommand(KVOp.ALLOC, 3), KVCommand(KVOp.ALLOC, 4)]
+    for i in range(n):  # interleaved appends: the pages of sequence 3 are not contiguous
+        for seq in (3, 4):
+            cmds.append(KVCommand(KVOp.APPEND, seq, k=tagged(cache, i)[0], v=tagged(cache, i)[1]))
+    reads = [KVCommand(op, 3, h, 0, n) for op in (KVOp.READ_K, KVOp.READ_V)
+             for h in range(cache.kv_heads)]
+    result = run_kvcache(cmds + reads, config="tiny", seed=3)
+    check_against_golden("tiny", cmds + reads, result)
+    beats = len(reads) * n * ctrl.beats_per_row
+    assert beats // len(reads) >= ctrl.command_cycles
+    rc = result.counters["read_cycles"]
+    assert len(rc) == beats and np.all(np.diff(rc) == ctrl.throughput), \
+        f"bubbles in the read stream: gaps {np.unique(np.diff(rc))}"
+    first_read_accepted = result.counters["cmd_cycles"][len(cmds)]
+    assert rc[0] - first_read_accepted == ctrl.read_latency
+    ac = result.counters["append_cycles"]
+    per_append = ctrl.append_beats
+    assert np.all(np.diff(ac.reshape(-1, per_append), axis=1) == 1), "bubbles inside an APPEND"

@@ -66,7 +66,7 @@ async def kvcache_stream(dut):
     await RisingEdge(dut.clk)
 
     stats = _read_hex("kv_out_stats.hex")
-    ci, wi, ri, di, expected, cycles, hung, overflow, idle = stats[:9]
+    ci, wi, ri, di, expected, cycles, hung, overflow, idle, mi = stats[:10]
     summary = (f"{ci}/{n_cmd} commands and {wi}/{n_wd} append beats accepted, {ri} responses, "
                f"{di}/{expected} read beats, {cycles} cycles")
     dut._log.info("harness: %s", summary)
@@ -80,5 +80,6 @@ async def kvcache_stream(dut):
         read_cycles=np.array(_read_hex("kv_out_rd_cyc.hex"), np.int64),
         append_cycles=np.array(_read_hex("kv_out_wd_cyc.hex"), np.int64),
         cmd_cycles=np.array(_read_hex("kv_out_cmd_cyc.hex"), np.int64),
+        write_addrs=np.array(_read_hex("kv_out_mw_addr.hex"), np.int64),
         cycles=np.array(cycles, np.int64), expected_read_beats=np.array(expected, np.int64),
     )

@@ -33,6 +33,7 @@ module kv_cache_harness(
     reg [RD_W-1:0] rd_mem [0:MAX_RD-1];
     reg [31:0] rd_cyc [0:MAX_RD-1];
     reg [31:0] wd_cyc [0:MAX_WD-1];
+    reg [31:0] mw_addr [0:MAX_WD-1];  // address of every K/V memory write, in order
     reg [WD_W-1:0] kv_mem [0:MEM_D-1];
     // params: 0 commands, 1 append beats, 2..5 seeds, 6 cmd gap, 7 data gap, 8 resp
     // backpressure, 9 read backpressure (each a threshold out of 65536), 10 timeout, 11 tail
@@ -46,7 +47,7 @@ module kv_cache_harness(
     wire [WD_W-1:0] mem_wdata;
     reg [WD_W-1:0] mem_rdata;
     reg cmd_valid, wd_valid, resp_ready, rd_ready;
-    reg [31:0] ci, wi, ri, di, expected, cycle, idle, tail;
+    reg [31:0] ci, wi, ri, di, mi, expected, cycle, idle, tail;
     reg [31:0] x0, x1, x2, x3;
     reg overflow;
 
@@ -92,8 +93,9 @@ module kv_cache_harness(
         if (dump) begin
             stats[0] = ci; stats[1] = wi; stats[2] = ri; stats[3] = di; stats[4] = expected;
             stats[5] = cycle; stats[6] = {31'd0, hung}; stats[7] = {31'd0, overflow};
-            stats[8] = idle;
-            $writememh("kv_out_stats.hex", stats, 0, 8);
+            stats[8] = idle; stats[9] = mi;
+            $writememh("kv_out_stats.hex", stats, 0, 9);
+            if (mi != 0) $writememh("kv_out_mw_addr.hex", mw_addr, 0, mi - 1);
             if (ri != 0) begin
                 $writememh("kv_out_resp.hex", resp_mem, 0, ri - 1);
                 $writememh("kv_out_resp_cyc.hex", resp_cyc, 0, ri - 1);
@@ -116,7 +118,7 @@ module kv_cache_harness(
 
     always @(posedge clk) begin
         if (rst) begin
-            ci <= 0; wi <= 0; ri <= 0; di <= 0; expected <= 0; cycle <= 0; idle <= 0;
+            ci <= 0; wi <= 0; ri <= 0; di <= 0; mi <= 0; expected <= 0; cycle <= 0; idle <= 0;
             tail <= 0; done <= 0; hung <= 0; overflow <= 0;
             cmd_valid <= 0; wd_valid <= 0; resp_ready <= 0; rd_ready <= 0;
             x0 <= params[2]; x1 <= params[3]; x2 <= params[4]; x3 <= params[5];
@@ -125,6 +127,12 @@ module kv_cache_harness(
             x0 <= xorshift(x0); x1 <= xorshift(x1); x2 <= xorshift(x2); x3 <= xorshift(x3);
             if (cmd_fire) cmd_cyc[ci] <= cycle;
             if (wd_fire) wd_cyc[wi] <= cycle;
+            if (mem_wen) begin
+                if (mi < MAX_WD) begin
+                    mw_addr[mi] <= {{(32 - MEM_AW){1'b0}}, mem_waddr};
+                    mi <= mi + 1;
+                end else overflow <= 1;
+            end
             ci <= ci_next;
             wi <= wi_next;
             if (!cmd_valid || cmd_ready)

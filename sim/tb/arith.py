@@ -5,11 +5,13 @@ Three parts:
 * **Vectors**: seeded numpy generators of operands biased towards the hard cases (every
   special-value class, exponents close to each other, cancellation, rounding ties, overflow
   and underflow boundaries), and :func:`expected` (the golden result of each unit).
-* **Lane harness**: :func:`lanes_harness` builds a test-only Amaranth component with ``lanes``
-  copies of one core side by side, all inputs in one wide vector ``i`` and all outputs in one
-  wide vector ``y``, so that one cocotb write and one read move ``lanes`` vectors.
-* **cocotb tests**: ``lanes_vectors`` pushes the arrays it is given through the lane harness
-  (optionally with random ``en`` gaps) and saves the outputs; ``stream_vectors`` drives a real
+* **Bulk harness**: :func:`bulk_verilog` writes a test-only top that holds up to
+  :data:`BULK_DEPTH` input vectors in a memory, pushes them through the chosen core (the
+  unchanged Verilog that Amaranth generates from hdl/arith.py) one per enabled cycle, with
+  seeded random ``en`` gaps, and stores the results in a second memory; the testbench loads and
+  dumps the memories as hex files, so Python is out of the per-vector loop.
+* **cocotb tests**: ``bulk_vectors`` pushes the packed words it is given through the bulk
+  harness (optionally with random ``en`` gaps) and saves the outputs; ``stream_vectors`` drives a real
   stream unit with random valid gaps and ready backpressure.
 """
 
@@ -18,7 +20,7 @@ import numpy as np
 import golden
 
 __all__ = ["UNITS", "pack_inputs", "expected", "random_vectors", "special_vectors",
-           "lanes_harness", "int8_mac_reference"]
+           "bulk_verilog", "core_latency", "int8_mac_reference", "BULK_DEPTH", "BULK_UNITS"]
 
 #: unit name → (core class name, stream class name, input fields with widths, output width,
 #: padded bits per lane of the input and output vectors)
@@ -249,42 +251,117 @@ def special_vectors(unit):
 # ------------------------------------------------------------------------------ lane harness
 
 
-def lanes_harness(unit, lanes, *, stages=None):
-    """A test-only component with ``lanes`` copies of ``unit``'s core.
+#: Input words the bulk harness holds (a multiple of this is run in several passes).
+BULK_DEPTH = 1 << 21
 
-    Ports: ``en: In(1)`` (to every core), ``i: In(lanes · in_bits)`` (lane k's packed fields,
-    :func:`pack_inputs`, at bit ``k · in_bits``), ``y: Out(lanes · out_bits)``.
+#: Unit number of each unit in the bulk harness (its ``unit`` input).
+BULK_UNITS = {name: k for k, name in enumerate(UNITS)}
+
+
+def core_latency(unit, stages=None):
+    """Latency of ``unit``'s core built with ``stages`` (``None``: the default)."""
+    from hdl import arith
+
+    core_cls = getattr(arith, _check_unit(unit)[0])
+    return core_cls(stages=stages).latency if stages is not None else core_cls._DEFAULT_STAGES
+
+
+def bulk_verilog(name="arith_bulk", *, depth=BULK_DEPTH):
+    """Verilog of a test-only top ``name`` that streams vectors from memory through the cores.
+
+    The four cores of hdl/arith.py are converted from Amaranth unchanged (modules
+    ``<name>_<unit>``); a hand-written harness around them holds ``depth`` packed input words
+    (:func:`pack_inputs`, 64 bits) and ``depth`` 32-bit results, so the simulation runs without
+    Python in the loop:
+
+    * ``load`` (one cycle): ``$readmemh("bulk_inputs.hex")`` into the input memory (the
+      simulation runs in the run folder);
+    * ``start`` held high: the core selected by ``unit`` receives word ``k`` in the ``k``-th
+      cycle where ``en`` is 1; ``en`` is low in a cycle with probability ``gap``/16 (a xorshift32
+      generator seeded by ``seed``); every core output is stored at the en-cycle its valid bit
+      (a shift register of the core's latency) says; ``done`` rises when ``count`` results are
+      stored, ``cycles`` counts the cycles taken;
+    * ``dump`` (one cycle): ``$writememh("bulk_outputs.hex")`` of results ``0 .. count-1``.
     """
-    from amaranth.hdl import Module
-    from amaranth.lib import wiring
-    from amaranth.lib.wiring import In, Out
+    from amaranth.back import verilog
 
     from hdl import arith
 
-    core_name, _, fields, out_width, in_bits, out_bits = _check_unit(unit)
-    core_cls = getattr(arith, core_name)
-    if not isinstance(lanes, int) or not 1 <= lanes <= 1024:
-        raise ValueError(f"lanes must be in 1..1024, not {lanes!r}")
-
-    class Lanes(wiring.Component):
-        def __init__(self):
-            self.cores = [core_cls(stages=stages) for _ in range(lanes)]
-            self.latency = self.cores[0].latency
-            super().__init__({"en": In(1), "i": In(lanes * in_bits), "y": Out(lanes * out_bits)})
-
-        def elaborate(self, platform):
-            m = Module()
-            for k, core in enumerate(self.cores):
-                m.submodules[f"lane{k}"] = core
-                offset = k * in_bits
-                for name, width in fields.items():
-                    m.d.comb += getattr(core, name).eq(self.i[offset:offset + width])
-                    offset += width
-                m.d.comb += [core.en.eq(self.en),
-                             self.y[k * out_bits:k * out_bits + out_width].eq(core.y)]
-            return m
-
-    return Lanes()
+    parts = []
+    inst = []
+    for unit, (core_name, _, fields, out_width, _, _) in UNITS.items():
+        core = getattr(arith, core_name)()
+        text = verilog.convert(core, name=f"{name}_{unit}", emit_src=False)
+        parts.append(text.replace("(* top =  1  *)\n", ""))
+        conns, offset = [], 0
+        for field, width in fields.items():
+            conns.append(f".{field}(word[{offset} +: {width}])")
+            offset += width
+        k = BULK_UNITS[unit]
+        lat = core.latency
+        inst.append(f"""
+  wire [{out_width - 1}:0] y_{unit};
+  {name}_{unit} core_{unit}(.clk(clk), .rst(rst), .en(en & (unit == {k})), {", ".join(conns)}, .y(y_{unit}));
+  localparam LAT_{k} = {lat};""")
+    sel_y = " : ".join(f"(unit == {BULK_UNITS[u]}) ? {{{32 - UNITS[u][3]}'d0, y_{u}}}"
+                       if UNITS[u][3] < 32 else f"(unit == {BULK_UNITS[u]}) ? y_{u}" for u in UNITS)
+    sel_lat = " : ".join(f"(unit == {k}) ? LAT_{k}" for k in range(len(UNITS)))
+    aw = (depth - 1).bit_length()
+    harness = f"""
+module {name}(clk, rst, load, start, dump, unit, count, gap, seed, done, cycles);
+  input clk;
+  input rst;
+  input load;
+  input start;
+  input dump;
+  input [1:0] unit;
+  input [31:0] count;
+  input [3:0] gap;
+  input [31:0] seed;
+  output reg done;
+  output reg [31:0] cycles;
+  reg [63:0] mem_in [0:{depth - 1}];
+  reg [31:0] mem_out [0:{depth - 1}];
+  reg [31:0] rd;
+  reg [31:0] wr;
+  reg [31:0] rng;
+  reg [7:0] vpipe;
+  wire [31:0] rng1 = rng ^ (rng << 13);
+  wire [31:0] rng2 = rng1 ^ (rng1 >> 17);
+  wire [31:0] rng_next = rng2 ^ (rng2 << 5);
+  wire en = start & ~done & ~(rng[3:0] < gap);
+  wire [63:0] word = mem_in[rd[{aw - 1}:0]];
+{"".join(inst)}
+  wire [31:0] y = {sel_y} : 32'd0;
+  wire [3:0] lat = {sel_lat} : 4'd1;
+  wire y_valid = vpipe[lat - 4'd1];
+  always @(posedge clk) begin
+    if (load) $readmemh("bulk_inputs.hex", mem_in);
+    if (dump) $writememh("bulk_outputs.hex", mem_out, 0, count - 1);
+    if (rst) begin
+      rd <= 0;
+      wr <= 0;
+      vpipe <= 0;
+      done <= 0;
+      cycles <= 0;
+      rng <= seed | 32'd1;
+    end else if (start & ~done) begin
+      rng <= rng_next;
+      cycles <= cycles + 1;
+      if (wr == count) done <= 1;
+      if (en) begin
+        vpipe <= {{vpipe[6:0], rd < count}};
+        if (rd < count) rd <= rd + 1;
+        if (y_valid) begin
+          mem_out[wr[{aw - 1}:0]] <= y;
+          wr <= wr + 1;
+        end
+      end
+    end
+  end
+endmodule
+"""
+    return "".join(parts) + harness
 
 
 # ------------------------------------------------------------------------------ cocotb tests
@@ -297,56 +374,69 @@ except ImportError:  # pragma: no cover - the vectors are usable without cocotb
 if cocotb is not None:
     import random
 
+    from cocotb.clock import Clock
     from cocotb.triggers import ReadOnly, RisingEdge
 
     from .common import StreamDriver, StreamMonitor, load_inputs, save_outputs, start_clock_and_reset
 
-    def _to_wide(words):
-        return int.from_bytes(np.ascontiguousarray(words).tobytes(), "little")
+    def _write_hex(path, words):
+        hexed = np.ascontiguousarray(words, dtype=">u8").tobytes().hex().encode()
+        path.write_bytes(b"\n".join(np.frombuffer(hexed, dtype="S16").tolist()) + b"\n")
 
-    def _from_wide(value, dtype, lanes):
-        nbytes = lanes * np.dtype(dtype).itemsize
-        return np.frombuffer(int(value).to_bytes(nbytes, "little"), dtype=dtype)
+    def _read_hex(path):
+        lines = [x for x in path.read_text().split() if not x.startswith(("//", "@"))]
+        return np.array([int(x, 16) for x in lines], dtype=np.uint32)
 
     @cocotb.test()
-    async def lanes_vectors(dut):
-        """Push ``inputs`` (packed words, a multiple of ``lanes``) through the lane harness, one
-        row of ``lanes`` words per cycle, ``en`` held low at random cycles with probability
-        ``en_gap`` (seeded by ``seed``); save the outputs as ``y``."""
+    async def bulk_vectors(dut):
+        """Push ``inputs`` (packed words) through the core ``unit`` of the bulk harness, in
+        passes of at most BULK_DEPTH words, with ``en`` low at random cycles with probability
+        ``gap``/16 (seeded by ``seed``); save the outputs as ``y`` and the cycles as ``cycles``.
+        A pass that does not finish within 2 × its worst-case cycle count fails."""
+        from cocotb.triggers import First, Timer
+
+        from .common import run_dir
+
         arrays, meta = load_inputs()
-        lanes, latency = int(meta["lanes"]), int(meta["latency"])
-        out_dtype = _DTYPES[int(meta["out_bits"])]
-        words = arrays["inputs"]
-        rows = words.reshape(-1, lanes)
-        gap = float(meta.get("en_gap", 0.0))
-        rand = random.Random(int(meta.get("seed", 0)))
-        cocotb.log.info("lanes_vectors: %d vectors, %d lanes, en_gap %.2f, seed %s",
-                        words.size, lanes, gap, meta.get("seed"))
-        await start_clock_and_reset(dut)
-        out = np.zeros((rows.shape[0], lanes), dtype=out_dtype)
-        ints = [_to_wide(row) for row in rows]
-        sent = received = 0
-        edges = 0              # en-cycles so far; y shows row edges - latency
-        total = len(ints)
-        idle = 0
-        while received < total:
-            en = not (gap and rand.random() < gap)
-            dut.en.value = int(en)
-            if en:
-                dut.i.value = ints[sent] if sent < total else 0
-            await ReadOnly()
-            if edges - latency == received:
-                out[received] = _from_wide(dut.y.value.to_unsigned(), out_dtype, lanes)
-                received += 1
+        words = arrays["inputs"].astype(np.uint64)
+        unit = meta["unit"]
+        gap = int(meta.get("gap", 0))
+        seed = int(meta.get("seed", 1))
+        depth = int(meta.get("depth", BULK_DEPTH))
+        cocotb.log.info("bulk_vectors: unit %s, %d vectors, en gap %d/16, seed %d",
+                        unit, words.size, gap, seed)
+        cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+        for sig in (dut.load, dut.start, dump := dut.dump):
+            sig.value = 0
+        dut.unit.value = BULK_UNITS[unit]
+        dut.gap.value = gap
+        outs, cycles = [], 0
+        for k, first in enumerate(range(0, words.size, depth)):
+            chunk = words[first:first + depth]
+            _write_hex(run_dir() / "bulk_inputs.hex", chunk)
+            dut.count.value = chunk.size
+            dut.seed.value = (seed + k) & 0xFFFFFFFF
+            dut.rst.value = 1
+            dut.load.value = 1
             await RisingEdge(dut.clk)
-            if en:
-                edges += 1
-                sent += 1
-                idle = 0
-            else:
-                idle += 1
-                assert idle < 1000, "en held low for 1000 cycles"
-        save_outputs(y=out.ravel())
+            dut.load.value = 0
+            await RisingEdge(dut.clk)
+            dut.rst.value = 0
+            dut.start.value = 1
+            limit = 2 * (chunk.size * 16 // (16 - gap) + 100)
+            await First(RisingEdge(dut.done), Timer(limit * 10, unit="ns"))
+            await ReadOnly()
+            assert dut.done.value == 1, f"pass {k}: not done after {limit} cycles"
+            await RisingEdge(dut.clk)
+            cycles += int(dut.cycles.value)
+            dut.start.value = 0
+            dump.value = 1
+            await RisingEdge(dut.clk)
+            dump.value = 0
+            await RisingEdge(dut.clk)
+            outs.append(_read_hex(run_dir() / "bulk_outputs.hex"))
+        save_outputs(y=np.concatenate(outs) if outs else np.zeros(0, np.uint32),
+                     cycles=np.array(cycles))
 
     @cocotb.test()
     async def stream_vectors(dut):

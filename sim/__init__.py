@@ -2,3 +2,4 @@
 operation on the Verilated RTL (``sim.run_matmul``, ``sim.run_softmax``, ``sim.run_kvcache``)."""
 from .kvcache_api import run_kvcache  # noqa: F401
 from .matmul_api import run_matmul  # noqa: F401
+from .softmax_api import run_softmax  # noqa: F401

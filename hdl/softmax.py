@@ -1,0 +1,552 @@
+"""Streaming row softmax, int8 and bf16 paths (docs/numerics.md "Softmax", docs/softmax.md).
+
+:class:`SoftmaxUnit` computes exactly :func:`golden.softmax_int8` / :func:`golden.softmax_bf16_bits`
+with P lanes in three passes, each in its own pipeline stage, so three rows are in flight:
+
+* **A** (ingest): takes a row's score beats, turns each score into x (log2 units, fixed point),
+  writes x into the X ring and keeps the running max; at the row's last beat it hands the row
+  (max rounded up to R, mask, NaN flag) to B through a small FIFO.
+* **B** (exp and sum): reads the row back from the X ring, looks up ``2**-f`` (one table read
+  port per lane), writes ``(t, n)`` per element into the E ring and sums the terms exactly; at
+  the last beat the sum enters a pipelined reciprocal whose result goes to C through a FIFO.
+* **C** (normalize): reads ``(t, n)`` back from the E ring, multiplies by the reciprocal and
+  rounds to uint8 (scale 1/255) or bf16, into the output FIFO.
+
+The rings are ``lib.memory.Memory`` of 2·ceil(L_max/P) beats each; every stage reserves space
+downstream before it takes a beat (credits), so no stage ever has to stall mid-pipeline, the
+next row's pass A overlaps the previous rows' passes B and C, and rows follow each other
+without bubbles.
+"""
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+from golden import softmax as _g
+
+from .config import AccelConfig
+
+__all__ = ["SoftmaxUnit", "DTYPE_INT8", "DTYPE_BF16", "COUNTERS"]
+
+DTYPE_INT8 = 0
+DTYPE_BF16 = 1
+
+#: Performance counters (32 bits each, wrapping), in the order of the ``counters`` port.
+COUNTERS = ("cycles", "busy_cycles", "rows_accepted", "rows_rejected", "rows_done",
+            "beats_in", "beats_out", "in_stall_cycles", "out_stall_cycles", "ring_full_cycles")
+
+_F = _g.FRAC_BITS
+_EB = _g.EXP_BITS
+_SG = _g.SUM_GUARD
+_RB = _g.RCP_BITS
+_RI = _g.RCP_IN_BITS
+_XW = _g.X_BITS
+_NW = 8  # n is clamped to N_MAX = 255
+_TW = _EB + 1
+_XMIN = -(1 << (_XW - 1))
+_XMAX = (1 << (_XW - 1)) - 1
+_DIV_STEPS_PER_STAGE = 6  # restoring-division steps between two registers of the reciprocal
+#: Rows that can wait between two passes (the row FIFOs A → B and B → C).
+_ROW_QUEUE = 8
+
+assert _g.N_MAX == (1 << _NW) - 1
+
+
+def _msb(m, value, name):
+    """Position of the highest set bit of ``value`` (0 when value is 0)."""
+    pos = Signal(range(max(len(value), 2)), name=name)
+    for i in range(len(value)):
+        with m.If(value[i]):
+            m.d.comb += pos.eq(i)
+    return pos
+
+
+def _clamp_x(m, value, name):
+    x = Signal(signed(_XW), name=name)
+    with m.If(value > _XMAX):
+        m.d.comb += x.eq(_XMAX)
+    with m.Elif(value < _XMIN):
+        m.d.comb += x.eq(_XMIN)
+    with m.Else():
+        m.d.comb += x.eq(value)
+    return x
+
+
+class SoftmaxUnit(wiring.Component):
+    """Streaming row softmax with P lanes, bit-exact with golden/softmax.py.
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per beat and per cycle P; a power of two, 1..64.
+    max_len : int
+        Longest row L_max; a power of two, P..65536.
+
+    Members
+    -------
+    cmd : In(stream)
+        One command per row: ``length`` (1..L_max elements), ``valid_len`` (padding; values
+        above ``length`` mean none), ``causal_pos`` (key j visible only if j ≤ causal_pos; any
+        value ≥ length − 1 means no causal mask), ``dtype`` (0 int8, 1 bf16), ``scale`` (int8:
+        the multiplier m in bits 0..15; bf16: the fp32 constant c) and ``shift`` (int8: sh).
+        A command with ``length`` 0 or > L_max is consumed and dropped: ``error`` pulses, the
+        counter ``rows_rejected`` counts it, no score beat is taken for it and no output is
+        produced; later rows are unaffected.
+    i : In(stream)
+        Scores, P per beat (int32 or fp32 bit patterns), ceil(length/P) beats per row in command
+        order; lanes past the row's end are ignored.
+    o : Out(stream)
+        Probabilities, P per beat (``data``: uint8 zero-extended, or bf16 bits), ceil(length/P)
+        beats per row, ``last`` on a row's final beat; lanes past the row's end are 0.
+    error : Out(1)
+        One-cycle pulse per rejected command.
+    counters : Out(struct)
+        Performance counters, see :data:`COUNTERS`: cycles since reset, cycles with any row in
+        the unit, commands accepted/rejected, rows output, beats in/out, cycles with a score
+        beat offered but not taken, with an output beat not taken, and with pass A blocked by a
+        full X ring.
+
+    Latency: an isolated row of B = ceil(length/P) beats leaves its last output beat
+    :meth:`row_latency` (= 3·B + :attr:`latency` cycles) after its first score beat is taken.
+    Throughput: P elements (one beat) per cycle in each pass, across row boundaries without
+    bubbles, as long as the output is not back-pressured. Each pass starts a row only when the
+    previous pass has finished it, so a row longer than the one before it makes the output wait
+    for its passes A and B, and pass A waits when 8 finished rows are queued for pass B (many
+    short rows right after a long one); neither lowers the rate of the output stream, which
+    stays at one beat per cycle for rows of non-increasing length.
+
+    Memories: X ring and E ring (2·ceil(L_max/P) beats each, one write and one synchronous read
+    port, never read and written at the same address in one cycle, so transparency does not
+    matter), and one 2**F-entry exp table ROM per lane.
+    """
+
+    def __init__(self, *, lanes, max_len, src_loc_at=0):
+        for name, value, hi in (("lanes", lanes, 64), ("max_len", max_len, 1 << 16)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {value!r}")
+            if not 1 <= value <= hi or value & (value - 1):
+                raise ValueError(f"{name} must be a power of two in 1..{hi}, not {value}")
+        if max_len < lanes:
+            raise ValueError(f"max_len ({max_len}) must be ≥ lanes ({lanes})")
+        self._lanes = lanes
+        self._max_len = max_len
+        self._lw = ceil_log2(max_len + 1)
+        self._beats = max(max_len // lanes, 1)
+        self._ring = max(2 * self._beats, 4)
+        self._sw = _EB + _SG + ceil_log2(max_len) + 2
+        super().__init__({
+            "cmd": In(stream.Signature(self.cmd_layout)),
+            "i": In(stream.Signature(data.ArrayLayout(32, lanes))),
+            "o": Out(stream.Signature(self.out_layout)),
+            "error": Out(1),
+            "counters": Out(data.StructLayout({name: 32 for name in COUNTERS})),
+        }, src_loc_at=src_loc_at + 1)
+
+    @classmethod
+    def from_config(cls, config):
+        """The unit for an :class:`~hdl.config.AccelConfig` (softmax_lanes, softmax_max_len)."""
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        return cls(lanes=config.softmax_lanes, max_len=config.softmax_max_len, src_loc_at=1)
+
+    @property
+    def lanes(self):
+        """P, elements per beat."""
+        return self._lanes
+
+    @property
+    def max_len(self):
+        """L_max, the longest row."""
+        return self._max_len
+
+    @property
+    def cmd_layout(self):
+        lw = ceil_log2(self._max_len + 1)
+        return data.StructLayout({
+            "length": lw, "valid_len": lw, "causal_pos": lw, "dtype": 1, "scale": 32, "shift": 6})
+
+    @property
+    def out_layout(self):
+        return data.StructLayout({"data": data.ArrayLayout(16, self._lanes), "last": 1})
+
+    @property
+    def div_stages(self):
+        """Registers in the reciprocal pipeline."""
+        return -(-(_RB + 1) // _DIV_STEPS_PER_STAGE)
+
+    @property
+    def latency(self):
+        """Fixed part of :meth:`row_latency`: cycles beyond one per beat in each pass."""
+        return 3 + self.div_stages
+
+    def row_latency(self, length):
+        """Cycles from an isolated row's first accepted score beat to its last output beat."""
+        beats = -(-length // self._lanes)
+        return 3 * beats + self.latency
+
+    @property
+    def throughput(self):
+        """Elements per cycle, sustained (P)."""
+        return self._lanes
+
+    # ----------------------------------------------------------------------------------------
+
+    def _x_int8(self, m, score, mult, sh, name):
+        s = score.as_signed()
+        prod = Signal(signed(49), name=f"{name}_prod")
+        m.d.comb += prod.eq(s * Cat(mult, Const(0, 1)).as_signed())
+        half = Signal(64, name=f"{name}_half")
+        m.d.comb += half.eq((Const(1, 65) << sh) >> 1)
+        rounded = Signal(signed(66), name=f"{name}_rnd")
+        m.d.comb += rounded.eq((prod + Cat(half, Const(0, 1)).as_signed()) >> sh)
+        return _clamp_x(m, rounded, f"{name}_x8")
+
+    def _x_bf16(self, m, a, c, name):
+        ea, eb = a[23:31], c[23:31]
+        fa, fb = a[0:23], c[0:23]
+        a_zero, b_zero = ea == 0, eb == 0
+        a_max, b_max = ea == 0xFF, eb == 0xFF
+        a_nan, b_nan = a_max & (fa != 0), b_max & (fb != 0)
+        a_inf, b_inf = a_max & (fa == 0), b_max & (fb == 0)
+        nan = Signal(name=f"{name}_nan")
+        m.d.comb += nan.eq(a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero))
+        inf = (a_inf | b_inf) & ~nan
+        ma = Mux(a_zero, 0, Cat(fa, Const(1, 1)))
+        mb = Mux(b_zero, 0, Cat(fb, Const(1, 1)))
+        prod = Signal(48, name=f"{name}_prod")
+        m.d.comb += prod.eq(ma * mb)
+        neg = a[31] ^ c[31]
+        e = Signal(signed(11), name=f"{name}_e")
+        m.d.comb += e.eq(ea + eb - (2 * (127 + 23) - _F))
+        big = (e >= -22) & (prod != 0)
+        k = Signal(range(63), name=f"{name}_k")
+        m.d.comb += k.eq(Mux(e < -62, 62, Mux(e > 0, 0, -e)))
+        sv = Signal(signed(50), name=f"{name}_sv")
+        m.d.comb += sv.eq(Mux(neg, -prod, prod))
+        half = Signal(63, name=f"{name}_half")
+        m.d.comb += half.eq((Const(1, 64) << k) >> 1)
+        shifted = Signal(signed(65), name=f"{name}_sh")
+        m.d.comb += shifted.eq((sv + Cat(half, Const(0, 1)).as_signed()) >> k)
+        clamped = _clamp_x(m, shifted, f"{name}_xc")
+        x = Signal(signed(_XW), name=f"{name}_xb")
+        with m.If(nan):
+            m.d.comb += x.eq(0)
+        with m.Elif(big | inf):
+            m.d.comb += x.eq(Mux(neg, _XMIN, _XMAX))
+        with m.Else():
+            m.d.comb += x.eq(clamped)
+        return x, nan
+
+    def elaborate(self, platform):
+        m = Module()
+        P = self._lanes
+        lw = self._lw
+        log2p = exact_log2(P)
+        ring = self._ring
+        sw = self._sw
+
+        def nb_m1(length):  # beats of a row, minus one
+            return ((length + (P - 1)) >> log2p) - 1
+
+        # ---- memories and FIFOs ---------------------------------------------------------
+        m.submodules.xmem = xmem = Memory(shape=unsigned(_XW * P), depth=ring, init=[])
+        x_wr = xmem.write_port()
+        x_rd = xmem.read_port(domain="sync")
+        m.submodules.emem = emem = Memory(shape=unsigned((_TW + _NW) * P), depth=ring, init=[])
+        e_wr = emem.write_port()
+        e_rd = emem.read_port(domain="sync")
+        table = [int(v) for v in _g.EXP2_TABLE]
+        t_rd = []
+        for lane in range(P):
+            rom = Memory(shape=unsigned(_TW), depth=len(table), init=table)
+            m.submodules[f"exp_rom{lane}"] = rom
+            t_rd.append(rom.read_port(domain="sync"))
+
+        m1_layout = data.StructLayout({"length": lw, "vis": lw, "dtype": 1, "nan": 1,
+                                       "r": signed(_XW + 1)})
+        m2_layout = data.StructLayout({"length": lw, "vis": lw, "dtype": 1, "nan": 1,
+                                       "rcp": _RB + 1, "z": range(sw)})
+        m1_depth, m2_depth, o_depth = _ROW_QUEUE, _ROW_QUEUE + self.div_stages, 4
+        m.submodules.m1 = m1 = SyncFIFO(width=m1_layout.size, depth=m1_depth)
+        m.submodules.m2 = m2 = SyncFIFO(width=m2_layout.size, depth=m2_depth)
+        m.submodules.ofifo = ofifo = SyncFIFO(width=self.out_layout.size, depth=o_depth)
+
+        x_occ = Signal(range(ring + 1))
+        e_occ = Signal(range(ring + 1))
+        x_wp = Signal(range(ring))
+        x_rp = Signal(range(ring))
+        e_wp = Signal(range(ring))
+        e_rp = Signal(range(ring))
+
+        # ---- pass A: ingest ------------------------------------------------------------
+        a_active = Signal()
+        a_len = Signal(lw)
+        a_vis = Signal(lw)
+        a_dtype = Signal()
+        a_scale = Signal(32)
+        a_shift = Signal(6)
+        a_bi = Signal(lw)
+        a_nbm1 = Signal(lw)
+        a_base = Signal(lw + 1)
+        a_max = Signal(signed(_XW))
+        a_nan = Signal()
+        a_last = Signal()
+        m.d.comb += a_last.eq(a_bi == a_nbm1)
+
+        i_fire = Signal()
+        cmd_fire = Signal()
+        m.d.comb += [
+            self.i.ready.eq(a_active & (x_occ < ring) & (~a_last | m1.w_rdy)),
+            i_fire.eq(self.i.valid & self.i.ready),
+            self.cmd.ready.eq(~a_active | (i_fire & a_last)),
+            cmd_fire.eq(self.cmd.valid & self.cmd.ready),
+        ]
+
+        lane_x = []
+        lane_nan = []
+        lane_vis = []
+        for lane in range(P):
+            score = self.i.payload[lane]
+            x8 = self._x_int8(m, score, a_scale[:16], a_shift, f"a{lane}")
+            xb, nanb = self._x_bf16(m, score, a_scale, f"a{lane}")
+            x = Signal(signed(_XW), name=f"a{lane}_x")
+            m.d.comb += x.eq(Mux(a_dtype, xb, x8))
+            vis = Signal(name=f"a{lane}_vis")
+            m.d.comb += vis.eq(a_base + lane < a_vis)
+            lane_x.append(x)
+            lane_nan.append(nanb & a_dtype & vis)
+            lane_vis.append(vis)
+        beat_max = Signal(signed(_XW))
+        acc = Const(_XMIN, signed(_XW))
+        for lane in range(P):
+            nxt = Signal(signed(_XW), name=f"a_max{lane}")
+            m.d.comb += nxt.eq(Mux(lane_vis[lane] & (lane_x[lane] > acc), lane_x[lane], acc))
+            acc = nxt
+        m.d.comb += beat_max.eq(acc)
+        row_max = Signal(signed(_XW))
+        m.d.comb += row_max.eq(Mux((a_bi == 0) | (beat_max > a_max), beat_max, a_max))
+        row_nan = Signal()
+        m.d.comb += row_nan.eq(((a_bi != 0) & a_nan) | Cat(*lane_nan).any())
+
+        m.d.comb += [
+            x_wr.addr.eq(x_wp),
+            x_wr.data.eq(Cat(*lane_x)),
+            x_wr.en.eq(i_fire),
+        ]
+        m1_w = Signal(m1_layout)
+        one = 1 << _F
+        m.d.comb += [
+            m1_w.length.eq(a_len), m1_w.vis.eq(a_vis), m1_w.dtype.eq(a_dtype), m1_w.nan.eq(row_nan),
+            m1_w.r.eq(((row_max + (one - 1)) >> _F) << _F),
+            m1.w_data.eq(m1_w),
+            m1.w_en.eq(i_fire & a_last),
+        ]
+        with m.If(i_fire):
+            m.d.sync += [x_wp.eq(x_wp + 1), a_max.eq(row_max), a_nan.eq(row_nan),
+                         a_bi.eq(a_bi + 1), a_base.eq(a_base + P)]
+            with m.If(a_last):
+                m.d.sync += a_active.eq(0)
+        bad = (self.cmd.payload.length == 0) | (self.cmd.payload.length > self._max_len)
+        m.d.comb += self.error.eq(cmd_fire & bad)
+        with m.If(cmd_fire & ~bad):
+            p = self.cmd.payload
+            lim0 = Signal(lw + 1)
+            m.d.comb += lim0.eq(Mux(p.valid_len < p.length, p.valid_len, p.length))
+            lim = Signal(lw + 1)
+            m.d.comb += lim.eq(Mux(p.causal_pos + 1 < lim0, p.causal_pos + 1, lim0))
+            m.d.sync += [
+                a_active.eq(1), a_len.eq(p.length), a_vis.eq(lim), a_dtype.eq(p.dtype),
+                a_scale.eq(p.scale), a_shift.eq(p.shift), a_bi.eq(0), a_base.eq(0),
+                a_nbm1.eq(nb_m1(p.length)),
+            ]
+
+        # ---- pass B: exp and sum -------------------------------------------------------
+        b_row = data.View(m1_layout, m1.r_data)
+        b_bi = Signal(lw)
+        b_base = Signal(lw + 1)
+        b_last = Signal()
+        m.d.comb += b_last.eq(b_bi == nb_m1(b_row.length))
+        m2_inflight = Signal(range(m2_depth + 1))
+        b_issue = Signal()
+        m.d.comb += b_issue.eq(m1.r_rdy & (e_occ < ring) & (~b_last | (m2.level + m2_inflight < m2_depth)))
+        m.d.comb += [x_rd.addr.eq(x_rp), m1.r_en.eq(b_issue & b_last)]
+        with m.If(b_issue):
+            m.d.sync += [x_rp.eq(x_rp + 1), b_bi.eq(b_bi + 1), b_base.eq(b_base + P)]
+            with m.If(b_last):
+                m.d.sync += [b_bi.eq(0), b_base.eq(0)]
+
+        def stage(prefix, src, valid):
+            """Register the values of ``src`` (dict) into a new pipeline stage."""
+            out = {}
+            for key, value in src.items():
+                sig = Signal(Value.cast(value).shape(), name=f"{prefix}_{key}")
+                m.d.sync += sig.eq(value)
+                out[key] = sig
+            v = Signal(name=f"{prefix}_valid")
+            m.d.sync += v.eq(valid)
+            out["valid"] = v
+            return out
+
+        b1 = stage("b1", {"r": b_row.r, "vis": b_row.vis, "base": b_base, "first": b_bi == 0,
+                          "last": b_last, "length": b_row.length, "dtype": b_row.dtype,
+                          "nan": b_row.nan}, b_issue)
+        b1_n, b1_vis = [], []
+        for lane in range(P):
+            x = x_rd.data[lane * _XW:(lane + 1) * _XW].as_signed()
+            d = Signal(signed(_XW + 2), name=f"b1_d{lane}")
+            m.d.comb += d.eq(b1["r"] - x)
+            n = Signal(_NW, name=f"b1_n{lane}")
+            hi = d >> _F
+            m.d.comb += n.eq(Mux(hi > _g.N_MAX, _g.N_MAX, hi))
+            m.d.comb += t_rd[lane].addr.eq(d[:_F])
+            vis = Signal(name=f"b1_vis{lane}")
+            m.d.comb += vis.eq(b1["base"] + lane < b1["vis"])
+            b1_n.append(n)
+            b1_vis.append(vis)
+        b2 = stage("b2", {"first": b1["first"], "last": b1["last"], "length": b1["length"],
+                          "vis": b1["vis"], "dtype": b1["dtype"], "nan": b1["nan"],
+                          "n": Cat(*b1_n), "lvis": Cat(*b1_vis)}, b1["valid"])
+        terms = []
+        e_lanes = []
+        for lane in range(P):
+            t = Signal(_TW, name=f"b2_t{lane}")
+            m.d.comb += t.eq(Mux(b2["lvis"][lane], t_rd[lane].data, 0))
+            n = b2["n"][lane * _NW:(lane + 1) * _NW]
+            term = Signal(_TW + _SG, name=f"b2_term{lane}")
+            m.d.comb += term.eq((t << _SG) >> n)
+            terms.append(term)
+            e_lanes += [t, n]
+        s_acc = Signal(sw)
+        s_new = Signal(sw)
+        total = Mux(b2["first"], 0, s_acc)
+        for term in terms:
+            total = total + term
+        m.d.comb += s_new.eq(total)
+        with m.If(b2["valid"]):
+            m.d.sync += s_acc.eq(s_new)
+        m.d.comb += [e_wr.addr.eq(e_wp), e_wr.data.eq(Cat(*e_lanes)), e_wr.en.eq(b2["valid"])]
+        with m.If(b2["valid"]):
+            m.d.sync += e_wp.eq(e_wp + 1)
+
+        # ---- reciprocal ----------------------------------------------------------------
+        z = _msb(m, s_new, "b2_z")
+        st = Signal(_RI, name="b2_st")
+        st_sh = Signal(range(sw), name="b2_st_sh")
+        m.d.comb += st_sh.eq(Mux(z >= _RI - 1, z + 1 - _RI, 0))
+        m.d.comb += st.eq(Mux(z >= _RI - 1, s_new >> st_sh, 0))
+        rem = Signal(_RI + 1, name="div_rem0")
+        m.d.comb += rem.eq(1 << (_RI - 1))
+        pipe = {"st": st, "z": z, "length": b2["length"], "vis": b2["vis"], "dtype": b2["dtype"],
+                "nan": b2["nan"], "rem": rem, "q": Const(0, _RB + 1)}
+        valid = b2["valid"] & b2["last"]
+        for step in range(_RB + 1):
+            if step % _DIV_STEPS_PER_STAGE == 0:
+                pipe = stage(f"div{step}", pipe, valid)
+                valid = pipe.pop("valid")
+            ge = pipe["rem"] >= pipe["st"]
+            r2 = Signal(_RI + 1, name=f"div_rem{step + 1}")
+            m.d.comb += r2.eq(Mux(ge, pipe["rem"] - pipe["st"], pipe["rem"]) << 1)
+            q2 = Signal(_RB + 1, name=f"div_q{step + 1}")
+            m.d.comb += q2.eq(Cat(ge, pipe["q"][:-1]))
+            pipe = dict(pipe, rem=r2, q=q2)
+        m2_w = Signal(m2_layout)
+        m.d.comb += [
+            m2_w.length.eq(pipe["length"]), m2_w.vis.eq(pipe["vis"]), m2_w.dtype.eq(pipe["dtype"]),
+            m2_w.nan.eq(pipe["nan"]), m2_w.rcp.eq(pipe["q"]), m2_w.z.eq(pipe["z"]),
+            m2.w_data.eq(m2_w), m2.w_en.eq(valid),
+        ]
+        m.d.sync += m2_inflight.eq(m2_inflight + (b_issue & b_last) - valid)
+
+        # ---- pass C: normalize ---------------------------------------------------------
+        c_row = data.View(m2_layout, m2.r_data)
+        c_bi = Signal(lw)
+        c_base = Signal(lw + 1)
+        c_last = Signal()
+        m.d.comb += c_last.eq(c_bi == nb_m1(c_row.length))
+        c_issue = Signal()
+        c1_valid = Signal()
+        m.d.comb += c_issue.eq(m2.r_rdy & (ofifo.level + c1_valid < o_depth))
+        m.d.comb += [e_rd.addr.eq(e_rp), m2.r_en.eq(c_issue & c_last)]
+        with m.If(c_issue):
+            m.d.sync += [e_rp.eq(e_rp + 1), c_bi.eq(c_bi + 1), c_base.eq(c_base + P)]
+            with m.If(c_last):
+                m.d.sync += [c_bi.eq(0), c_base.eq(0)]
+        c1 = stage("c1", {"rcp": c_row.rcp, "z": c_row.z, "base": c_base, "vis": c_row.vis,
+                          "dtype": c_row.dtype, "nan": c_row.nan, "last": c_last}, c_issue)
+        m.d.comb += c1_valid.eq(c1["valid"])
+        outs = []
+        for lane in range(P):
+            off = lane * (_TW + _NW)
+            t = e_rd.data[off:off + _TW]
+            n = e_rd.data[off + _TW:off + _TW + _NW]
+            v = Signal(_TW + _RB + 1, name=f"c1_v{lane}")
+            m.d.comb += v.eq(t * c1["rcp"])
+            k = Signal(range(_g.N_MAX + _RB + sw + 1), name=f"c1_k{lane}")
+            m.d.comb += k.eq(n + c1["z"] + (_RB - _SG))
+            kc = Signal(6, name=f"c1_kc{lane}")
+            m.d.comb += kc.eq(Mux(k > 63, 63, k))
+            # int8: min(255, (255·V + 2**(k-1)) >> k)
+            q = Signal(64, name=f"c1_q{lane}")
+            m.d.comb += q.eq(((v << 8) - v + ((Const(1, 65) << kc) >> 1)) >> kc)
+            q8 = Mux(q > 255, 255, q[:8])
+            # bf16: V·2**-k rounded to 8 significant bits, FTZ below 2**-126
+            vw = len(v)
+            b = _msb(m, v, f"c1_b{lane}")
+            vn = Signal(vw, name=f"c1_vn{lane}")
+            lz = Signal(range(vw), name=f"c1_lz{lane}")
+            m.d.comb += lz.eq(vw - 1 - b)
+            m.d.comb += vn.eq(v << lz)
+            mant = vn[vw - 8:vw]
+            guard = vn[vw - 9]
+            sticky = vn[:vw - 9] != 0
+            up = guard & (sticky | mant[0])
+            mr = Signal(9, name=f"c1_mr{lane}")
+            m.d.comb += mr.eq(mant + up)
+            carry = mr[8]
+            ev = Signal(signed(12), name=f"c1_ev{lane}")
+            m.d.comb += ev.eq(b - k + carry)
+            bf = Signal(16, name=f"c1_bf{lane}")
+            with m.If((v == 0) | (ev < -126)):
+                m.d.comb += bf.eq(0)
+            with m.Else():
+                m.d.comb += bf.eq(Cat(Mux(carry, 0, mr[:7]), (ev + 127)[:8], Const(0, 1)))
+            vis = c1["base"] + lane < c1["vis"]
+            out = Signal(16, name=f"c1_out{lane}")
+            with m.If(~vis):
+                m.d.comb += out.eq(0)
+            with m.Elif(c1["dtype"] & c1["nan"]):
+                m.d.comb += out.eq(_g.BF16_NAN_ROW)
+            with m.Elif(c1["dtype"]):
+                m.d.comb += out.eq(bf)
+            with m.Else():
+                m.d.comb += out.eq(q8)
+            outs.append(out)
+        m.d.comb += [ofifo.w_data.eq(Cat(*outs, c1["last"])), ofifo.w_en.eq(c1["valid"])]
+        m.d.comb += [
+            self.o.valid.eq(ofifo.r_rdy),
+            self.o.payload.eq(ofifo.r_data),
+            ofifo.r_en.eq(self.o.ready),
+        ]
+
+        # ---- ring occupancy -------------------------------------------------------------
+        m.d.sync += [x_occ.eq(x_occ + i_fire - b_issue), e_occ.eq(e_occ + b_issue - c_issue)]
+
+        # ---- counters ------------------------------------------------------------------
+        cnt = self.counters
+        o_fire = self.o.valid & self.o.ready
+        busy = a_active | m1.r_rdy | m2.r_rdy | b1["valid"] | b2["valid"] | (m2_inflight != 0) \
+            | c1["valid"] | ofifo.r_rdy
+        for name, inc in (
+            ("cycles", 1), ("busy_cycles", busy), ("rows_accepted", cmd_fire & ~bad),
+            ("rows_rejected", cmd_fire & bad), ("rows_done", o_fire & self.o.payload.last),
+            ("beats_in", i_fire), ("beats_out", o_fire),
+            ("in_stall_cycles", self.i.valid & ~self.i.ready),
+            ("out_stall_cycles", self.o.valid & ~self.o.ready),
+            ("ring_full_cycles", a_active & (x_occ >= ring)),
+        ):
+            sig = getattr(cnt, name)
+            m.d.sync += sig.eq(sig + inc)
+        return m

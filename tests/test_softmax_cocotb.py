@@ -1,0 +1,211 @@
+# amaranth: UnusedElaboratable=no
+"""The softmax unit (hdl/softmax.py) in Verilator through cocotb, bit-exact against golden/softmax.py.
+
+Unit tests use the ``tiny`` preset (P = 2, L_max = 64), one build shared through the xdist
+group; one integration test runs the ``default`` preset (P = 4) with 4096-element rows. Every
+stream test runs with and without random valid gaps and ready backpressure. Seeds are printed.
+"""
+
+import numpy as np
+import pytest
+
+import golden
+from golden import softmax as gsm
+from hdl.config import get_config
+from hdl.softmax import SoftmaxUnit
+from sim.softmax_api import expected_rows, run_softmax, run_softmax_rows
+
+pytestmark = pytest.mark.cocotb
+
+TINY = get_config("tiny")
+P = TINY.softmax_lanes
+LMAX = TINY.softmax_max_len
+STALLS = [pytest.param((0.0, 0.0), id="no_stalls"), pytest.param((0.3, 0.4), id="stalls")]
+
+
+def _seed(request, base):
+    seed = base + sum(map(ord, request.node.name)) % 1000
+    print(f"seed {seed}")
+    return seed
+
+
+def _int8_row(rng, length, spread=4.0, **mask):
+    q = rng.integers(-127, 128, 32)
+    k = rng.integers(-127, 128, (length, 32))
+    s = (k @ q).astype(np.int32)
+    real = spread / max(float(np.std(s)), 1.0)
+    m, sh = golden.softmax_scale_int8(real)
+    return dict(scores=s, dtype="int8", scale=m, shift=sh, **mask)
+
+
+def _bf16_row(rng, length, spread=4.0, **mask):
+    s = (rng.normal(0, 1, length) * spread * rng.uniform(0.2, 3)).astype(np.float32)
+    c = golden.softmax_scale_bf16(rng.uniform(0.3, 2.0))
+    return dict(scores=s.view(np.uint32), dtype="bf16", scale=int(c.view(np.uint32)), shift=0, **mask)
+
+
+def _random_mask(rng, length):
+    r = rng.random()
+    if r < 0.3:
+        return {}
+    if r < 0.6:
+        return {"valid_len": int(rng.integers(0, length + 1))}
+    if r < 0.85:
+        return {"causal_pos": int(rng.integers(0, length))}
+    return {"valid_len": int(rng.integers(0, length + 1)), "causal_pos": int(rng.integers(0, length))}
+
+
+def _check(rows, res):
+    want = expected_rows([r for r in rows if "length" not in r])
+    assert len(res["outputs"]) == len(want)
+    for i, (got, exp) in enumerate(zip(res["outputs"], want, strict=True)):
+        assert np.array_equal(got, exp), f"row {i}: {got.tolist()} != {exp.tolist()}"
+
+
+@pytest.mark.xdist_group("softmax_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_back_to_back_rows_of_many_lengths_masks_and_dtypes_are_bit_exact(request, stalls):
+    seed = _seed(request, 100)
+    rng = np.random.default_rng(seed)
+    lengths = [1, 2, P - 1, P, P + 1, 3, 7, 16, 31, 33, 63, LMAX] * 2
+    rng.shuffle(lengths)
+    rows = []
+    for length in lengths:
+        make = _int8_row if rng.random() < 0.5 else _bf16_row
+        rows.append(make(rng, length, spread=float(rng.choice([0.5, 4.0, 20.0])), **_random_mask(rng, length)))
+    res = run_softmax_rows(rows, config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(rows, res)
+    c = res["counters"]
+    beats = sum(-(-len(r["scores"]) // P) for r in rows)
+    assert (c["rows_accepted"], c["rows_done"], c["rows_rejected"]) == (len(rows), len(rows), 0)
+    assert c["beats_in"] == c["beats_out"] == beats
+    assert res["last"].sum() == len(rows)
+    if stalls[1]:
+        assert c["out_stall_cycles"] > 0
+
+
+@pytest.mark.xdist_group("softmax_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_special_rows_huge_spread_all_equal_fully_masked_causal_and_nan(request, stalls):
+    seed = _seed(request, 200)
+    rng = np.random.default_rng(seed)
+    i32 = np.iinfo(np.int32)
+    f32 = lambda v: np.array(v, np.float32).view(np.uint32)
+    c1 = int(golden.softmax_scale_bf16(1.0).view(np.uint32))
+    rows = [
+        dict(scores=np.array([i32.min, i32.max, 0, 5, i32.max - 10**4], np.int32), dtype="int8",
+             scale=65535, shift=0),  # saturated x: a tie
+        dict(scores=np.array([i32.min, i32.max, 0, 5, i32.max - 10**4], np.int32), dtype="int8",
+             scale=golden.softmax_scale_int8(2e-6)[0], shift=golden.softmax_scale_int8(2e-6)[1]),
+        dict(scores=np.full(LMAX, 777, np.int32), dtype="int8", scale=50000, shift=20),
+        dict(scores=np.full(37, -5, np.int32), dtype="int8", scale=50000, shift=20),
+        dict(scores=np.arange(9, dtype=np.int32), dtype="int8", scale=50000, shift=10, valid_len=0),
+        dict(scores=f32([np.nan] * 5), dtype="bf16", scale=c1, valid_len=0),
+        dict(scores=np.arange(9, dtype=np.int32), dtype="int8", scale=50000, shift=10, causal_pos=0),
+        dict(scores=f32([-3e38, 3e38, 0.0, np.inf, -np.inf]), dtype="bf16", scale=c1),
+        dict(scores=f32([1.0, np.nan, 2.0]), dtype="bf16", scale=c1),
+        dict(scores=f32([1.0, 2.0, np.nan]), dtype="bf16", scale=c1, valid_len=2),  # masked NaN ignored
+        dict(scores=f32([0.0, np.inf, 1.0]), dtype="bf16", scale=0),  # Inf × 0 = NaN
+        dict(scores=f32([1e-40, -1e-40, 0.0, -0.0]), dtype="bf16", scale=c1),  # DAZ
+        dict(scores=f32(rng.normal(0, 300, 64)), dtype="bf16", scale=c1),  # tiny probabilities, FTZ
+        dict(scores=f32([7.0] * 63), dtype="bf16", scale=c1),
+    ]
+    for pos in range(0, 12, 3):  # causal rows of one query block
+        rows.append(_int8_row(rng, 12, causal_pos=pos))
+        rows.append(_bf16_row(rng, 12, causal_pos=pos, valid_len=10))
+    res = run_softmax_rows(rows, config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(rows, res)
+    out = res["outputs"]
+    assert out[0].tolist() == [0, 127, 0, 0, 127] and not out[4].any() and not out[5].any()
+    assert out[8].tolist() == [0x7FC0] * 3 and out[10].tolist() == [0x7FC0] * 3
+    assert len(set(out[2].tolist())) == 1 and out[6].tolist() == [255] + [0] * 8
+
+
+@pytest.mark.xdist_group("softmax_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_bad_length_commands_are_rejected_without_hanging_or_disturbing_other_rows(request, stalls):
+    seed = _seed(request, 300)
+    rng = np.random.default_rng(seed)
+    rows = [_int8_row(rng, 5), {"length": 0, "dtype": "int8"}, _bf16_row(rng, 9),
+            {"length": LMAX + 1, "dtype": "bf16"}, {"length": 0}, _int8_row(rng, LMAX)]
+    good = [r for r in rows if "length" not in r]
+    res = run_softmax_rows(rows, config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    want = expected_rows(good)
+    assert all(np.array_equal(g, w) for g, w in zip(res["outputs"], want, strict=True))
+    c = res["counters"]
+    assert (c["rows_rejected"], c["rows_accepted"], c["rows_done"]) == (3, 3, 3)
+    assert len(res["errors"]) == 3
+
+
+@pytest.mark.xdist_group("softmax_tiny")
+def test_back_to_back_rows_of_mixed_lengths_and_the_first_row_has_the_documented_latency(request):
+    """Rows of mixed lengths and dtypes, no stalls: bit-exact, pass A never waits while fewer
+    than 8 rows are queued (here: for the first rows), and the first row's latency is
+    ``SoftmaxUnit.row_latency``."""
+    seed = _seed(request, 500)
+    rng = np.random.default_rng(seed)
+    rows = [_int8_row(rng, 1)] + [_int8_row(rng, int(n)) for n in rng.integers(1, LMAX + 1, 12)] + \
+        [_bf16_row(rng, int(n)) for n in (LMAX, 1, 1, 2, LMAX, 3)]
+    res = run_softmax_rows(rows, config="tiny", seed=seed)
+    _check(rows, res)
+    first = sum(-(-len(r["scores"]) // P) for r in rows[:4])
+    assert np.all(np.diff(res["in_cycle"][:first]) == 1)
+    unit = SoftmaxUnit.from_config(TINY)
+    assert res["out_cycle"][0] - res["in_cycle"][0] == unit.row_latency(1)
+
+
+@pytest.mark.xdist_group("softmax_tiny")
+def test_rows_of_non_increasing_length_leave_without_output_bubbles(request):
+    """One beat per cycle out, across row boundaries and dtypes, and in while rows are equal.
+    (A row longer than the one before it must wait for its own passes A and B, so only a
+    longer-after-shorter row can open a gap in the output; bench/softmax.py measures rates.)"""
+    seed = _seed(request, 550)
+    rng = np.random.default_rng(seed)
+    rows = [_int8_row(rng, LMAX) for _ in range(4)] + [_bf16_row(rng, 20) for _ in range(4)] + \
+        [_int8_row(rng, 2) for _ in range(3)] + [_bf16_row(rng, 1) for _ in range(4)]
+    res = run_softmax_rows(rows, config="tiny", seed=seed)
+    _check(rows, res)
+    assert np.all(np.diff(res["in_cycle"][:4 * LMAX // P]) == 1)
+    assert np.all(np.diff(res["out_cycle"]) == 1)
+    unit = SoftmaxUnit.from_config(TINY)
+    assert res["out_cycle"][LMAX // P - 1] - res["in_cycle"][0] == unit.row_latency(LMAX)
+
+
+@pytest.mark.xdist_group("softmax_tiny")
+def test_run_softmax_api_matches_golden_for_both_dtypes(request):
+    seed = _seed(request, 600)
+    rng = np.random.default_rng(seed)
+    s = rng.integers(-(1 << 20), 1 << 20, (4, 13)).astype(np.int32)
+    sq = golden.softmax_scale_int8(2e-5)
+    p, c = run_softmax(s, sq, valid_len=[13, 4, 0, 13], causal_pos=[12, 12, 12, 3], seed=seed)
+    assert p.dtype == np.uint8 and np.array_equal(p, golden.softmax_int8(s, sq, [13, 4, 0, 13], [12, 12, 12, 3]))
+    assert c["rows_done"] == 4
+    f = rng.normal(0, 5, (3, 6)).astype(np.float32)
+    cf = golden.softmax_scale_bf16(0.5)
+    pb, _ = run_softmax(f, cf, dtype="bf16", seed=seed)
+    assert np.array_equal(pb.view(np.uint16), golden.softmax_bf16(f, cf).view(np.uint16))
+    with pytest.raises(ValueError, match="valid_len must be in"):
+        run_softmax(s, sq, valid_len=99)
+
+
+@pytest.mark.xdist_group("softmax_default")
+@pytest.mark.parametrize("stalls", [pytest.param((0.2, 0.2), id="stalls")])
+def test_default_config_rows_up_to_4096_are_bit_exact(request, stalls):
+    cfg = get_config("default")
+    seed = _seed(request, 700)
+    rng = np.random.default_rng(seed)
+    p = cfg.softmax_lanes
+    rows = [_int8_row(rng, cfg.softmax_max_len, causal_pos=3000),
+            _bf16_row(rng, cfg.softmax_max_len, spread=8.0)]
+    for length in (1, p - 1, p, p + 1, 64, 200):
+        rows.append(_int8_row(rng, length, **_random_mask(rng, length)))
+        rows.append(_bf16_row(rng, length, **_random_mask(rng, length)))
+    res = run_softmax_rows(rows, config="default", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    want = expected_rows(rows)
+    for i, (got, exp) in enumerate(zip(res["outputs"], want, strict=True)):
+        assert np.array_equal(got, exp), f"row {i}"
+    # the int8 rows against float64: the contract's accuracy target
+    r0 = rows[0]
+    real = r0["scale"] / 2.0 ** r0["shift"] / 2 ** gsm.FRAC_BITS / np.log2(np.e)
+    ref = golden.softmax_reference(r0["scores"], real, causal_pos=3000)
+    assert np.abs(res["outputs"][0] / 255 - ref).max() <= 2 / 256

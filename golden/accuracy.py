@@ -28,7 +28,6 @@ max |Δp| ≤ 2/256. Exit status 1 if an accuracy target is missed (never for ti
 """
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import sys
@@ -84,12 +83,15 @@ def _softmax_stats(trace, ref_trace):
     }
 
 
-#: Report row name → DecoderLayer arguments. ``int8_per_tensor`` is the plain W8A8 baseline (static
-#: per-tensor scales on every matmul input), shown for comparison, without a target.
+#: Report row name → DecoderLayer arguments. ``int8`` is the scheme (per-token power-of-two scales,
+#: SmoothQuant-style smoothing α = 0.5); ``int8_no_smoothing`` and ``int8_per_tensor`` (the plain
+#: W8A8 baseline: static per-tensor scales on every matmul input) are shown for comparison,
+#: without a target.
 VARIANTS = {
     "bf16": dict(mode="bf16"),
     "int8": dict(mode="int8"),
-    "int8_per_tensor": dict(mode="int8", activation_scales="per_tensor"),
+    "int8_no_smoothing": dict(mode="int8", smooth_alpha=None),
+    "int8_per_tensor": dict(mode="int8", activation_scales="per_tensor", smooth_alpha=None),
 }
 
 
@@ -127,7 +129,7 @@ def measure_layer(model, index, tokens, cal_tokens, modes=("bf16", "int8"), *, p
             "softmax": _softmax_stats(layer.trace, ref_layer.trace),
         }
         if mode.startswith("int8"):
-            out[mode]["calibration"] = dataclasses.asdict(cal)
+            out[mode]["calibration"] = cal.scalars()
     return out
 
 

@@ -25,7 +25,8 @@ Modes
     per-tensor scales (calibrated from a float64 run, :func:`calibrate`) for q, k, v and the
     attention output, so that the int8 KV cache and :func:`golden.softmax_int8` see one scale.
     The residual stream and the vector ops between the matmuls are fp32/bf16. Input and output
-    float32. The scheme and why are in docs/numerics.md.
+    float32. ``activation_scales="per_tensor"`` gives the plain W8A8 baseline (static scales
+    on the projection inputs too). The scheme and why are in docs/numerics.md.
 
 Every per-token computation depends only on that token's row (and the cache rows before it),
 so prefilling S tokens and decoding them one by one give bit-identical outputs in the bf16 and
@@ -362,13 +363,15 @@ MATMUL_INPUTS = ("h", "h2", "act")
 ACTIVATION_SCALES = ("per_token", "per_tensor")
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Calibration:
     """Largest |value| of each statically quantized activation in a float64 run.
 
     ``q`` and ``k`` are taken after RoPE, ``o`` is the attention output (the input of Wo).
     ``h``, ``h2`` and ``act`` (the inputs of the Q/K/V, gate/up and down projections) are used
     only with ``activation_scales="per_tensor"``. The int8 scale of each is ``absmax / 127``.
+    ``channels`` maps ``"h"``, ``"h2"``, ``"act"`` to their per-channel absmax (float64 arrays):
+    the statistics of the SmoothQuant-style smoothing (``DecoderLayer(smooth_alpha=...)``).
     """
 
     q: float
@@ -378,6 +381,7 @@ class Calibration:
     h: float = None
     h2: float = None
     act: float = None
+    channels: dict = None
 
     def __post_init__(self):
         for name in STATIC_ACTIVATIONS:
@@ -385,6 +389,21 @@ class Calibration:
         for name in MATMUL_INPUTS:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, _check_float(f"calibration {name}", getattr(self, name)))
+        if self.channels is not None:
+            if not isinstance(self.channels, dict) or set(self.channels) != set(MATMUL_INPUTS):
+                raise ValueError(f"calibration channels must map {', '.join(MATMUL_INPUTS)} to arrays")
+            ch = {}
+            for name, arr in self.channels.items():
+                arr = np.array(arr, dtype=np.float64)
+                if arr.ndim != 1 or not np.all(np.isfinite(arr)) or np.any(arr < 0):
+                    raise ValueError(f"calibration channels[{name!r}] must be a 1-D array of finite values ≥ 0")
+                arr.flags.writeable = False
+                ch[name] = arr
+            object.__setattr__(self, "channels", ch)
+
+    def scalars(self):
+        """The per-tensor absmax values as a dict (JSON-able)."""
+        return {n: getattr(self, n) for n in STATIC_ACTIVATIONS + MATMUL_INPUTS}
 
     def scale(self, name):
         return getattr(self, name) / 127.0
@@ -395,7 +414,8 @@ def calibrate(weights, x):
     statically quantized activations: a :class:`Calibration`."""
     layer = DecoderLayer(weights, mode="float64", max_tokens=max(1, np.shape(x)[0]))
     layer.prefill(x)
-    return Calibration(**{k: max(v, 1e-6) for k, v in layer.absmax.items()})
+    return Calibration(**{k: max(v, 1e-6) for k, v in layer.absmax.items()},
+                       channels=dict(layer.channel_absmax))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,7 +492,8 @@ class DecoderLayer:
         ``scores`` (the matmul output: float64, fp32 or int32 by mode), ``scale`` (the real
         factor that turns scores into logits) and ``probs`` (float64 probabilities).
     absmax : dict
-        Float64 mode only: largest |q|, |k|, |v|, |o| seen so far (what :func:`calibrate` reads).
+        Float64 mode only: largest |q|, |k|, |v|, |o|, |h|, |h2|, |act| seen so far (what
+        :func:`calibrate` reads; ``act`` is the SwiGLU output, the input of W_down).
 
     Raises
     ------
@@ -482,7 +503,8 @@ class DecoderLayer:
     """
 
     def __init__(self, weights, *, mode="float64", calibration=None, max_tokens=256, max_seqs=1,
-                 page_size=16, trace=False, activation_scales="per_token"):
+                 page_size=16, trace=False, activation_scales="per_token", smooth_alpha=0.5,
+                 smooth_points=MATMUL_INPUTS):
         if not isinstance(weights, LayerWeights):
             raise TypeError(f"weights must be a LayerWeights, not {type(weights).__name__}")
         if mode not in MODES:
@@ -504,6 +526,18 @@ class DecoderLayer:
             if missing:
                 raise ValueError(f"activation_scales='per_tensor' needs calibration of {', '.join(missing)}")
         self._act_scales = activation_scales
+        if smooth_alpha is not None:
+            smooth_alpha = _check_float("smooth_alpha", smooth_alpha, -1e-300)
+            if smooth_alpha > 1:
+                raise ValueError(f"smooth_alpha must be in [0, 1] or None, not {smooth_alpha}")
+        bad = [p for p in smooth_points if p not in MATMUL_INPUTS]
+        if bad or isinstance(smooth_points, str):
+            raise ValueError(f"smooth_points must be a subset of {MATMUL_INPUTS}, not {smooth_points!r}")
+        if mode == "int8" and smooth_alpha is not None and smooth_points and calibration.channels is None:
+            raise ValueError("smooth_alpha needs calibration.channels (per-channel absmax, see calibrate); "
+                             "pass smooth_alpha=None for no smoothing")
+        self._smooth = smooth_alpha if mode == "int8" and smooth_points else None
+        self._smooth_points = tuple(smooth_points)
         c = weights.config
         self._w, self._c, self._mode, self._cal = weights, c, mode, calibration
         self._max_tokens = max_tokens
@@ -515,6 +549,7 @@ class DecoderLayer:
                                        head_dim=c.head_dim, max_seqs=max_seqs,
                                        dtype="int8" if mode == "int8" else "bf16")
         self.absmax = {k: 0.0 for k in STATIC_ACTIVATIONS + MATMUL_INPUTS}
+        self.channel_absmax = {}
         self._trace = [] if trace else None
         self._prepare()
 
@@ -572,17 +607,21 @@ class DecoderLayer:
             self._g = {n: getattr(w, n).astype(_BF16) for n in ("attn_norm", "ffn_norm")}
             self._sm_scale = softmax_scale_bf16(1.0 / math.sqrt(c.head_dim))
         else:
-            self._g = {n: getattr(w, n).astype(_BF16) for n in ("attn_norm", "ffn_norm")}
+            cal = self._cal
+            wf = {n: np.asarray(getattr(w, n), np.float64) for n in names + ("attn_norm", "ffn_norm")}
+            in_absmax = {n: getattr(cal, n) for n in MATMUL_INPUTS}
+            if self._smooth is not None:
+                in_absmax = self._apply_smoothing(wf, cal.channels, self._smooth_points)
+            self._g = {n: wf[n].astype(np.float32).astype(_BF16) for n in ("attn_norm", "ffn_norm")}
             self._W, self._ws = {}, {}
             for n in names:
-                q, s = quantize_weights_per_channel(getattr(w, n))
+                q, s = quantize_weights_per_channel(wf[n])
                 self._W[n] = np.ascontiguousarray(q.T)
                 self._ws[n] = s
-            cal = self._cal
             sq, sk, sv, so = (cal.scale(n) for n in STATIC_ACTIVATIONS)
             # scale of one step of each matmul input: 2**e per token (folded into the shift), or static
             per_tensor = self._act_scales == "per_tensor"
-            s_in = {n: cal.scale(n) if per_tensor else 1.0 for n in MATMUL_INPUTS}
+            s_in = {n: in_absmax[n] / 127.0 if per_tensor else 1.0 for n in MATMUL_INPUTS}
             self._s_in = s_in
             # input (s_in · 2**e) → static int8 q/k/v: multiplier = weight scale · s_in / out scale
             self._mq = quantize_multiplier(self._ws["wq"] * s_in["h"] / sq)
@@ -598,6 +637,31 @@ class DecoderLayer:
             self._dq_gate = quantize_multiplier(self._ws["w_gate"] * s_in["h2"])
             self._dq_up = quantize_multiplier(self._ws["w_up"] * s_in["h2"])
             self._dq_down = quantize_multiplier(self._ws["w_down"] * s_in["act"])
+
+    def _apply_smoothing(self, wf, channels, points):
+        """SmoothQuant-style: divide input channel j of a matmul by ``s_j`` (folded into the op
+        before it) and multiply the weights' column j by ``s_j``; exact in float64, done before
+        the weights are quantized. ``s_j = a_j**α / w_j**(1−α)`` (a_j the calibrated channel
+        absmax of the input, w_j the largest |weight| of column j), 1 where either is 0.
+        Returns the per-tensor absmax of the smoothed inputs (max_j a_j / s_j)."""
+        alpha = self._smooth
+        out = {n: getattr(self._cal, n) for n in MATMUL_INPUTS}
+        # (input, weights reading it, where 1/s_j goes: a norm gain (vector) or rows of a matrix)
+        plan = (("act", ("w_down",), ("w_up", "rows")),
+                ("h2", ("w_gate", "w_up"), ("ffn_norm", "gain")),
+                ("h", ("wq", "wk", "wv"), ("attn_norm", "gain")))
+        for name, readers, (prev, kind) in plan:
+            if name not in points:
+                continue
+            a = channels[name]
+            wmax = np.max([np.abs(wf[r]).max(axis=0) for r in readers], axis=0)
+            ok = (a > 0) & (wmax > 0)
+            s = np.where(ok, np.where(ok, a, 1.0) ** alpha / np.where(ok, wmax, 1.0) ** (1 - alpha), 1.0)
+            for r in readers:
+                wf[r] = wf[r] * s[None, :]
+            wf[prev] = wf[prev] / (s[:, None] if kind == "rows" else s)
+            out[name] = float(np.max(a / s))
+        return out
 
     # -- sequences ----------------------------------------------------------------------------
     def _cache_length(self, seq):
@@ -706,14 +770,16 @@ class DecoderLayer:
             self._record(hh, pos, q[:, hh] @ kh.T, 1.0 / math.sqrt(c.head_dim), p)
             o[:, hh] = p @ vh
         o = o.reshape(S, c.d_model)
-        for name, val in (("q", q), ("k", k), ("v", v), ("o", o), ("h", h)):
+        for name, val in (("q", q), ("k", k), ("v", v), ("o", o)):
             self.absmax[name] = max(self.absmax[name], float(np.abs(val).max()))
         x1 = x + o @ W["wo"]
         h2 = self._rms64(x1, g["ffn_norm"])
         gate = h2 @ W["w_gate"]
         act = gate / (1.0 + np.exp(-gate)) * (h2 @ W["w_up"])
-        for name, val in (("h2", h2), ("act", act)):
+        for name, val in (("h", h), ("h2", h2), ("act", act)):
             self.absmax[name] = max(self.absmax[name], float(np.abs(val).max()))
+            ch = np.abs(val).max(axis=0)
+            self.channel_absmax[name] = np.maximum(self.channel_absmax.get(name, ch), ch)
         return x1 + act @ W["w_down"]
 
     def _rms64(self, x, g):

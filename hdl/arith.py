@@ -117,6 +117,15 @@ class _Core(wiring.Component):
         """The deepest pipeline this core supports (a register after every step)."""
         return len(cls._STEPS)
 
+    @classmethod
+    def latency_for(cls, stages=None):
+        """The ``latency`` a core built with ``stages`` (``None``: the default) would have,
+        without building one; raises like the constructor for a bad ``stages``."""
+        if stages is None:
+            return cls._DEFAULT_STAGES
+        _check_stages(stages, len(cls._STEPS))
+        return stages
+
     def _registered_steps(self):
         names = self._PRIORITY[:self._stages]
         return {self._STEPS.index(name) for name in names}

@@ -192,6 +192,15 @@ def test_bad_stages_are_rejected_naming_the_parameter(cls, stages, error, messag
         cls(stages=stages)
 
 
+@pytest.mark.parametrize("cls", list(CORES.values()))
+def test_latency_for_matches_built_cores_and_rejects_bad_stages(cls):
+    assert cls.latency_for() == cls().latency
+    for stages in range(1, cls.max_stages() + 1):
+        assert cls.latency_for(stages) == cls(stages=stages).latency == stages
+    with pytest.raises(ValueError, match="stages must be in"):
+        cls.latency_for(cls.max_stages() + 1)
+
+
 def test_parameters_are_keyword_only():
     with pytest.raises(TypeError):
         arith.Fp32AddCore(3)

@@ -262,8 +262,7 @@ def core_latency(unit, stages=None):
     """Latency of ``unit``'s core built with ``stages`` (``None``: the default)."""
     from hdl import arith
 
-    core_cls = getattr(arith, _check_unit(unit)[0])
-    return core_cls(stages=stages).latency if stages is not None else core_cls._DEFAULT_STAGES
+    return getattr(arith, _check_unit(unit)[0]).latency_for(stages)
 
 
 def bulk_verilog(name="arith_bulk", *, depth=BULK_DEPTH):

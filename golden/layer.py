@@ -25,8 +25,10 @@ Modes
     per-tensor scales (calibrated from a float64 run, :func:`calibrate`) for q, k, v and the
     attention output, so that the int8 KV cache and :func:`golden.softmax_int8` see one scale.
     The residual stream and the vector ops between the matmuls are fp32/bf16. Input and output
-    float32. ``activation_scales="per_tensor"`` gives the plain W8A8 baseline (static scales
-    on the projection inputs too). The scheme and why are in docs/numerics.md.
+    float32. SmoothQuant-style smoothing (``smooth_alpha``, default 0.5) moves the outlier
+    channels of the projection inputs into the weights before they are quantized.
+    ``activation_scales="per_tensor", smooth_alpha=None`` gives the plain W8A8 baseline. The
+    scheme and why are in docs/numerics.md.
 
 Every per-token computation depends only on that token's row (and the cache rows before it),
 so prefilling S tokens and decoding them one by one give bit-identical outputs in the bf16 and
@@ -478,6 +480,11 @@ class DecoderLayer:
         int8 mode: ``"per_token"`` (default: power-of-two scale per token for the inputs of the
         Q/K/V, gate/up and down projections) or ``"per_tensor"`` (static calibrated scales, the
         plain W8A8 baseline).
+    smooth_alpha : float or None
+        int8 mode: SmoothQuant migration strength α in [0, 1] (default 0.5), or None for no
+        smoothing. Needs ``calibration.channels``.
+    smooth_points : tuple of str
+        Which projection inputs are smoothed: a subset of ``("h", "h2", "act")`` (default all).
     trace : bool
         Record every attention row (scores, probabilities) in :attr:`trace` (the accuracy
         report reads them); default False.

@@ -7,6 +7,8 @@ layer stack predicts sensible next tokens; a real layer's bf16/int8 decode equal
 bit for bit and stays close to float64.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -160,3 +162,15 @@ def test_accuracy_report_measures_a_short_real_run(model):
         assert 0 < sm["max_abs_dp"] <= 2 / 256
     with pytest.raises(ValueError, match="fewer than prefill \\+ decode"):
         measure_layer(model, 0, ids[:5], cal, prefill=8, decode=3)
+
+
+def test_accuracy_cli_writes_the_json_report(model, tmp_path, capsys):
+    from golden.accuracy import TARGETS, main
+    out = tmp_path / "accuracy.json"
+    assert main(["--layers", "0", "--out", str(out), "--prefill", "8", "--decode", "2"]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["layers"]) == {"0"} and report["missed"] == []
+    assert set(report["layers"]["0"]) == {"bf16", "int8", "int8_no_smoothing", "int8_per_tensor"}
+    assert report["layers"]["0"]["int8"]["min_cos"] >= TARGETS["int8_min_cos"]
+    assert report["bf16_prefill_128"]["seconds"] > 0 and report["tokens"]["prefill"] == 8
+    assert "min cos" in capsys.readouterr().out

@@ -303,7 +303,11 @@ class SmolLM2:
             raise ValueError(f"h must have shape (S, {self._config.d_model}), got {h.shape}")
         ms = np.mean(h * h, axis=-1, keepdims=True)
         y = h / np.sqrt(ms + self._config.rms_eps) * self.output_norm.astype(np.float64)
-        return y @ self._tensors["token_embd.weight"].astype(np.float64).T
+        emb = self._tensors["token_embd.weight"]
+        out = np.empty((y.shape[0], emb.shape[0]))
+        for lo in range(0, emb.shape[0], 8192):  # float64 without a 226 MB copy of the table
+            out[:, lo:lo + 8192] = y @ emb[lo:lo + 8192].astype(np.float64).T
+        return out
 
     def forward(self, tokens):
         """Logits of the whole float64 model for ``tokens`` (causal)."""

@@ -539,8 +539,9 @@ class MatmulEngine(wiring.Component):
         d1_valid, d1_last, d1_slot = Signal(), Signal(), Signal()
         m.d.sync += [d1_valid.eq(d_go), d1_last.eq(d_last), d1_slot.eq(d_bank)]
         raw = acc_dp.data
-        mult = Mux(d1_slot, p_mult[1], p_mult[0])
-        shift = Mux(d1_slot, p_shift[1], p_shift[0])
+        mult = Signal(data.ArrayLayout(32, C))
+        shift = Signal(data.ArrayLayout(8, C))
+        m.d.comb += [mult.eq(Mux(d1_slot, p_mult[1], p_mult[0])), shift.eq(Mux(d1_slot, p_shift[1], p_shift[0]))]
         sA_prod = [Signal(signed(64), name=f"rq_prod{c}") for c in range(C)]
         sA_sh = [Signal(range(63), name=f"rq_sh{c}") for c in range(C)]
         sA_half = [Signal(signed(64), name=f"rq_half{c}") for c in range(C)]

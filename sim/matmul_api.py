@@ -32,12 +32,15 @@ def design_for(config):
     """The Verilated engine of ``config`` (built once per process, cached on disk)."""
     from hdl.matmul import MatmulEngine
 
-    from .runner import build
+    from . import runner
     cfg = get_config(config)
     key = tuple(sorted(cfg.to_dict().items()))
     if key not in _designs:
-        _designs[key] = build(lambda: MatmulEngine.from_config(cfg), "matmul_engine",
-                              params={"config": cfg.to_dict()})
+        # models this big need the precompiled-header fix of the Verilator make flow
+        fix = getattr(runner, "PCH_FIX_MAKE_VARS", None)
+        extra = {"make_vars": fix} if fix else {}
+        _designs[key] = runner.build(lambda: MatmulEngine.from_config(cfg), "matmul_engine",
+                                     params={"config": cfg.to_dict()}, **extra)
     return _designs[key]
 
 
@@ -78,6 +81,7 @@ class JobResult:
     counters: dict
     lanes: np.ndarray = field(repr=False, default=None)  # uint32 [M, N] raw result lanes
     result: np.ndarray = field(repr=False, default=None)
+    accepted_at: int = -1   # testbench cycle at which the engine accepted the command
 
 
 def _lanes16(x):
@@ -180,7 +184,7 @@ def run_jobs(jobs, *, config="default", stall=0.0, backpressure=0.0, seed=0):
         word = int.from_bytes(resp[i].tobytes(), "little")
         fields = _unpack_fields(r_layout, word)
         counters = {name: int(fields[name]) for name in COUNTERS}
-        res = JobResult(code=int(fields["code"]), counters=counters)
+        res = JobResult(code=int(fields["code"]), counters=counters, accepted_at=int(out["cmd_accept"][i]))
         beats = o[pos:pos + job.o_beats]
         pos += job.o_beats
         if job.o_beats:

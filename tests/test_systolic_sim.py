@@ -1,0 +1,152 @@
+"""amaranth.sim tests of the systolic array alone (no engine): the required sizes elaborate and
+compute small int8 and bf16 matmuls bit-exactly (special values included), rows choose their
+weight bank, and the parameters are validated.
+
+Cost: building the Python simulation grows with R·C (about 75 s for 16×16), so 16×16 runs one
+small matmul per data type; 8×8 is the default configuration, tested through the whole engine in
+Verilator (tests/test_matmul_cocotb.py)."""
+
+import ml_dtypes
+import numpy as np
+import pytest
+from amaranth.back import verilog
+from amaranth.sim import Simulator
+
+import golden
+from hdl.systolic import ProcessingElement, SystolicArray
+
+SIZES = [(2, 2), (4, 4), (4, 8), (8, 8), (16, 16)]
+SIM_SIZES = [(2, 2, "full"), (4, 4, "full"), (4, 8, "full"), (16, 16, "small")]
+
+
+def _bf16_specials(rng, shape):
+    """bf16 values with ordinary numbers plus NaN, ±Inf, subnormals, ±0 and huge/tiny ones."""
+    vals = rng.standard_normal(shape).astype(ml_dtypes.bfloat16).view(np.uint16)
+    special = np.array([0x7FC0, 0x7F80, 0xFF80, 0x0001, 0x8003, 0x0000, 0x8000, 0x7F7F, 0x0080],
+                       np.uint16)
+    pick = rng.random(shape) < 0.15
+    vals[pick] = rng.choice(special, pick.sum())
+    return vals
+
+
+def _run_array(R, C, jobs, seed):
+    """Feed each job's rows through one R×C array; job = dict(bf16, a_unsigned, w[R, C] lanes,
+    a[M, R] lanes, psum[M, C] bits, bank). Rows of all jobs of one dtype go back to back; the
+    array is drained before the data type changes. Returns the result rows per job."""
+    dut = SystolicArray(rows=R, cols=C, tag_width=16)
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    outputs = {}
+
+    async def bench(ctx):
+        # both banks: job i uses bank i % 2, loaded before its rows
+        for group in _groups(jobs):
+            for i in group:
+                job = jobs[i]
+                ctx.set(dut.w_tile, [int(x) for x in job["w"].reshape(-1)])
+                ctx.set(dut.w_bank, job["bank"])
+                ctx.set(dut.w_load, 1)
+                await ctx.tick()
+            ctx.set(dut.w_load, 0)
+            ctx.set(dut.bf16, jobs[group[0]]["bf16"])
+            ctx.set(dut.a_unsigned, jobs[group[0]]["a_unsigned"])
+            # interleave the rows of the jobs of this group, so consecutive rows use both banks
+            order = [(i, r) for r in range(max(len(jobs[i]["a"]) for i in group)) for i in group
+                     if r < len(jobs[i]["a"])]
+            for i, r in order:
+                ctx.set(dut.valid, 1)
+                ctx.set(dut.a, [int(x) for x in jobs[i]["a"][r]])
+                ctx.set(dut.psum, [int(x) for x in jobs[i]["psum"][r]])
+                ctx.set(dut.bank, jobs[i]["bank"])
+                ctx.set(dut.tag, i * 256 + r)
+                await ctx.tick()
+                await _collect(ctx)
+            ctx.set(dut.valid, 0)
+            for _ in range(dut.latency + 1):
+                await ctx.tick()
+                await _collect(ctx)
+
+    async def _collect(ctx):
+        if ctx.get(dut.o_valid):
+            tag = ctx.get(dut.o_tag)
+            res = ctx.get(dut.result)
+            outputs.setdefault(tag // 256, {})[tag % 256] = [int(res[n]) for n in range(C)]
+
+    sim.add_testbench(bench)
+    sim.run()
+    return [np.array([outputs[i][r] for r in range(len(job["a"]))], np.uint32)
+            for i, job in enumerate(jobs)]
+
+
+def _groups(jobs):
+    """Consecutive jobs of the same data type, two at a time (one per bank)."""
+    groups, cur = [], []
+    for i, job in enumerate(jobs):
+        if cur and (jobs[cur[0]]["bf16"] != job["bf16"] or jobs[cur[0]]["a_unsigned"] != job["a_unsigned"]
+                    or len(cur) == 2):
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    groups.append(cur)
+    return groups
+
+
+@pytest.mark.parametrize("R, C, extent", SIM_SIZES, ids=[f"{r}x{c}" for r, c, _ in SIM_SIZES])
+def test_array_computes_int8_and_bf16_matmuls_bit_exact(R, C, extent):
+    seed = 1000 * R + C
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    full = extent == "full"
+    M = 3 if full else 2
+    jobs, expect = [], []
+    # int8, signed and unsigned activations, one per bank
+    for bank, unsigned in ((0, False), (1, False), (0, True)) if full else ((0, False),):
+        a = (rng.integers(0, 256, (M, R)).astype(np.uint8) if unsigned
+             else rng.integers(-128, 128, (M, R)).astype(np.int8))
+        w = rng.integers(-128, 128, (R, C)).astype(np.int8)
+        acc = rng.integers(-2**31, 2**31, (M, C)).astype(np.int32)
+        lanes = a.astype(np.uint16) if unsigned else a.astype(np.int16).view(np.uint16)
+        jobs.append(dict(bf16=0, a_unsigned=int(unsigned), bank=bank, a=lanes,
+                         w=w.astype(np.int16).view(np.uint16), psum=acc.view(np.uint32)))
+        exp = np.stack([golden.matmul_int8(a[i:i + 1], w, acc[i]) for i in range(M)])[:, 0, :]
+        expect.append(exp.view(np.uint32))
+    # bf16 with special values, starting from fp32 partial sums (some special too)
+    for bank in (1, 0) if full else (1,):
+        a = _bf16_specials(rng, (M, R))
+        w = _bf16_specials(rng, (R, C))
+        acc = golden.bf16_to_fp32_bits(_bf16_specials(rng, (M, C)))
+        jobs.append(dict(bf16=1, a_unsigned=0, bank=bank, a=a, w=w, psum=acc))
+        exp = np.stack([golden.matmul_bf16(a[i:i + 1].view(ml_dtypes.bfloat16), w.view(ml_dtypes.bfloat16),
+                                           acc[i].view(np.float32)) for i in range(M)])[:, 0, :]
+        expect.append(exp.view(np.uint32))
+    got = _run_array(R, C, jobs, seed)
+    for i, (g, e) in enumerate(zip(got, expect, strict=True)):
+        np.testing.assert_array_equal(g, e, err_msg=f"job {i} ({'bf16' if jobs[i]['bf16'] else 'int8'})")
+
+
+def test_array_4x8_converts_to_verilog():
+    text = verilog.convert(SystolicArray(rows=4, cols=8, tag_width=4), name="systolic_4x8", emit_src=False)
+    assert "module systolic_4x8" in text
+
+
+@pytest.mark.parametrize("R, C", SIZES, ids=[f"{r}x{c}" for r, c in SIZES])
+def test_array_latency_and_weight_hold_follow_the_pe_pipeline(R, C):
+    arr = SystolicArray(rows=R, cols=C, tag_width=4)
+    arr._MustUse__silence = True
+    pe = ProcessingElement()
+    pe._MustUse__silence = True
+    assert arr.latency == pe.mul_latency + R * pe.latency + C
+    assert arr.weight_hold > (R - 1) * pe.latency + C
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rows=1, cols=4), "rows must be in 2..64"),
+    (dict(rows=4, cols=65), "cols must be in 2..64"),
+    (dict(rows=4.0, cols=4), "rows must be an int"),
+    (dict(rows=4, cols=4, tag_width=-1), "tag_width must be an int in 0..64"),
+    (dict(rows=4, cols=4, add_stages=0), "add_stages must be in 1..16"),
+])
+def test_array_rejects_bad_parameters_naming_them(kwargs, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        SystolicArray(**kwargs)

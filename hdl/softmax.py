@@ -48,7 +48,7 @@ _NW = 8  # n is clamped to N_MAX = 255
 _TW = _EB + 1
 _XMIN = -(1 << (_XW - 1))
 _XMAX = (1 << (_XW - 1)) - 1
-_DIV_STEPS_PER_STAGE = 6  # restoring-division steps between two registers of the reciprocal
+_DIV_STEPS_PER_STAGE = 3  # restoring-division steps between two registers of the reciprocal
 #: Rows that can wait between two passes (the row FIFOs A → B and B → C).
 _ROW_QUEUE = 8
 
@@ -179,8 +179,10 @@ class SoftmaxUnit(wiring.Component):
 
     @property
     def latency(self):
-        """Fixed part of :meth:`row_latency`: cycles beyond one per beat in each pass."""
-        return 3 + self.div_stages
+        """Fixed part of :meth:`row_latency`: cycles beyond one per beat in each pass (the
+        pipeline registers, ring and table reads and FIFO hand-overs, 10, and the reciprocal's
+        :attr:`div_stages`)."""
+        return 10 + self.div_stages
 
     def row_latency(self, length):
         """Cycles from an isolated row's first accepted score beat to its last output beat."""
@@ -194,51 +196,54 @@ class SoftmaxUnit(wiring.Component):
 
     # ----------------------------------------------------------------------------------------
 
-    def _x_int8(self, m, score, mult, sh, name):
-        s = score.as_signed()
-        prod = Signal(signed(49), name=f"{name}_prod")
-        m.d.comb += prod.eq(s * Cat(mult, Const(0, 1)).as_signed())
-        half = Signal(64, name=f"{name}_half")
-        m.d.comb += half.eq((Const(1, 65) << sh) >> 1)
-        rounded = Signal(signed(66), name=f"{name}_rnd")
-        m.d.comb += rounded.eq((prod + Cat(half, Const(0, 1)).as_signed()) >> sh)
-        return _clamp_x(m, rounded, f"{name}_x8")
-
-    def _x_bf16(self, m, a, c, name):
-        ea, eb = a[23:31], c[23:31]
-        fa, fb = a[0:23], c[0:23]
+    @staticmethod
+    def _x_products(m, score, scale, name):
+        """Step 1 of x (one register stage): the int8 and the bf16 products and flags."""
+        out = {}
+        p8 = Signal(signed(49), name=f"{name}_p8")
+        m.d.comb += p8.eq(score.as_signed() * Cat(scale[:16], Const(0, 1)).as_signed())
+        out["p8"] = p8
+        ea, eb = score[23:31], scale[23:31]
+        fa, fb = score[0:23], scale[0:23]
         a_zero, b_zero = ea == 0, eb == 0
         a_max, b_max = ea == 0xFF, eb == 0xFF
         a_nan, b_nan = a_max & (fa != 0), b_max & (fb != 0)
         a_inf, b_inf = a_max & (fa == 0), b_max & (fb == 0)
-        nan = Signal(name=f"{name}_nan")
-        m.d.comb += nan.eq(a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero))
-        inf = (a_inf | b_inf) & ~nan
-        ma = Mux(a_zero, 0, Cat(fa, Const(1, 1)))
-        mb = Mux(b_zero, 0, Cat(fb, Const(1, 1)))
-        prod = Signal(48, name=f"{name}_prod")
-        m.d.comb += prod.eq(ma * mb)
-        neg = a[31] ^ c[31]
+        nan = a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero)
+        pb = Signal(48, name=f"{name}_pb")
+        m.d.comb += pb.eq(Mux(a_zero, 0, Cat(fa, Const(1, 1))) * Mux(b_zero, 0, Cat(fb, Const(1, 1))))
         e = Signal(signed(11), name=f"{name}_e")
         m.d.comb += e.eq(ea + eb - (2 * (127 + 23) - _F))
-        big = (e >= -22) & (prod != 0)
+        out.update(pb=pb, e=e, nan=nan, inf=(a_inf | b_inf) & ~nan, neg=score[31] ^ scale[31])
+        return out
+
+    @staticmethod
+    def _x_round(m, v, sh, name):
+        """Step 2 of x: rounding shifts and saturation of both paths → (x8, xb)."""
+        half8 = Signal(64, name=f"{name}_half8")
+        m.d.comb += half8.eq((Const(1, 65) << sh) >> 1)
+        r8 = Signal(signed(66), name=f"{name}_r8")
+        m.d.comb += r8.eq((v["p8"] + Cat(half8, Const(0, 1)).as_signed()) >> sh)
+        x8 = _clamp_x(m, r8, f"{name}_x8")
+        e = v["e"]
+        big = (e >= -22) & (v["pb"] != 0)
         k = Signal(range(63), name=f"{name}_k")
         m.d.comb += k.eq(Mux(e < -62, 62, Mux(e > 0, 0, -e)))
         sv = Signal(signed(50), name=f"{name}_sv")
-        m.d.comb += sv.eq(Mux(neg, -prod, prod))
-        half = Signal(63, name=f"{name}_half")
-        m.d.comb += half.eq((Const(1, 64) << k) >> 1)
-        shifted = Signal(signed(65), name=f"{name}_sh")
-        m.d.comb += shifted.eq((sv + Cat(half, Const(0, 1)).as_signed()) >> k)
-        clamped = _clamp_x(m, shifted, f"{name}_xc")
-        x = Signal(signed(_XW), name=f"{name}_xb")
-        with m.If(nan):
-            m.d.comb += x.eq(0)
-        with m.Elif(big | inf):
-            m.d.comb += x.eq(Mux(neg, _XMIN, _XMAX))
+        m.d.comb += sv.eq(Mux(v["neg"], -v["pb"], v["pb"]))
+        halfb = Signal(63, name=f"{name}_halfb")
+        m.d.comb += halfb.eq((Const(1, 64) << k) >> 1)
+        rb = Signal(signed(65), name=f"{name}_rb")
+        m.d.comb += rb.eq((sv + Cat(halfb, Const(0, 1)).as_signed()) >> k)
+        clamped = _clamp_x(m, rb, f"{name}_xc")
+        xb = Signal(signed(_XW), name=f"{name}_xb")
+        with m.If(v["nan"]):
+            m.d.comb += xb.eq(0)
+        with m.Elif(big | v["inf"]):
+            m.d.comb += xb.eq(Mux(v["neg"], _XMIN, _XMAX))
         with m.Else():
-            m.d.comb += x.eq(clamped)
-        return x, nan
+            m.d.comb += xb.eq(clamped)
+        return x8, xb
 
     def elaborate(self, platform):
         m = Module()
@@ -250,6 +255,19 @@ class SoftmaxUnit(wiring.Component):
 
         def nb_m1(length):  # beats of a row, minus one
             return ((length + (P - 1)) >> log2p) - 1
+
+        def stage(prefix, src, valid):
+            """Register the values of ``src`` (dict) into a new pipeline stage."""
+            out = {}
+            for key, value in src.items():
+                sig = Signal(Value.cast(value).shape(), name=f"{prefix}_{key}")
+                m.d.sync += sig.eq(value)
+                out[key] = sig
+            v = Signal(name=f"{prefix}_valid")
+            m.d.sync += v.eq(valid)
+            out["valid"] = v
+            return out
+
 
         # ---- memories and FIFOs ---------------------------------------------------------
         m.submodules.xmem = xmem = Memory(shape=unsigned(_XW * P), depth=ring, init=[])
@@ -269,7 +287,7 @@ class SoftmaxUnit(wiring.Component):
                                        "r": signed(_XW + 1)})
         m2_layout = data.StructLayout({"length": lw, "vis": lw, "dtype": 1, "nan": 1,
                                        "rcp": _RB + 1, "z": range(sw)})
-        m1_depth, m2_depth, o_depth = _ROW_QUEUE, _ROW_QUEUE + self.div_stages, 4
+        m1_depth, m2_depth, o_depth = _ROW_QUEUE, _ROW_QUEUE + self.div_stages, 6
         m.submodules.m1 = m1 = SyncFIFO(width=m1_layout.size, depth=m1_depth)
         m.submodules.m2 = m2 = SyncFIFO(width=m2_layout.size, depth=m2_depth)
         m.submodules.ofifo = ofifo = SyncFIFO(width=self.out_layout.size, depth=o_depth)
@@ -298,55 +316,74 @@ class SoftmaxUnit(wiring.Component):
 
         i_fire = Signal()
         cmd_fire = Signal()
+        m1_pend = Signal(2)  # rows whose last beat is in A1..A3
         m.d.comb += [
-            self.i.ready.eq(a_active & (x_occ < ring) & (~a_last | m1.w_rdy)),
+            self.i.ready.eq(a_active & (x_occ < ring) & (~a_last | (m1.level + m1_pend < m1_depth))),
             i_fire.eq(self.i.valid & self.i.ready),
             self.cmd.ready.eq(~a_active | (i_fire & a_last)),
             cmd_fire.eq(self.cmd.valid & self.cmd.ready),
         ]
 
-        lane_x = []
-        lane_nan = []
-        lane_vis = []
+        # A0 → A1: the accepted beat and its row, registered
+        a1 = stage("a1", {"beat": Value.cast(self.i.payload),
+                          "lvis": Cat(*[a_base + lane < a_vis for lane in range(P)]),
+                          "first": a_bi == 0, "last": a_last, "length": a_len, "vis": a_vis,
+                          "dtype": a_dtype, "scale": a_scale, "shift": a_shift}, i_fire)
+        # A1 → A2: products
+        src = {key: a1[key] for key in ("lvis", "first", "last", "length", "vis", "dtype", "shift")}
         for lane in range(P):
-            score = self.i.payload[lane]
-            x8 = self._x_int8(m, score, a_scale[:16], a_shift, f"a{lane}")
-            xb, nanb = self._x_bf16(m, score, a_scale, f"a{lane}")
-            x = Signal(signed(_XW), name=f"a{lane}_x")
-            m.d.comb += x.eq(Mux(a_dtype, xb, x8))
-            vis = Signal(name=f"a{lane}_vis")
-            m.d.comb += vis.eq(a_base + lane < a_vis)
+            for key, value in self._x_products(m, a1["beat"][32 * lane:32 * (lane + 1)], a1["scale"],
+                                               f"a1_{lane}").items():
+                src[f"{key}{lane}"] = value
+        a2 = stage("a2", src, a1["valid"])
+        # A2 → A3: x per lane (rounding shift, saturation), the beat's max and NaN flag
+        lane_x, lane_m, lane_nan = [], [], []
+        for lane in range(P):
+            v = {key: a2[f"{key}{lane}"] for key in ("p8", "pb", "e", "nan", "inf", "neg")}
+            x8, xb = self._x_round(m, v, a2["shift"], f"a2_{lane}")
+            x = Signal(signed(_XW), name=f"a2_x{lane}")
+            m.d.comb += x.eq(Mux(a2["dtype"], xb, x8))
+            xm = Signal(signed(_XW), name=f"a2_xm{lane}")  # masked lanes cannot raise the max
+            m.d.comb += xm.eq(Mux(a2["lvis"][lane], x, _XMIN))
             lane_x.append(x)
-            lane_nan.append(nanb & a_dtype & vis)
-            lane_vis.append(vis)
-        beat_max = Signal(signed(_XW))
-        acc = Const(_XMIN, signed(_XW))
-        for lane in range(P):
-            nxt = Signal(signed(_XW), name=f"a_max{lane}")
-            m.d.comb += nxt.eq(Mux(lane_vis[lane] & (lane_x[lane] > acc), lane_x[lane], acc))
-            acc = nxt
-        m.d.comb += beat_max.eq(acc)
+            lane_m.append(xm)
+            lane_nan.append(v["nan"] & a2["dtype"] & a2["lvis"][lane])
+        level = 0
+        while len(lane_m) > 1:  # a balanced max tree
+            nxt = []
+            for j in range(0, len(lane_m) - 1, 2):
+                mx = Signal(signed(_XW), name=f"a2_max{level}_{j}")
+                m.d.comb += mx.eq(Mux(lane_m[j] > lane_m[j + 1], lane_m[j], lane_m[j + 1]))
+                nxt.append(mx)
+            if len(lane_m) % 2:
+                nxt.append(lane_m[-1])
+            lane_m, level = nxt, level + 1
+        a3 = stage("a3", {"x": Cat(*lane_x), "bmax": lane_m[0], "nan": Cat(*lane_nan).any(),
+                          "first": a2["first"], "last": a2["last"], "length": a2["length"],
+                          "vis": a2["vis"], "dtype": a2["dtype"]}, a2["valid"])
+        # A3: write the X ring, running max; at the row's last beat hand the row to pass B
         row_max = Signal(signed(_XW))
-        m.d.comb += row_max.eq(Mux((a_bi == 0) | (beat_max > a_max), beat_max, a_max))
+        m.d.comb += row_max.eq(Mux(a3["first"] | (a3["bmax"] > a_max), a3["bmax"], a_max))
         row_nan = Signal()
-        m.d.comb += row_nan.eq(((a_bi != 0) & a_nan) | Cat(*lane_nan).any())
-
+        m.d.comb += row_nan.eq((~a3["first"] & a_nan) | a3["nan"])
         m.d.comb += [
             x_wr.addr.eq(x_wp),
-            x_wr.data.eq(Cat(*lane_x)),
-            x_wr.en.eq(i_fire),
+            x_wr.data.eq(a3["x"]),
+            x_wr.en.eq(a3["valid"]),
         ]
         m1_w = Signal(m1_layout)
         one = 1 << _F
         m.d.comb += [
-            m1_w.length.eq(a_len), m1_w.vis.eq(a_vis), m1_w.dtype.eq(a_dtype), m1_w.nan.eq(row_nan),
-            m1_w.r.eq(((row_max + (one - 1)) >> _F) << _F),
+            m1_w.length.eq(a3["length"]), m1_w.vis.eq(a3["vis"]), m1_w.dtype.eq(a3["dtype"]),
+            m1_w.nan.eq(row_nan), m1_w.r.eq(((row_max + (one - 1)) >> _F) << _F),
             m1.w_data.eq(m1_w),
-            m1.w_en.eq(i_fire & a_last),
+            m1.w_en.eq(a3["valid"] & a3["last"]),
+            m1_pend.eq((a1["valid"] & a1["last"]) + (a2["valid"] & a2["last"]) + (a3["valid"] & a3["last"])),
         ]
+        with m.If(a3["valid"]):
+            m.d.sync += [x_wp.eq(x_wp + 1), a_max.eq(row_max), a_nan.eq(row_nan)]
         with m.If(i_fire):
-            m.d.sync += [x_wp.eq(x_wp + 1), a_max.eq(row_max), a_nan.eq(row_nan),
-                         a_bi.eq(a_bi + 1), a_base.eq(a_base + P)]
+            m.d.sync += [a_bi.eq(a_bi + 1), a_base.eq(a_base + P)]
             with m.If(a_last):
                 m.d.sync += a_active.eq(0)
         bad = (self.cmd.payload.length == 0) | (self.cmd.payload.length > self._max_len)
@@ -378,18 +415,6 @@ class SoftmaxUnit(wiring.Component):
             with m.If(b_last):
                 m.d.sync += [b_bi.eq(0), b_base.eq(0)]
 
-        def stage(prefix, src, valid):
-            """Register the values of ``src`` (dict) into a new pipeline stage."""
-            out = {}
-            for key, value in src.items():
-                sig = Signal(Value.cast(value).shape(), name=f"{prefix}_{key}")
-                m.d.sync += sig.eq(value)
-                out[key] = sig
-            v = Signal(name=f"{prefix}_valid")
-            m.d.sync += v.eq(valid)
-            out["valid"] = v
-            return out
-
         b1 = stage("b1", {"r": b_row.r, "vis": b_row.vis, "base": b_base, "first": b_bi == 0,
                           "last": b_last, "length": b_row.length, "dtype": b_row.dtype,
                           "nan": b_row.nan}, b_issue)
@@ -419,29 +444,42 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += term.eq((t << _SG) >> n)
             terms.append(term)
             e_lanes += [t, n]
-        s_acc = Signal(sw)
-        s_new = Signal(sw)
-        total = Mux(b2["first"], 0, s_acc)
-        for term in terms:
-            total = total + term
-        m.d.comb += s_new.eq(total)
-        with m.If(b2["valid"]):
-            m.d.sync += s_acc.eq(s_new)
+        level = 0
+        while len(terms) > 1:  # a balanced adder tree of the beat's terms
+            nxt = []
+            for j in range(0, len(terms) - 1, 2):
+                t2 = Signal(len(terms[j]) + 1, name=f"b2_sum{level}_{j}")
+                m.d.comb += t2.eq(terms[j] + terms[j + 1])
+                nxt.append(t2)
+            if len(terms) % 2:
+                nxt.append(terms[-1])
+            terms, level = nxt, level + 1
         m.d.comb += [e_wr.addr.eq(e_wp), e_wr.data.eq(Cat(*e_lanes)), e_wr.en.eq(b2["valid"])]
         with m.If(b2["valid"]):
             m.d.sync += e_wp.eq(e_wp + 1)
+        # B3: accumulate the row's sum
+        b3 = stage("b3", {"bsum": terms[0], "first": b2["first"], "last": b2["last"],
+                          "length": b2["length"], "vis": b2["vis"], "dtype": b2["dtype"], "nan": b2["nan"]},
+                   b2["valid"])
+        s_acc = Signal(sw)
+        s_new = Signal(sw)
+        m.d.comb += s_new.eq(Mux(b3["first"], 0, s_acc) + b3["bsum"])
+        with m.If(b3["valid"]):
+            m.d.sync += s_acc.eq(s_new)
 
         # ---- reciprocal ----------------------------------------------------------------
-        z = _msb(m, s_new, "b2_z")
-        st = Signal(_RI, name="b2_st")
-        st_sh = Signal(range(sw), name="b2_st_sh")
+        dn = stage("dn", {"s": s_new, "length": b3["length"], "vis": b3["vis"], "dtype": b3["dtype"],
+                          "nan": b3["nan"]}, b3["valid"] & b3["last"])
+        z = _msb(m, dn["s"], "dn_z")
+        st = Signal(_RI, name="dn_st")
+        st_sh = Signal(range(sw), name="dn_st_sh")
         m.d.comb += st_sh.eq(Mux(z >= _RI - 1, z + 1 - _RI, 0))
-        m.d.comb += st.eq(Mux(z >= _RI - 1, s_new >> st_sh, 0))
+        m.d.comb += st.eq(Mux(z >= _RI - 1, dn["s"] >> st_sh, 0))
         rem = Signal(_RI + 1, name="div_rem0")
         m.d.comb += rem.eq(1 << (_RI - 1))
-        pipe = {"st": st, "z": z, "length": b2["length"], "vis": b2["vis"], "dtype": b2["dtype"],
-                "nan": b2["nan"], "rem": rem, "q": Const(0, _RB + 1)}
-        valid = b2["valid"] & b2["last"]
+        pipe = {"st": st, "z": z, "length": dn["length"], "vis": dn["vis"], "dtype": dn["dtype"],
+                "nan": dn["nan"], "rem": rem, "q": Const(0, _RB + 1)}
+        valid = dn["valid"]
         for step in range(_RB + 1):
             if step % _DIV_STEPS_PER_STAGE == 0:
                 pipe = stage(f"div{step}", pipe, valid)
@@ -467,8 +505,8 @@ class SoftmaxUnit(wiring.Component):
         c_last = Signal()
         m.d.comb += c_last.eq(c_bi == nb_m1(c_row.length))
         c_issue = Signal()
-        c1_valid = Signal()
-        m.d.comb += c_issue.eq(m2.r_rdy & (ofifo.level + c1_valid < o_depth))
+        c_pend = Signal(2)  # beats in C1..C3
+        m.d.comb += c_issue.eq(m2.r_rdy & (ofifo.level + c_pend < o_depth))
         m.d.comb += [e_rd.addr.eq(e_rp), m2.r_en.eq(c_issue & c_last)]
         with m.If(c_issue):
             m.d.sync += [e_rp.eq(e_rp + 1), c_bi.eq(c_bi + 1), c_base.eq(c_base + P)]
@@ -476,55 +514,72 @@ class SoftmaxUnit(wiring.Component):
                 m.d.sync += [c_bi.eq(0), c_base.eq(0)]
         c1 = stage("c1", {"rcp": c_row.rcp, "z": c_row.z, "base": c_base, "vis": c_row.vis,
                           "dtype": c_row.dtype, "nan": c_row.nan, "last": c_last}, c_issue)
-        m.d.comb += c1_valid.eq(c1["valid"])
-        outs = []
+        # C1 → C2: V = t·Rcp and k per lane
+        src = {key: c1[key] for key in ("dtype", "nan", "last")}
+        kw = ceil_log2(_g.N_MAX + _RB + sw + 1)
         for lane in range(P):
             off = lane * (_TW + _NW)
             t = e_rd.data[off:off + _TW]
             n = e_rd.data[off + _TW:off + _TW + _NW]
             v = Signal(_TW + _RB + 1, name=f"c1_v{lane}")
             m.d.comb += v.eq(t * c1["rcp"])
-            k = Signal(range(_g.N_MAX + _RB + sw + 1), name=f"c1_k{lane}")
+            k = Signal(kw, name=f"c1_k{lane}")
             m.d.comb += k.eq(n + c1["z"] + (_RB - _SG))
-            kc = Signal(6, name=f"c1_kc{lane}")
-            m.d.comb += kc.eq(Mux(k > 63, 63, k))
-            # int8: min(255, (255·V + 2**(k-1)) >> k)
-            q = Signal(64, name=f"c1_q{lane}")
-            m.d.comb += q.eq(((v << 8) - v + ((Const(1, 65) << kc) >> 1)) >> kc)
-            q8 = Mux(q > 255, 255, q[:8])
-            # bf16: V·2**-k rounded to 8 significant bits, FTZ below 2**-126
+            src.update({f"v{lane}": v, f"k{lane}": k, f"vis{lane}": c1["base"] + lane < c1["vis"]})
+        c2 = stage("c2", src, c1["valid"])
+        # C2 → C3: int8 255·V + 2**(k-1); bf16 leading one and normalization
+        src = {key: c2[key] for key in ("dtype", "nan", "last")}
+        for lane in range(P):
+            v, k = c2[f"v{lane}"], c2[f"k{lane}"]
             vw = len(v)
-            b = _msb(m, v, f"c1_b{lane}")
-            vn = Signal(vw, name=f"c1_vn{lane}")
-            lz = Signal(range(vw), name=f"c1_lz{lane}")
+            kc = Signal(6, name=f"c2_kc{lane}")
+            m.d.comb += kc.eq(Mux(k > 63, 63, k))
+            pre = Signal(vw + 9, name=f"c2_pre{lane}")
+            m.d.comb += pre.eq((v << 8) - v + ((Const(1, 65) << kc) >> 1))
+            b = _msb(m, v, f"c2_b{lane}")
+            lz = Signal(range(vw), name=f"c2_lz{lane}")
             m.d.comb += lz.eq(vw - 1 - b)
+            vn = Signal(vw, name=f"c2_vn{lane}")
             m.d.comb += vn.eq(v << lz)
+            ev0 = Signal(signed(12), name=f"c2_ev{lane}")
+            m.d.comb += ev0.eq(b - k)
+            src.update({f"kc{lane}": kc, f"pre{lane}": pre, f"vn{lane}": vn, f"ev{lane}": ev0,
+                        f"zero{lane}": v == 0, f"vis{lane}": c2[f"vis{lane}"]})
+        c3 = stage("c3", src, c2["valid"])
+        # C3: int8 shift and saturation; bf16 rounding and exponent; lane select
+        outs = []
+        for lane in range(P):
+            q = Signal(64, name=f"c3_q{lane}")
+            m.d.comb += q.eq(c3[f"pre{lane}"] >> c3[f"kc{lane}"])
+            q8 = Mux(q > 255, 255, q[:8])
+            vn = c3[f"vn{lane}"]
+            vw = len(vn)
             mant = vn[vw - 8:vw]
             guard = vn[vw - 9]
             sticky = vn[:vw - 9] != 0
             up = guard & (sticky | mant[0])
-            mr = Signal(9, name=f"c1_mr{lane}")
+            mr = Signal(9, name=f"c3_mr{lane}")
             m.d.comb += mr.eq(mant + up)
             carry = mr[8]
-            ev = Signal(signed(12), name=f"c1_ev{lane}")
-            m.d.comb += ev.eq(b - k + carry)
-            bf = Signal(16, name=f"c1_bf{lane}")
-            with m.If((v == 0) | (ev < -126)):
+            ev = Signal(signed(12), name=f"c3_ev{lane}")
+            m.d.comb += ev.eq(c3[f"ev{lane}"] + carry)
+            bf = Signal(16, name=f"c3_bf{lane}")
+            with m.If(c3[f"zero{lane}"] | (ev < -126)):
                 m.d.comb += bf.eq(0)
             with m.Else():
                 m.d.comb += bf.eq(Cat(Mux(carry, 0, mr[:7]), (ev + 127)[:8], Const(0, 1)))
-            vis = c1["base"] + lane < c1["vis"]
-            out = Signal(16, name=f"c1_out{lane}")
-            with m.If(~vis):
+            out = Signal(16, name=f"c3_out{lane}")
+            with m.If(~c3[f"vis{lane}"]):
                 m.d.comb += out.eq(0)
-            with m.Elif(c1["dtype"] & c1["nan"]):
+            with m.Elif(c3["dtype"] & c3["nan"]):
                 m.d.comb += out.eq(_g.BF16_NAN_ROW)
-            with m.Elif(c1["dtype"]):
+            with m.Elif(c3["dtype"]):
                 m.d.comb += out.eq(bf)
             with m.Else():
                 m.d.comb += out.eq(q8)
             outs.append(out)
-        m.d.comb += [ofifo.w_data.eq(Cat(*outs, c1["last"])), ofifo.w_en.eq(c1["valid"])]
+        m.d.comb += [ofifo.w_data.eq(Cat(*outs, c3["last"])), ofifo.w_en.eq(c3["valid"]),
+                     c_pend.eq(c1["valid"] + c2["valid"] + c3["valid"])]
         m.d.comb += [
             self.o.valid.eq(ofifo.r_rdy),
             self.o.payload.eq(ofifo.r_data),
@@ -537,8 +592,8 @@ class SoftmaxUnit(wiring.Component):
         # ---- counters ------------------------------------------------------------------
         cnt = self.counters
         o_fire = self.o.valid & self.o.ready
-        busy = a_active | m1.r_rdy | m2.r_rdy | b1["valid"] | b2["valid"] | (m2_inflight != 0) \
-            | c1["valid"] | ofifo.r_rdy
+        busy = a_active | (m1_pend != 0) | m1.r_rdy | m2.r_rdy | b1["valid"] | b2["valid"] | b3["valid"] \
+            | (m2_inflight != 0) | (c_pend != 0) | ofifo.r_rdy
         for name, inc in (
             ("cycles", 1), ("busy_cycles", busy), ("rows_accepted", cmd_fire & ~bad),
             ("rows_rejected", cmd_fire & bad), ("rows_done", o_fire & self.o.payload.last),

@@ -2,7 +2,8 @@
 
 Figures are simulated cycles of the Verilated RTL (deterministic) and golden-model accuracy
 against a float64 softmax. ``python -m bench.softmax`` runs everything on the ``default``
-configuration; ``--widths`` only runs the table/width measurement behind docs/numerics.md.
+configuration; ``--widths`` only runs the table/width measurement behind docs/numerics.md;
+``--fpga`` adds ECP5 synthesis and place-and-route of the unit (LUTs, DSPs, block RAMs, Fmax).
 
 * **throughput**: rows of one length back to back, no stalls; elements per cycle from the
   first input beat to the last output beat (includes filling the three-pass pipeline once),
@@ -133,10 +134,29 @@ def throughput(config, lengths, rows_per_length, seed=3):
     return results
 
 
+def fpga(config):
+    """ECP5 synthesis and place-and-route of the softmax unit alone (bench.fpga's tools and
+    device), in build/fpga/softmax-<config>/."""
+    from amaranth.back import verilog
+
+    from bench.fpga import place_and_route, synth
+    from sim.runner import ROOT
+    cfg = get_config(config)
+    work = ROOT / "build" / "fpga" / f"softmax-{cfg.name}"
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "softmax_unit.v"
+    path.write_text(verilog.convert(SoftmaxUnit.from_config(cfg), name="softmax_unit", emit_src=False))
+    net, stats = synth(path, "softmax_unit", work)
+    stats.update(place_and_route(net, "softmax_unit", work))
+    return stats
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.softmax", description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="default")
     ap.add_argument("--widths", action="store_true", help="only the table/width measurement")
+    ap.add_argument("--fpga", action="store_true",
+                    help="also ECP5 synthesis + place and route (needs `pip install -e .[fpga]`; minutes)")
     args = ap.parse_args(argv)
     out = {"widths": widths()}
     print("F  EB SG RB | int8 max|q/255-p|·256 | bf16 max rel err ·2^8")
@@ -159,6 +179,11 @@ def main(argv=None):
             print(f"{r['length']:6d} | {r['elements_per_cycle_total']:16.3f} | "
                   f"{r['elements_per_cycle_sustained']!s:9} | {r['fraction_of_P_sustained']!s:7} | "
                   f"{r['row_latency_measured']:>10d} / {r['row_latency_documented']:<9d} | {r['bit_exact']}")
+    if args.fpga:
+        out["fpga"] = fpga(args.config)
+        f = out["fpga"]
+        print(f"\nECP5 LFE5U-85F, config {args.config}: LUT4 {f.get('luts')}, FF {f.get('flip_flops')}, "
+              f"MULT18X18D {f.get('dsp_mult18')}, DP16KD {f.get('bram_dp16kd')}, Fmax {f.get('fmax_mhz')}")
     path = BUILD / "bench" / "softmax.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

@@ -63,7 +63,7 @@ def _check(rows, res):
 
 
 @pytest.mark.xdist_group("softmax_tiny")
-@pytest.mark.parametrize("stalls", STALLS)
+@pytest.mark.parametrize("stalls", STALLS + [pytest.param((0.05, 0.85), id="heavy_backpressure")])
 def test_back_to_back_rows_of_many_lengths_masks_and_dtypes_are_bit_exact(request, stalls):
     seed = _seed(request, 100)
     rng = np.random.default_rng(seed)

@@ -236,9 +236,13 @@ class KVCacheController(KVCacheParams, wiring.Component):
     """
 
     def __init__(self, *, page_size, num_pages, kv_heads, head_dim, max_seqs, beat_elems, dtype):
-        KVCacheParams.__init__(self, page_size=page_size, num_pages=num_pages, kv_heads=kv_heads,
-                               head_dim=head_dim, max_seqs=max_seqs, beat_elems=beat_elems,
-                               dtype=dtype)
+        try:
+            KVCacheParams.__init__(self, page_size=page_size, num_pages=num_pages,
+                                   kv_heads=kv_heads, head_dim=head_dim, max_seqs=max_seqs,
+                                   beat_elems=beat_elems, dtype=dtype)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True  # never built: no "created but never used" warning
+            raise
         wiring.Component.__init__(self, {
             "cmd": In(stream.Signature(self.cmd_layout)),
             "wdata": In(stream.Signature(beat_elems * self.elem_bits)),

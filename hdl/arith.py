@@ -72,6 +72,21 @@ class _Values:
         self.__dict__.update(values)
 
 
+def _leading_zeros(value):
+    """Leading-zero count of ``value`` (width a power of two) as a tree: (count, all zero) of
+    each half, combined in log2(width) levels, so the depth is logarithmic."""
+    def tree(v):
+        if len(v) == 1:
+            return Const(0, 0), ~v[0]
+        half = len(v) // 2
+        hi_count, hi_zero = tree(v[half:])
+        lo_count, lo_zero = tree(v[:half])
+        count = Mux(hi_zero, Cat(lo_count, 1), Cat(hi_count, 0))
+        return count, hi_zero & lo_zero
+    count, _ = tree(Value.cast(value))
+    return count
+
+
 def _check_stages(stages, max_stages):
     if not isinstance(stages, int) or isinstance(stages, bool):
         raise TypeError(f"stages must be an int, not {stages!r}")
@@ -348,13 +363,8 @@ class Fp32AddCore(_Core):
             total=total)
 
         # normalize: leading one to bit 27; exponent = exp + 1 - leading zeros
-        n = s3.total
-        lz = []
-        for width in (16, 8, 4, 2, 1):
-            z = n[28 - width:] == 0
-            n = Mux(z, (n << width)[:28], n)
-            lz.append(z)
-        lzc = Cat(*reversed(lz))                    # 5 bits: 16, 8, 4, 2, 1
+        lzc = _leading_zeros(Cat(Const(0xF, 4), s3.total))[:5]  # 32 bits, ones below
+        n = (s3.total << lzc)[:28]
         s4 = p.step(
             "normalize",
             is_special=s3.is_special, special=s3.special, sign=s3.sign,
@@ -367,19 +377,23 @@ class Fp32AddCore(_Core):
         guard = s4.norm[3]
         rest = s4.norm[:3].any()
         rounded = mant + (guard & (rest | mant[0]))  # 25 bits
-        exp = Signal(range(-64, 512))
-        m.d.comb += exp.eq(s4.exp + rounded[24])
+        carry = rounded[24]
+        # the exponent tests run in parallel with the rounding carry chain; the carry only
+        # selects between them
+        overflow = Mux(carry, s4.exp >= 254, s4.exp >= 255)
+        underflow = s4.exp <= 0                     # such a sum is exact: no carry
+        exp = Mux(carry, s4.exp + 1, s4.exp)[:8]
         y = Signal(32)
         with m.If(s4.is_special):
             m.d.comb += y.eq(s4.special)
         with m.Elif(s4.is_zero):
             m.d.comb += y.eq(0)                     # x + (-x) = +0
-        with m.Elif(exp >= 255):
+        with m.Elif(overflow):
             m.d.comb += y.eq(Cat(Const(0x7F800000, 31), s4.sign))
-        with m.Elif(exp <= 0):
+        with m.Elif(underflow):
             m.d.comb += y.eq(Cat(Const(0, 31), s4.sign))  # FTZ (an exact result)
         with m.Else():
-            m.d.comb += y.eq(Cat(rounded[:23], exp[:8], s4.sign))
+            m.d.comb += y.eq(Cat(rounded[:23], exp, s4.sign))
         s5 = p.step("round", y=y)
         m.d.comb += self.y.eq(s5.y)
         return m

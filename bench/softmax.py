@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """Softmax unit benchmark: throughput, row latency and accuracy; writes build/bench/softmax.json.
 
 Figures are simulated cycles of the Verilated RTL (deterministic) and golden-model accuracy

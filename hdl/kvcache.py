@@ -42,6 +42,18 @@ SEQ_ID_BITS = 16
 HEAD_BITS = 8
 
 
+def _mul_const(x, k):
+    """``x · k`` for a constant ``k`` as a sum of shifted copies of ``x`` (one adder per set bit
+    after the first): no multiplier block on the address paths."""
+    terms = [x << i for i in range(k.bit_length()) if (k >> i) & 1]
+    if not terms:
+        return x & 0
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
+
+
 def _check_int(name, value, lo, hi):
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, not {value!r}")
@@ -361,7 +373,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
         with m.If(issue):
             m.d.sync += [
                 s2_last.eq(issue_last), s2_kv.eq(rg_kv),
-                s2_off.eq(rg_pos & (ps - 1)), s2_word.eq(rg_head * bpr + rg_beat),
+                s2_off.eq(rg_pos & (ps - 1)), s2_word.eq(_mul_const(rg_head, bpr) + rg_beat),
                 rg_beat.eq(Mux(last_beat_of_row, 0, rg_beat + 1)),
             ]
             with m.If(last_beat_of_row):
@@ -369,7 +381,8 @@ class KVCacheController(KVCacheParams, wiring.Component):
                 with m.If(rg_rows == 1):
                     m.d.sync += rg_active.eq(0)
         phys = bt_r.data
-        m.d.comb += [mem.raddr.eq(((s2_kv * N + phys) * ps + s2_off) * HB + s2_word),
+        row_index = ((_mul_const(s2_kv, N) + phys) << lg_ps) | s2_off
+        m.d.comb += [mem.raddr.eq(_mul_const(row_index, HB) + s2_word),
                      mem.ren.eq(s2_valid)]
         word = mem.rdata
         if eb == 8:
@@ -450,7 +463,8 @@ class KVCacheController(KVCacheParams, wiring.Component):
                         with m.Else():
                             m.d.sync += [
                                 a_write.eq(1),
-                                a_base.eq(((new_page * ps) + (cur_len & (ps - 1))) * HB),
+                                a_base.eq(_mul_const((new_page << lg_ps) | (cur_len & (ps - 1)),
+                                                     HB)),
                             ]
                             respond(_OK, cur_len + 1, pages_of(cur_len + 1), sp - boundary)
                             with m.If(boundary):

@@ -19,13 +19,21 @@ import numpy as np
 
 from hdl.tops import elaborate_top
 from sim.runner import BUILD, PCH_FIX_MAKE_VARS, build, run
-from sim.tb.arith import UNITS, bulk_verilog, core_latency, expected, pack_inputs, random_vectors
+from sim.tb.arith import (
+    UNITS,
+    bulk_build_params,
+    bulk_verilog,
+    core_latency,
+    expected,
+    pack_inputs,
+    random_vectors,
+)
 
 
 def measure(vectors, stream_beats, seed):
     rows = []
     t0 = time.monotonic()
-    design = build(bulk_verilog, "arith_bulk", params={"harness": "bulk"}, make_vars=PCH_FIX_MAKE_VARS)
+    design = build(bulk_verilog, "arith_bulk", params=bulk_build_params(), make_vars=PCH_FIX_MAKE_VARS)
     bulk_build = time.monotonic() - t0
     for k, unit in enumerate(UNITS):
         v = random_vectors(unit, vectors, seed + k)

@@ -19,6 +19,7 @@ from hdl.tops import elaborate_top
 from sim.runner import PCH_FIX_MAKE_VARS, build, run
 from sim.tb.arith import (
     UNITS,
+    bulk_build_params,
     bulk_verilog,
     core_latency,
     expected,
@@ -35,7 +36,7 @@ TOPS = {"int8_mac": "int8_mac", "bf16_mul": "bf16_mul", "fp32_add": "fp32_add",
 
 
 def _bulk_design():
-    return build(bulk_verilog, "arith_bulk", params={"harness": "bulk"},
+    return build(bulk_verilog, "arith_bulk", params=bulk_build_params(),
                  make_vars=PCH_FIX_MAKE_VARS)
 
 

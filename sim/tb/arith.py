@@ -20,7 +20,7 @@ import numpy as np
 import golden
 
 __all__ = ["UNITS", "pack_inputs", "expected", "random_vectors", "special_vectors",
-           "bulk_verilog", "core_latency", "int8_mac_reference", "BULK_DEPTH", "BULK_UNITS"]
+           "bulk_verilog", "bulk_build_params", "core_latency", "int8_mac_reference", "BULK_DEPTH", "BULK_UNITS"]
 
 #: unit name → (core class name, stream class name, input fields with widths, output width,
 #: padded bits per lane of the input and output vectors)
@@ -263,6 +263,16 @@ def core_latency(unit, stages=None):
     from hdl import arith
 
     return getattr(arith, _check_unit(unit)[0]).latency_for(stages)
+
+
+def bulk_build_params():
+    """Cache-key parameters of :func:`bulk_verilog`: the harness text lives here, outside
+    hdl/, so a digest of this file keeps sim.runner's Verilog cache honest."""
+    import hashlib
+    from pathlib import Path
+
+    return {"harness": "bulk", "depth": BULK_DEPTH,
+            "tb": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]}
 
 
 def bulk_verilog(name="arith_bulk", *, depth=BULK_DEPTH):

@@ -11,19 +11,19 @@ Three parts:
   seeded random ``en`` gaps, and stores the results in a second memory; the testbench loads and
   dumps the memories as hex files, so Python is out of the per-vector loop.
 * **cocotb tests**: ``bulk_vectors`` pushes the packed words it is given through the bulk
-  harness (optionally with random ``en`` gaps) and saves the outputs; ``stream_vectors`` drives a real
-  stream unit with random valid gaps and ready backpressure.
+  harness (optionally with random ``en`` gaps) and saves the outputs; ``stream_vectors`` drives
+  a real stream unit with random valid gaps and ready backpressure.
 """
 
 import numpy as np
 
 import golden
 
-__all__ = ["UNITS", "pack_inputs", "expected", "random_vectors", "special_vectors",
-           "bulk_verilog", "bulk_build_params", "core_latency", "int8_mac_reference", "BULK_DEPTH", "BULK_UNITS"]
+__all__ = ["UNITS", "pack_inputs", "expected", "random_vectors", "special_vectors", "bulk_verilog",
+           "bulk_build_params", "core_latency", "int8_mac_reference", "BULK_DEPTH", "BULK_UNITS"]
 
 #: unit name → (core class name, stream class name, input fields with widths, output width,
-#: padded bits per lane of the input and output vectors)
+#: bits of the packed input word (numpy dtype of pack_inputs), bits of the output word)
 UNITS = {
     "int8_mac": ("Int8MacCore", "Int8Mac", {"a": 8, "w": 8, "acc": 32, "a_unsigned": 1}, 32, 64, 32),
     "bf16_mul": ("Bf16MulCore", "Bf16Multiplier", {"a": 16, "b": 16}, 32, 32, 32),
@@ -70,7 +70,7 @@ def expected(unit, v):
 
 def pack_inputs(unit, v):
     """Field arrays → one unsigned integer per vector, fields packed low to high in the order of
-    the stream payload layout (also the lane layout of the harness)."""
+    the stream payload layout (also the input memory words of the bulk harness)."""
     _, _, fields, _, in_bits, _ = _check_unit(unit)
     word = np.zeros(len(next(iter(v.values()))), dtype=np.uint64)
     offset = 0
@@ -248,7 +248,7 @@ def special_vectors(unit):
             "a_unsigned": u.astype(np.uint8)}
 
 
-# ------------------------------------------------------------------------------ lane harness
+# ------------------------------------------------------------------------------ bulk harness
 
 
 #: Input words the bulk harness holds (a multiple of this is run in several passes).

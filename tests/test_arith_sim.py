@@ -180,6 +180,43 @@ def test_stream_unit_full_throughput_and_latency_without_stalls():
     assert seen == [0] * lat + [1] * 10 + [0] * (10 - lat)
 
 
+@pytest.mark.parametrize("unit", list(UNITS))
+def test_stream_unit_holds_valid_and_payload_and_refuses_input_while_output_is_stalled(unit):
+    dut = STREAMS[unit]()
+    v = random_vectors(unit, 4, 3)
+    words = [int(x) for x in pack_inputs(unit, v)]
+    want = [int(x) for x in expected(unit, v)]
+
+    async def testbench(ctx):
+        ctx.set(dut.o.ready, 0)
+        accepted = 0
+        for _ in range(dut.latency + 12):          # fill the pipeline, then keep offering
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.payload.as_value(), words[min(accepted, 3)])
+            if ctx.get(dut.i.ready):
+                accepted += 1
+            await ctx.tick()
+        # a stalled unit holds exactly `latency` beats; the first one waits on the output
+        assert accepted == dut.latency
+        assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload.as_value()) == want[0]
+        ctx.set(dut.i.valid, 0)
+        for _ in range(5):
+            await ctx.tick()
+            assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload.as_value()) == want[0]
+        ctx.set(dut.o.ready, 1)
+        got = []
+        for _ in range(dut.latency + 3):
+            if ctx.get(dut.o.valid):
+                got.append(ctx.get(dut.o.payload.as_value()))
+            await ctx.tick()
+        assert got == want[:dut.latency]
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(testbench)
+    sim.run()
+
+
 @pytest.mark.parametrize("cls", [*CORES.values(), *STREAMS.values()])
 @pytest.mark.parametrize("stages, error, message", [
     (0, ValueError, r"stages must be in 1\.\.\d"),

@@ -9,7 +9,7 @@ Three parts:
   :data:`BULK_DEPTH` input vectors in a memory, pushes them through the chosen core (the
   unchanged Verilog that Amaranth generates from hdl/arith.py) one per enabled cycle, with
   seeded random ``en`` gaps, and stores the results in a second memory; the testbench loads and
-  dumps the memories as hex files, so Python is out of the per-vector loop.
+  dumps the memories as files, so Python is out of the per-vector loop.
 * **cocotb tests**: ``bulk_vectors`` pushes the packed words it is given through the bulk
   harness (optionally with random ``en`` gaps) and saves the outputs; ``stream_vectors`` drives
   a real stream unit with random valid gaps and ready backpressure.
@@ -283,8 +283,8 @@ def bulk_verilog(name="arith_bulk", *, depth=BULK_DEPTH):
     (:func:`pack_inputs`, 64 bits) and ``depth`` 32-bit results, so the simulation runs without
     Python in the loop:
 
-    * ``load`` (one cycle): ``$readmemh("bulk_inputs.hex")`` into the input memory (the
-      simulation runs in the run folder);
+    * ``load`` (one cycle): ``$fread`` of ``bulk_inputs.bin`` (64-bit big-endian words) into
+      the input memory (the simulation runs in the run folder);
     * ``start`` held high: the core selected by ``unit`` receives word ``k`` in the ``k``-th
       cycle where ``en`` is 1; ``en`` is low in a cycle with probability ``gap``/16 (a xorshift32
       generator seeded by ``seed``); every core output is stored at the en-cycle its valid bit
@@ -335,6 +335,8 @@ module {name}(clk, rst, load, start, dump, unit, count, gap, seed, done, cycles)
   reg [31:0] wr;
   reg [31:0] rng;
   reg [7:0] vpipe;
+  integer fd;
+  integer nread;
   wire [31:0] rng1 = rng ^ (rng << 13);
   wire [31:0] rng2 = rng1 ^ (rng1 >> 17);
   wire [31:0] rng_next = rng2 ^ (rng2 << 5);
@@ -345,7 +347,11 @@ module {name}(clk, rst, load, start, dump, unit, count, gap, seed, done, cycles)
   wire [3:0] lat = {sel_lat} : 4'd1;
   wire y_valid = vpipe[lat - 4'd1];
   always @(posedge clk) begin
-    if (load) $readmemh("bulk_inputs.hex", mem_in);
+    if (load) begin
+      fd = $fopen("bulk_inputs.bin", "rb");
+      nread = $fread(mem_in, fd);
+      $fclose(fd);
+    end
     if (dump) $writememh("bulk_outputs.hex", mem_out, 0, count - 1);
     if (rst) begin
       rd <= 0;
@@ -389,12 +395,15 @@ if cocotb is not None:
 
     from .common import StreamDriver, StreamMonitor, load_inputs, save_outputs, start_clock_and_reset
 
-    def _write_hex(path, words):
-        hexed = np.ascontiguousarray(words, dtype=">u8").tobytes().hex().encode()
-        path.write_bytes(b"\n".join(np.frombuffer(hexed, dtype="S16").tolist()) + b"\n")
+    def _write_words(path, words):
+        # $fread fills each 64-bit memory word from 8 bytes, most significant first
+        path.write_bytes(np.ascontiguousarray(words, dtype=">u8").tobytes())
 
     def _read_hex(path):
-        lines = [x for x in path.read_text().split() if not x.startswith(("//", "@"))]
+        data = path.read_bytes()
+        if len(data) % 9 == 0 and data[8::9] == b"\n" * (len(data) // 9):  # 8 digits a line
+            return np.frombuffer(bytes.fromhex(data.replace(b"\n", b"").decode()), ">u4").astype(np.uint32)
+        lines = [x for x in data.decode().split() if not x.startswith(("//", "@"))]
         return np.array([int(x, 16) for x in lines], dtype=np.uint32)
 
     @cocotb.test()
@@ -425,7 +434,7 @@ if cocotb is not None:
         outs, cycles, sim_seconds = [], 0, 0.0
         for k, first in enumerate(range(0, words.size, depth)):
             chunk = words[first:first + depth]
-            _write_hex(run_dir() / "bulk_inputs.hex", chunk)
+            _write_words(run_dir() / "bulk_inputs.bin", chunk)
             dut.count.value = chunk.size
             dut.seed.value = (seed + k) & 0xFFFFFFFF
             dut.rst.value = 1

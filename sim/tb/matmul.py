@@ -4,15 +4,17 @@ Inputs (see :func:`sim.matmul_api.run_jobs`): the command payloads (``meta["cmds
 beats of the ``a``, ``w`` and ``p`` streams as little-endian byte rows (one row per beat, the
 jobs one after the other). The testbench drives all four input streams at once, with random
 valid gaps (``stall``), and accepts ``o`` and ``resp`` with random backpressure
-(``backpressure``), all from the logged seed. One coroutine handles every stream in one loop per
-clock cycle (two simulator callbacks per cycle), which keeps Python off the critical path.
+(``backpressure``), all from the logged seed. One coroutine handles every stream, with one
+simulator callback per clock cycle: at the falling edge it reads ``ready``/``valid`` and writes the
+next beats, which the rising edge then samples. That relies on the engine's rule that its
+``ready`` and ``valid`` outputs depend on registered state only (docs/matmul.md).
 
 Outputs: ``o`` (byte rows of the result beats), ``resp`` (byte rows of the responses),
 ``cmd_accept`` (cycle at which each command was accepted) and ``cycles``.
 """
 
 import cocotb
-from cocotb.triggers import ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge
 
 from sim.tb.common import load_inputs, rng, save_outputs, start_clock_and_reset
 
@@ -79,6 +81,7 @@ async def matmul_run(dut):
     cycle = 0
     idle = 0
     while not (o_sink.done and r_sink.done):
+        await FallingEdge(clk)
         # drive: once valid is up it stays up, payload held, until the beat is taken
         for s in sources:
             if not s.up:
@@ -96,7 +99,8 @@ async def matmul_run(dut):
             if ready != k.ready_now:
                 k.ready.value = int(ready)
                 k.ready_now = ready
-        await ReadOnly()
+        # the handshakes of the coming rising edge (writes above are not visible yet: the
+        # engine's ready and valid outputs depend on registered state only)
         progress = False
         for s in sources:
             if s.up and s.ready.value:
@@ -114,7 +118,6 @@ async def matmul_run(dut):
                 f"no handshake for {idle_limit} cycles at cycle {cycle}: "
                 + ", ".join(f"{p} {s.index}/{len(s.beats)}" for p, s in zip(names, sources, strict=True))
                 + f", o {len(o_sink.items)}/{o_sink.count}, resp {len(r_sink.items)}/{r_sink.count}")
-        await RisingEdge(clk)
         cycle += 1
 
     leftover = [p for p, s in zip(("cmd", "a", "w", "p"), sources, strict=True) if not s.done]

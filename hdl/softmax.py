@@ -48,7 +48,7 @@ _NW = 8  # n is clamped to N_MAX = 255
 _TW = _EB + 1
 _XMIN = -(1 << (_XW - 1))
 _XMAX = (1 << (_XW - 1)) - 1
-_DIV_STEPS_PER_STAGE = 3  # restoring-division steps between two registers of the reciprocal
+_DIV_STEPS_PER_STAGE = 2  # restoring-division steps between two registers of the reciprocal
 #: Rows that can wait between two passes (the row FIFOs A → B and B → C).
 _ROW_QUEUE = 8
 
@@ -180,9 +180,9 @@ class SoftmaxUnit(wiring.Component):
     @property
     def latency(self):
         """Fixed part of :meth:`row_latency`: cycles beyond one per beat in each pass (the
-        pipeline registers, ring and table reads and FIFO hand-overs, 10, and the reciprocal's
+        pipeline registers, ring and table reads and FIFO hand-overs, 13, and the reciprocal's
         :attr:`div_stages`)."""
-        return 10 + self.div_stages
+        return 13 + self.div_stages
 
     def row_latency(self, length):
         """Cycles from an isolated row's first accepted score beat to its last output beat."""
@@ -197,12 +197,13 @@ class SoftmaxUnit(wiring.Component):
     # ----------------------------------------------------------------------------------------
 
     @staticmethod
-    def _x_products(m, score, scale, name):
-        """Step 1 of x (one register stage): the int8 and the bf16 products and flags."""
+    def _x_products(m, score, scale, sh, name):
+        """x, step 1: the int8 and bf16 products, the rounding terms and the flags."""
         out = {}
         p8 = Signal(signed(49), name=f"{name}_p8")
         m.d.comb += p8.eq(score.as_signed() * Cat(scale[:16], Const(0, 1)).as_signed())
-        out["p8"] = p8
+        half8 = Signal(64, name=f"{name}_half8")
+        m.d.comb += half8.eq((Const(1, 65) << sh) >> 1)
         ea, eb = score[23:31], scale[23:31]
         fa, fb = score[0:23], scale[0:23]
         a_zero, b_zero = ea == 0, eb == 0
@@ -214,36 +215,34 @@ class SoftmaxUnit(wiring.Component):
         m.d.comb += pb.eq(Mux(a_zero, 0, Cat(fa, Const(1, 1))) * Mux(b_zero, 0, Cat(fb, Const(1, 1))))
         e = Signal(signed(11), name=f"{name}_e")
         m.d.comb += e.eq(ea + eb - (2 * (127 + 23) - _F))
-        out.update(pb=pb, e=e, nan=nan, inf=(a_inf | b_inf) & ~nan, neg=score[31] ^ scale[31])
+        k = Signal(range(63), name=f"{name}_k")
+        m.d.comb += k.eq(Mux(e < -62, 62, Mux(e > 0, 0, -e)))
+        halfb = Signal(63, name=f"{name}_halfb")
+        m.d.comb += halfb.eq((Const(1, 64) << k) >> 1)
+        # |value| ≥ 2**24 (saturates): a non-zero product (≥ 2**46) with e ≥ -22, or an Inf
+        sat = ((e >= -22) & ~a_zero & ~b_zero) | a_inf | b_inf
+        out.update(p8=p8, half8=half8, pb=pb, k=k, halfb=halfb, nan=nan, sat=sat & ~nan,
+                   neg=score[31] ^ scale[31])
         return out
 
     @staticmethod
-    def _x_round(m, v, sh, name):
-        """Step 2 of x: rounding shifts and saturation of both paths → (x8, xb)."""
-        half8 = Signal(64, name=f"{name}_half8")
-        m.d.comb += half8.eq((Const(1, 65) << sh) >> 1)
+    def _x_sums(m, v, name):
+        """x, step 2: add the rounding terms (bf16: to the signed product)."""
+        s8 = Signal(signed(66), name=f"{name}_s8")
+        m.d.comb += s8.eq(v["p8"] + Cat(v["half8"], Const(0, 1)).as_signed())
+        sb = Signal(signed(65), name=f"{name}_sb")
+        hb = Cat(v["halfb"], Const(0, 1)).as_signed()
+        m.d.comb += sb.eq(Mux(v["neg"], hb - v["pb"], hb + v["pb"]))
+        return {"s8": s8, "sb": sb}
+
+    @staticmethod
+    def _x_shifts(m, v, sh, name):
+        """x, step 3: the rounding shifts."""
         r8 = Signal(signed(66), name=f"{name}_r8")
-        m.d.comb += r8.eq((v["p8"] + Cat(half8, Const(0, 1)).as_signed()) >> sh)
-        x8 = _clamp_x(m, r8, f"{name}_x8")
-        e = v["e"]
-        big = (e >= -22) & (v["pb"] != 0)
-        k = Signal(range(63), name=f"{name}_k")
-        m.d.comb += k.eq(Mux(e < -62, 62, Mux(e > 0, 0, -e)))
-        sv = Signal(signed(50), name=f"{name}_sv")
-        m.d.comb += sv.eq(Mux(v["neg"], -v["pb"], v["pb"]))
-        halfb = Signal(63, name=f"{name}_halfb")
-        m.d.comb += halfb.eq((Const(1, 64) << k) >> 1)
+        m.d.comb += r8.eq(v["s8"] >> sh)
         rb = Signal(signed(65), name=f"{name}_rb")
-        m.d.comb += rb.eq((sv + Cat(halfb, Const(0, 1)).as_signed()) >> k)
-        clamped = _clamp_x(m, rb, f"{name}_xc")
-        xb = Signal(signed(_XW), name=f"{name}_xb")
-        with m.If(v["nan"]):
-            m.d.comb += xb.eq(0)
-        with m.Elif(big | v["inf"]):
-            m.d.comb += xb.eq(Mux(v["neg"], _XMIN, _XMAX))
-        with m.Else():
-            m.d.comb += xb.eq(clamped)
-        return x8, xb
+        m.d.comb += rb.eq(v["sb"] >> v["k"])
+        return {"r8": r8, "rb": rb}
 
     def elaborate(self, platform):
         m = Module()
@@ -287,7 +286,7 @@ class SoftmaxUnit(wiring.Component):
                                        "r": signed(_XW + 1)})
         m2_layout = data.StructLayout({"length": lw, "vis": lw, "dtype": 1, "nan": 1,
                                        "rcp": _RB + 1, "z": range(sw)})
-        m1_depth, m2_depth, o_depth = _ROW_QUEUE, _ROW_QUEUE + self.div_stages, 6
+        m1_depth, m2_depth, o_depth = _ROW_QUEUE, _ROW_QUEUE + self.div_stages, 8
         m.submodules.m1 = m1 = SyncFIFO(width=m1_layout.size, depth=m1_depth)
         m.submodules.m2 = m2 = SyncFIFO(width=m2_layout.size, depth=m2_depth)
         m.submodules.ofifo = ofifo = SyncFIFO(width=self.out_layout.size, depth=o_depth)
@@ -316,7 +315,7 @@ class SoftmaxUnit(wiring.Component):
 
         i_fire = Signal()
         cmd_fire = Signal()
-        m1_pend = Signal(2)  # rows whose last beat is in A1..A3
+        m1_pend = Signal(3)  # rows whose last beat is in A1..A3
         m.d.comb += [
             self.i.ready.eq(a_active & (x_occ < ring) & (~a_last | (m1.level + m1_pend < m1_depth))),
             i_fire.eq(self.i.valid & self.i.ready),
@@ -329,25 +328,48 @@ class SoftmaxUnit(wiring.Component):
                           "lvis": Cat(*[a_base + lane < a_vis for lane in range(P)]),
                           "first": a_bi == 0, "last": a_last, "length": a_len, "vis": a_vis,
                           "dtype": a_dtype, "scale": a_scale, "shift": a_shift}, i_fire)
-        # A1 → A2: products
-        src = {key: a1[key] for key in ("lvis", "first", "last", "length", "vis", "dtype", "shift")}
+        # A1 → A2: products, rounding terms, flags
+        ctl = ("lvis", "first", "last", "length", "vis", "dtype", "shift")
+        src = {key: a1[key] for key in ctl}
         for lane in range(P):
             for key, value in self._x_products(m, a1["beat"][32 * lane:32 * (lane + 1)], a1["scale"],
-                                               f"a1_{lane}").items():
+                                               a1["shift"], f"a1_{lane}").items():
                 src[f"{key}{lane}"] = value
         a2 = stage("a2", src, a1["valid"])
-        # A2 → A3: x per lane (rounding shift, saturation), the beat's max and NaN flag
+        # A2 → A2b: sums
+        src = {key: a2[key] for key in ctl}
+        for lane in range(P):
+            v = {key: a2[f"{key}{lane}"] for key in ("p8", "half8", "pb", "halfb", "neg")}
+            src.update({f"{key}{lane}": value for key, value in self._x_sums(m, v, f"a2_{lane}").items()})
+            src.update({f"{key}{lane}": a2[f"{key}{lane}"] for key in ("k", "nan", "sat", "neg")})
+        a2b = stage("a2b", src, a2["valid"])
+        # A2b → A2c: shifts
+        src = {key: a2b[key] for key in ctl}
+        for lane in range(P):
+            v = {key: a2b[f"{key}{lane}"] for key in ("s8", "sb", "k")}
+            src.update({f"{key}{lane}": value
+                        for key, value in self._x_shifts(m, v, a2b["shift"], f"a2b_{lane}").items()})
+            src.update({f"{key}{lane}": a2b[f"{key}{lane}"] for key in ("nan", "sat", "neg")})
+        a2c = stage("a2c", src, a2b["valid"])
+        # A2c → A3: saturation, path select, the beat's max and NaN flag
         lane_x, lane_m, lane_nan = [], [], []
         for lane in range(P):
-            v = {key: a2[f"{key}{lane}"] for key in ("p8", "pb", "e", "nan", "inf", "neg")}
-            x8, xb = self._x_round(m, v, a2["shift"], f"a2_{lane}")
-            x = Signal(signed(_XW), name=f"a2_x{lane}")
-            m.d.comb += x.eq(Mux(a2["dtype"], xb, x8))
-            xm = Signal(signed(_XW), name=f"a2_xm{lane}")  # masked lanes cannot raise the max
-            m.d.comb += xm.eq(Mux(a2["lvis"][lane], x, _XMIN))
+            x8 = _clamp_x(m, a2c[f"r8{lane}"], f"a2c_x8{lane}")
+            xc = _clamp_x(m, a2c[f"rb{lane}"], f"a2c_xc{lane}")
+            xb = Signal(signed(_XW), name=f"a2c_xb{lane}")
+            with m.If(a2c[f"nan{lane}"]):
+                m.d.comb += xb.eq(0)
+            with m.Elif(a2c[f"sat{lane}"]):
+                m.d.comb += xb.eq(Mux(a2c[f"neg{lane}"], _XMIN, _XMAX))
+            with m.Else():
+                m.d.comb += xb.eq(xc)
+            x = Signal(signed(_XW), name=f"a2c_x{lane}")
+            m.d.comb += x.eq(Mux(a2c["dtype"], xb, x8))
+            xm = Signal(signed(_XW), name=f"a2c_xm{lane}")  # masked lanes cannot raise the max
+            m.d.comb += xm.eq(Mux(a2c["lvis"][lane], x, _XMIN))
             lane_x.append(x)
             lane_m.append(xm)
-            lane_nan.append(v["nan"] & a2["dtype"] & a2["lvis"][lane])
+            lane_nan.append(a2c[f"nan{lane}"] & a2c["dtype"] & a2c["lvis"][lane])
         level = 0
         while len(lane_m) > 1:  # a balanced max tree
             nxt = []
@@ -359,8 +381,8 @@ class SoftmaxUnit(wiring.Component):
                 nxt.append(lane_m[-1])
             lane_m, level = nxt, level + 1
         a3 = stage("a3", {"x": Cat(*lane_x), "bmax": lane_m[0], "nan": Cat(*lane_nan).any(),
-                          "first": a2["first"], "last": a2["last"], "length": a2["length"],
-                          "vis": a2["vis"], "dtype": a2["dtype"]}, a2["valid"])
+                          "first": a2c["first"], "last": a2c["last"], "length": a2c["length"],
+                          "vis": a2c["vis"], "dtype": a2c["dtype"]}, a2c["valid"])
         # A3: write the X ring, running max; at the row's last beat hand the row to pass B
         row_max = Signal(signed(_XW))
         m.d.comb += row_max.eq(Mux(a3["first"] | (a3["bmax"] > a_max), a3["bmax"], a_max))
@@ -378,7 +400,7 @@ class SoftmaxUnit(wiring.Component):
             m1_w.nan.eq(row_nan), m1_w.r.eq(((row_max + (one - 1)) >> _F) << _F),
             m1.w_data.eq(m1_w),
             m1.w_en.eq(a3["valid"] & a3["last"]),
-            m1_pend.eq((a1["valid"] & a1["last"]) + (a2["valid"] & a2["last"]) + (a3["valid"] & a3["last"])),
+            m1_pend.eq(sum(st["valid"] & st["last"] for st in (a1, a2, a2b, a2c, a3))),
         ]
         with m.If(a3["valid"]):
             m.d.sync += [x_wp.eq(x_wp + 1), a_max.eq(row_max), a_nan.eq(row_nan)]
@@ -505,7 +527,7 @@ class SoftmaxUnit(wiring.Component):
         c_last = Signal()
         m.d.comb += c_last.eq(c_bi == nb_m1(c_row.length))
         c_issue = Signal()
-        c_pend = Signal(2)  # beats in C1..C3
+        c_pend = Signal(3)  # beats in C1..C3
         m.d.comb += c_issue.eq(m2.r_rdy & (ofifo.level + c_pend < o_depth))
         m.d.comb += [e_rd.addr.eq(e_rp), m2.r_en.eq(c_issue & c_last)]
         with m.If(c_issue):
@@ -527,25 +549,36 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += k.eq(n + c1["z"] + (_RB - _SG))
             src.update({f"v{lane}": v, f"k{lane}": k, f"vis{lane}": c1["base"] + lane < c1["vis"]})
         c2 = stage("c2", src, c1["valid"])
-        # C2 → C3: int8 255·V + 2**(k-1); bf16 leading one and normalization
+        # C2 → C2b: int8 255·V and 2**(k-1); bf16 leading one
         src = {key: c2[key] for key in ("dtype", "nan", "last")}
         for lane in range(P):
             v, k = c2[f"v{lane}"], c2[f"k{lane}"]
             vw = len(v)
             kc = Signal(6, name=f"c2_kc{lane}")
             m.d.comb += kc.eq(Mux(k > 63, 63, k))
-            pre = Signal(vw + 9, name=f"c2_pre{lane}")
-            m.d.comb += pre.eq((v << 8) - v + ((Const(1, 65) << kc) >> 1))
+            v255 = Signal(vw + 8, name=f"c2_v255{lane}")
+            m.d.comb += v255.eq((v << 8) - v)
+            halfq = Signal(63, name=f"c2_halfq{lane}")
+            m.d.comb += halfq.eq((Const(1, 64) << kc) >> 1)
             b = _msb(m, v, f"c2_b{lane}")
             lz = Signal(range(vw), name=f"c2_lz{lane}")
             m.d.comb += lz.eq(vw - 1 - b)
-            vn = Signal(vw, name=f"c2_vn{lane}")
-            m.d.comb += vn.eq(v << lz)
             ev0 = Signal(signed(12), name=f"c2_ev{lane}")
             m.d.comb += ev0.eq(b - k)
-            src.update({f"kc{lane}": kc, f"pre{lane}": pre, f"vn{lane}": vn, f"ev{lane}": ev0,
-                        f"zero{lane}": v == 0, f"vis{lane}": c2[f"vis{lane}"]})
-        c3 = stage("c3", src, c2["valid"])
+            src.update({f"kc{lane}": kc, f"v255{lane}": v255, f"halfq{lane}": halfq, f"v{lane}": v,
+                        f"lz{lane}": lz, f"ev{lane}": ev0, f"zero{lane}": v == 0, f"vis{lane}": c2[f"vis{lane}"]})
+        c2b = stage("c2b", src, c2["valid"])
+        # C2b → C3: int8 255·V + 2**(k-1); bf16 normalization
+        src = {key: c2b[key] for key in ("dtype", "nan", "last")}
+        for lane in range(P):
+            v = c2b[f"v{lane}"]
+            pre = Signal(64, name=f"c2b_pre{lane}")
+            m.d.comb += pre.eq(c2b[f"v255{lane}"] + c2b[f"halfq{lane}"])
+            vn = Signal(len(v), name=f"c2b_vn{lane}")
+            m.d.comb += vn.eq(v << c2b[f"lz{lane}"])
+            src.update({f"pre{lane}": pre, f"vn{lane}": vn,
+                        **{f"{key}{lane}": c2b[f"{key}{lane}"] for key in ("kc", "ev", "zero", "vis")}})
+        c3 = stage("c3", src, c2b["valid"])
         # C3: int8 shift and saturation; bf16 rounding and exponent; lane select
         outs = []
         for lane in range(P):
@@ -579,7 +612,7 @@ class SoftmaxUnit(wiring.Component):
                 m.d.comb += out.eq(q8)
             outs.append(out)
         m.d.comb += [ofifo.w_data.eq(Cat(*outs, c3["last"])), ofifo.w_en.eq(c3["valid"]),
-                     c_pend.eq(c1["valid"] + c2["valid"] + c3["valid"])]
+                     c_pend.eq(c1["valid"] + c2["valid"] + c2b["valid"] + c3["valid"])]
         m.d.comb += [
             self.o.valid.eq(ofifo.r_rdy),
             self.o.payload.eq(ofifo.r_data),

@@ -318,11 +318,22 @@ class KVCacheController(KVCacheParams, wiring.Component):
         # the slot lookup compares the incoming command's id (registered as it is accepted)
         in_seq = self.cmd.payload.seq
         m.d.comb += hits.eq(Cat(slot_valid[i] & (slot_id[i] == in_seq) for i in range(S)))
+        # ids are unique among valid slots (ALLOC refuses a duplicate), so at most one hit:
+        # the slot number, length and tail page are AND-OR selected, no priority encoder or mux
+        def select(values):
+            out = 0
+            for i, v in enumerate(values):
+                out = out | Mux(hits[i], v, 0)
+            return out
+
         hit_slot = Signal(range(S))
+        m.d.comb += hit_slot.eq(select(range(S)) if S > 1 else 0)
+        hit_len = Signal(range(max_len + 1))
+        m.d.comb += hit_len.eq(select(slot_len[i] for i in range(S)))
+        hit_tail = Signal(pidx)
+        m.d.comb += hit_tail.eq(select(slot_tail[i] for i in range(S)))
         free_slot = Signal(range(S))
         for i in reversed(range(S)):
-            with m.If(hits[i]):
-                m.d.comb += hit_slot.eq(i)
             with m.If(~slot_valid[i]):
                 m.d.comb += free_slot.eq(i)
         any_free = Signal()
@@ -331,8 +342,8 @@ class KVCacheController(KVCacheParams, wiring.Component):
         r_slot = Signal(range(S))
         r_free_slot = Signal(range(S))
         r_any_free = Signal()
-        cur_len = Signal(range(max_len + 1))
-        m.d.comb += cur_len.eq(slot_len[r_slot])
+        cur_len = Signal(range(max_len + 1))   # the addressed slot's length and tail page,
+        cur_tail = Signal(pidx)                # registered as the command is accepted
 
         resp = Signal(self.resp_layout)
         m.d.comb += resp_fifo.w_data.eq(resp)
@@ -394,7 +405,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
 
         # -- APPEND and FREE state --
         a_write = Signal()
-        a_base = Signal(range(kv_words))
+        a_row = Signal(range(N * ps))  # physical row (page · page_size + offset) of the token
         a_word = Signal(range(HB))
         a_kv = Signal()
         a_cnt = Signal(range(2 * HB))
@@ -406,7 +417,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
         boundary = Signal()
         m.d.comb += boundary.eq((cur_len & (ps - 1)) == 0)
         new_page = Signal(pidx)
-        m.d.comb += new_page.eq(Mux(boundary, st_r.data, slot_tail[r_slot]))
+        m.d.comb += new_page.eq(Mux(boundary, st_r.data, cur_tail))
 
         with m.FSM(init="INIT"):
             with m.State("INIT"):
@@ -421,6 +432,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
                 with m.If(self.cmd.valid):
                     m.d.sync += [c.eq(self.cmd.payload),
                                  r_hit.eq(hits.any()), r_slot.eq(hit_slot),
+                                 cur_len.eq(hit_len), cur_tail.eq(hit_tail),
                                  r_free_slot.eq(free_slot), r_any_free.eq(any_free)]
                     m.next = "EXEC"
 
@@ -463,8 +475,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
                         with m.Else():
                             m.d.sync += [
                                 a_write.eq(1),
-                                a_base.eq(_mul_const((new_page << lg_ps) | (cur_len & (ps - 1)),
-                                                     HB)),
+                                a_row.eq((new_page << lg_ps) | (cur_len & (ps - 1))),
                             ]
                             respond(_OK, cur_len + 1, pages_of(cur_len + 1), sp - boundary)
                             with m.If(boundary):
@@ -495,7 +506,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
                 m.d.comb += self.wdata.ready.eq(1)
                 with m.If(self.wdata.valid):
                     m.d.comb += [
-                        mem.waddr.eq(a_base + a_word + Mux(a_kv, kv_words, 0)),
+                        mem.waddr.eq(_mul_const(a_row, HB) + a_word + Mux(a_kv, kv_words, 0)),
                         mem.wdata.eq(self.wdata.payload),
                         mem.wen.eq(a_write),
                     ]

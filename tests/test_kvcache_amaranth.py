@@ -123,3 +123,80 @@ def test_amaranth_sim_alloc_append_read_free_matches_golden():
     assert got_resp == [r for r, _ in want]
     rows = np.concatenate([r for _, r in want if r is not None]).reshape(-1)
     assert np.array_equal(np.array(got_lanes, np.uint16).reshape(-1).view(np.int16), rows.astype(np.int16))
+
+
+def test_reset_mid_run_restores_the_free_list_and_forgets_every_sequence():
+    """After a reset in the middle of a run the controller re-initializes its free list (pages
+    are taken from 0 again, all free) and knows no sequence: exactly a fresh golden model."""
+    from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
+
+    dut = KVCacheController(**GOOD)
+    rst_in = Signal()
+
+    class WithReset(Elaboratable):  # a sync domain whose reset the testbench drives
+        def elaborate(self, platform):
+            m = Module()
+            m.domains.sync = cd = ClockDomain("sync")
+            m.d.comb += cd.rst.eq(rst_in)
+            m.submodules.dut = dut
+            return m
+    mem = {}
+    resps, waddrs = [], []
+    k = np.arange(8, dtype=np.int8).reshape(2, 4)
+
+    async def memory(ctx):
+        async for _clk, _rst, ren, raddr, wen, waddr, wdata in ctx.tick().sample(
+                dut.mem.ren, dut.mem.raddr, dut.mem.wen, dut.mem.waddr, dut.mem.wdata):
+            if ren:
+                ctx.set(dut.mem.rdata, mem.get(raddr, 0))
+            if wen:
+                mem[waddr] = wdata
+                waddrs.append(waddr)
+
+    async def command(ctx, op, seq, *, data=False):
+        ctx.set(dut.cmd.payload.as_value(), _pack(dut.cmd_layout, op=op, seq=seq))
+        ctx.set(dut.cmd.valid, 1)
+        await ctx.tick().until(dut.cmd.ready)
+        ctx.set(dut.cmd.valid, 0)
+        if data:
+            for beat in np.concatenate([k, k]).view(np.uint8).reshape(-1, 2):
+                ctx.set(dut.wdata.payload, int(beat[0]) | int(beat[1]) << 8)
+                ctx.set(dut.wdata.valid, 1)
+                await ctx.tick().until(dut.wdata.ready)
+            ctx.set(dut.wdata.valid, 0)
+        ctx.set(dut.resp.ready, 1)
+        (payload,) = await ctx.tick().sample(dut.resp.payload.as_value()).until(dut.resp.valid)
+        ctx.set(dut.resp.ready, 0)
+        resps.append(KVResponse(**_unpack(dut.resp_layout, payload, KVResponse._fields)))
+
+    async def driver(ctx):
+        await command(ctx, KVOp.ALLOC, 1)
+        for _ in range(5):  # pages 0, 1, 2
+            await command(ctx, KVOp.APPEND, 1, data=True)
+        # FREE pushes 0, 1, 2 back (stack memory now 3, 0, 1, 2): only the reset-time
+        # initialization walk makes page 0 the next page again
+        await command(ctx, KVOp.FREE, 1)
+        await command(ctx, KVOp.ALLOC, 3)
+        await command(ctx, KVOp.APPEND, 3, data=True)
+        ctx.set(rst_in, 1)
+        await ctx.tick()
+        ctx.set(rst_in, 0)
+        waddrs.clear()
+        await command(ctx, KVOp.STATUS, 1)
+        await command(ctx, KVOp.ALLOC, 2)
+        await command(ctx, KVOp.APPEND, 2, data=True)
+
+    sim = Simulator(WithReset())
+    sim.add_clock(1e-8, domain="sync")
+    sim.add_process(memory)
+    sim.add_testbench(driver)
+    sim.run()
+    golden = PagedKVCache(page_size=2, num_pages=4, kv_heads=2, head_dim=4, max_seqs=2, dtype="int8")
+    want = [golden.execute(KVOp.STATUS, 1)[0], golden.execute(KVOp.ALLOC, 2)[0],
+            golden.execute(KVOp.APPEND, 2, k=k, v=k)[0]]
+    assert resps[-3:] == want
+    assert resps[5] == KVResponse(0, KVOp.APPEND, 5, 3, 1)  # before the reset: 3 pages taken
+    p = KVCacheParams(**GOOD)
+    hb = p.kv_heads * p.beats_per_row
+    # the first append after the reset writes row 0 of physical page 0 (K, then V)
+    assert waddrs == list(range(hb)) + [p.mem_words // 2 + j for j in range(hb)]

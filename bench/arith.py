@@ -5,8 +5,8 @@ For each unit, ``--vectors`` biased random vectors go through the bulk harness
 (sim.tb.arith.bulk_verilog: the core as Amaranth generates it, fed from and written to memories
 inside the simulation, one vector per cycle) and are checked bit-exact against golden/. Two
 rates are reported: the simulation loop alone (``sim``), and end to end (``total``: simulator
-start, hex file transfer, checking). ``--stream-beats`` beats also go through each real stream
-unit driven beat by beat from cocotb, for comparison. Host wall-clock rates are noisy on a
+start, file transfer, checking). ``--stream-beats`` beats also go through each real stream
+unit driven beat by beat from cocotb (the transfer alone), for comparison. Host wall-clock rates are noisy on a
 shared machine; the cycle counts are exact.
 """
 
@@ -17,7 +17,6 @@ import time
 
 import numpy as np
 
-from hdl.tops import elaborate_top
 from sim.runner import BUILD, PCH_FIX_MAKE_VARS, build, run
 from sim.tb.arith import (
     UNITS,
@@ -27,6 +26,8 @@ from sim.tb.arith import (
     expected,
     pack_inputs,
     random_vectors,
+    streams_build_params,
+    streams_verilog,
 )
 
 
@@ -50,15 +51,16 @@ def measure(vectors, stream_beats, seed):
                "sim_vectors_per_second": round(vectors / sim_s) if sim_s else None,
                "total_vectors_per_second": round(vectors / total), "bit_exact": exact}
         if stream_beats:
-            sdesign = build(lambda top=unit: elaborate_top(top, "default"), unit, params={"config": "default"})
+            sdesign = build(streams_verilog, "arith_streams", params=streams_build_params())
             sv = random_vectors(unit, stream_beats, seed + 10 + k)
             t0 = time.monotonic()
             sout = run(sdesign, "sim.tb.arith", testcase="stream_vectors",
                        data={"inputs": pack_inputs(unit, sv), "stall": 0.0, "backpressure": 0.0,
-                             "seed": seed})
+                             "seed": seed, "prefix": f"{unit}__"})
             st = time.monotonic() - t0
             row["stream_beats"] = stream_beats
-            row["stream_beats_per_second"] = round(stream_beats / st)
+            row["stream_total_seconds"] = round(st, 3)
+            row["stream_beats_per_second"] = round(stream_beats / float(sout["sim_seconds"]))
             row["stream_bit_exact"] = bool(np.array_equal(sout["y"].astype(np.uint64),
                                                           expected(unit, sv).astype(np.uint64)))
         rows.append(row)

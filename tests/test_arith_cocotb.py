@@ -3,9 +3,9 @@
 * Bulk tests (one Verilator build of sim.tb.arith.bulk_verilog, the four cores as Amaranth
   generates them): per unit, 1,000,000 biased random vectors, and every special-value class
   (sim.tb.arith.special_vectors) with random ``en`` gaps.
-* Stream tests (one build per unit, the real top from hdl/tops.py): the same vectors through
-  the stream unit with and without random valid gaps and ready backpressure; both runs must
-  equal golden (and so each other).
+* Stream tests (one build holding the four real stream tops of hdl/tops.py, config default):
+  special and random vectors through each stream unit with and without random valid gaps and
+  ready backpressure; both runs must equal golden (and so each other).
 
 Seeds are fixed, printed, and can be changed with TFA_ARITH_SEED to explore more vectors.
 """
@@ -15,7 +15,6 @@ import os
 import numpy as np
 import pytest
 
-from hdl.tops import elaborate_top
 from sim.runner import PCH_FIX_MAKE_VARS, build, run
 from sim.tb.arith import (
     UNITS,
@@ -26,14 +25,12 @@ from sim.tb.arith import (
     pack_inputs,
     random_vectors,
     special_vectors,
+    streams_build_params,
+    streams_verilog,
 )
 
 SEED = int(os.environ.get("TFA_ARITH_SEED", "20260126"))
 RANDOM_VECTORS = 1_000_000
-
-TOPS = {"int8_mac": "int8_mac", "bf16_mul": "bf16_mul", "fp32_add": "fp32_add",
-        "fp32_to_bf16": "fp32_to_bf16"}
-
 
 def _bulk_design():
     return build(bulk_verilog, "arith_bulk", params=bulk_build_params(),
@@ -95,19 +92,20 @@ def _stream_vectors(unit, seed):
 
 
 @pytest.mark.cocotb
-@pytest.mark.parametrize("unit", [pytest.param(u, marks=pytest.mark.xdist_group(f"arith_stream_{u}"))
-                                  for u in UNITS])
+@pytest.mark.xdist_group("arith_streams")
+@pytest.mark.parametrize("unit", list(UNITS))
 def test_stream_unit_matches_golden_with_and_without_valid_gaps_and_backpressure(unit):
     seed = SEED + 200 + list(UNITS).index(unit)
     print(f"{unit}: stream seed {seed}")
-    top = TOPS[unit]
-    design = build(lambda: elaborate_top(top, "default"), top, params={"config": "default"})
+    # the four real stream tops (config default) side by side in one build
+    design = build(streams_verilog, "arith_streams", params=streams_build_params())
     v = _stream_vectors(unit, seed)
     words = pack_inputs(unit, v)
     results = []
     for stall, backpressure in ((0.0, 0.0), (0.4, 0.5)):
         out = run(design, "sim.tb.arith", testcase="stream_vectors",
-                  data={"inputs": words, "stall": stall, "backpressure": backpressure, "seed": seed})
+                  data={"inputs": words, "stall": stall, "backpressure": backpressure, "seed": seed,
+                        "prefix": f"{unit}__"})
         _check(unit, v, out["y"], seed)
         results.append(out["y"])
     np.testing.assert_array_equal(results[0], results[1])

@@ -20,7 +20,8 @@ import numpy as np
 import golden
 
 __all__ = ["UNITS", "pack_inputs", "expected", "random_vectors", "special_vectors", "bulk_verilog",
-           "bulk_build_params", "core_latency", "int8_mac_reference", "BULK_DEPTH", "BULK_UNITS"]
+           "bulk_build_params", "streams_verilog", "streams_build_params", "core_latency",
+           "int8_mac_reference", "BULK_DEPTH", "BULK_UNITS"]
 
 #: unit name → (core class name, stream class name, input fields with widths, output width,
 #: bits of the packed input word (numpy dtype of pack_inputs), bits of the output word)
@@ -379,6 +380,37 @@ endmodule
     return "".join(parts) + harness
 
 
+def streams_verilog(name="arith_streams", config="default"):
+    """Verilog of a test-only top ``name`` holding the four stream units exactly as
+    hdl/tops.py builds them for ``config`` (their own modules, unchanged), side by side in one
+    Verilator build. The wrapper only renames ports: unit ``u``'s ``i__valid`` is ``u__i__valid``
+    and so on; ``clk`` and ``rst`` are shared."""
+    from amaranth.back import verilog
+
+    from hdl.tops import elaborate_top
+
+    parts, ports, decls, insts = [], ["clk", "rst"], ["  input clk;", "  input rst;"], []
+    for unit, (_, _, fields, out_width, _, _) in UNITS.items():
+        text = verilog.convert(elaborate_top(unit, config), name=unit, emit_src=False)
+        parts.append(text.replace("(* top =  1  *)\n", ""))
+        in_width = sum(fields.values())
+        conns = []
+        for port, direction, width in (("i__valid", "input", 1), ("i__ready", "output", 1),
+                                       ("i__payload", "input", in_width), ("o__valid", "output", 1),
+                                       ("o__ready", "input", 1), ("o__payload", "output", out_width)):
+            ports.append(f"{unit}__{port}")
+            decls.append(f"  {direction} {'' if width == 1 else f'[{width - 1}:0] '}{unit}__{port};")
+            conns.append(f".{port}({unit}__{port})")
+        insts.append(f"  {unit} u_{unit}(.clk(clk), .rst(rst), {', '.join(conns)});")
+    wrapper = f"module {name}({', '.join(ports)});\n" + "\n".join(decls + insts) + "\nendmodule\n"
+    return "".join(parts) + wrapper
+
+
+def streams_build_params(config="default"):
+    """Cache-key parameters of :func:`streams_verilog` (see :func:`bulk_build_params`)."""
+    return {**bulk_build_params(), "harness": "streams", "config": config}
+
+
 # ------------------------------------------------------------------------------ cocotb tests
 
 try:
@@ -463,25 +495,30 @@ if cocotb is not None:
 
     @cocotb.test()
     async def stream_vectors(dut):
-        """Send ``inputs`` (packed payloads) through a stream unit with valid gaps ``stall`` and
-        ready backpressure ``backpressure`` (seeded by ``seed``); save the outputs as ``y``."""
+        """Send ``inputs`` (packed payloads) through a stream unit (ports ``<prefix>i__*`` and
+        ``<prefix>o__*``) with valid gaps ``stall`` and ready backpressure ``backpressure``
+        (seeded by ``seed``); save the outputs as ``y`` and the host time of the transfer as
+        ``sim_seconds``."""
         arrays, meta = load_inputs()
         words = arrays["inputs"]
         seed = int(meta.get("seed", 0))
         rand = random.Random(seed)
         cocotb.log.info("stream_vectors: %d beats, stall %.2f, backpressure %.2f, seed %d",
                         words.size, meta.get("stall", 0.0), meta.get("backpressure", 0.0), seed)
+        prefix = meta.get("prefix", "")
         await start_clock_and_reset(dut)
-        driver = StreamDriver(dut, "i", dut.clk, stall=float(meta.get("stall", 0.0)),
+        driver = StreamDriver(dut, f"{prefix}i", dut.clk, stall=float(meta.get("stall", 0.0)),
                               rand=random.Random(rand.random()))
-        monitor = StreamMonitor(dut, "o", dut.clk, backpressure=float(meta.get("backpressure", 0.0)),
+        monitor = StreamMonitor(dut, f"{prefix}o", dut.clk, backpressure=float(meta.get("backpressure", 0.0)),
                                 rand=random.Random(rand.random()))
+        t0 = time.perf_counter()
         cocotb.start_soon(driver.send(int(x) for x in words))
         out = await monitor.receive(words.size, timeout_cycles=1000)
+        seconds = time.perf_counter() - t0
         # nothing more may come out
         for _ in range(20):
-            dut.o__ready.value = 1
+            monitor.ready.value = 1
             await ReadOnly()
-            assert not dut.o__valid.value, "the unit produced a beat that was never sent"
+            assert not monitor.valid.value, "the unit produced a beat that was never sent"
             await RisingEdge(dut.clk)
-        save_outputs(y=np.array(out, dtype=np.uint64))
+        save_outputs(y=np.array(out, dtype=np.uint64), sim_seconds=np.array(seconds))

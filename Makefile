@@ -48,7 +48,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check hdl golden sim tests bench
 
 waves: $(STAMP)
-	@test -n "$(TEST)" || { echo "make waves: give TEST=<pytest node id>, e.g. TEST=tests/test_arith_cocotb.py::test_fp32_add_special_values" >&2; exit 2; }
+	@test -n "$(TEST)" || { echo "make waves: give TEST=<pytest node id>, e.g. 'TEST=tests/test_arith_cocotb.py::test_stream_unit_matches_golden_with_and_without_valid_gaps_and_backpressure[fp32_add]'" >&2; exit 2; }
 	WAVES=1 $(PY) -m pytest -p no:xdist -q -s "$(TEST)"
 
 bench: $(STAMP)

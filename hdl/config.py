@@ -111,7 +111,7 @@ PRESETS = {
     "default": AccelConfig(),
     "large": AccelConfig(
         name="large", array_rows=16, array_cols=16, softmax_lanes=16, softmax_max_len=8192,
-        kv_page_size=16, kv_pages=4096, kv_heads=8, kv_head_dim=128, kv_max_seqs=256,
+        kv_page_size=16, kv_pages=1024, kv_heads=8, kv_head_dim=128, kv_max_seqs=32,
         kv_beat_elems=16),
 }
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from amaranth.back import verilog
+from amaranth.hdl import Value
 
 from .config import PRESETS, get_config
 from .tops import TOPS, elaborate_top
@@ -27,7 +28,7 @@ def port_list(component, name):
     for path, member, value in component.signature.flatten(component):
         flat = "__".join(str(p) for p in path)
         ports.append({"name": flat, "dir": "in" if member.flow.value == "in" else "out",
-                      "width": len(value)})
+                      "width": len(Value.cast(value))})
     return ports
 
 

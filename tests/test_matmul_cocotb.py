@@ -285,3 +285,21 @@ def test_run_matmul_rejects_k_too_long_for_the_activation_buffer():
     K = TINY.array_rows * (a_depth + 1)
     with pytest.raises(ValueError, match="activation words per row"):
         run_matmul(np.zeros((1, K), np.int8), np.zeros((K, 1), np.int8), config="tiny")
+
+
+@pytest.mark.cocotb
+@pytest.mark.xdist_group("matmul_tiny")
+def test_run_matmul_splits_m_into_commands_that_fit_the_buffers():
+    from hdl.matmul import MatmulEngine
+    seed = 4107
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    acc_depth, a_depth = MatmulEngine.buffer_sizes(TINY)
+    M, K, N = acc_depth + 6, 70, 3           # M over acc_depth, and K limits the rows per command
+    rows_per_cmd = min(acc_depth, a_depth // -(-K // TINY.array_rows))
+    a = rng.integers(-128, 128, (M, K)).astype(np.int8)
+    w = rng.integers(-128, 128, (K, N)).astype(np.int8)
+    got, counters = run_matmul(a, w, config=TINY, seed=seed, stall=0.1, backpressure=0.1)
+    np.testing.assert_array_equal(got, golden.matmul_int8(a, w))
+    assert counters["commands"] == -(-M // rows_per_cmd) == 2
+    assert counters["macs"] == M * K * N

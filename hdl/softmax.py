@@ -65,13 +65,12 @@ def _msb(m, value, name):
 
 
 def _clamp_x(m, value, name):
+    """Saturate a signed value to X_BITS bits (it fits iff its bits from X_BITS-1 up are equal)."""
+    value = Value.cast(value)
+    top = value[_XW - 1:]
+    fits = (top == 0) | top.all()
     x = Signal(signed(_XW), name=name)
-    with m.If(value > _XMAX):
-        m.d.comb += x.eq(_XMAX)
-    with m.Elif(value < _XMIN):
-        m.d.comb += x.eq(_XMIN)
-    with m.Else():
-        m.d.comb += x.eq(value)
+    m.d.comb += x.eq(Mux(fits, value[:_XW], Mux(value[-1], _XMIN, _XMAX)))
     return x
 
 
@@ -180,9 +179,9 @@ class SoftmaxUnit(wiring.Component):
     @property
     def latency(self):
         """Fixed part of :meth:`row_latency`: cycles beyond one per beat in each pass (the
-        pipeline registers, ring and table reads and FIFO hand-overs, 13, and the reciprocal's
+        pipeline registers, ring and table reads and FIFO hand-overs, 14, and the reciprocal's
         :attr:`div_stages`)."""
-        return 13 + self.div_stages
+        return 14 + self.div_stages
 
     def row_latency(self, length):
         """Cycles from an isolated row's first accepted score beat to its last output beat."""
@@ -351,7 +350,7 @@ class SoftmaxUnit(wiring.Component):
                         for key, value in self._x_shifts(m, v, a2b["shift"], f"a2b_{lane}").items()})
             src.update({f"{key}{lane}": a2b[f"{key}{lane}"] for key in ("nan", "sat", "neg")})
         a2c = stage("a2c", src, a2b["valid"])
-        # A2c → A3: saturation, path select, the beat's max and NaN flag
+        # A2c → A2d: saturation, path select, masking
         lane_x, lane_m, lane_nan = [], [], []
         for lane in range(P):
             x8 = _clamp_x(m, a2c[f"r8{lane}"], f"a2c_x8{lane}")
@@ -370,6 +369,11 @@ class SoftmaxUnit(wiring.Component):
             lane_x.append(x)
             lane_m.append(xm)
             lane_nan.append(a2c[f"nan{lane}"] & a2c["dtype"] & a2c["lvis"][lane])
+        # A2d: the beat's max (a balanced tree) and NaN flag
+        a2d = stage("a2d", {"x": Cat(*lane_x), "xm": Cat(*lane_m), "nan": Cat(*lane_nan).any(),
+                            **{key: a2c[key] for key in ("first", "last", "length", "vis", "dtype")}},
+                    a2c["valid"])
+        lane_m = [a2d["xm"][lane * _XW:(lane + 1) * _XW].as_signed() for lane in range(P)]
         level = 0
         while len(lane_m) > 1:  # a balanced max tree
             nxt = []
@@ -380,9 +384,9 @@ class SoftmaxUnit(wiring.Component):
             if len(lane_m) % 2:
                 nxt.append(lane_m[-1])
             lane_m, level = nxt, level + 1
-        a3 = stage("a3", {"x": Cat(*lane_x), "bmax": lane_m[0], "nan": Cat(*lane_nan).any(),
-                          "first": a2c["first"], "last": a2c["last"], "length": a2c["length"],
-                          "vis": a2c["vis"], "dtype": a2c["dtype"]}, a2c["valid"])
+        a3 = stage("a3", {"x": a2d["x"], "bmax": lane_m[0], "nan": a2d["nan"],
+                          **{key: a2d[key] for key in ("first", "last", "length", "vis", "dtype")}},
+                   a2d["valid"])
         # A3: write the X ring, running max; at the row's last beat hand the row to pass B
         row_max = Signal(signed(_XW))
         m.d.comb += row_max.eq(Mux(a3["first"] | (a3["bmax"] > a_max), a3["bmax"], a_max))
@@ -400,7 +404,7 @@ class SoftmaxUnit(wiring.Component):
             m1_w.nan.eq(row_nan), m1_w.r.eq(((row_max + (one - 1)) >> _F) << _F),
             m1.w_data.eq(m1_w),
             m1.w_en.eq(a3["valid"] & a3["last"]),
-            m1_pend.eq(sum(st["valid"] & st["last"] for st in (a1, a2, a2b, a2c, a3))),
+            m1_pend.eq(sum(st["valid"] & st["last"] for st in (a1, a2, a2b, a2c, a2d, a3))),
         ]
         with m.If(a3["valid"]):
             m.d.sync += [x_wp.eq(x_wp + 1), a_max.eq(row_max), a_nan.eq(row_nan)]

@@ -35,9 +35,7 @@ def softmax_design(config="tiny"):
     from . import runner
     cfg = get_config(config)
     params = {"lanes": cfg.softmax_lanes, "max_len": cfg.softmax_max_len, "golden": _golden_digest()}
-    # the model is split into several C++ files: their precompiled-header build needs the fix
-    return runner.build(lambda: SoftmaxUnit.from_config(cfg), "softmax_unit", params,
-                        make_vars=runner.PCH_FIX_MAKE_VARS), cfg
+    return runner.build(lambda: SoftmaxUnit.from_config(cfg), "softmax_unit", params), cfg
 
 
 def _row_mask_len(row):

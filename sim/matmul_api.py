@@ -36,11 +36,8 @@ def design_for(config):
     cfg = get_config(config)
     key = tuple(sorted(cfg.to_dict().items()))
     if key not in _designs:
-        # models this big need the precompiled-header fix of the Verilator make flow
-        fix = getattr(runner, "PCH_FIX_MAKE_VARS", None)
-        extra = {"make_vars": fix} if fix else {}
         _designs[key] = runner.build(lambda: MatmulEngine.from_config(cfg), "matmul_engine",
-                                     params={"config": cfg.to_dict()}, **extra)
+                                     params={"config": cfg.to_dict()})
     return _designs[key]
 
 

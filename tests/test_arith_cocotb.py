@@ -15,7 +15,7 @@ import os
 import numpy as np
 import pytest
 
-from sim.runner import PCH_FIX_MAKE_VARS, build, run
+from sim.runner import build, run
 from sim.tb.arith import (
     UNITS,
     bulk_build_params,
@@ -33,8 +33,7 @@ SEED = int(os.environ.get("TFA_ARITH_SEED", "20260126"))
 RANDOM_VECTORS = 1_000_000
 
 def _bulk_design():
-    return build(bulk_verilog, "arith_bulk", params=bulk_build_params(),
-                 make_vars=PCH_FIX_MAKE_VARS)
+    return build(bulk_verilog, "arith_bulk", params=bulk_build_params())
 
 
 def _check(unit, v, got, seed):

@@ -19,6 +19,7 @@ import golden
 from hdl.config import PRESETS, get_config
 
 from .matmul_api import design_for, run_matmul
+from .toolchain import ToolchainError
 
 SMOLLM2_Q = (64, 576, 576)
 
@@ -52,7 +53,11 @@ def main(argv=None):
         parser.error(str(exc))
     rng = np.random.default_rng(args.seed)
     t0 = time.monotonic()
-    design_for(cfg)
+    try:
+        design_for(cfg)
+    except ToolchainError as exc:
+        print(f"make sim: {exc}", file=sys.stderr)
+        return 2
     print(f"engine {cfg.name} ({cfg.array_rows}×{cfg.array_cols}) ready in {time.monotonic() - t0:.1f} s")
     failures = 0
 

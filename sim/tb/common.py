@@ -63,20 +63,32 @@ class StreamDriver:
         self.rand = rand or random.Random(0)
         self.valid.value = 0
 
-    async def send(self, beats):
-        """Send each integer of ``beats`` as one payload."""
+    async def send(self, beats, *, timeout_cycles=100_000, now=None, accepted_at=None):
+        """Send each integer of ``beats`` as one payload.
+
+        Raises ``TimeoutError`` when a beat waits more than ``timeout_cycles`` for ready, so a hung
+        design fails instead of hanging the regression. With ``now`` (a callable giving the current
+        cycle) and a list ``accepted_at``, the cycle each beat is accepted in is appended to it.
+        """
         for beat in beats:
             while self.stall and self.rand.random() < self.stall:
                 self.valid.value = 0
                 await RisingEdge(self.clk)
             self.valid.value = 1
             self.payload.value = int(beat)
+            waited = 0
             while True:
                 await ReadOnly()
                 accepted = bool(self.ready.value)
+                cycle = now() if now is not None else None
                 await RisingEdge(self.clk)
                 if accepted:
+                    if accepted_at is not None:
+                        accepted_at.append(cycle)
                     break
+                waited += 1
+                if waited > timeout_cycles:
+                    raise TimeoutError(f"{self.valid._name}: beat not accepted for {timeout_cycles} cycles")
         self.valid.value = 0
 
 

@@ -11,7 +11,7 @@ performance counters. Every wait has a cycle timeout, so a hang fails the test.
 import cocotb
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from sim.tb.common import load_inputs, rng, save_outputs, start_clock_and_reset
+from sim.tb.common import StreamDriver, load_inputs, rng, save_outputs, start_clock_and_reset
 
 CMD_FIELDS = ("length", "valid_len", "causal_pos", "dtype", "scale", "shift")
 COUNTERS = ("cycles", "busy_cycles", "rows_accepted", "rows_rejected", "rows_done",
@@ -42,30 +42,10 @@ async def _count(dut, clk):
         clk.cycle += 1
 
 
-async def _drive(dut, prefix, payloads, stall, rand, clk, stamps, timeout):
-    valid = getattr(dut, f"{prefix}__valid")
-    ready = getattr(dut, f"{prefix}__ready")
-    payload = getattr(dut, f"{prefix}__payload")
-    valid.value = 0
-    for value in payloads:
-        while stall and rand.random() < stall:
-            valid.value = 0
-            await RisingEdge(dut.clk)
-        valid.value = 1
-        payload.value = value
-        waited = 0
-        while True:
-            await ReadOnly()
-            taken = bool(ready.value)
-            cycle = clk.cycle
-            await RisingEdge(dut.clk)
-            if taken:
-                stamps.append(cycle)
-                break
-            waited += 1
-            if waited > timeout:
-                raise TimeoutError(f"{prefix}: beat not taken for {timeout} cycles")
-    valid.value = 0
+def _drive(dut, prefix, payloads, stall, rand, clk, stamps, timeout):
+    """Send ``payloads`` on stream ``prefix``, recording each beat's acceptance cycle in ``stamps``."""
+    driver = StreamDriver(dut, prefix, dut.clk, stall=stall, rand=rand)
+    return driver.send(payloads, timeout_cycles=timeout, now=lambda: clk.cycle, accepted_at=stamps)
 
 
 async def _watch_errors(dut, clk, pulses):

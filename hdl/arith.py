@@ -229,38 +229,53 @@ class Bf16MulCore(_Core):
     def elaborate(self, platform):
         m = Module()
         p = self._pipeline(m)
-        a, b = self.a, self.b
-        ea, eb = a[7:15], b[7:15]
-        ma, mb = a[:7], b[:7]
-        a_zero, b_zero = ea == 0, eb == 0
-        a_inf = (ea == 0xFF) & (ma == 0)
-        b_inf = (eb == 0xFF) & (mb == 0)
-        a_nan = (ea == 0xFF) & (ma != 0)
-        b_nan = (eb == 0xFF) & (mb != 0)
-        sign = a[15] ^ b[15]
-        s1 = p.step(
-            "mul",
-            prod=Cat(ma, 1) * Cat(mb, 1),           # 16 bits, in [2**14, 2**16)
-            exp=ea + eb - 127,                        # biased exponent if prod < 2**15 (signed)
-            sign=sign,
-            nan=a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero),
-            inf=a_inf | b_inf,
-            zero=a_zero | b_zero)
-        top = s1.prod[15]
-        frac = Mux(top, Cat(Const(0, 8), s1.prod[:15]), Cat(Const(0, 9), s1.prod[:14]))
-        exp = s1.exp + top
-        y = Signal(32)
-        with m.If(s1.nan):
-            m.d.comb += y.eq(_FP32_QNAN)
-        with m.Elif(s1.inf | (exp >= 255)):
-            m.d.comb += y.eq(Cat(Const(0x7F800000, 31), s1.sign))
-        with m.Elif(s1.zero | (exp <= 0)):
-            m.d.comb += y.eq(Cat(Const(0, 31), s1.sign))
-        with m.Else():
-            m.d.comb += y.eq(Cat(frac, exp[:8], s1.sign))
-        s2 = p.step("pack", y=y)
+        values, sig_a, sig_b = bf16_mul_unpack(self.a, self.b)
+        s1 = p.step("mul", prod=sig_a * sig_b, **values)
+        s2 = p.step("pack", y=bf16_mul_pack(m, s1))
         m.d.comb += self.y.eq(s2.y)
         return m
+
+
+def bf16_mul_unpack(a, b):
+    """The ``mul`` step of a bf16 × bf16 product, without the multiplier.
+
+    Returns ``(values, sig_a, sig_b)``: the step's values other than ``prod`` (biased exponent
+    sum, sign, NaN/Inf/zero classes) and the two 8-bit significands (hidden one included), whose
+    product, in [2**14, 2**16), the caller supplies as ``prod``, from a multiplier of its own or
+    one shared with other work (the systolic PE's int8 products).
+    """
+    ea, eb = a[7:15], b[7:15]
+    ma, mb = a[:7], b[:7]
+    a_zero, b_zero = ea == 0, eb == 0
+    a_inf = (ea == 0xFF) & (ma == 0)
+    b_inf = (eb == 0xFF) & (mb == 0)
+    a_nan = (ea == 0xFF) & (ma != 0)
+    b_nan = (eb == 0xFF) & (mb != 0)
+    values = dict(
+        exp=ea + eb - 127,                            # biased exponent if prod < 2**15 (signed)
+        sign=a[15] ^ b[15],
+        nan=a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero),
+        inf=a_inf | b_inf,
+        zero=a_zero | b_zero)
+    return values, Cat(ma, 1), Cat(mb, 1)
+
+
+def bf16_mul_pack(m, s1):
+    """The ``pack`` step of a bf16 × bf16 product: fp32 bits from the ``mul`` step's values
+    (:func:`bf16_mul_unpack`'s, plus ``prod``, of which bits 0..15 are read)."""
+    top = s1.prod[15]
+    frac = Mux(top, Cat(Const(0, 8), s1.prod[:15]), Cat(Const(0, 9), s1.prod[:14]))
+    exp = s1.exp + top
+    y = Signal(32)
+    with m.If(s1.nan):
+        m.d.comb += y.eq(_FP32_QNAN)
+    with m.Elif(s1.inf | (exp >= 255)):
+        m.d.comb += y.eq(Cat(Const(0x7F800000, 31), s1.sign))
+    with m.Elif(s1.zero | (exp <= 0)):
+        m.d.comb += y.eq(Cat(Const(0, 31), s1.sign))
+    with m.Else():
+        m.d.comb += y.eq(Cat(frac, exp[:8], s1.sign))
+    return y
 
 
 class Fp32AddCore(_Core):

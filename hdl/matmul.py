@@ -15,7 +15,7 @@ is docs/matmul.md. In short:
 """
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -51,6 +51,8 @@ class Status:
 #: Performance counters in every response, in this order.
 COUNTERS = ("cycles", "busy", "macs", "stall_input", "stall_output", "stall_weight", "stall_dependency")
 _COUNTER_WIDTH = 48
+#: Pipeline registers of the requantization (output stage, ``out_fmt = INT8``).
+_REQUANT_STAGES = 7
 
 
 def command_layout():
@@ -111,7 +113,7 @@ class MatmulEngine(wiring.Component):
         Largest M of one command (accumulator rows per bank). Power of two, 2..65536.
     a_depth : int
         Activation buffer words (R lanes each); a command needs M·ceil(K/R) ≤ a_depth. 2..2**20.
-    mul_stages, add_stages, mac_stages : int or None
+    mul_stages, add_stages : int or None
         Pipeline depths of the PE cores (``None``: their defaults).
 
     Members
@@ -146,8 +148,7 @@ class MatmulEngine(wiring.Component):
     cycles of the tile before).
     """
 
-    def __init__(self, *, rows, cols, acc_depth, a_depth, mul_stages=None, add_stages=None,
-                 mac_stages=None):
+    def __init__(self, *, rows, cols, acc_depth, a_depth, mul_stages=None, add_stages=None):
         for name, value, lo, hi in (("rows", rows, 2, 64), ("cols", cols, 2, 64),
                                     ("acc_depth", acc_depth, 2, 65536), ("a_depth", a_depth, 2, 1 << 20)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -160,9 +161,9 @@ class MatmulEngine(wiring.Component):
         self._acc_depth, self._a_depth = acc_depth, a_depth
         self._acc_bits = ceil_log2(acc_depth)
         self._array = SystolicArray(rows=rows, cols=cols, tag_width=1 + self._acc_bits,
-                                    mul_stages=mul_stages, add_stages=add_stages, mac_stages=mac_stages)
+                                    mul_stages=mul_stages, add_stages=add_stages)
         self._cvt_latency = _core_latency(Fp32ToBf16Core, None)
-        self._out_stages = max(2, self._cvt_latency)
+        self._out_stages = max(_REQUANT_STAGES, self._cvt_latency)
         self._fifo_depth = self._out_stages + 4
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
@@ -542,28 +543,46 @@ class MatmulEngine(wiring.Component):
         mult = Signal(data.ArrayLayout(32, C))
         shift = Signal(data.ArrayLayout(8, C))
         m.d.comb += [mult.eq(Mux(d1_slot, p_mult[1], p_mult[0])), shift.eq(Mux(d1_slot, p_shift[1], p_shift[0]))]
-        sA_prod = [Signal(signed(64), name=f"rq_prod{c}") for c in range(C)]
-        sA_sh = [Signal(range(63), name=f"rq_sh{c}") for c in range(C)]
-        sA_half = [Signal(signed(64), name=f"rq_half{c}") for c in range(C)]
-        sA_raw = Signal(data.ArrayLayout(32, C))
-        sA_valid, sA_last = Signal(), Signal()
-        m.d.sync += [sA_raw.eq(raw), sA_valid.eq(d1_valid), sA_last.eq(d1_last)]
+        # requantization, _REQUANT_STAGES registers (timing: no stage holds more than one
+        # 64-bit carry chain or three shifter levels; each partial product fits one DSP):
+        #   1: four partial products of raw (32-bit signed) × multiplier (31-bit unsigned)
+        #   2: mid = lo·hi + hi·lo, low = lo·lo + 2^(s-1)     3: high = hi·hi·2^32 + mid·2^16
+        #   4: rounded = high + low    5: >> 8·(s // 8)    6: >> s % 8    7: clamp to int8
+        q_valid, q_last, q_raw = d1_valid, d1_last, raw
+        q = []
         for c in range(C):
             sh = shift[c]
             sh_c = Signal(range(63), name=f"rq_shc{c}")
             m.d.comb += sh_c.eq(Mux(sh == 0, 1, Mux(sh > 62, 62, sh[:6])))
-            m.d.sync += [sA_prod[c].eq(raw[c].as_signed() * mult[c][:31]), sA_sh[c].eq(sh_c),
-                         sA_half[c].eq((Const(1, 64) << (sh_c - 1)[:6])[:64])]
-        sB_q = Signal(data.ArrayLayout(8, C))
-        sB_raw = Signal(data.ArrayLayout(32, C))
-        sB_valid, sB_last = Signal(), Signal()
-        m.d.sync += [sB_raw.eq(sA_raw), sB_valid.eq(sA_valid), sB_last.eq(sA_last)]
-        for c in range(C):
-            rounded = Signal(signed(64), name=f"rq_sum{c}")
-            shifted = Signal(signed(64), name=f"rq_shifted{c}")
-            m.d.comb += [rounded.eq(sA_prod[c] + sA_half[c]),
-                         shifted.eq(rounded >> sA_sh[c])]
-            m.d.sync += sB_q[c].eq(Mux(shifted > 127, 127, Mux(shifted < -128, -128, shifted)))
+            r_lo, r_hi = raw[c][:16], raw[c][16:].as_signed()
+            m_lo, m_hi = mult[c][:16], mult[c][16:31]
+            pp = [Signal(signed(34), name=f"rq_pp{i}_{c}") for i in range(4)]
+            half = Signal(unsigned(62), name=f"rq_half{c}")
+            sh1 = Signal(range(63), name=f"rq_sh1_{c}")
+            m.d.sync += [pp[0].eq(r_lo * m_lo), pp[1].eq(r_lo * m_hi), pp[2].eq(r_hi * m_lo),
+                         pp[3].eq(r_hi * m_hi), half.eq((Const(1, 62) << (sh_c - 1)[:6])[:62]),
+                         sh1.eq(sh_c)]
+            mid, low = Signal(signed(35), name=f"rq_mid{c}"), Signal(signed(64), name=f"rq_low{c}")
+            hh2, sh2 = Signal.like(pp[3], name=f"rq_hh2_{c}"), Signal.like(sh1, name=f"rq_sh2_{c}")
+            m.d.sync += [mid.eq(pp[1] + pp[2]), low.eq(pp[0] + half), hh2.eq(pp[3]), sh2.eq(sh1)]
+            high, low3 = Signal(signed(64), name=f"rq_high{c}"), Signal.like(low, name=f"rq_low3_{c}")
+            sh3 = Signal.like(sh1, name=f"rq_sh3_{c}")
+            m.d.sync += [high.eq((hh2 << 32) + (mid << 16)), low3.eq(low), sh3.eq(sh2)]
+            rounded, sh4 = Signal(signed(64), name=f"rq_rounded{c}"), Signal.like(sh1, name=f"rq_sh4_{c}")
+            m.d.sync += [rounded.eq(high + low3), sh4.eq(sh3)]
+            coarse, sh5 = Signal(signed(64), name=f"rq_coarse{c}"), Signal(3, name=f"rq_sh5_{c}")
+            m.d.sync += [coarse.eq(rounded >> Cat(Const(0, 3), sh4[3:6])), sh5.eq(sh4[:3])]
+            fine = Signal(signed(64), name=f"rq_fine{c}")
+            m.d.sync += fine.eq(coarse >> sh5)
+            clamped = Signal(signed(8), name=f"rq_q{c}")
+            over = ~fine[63] & fine[7:].any()       # > 127
+            under = fine[63] & ~fine[7:].all()      # < -128
+            m.d.sync += clamped.eq(Mux(over, 127, Mux(under, -128, fine[:8])))
+            q.append(clamped)
+        for i in range(_REQUANT_STAGES):
+            nv, nl, nr = Signal(name=f"rq_valid{i}"), Signal(name=f"rq_last{i}"), Signal.like(raw, name=f"rq_raw{i}")
+            m.d.sync += [nv.eq(q_valid), nl.eq(q_last), nr.eq(q_raw)]
+            q_valid, q_last, q_raw = nv, nl, nr
         bf = Signal(data.ArrayLayout(16, C))
         for c in range(C):
             core = Fp32ToBf16Core()
@@ -576,10 +595,10 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += nxt.eq(sig)
                 sig = nxt
             return sig
-        q_o = pad(sB_q, 2, "q")
-        raw_o = pad(sB_raw, 2, "raw")
-        valid_o = pad(sB_valid, 2, "valid")
-        last_o = pad(sB_last, 2, "last")
+        q_o = [pad(q[c], _REQUANT_STAGES, f"q{c}") for c in range(C)]
+        raw_o = pad(q_raw, _REQUANT_STAGES, "raw")
+        valid_o = pad(q_valid, _REQUANT_STAGES, "valid")
+        last_o = pad(q_last, _REQUANT_STAGES, "last")
         bf_o = pad(bf, self._cvt_latency, "bf")
         out = Signal(result_layout(C))
         with m.Switch(cmd.out_fmt):

@@ -18,11 +18,11 @@ of the products above it, so in bf16 mode every output is the strictly sequentia
 ``(((psum + a0·w0) + a1·w1) + ...)`` that docs/numerics.md requires, independent of R and C.
 """
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import Bf16MulCore, Fp32AddCore, Int8MacCore
+from .arith import Bf16MulCore, Fp32AddCore, _Pipeline, bf16_mul_pack, bf16_mul_unpack
 
 __all__ = ["ProcessingElement", "SystolicArray"]
 
@@ -53,11 +53,17 @@ def _check_stages(name, value):
 class ProcessingElement(wiring.Component):
     """One int8/bf16 multiply-accumulate cell with two stationary weights.
 
+    One 9×9 signed multiplier serves both data types (one DSP block): the int8 product (the
+    activation read as signed or unsigned 8-bit, the weight as signed 8-bit) or the product of
+    the two 8-bit bf16 significands. Around it, the bf16 exponent and special-value logic of
+    :class:`hdl.arith.Bf16MulCore` (the same functions), an :class:`hdl.arith.Fp32AddCore`, and a
+    32-bit integer adder for the int8 partial sums.
+
     Parameters
     ----------
-    mul_stages, add_stages, mac_stages : int or None
-        Pipeline depth of the :class:`hdl.arith.Bf16MulCore`, :class:`hdl.arith.Fp32AddCore` and
-        :class:`hdl.arith.Int8MacCore` inside (``None``: the core's default).
+    mul_stages, add_stages : int or None
+        Pipeline depth of the bf16 multiply (as :class:`hdl.arith.Bf16MulCore`'s ``stages``) and
+        of the :class:`hdl.arith.Fp32AddCore` (``None``: the core's default).
 
     Members
     -------
@@ -83,14 +89,12 @@ class ProcessingElement(wiring.Component):
     ``mul_latency`` cycles before its partial sum. Throughput: one MAC per cycle.
     """
 
-    def __init__(self, *, mul_stages=None, add_stages=None, mac_stages=None):
-        for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages),
-                            ("mac_stages", mac_stages)):
+    def __init__(self, *, mul_stages=None, add_stages=None):
+        for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages)):
             _check_stages(name, value)
-        self._stages = {Bf16MulCore: mul_stages, Fp32AddCore: add_stages, Int8MacCore: mac_stages}
         self._mul_lat = _core_latency(Bf16MulCore, mul_stages)
+        self._add_stages = add_stages
         self._add_lat = _core_latency(Fp32AddCore, add_stages)
-        self._mac_lat = _core_latency(Int8MacCore, mac_stages)
         super().__init__({
             "a_in": In(16), "bank_in": In(1), "psum_in": In(32),
             "a_out": Out(16), "bank_out": Out(1), "psum_out": Out(32),
@@ -106,17 +110,12 @@ class ProcessingElement(wiring.Component):
     @property
     def latency(self):
         """Cycles from ``psum_in`` to ``psum_out`` (both data types)."""
-        return max(self._add_lat, self._mac_lat) + 1
-
-    def _core(self, cls):
-        stages = self._stages[cls]
-        return cls() if stages is None else cls(stages=stages)
+        return self._add_lat + 1
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.mul = mul = self._core(Bf16MulCore)
-        m.submodules.add = add = self._core(Fp32AddCore)
-        m.submodules.mac = mac = self._core(Int8MacCore)
+        add = Fp32AddCore() if self._add_stages is None else Fp32AddCore(stages=self._add_stages)
+        m.submodules.add = add
 
         w = [Signal(16, name=f"w{i}", init=0x8000) for i in range(2)]
         with m.If(self.w_load):
@@ -129,18 +128,28 @@ class ProcessingElement(wiring.Component):
 
         m.d.sync += [self.a_out.eq(self.a_in), self.bank_out.eq(self.bank_in)]
 
+        # The shared multiplier: 9-bit signed operands, 18-bit signed product. bf16: the
+        # significands (< 2**8, so the sign bit is 0); int8: a sign- or zero-extended, w signed.
+        values, sig_a, sig_w = bf16_mul_unpack(self.a_in, w_sel)
+        a8, w8 = self.a_in[:8], w_sel[:8]
+        x = Mux(self.bf16, Cat(sig_a, 0), Cat(a8, a8[7] & ~self.a_unsigned)).as_signed()
+        y = Mux(self.bf16, Cat(sig_w, 0), Cat(w8, w8[7])).as_signed()
+        registered = {Bf16MulCore._STEPS.index(name) for name in Bf16MulCore._PRIORITY[:self._mul_lat]}
+        p = _Pipeline(m, Const(1), registered)
+        s1 = p.step("mul", prod=x * y, **values)
+        s2 = p.step("pack", y=bf16_mul_pack(m, s1))
+        mul_regs = int(Bf16MulCore._STEPS.index("mul") in registered)
+
         # bf16: the product is ready when the partial sum arrives.
-        m.d.comb += [mul.en.eq(1), mul.a.eq(self.a_in), mul.b.eq(w_sel)]
-        m.d.comb += [add.en.eq(1), add.a.eq(self.psum_in), add.b.eq(mul.y)]
-        # int8: operands wait mul_latency cycles to meet their partial sum.
-        a_d = _delay(m, self.a_in[:8], self.mul_latency, "a8")
-        w_d = _delay(m, w_sel[:8], self.mul_latency, "w8")
-        m.d.comb += [mac.en.eq(1), mac.a.eq(a_d), mac.w.eq(w_d), mac.acc.eq(self.psum_in),
-                     mac.a_unsigned.eq(self.a_unsigned)]
+        m.d.comb += [add.en.eq(1), add.a.eq(self.psum_in), add.b.eq(s2.y)]
+        # int8: the product waits to meet its partial sum, then one registered 32-bit add.
+        prod = _delay(m, s1.prod, self.mul_latency - mul_regs, "iprod")
+        isum = Signal(32)
+        m.d.sync += isum.eq((self.psum_in + prod)[:32])
 
         lat = self.latency - 1
         fp = _delay(m, add.y, lat - add.latency, "fp")
-        it = _delay(m, mac.y, lat - mac.latency, "int")
+        it = _delay(m, isum, lat - 1, "int")
         m.d.sync += self.psum_out.eq(Mux(self.bf16, fp, it))
         return m
 
@@ -154,7 +163,7 @@ class SystolicArray(wiring.Component):
         R (2..64, along K) and C (2..64, along N).
     tag_width : int
         Width of ``tag``, an opaque value delayed alongside each row (0..64).
-    mul_stages, add_stages, mac_stages : int or None
+    mul_stages, add_stages : int or None
         Core pipeline depths (see :class:`ProcessingElement`).
 
     Members
@@ -184,7 +193,7 @@ class SystolicArray(wiring.Component):
     cycle (R·C MACs per cycle), no stalls: empty cycles travel as bubbles.
     """
 
-    def __init__(self, *, rows, cols, tag_width=0, mul_stages=None, add_stages=None, mac_stages=None):
+    def __init__(self, *, rows, cols, tag_width=0, mul_stages=None, add_stages=None):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, not {value!r}")
@@ -192,14 +201,12 @@ class SystolicArray(wiring.Component):
                 raise ValueError(f"{name} must be in 2..64, not {value}")
         if not isinstance(tag_width, int) or isinstance(tag_width, bool) or not 0 <= tag_width <= 64:
             raise ValueError(f"tag_width must be an int in 0..64, not {tag_width!r}")
-        for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages),
-                            ("mac_stages", mac_stages)):
+        for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages)):
             _check_stages(name, value)
         self._rows, self._cols, self._tag_width = rows, cols, tag_width
-        self._stages = dict(mul_stages=mul_stages, add_stages=add_stages, mac_stages=mac_stages)
+        self._stages = dict(mul_stages=mul_stages, add_stages=add_stages)
         self._mul_latency = _core_latency(Bf16MulCore, mul_stages)
-        self._pe_latency = max(_core_latency(Fp32AddCore, add_stages),
-                               _core_latency(Int8MacCore, mac_stages)) + 1
+        self._pe_latency = _core_latency(Fp32AddCore, add_stages) + 1
         super().__init__({
             "valid": In(1), "a": In(data.ArrayLayout(16, rows)), "psum": In(data.ArrayLayout(32, cols)),
             "bank": In(1), "tag": In(max(tag_width, 1)),

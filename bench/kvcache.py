@@ -6,6 +6,11 @@ Every figure is counted in simulated cycles (deterministic), no stalls on any st
 * **read**: READ_K/READ_V of whole sequences, all heads back to back (rows cross page
   boundaries, one READ follows another): beats per cycle from the first beat to the last.
   Also short READs, which are bounded by the command decoder (``command_cycles``).
+* **tiled read**: READs in the matmul weight loader's order (golden.kvcache.read_order) for
+  the configuration's array (``kv_beat_elems = array_cols`` = C, R×C): Q·Kᵀ (READ_K, ``block =
+  C``, ``group = R / C``) and P·V (READ_V, ``block = 0``, ``group = 1``), over positions that
+  cross pages of a sequence with non-contiguous pages and end in a partial block: beats per
+  cycle within each READ and over all of them back to back.
 * **append**: APPEND beats per cycle inside a command and over a run of APPENDs (the
   decoder's ``command_cycles`` per token on top of ``append_beats`` data beats).
 * **latency**: READ accepted → first data beat, and command accepted → response for ALLOC /
@@ -84,6 +89,37 @@ def streaming(cfg, rng):
     }
 
 
+def tiled_reads(cfg, rng):
+    cache = PagedKVCache.from_config(cfg)
+    p = KVCacheParams.from_config(cfg)
+    R, C = cfg.array_rows, cfg.array_cols
+    if p.beat_elems != C or R % C:
+        return {"skipped": f"kv_beat_elems {p.beat_elems} is not array_cols {C} or C does not divide R"}
+    n = 4 * p.page_size + C + 3
+    cmds = [KVCommand(KVOp.ALLOC, 1), KVCommand(KVOp.ALLOC, 2)]
+    for _ in range(n + 2):
+        cmds += [_append(cache, rng, 1), _append(cache, rng, 2)]
+    n_setup = len(cmds)
+    start = 2   # blocks straddle page boundaries
+    shapes = {"qk": (KVOp.READ_K, C, R // C), "pv": (KVOp.READ_V, 0, 1)}
+    reads = [KVCommand(op, 1, h, start, n, block=block, group=group)
+             for op, block, group in shapes.values() for h in range(p.kv_heads)]
+    res = run_kvcache(cmds + reads, config=cfg, seed=3)
+    assert all(r.status == KVStatus.OK for r in res.responses), "benchmark commands must succeed"
+    rc = res.counters["read_cycles"]
+    per = n * p.beats_per_row
+    out = {"positions_per_read": n, "start": start, "beats_per_read": per,
+           "reads_back_to_back": len(reads), "beats_per_cycle_all": _rate(rc)}
+    for i, name in enumerate(shapes):
+        chunks = [rc[(i * p.kv_heads + h) * per:(i * p.kv_heads + h + 1) * per]
+                  for h in range(p.kv_heads)]
+        op, block, group = shapes[name]
+        out[name] = {"block": block, "group": group,
+                     "beats_per_cycle_within_read": min(_rate(c) for c in chunks)}
+    out["latency_cycles"] = int(rc[0] - res.counters["cmd_cycles"][n_setup])
+    return out
+
+
 def packing(cfg, rng, fill=0.9):
     cache = PagedKVCache.from_config(cfg)
     p = KVCacheParams.from_config(cfg)
@@ -123,13 +159,27 @@ def main(argv=None):
     cfg = get_config(args.config)
     rng = np.random.default_rng(2026)
     out = {"config": cfg.name, "kv": {k: v for k, v in cfg.to_dict().items() if k.startswith("kv_")},
-           "streaming": streaming(cfg, rng), "packing": packing(cfg, rng)}
-    s, pk = out["streaming"], out["packing"]
+           "streaming": streaming(cfg, rng), "packing": packing(cfg, rng),
+           "tiled_read": tiled_reads(cfg, rng)}
+    s, pk, t = out["streaming"], out["packing"], out["tiled_read"]
     print(f"KV cache, config {cfg.name}: page {cfg.kv_page_size} tokens, {cfg.kv_pages} pages, "
           f"{cfg.kv_heads} heads × {cfg.kv_head_dim}, beat {cfg.kv_beat_elems} elements")
     rows = [
         ("READ, whole sequences, all heads back to back", f"{s['read_beats_per_cycle_long']:.3f} beats/cycle"),
         ("READ, one row per command", f"{s['read_beats_per_cycle_short_reads']:.3f} beats/cycle"),
+    ]
+    if "skipped" in t:
+        rows.append(("READ in the weight loader's order", t["skipped"]))
+    else:
+        rows += [
+            (f"READ_K for Q·Kᵀ (block {t['qk']['block']}, group {t['qk']['group']}), within a READ",
+             f"{t['qk']['beats_per_cycle_within_read']:.3f} beats/cycle"),
+            (f"READ_V for P·V (block {t['pv']['block']} = all, group {t['pv']['group']}), within a READ",
+             f"{t['pv']['beats_per_cycle_within_read']:.3f} beats/cycle"),
+            (f"both, {t['reads_back_to_back']} READs of {t['positions_per_read']} positions back to back",
+             f"{t['beats_per_cycle_all']:.3f} beats/cycle"),
+        ]
+    rows += [
         ("APPEND inside a command", f"{s['append_beats_per_cycle_inside_command']:.3f} beats/cycle"),
         ("APPEND sustained (incl. command overhead)", f"{s['append_beats_per_cycle_sustained']:.3f} beats/cycle"),
         ("READ latency (command → first beat)", f"{s['read_latency_cycles']} cycles"),

@@ -15,10 +15,16 @@ taken):
 * A page is taken when an ``APPEND`` starts a new page (``length % page_size == 0``; the first
   append takes the first page) and returned only by ``FREE``.
 * ``READ_K``/``READ_V(seq, head, start, count)`` return rows ``start .. start+count-1`` of one
-  head in position order; ``count == 0`` is allowed (no rows) when ``start <= length``.
+  head; ``count == 0`` is allowed (no rows) when ``start <= length``. The hardware streams them
+  as beats of ``beat_elems`` elements (``beats_per_row = head_dim / beat_elems`` per row) in the
+  order the command's ``block`` and ``group`` fields choose (:func:`read_order`): for each block
+  of ``block`` positions (0: all ``count``; the last block may be shorter), for each group of
+  ``group`` beats of a row (0: the whole row), for each position of the block, the group's
+  beats. ``block = group = 0`` is position order, whole rows. ``group`` must divide
+  ``beats_per_row`` (else BAD_SHAPE).
 * Every error leaves the state unchanged. Error precedence (first match wins):
   ``ALLOC``: DUPLICATE_SEQ, TOO_MANY_SEQS; ``APPEND``: UNKNOWN_SEQ, OUT_OF_PAGES;
-  ``READ_*``: UNKNOWN_SEQ, HEAD_OUT_OF_RANGE, READ_PAST_LENGTH; ``FREE``/``STATUS``:
+  ``READ_*``: UNKNOWN_SEQ, HEAD_OUT_OF_RANGE, BAD_SHAPE, READ_PAST_LENGTH; ``FREE``/``STATUS``:
   UNKNOWN_SEQ.
 * Freed pages keep their old contents (like the hardware's memory), but no read can reach
   them: a read is bounded by the reading sequence's own length and block table.
@@ -41,7 +47,8 @@ import numpy as np
 __all__ = [
     "SEQ_ID_BITS", "KVOp", "KVStatus", "KVStatusInfo", "KVResponse", "KVCommand", "KVCacheError",
     "OutOfPagesError", "UnknownSequenceError", "DuplicateSequenceError", "ReadPastLengthError",
-    "HeadOutOfRangeError", "TooManySequencesError", "PagedKVCache",
+    "HeadOutOfRangeError", "TooManySequencesError", "BadShapeError", "PagedKVCache", "read_order",
+    "group_field_bits",
 ]
 
 #: Width of a sequence id in the hardware command; ids are 0 .. 2**SEQ_ID_BITS - 1.
@@ -68,6 +75,7 @@ class KVStatus(IntEnum):
     HEAD_OUT_OF_RANGE = 5
     TOO_MANY_SEQS = 6
     BAD_OPCODE = 7
+    BAD_SHAPE = 8
 
 
 #: ``status(seq)``: tokens stored, pages the sequence holds, pages on the free list.
@@ -78,9 +86,11 @@ KVStatusInfo = namedtuple("KVStatusInfo", ["length", "pages", "free_pages"])
 KVResponse = namedtuple("KVResponse", ["status", "op", "length", "pages", "free_pages"])
 
 #: One hardware command: ``execute(*command)`` runs it on the model, ``sim.run_kvcache`` on the
-#: RTL. ``k``/``v`` ([kv_heads, head_dim]) only for APPEND.
-KVCommand = namedtuple("KVCommand", ["op", "seq", "head", "start", "count", "k", "v"],
-                       defaults=(0, 0, 0, None, None))
+#: RTL. ``k``/``v`` ([kv_heads, head_dim]) only for APPEND; ``block``/``group`` (the READ beat
+#: order, :func:`read_order`; 0 and 0 give position order, whole rows) only for READ_K/READ_V.
+KVCommand = namedtuple("KVCommand", ["op", "seq", "head", "start", "count", "k", "v", "block",
+                                     "group"],
+                       defaults=(0, 0, 0, None, None, 0, 0))
 
 
 class KVCacheError(ValueError):
@@ -110,6 +120,50 @@ class HeadOutOfRangeError(KVCacheError):
 
 class TooManySequencesError(KVCacheError):
     code = KVStatus.TOO_MANY_SEQS
+
+
+class BadShapeError(KVCacheError):
+    code = KVStatus.BAD_SHAPE
+
+
+def group_field_bits(beats_per_row):
+    """Width of the READ command's ``group`` field: enough for ``beats_per_row``."""
+    return int(beats_per_row).bit_length()
+
+
+def read_order(start, count, block, group, beats_per_row):
+    """The beats of a READ of rows ``start .. start+count-1``, in stream order: an int array
+    [count · beats_per_row, 2] of (position, beat within the row).
+
+    ``block`` positions per block (0: all ``count`` positions in one block; the last block may
+    be shorter) and ``group`` beats per group (0: ``beats_per_row``, the whole row)::
+
+        for each block [b0, b0 + n) of [start, start + count):
+            for g in range(beats_per_row // group):
+                for pos in range(b0, b0 + n):
+                    for j in range(group):
+                        beat (pos, g · group + j)
+
+    ``group`` must divide ``beats_per_row`` (ValueError otherwise). Feeding the matmul weight
+    loader with ``beat_elems = array_cols`` (C) on an R×C array, C | R: Q·Kᵀ (W = Kᵀ, transposed
+    weights) is ``block = C, group = R / C``; P·V (W = V, rows) is ``block = 0, group = 1``.
+    """
+    start, count, block, group, bpr = (int(x) for x in (start, count, block, group,
+                                                          beats_per_row))
+    g = bpr if group == 0 else group
+    if g < 1 or bpr % g:
+        raise ValueError(f"group {group} does not divide beats_per_row {bpr}")
+    if block < 0 or count < 0:
+        raise ValueError("block and count must be ≥ 0")
+    b = count if block == 0 else block
+    out = []
+    for b0 in range(start, start + count, max(b, 1)):
+        pos = np.arange(b0, min(b0 + b, start + count))
+        for g0 in range(0, bpr, g):
+            beats = np.arange(g0, g0 + g)
+            out.append(np.stack(np.broadcast_arrays(pos[:, None], beats[None, :]), -1)
+                       .reshape(-1, 2))
+    return np.concatenate(out) if out else np.zeros((0, 2), np.int64)
 
 
 _DTYPES = {"int8": np.dtype(np.int8), "bf16": np.dtype(ml_dtypes.bfloat16)}
@@ -145,6 +199,9 @@ class PagedKVCache:
         Sequences live at once, 1..1024.
     dtype : str
         ``"int8"`` (arrays of ``np.int8``) or ``"bf16"`` (arrays of ``ml_dtypes.bfloat16``).
+    beat_elems : int, optional
+        Elements per read beat (the hardware's ``kv_beat_elems``), dividing ``head_dim``;
+        default ``head_dim`` (one beat per row). Sets the units of a READ's ``group``.
 
     Raises
     ------
@@ -152,7 +209,8 @@ class PagedKVCache:
         A parameter of the wrong type or out of range; the message names it.
     """
 
-    def __init__(self, *, page_size, num_pages, kv_heads, head_dim, max_seqs, dtype):
+    def __init__(self, *, page_size, num_pages, kv_heads, head_dim, max_seqs, dtype,
+                 beat_elems=None):
         self._page_size = _check_int("page_size", page_size, 1, 256)
         if not _is_pow2(self._page_size):
             raise ValueError(f"page_size must be a power of two, not {page_size}")
@@ -160,6 +218,10 @@ class PagedKVCache:
         self._kv_heads = _check_int("kv_heads", kv_heads, 1, 64)
         self._head_dim = _check_int("head_dim", head_dim, 1, 1024)
         self._max_seqs = _check_int("max_seqs", max_seqs, 1, 1024)
+        self._beat_elems = (self._head_dim if beat_elems is None
+                            else _check_int("beat_elems", beat_elems, 1, self._head_dim))
+        if self._head_dim % self._beat_elems:
+            raise ValueError(f"beat_elems ({beat_elems}) must divide head_dim ({head_dim})")
         if isinstance(dtype, str) and dtype in _DTYPES:
             self._dtype_name = dtype
         else:
@@ -186,7 +248,8 @@ class PagedKVCache:
         from hdl.config import get_config
         c = get_config(config)
         return cls(page_size=c.kv_page_size, num_pages=c.kv_pages, kv_heads=c.kv_heads,
-                   head_dim=c.kv_head_dim, max_seqs=c.kv_max_seqs, dtype=c.kv_dtype)
+                   head_dim=c.kv_head_dim, max_seqs=c.kv_max_seqs, dtype=c.kv_dtype,
+                   beat_elems=c.kv_beat_elems)
 
     # -- parameters -------------------------------------------------------------------------
     @property
@@ -208,6 +271,14 @@ class PagedKVCache:
     @property
     def max_seqs(self):
         return self._max_seqs
+
+    @property
+    def beat_elems(self):
+        return self._beat_elems
+
+    @property
+    def beats_per_row(self):
+        return self._head_dim // self._beat_elems
 
     @property
     def dtype(self):
@@ -308,6 +379,16 @@ class PagedKVCache:
         """V rows ``start .. start+count-1`` of ``head``: [count, head_dim] in position order."""
         return self._read(self._v, seq, head, start, count)
 
+    def read_k_beats(self, seq, head, start, count, block=0, group=0):
+        """The beats a READ_K with these fields streams: [count · beats_per_row, beat_elems]
+        in :func:`read_order`. Raises like :meth:`read_k`, and BadShapeError (checked after
+        the head, before the length) if ``group`` does not divide ``beats_per_row``."""
+        return self._read_beats(self._k, seq, head, start, count, block, group)
+
+    def read_v_beats(self, seq, head, start, count, block=0, group=0):
+        """The beats a READ_V with these fields streams (see :meth:`read_k_beats`)."""
+        return self._read_beats(self._v, seq, head, start, count, block, group)
+
     def read_k_all(self, seq, head):
         """Every K row of ``head`` of ``seq``: [length, head_dim]."""
         return self.read_k(seq, head, 0, self.status(seq).length)
@@ -323,10 +404,12 @@ class PagedKVCache:
         del self._lengths[seq]
 
     # -- the hardware command interface -----------------------------------------------------
-    def execute(self, op, seq, head=0, start=0, count=0, k=None, v=None):
+    def execute(self, op, seq, head=0, start=0, count=0, k=None, v=None, block=0, group=0):
         """Run one hardware command; return ``(KVResponse, rows)``.
 
-        ``rows`` is the [count, head_dim] array a successful READ_K/READ_V streams, else None.
+        ``rows`` is the [count, head_dim] array a successful READ_K/READ_V returns (in position
+        order; the hardware streams its beats in :func:`read_order` of ``block``/``group``:
+        :meth:`read_k_beats`), else None.
         Cache errors become a response status (state unchanged); only malformed fields
         (wrong types, values that do not fit the command's fields, K/V of the wrong
         dtype/shape for APPEND) raise TypeError/ValueError.
@@ -336,6 +419,8 @@ class PagedKVCache:
         head = _check_int("head", head, 0, 255)
         start = _check_int("start", start, 0, self.max_length)
         count = _check_int("count", count, 0, self.max_length)
+        block = _check_int("block", block, 0, self.max_length)
+        group = _check_int("group", group, 0, (1 << group_field_bits(self.beats_per_row)) - 1)
         rows = None
         try:
             if op == KVOp.ALLOC:
@@ -345,7 +430,8 @@ class PagedKVCache:
                     raise TypeError("APPEND needs k and v")
                 self.append(seq, k, v)
             elif op in (KVOp.READ_K, KVOp.READ_V):
-                rows = (self.read_k if op == KVOp.READ_K else self.read_v)(seq, head, start, count)
+                rows = self._read(self._k if op == KVOp.READ_K else self._v, seq, head, start,
+                                  count, group)
             elif op == KVOp.FREE:
                 self.free(seq)
             elif op == KVOp.STATUS:
@@ -382,13 +468,16 @@ class PagedKVCache:
                              f"not {rows.shape}")
         return rows
 
-    def _read(self, store, seq, head, start, count):
+    def _read(self, store, seq, head, start, count, group=0):
         seq = self._known(seq)
         head = _check_int("head", head, 0, (1 << 16) - 1)
         start = _check_int("start", start, 0, 1 << 32)
         count = _check_int("count", count, 0, 1 << 32)
+        group = _check_int("group", group, 0, 1 << 32)
         if head >= self._kv_heads:
             raise HeadOutOfRangeError(f"head {head} is out of range 0..{self._kv_heads - 1}")
+        if group != 0 and self.beats_per_row % group:
+            raise BadShapeError(f"group {group} does not divide beats_per_row {self.beats_per_row}")
         length = self._lengths[seq]
         if start + count > length:
             raise ReadPastLengthError(
@@ -397,3 +486,10 @@ class PagedKVCache:
         pos = np.arange(start, start + count)
         pages = np.asarray(self._tables[seq], dtype=np.int64)[pos // self._page_size]
         return store[pages, pos % self._page_size, head].copy()
+
+    def _read_beats(self, store, seq, head, start, count, block, group):
+        block = _check_int("block", block, 0, 1 << 32)
+        rows = self._read(store, seq, head, start, count, group)
+        order = read_order(start, count, block, group, self.beats_per_row)
+        beats = rows.reshape(count, self.beats_per_row, self._beat_elems)
+        return beats[order[:, 0] - start, order[:, 1]]

@@ -3,7 +3,9 @@
 Implements :class:`golden.PagedKVCache` exactly (docs/numerics.md "Paged KV cache"; the
 protocol and timing are in docs/kvcache.md). One command at a time is decoded; READ_K/READ_V
 hand their rows to a read engine that streams them while the next commands are decoded, so
-back-to-back READs (for example one head after the other) stream without bubbles.
+back-to-back READs (for example one head after the other) stream without bubbles. A READ's
+``block``/``group`` fields order its beats the way the matmul engine loads weight tiles
+(:func:`golden.kvcache.read_order`).
 
 Storage:
 
@@ -36,7 +38,7 @@ __all__ = ["KVCacheController", "KVCacheParams", "OP_ALLOC", "OP_APPEND", "OP_RE
 # Opcodes and status codes: the numbers of golden.kvcache.KVOp / KVStatus.
 OP_ALLOC, OP_APPEND, OP_READ_K, OP_READ_V, OP_FREE, OP_STATUS = range(6)
 _OK, _OUT_OF_PAGES, _UNKNOWN_SEQ, _DUPLICATE_SEQ, _READ_PAST_LENGTH = range(5)
-_HEAD_OUT_OF_RANGE, _TOO_MANY_SEQS, _BAD_OPCODE = 5, 6, 7
+_HEAD_OUT_OF_RANGE, _TOO_MANY_SEQS, _BAD_OPCODE, _BAD_SHAPE = 5, 6, 7, 8
 
 SEQ_ID_BITS = 16
 HEAD_BITS = 8
@@ -130,9 +132,15 @@ class KVCacheParams:
         return self._length_bits
 
     @property
+    def group_bits(self):
+        """Width of the READ ``group`` field (beats per group; 0 = the whole row)."""
+        return self.beats_per_row.bit_length()
+
+    @property
     def cmd_layout(self):
         return data.StructLayout({"op": 3, "seq": SEQ_ID_BITS, "head": HEAD_BITS,
-                                  "start": self._length_bits, "count": self._length_bits})
+                                  "start": self._length_bits, "count": self._length_bits,
+                                  "block": self._length_bits, "group": self.group_bits})
 
     @property
     def resp_layout(self):
@@ -214,7 +222,10 @@ class KVCacheController(KVCacheParams, wiring.Component):
     -------
     cmd : In(stream.Signature(cmd_layout))
         ``op`` (3 bits, :class:`golden.KVOp`), ``seq`` (16-bit id), ``head`` (8 bits),
-        ``start`` and ``count`` (rows, ``length_bits`` each).
+        ``start`` and ``count`` (rows, ``length_bits`` each), and for READ_K/READ_V the beat
+        order: ``block`` (positions per block, ``length_bits``; 0 = all ``count``) and
+        ``group`` (beats per group, :attr:`group_bits`; 0 = the whole row; must divide
+        ``beats_per_row``, else BAD_SHAPE), see :func:`golden.kvcache.read_order`.
     wdata : In(stream.Signature(beat_elems · element bits))
         APPEND data: every APPEND is followed by exactly :attr:`append_beats` beats (K of head
         0 … kv_heads−1, then V likewise; each row ``beats_per_row`` beats, element ``i`` of a
@@ -225,7 +236,10 @@ class KVCacheController(KVCacheParams, wiring.Component):
         One response per command, in command order: ``status`` (4 bits,
         :class:`golden.KVStatus`), ``op``, ``length``, ``pages``, ``free_pages``.
     rdata : Out(stream.Signature(rdata_layout))
-        READ rows in position order, ``beats_per_row`` beats per row; ``data`` holds
+        READ beats: for each block of positions, for each group of beats of a row, for each
+        position of the block, the group's beats (``block = group = 0``: rows in position
+        order, ``beats_per_row`` beats per row; Q·Kᵀ on an R×C array with ``beat_elems = C``:
+        ``block = C, group = R / C``; P·V: ``block = 0, group = 1``); ``data`` holds
         ``beat_elems`` 16-bit lanes (int8 sign-extended, bf16 bit patterns), ``last`` marks the
         final beat of a READ. A READ's response comes before its data.
     mem : Out(mem_signature)
@@ -233,8 +247,9 @@ class KVCacheController(KVCacheParams, wiring.Component):
         read), ``waddr``/``wdata``/``wen`` (write). Never read and written at one address in
         one cycle.
 
-    Throughput: READ data one beat per cycle sustained, across page boundaries and from one
-    READ to the next when each READ streams at least :attr:`command_cycles` beats. APPEND data
+    Throughput: READ data one beat per cycle sustained in any block/group order (the
+    block-table entry of every beat is looked up in the read pipeline), across page
+    boundaries and from one READ to the next when each READ streams at least :attr:`command_cycles` beats. APPEND data
     one beat per cycle within a command, plus 2 cycles per command. FREE waits until the
     read engine is idle, then walks the sequence's block table (one page per cycle).
     A READ and the commands after it overlap; an APPEND may overlap a READ of any sequence
@@ -359,8 +374,16 @@ class KVCacheController(KVCacheParams, wiring.Component):
         rg_head = Signal(range(H))
         rg_kv = Signal()
         rg_pos = Signal(range(max_len + 1))
-        rg_rows = Signal(range(max_len + 1))
-        rg_beat = Signal(range(bpr))
+        rg_beat = Signal(range(bpr))           # beat of the row
+        # tiled order (golden.kvcache.read_order): blocks of positions, groups of beats
+        rg_gbase = Signal(range(bpr))          # first beat of the current group
+        rg_j = Signal(range(bpr))              # beats of the group after this one
+        rg_gm1 = Signal(range(bpr))            # group − 1
+        rg_bcnt = Signal(range(max_len))       # positions of the block after this one
+        rg_blen_m1 = Signal(range(max_len))    # current block length − 1
+        rg_bstart = Signal(range(max_len + 1))  # first position of the current block
+        rg_left = Signal(range(max_len + 1))   # positions after the current block
+        rg_block_m1 = Signal(range(max_len))   # block − 1 (block 0 = the whole count)
         s2_valid, s2_last, s2_kv = Signal(), Signal(), Signal()
         s2_off = Signal(range(ps))
         s2_word = Signal(range(HB))
@@ -371,8 +394,10 @@ class KVCacheController(KVCacheParams, wiring.Component):
         issue = Signal()
         m.d.comb += issue.eq(rg_active & credit)
         last_beat_of_row = rg_beat == bpr - 1
+        j_last = rg_j == 0                     # last beat of the group
+        block_end = j_last & (rg_bcnt == 0)    # … of the block's last position
         issue_last = Signal()
-        m.d.comb += issue_last.eq(issue & last_beat_of_row & (rg_rows == 1))
+        m.d.comb += issue_last.eq(issue & block_end & last_beat_of_row & (rg_left == 0))
         rg_can_load = Signal()
         m.d.comb += rg_can_load.eq(~rg_active | issue_last)
         rg_idle = Signal()
@@ -381,15 +406,27 @@ class KVCacheController(KVCacheParams, wiring.Component):
         # the block-table read port serves the read engine, except in FREE_WALK (FSM below)
         m.d.comb += bt_r.addr.eq((rg_slot << lg_N) | (rg_pos >> lg_ps))
         m.d.sync += [s2_valid.eq(issue), s3_valid.eq(s2_valid), s3_last.eq(s2_last)]
+        next_short = rg_left <= rg_block_m1    # the next block is the last, and partial
         with m.If(issue):
             m.d.sync += [
                 s2_last.eq(issue_last), s2_kv.eq(rg_kv),
                 s2_off.eq(rg_pos & (ps - 1)), s2_word.eq(_mul_const(rg_head, bpr) + rg_beat),
-                rg_beat.eq(Mux(last_beat_of_row, 0, rg_beat + 1)),
             ]
-            with m.If(last_beat_of_row):
-                m.d.sync += [rg_pos.eq(rg_pos + 1), rg_rows.eq(rg_rows - 1)]
-                with m.If(rg_rows == 1):
+            with m.If(~j_last):                # next beat of the group
+                m.d.sync += [rg_beat.eq(rg_beat + 1), rg_j.eq(rg_j - 1)]
+            with m.Elif(~block_end):           # same group, next position of the block
+                m.d.sync += [rg_beat.eq(rg_gbase), rg_j.eq(rg_gm1), rg_pos.eq(rg_pos + 1),
+                             rg_bcnt.eq(rg_bcnt - 1)]
+            with m.Elif(~last_beat_of_row):    # next group: back to the block's first position
+                m.d.sync += [rg_beat.eq(rg_beat + 1), rg_gbase.eq(rg_beat + 1), rg_j.eq(rg_gm1),
+                             rg_pos.eq(rg_bstart), rg_bcnt.eq(rg_blen_m1)]
+            with m.Else():                     # next block
+                nb_m1 = Mux(next_short, rg_left - 1, rg_block_m1)
+                m.d.sync += [rg_beat.eq(0), rg_gbase.eq(0), rg_j.eq(rg_gm1),
+                             rg_pos.eq(rg_pos + 1), rg_bstart.eq(rg_pos + 1),
+                             rg_blen_m1.eq(nb_m1), rg_bcnt.eq(nb_m1),
+                             rg_left.eq(Mux(next_short, 0, rg_left - rg_block_m1 - 1))]
+                with m.If(rg_left == 0):
                     m.d.sync += rg_active.eq(0)
         phys = bt_r.data
         row_index = ((_mul_const(s2_kv, N) + phys) << lg_ps) | s2_off
@@ -416,6 +453,23 @@ class KVCacheController(KVCacheParams, wiring.Component):
 
         boundary = Signal()
         m.d.comb += boundary.eq((cur_len & (ps - 1)) == 0)
+
+        # READ shape (block, group) decoded in EXEC, loaded into the read engine on dispatch;
+        # the group check and the READ's end position are registered as the command is
+        # accepted (off the EXEC status path)
+        in_group = self.cmd.payload.group
+        group_ok = Signal()
+        read_end = Signal(range(2 * max_len + 1))
+        in_c = self.cmd.payload
+        r_blk = Signal(range(max_len + 1))     # block (0 → count), block − 1, count − 1
+        r_blk_m1 = Signal(range(max_len))
+        r_cnt_m1 = Signal(range(max_len))
+        one_block = Signal()
+        m.d.comb += one_block.eq(c.count <= r_blk)
+        d_first_m1 = Signal(range(max_len))
+        d_left = Signal(range(max_len + 1))
+        d_block_m1 = Signal(range(max_len))
+        d_gm1 = Signal(range(bpr))
         new_page = Signal(pidx)
         m.d.comb += new_page.eq(Mux(boundary, st_r.data, cur_tail))
 
@@ -431,6 +485,12 @@ class KVCacheController(KVCacheParams, wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     m.d.sync += [c.eq(self.cmd.payload),
+                                 group_ok.eq((in_group == 0) | Cat(
+                                     in_group == d for d in range(1, bpr + 1) if bpr % d == 0).any()),
+                                 read_end.eq(in_c.start + in_c.count),
+                                 r_blk.eq(Mux(in_c.block == 0, in_c.count, in_c.block)),
+                                 r_blk_m1.eq(Mux(in_c.block == 0, in_c.count, in_c.block) - 1),
+                                 r_cnt_m1.eq(in_c.count - 1),
                                  r_hit.eq(hits.any()), r_slot.eq(hit_slot),
                                  cur_len.eq(hit_len), cur_tail.eq(hit_tail),
                                  r_free_slot.eq(free_slot), r_any_free.eq(any_free)]
@@ -438,6 +498,10 @@ class KVCacheController(KVCacheParams, wiring.Component):
 
             with m.State("EXEC"):
                 m.next = "RESP"
+                m.d.sync += [d_first_m1.eq(Mux(one_block, r_cnt_m1, r_blk_m1)),
+                             d_left.eq(Mux(one_block, 0, c.count - r_blk)),
+                             d_block_m1.eq(r_blk_m1),
+                             d_gm1.eq(Mux(c.group == 0, bpr - 1, c.group - 1))]
                 with m.Switch(c.op):
                     with m.Case(OP_ALLOC):
                         with m.If(r_hit):
@@ -459,7 +523,9 @@ class KVCacheController(KVCacheParams, wiring.Component):
                             respond(_UNKNOWN_SEQ)
                         with m.Elif(c.head >= H):
                             respond(_HEAD_OUT_OF_RANGE)
-                        with m.Elif(c.start + c.count > cur_len):
+                        with m.Elif(~group_ok):
+                            respond(_BAD_SHAPE)
+                        with m.Elif(read_end > cur_len):
                             respond(_READ_PAST_LENGTH)
                         with m.Else():
                             respond(_OK, cur_len, pages_of(cur_len), sp)
@@ -499,7 +565,10 @@ class KVCacheController(KVCacheParams, wiring.Component):
                     m.d.comb += resp_fifo.w_en.eq(1)
                     m.d.sync += [rg_active.eq(1), rg_slot.eq(r_slot), rg_head.eq(c.head),
                                  rg_kv.eq(c.op == OP_READ_V), rg_pos.eq(c.start),
-                                 rg_rows.eq(c.count), rg_beat.eq(0)]
+                                 rg_bstart.eq(c.start), rg_beat.eq(0), rg_gbase.eq(0),
+                                 rg_j.eq(d_gm1), rg_gm1.eq(d_gm1), rg_bcnt.eq(d_first_m1),
+                                 rg_blen_m1.eq(d_first_m1), rg_left.eq(d_left),
+                                 rg_block_m1.eq(d_block_m1)]
                     m.next = "IDLE"
 
             with m.State("APPEND_DATA"):

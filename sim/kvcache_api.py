@@ -7,6 +7,10 @@ Example::
                           KVCommand(KVOp.READ_K, 7, head=0, start=0, count=1)], config="tiny")
     result.responses[2]   # KVResponse(status=0, op=2, length=1, pages=1, free_pages=15)
     result.reads[2]       # the [1, head_dim] K rows, dtype int8 or bfloat16
+    result.read_beats[2]  # the same as the stream's beats [beats, beat_elems], in READ order
+
+A READ's ``block``/``group`` fields choose its beat order (golden.kvcache.read_order); ``reads``
+puts the rows back in position order, ``read_beats`` keeps the order of the stream.
 
 The test harness (sim/tb/kvcache_harness.v, driven by sim/tb/kvcache.py) plays the commands
 at simulator speed and models the controller's external K/V memory; words never written read
@@ -22,7 +26,7 @@ import ml_dtypes
 import numpy as np
 from amaranth.hdl import Shape
 
-from golden.kvcache import KVCommand, KVOp, KVResponse, KVStatus
+from golden.kvcache import KVCommand, KVOp, KVResponse, KVStatus, read_order
 from hdl.config import get_config
 
 from .runner import SimulationError, build, run
@@ -42,7 +46,11 @@ class KVRunResult:
         One per command, in order.
     reads : list
         Per command: the [count, head_dim] rows of a successful READ_K/READ_V (int8 or
-        ``ml_dtypes.bfloat16``), else None.
+        ``ml_dtypes.bfloat16``) in position order, else None.
+    read_beats : list
+        Per command: the [count · beats_per_row, beat_elems] beats of a successful READ in the
+        order they were streamed (the command's ``block``/``group`` order), same dtype, else
+        None.
     lanes : ndarray of uint16, [beats, beat_elems]
         Every read-data beat as the hardware sent it (int8 sign-extended to 16 bits).
     last : ndarray of bool, [beats]
@@ -61,6 +69,7 @@ class KVRunResult:
     last: np.ndarray
     counters: dict = field(default_factory=dict)
     seed: int = 0
+    read_beats: list = field(default_factory=list)
 
 
 #: Capacity of the harness's command and result memories (a run may not exceed them).
@@ -116,7 +125,8 @@ def encode_commands(commands, ctrl):
     command and field that does not fit."""
     layout = ctrl.cmd_layout
     limits = {"op": 7, "seq": (1 << 16) - 1, "head": 255,
-              "start": (1 << ctrl.length_bits) - 1, "count": (1 << ctrl.length_bits) - 1}
+              "start": (1 << ctrl.length_bits) - 1, "count": (1 << ctrl.length_bits) - 1,
+              "block": (1 << ctrl.length_bits) - 1, "group": (1 << ctrl.group_bits) - 1}
     np_dtype = np.dtype(np.int8) if ctrl.dtype == "int8" else np.dtype(ml_dtypes.bfloat16)
     raw = np.uint8 if ctrl.dtype == "int8" else np.uint16
     cmd_bytes = (layout.size + 7) // 8
@@ -205,7 +215,7 @@ def run_kvcache(commands, *, config="tiny", seed=None, cmd_stall=0.0, data_stall
     lanes = np.frombuffer(b"".join((b & ((1 << (16 * B)) - 1)).to_bytes(2 * B, "little")
                                    for b in beats), "<u2").reshape(len(beats), B)
     last = np.array([bool(b >> (16 * B)) for b in beats], dtype=bool)
-    reads, pos = [], 0
+    reads, read_beats, pos = [], [], 0
     bpr = ctrl.beats_per_row
     if len(responses) != len(commands):
         raise SimulationError(f"{len(commands)} commands but {len(responses)} responses "
@@ -213,15 +223,20 @@ def run_kvcache(commands, *, config="tiny", seed=None, cmd_stall=0.0, data_stall
     for cmd, resp in zip(commands, responses, strict=True):
         if cmd.op in _READS and resp.status == KVStatus.OK:
             n = int(cmd.count) * bpr
-            rows = lanes[pos:pos + n].reshape(int(cmd.count), ctrl.head_dim)
+            stream = lanes[pos:pos + n]
             pos += n
             if ctrl.dtype == "int8":
-                reads.append(rows.view(np.int16).astype(np.int8))
+                stream = stream.view(np.int16).astype(np.int8)
             else:
-                reads.append(rows.copy().view(ml_dtypes.bfloat16))
+                stream = stream.copy().view(ml_dtypes.bfloat16)
+            rows = np.empty((int(cmd.count), bpr, B), stream.dtype)
+            order = read_order(cmd.start, cmd.count, cmd.block, cmd.group, bpr)
+            rows[order[:, 0] - int(cmd.start), order[:, 1]] = stream  # too few beats: raises
+            read_beats.append(stream)
+            reads.append(rows.reshape(int(cmd.count), ctrl.head_dim))
         else:
             reads.append(None)
-    reads += [None] * (len(commands) - len(reads))
+            read_beats.append(None)
     counters = {
         "cycles": 1 + max([int(out[k][-1]) for k in ("read_cycles", "append_cycles", "cmd_cycles",
                                                      "resp_cycles") if len(out[k])] or [-1]),
@@ -232,4 +247,4 @@ def run_kvcache(commands, *, config="tiny", seed=None, cmd_stall=0.0, data_stall
         "write_addrs": out["write_addrs"],
     }
     return KVRunResult(responses=responses, reads=reads, lanes=lanes, last=last,
-                       counters=counters, seed=seed)
+                       counters=counters, seed=seed, read_beats=read_beats)

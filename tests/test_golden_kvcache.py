@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from golden.kvcache import (
+    BadShapeError,
     DuplicateSequenceError,
     HeadOutOfRangeError,
     KVOp,
@@ -18,6 +19,7 @@ from golden.kvcache import (
     ReadPastLengthError,
     TooManySequencesError,
     UnknownSequenceError,
+    read_order,
 )
 
 SMALL = dict(page_size=4, num_pages=6, kv_heads=2, head_dim=3, max_seqs=3, dtype="int8")
@@ -312,3 +314,71 @@ def test_execute_answers_hardware_codes_and_fields():
     assert c.execute(KVOp.STATUS, 4)[0].status == KVStatus.UNKNOWN_SEQ
     with pytest.raises(ValueError, match="op must be in 0..7"):
         c.execute(8, 4)
+
+
+def test_read_order_is_blocks_then_groups_then_positions_then_beats():
+    # 5 positions from 3, blocks of 2 (last one partial), rows of 4 beats in groups of 2
+    got = [tuple(x) for x in read_order(3, 5, 2, 2, 4)]
+    want = [(p, b) for b0, n in ((3, 2), (5, 2), (7, 1)) for g in (0, 2)
+            for p in range(b0, b0 + n) for b in (g, g + 1)]
+    assert got == want
+    # block 0 = all positions in one block; group 0 = the whole row
+    assert [tuple(x) for x in read_order(0, 3, 0, 1, 2)] == [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1), (2, 1)]
+    rows = [(p, b) for p in range(2, 6) for b in range(4)]
+    for block in (0, 1, 2, 3, 4, 9):
+        assert [tuple(x) for x in read_order(2, 4, block, 0, 4)] == rows    # position order
+        assert [tuple(x) for x in read_order(2, 4, block, 4, 4)] == rows
+    assert read_order(7, 0, 3, 1, 4).shape == (0, 2)
+    with pytest.raises(ValueError, match="group 3 does not divide beats_per_row 4"):
+        read_order(0, 1, 0, 3, 4)
+
+
+@pytest.mark.parametrize("start, count, block, group", [
+    (0, 11, 0, 0), (1, 10, 4, 1), (2, 9, 3, 2), (0, 11, 0, 1), (5, 6, 1, 4), (0, 0, 2, 1), (3, 8, 20, 2)])
+def test_read_beats_are_every_beat_of_the_rows_exactly_once_in_read_order(start, count, block, group):
+    c = PagedKVCache(page_size=4, num_pages=8, kv_heads=2, head_dim=8, max_seqs=2, dtype="int8",
+                     beat_elems=2)
+    assert c.beats_per_row == 4
+    c.alloc(1)
+    c.alloc(2)
+    rng = np.random.default_rng(start + 10 * count)
+    for _ in range(11):
+        for s in (1, 2):
+            c.append(s, rng.integers(-128, 128, (2, 8)).astype(np.int8),
+                     rng.integers(-128, 128, (2, 8)).astype(np.int8))
+    rows = c.read_v(1, 1, start, count).reshape(count, 4, 2)
+    beats = c.read_v_beats(1, 1, start, count, block, group)
+    order = read_order(start, count, block, group, 4)
+    assert beats.shape == (4 * count, 2)
+    assert sorted(map(tuple, order)) == [(p, b) for p in range(start, start + count) for b in range(4)]
+    for (p, b), beat in zip(order, beats, strict=True):
+        np.testing.assert_array_equal(beat, rows[p - start, b])
+    resp, got_rows = c.execute(KVOp.READ_V, 1, 1, start, count, None, None, block, group)
+    assert resp.status == KVStatus.OK and np.array_equal(got_rows, c.read_v(1, 1, start, count))
+
+
+def test_bad_group_is_bad_shape_after_head_before_length_and_changes_nothing():
+    c = PagedKVCache(**{**SMALL, "head_dim": 4}, beat_elems=1)   # 4 beats per row
+    c.alloc(0)
+    for i in range(3):
+        c.append(0, *token(c, i))
+    before = c.snapshot()
+    for group in (3, 5, 6, 7):
+        assert c.execute(KVOp.READ_K, 0, 0, 0, 1, block=2, group=group)[0] == (
+            KVStatus.BAD_SHAPE, KVOp.READ_K, 0, 0, 0)
+        with pytest.raises(BadShapeError, match=f"group {group} does not divide"):
+            c.read_k_beats(0, 0, 0, 1, 0, group)
+    for group in (0, 1, 2, 4):
+        assert c.execute(KVOp.READ_V, 0, 0, 0, 3, block=2, group=group)[0].status == KVStatus.OK
+    # precedence: UNKNOWN_SEQ, HEAD_OUT_OF_RANGE, BAD_SHAPE, READ_PAST_LENGTH
+    assert c.execute(KVOp.READ_K, 9, 0, 0, 9, group=3)[0].status == KVStatus.UNKNOWN_SEQ
+    assert c.execute(KVOp.READ_K, 0, 2, 0, 9, group=3)[0].status == KVStatus.HEAD_OUT_OF_RANGE
+    assert c.execute(KVOp.READ_K, 0, 0, 0, 9, group=3)[0].status == KVStatus.BAD_SHAPE
+    assert c.execute(KVOp.READ_K, 0, 0, 0, 0, group=3)[0].status == KVStatus.BAD_SHAPE
+    # group and block are ignored by the other commands
+    assert c.execute(KVOp.STATUS, 0, 0, 0, 0, None, None, 5, 7)[0].status == KVStatus.OK
+    assert c.snapshot() == before
+    with pytest.raises(ValueError, match="group must be in 0..7"):
+        c.execute(KVOp.READ_K, 0, 0, 0, 1, group=8)
+    with pytest.raises(ValueError, match="beat_elems .3. must divide head_dim .4."):
+        PagedKVCache(**{**SMALL, "head_dim": 4}, beat_elems=3)

@@ -49,7 +49,8 @@ def test_from_config_and_derived_constants_of_the_default_configuration():
     assert p.beats_per_row == 8 and p.append_beats == 48
     assert p.mem_words == 2 * 256 * 16 * 3 * 8 and p.mem_addr_bits == 18
     assert p.rdata_layout.size == 8 * 16 + 1  # array_cols 16-bit lanes + last
-    assert p.length_bits == 13 and p.cmd_layout.size == 3 + 16 + 8 + 2 * 13
+    assert p.length_bits == 13 and p.group_bits == 4
+    assert p.cmd_layout.size == 3 + 16 + 8 + 3 * 13 + 4  # op seq head start count block group
     ctrl = KVCacheController.from_config(cfg)
     assert ctrl.signature.members["rdata"].signature.members["payload"].shape == p.rdata_layout
     Fragment.get(ctrl, None)  # elaborates (and so uses) the component

@@ -1,13 +1,14 @@
 """KVCacheController in Verilator against golden.PagedKVCache: random command streams (alloc /
-append / read / free churn through exhaustion, every error code), checked response by
-response and byte by byte, with and without random valid gaps and ready backpressure;
-adversarial isolation; the free-list order; the streaming rate."""
+append / read / free churn through exhaustion, every error code, READs in random block/group
+beat orders), checked response by response and beat by beat, with and without random valid
+gaps and ready backpressure; adversarial isolation; the free-list order; the streaming rate,
+also of tiled READs."""
 
 import ml_dtypes
 import numpy as np
 import pytest
 
-from golden.kvcache import KVCommand, KVOp, KVStatus, PagedKVCache
+from golden.kvcache import KVCommand, KVOp, KVStatus, PagedKVCache, read_order
 from hdl.config import get_config
 from hdl.kvcache import KVCacheParams
 from sim.kvcache_api import run_kvcache
@@ -24,6 +25,23 @@ def random_rows(rng, cache):
     if cache.dtype == "int8":
         return rng.integers(-128, 128, shape).astype(np.int8)
     return rng.integers(0, 1 << 16, shape).astype(np.uint16).view(ml_dtypes.bfloat16)
+
+
+def random_shape(rng, cache, length):
+    """(block, group) of a READ: half the time 0, 0 (position order, whole rows); else a random
+    block (0 = all, small ones that split pages, large ones) and a group that divides
+    beats_per_row, or 1 time in 10 one that does not (BAD_SHAPE) where the field allows it."""
+    if rng.random() < 0.5:
+        return 0, 0
+    bpr = cache.beats_per_row
+    x = rng.random()
+    block = 0 if x < 0.2 else int(rng.integers(1, 2 * cache.page_size + 2)) if x < 0.9 \
+        else int(rng.integers(1, max(length, 1) + 2))
+    divisors = [0] + [d for d in range(1, bpr + 1) if bpr % d == 0]
+    bad = [g for g in range(1, 1 << bpr.bit_length()) if bpr % g]
+    if bad and rng.random() < 0.1:
+        return block, int(rng.choice(bad))
+    return block, int(rng.choice(divisors))
 
 
 def random_commands(cache, n, seed):
@@ -67,8 +85,9 @@ def random_commands(cache, n, seed):
                 count = length - start + 1
             elif x > 0.88:    # exactly up to the end
                 count = length - start
+            block, group = random_shape(rng, cache, count)
             cmd = KVCommand(KVOp.READ_K if rng.random() < 0.5 else KVOp.READ_V, seq, head,
-                            start, count)
+                            start, count, block=block, group=group)
         if cache.execute(*cmd)[0].status == KVStatus.OUT_OF_PAGES:
             phase_fill = False  # exhausted: drain
         cmds.append(cmd)
@@ -97,20 +116,30 @@ def raw(rows):
     return rows.view(np.uint8 if rows.dtype == np.int8 else np.uint16)
 
 
+def golden_beats(ctrl, cmd, rows):
+    """The beats golden says a READ with ``cmd``'s block/group streams, from its rows."""
+    order = read_order(cmd.start, cmd.count, cmd.block, cmd.group, ctrl.beats_per_row)
+    beats = rows.reshape(len(rows), ctrl.beats_per_row, ctrl.beat_elems)
+    return beats[order[:, 0] - cmd.start, order[:, 1]]
+
+
 def check_against_golden(config, cmds, result):
-    """Every response equal to golden's, every read row bit-identical, every K/V write in the
-    physical page golden chose, the beat framing (``last`` on each READ's final beat, int8
-    lanes sign-extended, no extra beats) right."""
+    """Every response equal to golden's, every read beat bit-identical and in golden's beat
+    order (block/group), every K/V write in the physical page golden chose, the beat framing
+    (``last`` on each READ's final beat, int8 lanes sign-extended, no extra beats) right."""
     ctrl = KVCacheParams.from_config(get_config(config))
     want, addrs = expected(config, cmds)
     assert len(result.responses) == len(cmds)
-    for i, (cmd, (resp, rows), got, got_rows) in enumerate(
-            zip(cmds, want, result.responses, result.reads, strict=True)):
-        assert got == resp, f"command {i} {cmd[:5]}: hardware {got}, golden {resp} (seed {result.seed})"
+    for i, (cmd, (resp, rows), got, got_rows, got_beats) in enumerate(
+            zip(cmds, want, result.responses, result.reads, result.read_beats, strict=True)):
+        where = f"command {i} {cmd[:5]} block {cmd.block} group {cmd.group}"
+        assert got == resp, f"{where}: hardware {got}, golden {resp} (seed {result.seed})"
         if rows is None:
             assert got_rows is None
         else:
-            assert np.array_equal(raw(got_rows), raw(rows)), f"command {i} {cmd[:5]}: read data differs"
+            assert np.array_equal(raw(got_beats), raw(golden_beats(ctrl, cmd, rows))), \
+                f"{where}: read beats differ (data or order)"
+            assert np.array_equal(raw(got_rows), raw(rows)), f"{where}: read data differs"
     n_beats = sum(len(r) for _, r in want if r is not None) * ctrl.beats_per_row
     assert result.counters["read_beats"] == n_beats
     ends = np.cumsum([len(r) * ctrl.beats_per_row for _, r in want if r is not None and len(r)])
@@ -121,6 +150,15 @@ def check_against_golden(config, cmds, result):
     assert np.array_equal(result.counters["write_addrs"], np.array(addrs, np.int64)), \
         "K/V memory writes differ from golden's physical pages (or an error wrote)"
     return want
+
+
+def assert_tiled_reads_exercised(config, cmds, want):
+    """Enough successful READs whose order differs from position order: several blocks with
+    the rows split into groups."""
+    bpr = KVCacheParams.from_config(get_config(config)).beats_per_row
+    tiled = [c for c, (r, rows) in zip(cmds, want, strict=True)
+             if rows is not None and c.group not in (0, bpr) and len(rows) > max(c.block, 1)]
+    assert len(tiled) > 50, f"only {len(tiled)} tiled READs over several blocks"
 
 
 def tagged(cache, tag):
@@ -141,6 +179,7 @@ def test_random_command_stream_matches_golden_response_by_response_tiny(stalls):
     assert result.counters["read_beats"] > 10_000
     codes = {r.status for r, _ in want}
     assert codes == set(int(s) for s in KVStatus), f"not every status code exercised: {codes}"
+    assert_tiled_reads_exercised("tiny", cmds, want)
 
 
 def isolation_commands(cache):
@@ -227,6 +266,33 @@ def test_back_to_back_reads_stream_one_beat_per_cycle_across_pages_and_heads():
     assert np.all(np.diff(ac.reshape(-1, per_append), axis=1) == 1), "bubbles inside an APPEND"
 
 
+@pytest.mark.cocotb
+@pytest.mark.xdist_group("kvcache_tiny")
+@pytest.mark.parametrize("block, group", [(3, 1), (0, 1), (2, 0), (5, 1), (1, 1)])
+def test_tiled_reads_stream_one_beat_per_cycle_across_pages_and_block_jumps(block, group):
+    """READs in block/group order (jumps back to a block's first position, blocks that straddle
+    pages of non-contiguous sequences), back to back: one beat per cycle, same latency."""
+    cache = PagedKVCache.from_config("tiny")
+    ctrl = KVCacheParams.from_config(get_config("tiny"))
+    n = 3 * cache.page_size + 1
+    cmds = [KVCommand(KVOp.ALLOC, 3), KVCommand(KVOp.ALLOC, 4)]
+    for i in range(n):
+        for seq in (3, 4):
+            cmds.append(KVCommand(KVOp.APPEND, seq, k=tagged(cache, i)[0], v=tagged(cache, i)[1]))
+    reads = [KVCommand(op, 3, h, 1, n - 1, block=block, group=group)
+             for op in (KVOp.READ_K, KVOp.READ_V) for h in range(cache.kv_heads)]
+    result = run_kvcache(cmds + reads, config="tiny", seed=5)
+    check_against_golden("tiny", cmds + reads, result)
+    beats = len(reads) * (n - 1) * ctrl.beats_per_row
+    rc = result.counters["read_cycles"]
+    assert len(rc) == beats and np.all(np.diff(rc) == ctrl.throughput), \
+        f"bubbles in the tiled read stream: gaps {np.unique(np.diff(rc))}"
+    assert rc[0] - result.counters["cmd_cycles"][len(cmds)] == ctrl.read_latency
+    # every element of row p is p: the stream's positions are golden's read order
+    order = read_order(1, n - 1, block, group, ctrl.beats_per_row)
+    assert np.array_equal(result.read_beats[len(cmds)][:, 0].astype(int), order[:, 0])
+
+
 TINY_BF16 = get_config("tiny").replace(name="tiny_bf16", kv_dtype="bf16")
 
 
@@ -240,6 +306,7 @@ def test_bf16_random_command_stream_matches_golden_bit_for_bit(stalls):
     result = run_kvcache(cmds, config=TINY_BF16, seed=seed, **STALLS[stalls])
     want = check_against_golden(TINY_BF16, cmds, result)
     assert {r.status for r, _ in want} == set(int(s) for s in KVStatus)
+    assert_tiled_reads_exercised(TINY_BF16, cmds, want)
     nan_rows = sum(np.isnan(r.astype(np.float32)).any() for r in result.reads if r is not None)
     assert nan_rows > 100  # random bit patterns: NaN payloads travel untouched
 
@@ -254,4 +321,5 @@ def test_default_config_random_command_stream_matches_golden(stalls):
     result = run_kvcache(cmds, config="default", seed=seed, **STALLS[stalls])
     want = check_against_golden("default", cmds, result)
     assert {r.status for r, _ in want} == set(int(s) for s in KVStatus)
+    assert_tiled_reads_exercised("default", cmds, want)
     assert len({c.seq for c in cmds if c.op == KVOp.ALLOC}) > 16

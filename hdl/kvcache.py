@@ -283,6 +283,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
         m = Module()
         N, ps, H, S = self._num_pages, self._page_size, self._kv_heads, self._max_seqs
         bpr = self.beats_per_row
+        bw = max(bpr, 2)                   # range of beat counters (no zero-width signal)
         HB = H * bpr                       # words per token per K or V
         lg_ps = exact_log2(ps)
         lg_N = ceil_log2(N)
@@ -374,18 +375,18 @@ class KVCacheController(KVCacheParams, wiring.Component):
         rg_head = Signal(range(H))
         rg_kv = Signal()
         rg_pos = Signal(range(max_len + 1))
-        rg_beat = Signal(range(bpr))           # beat of the row
+        rg_beat = Signal(range(bw))           # beat of the row
         # tiled order (golden.kvcache.read_order): blocks of positions, groups of beats
-        rg_gbase = Signal(range(bpr))          # first beat of the current group
-        rg_j = Signal(range(bpr))              # beats of the group after this one
-        rg_gm1 = Signal(range(bpr))            # group − 1
+        rg_gbase = Signal(range(bw))          # first beat of the current group
+        rg_j = Signal(range(bw))              # beats of the group after this one
+        rg_gm1 = Signal(range(bw))            # group − 1
         rg_bcnt = Signal(range(max_len))       # positions of the block after this one
         rg_blen_m1 = Signal(range(max_len))    # current block length − 1
         rg_bstart = Signal(range(max_len + 1))  # first position of the current block
         rg_left = Signal(range(max_len + 1))   # positions after the current block
         rg_block_m1 = Signal(range(max_len))   # block − 1 (block 0 = the whole count)
         s2_valid, s2_last, s2_kv = Signal(), Signal(), Signal()
-        s2_off = Signal(range(ps))
+        s2_off = Signal(range(max(ps, 2)))
         s2_word = Signal(range(HB))
         s3_valid, s3_last = Signal(), Signal()
 
@@ -469,7 +470,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
         d_first_m1 = Signal(range(max_len))
         d_left = Signal(range(max_len + 1))
         d_block_m1 = Signal(range(max_len))
-        d_gm1 = Signal(range(bpr))
+        d_gm1 = Signal(range(bw))
         new_page = Signal(pidx)
         m.d.comb += new_page.eq(Mux(boundary, st_r.data, cur_tail))
 

@@ -152,13 +152,13 @@ def check_against_golden(config, cmds, result):
     return want
 
 
-def assert_tiled_reads_exercised(config, cmds, want):
+def assert_tiled_reads_exercised(config, cmds, want, at_least=50):
     """Enough successful READs whose order differs from position order: several blocks with
     the rows split into groups."""
     bpr = KVCacheParams.from_config(get_config(config)).beats_per_row
     tiled = [c for c, (r, rows) in zip(cmds, want, strict=True)
              if rows is not None and c.group not in (0, bpr) and len(rows) > max(c.block, 1)]
-    assert len(tiled) > 50, f"only {len(tiled)} tiled READs over several blocks"
+    assert len(tiled) > at_least, f"only {len(tiled)} tiled READs over several blocks"
 
 
 def tagged(cache, tag):
@@ -323,3 +323,28 @@ def test_default_config_random_command_stream_matches_golden(stalls):
     assert {r.status for r, _ in want} == set(int(s) for s in KVStatus)
     assert_tiled_reads_exercised("default", cmds, want)
     assert len({c.seq for c in cmds if c.op == KVOp.ALLOC}) > 16
+
+
+EDGE_GEOMETRIES = {
+    "one_beat_per_row": get_config("tiny").replace(name="tiny_bpr1", kv_beat_elems=8),
+    "one_token_per_page_one_element_beats": get_config("tiny").replace(
+        name="tiny_ps1", kv_page_size=1, kv_pages=64, kv_beat_elems=1),
+}
+
+
+@pytest.mark.cocotb
+@pytest.mark.xdist_group("kvcache_edges")
+@pytest.mark.parametrize("geometry", EDGE_GEOMETRIES)
+def test_edge_geometries_random_command_stream_matches_golden(geometry):
+    """beats_per_row = 1 (group field of one bit, no bad group) and page_size = 1 with
+    beats_per_row = 8 (every position another page): random streams with stalls."""
+    cfg = EDGE_GEOMETRIES[geometry]
+    seed = 99
+    print(f"command seed {seed}")
+    cmds = random_commands(PagedKVCache.from_config(cfg), 3000, seed)
+    result = run_kvcache(cmds, config=cfg, seed=seed, **STALLS["random_stalls"])
+    want = check_against_golden(cfg, cmds, result)
+    assert result.counters["read_beats"] > 1000
+    if KVCacheParams.from_config(cfg).beats_per_row > 1:
+        assert KVStatus.BAD_SHAPE in {r.status for r, _ in want}
+        assert_tiled_reads_exercised(cfg, cmds, want, at_least=20)

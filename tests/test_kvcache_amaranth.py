@@ -7,7 +7,7 @@ import pytest
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
-from golden.kvcache import KVCommand, KVOp, KVResponse, PagedKVCache
+from golden.kvcache import KVCommand, KVOp, KVResponse, KVStatus, PagedKVCache
 from hdl.config import get_config
 from hdl.kvcache import KVCacheController, KVCacheParams
 
@@ -67,16 +67,27 @@ def _unpack(layout, word, names):
 
 
 def test_amaranth_sim_alloc_append_read_free_matches_golden():
+    """Also READs in block/group order (rows of two beats) and a bad group (BAD_SHAPE)."""
     dut = KVCacheController(**GOOD)
-    golden = PagedKVCache(page_size=2, num_pages=4, kv_heads=2, head_dim=4, max_seqs=2, dtype="int8")
+    golden = PagedKVCache(page_size=2, num_pages=4, kv_heads=2, head_dim=4, max_seqs=2, dtype="int8",
+                          beat_elems=2)
     rng = np.random.default_rng(5)
     cmds = [KVCommand(KVOp.ALLOC, 300)]
     for _ in range(3):
         cmds.append(KVCommand(KVOp.APPEND, 300, k=rng.integers(-128, 128, (2, 4)).astype(np.int8),
                               v=rng.integers(-128, 128, (2, 4)).astype(np.int8)))
     cmds += [KVCommand(KVOp.READ_V, 300, 1, 0, 3), KVCommand(KVOp.READ_K, 300, 0, 1, 3),
+             KVCommand(KVOp.READ_K, 300, 1, 0, 3, block=2, group=1),
+             KVCommand(KVOp.READ_V, 300, 0, 0, 3, block=0, group=1),
+             KVCommand(KVOp.READ_V, 300, 0, 0, 3, block=1, group=3),
              KVCommand(KVOp.FREE, 300), KVCommand(KVOp.STATUS, 300)]
-    want = [golden.execute(*c) for c in cmds]
+    want, beats = [], []
+    for c in cmds:
+        if c.op in (KVOp.READ_K, KVOp.READ_V) and golden.execute(*c)[0].status == 0:
+            fn = golden.read_k_beats if c.op == KVOp.READ_K else golden.read_v_beats
+            beats.append(fn(c.seq, c.head, c.start, c.count, c.block, c.group))
+        want.append(golden.execute(*c))
+    assert [r.status for r, _ in want][-3] == KVStatus.BAD_SHAPE
     mem = {}
     got_resp, got_lanes = [], []
 
@@ -91,7 +102,8 @@ def test_amaranth_sim_alloc_append_read_free_matches_golden():
     async def driver(ctx):
         for c in cmds:
             ctx.set(dut.cmd.payload.as_value(), _pack(dut.cmd_layout, op=c.op, seq=c.seq,
-                                                      head=c.head, start=c.start, count=c.count))
+                                                      head=c.head, start=c.start, count=c.count,
+                                                      block=c.block, group=c.group))
             ctx.set(dut.cmd.valid, 1)
             await ctx.tick().until(dut.cmd.ready)
             ctx.set(dut.cmd.valid, 0)
@@ -122,8 +134,8 @@ def test_amaranth_sim_alloc_append_read_free_matches_golden():
     sim.add_testbench(monitor)
     sim.run()
     assert got_resp == [r for r, _ in want]
-    rows = np.concatenate([r for _, r in want if r is not None]).reshape(-1)
-    assert np.array_equal(np.array(got_lanes, np.uint16).reshape(-1).view(np.int16), rows.astype(np.int16))
+    stream = np.concatenate(beats).reshape(-1)
+    assert np.array_equal(np.array(got_lanes, np.uint16).reshape(-1).view(np.int16), stream.astype(np.int16))
 
 
 def test_reset_mid_run_restores_the_free_list_and_forgets_every_sequence():

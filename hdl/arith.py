@@ -251,8 +251,12 @@ def bf16_mul_unpack(a, b):
     b_inf = (eb == 0xFF) & (mb == 0)
     a_nan = (ea == 0xFF) & (ma != 0)
     b_nan = (eb == 0xFF) & (mb != 0)
+    exp = ea + eb - 127                               # biased exponent if prod < 2**15 (signed)
+    exp_up = ea + eb - 126                            # ... if prod >= 2**15
     values = dict(
-        exp=ea + eb - 127,                            # biased exponent if prod < 2**15 (signed)
+        exp=exp, exp_up=exp_up,
+        # range tests of both candidates, so the pack step only selects (timing)
+        over=exp >= 255, over_up=exp_up >= 255, under=exp <= 0, under_up=exp_up <= 0,
         sign=a[15] ^ b[15],
         nan=a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero),
         inf=a_inf | b_inf,
@@ -265,16 +269,16 @@ def bf16_mul_pack(m, s1):
     (:func:`bf16_mul_unpack`'s, plus ``prod``, of which bits 0..15 are read)."""
     top = s1.prod[15]
     frac = Mux(top, Cat(Const(0, 8), s1.prod[:15]), Cat(Const(0, 9), s1.prod[:14]))
-    exp = s1.exp + top
+    exp = Mux(top, s1.exp_up[:8], s1.exp[:8])
     y = Signal(32)
     with m.If(s1.nan):
         m.d.comb += y.eq(_FP32_QNAN)
-    with m.Elif(s1.inf | (exp >= 255)):
+    with m.Elif(s1.inf | Mux(top, s1.over_up, s1.over)):
         m.d.comb += y.eq(Cat(Const(0x7F800000, 31), s1.sign))
-    with m.Elif(s1.zero | (exp <= 0)):
+    with m.Elif(s1.zero | Mux(top, s1.under_up, s1.under)):
         m.d.comb += y.eq(Cat(Const(0, 31), s1.sign))
     with m.Else():
-        m.d.comb += y.eq(Cat(frac, exp[:8], s1.sign))
+        m.d.comb += y.eq(Cat(frac, exp, s1.sign))
     return y
 
 

@@ -219,7 +219,7 @@ class MatmulEngine(wiring.Component):
     def latency(self):
         """Cycles from a row of the last K tile entering the array to its result entering the
         output FIFO (array, accumulator write and read, output stage)."""
-        return self._array.latency + 2 + self._out_stages
+        return self._array.latency + 3 + self._out_stages
 
     @property
     def throughput(self):
@@ -539,16 +539,20 @@ class MatmulEngine(wiring.Component):
         # output stage: d1 (memory data) → stage A → stage B (→ padding) → FIFO
         d1_valid, d1_last, d1_slot = Signal(), Signal(), Signal()
         m.d.sync += [d1_valid.eq(d_go), d1_last.eq(d_last), d1_slot.eq(d_bank)]
-        raw = acc_dp.data
+        # stage 0 registers the accumulator memory's output (a block RAM's clock-to-output
+        # delay leaves no room for logic after it) with the row's parameters
+        raw = Signal(data.ArrayLayout(32, C))
         mult = Signal(data.ArrayLayout(32, C))
         shift = Signal(data.ArrayLayout(8, C))
-        m.d.comb += [mult.eq(Mux(d1_slot, p_mult[1], p_mult[0])), shift.eq(Mux(d1_slot, p_shift[1], p_shift[0]))]
-        # requantization, _REQUANT_STAGES registers (timing: no stage holds more than one
-        # 64-bit carry chain or three shifter levels; each partial product fits one DSP):
+        s0_valid, s0_last = Signal(), Signal()
+        m.d.sync += [raw.eq(acc_dp.data), s0_valid.eq(d1_valid), s0_last.eq(d1_last),
+                     mult.eq(Mux(d1_slot, p_mult[1], p_mult[0])), shift.eq(Mux(d1_slot, p_shift[1], p_shift[0]))]
+        # requantization, _REQUANT_STAGES registers after stage 0 (timing: no stage holds more
+        # than one 64-bit carry chain or three shifter levels; each partial product fits one DSP):
         #   1: four partial products of raw (32-bit signed) × multiplier (31-bit unsigned)
         #   2: mid = lo·hi + hi·lo, low = lo·lo + 2^(s-1)     3: high = hi·hi·2^32 + mid·2^16
         #   4: rounded = high + low    5: >> 8·(s // 8)    6: >> s % 8    7: clamp to int8
-        q_valid, q_last, q_raw = d1_valid, d1_last, raw
+        q_valid, q_last, q_raw = s0_valid, s0_last, raw
         q = []
         for c in range(C):
             sh = shift[c]

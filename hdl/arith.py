@@ -19,11 +19,11 @@ computes ``acc + a·w`` wrapped to 32 bits.
 Pipelining: each core's datapath is a fixed sequence of combinational *steps*. A register can
 sit after any step; ``stages`` says how many registers there are (the one after the last step is
 always present, so ``y`` is a register output) and a fixed per-core priority list says where
-they go. The defaults are chosen so that no stage holds more than one carry chain or one
-shifter, aiming at ≥ 100 MHz on ECP5.
+they go. The defaults aim at ≥ 100 MHz on ECP5 (measured figures in docs/arith.md); deeper
+pipelines trade latency for clock.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -285,17 +285,20 @@ def bf16_mul_pack(m, s1):
 class Fp32AddCore(_Core):
     """fp32 + fp32 → fp32 with RNE, DAZ, FTZ (:func:`golden.fp32_add`).
 
-    The datapath has five steps: ``unpack`` (classify, order by magnitude, exponent
-    difference), ``align`` (shift the smaller significand right, folding the shifted-out bits
-    into a sticky bit), ``add`` (28-bit add or subtract), ``normalize`` (leading-zero count and
-    left shift) and ``round`` (RNE, exponent carry, overflow/underflow, special values, pack).
+    The datapath has six steps: ``unpack`` (order by magnitude, exponent difference, classify),
+    ``align`` (shift the smaller significand right, ORing the bits each shift level drops into a
+    sticky bit; invert it for a subtraction), ``add`` (one 28-bit carry chain for both add and
+    subtract), ``count`` (leading-zero count), ``normalize`` (left shift) and ``round`` (RNE,
+    exponent adjust and rounding carry in one chain, overflow/underflow, special values, pack).
+    Special operands travel as three class bits (Inf, NaN, both zero); the result word is built
+    in ``round``.
 
     Parameters
     ----------
     stages : int
-        Pipeline registers, 1..5. Registers are placed, in order of priority, after ``round``,
-        ``align``, ``normalize``, ``add``, ``unpack``. Default 4:
-        unpack+align | add | normalize | round.
+        Pipeline registers, 1..6. Registers are placed, in order of priority, after ``round``,
+        ``add``, ``unpack``, ``normalize``, ``align``, ``count``. Default 4:
+        unpack | align+add | count+normalize | round; 6 registers every step.
 
     Members
     -------
@@ -316,8 +319,8 @@ class Fp32AddCore(_Core):
     en: In(1)
     y: Out(32)
 
-    _STEPS = ("unpack", "align", "add", "normalize", "round")
-    _PRIORITY = ("round", "align", "normalize", "add", "unpack")
+    _STEPS = ("unpack", "align", "add", "count", "normalize", "round")
+    _PRIORITY = ("round", "add", "unpack", "normalize", "align", "count")
     _DEFAULT_STAGES = 4
 
     def elaborate(self, platform):
@@ -325,96 +328,100 @@ class Fp32AddCore(_Core):
         p = self._pipeline(m)
         a, b = self.a, self.b
 
-        # unpack: classify, swap so that |x| >= |y|, exponent difference
+        def wire(value, name):
+            # a named net: a Python expression used twice would be generated twice
+            value = Value.cast(value)
+            sig = Signal(value.shape(), name=name)
+            m.d.comb += sig.eq(value)
+            return sig
+
+        # unpack: x is the operand of larger magnitude (compare of the low 31 bits), y the other.
+        # The exponent difference and the classes come from a and b in parallel with the compare.
         ea, eb = a[23:31], b[23:31]
-        ma, mb = a[:23], b[:23]
-        a_zero, b_zero = ea == 0, eb == 0           # DAZ: a subnormal is a zero
-        a_inf = (ea == 0xFF) & (ma == 0)
-        b_inf = (eb == 0xFF) & (mb == 0)
-        a_nan = (ea == 0xFF) & (ma != 0)
-        b_nan = (eb == 0xFF) & (mb != 0)
-        special = Signal(32)
-        with m.If(a_nan | b_nan | (a_inf & b_inf & (a[31] != b[31]))):
-            m.d.comb += special.eq(_FP32_QNAN)
-        with m.Elif(a_inf):
-            m.d.comb += special.eq(a)
-        with m.Elif(b_inf):
-            m.d.comb += special.eq(b)
-        with m.Elif(a_zero & b_zero):
-            m.d.comb += special.eq(Cat(Const(0, 31), a[31] & b[31]))
-        with m.Elif(a_zero):
-            m.d.comb += special.eq(b)
-        with m.Else():
-            m.d.comb += special.eq(a)
-        swap = a[:31] < b[:31]
-        x = Mux(swap, b, a)
-        yv = Mux(swap, a, b)
-        diff = Mux(swap, eb - ea, ea - eb)[:8]
+        swap = wire(a[:31] < b[:31], "swap")
+        x = wire(Mux(swap, b, a), "x")
+        sub = wire(a[31] ^ b[31], "sub")
+        y_nz = wire(Mux(swap, ea.any(), eb.any()), "y_nz")  # DAZ: a subnormal y is zero
+        y_man = Mux(swap, a[:23], b[:23]) & y_nz.replicate(23)
+        a_max, b_max = ea.all(), eb.all()
+        x_zero = wire(~ea.any() & ~eb.any(), "x_zero")      # both operands are zeros
+        nan = (a_max & a[:23].any()) | (b_max & b[:23].any()) | (a_max & b_max & sub)
         s1 = p.step(
             "unpack",
-            is_special=(ea == 0xFF) | (eb == 0xFF) | a_zero | b_zero,
-            special=special,
-            sign=x[31],
-            sub=a[31] ^ b[31],
+            sign=Mux(x_zero, a[31] & b[31], x[31]),  # x's sign; (−0) + (−0) = −0
+            sub=sub,
             exp=x[23:31],
-            mx=Cat(x[:23], 1),
-            my=Cat(yv[:23], 1),
-            diff=diff)
+            man=x[:23],
+            small=Cat(y_man, y_nz),
+            diff=Mux(swap, eb - ea, ea - eb)[:8],
+            inf=a_max | b_max,                      # Inf (or NaN: nan has priority)
+            nan=nan,
+            zero=x_zero)
 
-        # align: 27-bit fields = 24-bit significand and three bits below it; the lowest bit of
-        # the shifted operand is the OR of everything at or below it (sticky)
-        shamt = Mux(s1.diff[5:].any(), 31, s1.diff[:5])
-        ys = Cat(Const(0, 3), s1.my)
-        shifted = (ys >> shamt)[:27]
-        lowmask = ~(Const((1 << 27) - 1, 27) << shamt)[:27]
-        sticky = (ys & lowmask).any()
+        # align: 27-bit field = significand and three bits below it; each of the five shift
+        # levels ORs the bits it drops into the sticky bit, which lands in the lowest position.
+        # For a subtraction the field is inverted here (the add step adds the +1).
+        shamt = wire(Mux(s1.diff[5:].any(), 31, s1.diff[:5]), "shamt")
+        v = Cat(Const(0, 3), s1.small)
+        dropped = []
+        for k in (4, 3, 2, 1, 0):
+            dropped.append(shamt[k] & v[:1 << k].any())
+            v = wire(Mux(shamt[k], v >> (1 << k), v)[:27], f"align{1 << k}")
+        small = Cat(v[0] | Cat(*dropped).any(), v[1:], 0) ^ s1.sub.replicate(28)
         s2 = p.step(
             "align",
-            is_special=s1.is_special, special=s1.special, sign=s1.sign, sub=s1.sub, exp=s1.exp,
-            big=Cat(Const(0, 3), s1.mx),
-            small=Cat(shifted[0] | sticky, shifted[1:]))
+            sign=s1.sign, sub=s1.sub, exp=s1.exp, man=s1.man, small=small,
+            inf=s1.inf, nan=s1.nan, zero=s1.zero)
 
-        # add: |x| >= |y|, so the difference is never negative
-        total = Mux(s2.sub, (s2.big - s2.small)[:28], (s2.big + s2.small)[:28])
+        # add: |x| >= |y|, so big + ~small + 1 never goes negative; the +1 of a subtraction
+        # enters as the carry out of an extra low bit, so one carry chain does both
+        big = Cat(Const(0, 3), s2.man, 1, 0)
         s3 = p.step(
             "add",
-            is_special=s2.is_special, special=s2.special, sign=s2.sign, exp=s2.exp,
-            total=total)
+            sign=s2.sign, exp=s2.exp,
+            total=(Cat(s2.sub, big) + Cat(s2.sub, s2.small))[1:29],
+            inf=s2.inf, nan=s2.nan, zero=s2.zero)
 
-        # normalize: leading one to bit 27; exponent = exp + 1 - leading zeros
-        lzc = _leading_zeros(Cat(Const(0xF, 4), s3.total))[:5]  # 32 bits, ones below
-        n = (s3.total << lzc)[:28]
+        # count: leading zeros of the sum (a log-depth tree; 31 for a zero sum)
         s4 = p.step(
-            "normalize",
-            is_special=s3.is_special, special=s3.special, sign=s3.sign,
-            is_zero=s3.total == 0,
-            exp=s3.exp + 1 - lzc,                   # signed
-            norm=n)
+            "count",
+            sign=s3.sign, exp=s3.exp, total=s3.total,
+            lzc=_leading_zeros(Cat(Const(0xF, 4), s3.total))[:5],
+            inf=s3.inf, nan=s3.nan, zero=s3.zero)
 
-        # round to nearest even on 24 bits, carry into the exponent, overflow/underflow, pack
-        mant = s4.norm[4:28]
-        guard = s4.norm[3]
-        rest = s4.norm[:3].any()
-        rounded = mant + (guard & (rest | mant[0]))  # 25 bits
-        carry = rounded[24]
-        # the exponent tests run in parallel with the rounding carry chain; the carry only
-        # selects between them
-        overflow = Mux(carry, s4.exp >= 254, s4.exp >= 255)
-        underflow = s4.exp <= 0                     # such a sum is exact: no carry
-        exp = Mux(carry, s4.exp + 1, s4.exp)[:8]
-        y = Signal(32)
-        with m.If(s4.is_special):
-            m.d.comb += y.eq(s4.special)
-        with m.Elif(s4.is_zero):
-            m.d.comb += y.eq(0)                     # x + (-x) = +0
-        with m.Elif(overflow):
-            m.d.comb += y.eq(Cat(Const(0x7F800000, 31), s4.sign))
-        with m.Elif(underflow):
-            m.d.comb += y.eq(Cat(Const(0, 31), s4.sign))  # FTZ (an exact result)
-        with m.Else():
-            m.d.comb += y.eq(Cat(rounded[:23], exp, s4.sign))
-        s5 = p.step("round", y=y)
-        m.d.comb += self.y.eq(s5.y)
+        # normalize: leading one to bit 27 (a zero sum stays zero)
+        v = s4.total
+        for k in (4, 3, 2, 1, 0):
+            v = wire(Mux(s4.lzc[k], v << (1 << k), v)[:28], f"norm{1 << k}")
+        s5 = p.step(
+            "normalize",
+            sign=s4.sign, exp=s4.exp, lzc=s4.lzc,
+            man=v[4:28], guard=v[3], rest=v[:3].any(),
+            inf=s4.inf, nan=s4.nan, zero=s4.zero)
+
+        # round: the biased result exponent is exp + 1 - lzc. The fields are packed as
+        # man[:23] + 2**23·(exp + 1 - lzc) + rnd in one carry chain, so a rounding carry out of
+        # the significand increments the exponent (1 - lzc is a table of lzc, not a second
+        # chain). Overflow and underflow are decided from exp, lzc and the rounding carry in
+        # parallel with that chain.
+        rnd = wire(s5.guard & (s5.rest | s5.man[0]), "rnd")
+        adj = wire(Array([Const((1 - k) % 256, 8) for k in range(32)])[s5.lzc], "adj")
+        packed = wire((Cat(rnd, s5.man[:23], s5.exp) + Cat(rnd, Const(0, 23), adj))[1:32], "packed")
+        carry = wire(rnd & s5.man[:23].all(), "carry")  # rounds up to the next power of two
+        lz0, lz1 = s5.lzc == 0, s5.lzc == 1
+        # exp + 1 - lzc + carry >= 255, with exp <= 254
+        overflow = ((s5.exp == 254) & (lz0 | (lz1 & carry))) | ((s5.exp == 253) & lz0 & carry)
+        underflow = s5.exp < s5.lzc                 # exp + 1 - lzc <= 0: an exact sum, no rounding
+        cancel = wire(~s5.man[23], "cancel")        # x + (-x): +0
+        inf = wire(s5.inf | overflow, "inf")
+        zero = wire(~inf & (s5.zero | underflow | cancel), "zero")
+        keep = wire(~(inf | zero), "keep")
+        sign = s5.sign & ~s5.nan & ~(cancel & ~s5.zero & ~s5.inf)
+        y = Cat((packed[:23] & keep.replicate(23)) | Cat(Const(0, 22), s5.nan),
+                Mux(inf, 0xFF, packed[23:31] & keep.replicate(8)),
+                sign)
+        s6 = p.step("round", y=y)
+        m.d.comb += self.y.eq(s6.y)
         return m
 
 
@@ -578,7 +585,7 @@ class Fp32Adder(_StreamUnit):
     Parameters
     ----------
     stages : int
-        Pipeline depth of the core, 1..5 (default 4).
+        Pipeline depth of the core, 1..6 (default 4).
 
     Members
     -------

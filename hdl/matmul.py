@@ -376,8 +376,19 @@ class MatmulEngine(wiring.Component):
                          l_active.eq(1), l_r.eq(0), l_c.eq(0), l_j.eq(0), w_hold[0].eq(0), w_hold[1].eq(0)]
             for i in range(R * C):
                 m.d.sync += stg[i].eq(0x8000)
+        # After a commit the array samples the staged tile for arr.load_cycles more cycles (its
+        # control chain); the staging register is cleared in the last of them, and the loader
+        # takes no beat until then.
+        l_wait = Signal(range(arr.load_cycles + 1))
+        l_clr = Signal()
+        with m.If(l_wait != 0):
+            m.d.sync += l_wait.eq(l_wait - 1)
+        m.d.sync += l_clr.eq(l_wait == 2)
+        with m.If(l_clr):
+            for i in range(R * C):
+                m.d.sync += stg[i].eq(0x8000)
         l_take = Signal()
-        m.d.comb += [l_take.eq(running & l_active & ~staged), self.w.ready.eq(l_take)]
+        m.d.comb += [l_take.eq(running & l_active & ~staged & (l_wait == 0)), self.w.ready.eq(l_take)]
         lk_valid = _lanes_below(l_krem, R)
         ln_valid = _lanes_below(l_nrem, C)
         with m.If(l_take & self.w.valid):
@@ -405,9 +416,8 @@ class MatmulEngine(wiring.Component):
                               & (Mux(l_bank, w_hold[1], w_hold[0]) == 0))
         m.d.comb += [arr.w_tile.eq(stg), arr.w_load.eq(commit), arr.w_bank.eq(l_bank)]
         with m.If(commit):
-            m.d.sync += [staged.eq(0), w_full.bit_select(l_bank, 1).eq(1), l_bank.eq(~l_bank)]
-            for i in range(R * C):
-                m.d.sync += stg[i].eq(0x8000)
+            m.d.sync += [staged.eq(0), w_full.bit_select(l_bank, 1).eq(1), l_bank.eq(~l_bank),
+                         l_wait.eq(arr.load_cycles)]
             with m.If(l_krem <= R):
                 m.d.sync += [l_krem.eq(cmd.k), l_nrem.eq(l_nrem - C)]
                 with m.If(l_nrem <= C):

@@ -190,12 +190,18 @@ class SystolicArray(wiring.Component):
     tag : In(tag_width)
         Returned with the result.
     bf16, a_unsigned : In(1)
-        Data type (see :class:`ProcessingElement`); constant while rows are in flight.
+        Data type (see :class:`ProcessingElement`); constant while rows are in flight. A change
+        may enter together with the first row that uses it.
     w_tile : In(ArrayLayout(16, R*C))
         A whole weight tile, element (k, n) at index ``k*C + n``.
     w_load, w_bank : In(1)
         Copy ``w_tile`` into bank ``w_bank`` of every PE. Allowed ``weight_hold`` cycles after the
-        last row using that bank entered.
+        last row using that bank entered. ``w_tile`` must then stay unchanged for the next
+        ``load_cycles`` cycles; rows using the new tile may enter from the next cycle on.
+
+    Control distribution: the data type and the load command reach the PEs through a chain of
+    registers, one per PE (PE(k, n) is ``1 + k + n`` registers from the inputs), so no net spans
+    the whole array; each register drives only its own PE and the next one in the chain.
     o_valid, result, o_tag : Out
         ``result[n] = psum[n] + Σ_k a[k]·w[k][n]`` (sequential in k) of the row that entered
         ``latency`` cycles earlier.
@@ -254,6 +260,11 @@ class SystolicArray(wiring.Component):
         return 1 + (self._rows - 1) * self._pe_latency + self._cols + 1
 
     @property
+    def load_cycles(self):
+        """Cycles after ``w_load`` during which ``w_tile`` is still sampled (by the farther PEs)."""
+        return self._rows + self._cols - 1
+
+    @property
     def throughput(self):
         """Rows per cycle."""
         return 1
@@ -262,12 +273,23 @@ class SystolicArray(wiring.Component):
         m = Module()
         R, C, L, Lm = self._rows, self._cols, self._pe_latency, self._mul_latency
         pes = [[ProcessingElement(**self._stages) for _ in range(C)] for _ in range(R)]
+        # control chain: down column 0, then along each row (one register per PE)
+        ctl_layout = data.StructLayout({"bf16": 1, "a_unsigned": 1, "w_load": 1, "w_bank": 1})
+        ctl = [[Signal(ctl_layout, name=f"ctl_{k}_{n}") for n in range(C)] for k in range(R)]
+        m.d.sync += ctl[0][0].eq(Cat(self.bf16, self.a_unsigned, self.w_load, self.w_bank))
+        for k in range(R):
+            for n in range(C):
+                if n > 0:
+                    m.d.sync += ctl[k][n].eq(ctl[k][n - 1])
+                elif k > 0:
+                    m.d.sync += ctl[k][0].eq(ctl[k - 1][0])
         for k in range(R):
             for n in range(C):
                 m.submodules[f"pe_{k}_{n}"] = pe = pes[k][n]
-                m.d.comb += [pe.bf16.eq(self.bf16), pe.a_unsigned.eq(self.a_unsigned),
-                             pe.w_data.eq(self.w_tile[k * C + n]), pe.w_load.eq(self.w_load),
-                             pe.w_bank.eq(self.w_bank)]
+                c = ctl[k][n]
+                m.d.comb += [pe.bf16.eq(c.bf16), pe.a_unsigned.eq(c.a_unsigned),
+                             pe.w_data.eq(self.w_tile[k * C + n]), pe.w_load.eq(c.w_load),
+                             pe.w_bank.eq(c.w_bank)]
                 if n == 0:
                     a = _delay(m, self.a[k], 1 + k * L, f"a_skew{k}")
                     bank = _delay(m, self.bank, 1 + k * L, f"bank_skew{k}")

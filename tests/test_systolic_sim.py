@@ -47,7 +47,12 @@ def _run_array(R, C, jobs, seed):
                 ctx.set(dut.w_bank, job["bank"])
                 ctx.set(dut.w_load, 1)
                 await ctx.tick()
-            ctx.set(dut.w_load, 0)
+                # the tile stays on w_tile while the load travels down the control chain
+                ctx.set(dut.w_load, 0)
+                for _ in range(dut.load_cycles):
+                    await ctx.tick()
+                # ... and is not sampled after that: garbage on w_tile must change nothing
+                ctx.set(dut.w_tile, [(0x5A5A + 7919 * j) & 0xFFFF for j in range(R * C)])
             ctx.set(dut.bf16, jobs[group[0]]["bf16"])
             ctx.set(dut.a_unsigned, jobs[group[0]]["a_unsigned"])
             # interleave the rows of the jobs of this group, so consecutive rows use both banks

@@ -141,12 +141,17 @@ class _Core(wiring.Component):
         _check_stages(stages, len(cls._STEPS))
         return stages
 
-    def _registered_steps(self):
-        names = self._PRIORITY[:self._stages]
-        return {self._STEPS.index(name) for name in names}
+    @classmethod
+    def registered_steps(cls, stages=None):
+        """``{step name: registered}`` of a core built with ``stages`` (``None``: the default), in
+        datapath order; a module that builds the same datapath inline (the PE's multiply) places
+        its registers from this."""
+        chosen = set(cls._PRIORITY[:cls.latency_for(stages)])
+        return {name: name in chosen for name in cls._STEPS}
 
     def _pipeline(self, m):
-        return _Pipeline(m, self.en, self._registered_steps())
+        flags = self.registered_steps(self._stages)
+        return _Pipeline(m, self.en, {i for i, name in enumerate(flags) if flags[name]})
 
 
 class Int8MacCore(_Core):

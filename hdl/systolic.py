@@ -144,12 +144,12 @@ class ProcessingElement(wiring.Component):
         x = Mux(self.bf16, Cat(sig_a, 0), Cat(a8, a8[7] & ~self.a_unsigned)).as_signed()
         y = Mux(self.bf16, Cat(sig_w, 0), Cat(w8, w8[7])).as_signed()
         s0 = _Pipeline(m, Const(1), {0}).step("operand", x=x, y=y, **values)
-        core_stages = self._mul_lat - 1
-        registered = {Bf16MulCore._STEPS.index(name) for name in Bf16MulCore._PRIORITY[:core_stages]}
-        p = _Pipeline(m, Const(1), registered)
+        flags = Bf16MulCore.registered_steps(self._mul_lat - 1)
+        assert list(flags) == ["mul", "pack"]
+        p = _Pipeline(m, Const(1), {i for i, name in enumerate(flags) if flags[name]})
         s1 = p.step("mul", prod=s0.x * s0.y, **{name: getattr(s0, name) for name in values})
         s2 = p.step("pack", y=bf16_mul_pack(m, s1))
-        mul_regs = 1 + int(Bf16MulCore._STEPS.index("mul") in registered)
+        mul_regs = 1 + int(flags["mul"])
 
         # bf16: the product is ready when the partial sum arrives.
         m.d.comb += [add.en.eq(1), add.a.eq(self.psum_in), add.b.eq(s2.y)]

@@ -253,6 +253,21 @@ def test_latency_for_matches_built_cores_and_rejects_bad_stages(cls):
         cls.latency_for(cls.max_stages() + 1)
 
 
+@pytest.mark.parametrize("cls", list(CORES.values()))
+def test_registered_steps_name_every_step_and_register_exactly_stages_of_them(cls):
+    for stages in range(1, cls.max_stages() + 1):
+        flags = cls.registered_steps(stages)
+        assert len(flags) == cls.max_stages()
+        assert sum(flags.values()) == stages
+        # a deeper pipeline keeps every register of a shallower one
+        if stages > 1:
+            shallower = cls.registered_steps(stages - 1)
+            assert all(flags[name] for name in flags if shallower[name])
+    assert cls.registered_steps() == cls.registered_steps(cls.latency_for())
+    with pytest.raises(ValueError, match="stages must be in"):
+        cls.registered_steps(cls.max_stages() + 1)
+
+
 def test_parameters_are_keyword_only():
     with pytest.raises(TypeError):
         arith.Fp32AddCore(3)

@@ -246,18 +246,23 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [arr.bf16.eq(bf16), arr.a_unsigned.eq(cmd.a_unsigned & ~bf16)]
         kt_count = Signal(16)
         words = Signal(range(self._a_depth + 1))
-        words_full = Signal(33)
         code = Signal(4)
         counters = {name: Signal(_COUNTER_WIDTH, name=f"cnt_{name}") for name in COUNTERS}
         resp_payload = Signal(response_layout())
         m.d.comb += [self.cmd.ready.eq(0), self.resp.valid.eq(0), self.resp.payload.eq(resp_payload)]
 
-        running = Signal()
-        start = Signal()   # one cycle: initialise the run counters
-        finish = Signal()  # one cycle: everything sent
+        running = Signal()  # register: the RUN state
+        start = Signal()    # register, one cycle before RUN: initialise the run counters
+        finish = Signal()   # one cycle: everything sent
 
         rmult, rshift = _reciprocal(R, 17)
+        k_pad = Signal(17)
+        words_full = Signal(33)
 
+        # Setup is a chain of registered steps (each one adder, multiplier or comparison), and
+        # ``start`` and ``running`` are flip-flops: they fan out to the whole loader, issue and
+        # drain logic, including the clear of the weight staging register.
+        m.d.sync += start.eq(0)
         with m.FSM(name="engine"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -267,7 +272,7 @@ class MatmulEngine(wiring.Component):
                         m.d.sync += c.eq(0)
                     m.next = "SETUP1"
             with m.State("SETUP1"):
-                m.d.sync += kt_count.eq(((cmd.k + (R - 1)) * rmult) >> rshift)
+                m.d.sync += k_pad.eq(cmd.k + (R - 1))
                 with m.If((cmd.m == 0) | (cmd.k == 0) | (cmd.n == 0)):
                     m.d.sync += code.eq(Status.ZERO_DIM)
                     m.next = "RESP"
@@ -281,17 +286,24 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += code.eq(Status.OK)
                     m.next = "SETUP2"
             with m.State("SETUP2"):
-                m.d.comb += words_full.eq(cmd.m * kt_count)
+                m.d.sync += kt_count.eq((k_pad * rmult) >> rshift)
+                m.next = "SETUP3"
+            with m.State("SETUP3"):
+                m.d.sync += words_full.eq(cmd.m * kt_count)
+                m.next = "SETUP4"
+            with m.State("SETUP4"):
                 with m.If(words_full > self._a_depth):
                     m.d.sync += code.eq(Status.A_TOO_LARGE)
                     m.next = "RESP"
                 with m.Else():
-                    m.d.sync += words.eq(words_full)
-                    m.d.comb += start.eq(1)
-                    m.next = "RUN"
+                    m.d.sync += [words.eq(words_full), start.eq(1)]
+                    m.next = "START"
+            with m.State("START"):
+                m.d.sync += running.eq(1)
+                m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += running.eq(1)
                 with m.If(finish):
+                    m.d.sync += running.eq(0)
                     m.next = "RESP"
             with m.State("RESP"):
                 m.d.comb += self.resp.valid.eq(1)

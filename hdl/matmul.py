@@ -403,12 +403,24 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [l_take.eq(running & l_active & ~staged & (l_wait == 0)), self.w.ready.eq(l_take)]
         lk_valid = _lanes_below(l_krem, R)
         ln_valid = _lanes_below(l_nrem, C)
+        # A beat is written into the staging register one cycle after it was taken, from
+        # registers: the beat and its row and lane enables (timing: the staging register spans
+        # the array; its enables must not start from the loader's logic).
+        wb_data = Signal.like(self.w.payload)
+        wb_tr = Signal()
+        wb_row = Signal(R)     # row orientation: the row this beat fills, if any
+        wb_lane = Signal(C)    # row orientation: the columns inside N
+        wb_col = Signal(C)     # transposed: the column this beat fills, if any
+        wb_trow = Signal(R)    # transposed: the rows of that column this beat holds (inside K)
+        m.d.sync += [wb_row.eq(0), wb_col.eq(0), wb_data.eq(self.w.payload), wb_tr.eq(cmd.w_transposed),
+                     wb_lane.eq(Cat(*ln_valid)), wb_trow.eq(Cat(*[(l_j == r // C) & lk_valid[r] for r in range(R)]))]
+        for r in range(R):
+            for c in range(C):
+                with m.If((wb_row[r] & wb_lane[c]) | (wb_col[c] & wb_trow[r])):
+                    m.d.sync += stg[r * C + c].eq(Mux(wb_tr, wb_data[r % C], wb_data[c]))
         with m.If(l_take & self.w.valid):
             with m.If(cmd.w_transposed):
-                for r in range(R):
-                    for c in range(C):
-                        with m.If((l_c == c) & (l_j == r // C) & lk_valid[r]):
-                            m.d.sync += stg[r * C + c].eq(self.w.payload[r % C])
+                m.d.sync += wb_col.eq(1 << l_c)
                 with m.If(l_j == J - 1):
                     m.d.sync += [l_j.eq(0), l_c.eq(l_c + 1)]
                     with m.If((l_c == C - 1) | (l_c + 1 >= l_nrem)):
@@ -416,10 +428,7 @@ class MatmulEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += l_j.eq(l_j + 1)
             with m.Else():
-                for r in range(R):
-                    for c in range(C):
-                        with m.If((l_r == r) & ln_valid[c]):
-                            m.d.sync += stg[r * C + c].eq(self.w.payload[c])
+                m.d.sync += wb_row.eq(1 << l_r)
                 m.d.sync += l_r.eq(l_r + 1)
                 with m.If((l_r == R - 1) | (l_r + 1 >= l_krem)):
                     m.d.sync += [staged.eq(1), l_r.eq(0)]
@@ -467,8 +476,16 @@ class MatmulEngine(wiring.Component):
         c_a = li < a_wr
         c_p = ~need_p | p_full.bit_select(i_bank, 1)
         c_bank = ~(i_kt0 & (i_m == 0)) | free.bit_select(i_bank, 1)
+        # read after write: a pass over K tile kt ≥ 1 reads accumulator row m, which the pass over
+        # kt − 1 wrote. Row li of the N tile may issue once wr_cnt[i_bank] + M > li. The engine
+        # keeps lag = li − wr_cnt[i_bank] in a register instead (+1 per issued row, −1 per row
+        # written to the bank; 0 from an N tile's end, while its next first pass ignores it), so
+        # the test is one comparison with a register (timing: this gates the issue of every row).
+        lag = Signal(range(self._a_depth + 1))
+        wr_cur = Signal()
+        m.d.comb += wr_cur.eq(arr.o_valid & (tag_bank == i_bank))
         c_raw = Signal()
-        m.d.comb += c_raw.eq(i_kt0 | (Mux(i_bank, wr_cnt[1], wr_cnt[0]) + cmd.m > li))
+        m.d.comb += c_raw.eq(i_kt0 | (lag < cmd.m))
         go = Signal()
         m.d.comb += go.eq(running & i_active & c_w & c_a & c_p & c_bank & c_raw)
         m.d.comb += [a_rp.addr.eq(li), acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
@@ -504,6 +521,13 @@ class MatmulEngine(wiring.Component):
                      arr.psum.eq(Mux(s2_kt0, bias, acc_q)),
                      arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
 
+        with m.If(start | (go & (i_m == cmd.m - 1) & (i_krem <= R))):
+            m.d.sync += lag.eq(0)
+        with m.Elif(go & ~wr_cur):
+            m.d.sync += lag.eq(lag + 1)
+        with m.Elif(~go & wr_cur):
+            m.d.sync += lag.eq(lag - 1)
+
         for b in range(2):
             with m.If(w_hold[b] != 0):
                 m.d.sync += w_hold[b].eq(w_hold[b] - 1)
@@ -537,11 +561,15 @@ class MatmulEngine(wiring.Component):
 
         # write counts (the first row of an N tile clears its bank's count: no write to that
         # bank can be in flight then, its previous N tile has been drained)
+        # wr_done[b] = (wr_cnt[b] == words), kept as a register (timing: it gates the drain)
+        wr_done = Signal(2)
+        with m.If(start):
+            m.d.sync += wr_done.eq(0)
         for b in range(2):
             with m.If(go & i_kt0 & (i_m == 0) & (i_bank == b)):
-                m.d.sync += wr_cnt[b].eq(0)
+                m.d.sync += [wr_cnt[b].eq(0), wr_done[b].eq(0)]
             with m.Elif(arr.o_valid & (tag_bank == b)):
-                m.d.sync += wr_cnt[b].eq(wr_cnt[b] + 1)
+                m.d.sync += [wr_cnt[b].eq(wr_cnt[b] + 1), wr_done[b].eq(wr_cnt[b] + 1 == words)]
 
         # ---------------------------------------------------------------- drain
         d_active = Signal()
@@ -552,8 +580,7 @@ class MatmulEngine(wiring.Component):
         with m.If(start):
             m.d.sync += [d_active.eq(1), d_bank.eq(0), d_m.eq(0), d_nrem.eq(cmd.n)]
         d_ready = Signal()
-        m.d.comb += d_ready.eq(i_done.bit_select(d_bank, 1)
-                               & (Mux(d_bank, wr_cnt[1], wr_cnt[0]) == words))
+        m.d.comb += d_ready.eq(i_done.bit_select(d_bank, 1) & wr_done.bit_select(d_bank, 1))
         d_go = Signal()
         m.d.comb += d_go.eq(running & d_active & d_ready & (pending < self._fifo_depth))
         m.d.comb += acc_dp.addr.eq(Cat(d_m[:AB], d_bank))

@@ -490,13 +490,13 @@ class MatmulEngine(wiring.Component):
         m.d.comb += go.eq(running & i_active & c_w & c_a & c_p & c_bank & c_raw)
         m.d.comb += [a_rp.addr.eq(li), acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
 
-        tile_macs = Signal(16)
-        kv = Mux(i_krem >= R, R, i_krem[:7])
-        nv = Mux(i_nrem >= C, C, i_nrem[:7])
-        m.d.comb += tile_macs.eq(kv * nv)
-        # the MAC count of an issued row is added one cycle later (timing: product, then 48-bit add)
-        macs_q = Signal(16)
-        m.d.sync += macs_q.eq(Mux(go, tile_macs, 0))
+        # the MAC count of an issued row is added three cycles later (timing: the tile's K and N
+        # extents, their product in a DSP block, then the 48-bit add, one register apart)
+        kv_q, nv_q, mg_q = Signal(7), Signal(7), Signal()
+        m.d.sync += [kv_q.eq(Mux(i_krem >= R, R, i_krem[:7])), nv_q.eq(Mux(i_nrem >= C, C, i_nrem[:7])),
+                     mg_q.eq(go)]
+        macs_q = Signal(14)
+        m.d.sync += macs_q.eq(Mux(mg_q, kv_q * nv_q, 0))
         with m.If(macs_q.any()):    # never in the cycle that clears the counters
             m.d.sync += counters["macs"].eq(counters["macs"] + macs_q)
 

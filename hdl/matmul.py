@@ -499,6 +499,15 @@ class MatmulEngine(wiring.Component):
         m.d.sync += macs_q.eq(Mux(mg_q, kv_q * nv_q, 0))
         with m.If(macs_q.any()):    # never in the cycle that clears the counters
             m.d.sync += counters["macs"].eq(counters["macs"] + macs_q)
+        # busy and stall cycles are counted one cycle late too, from registered causes (timing:
+        # the causes are the issue conditions; the counters are 48-bit adders)
+        st_q = Signal(data.StructLayout({"weight": 1, "input": 1, "output": 1, "dependency": 1}))
+        m.d.sync += st_q.eq(0)
+        with m.If(mg_q):
+            m.d.sync += counters["busy"].eq(counters["busy"] + 1)
+        for name in ("weight", "input", "output", "dependency"):
+            with m.If(getattr(st_q, name)):
+                m.d.sync += counters[f"stall_{name}"].eq(counters[f"stall_{name}"] + 1)
 
         s1_valid = Signal()
         s1_kt0 = Signal()
@@ -532,7 +541,6 @@ class MatmulEngine(wiring.Component):
             with m.If(w_hold[b] != 0):
                 m.d.sync += w_hold[b].eq(w_hold[b] - 1)
         with m.If(go):
-            m.d.sync += counters["busy"].eq(counters["busy"] + 1)
             with m.If(i_kt0 & (i_m == 0)):
                 m.d.sync += free.bit_select(i_bank, 1).eq(0)
             with m.If(i_m == cmd.m - 1):
@@ -551,13 +559,13 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += [i_m.eq(i_m + 1), li.eq(li + 1)]
         with m.Elif(running & i_active):
             with m.If(~c_w):
-                m.d.sync += counters["stall_weight"].eq(counters["stall_weight"] + 1)
+                m.d.sync += st_q.weight.eq(1)
             with m.Elif(~c_a | ~c_p):
-                m.d.sync += counters["stall_input"].eq(counters["stall_input"] + 1)
+                m.d.sync += st_q.input.eq(1)
             with m.Elif(~c_bank):
-                m.d.sync += counters["stall_output"].eq(counters["stall_output"] + 1)
+                m.d.sync += st_q.output.eq(1)
             with m.Else():
-                m.d.sync += counters["stall_dependency"].eq(counters["stall_dependency"] + 1)
+                m.d.sync += st_q.dependency.eq(1)
 
         # write counts (the first row of an N tile clears its bank's count: no write to that
         # bank can be in flight then, its previous N tile has been drained)
@@ -595,7 +603,7 @@ class MatmulEngine(wiring.Component):
             with m.Else():
                 m.d.sync += d_m.eq(d_m + 1)
         with m.Elif(running & ~i_active & d_active & d_ready):
-            m.d.sync += counters["stall_output"].eq(counters["stall_output"] + 1)
+            m.d.sync += st_q.output.eq(1)
 
         # output stage: d1 (memory data) → stage A → stage B (→ padding) → FIFO
         d1_valid, d1_last, d1_slot = Signal(), Signal(), Signal()

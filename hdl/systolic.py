@@ -198,13 +198,13 @@ class SystolicArray(wiring.Component):
         Copy ``w_tile`` into bank ``w_bank`` of every PE. Allowed ``weight_hold`` cycles after the
         last row using that bank entered. ``w_tile`` must then stay unchanged for the next
         ``load_cycles`` cycles; rows using the new tile may enter from the next cycle on.
+    o_valid, result, o_tag : Out
+        ``result[n] = psum[n] + Σ_k a[k]·w[k][n]`` (sequential in k) of the row that entered
+        ``latency`` cycles earlier.
 
     Control distribution: the data type and the load command reach the PEs through a chain of
     registers, one per PE (PE(k, n) is ``1 + k + n`` registers from the inputs), so no net spans
     the whole array; each register drives only its own PE and the next one in the chain.
-    o_valid, result, o_tag : Out
-        ``result[n] = psum[n] + Σ_k a[k]·w[k][n]`` (sequential in k) of the row that entered
-        ``latency`` cycles earlier.
 
     Latency: ``latency`` = ``mul_latency + R·pe_latency + C`` cycles. Throughput: one row per
     cycle (R·C MACs per cycle), no stalls: empty cycles travel as bubbles.

@@ -57,7 +57,8 @@ class _Pipeline:
         out = {}
         for key, value in values.items():
             value = Value.cast(value)
-            sig = Signal(value.shape(), name=f"{name}_{key}" + ("_q" if regd else ""))
+            # pipeline registers hold data only: no reset (the valid bits travel beside them)
+            sig = Signal(value.shape(), name=f"{name}_{key}" + ("_q" if regd else ""), reset_less=regd)
             if regd:
                 with self._m.If(self._en):
                     self._m.d.sync += sig.eq(value)

@@ -406,7 +406,7 @@ class MatmulEngine(wiring.Component):
         # A beat is written into the staging register one cycle after it was taken, from
         # registers: the beat and its row and lane enables (timing: the staging register spans
         # the array; its enables must not start from the loader's logic).
-        wb_data = Signal.like(self.w.payload)
+        wb_data = Signal.like(self.w.payload, reset_less=True)
         wb_tr = Signal()
         wb_row = Signal(R)     # row orientation: the row this beat fills, if any
         wb_lane = Signal(C)    # row orientation: the columns inside N
@@ -520,8 +520,8 @@ class MatmulEngine(wiring.Component):
         # room for the bias multiplexer); a row enters the array two cycles after it was issued
         s2_valid, s2_kt0, s2_bank, s2_tw = Signal(), Signal(), Signal(), Signal()
         s2_m = Signal(AB)
-        a_q = Signal.like(a_rp.data)
-        acc_q = Signal.like(acc_rp.data)
+        a_q = Signal.like(a_rp.data, reset_less=True)
+        acc_q = Signal.like(acc_rp.data, reset_less=True)
         m.d.sync += [s2_valid.eq(s1_valid), s2_kt0.eq(s1_kt0), s2_bank.eq(s1_bank), s2_tw.eq(s1_tw),
                      s2_m.eq(s1_m), a_q.eq(a_rp.data), acc_q.eq(acc_rp.data)]
         bias = Signal(data.ArrayLayout(32, C))
@@ -610,9 +610,10 @@ class MatmulEngine(wiring.Component):
         m.d.sync += [d1_valid.eq(d_go), d1_last.eq(d_last), d1_slot.eq(d_bank)]
         # stage 0 registers the accumulator memory's output (a block RAM's clock-to-output
         # delay leaves no room for logic after it) with the row's parameters
-        raw = Signal(data.ArrayLayout(32, C))
-        mult = Signal(data.ArrayLayout(32, C))
-        shift = Signal(data.ArrayLayout(8, C))
+        # (datapath registers here and below have no reset; the valid bits beside them do)
+        raw = Signal(data.ArrayLayout(32, C), reset_less=True)
+        mult = Signal(data.ArrayLayout(32, C), reset_less=True)
+        shift = Signal(data.ArrayLayout(8, C), reset_less=True)
         s0_valid, s0_last = Signal(), Signal()
         m.d.sync += [raw.eq(acc_dp.data), s0_valid.eq(d1_valid), s0_last.eq(d1_last),
                      mult.eq(Mux(d1_slot, p_mult[1], p_mult[0])), shift.eq(Mux(d1_slot, p_shift[1], p_shift[0]))]
@@ -629,31 +630,35 @@ class MatmulEngine(wiring.Component):
             m.d.comb += sh_c.eq(Mux(sh == 0, 1, Mux(sh > 62, 62, sh[:6])))
             r_lo, r_hi = raw[c][:16], raw[c][16:].as_signed()
             m_lo, m_hi = mult[c][:16], mult[c][16:31]
-            pp = [Signal(signed(34), name=f"rq_pp{i}_{c}") for i in range(4)]
-            half = Signal(unsigned(62), name=f"rq_half{c}")
-            sh1 = Signal(range(63), name=f"rq_sh1_{c}")
+            pp = [Signal(signed(34), name=f"rq_pp{i}_{c}", reset_less=True) for i in range(4)]
+            half = Signal(unsigned(62), name=f"rq_half{c}", reset_less=True)
+            sh1 = Signal(range(63), name=f"rq_sh1_{c}", reset_less=True)
             m.d.sync += [pp[0].eq(r_lo * m_lo), pp[1].eq(r_lo * m_hi), pp[2].eq(r_hi * m_lo),
                          pp[3].eq(r_hi * m_hi), half.eq((Const(1, 62) << (sh_c - 1)[:6])[:62]),
                          sh1.eq(sh_c)]
-            mid, low = Signal(signed(35), name=f"rq_mid{c}"), Signal(signed(64), name=f"rq_low{c}")
+            mid = Signal(signed(35), name=f"rq_mid{c}", reset_less=True)
+            low = Signal(signed(64), name=f"rq_low{c}", reset_less=True)
             hh2, sh2 = Signal.like(pp[3], name=f"rq_hh2_{c}"), Signal.like(sh1, name=f"rq_sh2_{c}")
             m.d.sync += [mid.eq(pp[1] + pp[2]), low.eq(pp[0] + half), hh2.eq(pp[3]), sh2.eq(sh1)]
-            high, low3 = Signal(signed(64), name=f"rq_high{c}"), Signal.like(low, name=f"rq_low3_{c}")
+            high, low3 = Signal(signed(64), name=f"rq_high{c}", reset_less=True), Signal.like(low, name=f"rq_low3_{c}")
             sh3 = Signal.like(sh1, name=f"rq_sh3_{c}")
             m.d.sync += [high.eq((hh2 << 32) + (mid << 16)), low3.eq(low), sh3.eq(sh2)]
-            rounded, sh4 = Signal(signed(64), name=f"rq_rounded{c}"), Signal.like(sh1, name=f"rq_sh4_{c}")
+            rounded = Signal(signed(64), name=f"rq_rounded{c}", reset_less=True)
+            sh4 = Signal.like(sh1, name=f"rq_sh4_{c}")
             m.d.sync += [rounded.eq(high + low3), sh4.eq(sh3)]
-            coarse, sh5 = Signal(signed(64), name=f"rq_coarse{c}"), Signal(3, name=f"rq_sh5_{c}")
+            coarse = Signal(signed(64), name=f"rq_coarse{c}", reset_less=True)
+            sh5 = Signal(3, name=f"rq_sh5_{c}", reset_less=True)
             m.d.sync += [coarse.eq(rounded >> Cat(Const(0, 3), sh4[3:6])), sh5.eq(sh4[:3])]
-            fine = Signal(signed(64), name=f"rq_fine{c}")
+            fine = Signal(signed(64), name=f"rq_fine{c}", reset_less=True)
             m.d.sync += fine.eq(coarse >> sh5)
-            clamped = Signal(signed(8), name=f"rq_q{c}")
+            clamped = Signal(signed(8), name=f"rq_q{c}", reset_less=True)
             over = ~fine[63] & fine[7:].any()       # > 127
             under = fine[63] & ~fine[7:].all()      # < -128
             m.d.sync += clamped.eq(Mux(over, 127, Mux(under, -128, fine[:8])))
             q.append(clamped)
         for i in range(_REQUANT_STAGES):
-            nv, nl, nr = Signal(name=f"rq_valid{i}"), Signal(name=f"rq_last{i}"), Signal.like(raw, name=f"rq_raw{i}")
+            nv, nl = Signal(name=f"rq_valid{i}"), Signal(name=f"rq_last{i}")
+            nr = Signal.like(raw, name=f"rq_raw{i}")
             m.d.sync += [nv.eq(q_valid), nl.eq(q_last), nr.eq(q_raw)]
             q_valid, q_last, q_raw = nv, nl, nr
         bf = Signal(data.ArrayLayout(16, C))
@@ -662,16 +667,16 @@ class MatmulEngine(wiring.Component):
             m.submodules[f"to_bf16_{c}"] = core
             m.d.comb += [core.en.eq(1), core.a.eq(raw[c]), bf[c].eq(core.y)]
 
-        def pad(sig, have, name):
+        def pad(sig, have, name, reset_less=True):
             for i in range(self._out_stages - have):
-                nxt = Signal.like(sig, name=f"{name}_pad{i}")
+                nxt = Signal.like(sig, name=f"{name}_pad{i}", reset_less=reset_less)
                 m.d.sync += nxt.eq(sig)
                 sig = nxt
             return sig
         q_o = [pad(q[c], _REQUANT_STAGES, f"q{c}") for c in range(C)]
         raw_o = pad(q_raw, _REQUANT_STAGES, "raw")
-        valid_o = pad(q_valid, _REQUANT_STAGES, "valid")
-        last_o = pad(q_last, _REQUANT_STAGES, "last")
+        valid_o = pad(q_valid, _REQUANT_STAGES, "valid", reset_less=False)
+        last_o = pad(q_last, _REQUANT_STAGES, "last", reset_less=False)
         bf_o = pad(bf, self._cvt_latency, "bf")
         out = Signal(result_layout(C))
         with m.Switch(cmd.out_fmt):

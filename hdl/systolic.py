@@ -27,10 +27,10 @@ from .arith import Bf16MulCore, Fp32AddCore, _Pipeline, bf16_mul_pack, bf16_mul_
 __all__ = ["ProcessingElement", "SystolicArray"]
 
 
-def _delay(m, sig, cycles, name):
-    """``sig`` delayed by ``cycles`` registers (``cycles`` ≥ 0)."""
+def _delay(m, sig, cycles, name, *, reset_less=True):
+    """``sig`` delayed by ``cycles`` registers (``cycles`` ≥ 0); data delays have no reset."""
     for i in range(cycles):
-        nxt = Signal.like(sig, name=f"{name}_d{i + 1}")
+        nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less)
         m.d.sync += nxt.eq(sig)
         sig = nxt
     return sig
@@ -123,7 +123,9 @@ class ProcessingElement(wiring.Component):
         add = Fp32AddCore() if self._add_stages is None else Fp32AddCore(stages=self._add_stages)
         m.submodules.add = add
 
-        w = [Signal(16, name=f"w{i}", init=0x8000) for i in range(2)]
+        # Datapath registers (weights, operands, products, sums) have no reset: only the
+        # control that qualifies them (valid, load, data type) is reset, outside the PE.
+        w = [Signal(16, name=f"w{i}", init=0x8000, reset_less=True) for i in range(2)]
         with m.If(self.w_load):
             with m.If(self.w_bank):
                 m.d.sync += w[1].eq(self.w_data)
@@ -132,7 +134,10 @@ class ProcessingElement(wiring.Component):
         w_sel = Signal(16)
         m.d.comb += w_sel.eq(Mux(self.bank_in, w[1], w[0]))
 
-        m.d.sync += [self.a_out.eq(self.a_in), self.bank_out.eq(self.bank_in)]
+        a_q = Signal(16, reset_less=True)
+        bank_q = Signal(reset_less=True)
+        m.d.sync += [a_q.eq(self.a_in), bank_q.eq(self.bank_in)]
+        m.d.comb += [self.a_out.eq(a_q), self.bank_out.eq(bank_q)]
 
         # The shared multiplier: 9-bit signed operands, 18-bit signed product. bf16: the
         # significands (< 2**8, so the sign bit is 0); int8: a sign- or zero-extended, w signed.
@@ -155,13 +160,15 @@ class ProcessingElement(wiring.Component):
         m.d.comb += [add.en.eq(1), add.a.eq(self.psum_in), add.b.eq(s2.y)]
         # int8: the product waits to meet its partial sum, then one registered 32-bit add.
         prod = _delay(m, s1.prod, self.mul_latency - mul_regs, "iprod")
-        isum = Signal(32)
+        isum = Signal(32, reset_less=True)
         m.d.sync += isum.eq((self.psum_in + prod)[:32])
 
         lat = self.latency - 1
         fp = _delay(m, add.y, lat - add.latency, "fp")
         it = _delay(m, isum, lat - 1, "int")
-        m.d.sync += self.psum_out.eq(Mux(self.bf16, fp, it))
+        psum_q = Signal(32, reset_less=True)
+        m.d.sync += psum_q.eq(Mux(self.bf16, fp, it))
+        m.d.comb += self.psum_out.eq(psum_q)
         return m
 
 
@@ -302,6 +309,6 @@ class SystolicArray(wiring.Component):
                     m.d.comb += pe.psum_in.eq(pes[k - 1][n].psum_out)
         for n in range(C):
             m.d.comb += self.result[n].eq(_delay(m, pes[R - 1][n].psum_out, C - 1 - n, f"deskew{n}"))
-        m.d.comb += [self.o_valid.eq(_delay(m, self.valid, self.latency, "valid")),
+        m.d.comb += [self.o_valid.eq(_delay(m, self.valid, self.latency, "valid", reset_less=False)),
                      self.o_tag.eq(_delay(m, self.tag, self.latency, "tag"))]
         return m

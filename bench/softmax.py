@@ -141,16 +141,15 @@ def fpga(config):
     device), in build/fpga/softmax-<config>/."""
     from amaranth.back import verilog
 
-    from bench.fpga import place_and_route, synth
+    from bench.fpga import implement
     from sim.runner import ROOT
     cfg = get_config(config)
     work = ROOT / "build" / "fpga" / f"softmax-{cfg.name}"
     work.mkdir(parents=True, exist_ok=True)
     path = work / "softmax_unit.v"
     path.write_text(verilog.convert(SoftmaxUnit.from_config(cfg), name="softmax_unit", emit_src=False))
-    net, stats = synth(path, "softmax_unit", work)
-    stats.update(place_and_route(net, "softmax_unit", work))
-    log = work / "softmax_unit.nextpnr.log"
+    stats = implement(path, "softmax_unit", work)
+    log = work / "softmax_unit_board.nextpnr.log"
     if "fmax_mhz" not in stats and log.exists():  # nextpnr fails when the 100 MHz target is missed
         found = re.findall(r"Max frequency for clock '([^']*)': ([0-9.]+) MHz", log.read_text(errors="replace"))
         if found:

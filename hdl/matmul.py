@@ -257,6 +257,7 @@ class MatmulEngine(wiring.Component):
 
         rmult, rshift = _reciprocal(R, 17)
         k_pad = Signal(17)
+        m_last = Signal(16)     # M − 1, a register (timing: the row counters compare with it)
         words_full = Signal(33)
 
         # Setup is a chain of registered steps (each one adder, multiplier or comparison), and
@@ -272,7 +273,7 @@ class MatmulEngine(wiring.Component):
                         m.d.sync += c.eq(0)
                     m.next = "SETUP1"
             with m.State("SETUP1"):
-                m.d.sync += k_pad.eq(cmd.k + (R - 1))
+                m.d.sync += [k_pad.eq(cmd.k + (R - 1)), m_last.eq(cmd.m - 1)]
                 with m.If((cmd.m == 0) | (cmd.k == 0) | (cmd.n == 0)):
                     m.d.sync += code.eq(Status.ZERO_DIM)
                     m.next = "RESP"
@@ -334,7 +335,7 @@ class MatmulEngine(wiring.Component):
             m.d.comb += a_wp.data[r].eq(Mux(valid_k[r], self.a.payload[r], 0))
         with m.If(a_take & self.a.valid):
             m.d.sync += a_wr.eq(a_wr + 1)
-            with m.If(a_m == cmd.m - 1):
+            with m.If(a_m == m_last):
                 m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R)]
             with m.Else():
                 m.d.sync += a_m.eq(a_m + 1)
@@ -530,7 +531,7 @@ class MatmulEngine(wiring.Component):
                      arr.psum.eq(Mux(s2_kt0, bias, acc_q)),
                      arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
 
-        with m.If(start | (go & (i_m == cmd.m - 1) & (i_krem <= R))):
+        with m.If(start | (go & (i_m == m_last) & (i_krem <= R))):
             m.d.sync += lag.eq(0)
         with m.Elif(go & ~wr_cur):
             m.d.sync += lag.eq(lag + 1)
@@ -543,7 +544,7 @@ class MatmulEngine(wiring.Component):
         with m.If(go):
             with m.If(i_kt0 & (i_m == 0)):
                 m.d.sync += free.bit_select(i_bank, 1).eq(0)
-            with m.If(i_m == cmd.m - 1):
+            with m.If(i_m == m_last):
                 m.d.sync += [i_m.eq(0), w_full.bit_select(i_tw, 1).eq(0), i_tw.eq(~i_tw)]
                 for b in range(2):
                     with m.If(i_tw == b):
@@ -593,9 +594,9 @@ class MatmulEngine(wiring.Component):
         m.d.comb += d_go.eq(running & d_active & d_ready & (pending < self._fifo_depth))
         m.d.comb += acc_dp.addr.eq(Cat(d_m[:AB], d_bank))
         d_last = Signal()
-        m.d.comb += d_last.eq((d_m == cmd.m - 1) & (d_nrem <= C))
+        m.d.comb += d_last.eq((d_m == m_last) & (d_nrem <= C))
         with m.If(d_go):
-            with m.If(d_m == cmd.m - 1):
+            with m.If(d_m == m_last):
                 m.d.sync += [d_m.eq(0), i_done.bit_select(d_bank, 1).eq(0), free.bit_select(d_bank, 1).eq(1),
                              p_full.bit_select(d_bank, 1).eq(0), d_bank.eq(~d_bank), d_nrem.eq(d_nrem - C)]
                 with m.If(d_nrem <= C):

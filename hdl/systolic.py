@@ -141,18 +141,19 @@ class ProcessingElement(wiring.Component):
 
         # The shared multiplier: 9-bit signed operands, 18-bit signed product. bf16: the
         # significands (< 2**8, so the sign bit is 0); int8: a sign- or zero-extended, w signed.
-        # The operands and the bf16 exponent/class values are registered first, so that the
-        # multiplier's inputs come straight from flip-flops (timing: bank and type multiplexers
-        # in front of a DSP block's multiply do not fit one 10 ns cycle on ECP5).
-        values, sig_a, sig_w = bf16_mul_unpack(self.a_in, w_sel)
+        # The operands and the selected bf16 bits are registered first, so that the multiplier's
+        # inputs come straight from flip-flops (timing: bank and type multiplexers in front of a
+        # DSP block's multiply do not fit one 10 ns cycle on ECP5); the bf16 exponent sums and
+        # classes are computed from that register, beside the multiply.
         a8, w8 = self.a_in[:8], w_sel[:8]
-        x = Mux(self.bf16, Cat(sig_a, 0), Cat(a8, a8[7] & ~self.a_unsigned)).as_signed()
-        y = Mux(self.bf16, Cat(sig_w, 0), Cat(w8, w8[7])).as_signed()
-        s0 = _Pipeline(m, Const(1), {0}).step("operand", x=x, y=y, **values)
+        x = Mux(self.bf16, Cat(self.a_in[:7], 1, 0), Cat(a8, a8[7] & ~self.a_unsigned)).as_signed()
+        y = Mux(self.bf16, Cat(w_sel[:7], 1, 0), Cat(w8, w8[7])).as_signed()
+        s0 = _Pipeline(m, Const(1), {0}).step("operand", x=x, y=y, a=self.a_in, w=w_sel)
+        values, _, _ = bf16_mul_unpack(s0.a, s0.w)
         flags = Bf16MulCore.registered_steps(self._mul_lat - 1)
         assert list(flags) == ["mul", "pack"]
         p = _Pipeline(m, Const(1), {i for i, name in enumerate(flags) if flags[name]})
-        s1 = p.step("mul", prod=s0.x * s0.y, **{name: getattr(s0, name) for name in values})
+        s1 = p.step("mul", prod=s0.x * s0.y, **values)
         s2 = p.step("pack", y=bf16_mul_pack(m, s1))
         mul_regs = 1 + int(flags["mul"])
 

@@ -325,16 +325,18 @@ class MatmulEngine(wiring.Component):
         a_wr = Signal(range(self._a_depth + 1))
         a_m = Signal(16)
         a_krem = Signal(17)  # K − k0 of the K tile being written
+        # a_left = words − a_wr, a register (timing: a.ready and the write enable test it)
+        a_left = Signal(range(self._a_depth + 1))
         with m.If(start):
-            m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k)]
+            m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k), a_left.eq(words)]
         a_take = Signal()
-        m.d.comb += [a_take.eq(running & (a_wr < words)), self.a.ready.eq(a_take)]
+        m.d.comb += [a_take.eq(running & (a_left != 0)), self.a.ready.eq(a_take)]
         valid_k = _lanes_below(a_krem, R)
         m.d.comb += [a_wp.addr.eq(a_wr), a_wp.en.eq(a_take & self.a.valid)]
         for r in range(R):
             m.d.comb += a_wp.data[r].eq(Mux(valid_k[r], self.a.payload[r], 0))
         with m.If(a_take & self.a.valid):
-            m.d.sync += a_wr.eq(a_wr + 1)
+            m.d.sync += [a_wr.eq(a_wr + 1), a_left.eq(a_left - 1)]
             with m.If(a_m == m_last):
                 m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R)]
             with m.Else():
@@ -474,7 +476,10 @@ class MatmulEngine(wiring.Component):
             m.d.sync += [i_active.eq(1), i_m.eq(0), li.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n),
                          i_kt0.eq(1), i_bank.eq(0), i_tw.eq(0), free.eq(0b11), i_done.eq(0)]
         c_w = w_full.bit_select(i_tw, 1)
-        c_a = li < a_wr
+        # activation row li is in the buffer: li < a_wr, kept as a_ahead = a_wr − li in a register
+        # (timing: the test gates the issue of every row)
+        a_ahead = Signal(range(self._a_depth + 1))
+        c_a = a_ahead != 0
         c_p = ~need_p | p_full.bit_select(i_bank, 1)
         c_bank = ~(i_kt0 & (i_m == 0)) | free.bit_select(i_bank, 1)
         # read after write: a pass over K tile kt ≥ 1 reads accumulator row m, which the pass over
@@ -530,6 +535,17 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [arr.valid.eq(s2_valid), arr.a.eq(a_q),
                      arr.psum.eq(Mux(s2_kt0, bias, acc_q)),
                      arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
+
+        a_in = Signal()
+        m.d.comb += a_in.eq(a_take & self.a.valid)
+        with m.If(start):
+            m.d.sync += a_ahead.eq(0)
+        with m.Elif(go & (i_m == m_last) & (i_krem <= R)):     # li returns to 0
+            m.d.sync += a_ahead.eq(a_wr + a_in)
+        with m.Elif(a_in & ~go):
+            m.d.sync += a_ahead.eq(a_ahead + 1)
+        with m.Elif(~a_in & go):
+            m.d.sync += a_ahead.eq(a_ahead - 1)
 
         with m.If(start | (go & (i_m == m_last) & (i_krem <= R))):
             m.d.sync += lag.eq(0)

@@ -258,6 +258,9 @@ class MatmulEngine(wiring.Component):
         rmult, rshift = _reciprocal(R, 17)
         k_pad = Signal(17)
         m_last = Signal(16)     # M − 1, a register (timing: the row counters compare with it)
+        m_last2 = Signal(16)    # M − 2 (the issue's row flags below)
+        m_one = Signal()        # M = 1
+        k_one = Signal()        # K ≤ R: one K tile
         words_full = Signal(33)
 
         # Setup is a chain of registered steps (each one adder, multiplier or comparison), and
@@ -273,7 +276,8 @@ class MatmulEngine(wiring.Component):
                         m.d.sync += c.eq(0)
                     m.next = "SETUP1"
             with m.State("SETUP1"):
-                m.d.sync += [k_pad.eq(cmd.k + (R - 1)), m_last.eq(cmd.m - 1)]
+                m.d.sync += [k_pad.eq(cmd.k + (R - 1)), m_last.eq(cmd.m - 1), m_last2.eq(cmd.m - 2),
+                             m_one.eq(cmd.m == 1), k_one.eq(cmd.k <= R)]
                 with m.If((cmd.m == 0) | (cmd.k == 0) | (cmd.n == 0)):
                     m.d.sync += code.eq(Status.ZERO_DIM)
                     m.next = "RESP"
@@ -466,6 +470,9 @@ class MatmulEngine(wiring.Component):
         # ---------------------------------------------------------------- issue
         i_active = Signal()
         i_m = Signal(16)
+        # flags of the issue position, registers (timing: they gate the issue of every row):
+        # i_first = (i_m == 0), i_end = (i_m == M − 1), i_klast = (i_krem ≤ R), the last K tile
+        i_first, i_end, i_klast = Signal(), Signal(), Signal()
         li = Signal(range(self._a_depth + 1))   # kt·M + m: the activation word
         i_krem = Signal(17)
         i_nrem = Signal(17)
@@ -473,6 +480,7 @@ class MatmulEngine(wiring.Component):
         i_bank = Signal()
         i_tw = Signal()
         with m.If(start):
+            m.d.sync += [i_first.eq(1), i_end.eq(m_one), i_klast.eq(k_one)]
             m.d.sync += [i_active.eq(1), i_m.eq(0), li.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n),
                          i_kt0.eq(1), i_bank.eq(0), i_tw.eq(0), free.eq(0b11), i_done.eq(0)]
         c_w = w_full.bit_select(i_tw, 1)
@@ -481,7 +489,7 @@ class MatmulEngine(wiring.Component):
         a_ahead = Signal(range(self._a_depth + 1))
         c_a = a_ahead != 0
         c_p = ~need_p | p_full.bit_select(i_bank, 1)
-        c_bank = ~(i_kt0 & (i_m == 0)) | free.bit_select(i_bank, 1)
+        c_bank = ~(i_kt0 & i_first) | free.bit_select(i_bank, 1)
         # read after write: a pass over K tile kt ≥ 1 reads accumulator row m, which the pass over
         # kt − 1 wrote. Row li of the N tile may issue once wr_cnt[i_bank] + M > li. The engine
         # keeps lag = li − wr_cnt[i_bank] in a register instead (+1 per issued row, −1 per row
@@ -540,14 +548,14 @@ class MatmulEngine(wiring.Component):
         m.d.comb += a_in.eq(a_take & self.a.valid)
         with m.If(start):
             m.d.sync += a_ahead.eq(0)
-        with m.Elif(go & (i_m == m_last) & (i_krem <= R)):     # li returns to 0
+        with m.Elif(go & i_end & i_klast):     # li returns to 0
             m.d.sync += a_ahead.eq(a_wr + a_in)
         with m.Elif(a_in & ~go):
             m.d.sync += a_ahead.eq(a_ahead + 1)
         with m.Elif(~a_in & go):
             m.d.sync += a_ahead.eq(a_ahead - 1)
 
-        with m.If(start | (go & (i_m == m_last) & (i_krem <= R))):
+        with m.If(start | (go & i_end & i_klast)):
             m.d.sync += lag.eq(0)
         with m.Elif(go & ~wr_cur):
             m.d.sync += lag.eq(lag + 1)
@@ -558,22 +566,23 @@ class MatmulEngine(wiring.Component):
             with m.If(w_hold[b] != 0):
                 m.d.sync += w_hold[b].eq(w_hold[b] - 1)
         with m.If(go):
-            with m.If(i_kt0 & (i_m == 0)):
+            with m.If(i_kt0 & i_first):
                 m.d.sync += free.bit_select(i_bank, 1).eq(0)
-            with m.If(i_m == m_last):
-                m.d.sync += [i_m.eq(0), w_full.bit_select(i_tw, 1).eq(0), i_tw.eq(~i_tw)]
+            with m.If(i_end):
+                m.d.sync += [i_m.eq(0), w_full.bit_select(i_tw, 1).eq(0), i_tw.eq(~i_tw),
+                             i_first.eq(1), i_end.eq(m_one)]
                 for b in range(2):
                     with m.If(i_tw == b):
                         m.d.sync += w_hold[b].eq(arr.weight_hold + 1)   # + the s2 register
-                with m.If(i_krem <= R):
-                    m.d.sync += [i_done.bit_select(i_bank, 1).eq(1), i_krem.eq(cmd.k), li.eq(0),
+                with m.If(i_klast):
+                    m.d.sync += [i_done.bit_select(i_bank, 1).eq(1), i_krem.eq(cmd.k), li.eq(0), i_klast.eq(k_one),
                                  i_kt0.eq(1), i_bank.eq(~i_bank), i_nrem.eq(i_nrem - C)]
                     with m.If(i_nrem <= C):
                         m.d.sync += i_active.eq(0)
                 with m.Else():
-                    m.d.sync += [i_krem.eq(i_krem - R), i_kt0.eq(0), li.eq(li + 1)]
+                    m.d.sync += [i_krem.eq(i_krem - R), i_kt0.eq(0), li.eq(li + 1), i_klast.eq(i_krem <= 2 * R)]
             with m.Else():
-                m.d.sync += [i_m.eq(i_m + 1), li.eq(li + 1)]
+                m.d.sync += [i_m.eq(i_m + 1), li.eq(li + 1), i_first.eq(0), i_end.eq(i_m == m_last2)]
         with m.Elif(running & i_active):
             with m.If(~c_w):
                 m.d.sync += st_q.weight.eq(1)
@@ -591,7 +600,7 @@ class MatmulEngine(wiring.Component):
         with m.If(start):
             m.d.sync += wr_done.eq(0)
         for b in range(2):
-            with m.If(go & i_kt0 & (i_m == 0) & (i_bank == b)):
+            with m.If(go & i_kt0 & i_first & (i_bank == b)):
                 m.d.sync += [wr_cnt[b].eq(0), wr_done[b].eq(0)]
             with m.Elif(arr.o_valid & (tag_bank == b)):
                 m.d.sync += [wr_cnt[b].eq(wr_cnt[b] + 1), wr_done[b].eq(wr_cnt[b] + 1 == words)]

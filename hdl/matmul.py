@@ -499,7 +499,10 @@ class MatmulEngine(wiring.Component):
         wr_cur = Signal()
         m.d.comb += wr_cur.eq(arr.o_valid & (tag_bank == i_bank))
         c_raw = Signal()
-        m.d.comb += c_raw.eq(i_kt0 | (lag < cmd.m))
+        # lag < M, itself a register (lag_ok): lag moves by one per cycle, so its next value's
+        # test is chosen from three compares of the current one, made beside the issue logic
+        lag_ok = Signal()
+        m.d.comb += c_raw.eq(i_kt0 | lag_ok)
         go = Signal()
         m.d.comb += go.eq(running & i_active & c_w & c_a & c_p & c_bank & c_raw)
         m.d.comb += [a_rp.addr.eq(li), acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
@@ -556,11 +559,11 @@ class MatmulEngine(wiring.Component):
             m.d.sync += a_ahead.eq(a_ahead - 1)
 
         with m.If(start | (go & i_end & i_klast)):
-            m.d.sync += lag.eq(0)
+            m.d.sync += [lag.eq(0), lag_ok.eq(1)]     # 0 < M
         with m.Elif(go & ~wr_cur):
-            m.d.sync += lag.eq(lag + 1)
+            m.d.sync += [lag.eq(lag + 1), lag_ok.eq(lag < m_last)]     # lag + 1 < M
         with m.Elif(~go & wr_cur):
-            m.d.sync += lag.eq(lag - 1)
+            m.d.sync += [lag.eq(lag - 1), lag_ok.eq((lag != 0) & (lag <= cmd.m))]     # lag − 1 < M
 
         for b in range(2):
             with m.If(w_hold[b] != 0):

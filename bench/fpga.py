@@ -156,13 +156,15 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False):
     return {"fmax_mhz": fmax, "pnr_used": used, "out_of_context": out_of_context, "pnr_seconds": seconds}
 
 
-def implement(verilog, top, work, *, pnr=True, seed=1):
+def implement(verilog, top, work, *, pnr=True, seed=1, out_of_context=False):
     """Resource counts of block ``top`` (Verilog file ``verilog``, inside ``work``) synthesized
     alone, and, with ``pnr``, nextpnr's figures for it placed and routed inside its
-    :func:`board_wrapper`."""
+    :func:`board_wrapper` (or, with ``out_of_context``, alone and out of context)."""
     verilog = Path(verilog)
-    _, stats = synth(verilog, top, work)
-    if pnr:
+    json_net, stats = synth(verilog, top, work)
+    if pnr and out_of_context:
+        stats.update(place_and_route(json_net, top, work, seed=seed, out_of_context=True))
+    elif pnr:
         text = verilog.read_text()
         board = work / f"{top}_board.v"
         board.write_text(text + "\n" + board_wrapper(text, top))
@@ -177,6 +179,9 @@ def main(argv=None):
     parser.add_argument("--config", default="default")
     parser.add_argument("--top", action="append", help=f"default: {', '.join(DEFAULT_TOPS)}")
     parser.add_argument("--no-pnr", action="store_true", help="synthesis only")
+    parser.add_argument("--out-of-context", action="store_true",
+                        help="place each block alone, out of context (its clock on general routing), "
+                             "instead of inside its board wrapper")
     args = parser.parse_args(argv)
     try:
         config = get_config(args.config)
@@ -189,7 +194,8 @@ def main(argv=None):
     out_dir = generate(config.name, tops, work)
     results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "target_mhz": TARGET_MHZ, "tops": {}}
     for top in tops:
-        stats = implement(out_dir / f"{top}.v", top, work, pnr=not args.no_pnr)
+        stats = implement(out_dir / f"{top}.v", top, work, pnr=not args.no_pnr,
+                          out_of_context=args.out_of_context)
         results["tops"][top] = stats
         fmax = stats.get("fmax_mhz", {})
         print(f"{top:16s} LUT4 {stats['luts']:6d}  FF {stats['flip_flops']:6d}  "

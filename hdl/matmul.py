@@ -334,12 +334,14 @@ class MatmulEngine(wiring.Component):
         with m.If(start):
             m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k), a_left.eq(words)]
         a_take = Signal()
-        m.d.comb += [a_take.eq(running & (a_left != 0)), self.a.ready.eq(a_take)]
+        a_in = Signal()     # a beat is written
+        m.d.comb += [a_take.eq(running & (a_left != 0)), self.a.ready.eq(a_take),
+                     a_in.eq(a_take & self.a.valid)]
         valid_k = _lanes_below(a_krem, R)
-        m.d.comb += [a_wp.addr.eq(a_wr), a_wp.en.eq(a_take & self.a.valid)]
+        m.d.comb += [a_wp.addr.eq(a_wr), a_wp.en.eq(a_in)]
         for r in range(R):
             m.d.comb += a_wp.data[r].eq(Mux(valid_k[r], self.a.payload[r], 0))
-        with m.If(a_take & self.a.valid):
+        with m.If(a_in):
             m.d.sync += [a_wr.eq(a_wr + 1), a_left.eq(a_left - 1)]
             with m.If(a_m == m_last):
                 m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R)]
@@ -547,8 +549,6 @@ class MatmulEngine(wiring.Component):
                      arr.psum.eq(Mux(s2_kt0, bias, acc_q)),
                      arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
 
-        a_in = Signal()
-        m.d.comb += a_in.eq(a_take & self.a.valid)
         with m.If(start):
             m.d.sync += a_ahead.eq(0)
         with m.Elif(go & i_end & i_klast):     # li returns to 0

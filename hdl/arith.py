@@ -242,6 +242,12 @@ class Bf16MulCore(_Core):
         return m
 
 
+def bf16_significand(x):
+    """The 8-bit significand of bf16 bits ``x``, hidden one included (zeros and subnormals are
+    classified apart by :func:`bf16_mul_unpack`)."""
+    return Cat(x[:7], 1)
+
+
 def bf16_mul_unpack(a, b):
     """The ``mul`` step of a bf16 × bf16 product, without the multiplier.
 
@@ -267,7 +273,7 @@ def bf16_mul_unpack(a, b):
         nan=a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero),
         inf=a_inf | b_inf,
         zero=a_zero | b_zero)
-    return values, Cat(ma, 1), Cat(mb, 1)
+    return values, bf16_significand(a), bf16_significand(b)
 
 
 def bf16_mul_pack(m, s1):

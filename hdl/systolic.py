@@ -22,7 +22,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import Bf16MulCore, Fp32AddCore, _Pipeline, bf16_mul_pack, bf16_mul_unpack
+from .arith import Bf16MulCore, Fp32AddCore, _Pipeline, bf16_mul_pack, bf16_mul_unpack, bf16_significand
 
 __all__ = ["ProcessingElement", "SystolicArray"]
 
@@ -146,8 +146,8 @@ class ProcessingElement(wiring.Component):
         # DSP block's multiply do not fit one 10 ns cycle on ECP5); the bf16 exponent sums and
         # classes are computed from that register, beside the multiply.
         a8, w8 = self.a_in[:8], w_sel[:8]
-        x = Mux(self.bf16, Cat(self.a_in[:7], 1, 0), Cat(a8, a8[7] & ~self.a_unsigned)).as_signed()
-        y = Mux(self.bf16, Cat(w_sel[:7], 1, 0), Cat(w8, w8[7])).as_signed()
+        x = Mux(self.bf16, Cat(bf16_significand(self.a_in), 0), Cat(a8, a8[7] & ~self.a_unsigned)).as_signed()
+        y = Mux(self.bf16, Cat(bf16_significand(w_sel), 0), Cat(w8, w8[7])).as_signed()
         s0 = _Pipeline(m, Const(1), {0}).step("operand", x=x, y=y, a=self.a_in, w=w_sel)
         values, _, _ = bf16_mul_unpack(s0.a, s0.w)
         flags = Bf16MulCore.registered_steps(self._mul_lat - 1)

@@ -218,8 +218,14 @@ class MatmulEngine(wiring.Component):
     @property
     def latency(self):
         """Cycles from a row of the last K tile entering the array to its result entering the
-        output FIFO (array, accumulator write and read, output stage)."""
+        output FIFO (array, accumulator write and read, output stage), bf16 commands."""
         return self._array.latency + 3 + self._out_stages
+
+    @property
+    def int8_latency(self):
+        """``latency`` of int8 commands (the array's partial sums spend 2 cycles per PE, not
+        ``array.pe_latency``)."""
+        return self._array.int8_latency + 3 + self._out_stages
 
     @property
     def throughput(self):
@@ -385,6 +391,7 @@ class MatmulEngine(wiring.Component):
         staged = Signal()
         w_full = Signal(2)                       # bank holds a tile not yet fully issued
         w_hold = [Signal(range(arr.weight_hold + 2), name=f"w_hold{b}") for b in range(2)]
+        w_free = Signal(2, init=0b11)           # w_hold[b] == 0, a register (timing: gates commit)
         l_bank = Signal()
         l_krem = Signal(17)
         l_nrem = Signal(17)
@@ -394,22 +401,24 @@ class MatmulEngine(wiring.Component):
         l_j = Signal(range(J + 1))                # chunk of a column (transposed)
         with m.If(start):
             m.d.sync += [staged.eq(0), w_full.eq(0), l_bank.eq(0), l_krem.eq(cmd.k), l_nrem.eq(cmd.n),
-                         l_active.eq(1), l_r.eq(0), l_c.eq(0), l_j.eq(0), w_hold[0].eq(0), w_hold[1].eq(0)]
+                         l_active.eq(1), l_r.eq(0), l_c.eq(0), l_j.eq(0), w_hold[0].eq(0), w_hold[1].eq(0),
+                         w_free.eq(0b11)]
             for i in range(R * C):
                 m.d.sync += stg[i].eq(0x8000)
         # After a commit the array samples the staged tile for arr.load_cycles more cycles (its
         # control chain); the staging register is cleared in the last of them, and the loader
         # takes no beat until then.
         l_wait = Signal(range(arr.load_cycles + 1))
+        l_idle = Signal(init=1)                 # l_wait == 0, a register
         l_clr = Signal()
-        with m.If(l_wait != 0):
-            m.d.sync += l_wait.eq(l_wait - 1)
+        with m.If(~l_idle):
+            m.d.sync += [l_wait.eq(l_wait - 1), l_idle.eq(l_wait == 1)]
         m.d.sync += l_clr.eq(l_wait == 2)
         with m.If(l_clr):
             for i in range(R * C):
                 m.d.sync += stg[i].eq(0x8000)
         l_take = Signal()
-        m.d.comb += [l_take.eq(running & l_active & ~staged & (l_wait == 0)), self.w.ready.eq(l_take)]
+        m.d.comb += [l_take.eq(running & l_active & ~staged & l_idle), self.w.ready.eq(l_take)]
         lk_valid = _lanes_below(l_krem, R)
         ln_valid = _lanes_below(l_nrem, C)
         # A beat is written into the staging register one cycle after it was taken, from
@@ -443,11 +452,11 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += [staged.eq(1), l_r.eq(0)]
         commit = Signal()
         m.d.comb += commit.eq(running & staged & ~w_full.bit_select(l_bank, 1)
-                              & (Mux(l_bank, w_hold[1], w_hold[0]) == 0))
+                              & w_free.bit_select(l_bank, 1))
         m.d.comb += [arr.w_tile.eq(stg), arr.w_load.eq(commit), arr.w_bank.eq(l_bank)]
         with m.If(commit):
             m.d.sync += [staged.eq(0), w_full.bit_select(l_bank, 1).eq(1), l_bank.eq(~l_bank),
-                         l_wait.eq(arr.load_cycles)]
+                         l_wait.eq(arr.load_cycles), l_idle.eq(0)]
             with m.If(l_krem <= R):
                 m.d.sync += [l_krem.eq(cmd.k), l_nrem.eq(l_nrem - C)]
                 with m.If(l_nrem <= C):
@@ -487,9 +496,11 @@ class MatmulEngine(wiring.Component):
                          i_kt0.eq(1), i_bank.eq(0), i_tw.eq(0), free.eq(0b11), i_done.eq(0)]
         c_w = w_full.bit_select(i_tw, 1)
         # activation row li is in the buffer: li < a_wr, kept as a_ahead = a_wr − li in a register
-        # (timing: the test gates the issue of every row)
+        # and a_nz = (a_ahead != 0) as a flag beside it (timing: the test gates the issue of
+        # every row)
         a_ahead = Signal(range(self._a_depth + 1))
-        c_a = a_ahead != 0
+        a_nz = Signal()
+        c_a = a_nz
         c_p = ~need_p | p_full.bit_select(i_bank, 1)
         c_bank = ~(i_kt0 & i_first) | free.bit_select(i_bank, 1)
         # read after write: a pass over K tile kt ≥ 1 reads accumulator row m, which the pass over
@@ -505,8 +516,10 @@ class MatmulEngine(wiring.Component):
         # test is chosen from three compares of the current one, made beside the issue logic
         lag_ok = Signal()
         m.d.comb += c_raw.eq(i_kt0 | lag_ok)
+        # i_active implies running (both begin after ``start``; i_active ends before the drain,
+        # and running only when the drain has finished), so go does not test running
         go = Signal()
-        m.d.comb += go.eq(running & i_active & c_w & c_a & c_p & c_bank & c_raw)
+        m.d.comb += go.eq(i_active & c_w & c_a & c_p & c_bank & c_raw)
         m.d.comb += [a_rp.addr.eq(li), acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
 
         # the MAC count of an issued row is added three cycles later (timing: the tile's K and N
@@ -550,13 +563,13 @@ class MatmulEngine(wiring.Component):
                      arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
 
         with m.If(start):
-            m.d.sync += a_ahead.eq(0)
+            m.d.sync += [a_ahead.eq(0), a_nz.eq(0)]
         with m.Elif(go & i_end & i_klast):     # li returns to 0
-            m.d.sync += a_ahead.eq(a_wr + a_in)
+            m.d.sync += [a_ahead.eq(a_wr + a_in), a_nz.eq((a_wr != 0) | a_in)]
         with m.Elif(a_in & ~go):
-            m.d.sync += a_ahead.eq(a_ahead + 1)
+            m.d.sync += [a_ahead.eq(a_ahead + 1), a_nz.eq(1)]
         with m.Elif(~a_in & go):
-            m.d.sync += a_ahead.eq(a_ahead - 1)
+            m.d.sync += [a_ahead.eq(a_ahead - 1), a_nz.eq(a_ahead != 1)]
 
         with m.If(start | (go & i_end & i_klast)):
             m.d.sync += [lag.eq(0), lag_ok.eq(1)]     # 0 < M
@@ -566,8 +579,8 @@ class MatmulEngine(wiring.Component):
             m.d.sync += [lag.eq(lag - 1), lag_ok.eq((lag != 0) & (lag <= cmd.m))]     # lag − 1 < M
 
         for b in range(2):
-            with m.If(w_hold[b] != 0):
-                m.d.sync += w_hold[b].eq(w_hold[b] - 1)
+            with m.If(~w_free[b]):
+                m.d.sync += [w_hold[b].eq(w_hold[b] - 1), w_free[b].eq(w_hold[b] == 1)]
         with m.If(go):
             with m.If(i_kt0 & i_first):
                 m.d.sync += free.bit_select(i_bank, 1).eq(0)
@@ -576,7 +589,8 @@ class MatmulEngine(wiring.Component):
                              i_first.eq(1), i_end.eq(m_one)]
                 for b in range(2):
                     with m.If(i_tw == b):
-                        m.d.sync += w_hold[b].eq(arr.weight_hold + 1)   # + the s2 register
+                        m.d.sync += [w_hold[b].eq(Mux(bf16, arr.weight_hold, arr.int8_weight_hold) + 1),
+                                     w_free[b].eq(0)]      # + 1: the s2 register
                 with m.If(i_klast):
                     m.d.sync += [i_done.bit_select(i_bank, 1).eq(1), i_krem.eq(cmd.k), li.eq(0), i_klast.eq(k_one),
                                  i_kt0.eq(1), i_bank.eq(~i_bank), i_nrem.eq(i_nrem - C)]
@@ -586,7 +600,7 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += [i_krem.eq(i_krem - R), i_kt0.eq(0), li.eq(li + 1), i_klast.eq(i_krem <= 2 * R)]
             with m.Else():
                 m.d.sync += [i_m.eq(i_m + 1), li.eq(li + 1), i_first.eq(0), i_end.eq(i_m == m_last2)]
-        with m.Elif(running & i_active):
+        with m.Elif(i_active):
             with m.If(~c_w):
                 m.d.sync += st_q.weight.eq(1)
             with m.Elif(~c_a | ~c_p):

@@ -24,7 +24,13 @@ from amaranth.lib.wiring import In, Out
 
 from .arith import Bf16MulCore, Fp32AddCore, _Pipeline, bf16_mul_pack, bf16_mul_unpack, bf16_significand
 
-__all__ = ["ProcessingElement", "SystolicArray"]
+__all__ = ["ProcessingElement", "SystolicArray", "PE_ADD_STAGES"]
+
+#: The PE's default fp32 adder depth: a register after every step of
+#: :class:`hdl.arith.Fp32AddCore` (6; the core's own default is 4). Inside the array the adder's
+#: steps are the longest paths between registers and their nets are longer than in the adder
+#: alone (docs/matmul.md, "ECP5"), so the PE spends two cycles more per partial sum for its clock.
+PE_ADD_STAGES = Fp32AddCore.max_stages()
 
 
 def _delay(m, sig, cycles, name, *, reset_less=True):
@@ -34,6 +40,10 @@ def _delay(m, sig, cycles, name, *, reset_less=True):
         m.d.sync += nxt.eq(sig)
         sig = nxt
     return sig
+
+
+def _pe_add_stages(add_stages):
+    return PE_ADD_STAGES if add_stages is None else add_stages
 
 
 def _core_latency(cls, stages):
@@ -69,7 +79,8 @@ class ProcessingElement(wiring.Component):
     mul_stages, add_stages : int or None
         Pipeline depth of the bf16 multiply (as :class:`hdl.arith.Bf16MulCore`'s ``stages``; the
         PE adds one operand register in front, so ``mul_latency`` is one more) and of the
-        :class:`hdl.arith.Fp32AddCore` (``None``: the core's default).
+        :class:`hdl.arith.Fp32AddCore` (``None``: the multiply core's default and
+        :data:`PE_ADD_STAGES` for the adder).
 
     Members
     -------
@@ -91,16 +102,18 @@ class ProcessingElement(wiring.Component):
     w_data, w_load, w_bank : In
         When ``w_load`` is 1, weight bank ``w_bank`` takes ``w_data`` (16 bits).
 
-    Latency: ``latency`` cycles from ``psum_in`` to ``psum_out``; the activation must arrive
-    ``mul_latency`` cycles before its partial sum. Throughput: one MAC per cycle.
+    Latency: ``latency`` cycles from ``psum_in`` to ``psum_out`` in bf16 mode (the fp32 adder and
+    one output register), ``int8_latency`` (2) in int8 mode (one registered 32-bit add and the
+    same output register); the activation must arrive ``mul_latency`` cycles before its partial
+    sum in both modes. Throughput: one MAC per cycle.
     """
 
     def __init__(self, *, mul_stages=None, add_stages=None):
         for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages)):
             _check_stages(name, value)
         self._mul_lat = _mul_latency(mul_stages)
-        self._add_stages = add_stages
-        self._add_lat = _core_latency(Fp32AddCore, add_stages)
+        self._add_stages = _pe_add_stages(add_stages)
+        self._add_lat = _core_latency(Fp32AddCore, self._add_stages)
         super().__init__({
             "a_in": In(16), "bank_in": In(1), "psum_in": In(32),
             "a_out": Out(16), "bank_out": Out(1), "psum_out": Out(32),
@@ -115,12 +128,17 @@ class ProcessingElement(wiring.Component):
 
     @property
     def latency(self):
-        """Cycles from ``psum_in`` to ``psum_out`` (both data types)."""
+        """Cycles from ``psum_in`` to ``psum_out`` in bf16 mode."""
         return self._add_lat + 1
+
+    @property
+    def int8_latency(self):
+        """Cycles from ``psum_in`` to ``psum_out`` in int8 mode."""
+        return 2
 
     def elaborate(self, platform):
         m = Module()
-        add = Fp32AddCore() if self._add_stages is None else Fp32AddCore(stages=self._add_stages)
+        add = Fp32AddCore(stages=self._add_stages)
         m.submodules.add = add
 
         # Datapath registers (weights, operands, products, sums) have no reset: only the
@@ -159,16 +177,16 @@ class ProcessingElement(wiring.Component):
 
         # bf16: the product is ready when the partial sum arrives.
         m.d.comb += [add.en.eq(1), add.a.eq(self.psum_in), add.b.eq(s2.y)]
-        # int8: the product waits to meet its partial sum, then one registered 32-bit add.
+        # int8: the product waits to meet its partial sum, then one registered 32-bit add; the
+        # sum leaves through the output register at once (int8_latency), not after the adder's
+        # depth: the array's skews follow the data type.
         prod = _delay(m, s1.prod, self.mul_latency - mul_regs, "iprod")
         isum = Signal(32, reset_less=True)
         m.d.sync += isum.eq((self.psum_in + prod)[:32])
 
-        lat = self.latency - 1
-        fp = _delay(m, add.y, lat - add.latency, "fp")
-        it = _delay(m, isum, lat - 1, "int")
+        fp = _delay(m, add.y, self.latency - 1 - add.latency, "fp")
         psum_q = Signal(32, reset_less=True)
-        m.d.sync += psum_q.eq(Mux(self.bf16, fp, it))
+        m.d.sync += psum_q.eq(Mux(self.bf16, fp, isum))
         m.d.comb += self.psum_out.eq(psum_q)
         return m
 
@@ -199,23 +217,28 @@ class SystolicArray(wiring.Component):
         Returned with the result.
     bf16, a_unsigned : In(1)
         Data type (see :class:`ProcessingElement`); constant while rows are in flight. A change
-        may enter together with the first row that uses it.
+        may enter together with the first row that uses it. ``bf16`` also sets the array's
+        timing: ``latency`` and ``weight_hold`` in bf16 mode, ``int8_latency`` and
+        ``int8_weight_hold`` in int8 mode.
     w_tile : In(ArrayLayout(16, R*C))
         A whole weight tile, element (k, n) at index ``k*C + n``.
     w_load, w_bank : In(1)
-        Copy ``w_tile`` into bank ``w_bank`` of every PE. Allowed ``weight_hold`` cycles after the
-        last row using that bank entered. ``w_tile`` must then stay unchanged for the next
+        Copy ``w_tile`` into bank ``w_bank`` of every PE. Allowed ``weight_hold`` (int8:
+        ``int8_weight_hold``) cycles after the last row using that bank entered. ``w_tile`` must then stay unchanged for the next
         ``load_cycles`` cycles; rows using the new tile may enter from the next cycle on.
     o_valid, result, o_tag : Out
         ``result[n] = psum[n] + Σ_k a[k]·w[k][n]`` (sequential in k) of the row that entered
-        ``latency`` cycles earlier.
+        ``latency`` (int8: ``int8_latency``) cycles earlier.
 
     Control distribution: the data type and the load command reach the PEs through a chain of
     registers, one per PE (PE(k, n) is ``1 + k + n`` registers from the inputs), so no net spans
     the whole array; each register drives only its own PE and the next one in the chain.
 
-    Latency: ``latency`` = ``mul_latency + R·pe_latency + C`` cycles. Throughput: one row per
-    cycle (R·C MACs per cycle), no stalls: empty cycles travel as bubbles.
+    Latency: ``latency`` = ``mul_latency + R·pe_latency + C`` cycles in bf16 mode and
+    ``int8_latency`` = ``mul_latency + R·pe_int8_latency + C`` in int8 mode: the activation skew
+    and the valid and tag delays are tapped at the data type's depth (a multiplexer per row,
+    chosen by ``bf16``). Throughput: one row per cycle (R·C MACs per cycle), no stalls: empty
+    cycles travel as bubbles.
     """
 
     def __init__(self, *, rows, cols, tag_width=0, mul_stages=None, add_stages=None):
@@ -231,7 +254,8 @@ class SystolicArray(wiring.Component):
         self._rows, self._cols, self._tag_width = rows, cols, tag_width
         self._stages = dict(mul_stages=mul_stages, add_stages=add_stages)
         self._mul_latency = _mul_latency(mul_stages)
-        self._pe_latency = _core_latency(Fp32AddCore, add_stages) + 1
+        self._pe_latency = _core_latency(Fp32AddCore, _pe_add_stages(add_stages)) + 1
+        self._pe_int8_latency = 2       # ProcessingElement.int8_latency
         super().__init__({
             "valid": In(1), "a": In(data.ArrayLayout(16, rows)), "psum": In(data.ArrayLayout(32, cols)),
             "bank": In(1), "tag": In(max(tag_width, 1)),
@@ -250,8 +274,13 @@ class SystolicArray(wiring.Component):
 
     @property
     def pe_latency(self):
-        """Cycles a partial sum spends in one PE."""
+        """Cycles a partial sum spends in one PE (bf16 mode)."""
         return self._pe_latency
+
+    @property
+    def pe_int8_latency(self):
+        """Cycles a partial sum spends in one PE (int8 mode)."""
+        return self._pe_int8_latency
 
     @property
     def mul_latency(self):
@@ -259,13 +288,24 @@ class SystolicArray(wiring.Component):
 
     @property
     def latency(self):
-        """Cycles from a row entering (``valid``) to its result (``o_valid``)."""
+        """Cycles from a row entering (``valid``) to its result (``o_valid``), bf16 mode."""
         return self._mul_latency + self._rows * self._pe_latency + self._cols
 
     @property
+    def int8_latency(self):
+        """Cycles from a row entering (``valid``) to its result (``o_valid``), int8 mode."""
+        return self._mul_latency + self._rows * self._pe_int8_latency + self._cols
+
+    @property
     def weight_hold(self):
-        """Cycles after the last row using a bank entered until that bank may be reloaded."""
+        """Cycles after the last row using a bank entered until that bank may be reloaded (bf16
+        mode)."""
         return 1 + (self._rows - 1) * self._pe_latency + self._cols + 1
+
+    @property
+    def int8_weight_hold(self):
+        """``weight_hold`` in int8 mode."""
+        return 1 + (self._rows - 1) * self._pe_int8_latency + self._cols + 1
 
     @property
     def load_cycles(self):
@@ -279,8 +319,34 @@ class SystolicArray(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        R, C, L, Lm = self._rows, self._cols, self._pe_latency, self._mul_latency
+        R, C, L, Li, Lm = self._rows, self._cols, self._pe_latency, self._pe_int8_latency, self._mul_latency
         pes = [[ProcessingElement(**self._stages) for _ in range(C)] for _ in range(R)]
+        assert pes[0][0].latency == L and pes[0][0].int8_latency == Li
+
+        def skew(sig, bf16_cycles, int8_cycles, name, sel, reset_less=True):
+            # one delay line of bf16_cycles registers, whose last register takes the line's
+            # (bf16_cycles − 1)th stage in bf16 mode and its (int8_cycles − 1)th in int8 mode, so
+            # the output is a register either way; sel is a registered copy of bf16, valid from
+            # the cycle a row entered + 1 on (int8_cycles ≥ 2 where the taps differ)
+            assert 1 <= int8_cycles <= bf16_cycles
+            taps = [sig]
+            for i in range(bf16_cycles - 1):
+                nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less)
+                m.d.sync += nxt.eq(taps[-1])
+                taps.append(nxt)
+            out = Signal.like(sig, name=f"{name}_d{bf16_cycles}", reset_less=reset_less)
+            if int8_cycles == bf16_cycles:
+                m.d.sync += out.eq(taps[-1])
+            else:
+                assert int8_cycles >= 2
+                m.d.sync += out.eq(Mux(sel, taps[bf16_cycles - 1], taps[int8_cycles - 1]))
+            return out
+
+        # bf16 one cycle late, for the valid and tag taps (the control chain's registers serve
+        # the activation skew of rows 1..R-1)
+        bf16_q = Signal()
+        m.d.sync += bf16_q.eq(self.bf16)
+
         # control chain: down column 0, then along each row (one register per PE)
         ctl_layout = data.StructLayout({"bf16": 1, "a_unsigned": 1, "w_load": 1, "w_bank": 1})
         ctl = [[Signal(ctl_layout, name=f"ctl_{k}_{n}") for n in range(C)] for k in range(R)]
@@ -299,8 +365,9 @@ class SystolicArray(wiring.Component):
                              pe.w_data.eq(self.w_tile[k * C + n]), pe.w_load.eq(c.w_load),
                              pe.w_bank.eq(c.w_bank)]
                 if n == 0:
-                    a = _delay(m, self.a[k], 1 + k * L, f"a_skew{k}")
-                    bank = _delay(m, self.bank, 1 + k * L, f"bank_skew{k}")
+                    sel = ctl[k][0].bf16 if k else bf16_q     # row 0: one register, no taps
+                    a = skew(self.a[k], 1 + k * L, 1 + k * Li, f"a_skew{k}", sel)
+                    bank = skew(self.bank, 1 + k * L, 1 + k * Li, f"bank_skew{k}", sel)
                     m.d.comb += [pe.a_in.eq(a), pe.bank_in.eq(bank)]
                 else:
                     m.d.comb += [pe.a_in.eq(pes[k][n - 1].a_out), pe.bank_in.eq(pes[k][n - 1].bank_out)]
@@ -310,6 +377,7 @@ class SystolicArray(wiring.Component):
                     m.d.comb += pe.psum_in.eq(pes[k - 1][n].psum_out)
         for n in range(C):
             m.d.comb += self.result[n].eq(_delay(m, pes[R - 1][n].psum_out, C - 1 - n, f"deskew{n}"))
-        m.d.comb += [self.o_valid.eq(_delay(m, self.valid, self.latency, "valid", reset_less=False)),
-                     self.o_tag.eq(_delay(m, self.tag, self.latency, "tag"))]
+        m.d.comb += [self.o_valid.eq(skew(self.valid, self.latency, self.int8_latency, "valid", bf16_q,
+                                          reset_less=False)),
+                     self.o_tag.eq(skew(self.tag, self.latency, self.int8_latency, "tag", bf16_q))]
         return m

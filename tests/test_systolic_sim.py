@@ -32,11 +32,19 @@ def _bf16_specials(rng, shape):
 def _run_array(R, C, jobs, seed):
     """Feed each job's rows through one R×C array; job = dict(bf16, a_unsigned, w[R, C] lanes,
     a[M, R] lanes, psum[M, C] bits, bank). Rows of all jobs of one dtype go back to back; the
-    array is drained before the data type changes. Returns the result rows per job."""
+    array is drained before the data type changes. Returns the result rows per job; checks that
+    every result comes out exactly ``latency`` (bf16) or ``int8_latency`` (int8) cycles after its
+    row entered."""
     dut = SystolicArray(rows=R, cols=C, tag_width=16)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     outputs = {}
+    entered = {}
+    now = [0]
+
+    async def tick(ctx):
+        await ctx.tick()
+        now[0] += 1
 
     async def bench(ctx):
         # both banks: job i uses bank i % 2, loaded before its rows
@@ -46,11 +54,11 @@ def _run_array(R, C, jobs, seed):
                 ctx.set(dut.w_tile, [int(x) for x in job["w"].reshape(-1)])
                 ctx.set(dut.w_bank, job["bank"])
                 ctx.set(dut.w_load, 1)
-                await ctx.tick()
+                await tick(ctx)
                 # the tile stays on w_tile while the load travels down the control chain
                 ctx.set(dut.w_load, 0)
                 for _ in range(dut.load_cycles):
-                    await ctx.tick()
+                    await tick(ctx)
                 # ... and is not sampled after that: garbage on w_tile must change nothing
                 ctx.set(dut.w_tile, [(0x5A5A + 7919 * j) & 0xFFFF for j in range(R * C)])
             ctx.set(dut.bf16, jobs[group[0]]["bf16"])
@@ -64,16 +72,19 @@ def _run_array(R, C, jobs, seed):
                 ctx.set(dut.psum, [int(x) for x in jobs[i]["psum"][r]])
                 ctx.set(dut.bank, jobs[i]["bank"])
                 ctx.set(dut.tag, i * 256 + r)
-                await ctx.tick()
+                entered[i * 256 + r] = now[0]
+                await tick(ctx)
                 await _collect(ctx)
             ctx.set(dut.valid, 0)
             for _ in range(dut.latency + 1):
-                await ctx.tick()
+                await tick(ctx)
                 await _collect(ctx)
 
     async def _collect(ctx):
         if ctx.get(dut.o_valid):
             tag = ctx.get(dut.o_tag)
+            latency = dut.latency if jobs[tag // 256]["bf16"] else dut.int8_latency
+            assert now[0] - entered[tag] == latency, f"row {tag % 256} of job {tag // 256}"
             res = ctx.get(dut.result)
             outputs.setdefault(tag // 256, {})[tag % 256] = [int(res[n]) for n in range(C)]
 
@@ -142,6 +153,10 @@ def test_array_latency_and_weight_hold_follow_the_pe_pipeline(R, C):
     pe._MustUse__silence = True
     assert arr.latency == pe.mul_latency + R * pe.latency + C
     assert arr.weight_hold > (R - 1) * pe.latency + C
+    # int8 partial sums skip the fp32 adder's depth
+    assert pe.int8_latency == arr.pe_int8_latency == 2 < pe.latency
+    assert arr.int8_latency == pe.mul_latency + R * pe.int8_latency + C
+    assert arr.int8_weight_hold > (R - 1) * pe.int8_latency + C
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")

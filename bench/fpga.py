@@ -25,8 +25,10 @@ DEVICE = ["--85k", "--package", "CABGA381", "--speed", "6"]
 #: Clock constraint given to nextpnr (MHz); Fmax is reported whether or not it is met.
 TARGET_MHZ = 100
 DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
-#: Registers of the systolic array's distribution chains (hdl/systolic.py), by signal name.
-KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.ctl_*"]
+#: Registers that synthesis must not merge, by signal name: the systolic array's distribution
+#: chains (hdl/systolic.py) and the matmul engine's per-column and per-row copies of its select
+#: and clear signals (hdl/matmul.py). Each copy drives its own part of the die.
+KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.ctl_*", "psum_sel*", "stg_row*"]
 
 
 def tool(name):

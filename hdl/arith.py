@@ -353,8 +353,11 @@ class Fp32AddCore(_Core):
         swap = wire(a[:31] < b[:31], "swap")
         x = wire(Mux(swap, b, a), "x")
         sub = wire(a[31] ^ b[31], "sub")
-        y_nz = wire(Mux(swap, ea.any(), eb.any()), "y_nz")  # DAZ: a subnormal y is zero
-        y_man = Mux(swap, a[:23], b[:23]) & y_nz.replicate(23)
+        # DAZ: a subnormal y is zero. Each significand is masked by its own exponent test, in
+        # parallel with the compare, so that swap drives a single level of multiplexers (timing)
+        a_nz, b_nz = wire(ea.any(), "a_nz"), wire(eb.any(), "b_nz")
+        y_nz = wire(Mux(swap, a_nz, b_nz), "y_nz")
+        y_man = Mux(swap, a[:23] & a_nz.replicate(23), b[:23] & b_nz.replicate(23))
         a_max, b_max = ea.all(), eb.all()
         x_zero = wire(~ea.any() & ~eb.any(), "x_zero")      # both operands are zeros
         nan = (a_max & a[:23].any()) | (b_max & b[:23].any()) | (a_max & b_max & sub)

@@ -48,6 +48,10 @@ class AccelConfig:
         weight loader's width (array_cols). Must divide kv_head_dim.
     kv_dtype : str
         ``"int8"`` or ``"bf16"``.
+    dsp : str
+        How multipliers are built: ``"generic"`` (plain HDL, any tool; simulation and ``make
+        verilog``) or ``"ecp5"`` (Lattice ECP5 DSP blocks with their internal registers; ``make
+        fpga``, ``make verilog DSP=ecp5``). See :mod:`hdl.dsp`.
     """
 
     name: str = "default"
@@ -62,6 +66,7 @@ class AccelConfig:
     kv_max_seqs: int = 16
     kv_beat_elems: int = 8
     kv_dtype: str = "int8"
+    dsp: str = "generic"
 
     def __post_init__(self):
         def check_range(field, lo, hi):
@@ -90,6 +95,8 @@ class AccelConfig:
         if self.kv_head_dim % self.kv_beat_elems:
             raise ValueError(
                 f"kv_beat_elems ({self.kv_beat_elems}) must divide kv_head_dim ({self.kv_head_dim})")
+        if self.dsp not in ("generic", "ecp5"):
+            raise ValueError(f"dsp must be 'generic' or 'ecp5', not {self.dsp!r}")
         if self.kv_dtype not in ("int8", "bf16"):
             raise ValueError(f"kv_dtype must be 'int8' or 'bf16', not {self.kv_dtype!r}")
 

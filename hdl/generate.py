@@ -3,7 +3,9 @@
 Output, for configuration ``<config>``:
 
 - ``build/<config>/<top>.v`` — one file per top in :data:`hdl.tops.TOPS`, module name ``<top>``,
-  clock ``clk``, synchronous active-high reset ``rst``;
+  clock ``clk``, synchronous active-high reset ``rst``; with ``DSP=ecp5`` (``--dsp ecp5``) the
+  multipliers are Lattice ECP5 ``MULT18X18D`` instances with their own registers (:mod:`hdl.dsp`),
+  otherwise plain HDL that any tool maps;
 - ``build/<config>/config.json`` — the configuration's parameters and, for every top, every port
   with its direction and width, plus the latency/throughput properties the component exposes.
 """
@@ -64,9 +66,14 @@ def main(argv=None):
     parser.add_argument("--config", default="default", help=f"one of {', '.join(PRESETS)}")
     parser.add_argument("--top", action="append", help="only this top (repeatable)")
     parser.add_argument("--out", help="output folder (default build/<config>)")
+    parser.add_argument("--dsp", help="how multipliers are built: generic (default) or ecp5 "
+                                      "(Lattice ECP5 DSP blocks with their own registers; hdl/dsp.py)")
     args = parser.parse_args(argv)
     try:
-        generate(args.config, args.top, args.out)
+        config = get_config(args.config)
+        if args.dsp is not None:
+            config = config.replace(dsp=args.dsp)
+        generate(config, args.top, args.out)
     except (ValueError, TypeError) as exc:
         print(f"make verilog: {exc}", file=sys.stderr)
         return 2

@@ -24,7 +24,8 @@ from amaranth.utils import ceil_log2
 
 from .arith import Fp32ToBf16Core
 from .config import AccelConfig
-from .systolic import SystolicArray, _core_latency
+from .dsp import RegisteredMultiplier
+from .systolic import SystolicArray, _core_latency, _delay
 
 __all__ = ["MatmulEngine", "OutFormat", "Status", "command_layout", "param_layout",
            "result_layout", "response_layout", "COUNTERS"]
@@ -52,7 +53,7 @@ class Status:
 COUNTERS = ("cycles", "busy", "macs", "stall_input", "stall_output", "stall_weight", "stall_dependency")
 _COUNTER_WIDTH = 48
 #: Pipeline registers of the requantization (output stage, ``out_fmt = INT8``).
-_REQUANT_STAGES = 7
+_REQUANT_STAGES = 9
 
 
 def command_layout():
@@ -115,6 +116,10 @@ class MatmulEngine(wiring.Component):
         Activation buffer words (R lanes each); a command needs M·ceil(K/R) ≤ a_depth. 2..2**20.
     mul_stages, add_stages : int or None
         Pipeline depths of the PE cores (``None``: their defaults).
+    dsp : str
+        How the multipliers are built (:class:`hdl.dsp.RegisteredMultiplier`): ``"generic"``
+        (plain HDL, any tool) or ``"ecp5"`` (Lattice ECP5 DSP blocks with their own registers;
+        ``make fpga``). The cycle behaviour is the same.
 
     Members
     -------
@@ -148,7 +153,7 @@ class MatmulEngine(wiring.Component):
     cycles of the tile before).
     """
 
-    def __init__(self, *, rows, cols, acc_depth, a_depth, mul_stages=None, add_stages=None):
+    def __init__(self, *, rows, cols, acc_depth, a_depth, mul_stages=None, add_stages=None, dsp="generic"):
         for name, value, lo, hi in (("rows", rows, 2, 64), ("cols", cols, 2, 64),
                                     ("acc_depth", acc_depth, 2, 65536), ("a_depth", a_depth, 2, 1 << 20)):
             if not isinstance(value, int) or isinstance(value, bool):
@@ -161,7 +166,8 @@ class MatmulEngine(wiring.Component):
         self._acc_depth, self._a_depth = acc_depth, a_depth
         self._acc_bits = ceil_log2(acc_depth)
         self._array = SystolicArray(rows=rows, cols=cols, tag_width=1 + self._acc_bits,
-                                    mul_stages=mul_stages, add_stages=add_stages)
+                                    mul_stages=mul_stages, add_stages=add_stages, dsp=dsp)
+        self._dsp = dsp
         self._cvt_latency = _core_latency(Fp32ToBf16Core, None)
         self._out_stages = max(_REQUANT_STAGES, self._cvt_latency)
         self._fifo_depth = self._out_stages + 4
@@ -180,7 +186,8 @@ class MatmulEngine(wiring.Component):
         """The engine of an :class:`~hdl.config.AccelConfig`: R×C = array_rows×array_cols,
         ``acc_depth`` = 32·R rounded up to a power of two, ``a_depth`` = 32·acc_depth."""
         acc_depth, a_depth = cls.buffer_sizes(config)
-        return cls(rows=config.array_rows, cols=config.array_cols, acc_depth=acc_depth, a_depth=a_depth)
+        return cls(rows=config.array_rows, cols=config.array_cols, acc_depth=acc_depth, a_depth=a_depth,
+                   dsp=config.dsp)
 
     @staticmethod
     def buffer_sizes(config):
@@ -375,11 +382,22 @@ class MatmulEngine(wiring.Component):
                                                  | (self.p.payload.shift[c] == 0)
                                                  | (self.p.payload.shift[c] > 62))
                                    for c in range(C)]).any())
+        # A beat is copied into its slot one cycle after it was taken: every cycle p_in registers
+        # the payload, and per-column load strobes (one register per slot and column) enable the
+        # slot's registers (timing: one enable net would reach the 72·C flip-flops of a slot
+        # across the die; bench.fpga keeps the copies apart, KEEP_CHAINS "p_ld*"). The slot is
+        # marked full at once: its first reader, the bias select of a row issued from the next
+        # cycle on, samples it two cycles after the issue.
+        p_in = Signal(param_layout(C), reset_less=True)
+        m.d.sync += p_in.eq(self.p.payload)
+        for b in range(2):
+            for c in range(C):
+                ld = Signal(name=f"p_ld{b}_{c}")
+                m.d.sync += ld.eq(p_take & self.p.valid & (p_slot == b))
+                with m.If(ld):
+                    m.d.sync += [p_bias[b][c].eq(p_in.bias[c]), p_mult[b][c].eq(p_in.multiplier[c]),
+                                 p_shift[b][c].eq(p_in.shift[c])]
         with m.If(p_take & self.p.valid):
-            for b in range(2):
-                with m.If(p_slot == b):
-                    m.d.sync += [p_bias[b].eq(self.p.payload.bias), p_mult[b].eq(self.p.payload.multiplier),
-                                 p_shift[b].eq(self.p.payload.shift)]
             m.d.sync += [p_full.bit_select(p_slot, 1).eq(1), p_slot.eq(~p_slot), p_nrem.eq(p_nrem - C)]
             with m.If(p_nrem <= C):
                 m.d.sync += p_active.eq(0)
@@ -672,24 +690,32 @@ class MatmulEngine(wiring.Component):
         m.d.sync += [raw.eq(acc_dp.data), s0_valid.eq(d1_valid), s0_last.eq(d1_last),
                      mult.eq(Mux(d1_slot, p_mult[1], p_mult[0])), shift.eq(Mux(d1_slot, p_shift[1], p_shift[0]))]
         # requantization, _REQUANT_STAGES registers after stage 0 (timing: no stage holds more
-        # than one 64-bit carry chain or three shifter levels; each partial product fits one DSP):
-        #   1: four partial products of raw (32-bit signed) × multiplier (31-bit unsigned)
-        #   2: mid = lo·hi + hi·lo, low = lo·lo + 2^(s-1)     3: high = hi·hi·2^32 + mid·2^16
-        #   4: rounded = high + low    5: >> 8·(s // 8)    6: >> s % 8    7: clamp to int8
+        # than one 64-bit carry chain or three shifter levels; each partial product is one
+        # hdl.dsp.RegisteredMultiplier, whose operand and product registers are stages 1 and 2,
+        # so the routes into and out of the DSP blocks each have a cycle):
+        #   1, 2: four partial products of raw (32-bit signed) × multiplier (31-bit unsigned)
+        #   3: the products registered again    4: mid = lo·hi + hi·lo, low = lo·lo + 2^(s-1)
+        #   5: high = hi·hi·2^32 + mid·2^16    6: rounded = high + low    7: >> 8·(s // 8)
+        #   8: >> s % 8    9: clamp to int8
         q_valid, q_last, q_raw = s0_valid, s0_last, raw
         q = []
         for c in range(C):
             sh = shift[c]
             sh_c = Signal(range(63), name=f"rq_shc{c}")
             m.d.comb += sh_c.eq(Mux(sh == 0, 1, Mux(sh > 62, 62, sh[:6])))
-            r_lo, r_hi = raw[c][:16], raw[c][16:].as_signed()
-            m_lo, m_hi = mult[c][:16], mult[c][16:31]
+            # operands as signed values for the multipliers (unsigned halves zero-extended)
+            r_lo, r_hi = Cat(raw[c][:16], 0).as_signed(), raw[c][16:].as_signed()
+            m_lo, m_hi = Cat(mult[c][:16], 0).as_signed(), Cat(mult[c][16:31], 0).as_signed()
             pp = [Signal(signed(34), name=f"rq_pp{i}_{c}", reset_less=True) for i in range(4)]
+            for i, (x, y) in enumerate([(r_lo, m_lo), (r_lo, m_hi), (r_hi, m_lo), (r_hi, m_hi)]):
+                mul = RegisteredMultiplier(len(x), len(y), dsp=self._dsp)
+                m.submodules[f"rq_mul{i}_{c}"] = mul
+                m.d.comb += [mul.a.eq(x), mul.b.eq(y)]
+                m.d.sync += pp[i].eq(mul.p)
+            sh_m = _delay(m, sh_c, RegisteredMultiplier.latency, f"rq_shm{c}")
             half = Signal(unsigned(62), name=f"rq_half{c}", reset_less=True)
             sh1 = Signal(range(63), name=f"rq_sh1_{c}", reset_less=True)
-            m.d.sync += [pp[0].eq(r_lo * m_lo), pp[1].eq(r_lo * m_hi), pp[2].eq(r_hi * m_lo),
-                         pp[3].eq(r_hi * m_hi), half.eq((Const(1, 62) << (sh_c - 1)[:6])[:62]),
-                         sh1.eq(sh_c)]
+            m.d.sync += [half.eq((Const(1, 62) << (sh_m - 1)[:6])[:62]), sh1.eq(sh_m)]
             mid = Signal(signed(35), name=f"rq_mid{c}", reset_less=True)
             low = Signal(signed(64), name=f"rq_low{c}", reset_less=True)
             hh2, sh2 = Signal.like(pp[3], name=f"rq_hh2_{c}"), Signal.like(sh1, name=f"rq_sh2_{c}")

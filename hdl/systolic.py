@@ -23,6 +23,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import Bf16MulCore, Fp32AddCore, _Pipeline, bf16_mul_pack, bf16_mul_unpack, bf16_significand
+from .dsp import RegisteredMultiplier, check_dsp
 
 __all__ = ["ProcessingElement", "SystolicArray", "PE_ADD_STAGES"]
 
@@ -52,8 +53,9 @@ def _core_latency(cls, stages):
 
 
 def _mul_latency(mul_stages):
-    """PE multiply latency: the operand register, then the bf16 multiply's ``mul_stages``."""
-    return 1 + _core_latency(Bf16MulCore, mul_stages)
+    """PE multiply latency: the operand register, the multiplier's operand and product registers
+    (:class:`hdl.dsp.RegisteredMultiplier`), then the bf16 multiply's ``mul_stages``."""
+    return 1 + RegisteredMultiplier.latency + _core_latency(Bf16MulCore, mul_stages)
 
 
 def _check_stages(name, value):
@@ -79,9 +81,12 @@ class ProcessingElement(wiring.Component):
     ----------
     mul_stages, add_stages : int or None
         Pipeline depth of the bf16 multiply (as :class:`hdl.arith.Bf16MulCore`'s ``stages``; the
-        PE adds one operand register in front, so ``mul_latency`` is one more) and of the
-        :class:`hdl.arith.Fp32AddCore` (``None``: the multiply core's default and
-        :data:`PE_ADD_STAGES` for the adder).
+        PE adds an operand register in front and the multiplier's own operand and product
+        registers, so ``mul_latency`` is three more) and of the :class:`hdl.arith.Fp32AddCore`
+        (``None``: the multiply core's default and :data:`PE_ADD_STAGES` for the adder).
+    dsp : str
+        How the multiplier is built: ``"generic"`` or ``"ecp5"``
+        (:class:`hdl.dsp.RegisteredMultiplier`; same cycle behaviour).
 
     Members
     -------
@@ -110,9 +115,11 @@ class ProcessingElement(wiring.Component):
     sum in both modes. Throughput: one MAC per cycle.
     """
 
-    def __init__(self, *, mul_stages=None, add_stages=None):
+    def __init__(self, *, mul_stages=None, add_stages=None, dsp="generic"):
         for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages)):
             _check_stages(name, value)
+        check_dsp(dsp)
+        self._dsp = dsp
         self._mul_lat = _mul_latency(mul_stages)
         self._add_stages = _pe_add_stages(add_stages)
         self._add_lat = _core_latency(Fp32AddCore, self._add_stages)
@@ -168,14 +175,22 @@ class ProcessingElement(wiring.Component):
         a8, w8 = self.a_in[:8], w_sel[:8]
         x = Mux(self.bf16, Cat(bf16_significand(self.a_in), 0), Cat(a8, a8[7] & ~self.a_unsigned)).as_signed()
         y = Mux(self.bf16, Cat(bf16_significand(w_sel), 0), Cat(w8, w8[7])).as_signed()
+        # The multiply itself has an operand and a product register of its own
+        # (hdl.dsp.RegisteredMultiplier: on ECP5 those of the DSP block), so the routes into and
+        # out of the DSP block each have a cycle; the bf16 exponent and class values travel
+        # beside it through two registers.
         s0 = _Pipeline(m, Const(1), {0}).step("operand", x=x, y=y, a=self.a_in, w=w_sel)
+        m.submodules.mult = mult = RegisteredMultiplier(9, 9, dsp=self._dsp)
+        m.d.comb += [mult.a.eq(s0.x), mult.b.eq(s0.y)]
         values, _, _ = bf16_mul_unpack(s0.a, s0.w)
-        flags = Bf16MulCore.registered_steps(self._mul_lat - 1)
+        for i in range(mult.latency):
+            values = vars(_Pipeline(m, Const(1), {0}).step(f"mval{i}", **values))
+        flags = Bf16MulCore.registered_steps(self._mul_lat - 1 - mult.latency)
         assert list(flags) == ["mul", "pack"]
         p = _Pipeline(m, Const(1), {i for i, name in enumerate(flags) if flags[name]})
-        s1 = p.step("mul", prod=s0.x * s0.y, **values)
+        s1 = p.step("mul", prod=mult.p, **values)
         s2 = p.step("pack", y=bf16_mul_pack(m, s1))
-        mul_regs = 1 + int(flags["mul"])
+        mul_regs = 1 + mult.latency + int(flags["mul"])
 
         # bf16: the product is ready when the partial sum arrives.
         m.d.comb += [add.en.eq(1), add.a.eq(self.psum_in), add.b.eq(s2.y)]
@@ -187,8 +202,13 @@ class ProcessingElement(wiring.Component):
         m.d.sync += isum.eq((self.psum_in + prod)[:32])
 
         fp = _delay(m, add.y, self.latency - 1 - add.latency, "fp")
+        # the output select reads a copy of bf16 registered in this PE (the chain register that
+        # drives bf16 also feeds the next PE and is placed between the two): the first partial
+        # sum of a new data type reaches it mul_latency + 1 cycles after bf16 changed
+        bf16_q = Signal()
+        m.d.sync += bf16_q.eq(self.bf16)
         psum_q = Signal(32, reset_less=True)
-        m.d.sync += psum_q.eq(Mux(self.bf16, fp, isum))
+        m.d.sync += psum_q.eq(Mux(bf16_q, fp, isum))
         m.d.comb += self.psum_out.eq(psum_q)
         return m
 
@@ -202,8 +222,8 @@ class SystolicArray(wiring.Component):
         R (2..64, along K) and C (2..64, along N).
     tag_width : int
         Width of ``tag``, an opaque value delayed alongside each row (0..64).
-    mul_stages, add_stages : int or None
-        Core pipeline depths (see :class:`ProcessingElement`).
+    mul_stages, add_stages, dsp
+        PE parameters (see :class:`ProcessingElement`).
 
     Members
     -------
@@ -244,7 +264,7 @@ class SystolicArray(wiring.Component):
     cycles travel as bubbles.
     """
 
-    def __init__(self, *, rows, cols, tag_width=0, mul_stages=None, add_stages=None):
+    def __init__(self, *, rows, cols, tag_width=0, mul_stages=None, add_stages=None, dsp="generic"):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, not {value!r}")
@@ -255,7 +275,8 @@ class SystolicArray(wiring.Component):
         for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages)):
             _check_stages(name, value)
         self._rows, self._cols, self._tag_width = rows, cols, tag_width
-        self._stages = dict(mul_stages=mul_stages, add_stages=add_stages)
+        check_dsp(dsp)
+        self._stages = dict(mul_stages=mul_stages, add_stages=add_stages, dsp=dsp)
         self._mul_latency = _mul_latency(mul_stages)
         self._pe_latency = _core_latency(Fp32AddCore, _pe_add_stages(add_stages)) + 1
         self._pe_int8_latency = 2       # ProcessingElement.int8_latency

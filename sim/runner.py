@@ -8,7 +8,7 @@ Typical use from pytest::
 Caching happens at two levels, both under ``build/``:
 
 1. ``build/verilog/<key>.v``: the Verilog of one design, keyed by a hash of the design name, its
-   parameters, the sources of ``hdl/`` and the Amaranth version. Unchanged inputs skip
+   parameters, the sources of ``hdl/`` (and ``sim/models/``) and the Amaranth version. Unchanged inputs skip
    elaboration.
 2. ``build/sim/<name>/<hash>/``: the Verilator model, keyed by a hash of the Verilog text, the
    Verilator flags and the tool versions. A second run of an unchanged test does not rebuild.
@@ -27,6 +27,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -100,10 +101,23 @@ def _sha(*parts):
 
 def _hdl_sources_digest():
     h = hashlib.sha256()
-    for path in sorted((ROOT / "hdl").rglob("*.py")):
+    for path in sorted([*(ROOT / "hdl").rglob("*.py"), *(ROOT / "sim" / "models").glob("*.v")]):
         h.update(path.relative_to(ROOT).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+#: Simulation models of the FPGA primitives a design may instantiate (hdl.dsp, dsp="ecp5").
+PRIMITIVE_MODELS = {"MULT18X18D": ROOT / "sim" / "models" / "ecp5_mult18x18d.v"}
+
+
+def with_primitive_models(text):
+    """``text`` followed by the model of every primitive in :data:`PRIMITIVE_MODELS` that it
+    instantiates but does not define."""
+    for module, path in PRIMITIVE_MODELS.items():
+        if re.search(rf"^\s*{module}\s+(#|\\|\w)", text, re.M) and not re.search(rf"^module\s+{module}\b", text, re.M):
+            text += "\n" + path.read_text()
+    return text
 
 
 def generate_verilog(elaborate, name, params=None):
@@ -122,6 +136,7 @@ def generate_verilog(elaborate, name, params=None):
             # a str is Verilog text already (e.g. a hand-written test wrapper around cores)
             text = component if isinstance(component, str) else verilog.convert(
                 component, name=name, emit_src=False)
+            text = with_primitive_models(text)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(path)

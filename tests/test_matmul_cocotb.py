@@ -202,6 +202,24 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
 
 
 @pytest.mark.cocotb
+@pytest.mark.xdist_group("matmul_tiny_ecp5")
+def test_ecp5_dsp_build_gives_the_generic_builds_results_and_cycle_counts():
+    """dsp="ecp5" (every multiplier a MULT18X18D instance, simulated with
+    sim/models/ecp5_mult18x18d.v) against golden, and cycle for cycle against the generic build
+    on the same stimulus, stalls and backpressure included."""
+    seed = 4108
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    jobs, expect = _job_set(rng, TINY.array_rows, TINY.array_cols, special_rate=0.1)
+    ecp5 = TINY.replace(name="tiny_ecp5", dsp="ecp5")
+    got = run_jobs(jobs, config=ecp5, stall=0.3, backpressure=0.4, seed=seed)
+    _check(got, expect)
+    ref = run_jobs(jobs, config=TINY, stall=0.3, backpressure=0.4, seed=seed)
+    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
+        assert g.counters == r.counters, f"job {i}"
+
+
+@pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_default")
 def test_bf16_results_identical_on_2x2_4x4_and_8x8_arrays():
     seed = 4105

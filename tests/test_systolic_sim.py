@@ -170,6 +170,7 @@ def test_array_latency_and_weight_hold_follow_the_pe_pipeline(R, C):
     (dict(rows=4, cols=4, add_stages=0), "add_stages must be in 1..6"),
     (dict(rows=4, cols=4, add_stages=7), "add_stages must be in 1..6"),
     (dict(rows=4, cols=4, mul_stages=3), "mul_stages must be in 1..2"),
+    (dict(rows=4, cols=4, dsp="xilinx"), "dsp must be one of 'generic', 'ecp5', not 'xilinx'"),
 ])
 def test_array_rejects_bad_parameters_naming_them(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message) as raised:

@@ -12,6 +12,8 @@ Every block reads its parameters from an :class:`AccelConfig`. Presets:
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from .dsp import check_dsp
+
 __all__ = ["AccelConfig", "PRESETS", "get_config"]
 
 
@@ -95,8 +97,7 @@ class AccelConfig:
         if self.kv_head_dim % self.kv_beat_elems:
             raise ValueError(
                 f"kv_beat_elems ({self.kv_beat_elems}) must divide kv_head_dim ({self.kv_head_dim})")
-        if self.dsp not in ("generic", "ecp5"):
-            raise ValueError(f"dsp must be 'generic' or 'ecp5', not {self.dsp!r}")
+        check_dsp(self.dsp)
         if self.kv_dtype not in ("int8", "bf16"):
             raise ValueError(f"kv_dtype must be 'int8' or 'bf16', not {self.kv_dtype!r}")
 

@@ -68,10 +68,6 @@ class RegisteredMultiplier(wiring.Component):
         super().__init__({"a": In(signed(a_width)), "b": In(signed(b_width)),
                           "p": Out(signed(a_width + b_width))})
 
-    @property
-    def dsp(self):
-        return self._dsp
-
     def elaborate(self, platform):
         m = Module()
         if self._dsp == "generic":

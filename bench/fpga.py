@@ -32,7 +32,7 @@ DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: per-column and per-row copies of its select, clear and load signals (hdl/matmul.py). Each
 #: copy drives its own part of the die.
 KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
-               "psum_sel*", "stg_row*", "p_ld*"]
+               "psum_sel*", "stg_row*", "p_ld*", "iss_*", "a_li*"]
 
 
 def tool(name):

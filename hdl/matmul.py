@@ -14,6 +14,8 @@ is docs/matmul.md. In short:
 * Results leave on ``o``, one beat per output row slice of C columns, N-tile-major.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -335,27 +337,52 @@ class MatmulEngine(wiring.Component):
         for name, c in counters.items():
             m.d.comb += getattr(resp_payload, name).eq(c)
 
+        # ---------------------------------------------------------------- issue flags
+        # The issue decision ``go`` and the one-bit flags it tests exist in three copies, each
+        # with its own registers and its own ``go``: "i" beside the issue counters (the copy the
+        # rest of the engine reads), "a" beside the activation side (the buffer's read addresses,
+        # ``a_ahead``), "l" beside the read-after-write count (``lag``). Every copy takes the same
+        # updates, so the three hold the same values in every cycle. A path from a flag through
+        # ``go`` to the state it updates stays inside its group; what crosses between groups is
+        # state register to flag logic (timing: with one ``go``, the placer split that loop
+        # between the two ends of the die; bench.fpga keeps the copies, KEEP_CHAINS "iss_*").
+        #   active: an N tile is left to issue     w_full[b]: weight bank b holds a tile not yet
+        #   fully issued    tw: the weight bank the issue reads    a_nz: the next activation word
+        #   is in the buffer (a_ahead != 0)    p_full[b]: parameter slot b is loaded    bank: the
+        #   accumulator bank of the N tile    kt0: first K tile    first, end: row 0, row M − 1
+        #   klast: last K tile    free[b]: accumulator bank b is drained    lag_ok: lag < M
+        flag_widths = dict(active=1, w_full=2, tw=1, a_nz=1, p_full=2, bank=1, kt0=1, first=1,
+                           end=1, klast=1, free=2, lag_ok=1, go=1)
+        F = {g: SimpleNamespace(**{f: Signal(w, name=f"iss_{g}_{f}") for f, w in flag_widths.items()})
+             for g in ("i", "a", "l")}
+        fi, fa, fl = F["i"], F["a"], F["l"]
+
         # ---------------------------------------------------------------- activation buffer
-        abuf = m.submodules.abuf = Memory(shape=data.ArrayLayout(16, R), depth=self._a_depth, init=[])
-        a_wp = abuf.write_port()
-        a_rp = abuf.read_port()
+        # one memory per lane, each read at its own copy of the address (the issue's ``li``)
+        a_wps, a_rps = [], []
+        for r in range(R):
+            abuf = m.submodules[f"abuf{r}"] = Memory(shape=16, depth=self._a_depth, init=[])
+            a_wps.append(abuf.write_port())
+            a_rps.append(abuf.read_port())
         a_wr = Signal(range(self._a_depth + 1))
         a_m = Signal(16)
         a_krem = Signal(17)  # K − k0 of the K tile being written
-        # a_left = words − a_wr, a register (timing: a.ready and the write enable test it)
+        # a_left = words − a_wr, a register, and a_more = (a_left != 0) as a flag beside it
+        # (timing: a.ready and the buffer's write enables test it)
         a_left = Signal(range(self._a_depth + 1))
+        a_more = Signal()
         with m.If(start):
-            m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k), a_left.eq(words)]
+            m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k), a_left.eq(words), a_more.eq(words != 0)]
         a_take = Signal()
         a_in = Signal()     # a beat is written
-        m.d.comb += [a_take.eq(running & (a_left != 0)), self.a.ready.eq(a_take),
+        m.d.comb += [a_take.eq(running & a_more), self.a.ready.eq(a_take),
                      a_in.eq(a_take & self.a.valid)]
         valid_k = _lanes_below(a_krem, R)
-        m.d.comb += [a_wp.addr.eq(a_wr), a_wp.en.eq(a_in)]
         for r in range(R):
-            m.d.comb += a_wp.data[r].eq(Mux(valid_k[r], self.a.payload[r], 0))
+            m.d.comb += [a_wps[r].addr.eq(a_wr), a_wps[r].en.eq(a_in),
+                         a_wps[r].data.eq(Mux(valid_k[r], self.a.payload[r], 0))]
         with m.If(a_in):
-            m.d.sync += [a_wr.eq(a_wr + 1), a_left.eq(a_left - 1)]
+            m.d.sync += [a_wr.eq(a_wr + 1), a_left.eq(a_left - 1), a_more.eq(a_left != 1)]
             with m.If(a_m == m_last):
                 m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R)]
             with m.Else():
@@ -365,16 +392,16 @@ class MatmulEngine(wiring.Component):
         p_bias = [Signal(data.ArrayLayout(32, C), name=f"p_bias{b}") for b in range(2)]
         p_mult = [Signal(data.ArrayLayout(32, C), name=f"p_mult{b}") for b in range(2)]
         p_shift = [Signal(data.ArrayLayout(8, C), name=f"p_shift{b}") for b in range(2)]
-        p_full = Signal(2)
         p_slot = Signal()
         p_nrem = Signal(17)
         p_active = Signal()
         requant_err = Signal()
         with m.If(start):
-            m.d.sync += [p_full.eq(0), p_slot.eq(0), p_nrem.eq(cmd.n), p_active.eq(need_p),
+            m.d.sync += [f.p_full.eq(0) for f in F.values()]
+            m.d.sync += [p_slot.eq(0), p_nrem.eq(cmd.n), p_active.eq(need_p),
                          requant_err.eq(0)]
         p_take = Signal()
-        m.d.comb += [p_take.eq(running & p_active & ~p_full.bit_select(p_slot, 1)),
+        m.d.comb += [p_take.eq(running & p_active & ~fi.p_full.bit_select(p_slot, 1)),
                      self.p.ready.eq(p_take)]
         p_bad = Signal()
         valid_n = _lanes_below(p_nrem, C)
@@ -398,7 +425,8 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += [p_bias[b][c].eq(p_in.bias[c]), p_mult[b][c].eq(p_in.multiplier[c]),
                                  p_shift[b][c].eq(p_in.shift[c])]
         with m.If(p_take & self.p.valid):
-            m.d.sync += [p_full.bit_select(p_slot, 1).eq(1), p_slot.eq(~p_slot), p_nrem.eq(p_nrem - C)]
+            m.d.sync += [f.p_full.bit_select(p_slot, 1).eq(1) for f in F.values()]
+            m.d.sync += [p_slot.eq(~p_slot), p_nrem.eq(p_nrem - C)]
             with m.If(p_nrem <= C):
                 m.d.sync += p_active.eq(0)
             with m.If(p_bad & (cmd.out_fmt == OutFormat.INT8)):
@@ -407,7 +435,6 @@ class MatmulEngine(wiring.Component):
         # ---------------------------------------------------------------- weight loader
         stg = Signal(data.ArrayLayout(16, R * C))
         staged = Signal()
-        w_full = Signal(2)                       # bank holds a tile not yet fully issued
         w_hold = [Signal(range(arr.weight_hold + 2), name=f"w_hold{b}") for b in range(2)]
         w_free = Signal(2, init=0b11)           # w_hold[b] == 0, a register (timing: gates commit)
         l_bank = Signal()
@@ -418,7 +445,8 @@ class MatmulEngine(wiring.Component):
         l_c = Signal(range(C + 1))                # column (transposed)
         l_j = Signal(range(J + 1))                # chunk of a column (transposed)
         with m.If(start):
-            m.d.sync += [staged.eq(0), w_full.eq(0), l_bank.eq(0), l_krem.eq(cmd.k), l_nrem.eq(cmd.n),
+            m.d.sync += [f.w_full.eq(0) for f in F.values()]
+            m.d.sync += [staged.eq(0), l_bank.eq(0), l_krem.eq(cmd.k), l_nrem.eq(cmd.n),
                          l_active.eq(1), l_r.eq(0), l_c.eq(0), l_j.eq(0), w_hold[0].eq(0), w_hold[1].eq(0),
                          w_free.eq(0b11)]
             for i in range(R * C):
@@ -473,11 +501,12 @@ class MatmulEngine(wiring.Component):
                 with m.If((l_r == R - 1) | (l_r + 1 >= l_krem)):
                     m.d.sync += [staged.eq(1), l_r.eq(0)]
         commit = Signal()
-        m.d.comb += commit.eq(running & staged & ~w_full.bit_select(l_bank, 1)
+        m.d.comb += commit.eq(running & staged & ~fi.w_full.bit_select(l_bank, 1)
                               & w_free.bit_select(l_bank, 1))
         m.d.comb += [arr.w_tile.eq(stg), arr.w_load.eq(commit), arr.w_bank.eq(l_bank)]
         with m.If(commit):
-            m.d.sync += [staged.eq(0), w_full.bit_select(l_bank, 1).eq(1), l_bank.eq(~l_bank),
+            m.d.sync += [f.w_full.bit_select(l_bank, 1).eq(1) for f in F.values()]
+            m.d.sync += [staged.eq(0), l_bank.eq(~l_bank),
                          l_wait.eq(arr.load_cycles), l_idle.eq(0)]
             with m.If(l_krem <= R):
                 m.d.sync += [l_krem.eq(cmd.k), l_nrem.eq(l_nrem - C)]
@@ -492,7 +521,6 @@ class MatmulEngine(wiring.Component):
         acc_rp = acc.read_port()        # issue: accumulator so far
         acc_dp = acc.read_port()        # drain: final values
         wr_cnt = [Signal(range(self._a_depth + 1), name=f"wr_cnt{b}") for b in range(2)]
-        free = Signal(2)
         i_done = Signal(2)               # bank: all rows of its N tile issued
 
         tag_m = arr.o_tag[:AB]
@@ -501,48 +529,54 @@ class MatmulEngine(wiring.Component):
                      acc_wp.en.eq(arr.o_valid)]
 
         # ---------------------------------------------------------------- issue
-        i_active = Signal()
+        # aliases: the "i" copy of the flags (above)
+        i_active, i_first, i_end, i_klast = fi.active, fi.first, fi.end, fi.klast
+        i_kt0, i_bank, i_tw, go = fi.kt0, fi.bank, fi.tw, fi.go
         i_m = Signal(16)
-        # flags of the issue position, registers (timing: they gate the issue of every row):
-        # i_first = (i_m == 0), i_end = (i_m == M − 1), i_klast = (i_krem ≤ R), the last K tile
-        i_first, i_end, i_klast = Signal(), Signal(), Signal()
-        li = Signal(range(self._a_depth + 1))   # kt·M + m: the activation word
         i_krem = Signal(17)
         i_nrem = Signal(17)
-        i_kt0 = Signal()
-        i_bank = Signal()
-        i_tw = Signal()
+        # the activation word kt·M + m, one copy per lane memory of the buffer (timing: one
+        # register would address all of its block RAMs, spread over the die's block-RAM rows;
+        # KEEP_CHAINS "a_li*"); all copies step with the "a" copy of go
+        li = [Signal(range(self._a_depth + 1), name=f"a_li{r}") for r in range(R)]
         with m.If(start):
-            m.d.sync += [i_first.eq(1), i_end.eq(m_one), i_klast.eq(k_one)]
-            m.d.sync += [i_active.eq(1), i_m.eq(0), li.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n),
-                         i_kt0.eq(1), i_bank.eq(0), i_tw.eq(0), free.eq(0b11), i_done.eq(0)]
-        c_w = w_full.bit_select(i_tw, 1)
+            m.d.sync += [i_m.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n), i_done.eq(0)]
+            m.d.sync += [x.eq(0) for x in li]
+            for f in F.values():
+                m.d.sync += [f.first.eq(1), f.end.eq(m_one), f.klast.eq(k_one), f.active.eq(1),
+                             f.kt0.eq(1), f.bank.eq(0), f.tw.eq(0), f.free.eq(0b11)]
         # activation row li is in the buffer: li < a_wr, kept as a_ahead = a_wr − li in a register
         # and a_nz = (a_ahead != 0) as a flag beside it (timing: the test gates the issue of
         # every row)
         a_ahead = Signal(range(self._a_depth + 1))
-        a_nz = Signal()
-        c_a = a_nz
-        c_p = ~need_p | p_full.bit_select(i_bank, 1)
-        c_bank = ~(i_kt0 & i_first) | free.bit_select(i_bank, 1)
         # read after write: a pass over K tile kt ≥ 1 reads accumulator row m, which the pass over
-        # kt − 1 wrote. Row li of the N tile may issue once wr_cnt[i_bank] + M > li. The engine
-        # keeps lag = li − wr_cnt[i_bank] in a register instead (+1 per issued row, −1 per row
+        # kt − 1 wrote. Row li of the N tile may issue once wr_cnt[bank] + M > li. The engine
+        # keeps lag = li − wr_cnt[bank] in a register instead (+1 per issued row, −1 per row
         # written to the bank; 0 from an N tile's end, while its next first pass ignores it), so
         # the test is one comparison with a register (timing: this gates the issue of every row).
+        # lag < M is itself a flag (lag_ok): lag moves by one per cycle, so its next value's test
+        # is chosen from three compares of the current one.
         lag = Signal(range(self._a_depth + 1))
-        wr_cur = Signal()
-        m.d.comb += wr_cur.eq(arr.o_valid & (tag_bank == i_bank))
-        c_raw = Signal()
-        # lag < M, itself a register (lag_ok): lag moves by one per cycle, so its next value's
-        # test is chosen from three compares of the current one, made beside the issue logic
-        lag_ok = Signal()
-        m.d.comb += c_raw.eq(i_kt0 | lag_ok)
         # i_active implies running (both begin after ``start``; i_active ends before the drain,
         # and running only when the drain has finished), so go does not test running
-        go = Signal()
-        m.d.comb += go.eq(i_active & c_w & c_a & c_p & c_bank & c_raw)
-        m.d.comb += [a_rp.addr.eq(li), acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
+        wr_cur = {}
+        for g, f in F.items():
+            wr_cur[g] = Signal(name=f"iss_{g}_wr_cur")
+            m.d.comb += [
+                wr_cur[g].eq(arr.o_valid & (tag_bank == f.bank)),
+                f.go.eq(f.active & f.w_full.bit_select(f.tw, 1) & f.a_nz
+                        & (~need_p | f.p_full.bit_select(f.bank, 1))
+                        & (~(f.kt0 & f.first) | f.free.bit_select(f.bank, 1))
+                        & (f.kt0 | f.lag_ok)),
+            ]
+        # the issue conditions of the "i" copy, for the stall causes
+        c_w = fi.w_full.bit_select(i_tw, 1)
+        c_a = fi.a_nz
+        c_p = ~need_p | fi.p_full.bit_select(i_bank, 1)
+        c_bank = ~(i_kt0 & i_first) | fi.free.bit_select(i_bank, 1)
+        m.d.comb += [acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
+        for r in range(R):
+            m.d.comb += a_rps[r].addr.eq(li[r])
 
         # the MAC count of an issued row is added three cycles later (timing: the tile's K and N
         # extents, their product in a DSP block, then the 48-bit add, one register apart)
@@ -570,14 +604,15 @@ class MatmulEngine(wiring.Component):
         s1_m = Signal(AB)
         m.d.sync += [s1_valid.eq(go), s1_kt0.eq(i_kt0), s1_bank.eq(i_bank), s1_tw.eq(i_tw),
                      s1_m.eq(i_m[:AB])]
-        # s2 registers the two memories' outputs (a block RAM's clock-to-output delay leaves no
+        # s2 registers the memories' outputs (a block RAM's clock-to-output delay leaves no
         # room for the bias multiplexer); a row enters the array two cycles after it was issued
         s2_valid, s2_bank, s2_tw = Signal(), Signal(), Signal()
         s2_m = Signal(AB)
-        a_q = Signal.like(a_rp.data, reset_less=True)
+        a_q = Signal(data.ArrayLayout(16, R), reset_less=True)
         acc_q = Signal.like(acc_rp.data, reset_less=True)
         m.d.sync += [s2_valid.eq(s1_valid), s2_bank.eq(s1_bank), s2_tw.eq(s1_tw),
-                     s2_m.eq(s1_m), a_q.eq(a_rp.data), acc_q.eq(acc_rp.data)]
+                     s2_m.eq(s1_m), acc_q.eq(acc_rp.data)]
+        m.d.sync += [a_q[r].eq(a_rps[r].data) for r in range(R)]
         # The partial sums entering the array: the bias of the row's bank or zero (first K tile),
         # else the accumulator so far. Each column has its own three select registers, set from
         # the s1 values (timing: one select net would reach all 32·C multiplexers across the
@@ -592,43 +627,68 @@ class MatmulEngine(wiring.Component):
                      arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
 
         with m.If(start):
-            m.d.sync += [a_ahead.eq(0), a_nz.eq(0)]
-        with m.Elif(go & i_end & i_klast):     # li returns to 0
-            m.d.sync += [a_ahead.eq(a_wr + a_in), a_nz.eq((a_wr != 0) | a_in)]
-        with m.Elif(a_in & ~go):
-            m.d.sync += [a_ahead.eq(a_ahead + 1), a_nz.eq(1)]
-        with m.Elif(~a_in & go):
-            m.d.sync += [a_ahead.eq(a_ahead - 1), a_nz.eq(a_ahead != 1)]
-
-        with m.If(start | (go & i_end & i_klast)):
-            m.d.sync += [lag.eq(0), lag_ok.eq(1)]     # 0 < M
-        with m.Elif(go & ~wr_cur):
-            m.d.sync += [lag.eq(lag + 1), lag_ok.eq(lag < m_last)]     # lag + 1 < M
-        with m.Elif(~go & wr_cur):
-            m.d.sync += [lag.eq(lag - 1), lag_ok.eq((lag != 0) & (lag <= cmd.m))]     # lag − 1 < M
+            m.d.sync += a_ahead.eq(0)
+        with m.Elif(fa.go & fa.end & fa.klast):     # li returns to 0
+            m.d.sync += a_ahead.eq(a_wr + a_in)
+        with m.Elif(a_in & ~fa.go):
+            m.d.sync += a_ahead.eq(a_ahead + 1)
+        with m.Elif(~a_in & fa.go):
+            m.d.sync += a_ahead.eq(a_ahead - 1)
+        with m.If(start | (fl.go & fl.end & fl.klast)):
+            m.d.sync += lag.eq(0)
+        with m.Elif(fl.go & ~wr_cur["l"]):
+            m.d.sync += lag.eq(lag + 1)
+        with m.Elif(~fl.go & wr_cur["l"]):
+            m.d.sync += lag.eq(lag - 1)
+        for g, f in F.items():
+            with m.If(start):
+                m.d.sync += f.a_nz.eq(0)
+            with m.Elif(f.go & f.end & f.klast):
+                m.d.sync += f.a_nz.eq((a_wr != 0) | a_in)
+            with m.Elif(a_in & ~f.go):
+                m.d.sync += f.a_nz.eq(1)
+            with m.Elif(~a_in & f.go):
+                m.d.sync += f.a_nz.eq(a_ahead != 1)
+            with m.If(start | (f.go & f.end & f.klast)):
+                m.d.sync += f.lag_ok.eq(1)      # 0 < M
+            with m.Elif(f.go & ~wr_cur[g]):
+                m.d.sync += f.lag_ok.eq(lag < m_last)                       # lag + 1 < M
+            with m.Elif(~f.go & wr_cur[g]):
+                m.d.sync += f.lag_ok.eq((lag != 0) & (lag <= cmd.m))        # lag − 1 < M
 
         for b in range(2):
             with m.If(~w_free[b]):
                 m.d.sync += [w_hold[b].eq(w_hold[b] - 1), w_free[b].eq(w_hold[b] == 1)]
+        for f in F.values():
+            with m.If(f.go):
+                with m.If(f.kt0 & f.first):
+                    m.d.sync += f.free.bit_select(f.bank, 1).eq(0)
+                with m.If(f.end):
+                    m.d.sync += [f.w_full.bit_select(f.tw, 1).eq(0), f.tw.eq(~f.tw), f.first.eq(1),
+                                 f.end.eq(m_one)]
+                    with m.If(f.klast):
+                        m.d.sync += [f.klast.eq(k_one), f.kt0.eq(1), f.bank.eq(~f.bank)]
+                        with m.If(i_nrem <= C):
+                            m.d.sync += f.active.eq(0)
+                    with m.Else():
+                        m.d.sync += [f.kt0.eq(0), f.klast.eq(i_krem <= 2 * R)]
+                with m.Else():
+                    m.d.sync += [f.first.eq(0), f.end.eq(i_m == m_last2)]
+        with m.If(fa.go):
+            m.d.sync += [x.eq(Mux(fa.end & fa.klast, 0, x + 1)) for x in li]
         with m.If(go):
-            with m.If(i_kt0 & i_first):
-                m.d.sync += free.bit_select(i_bank, 1).eq(0)
             with m.If(i_end):
-                m.d.sync += [i_m.eq(0), w_full.bit_select(i_tw, 1).eq(0), i_tw.eq(~i_tw),
-                             i_first.eq(1), i_end.eq(m_one)]
+                m.d.sync += i_m.eq(0)
                 for b in range(2):
                     with m.If(i_tw == b):
                         m.d.sync += [w_hold[b].eq(Mux(bf16, arr.weight_hold, arr.int8_weight_hold) + 1),
                                      w_free[b].eq(0)]      # + 1: the s2 register
                 with m.If(i_klast):
-                    m.d.sync += [i_done.bit_select(i_bank, 1).eq(1), i_krem.eq(cmd.k), li.eq(0), i_klast.eq(k_one),
-                                 i_kt0.eq(1), i_bank.eq(~i_bank), i_nrem.eq(i_nrem - C)]
-                    with m.If(i_nrem <= C):
-                        m.d.sync += i_active.eq(0)
+                    m.d.sync += [i_done.bit_select(i_bank, 1).eq(1), i_krem.eq(cmd.k), i_nrem.eq(i_nrem - C)]
                 with m.Else():
-                    m.d.sync += [i_krem.eq(i_krem - R), i_kt0.eq(0), li.eq(li + 1), i_klast.eq(i_krem <= 2 * R)]
+                    m.d.sync += i_krem.eq(i_krem - R)
             with m.Else():
-                m.d.sync += [i_m.eq(i_m + 1), li.eq(li + 1), i_first.eq(0), i_end.eq(i_m == m_last2)]
+                m.d.sync += i_m.eq(i_m + 1)
         with m.Elif(i_active):
             with m.If(~c_w):
                 m.d.sync += st_q.weight.eq(1)
@@ -638,7 +698,6 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += st_q.output.eq(1)
             with m.Else():
                 m.d.sync += st_q.dependency.eq(1)
-
         # write counts (the first row of an N tile clears its bank's count: no write to that
         # bank can be in flight then, its previous N tile has been drained)
         # wr_done[b] = (wr_cnt[b] == words), kept as a register (timing: it gates the drain)
@@ -668,8 +727,10 @@ class MatmulEngine(wiring.Component):
         m.d.comb += d_last.eq((d_m == m_last) & (d_nrem <= C))
         with m.If(d_go):
             with m.If(d_m == m_last):
-                m.d.sync += [d_m.eq(0), i_done.bit_select(d_bank, 1).eq(0), free.bit_select(d_bank, 1).eq(1),
-                             p_full.bit_select(d_bank, 1).eq(0), d_bank.eq(~d_bank), d_nrem.eq(d_nrem - C)]
+                m.d.sync += [d_m.eq(0), i_done.bit_select(d_bank, 1).eq(0), d_bank.eq(~d_bank),
+                             d_nrem.eq(d_nrem - C)]
+                for f in F.values():
+                    m.d.sync += [f.free.bit_select(d_bank, 1).eq(1), f.p_full.bit_select(d_bank, 1).eq(0)]
                 with m.If(d_nrem <= C):
                     m.d.sync += d_active.eq(0)
             with m.Else():

@@ -92,6 +92,20 @@ def board_wrapper(verilog_text, top):
     return "\n".join(lines) + "\n"
 
 
+def keep_selection(patterns):
+    """yosys selection of the flip-flops that drive a wire whose name ends in one of
+    ``patterns`` (each may contain ``*``).
+
+    Each pattern pushes one selection on yosys's stack; ``%u`` joins them into one before the
+    input cone (``%ci1``: the cells driving those wires) is intersected with the flip-flops.
+    Without the joins, ``%ci1`` and ``%i`` would apply to the last pattern alone and the others
+    would select bare wires, so their registers would not be kept."""
+    if not patterns:
+        raise ValueError("keep_selection needs at least one pattern")
+    wires = " ".join(f"w:*{name}" for name in patterns) + " %u" * (len(patterns) - 1)
+    return f"{wires} %ci1 t:$dff %i"
+
+
 def synth(verilog, top, work):
     # The WebAssembly tools see only the working folder: pass paths relative to it.
     json_out = work / f"{top}.json"
@@ -103,9 +117,8 @@ def synth(verilog, top, work):
     # PE, so that no net spans the array. Those registers hold the same value at different
     # positions, and yosys merges equal registers (opt_merge), which would rebuild exactly the
     # array-spanning nets the chains exist to avoid: they are marked keep before optimization.
-    keep = " ".join(f"w:*{name}" for name in KEEP_CHAINS)
     script = (f"read_verilog -sv {verilog}; synth_ecp5 -top {top} -run :coarse; proc; flatten; "
-              f"setattr -set keep 1 {keep} %ci1 t:$dff %i; "
+              f"setattr -set keep 1 {keep_selection(KEEP_CHAINS)}; "
               f"synth_ecp5 -top {top} -run coarse:map_luts; splitnets; "
               f"synth_ecp5 -top {top} -run map_luts: -json {json_out.name}; stat")
     t0 = time.monotonic()

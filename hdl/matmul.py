@@ -276,7 +276,6 @@ class MatmulEngine(wiring.Component):
         starts = {part: Signal(name=f"start_{part}") for part in ("a", "pf", "p", "w", "i", "l", "d")}
         m.d.sync += [x.eq(start_set) for x in starts.values()]
         start_a, start_pf, start_p, start_w, start_i, start_l, start_d = starts.values()
-        start_g = {"i": start_i, "l": start_l}
         finish = Signal()   # one cycle: everything sent
 
         rmult, rshift = _reciprocal(R, 17)
@@ -709,13 +708,13 @@ class MatmulEngine(wiring.Component):
         with m.Elif(~fl.go & wr_cur["l"]):
             m.d.sync += lag.eq(lag - 1)
         for g, f in F.items():
-            with m.If(start_g[g]):
+            with m.If(starts[g]):
                 m.d.sync += [f.a_nz.eq(0), f.a_cnt.eq(0)]
             with m.Elif(pf_q2 & ~f.go):
                 m.d.sync += [f.a_nz.eq(1), f.a_cnt.eq(f.a_cnt + 1)]
             with m.Elif(~pf_q2 & f.go):
                 m.d.sync += [f.a_nz.eq(f.a_cnt != 1), f.a_cnt.eq(f.a_cnt - 1)]
-            with m.If(start_g[g] | (f.go & f.end & f.klast)):
+            with m.If(starts[g] | (f.go & f.end & f.klast)):
                 m.d.sync += f.lag_ok.eq(1)      # 0 < M
             with m.Elif(f.go & ~wr_cur[g]):
                 m.d.sync += f.lag_ok.eq(lag < m_last)                       # lag + 1 < M

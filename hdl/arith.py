@@ -348,36 +348,40 @@ class Fp32AddCore(_Core):
             return sig
 
         # unpack: x is the operand of larger magnitude (compare of the low 31 bits), y the other.
-        # The exponent difference and the classes come from a and b in parallel with the compare.
+        # The step registers both operands and the compare result ``swap``; the operand swap
+        # itself is in the align step, in parallel with the shift amount (timing: a swap here put
+        # a route of fanout ~60 after the compare's carry chain). The exponent difference is
+        # |ea − eb|, chosen by the borrow of ea − eb, not by ``swap`` (equal exponents give 0
+        # either way); it and the classes come from a and b in parallel with the compare.
         ea, eb = a[23:31], b[23:31]
         swap = wire(a[:31] < b[:31], "swap")
-        x = wire(Mux(swap, b, a), "x")
         sub = wire(a[31] ^ b[31], "sub")
-        # DAZ: a subnormal y is zero. Each significand is masked by its own exponent test, in
-        # parallel with the compare, so that swap drives a single level of multiplexers (timing)
+        # DAZ: a subnormal y is zero (a subnormal x means both operands are zeros: ``zero``)
         a_nz, b_nz = wire(ea.any(), "a_nz"), wire(eb.any(), "b_nz")
-        y_nz = wire(Mux(swap, a_nz, b_nz), "y_nz")
-        y_man = Mux(swap, a[:23] & a_nz.replicate(23), b[:23] & b_nz.replicate(23))
         a_max, b_max = ea.all(), eb.all()
-        x_zero = wire(~ea.any() & ~eb.any(), "x_zero")      # both operands are zeros
+        x_zero = wire(~a_nz & ~b_nz, "x_zero")      # both operands are zeros
         nan = (a_max & a[:23].any()) | (b_max & b[:23].any()) | (a_max & b_max & sub)
+        d_ab = wire(ea - eb, "d_ab")                # 9 bits: d_ab[8] is ea < eb
         s1 = p.step(
             "unpack",
-            sign=Mux(x_zero, a[31] & b[31], x[31]),  # x's sign; (−0) + (−0) = −0
+            sign=Mux(x_zero, a[31] & b[31], Mux(swap, b[31], a[31])),  # x's sign; (−0) + (−0) = −0
             sub=sub,
-            exp=x[23:31],
-            man=x[:23],
-            small=Cat(y_man, y_nz),
-            diff=Mux(swap, eb - ea, ea - eb)[:8],
+            swap=swap,
+            a=a[:31], b=b[:31],
+            y_nz=Mux(swap, a_nz, b_nz),
+            diff=Mux(d_ab[8], eb - ea, d_ab)[:8],
             inf=a_max | b_max,                      # Inf (or NaN: nan has priority)
             nan=nan,
             zero=x_zero)
 
-        # align: 27-bit field = significand and three bits below it; each of the five shift
-        # levels ORs the bits it drops into the sticky bit, which lands in the lowest position.
-        # For a subtraction the field is inverted here (the add step adds the +1).
+        # align: the operand swap (x: exponent and significand; y: significand) in parallel with
+        # the shift amount. 27-bit field = y's significand and three bits below it; each of the
+        # five shift levels ORs the bits it drops into the sticky bit, which lands in the lowest
+        # position. For a subtraction the field is inverted here (the add step adds the +1).
+        x = wire(Mux(s1.swap, s1.b, s1.a), "x")
+        y_man = wire(Mux(s1.swap, s1.a[:23], s1.b[:23]) & s1.y_nz.replicate(23), "y_man")
         shamt = wire(Mux(s1.diff[5:].any(), 31, s1.diff[:5]), "shamt")
-        v = Cat(Const(0, 3), s1.small)
+        v = Cat(Const(0, 3), y_man, s1.y_nz)
         dropped = []
         for k in (4, 3, 2, 1, 0):
             dropped.append(shamt[k] & v[:1 << k].any())
@@ -385,7 +389,7 @@ class Fp32AddCore(_Core):
         small = Cat(v[0] | Cat(*dropped).any(), v[1:], 0) ^ s1.sub.replicate(28)
         s2 = p.step(
             "align",
-            sign=s1.sign, sub=s1.sub, exp=s1.exp, man=s1.man, small=small,
+            sign=s1.sign, sub=s1.sub, exp=x[23:31], man=x[:23], small=small,
             inf=s1.inf, nan=s1.nan, zero=s1.zero)
 
         # add: |x| >= |y|, so big + ~small + 1 never goes negative; the +1 of a subtraction

@@ -258,8 +258,7 @@ class MatmulEngine(wiring.Component):
         # ---------------------------------------------------------------- command & state
         cmd = Signal(command_layout())
         bf16 = cmd.dtype
-        need_p = Signal()
-        m.d.comb += need_p.eq(cmd.has_bias | (cmd.out_fmt == OutFormat.INT8))
+        need_p = Signal()   # a register, set in SETUP1 (timing: the issue's go tests it)
         m.d.comb += [arr.bf16.eq(bf16), arr.a_unsigned.eq(cmd.a_unsigned & ~bf16)]
         kt_count = Signal(16)
         words = Signal(range(self._a_depth + 1))
@@ -269,6 +268,12 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [self.cmd.ready.eq(0), self.resp.valid.eq(0), self.resp.payload.eq(resp_payload)]
 
         running = Signal()  # register: the RUN state
+        # The counters restart in the cycle after a command was accepted (SETUP1), each from a
+        # clear register of its own, set at the accept (timing: the accept reached every counter
+        # bit over one net; KEEP_CHAINS "cnt_clr_*"). ``cycles`` restarts at 1: SETUP1 counts.
+        accept = Signal()
+        cnt_clr = {name: Signal(name=f"cnt_clr_{name}") for name in COUNTERS}
+        m.d.sync += [x.eq(accept) for x in cnt_clr.values()]
         start_set = Signal()    # the run starts: ``start`` is 1 in the next cycle
         # ``start`` is a register, one cycle before RUN: it initialises the run counters. Each
         # part of the engine has its own copy (timing: one register would reach the whole die;
@@ -278,13 +283,19 @@ class MatmulEngine(wiring.Component):
         start_a, start_pf, start_p, start_w, start_i, start_l, start_d = starts.values()
         finish = Signal()   # one cycle: everything sent
 
-        rmult, rshift = _reciprocal(R, 17)
+        rmult, rshift = _reciprocal(R, 17)  # ceil(K / R) = (K + R − 1)·rmult >> rshift
+        rshift_pow2 = R.bit_length() - 1    # for R a power of two, a shift
         k_pad = Signal(17)
         m_last = Signal(16)     # M − 1, a register (timing: the row counters compare with it)
         m_last2 = Signal(16)    # M − 2 (the issue's row flags below)
         m_one = Signal()        # M = 1
         k_one = Signal()        # K ≤ R: one K tile
+        n_one = Signal()        # N ≤ C: one N tile
         words_full = Signal(33)
+        # M·kt_count, the activation words of the command, in a DSP block with its registers
+        # (timing: a one-off product, but an unregistered one was a critical path on ECP5)
+        words_mul = m.submodules.words_mul = RegisteredMultiplier(17, 17, dsp=self._dsp)
+        m.d.comb += [words_mul.a.eq(cmd.m), words_mul.b.eq(kt_count)]
 
         # Setup is a chain of registered steps (each one adder, multiplier or comparison), and
         # ``start`` and ``running`` are flip-flops: they fan out to the whole loader, issue and
@@ -294,12 +305,12 @@ class MatmulEngine(wiring.Component):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
                     m.d.sync += cmd.eq(self.cmd.payload)
-                    for c in counters.values():
-                        m.d.sync += c.eq(0)
+                    m.d.comb += accept.eq(1)
                     m.next = "SETUP1"
             with m.State("SETUP1"):
                 m.d.sync += [k_pad.eq(cmd.k + (R - 1)), m_last.eq(cmd.m - 1), m_last2.eq(cmd.m - 2),
-                             m_one.eq(cmd.m == 1), k_one.eq(cmd.k <= R)]
+                             m_one.eq(cmd.m == 1), k_one.eq(cmd.k <= R), n_one.eq(cmd.n <= C),
+                             need_p.eq(cmd.has_bias | (cmd.out_fmt == OutFormat.INT8))]
                 with m.If((cmd.m == 0) | (cmd.k == 0) | (cmd.n == 0)):
                     m.d.sync += code.eq(Status.ZERO_DIM)
                     m.next = "RESP"
@@ -313,10 +324,18 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += code.eq(Status.OK)
                     m.next = "SETUP2"
             with m.State("SETUP2"):
-                m.d.sync += kt_count.eq((k_pad * rmult) >> rshift)
+                if R & (R - 1) == 0:
+                    m.d.sync += kt_count.eq(k_pad >> rshift_pow2)
+                else:
+                    m.d.sync += kt_count.eq((k_pad * rmult) >> rshift)
                 m.next = "SETUP3"
             with m.State("SETUP3"):
-                m.d.sync += words_full.eq(cmd.m * kt_count)
+                # the product M·kt_count leaves the multiplier two cycles after its operands
+                m.next = "SETUP3_MUL"
+            with m.State("SETUP3_MUL"):
+                m.next = "SETUP3_P"
+            with m.State("SETUP3_P"):
+                m.d.sync += words_full.eq(words_mul.p)
                 m.next = "SETUP4"
             with m.State("SETUP4"):
                 with m.If(words_full > self._a_depth):
@@ -357,10 +376,13 @@ class MatmulEngine(wiring.Component):
         #   fully issued    tw: the weight bank the issue reads    a_nz: the activation FIFO
         #   holds the next word (a_cnt != 0)    p_full[b]: parameter slot b is loaded    bank: the
         #   accumulator bank of the N tile    kt0: first K tile    first, end: row 0, row M − 1
-        #   klast: last K tile    free[b]: accumulator bank b is drained    lag_ok: lag < M
+        #   klast: last K tile    nlast: last N tile    free[b]: accumulator bank b is drained
+        #   lag_ok: lag < M    w_ok, p_ok, fr_ok: w_full[tw], ~need_p | p_full[bank], free[bank]
+        #   (each kept as a register of its own, updated with the vectors: the multiplexers by
+        #   tw and bank are then not in front of go)
         #   a_cnt: words in the activation FIFO (below)
         flag_widths = dict(active=1, w_full=2, tw=1, a_nz=1, p_full=2, bank=1, kt0=1, first=1,
-                           end=1, klast=1, free=2, lag_ok=1, go=1, a_cnt=(A_FIFO_DEPTH + 1).bit_length())
+                           end=1, klast=1, nlast=1, free=2, lag_ok=1, w_ok=1, p_ok=1, fr_ok=1, go=1, a_cnt=(A_FIFO_DEPTH + 1).bit_length())
         F = {g: SimpleNamespace(**{f: Signal(w, name=f"iss_{g}_{f}") for f, w in flag_widths.items()})
              for g in ("i", "l")}
         fi, fl = F["i"], F["l"]
@@ -611,7 +633,7 @@ class MatmulEngine(wiring.Component):
         with m.If(start_i):
             m.d.sync += [i_m.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n), i_done.eq(0)]
             for f in F.values():
-                m.d.sync += [f.first.eq(1), f.end.eq(m_one), f.klast.eq(k_one), f.active.eq(1),
+                m.d.sync += [f.first.eq(1), f.end.eq(m_one), f.klast.eq(k_one), f.nlast.eq(n_one), f.active.eq(1),
                              f.kt0.eq(1), f.bank.eq(0), f.tw.eq(0), f.free.eq(0b11)]
         # read after write: a pass over K tile kt ≥ 1 reads accumulator row m, which the pass over
         # kt − 1 wrote. Row li of the N tile may issue once wr_cnt[bank] + M > li. The engine
@@ -628,16 +650,14 @@ class MatmulEngine(wiring.Component):
             wr_cur[g] = Signal(name=f"iss_{g}_wr_cur")
             m.d.comb += [
                 wr_cur[g].eq(arr.o_valid & (tag_bank == f.bank)),
-                f.go.eq(f.active & f.w_full.bit_select(f.tw, 1) & f.a_nz
-                        & (~need_p | f.p_full.bit_select(f.bank, 1))
-                        & (~(f.kt0 & f.first) | f.free.bit_select(f.bank, 1))
+                f.go.eq(f.active & f.w_ok & f.a_nz & f.p_ok & (~(f.kt0 & f.first) | f.fr_ok)
                         & (f.kt0 | f.lag_ok)),
             ]
         # the issue conditions of the "i" copy, for the stall causes
-        c_w = fi.w_full.bit_select(i_tw, 1)
+        c_w = fi.w_ok
         c_a = fi.a_nz
-        c_p = ~need_p | fi.p_full.bit_select(i_bank, 1)
-        c_bank = ~(i_kt0 & i_first) | fi.free.bit_select(i_bank, 1)
+        c_p = fi.p_ok
+        c_bank = ~(i_kt0 & i_first) | fi.fr_ok
         m.d.comb += [acc_rp.addr.eq(Cat(i_m[:AB], i_bank))]
 
         # the MAC count of an issued row is added four cycles later (timing: the tile's K and N
@@ -732,8 +752,9 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += [f.w_full.bit_select(f.tw, 1).eq(0), f.tw.eq(~f.tw), f.first.eq(1),
                                  f.end.eq(m_one)]
                     with m.If(f.klast):
-                        m.d.sync += [f.klast.eq(k_one), f.kt0.eq(1), f.bank.eq(~f.bank)]
-                        with m.If(i_nrem <= C):
+                        m.d.sync += [f.klast.eq(k_one), f.kt0.eq(1), f.bank.eq(~f.bank),
+                                     f.nlast.eq(i_nrem <= 2 * C)]
+                        with m.If(f.nlast):
                             m.d.sync += f.active.eq(0)
                     with m.Else():
                         m.d.sync += [f.kt0.eq(0), f.klast.eq(i_krem <= 2 * R)]
@@ -787,19 +808,42 @@ class MatmulEngine(wiring.Component):
         m.d.comb += d_go.eq(running & d_active & d_ready & (pending < self._fifo_depth))
         m.d.comb += acc_dp.addr.eq(Cat(d_m[:AB], d_bank))
         d_last = Signal()
-        m.d.comb += d_last.eq((d_m == m_last) & (d_nrem <= C))
+        d_end = Signal()    # d_m == M − 1, a register
+        d_free = Signal()   # one cycle: bank d_bank is drained (free, its parameter slot empty)
+        m.d.comb += [d_last.eq(d_end & (d_nrem <= C)), d_free.eq(d_go & d_end)]
+        with m.If(start_d):
+            m.d.sync += d_end.eq(m_one)
         with m.If(d_go):
-            with m.If(d_m == m_last):
-                m.d.sync += [d_m.eq(0), i_done.bit_select(d_bank, 1).eq(0), d_bank.eq(~d_bank),
-                             d_nrem.eq(d_nrem - C)]
+            with m.If(d_end):
+                m.d.sync += [d_m.eq(0), d_end.eq(m_one), i_done.bit_select(d_bank, 1).eq(0),
+                             d_bank.eq(~d_bank), d_nrem.eq(d_nrem - C)]
                 for f in F.values():
                     m.d.sync += [f.free.bit_select(d_bank, 1).eq(1), f.p_full.bit_select(d_bank, 1).eq(0)]
                 with m.If(d_nrem <= C):
                     m.d.sync += d_active.eq(0)
             with m.Else():
-                m.d.sync += d_m.eq(d_m + 1)
+                m.d.sync += [d_m.eq(d_m + 1), d_end.eq(d_m == m_last2)]
         with m.Elif(running & ~i_active & d_active & d_ready):
             m.d.sync += st_q.output.eq(1)
+
+        # the issue flags w_ok, p_ok, fr_ok: the bit of the next w_full, p_full, free at the next
+        # tw or bank, from the same updates as those vectors (above; a set and a clear of one
+        # vector never meet in one bit)
+        for g, f in F.items():
+            tile_end = f.go & f.end
+            ntile_end = tile_end & f.klast
+            w_next = [(f.w_full[b] | (commit & (l_bank == b))) & ~(tile_end & (f.tw == b)) for b in range(2)]
+            p_next = [(f.p_full[b] | (p_take & self.p.valid & (p_slot == b))) & ~(d_free & (d_bank == b))
+                      for b in range(2)]
+            fr_next = [(f.free[b] & ~(f.go & f.kt0 & f.first & (f.bank == b))) | (d_free & (d_bank == b))
+                       for b in range(2)]
+            tw_next, bank_next = f.tw ^ tile_end, f.bank ^ ntile_end
+            with m.If(starts[g]):
+                m.d.sync += [f.w_ok.eq(0), f.p_ok.eq(~need_p), f.fr_ok.eq(1)]
+            with m.Else():
+                m.d.sync += [f.w_ok.eq(Mux(tw_next, w_next[1], w_next[0])),
+                             f.p_ok.eq(~need_p | Mux(bank_next, p_next[1], p_next[0])),
+                             f.fr_ok.eq(Mux(bank_next, fr_next[1], fr_next[0]))]
 
         # output stage: d1 (memory data) → stage A → stage B (→ padding) → FIFO
         d1_valid, d1_last, d1_slot = Signal(), Signal(), Signal()
@@ -909,4 +953,9 @@ class MatmulEngine(wiring.Component):
         m.d.comb += finish.eq(running & ~d_active & (pending == 0))
         with m.If(finish & requant_err):
             m.d.sync += code.eq(Status.BAD_REQUANT)
+        # last, so that the counters' clear overrides their increments (none happens in SETUP1
+        # but ``cycles``'s, which the 1 accounts for)
+        for name, c in counters.items():
+            with m.If(cnt_clr[name]):
+                m.d.sync += c.eq(1 if name == "cycles" else 0)
         return m

@@ -292,6 +292,7 @@ class MatmulEngine(wiring.Component):
         k_one = Signal()        # K ≤ R: one K tile
         n_one = Signal()        # N ≤ C: one N tile
         words_full = Signal(33)
+        a_too_large = Signal()  # words_full > a_depth, a register (timing: start_set tests it)
         # M·kt_count, the activation words of the command, in a DSP block with its registers
         # (timing: a one-off product, but an unregistered one was a critical path on ECP5)
         words_mul = m.submodules.words_mul = RegisteredMultiplier(17, 17, dsp=self._dsp)
@@ -336,9 +337,12 @@ class MatmulEngine(wiring.Component):
                 m.next = "SETUP3_P"
             with m.State("SETUP3_P"):
                 m.d.sync += words_full.eq(words_mul.p)
+                m.next = "SETUP3_CHK"
+            with m.State("SETUP3_CHK"):
+                m.d.sync += a_too_large.eq(words_full > self._a_depth)
                 m.next = "SETUP4"
             with m.State("SETUP4"):
-                with m.If(words_full > self._a_depth):
+                with m.If(a_too_large):
                     m.d.sync += code.eq(Status.A_TOO_LARGE)
                     m.next = "RESP"
                 with m.Else():

@@ -386,7 +386,8 @@ class MatmulEngine(wiring.Component):
         #   tw and bank are then not in front of go)
         #   a_cnt: words in the activation FIFO (below)
         flag_widths = dict(active=1, w_full=2, tw=1, a_nz=1, p_full=2, bank=1, kt0=1, first=1,
-                           end=1, klast=1, nlast=1, free=2, lag_ok=1, w_ok=1, p_ok=1, fr_ok=1, go=1, a_cnt=(A_FIFO_DEPTH + 1).bit_length())
+                           end=1, klast=1, nlast=1, free=2, lag_ok=1, w_ok=1, p_ok=1, fr_ok=1, go=1,
+                           a_cnt=(A_FIFO_DEPTH + 1).bit_length())
         F = {g: SimpleNamespace(**{f: Signal(w, name=f"iss_{g}_{f}") for f, w in flag_widths.items()})
              for g in ("i", "l")}
         fi, fl = F["i"], F["l"]
@@ -637,8 +638,8 @@ class MatmulEngine(wiring.Component):
         with m.If(start_i):
             m.d.sync += [i_m.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n), i_done.eq(0)]
             for f in F.values():
-                m.d.sync += [f.first.eq(1), f.end.eq(m_one), f.klast.eq(k_one), f.nlast.eq(n_one), f.active.eq(1),
-                             f.kt0.eq(1), f.bank.eq(0), f.tw.eq(0), f.free.eq(0b11)]
+                m.d.sync += [f.first.eq(1), f.end.eq(m_one), f.klast.eq(k_one), f.nlast.eq(n_one),
+                             f.active.eq(1), f.kt0.eq(1), f.bank.eq(0), f.tw.eq(0), f.free.eq(0b11)]
         # read after write: a pass over K tile kt ≥ 1 reads accumulator row m, which the pass over
         # kt − 1 wrote. Row li of the N tile may issue once wr_cnt[bank] + M > li. The engine
         # keeps lag = li − wr_cnt[bank] in a register instead (+1 per issued row, −1 per row

@@ -413,9 +413,18 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [a_take.eq(running & a_more), self.a.ready.eq(a_take),
                      a_in.eq(a_take & self.a.valid)]
         valid_k = _lanes_below(a_krem, R)
+        # A beat is written one cycle after it was taken, from registers of each lane's own
+        # (address, enable, data) (timing: one address and enable net reached the block RAMs of
+        # all lanes, spread over the die's block-RAM rows; KEEP_CHAINS "a_wp*"). ``a_in_q`` is
+        # a_in one cycle late: the prefetch counts a word as written with it.
+        a_in_q = Signal()
+        m.d.sync += a_in_q.eq(a_in)
         for r in range(R):
-            m.d.comb += [a_wps[r].addr.eq(a_wr), a_wps[r].en.eq(a_in),
-                         a_wps[r].data.eq(Mux(valid_k[r], self.a.payload[r], 0))]
+            wa = Signal.like(a_wr, name=f"a_wp{r}_addr")
+            we = Signal(name=f"a_wp{r}_en")
+            wd = Signal(16, name=f"a_wp{r}_data", reset_less=True)
+            m.d.sync += [wa.eq(a_wr), we.eq(a_in), wd.eq(Mux(valid_k[r], self.a.payload[r], 0))]
+            m.d.comb += [a_wps[r].addr.eq(wa), a_wps[r].en.eq(we), a_wps[r].data.eq(wd)]
         with m.If(a_in):
             m.d.sync += [a_wr.eq(a_wr + 1), a_left.eq(a_left - 1), a_more.eq(a_left != 1)]
             with m.If(a_m == m_last):
@@ -428,14 +437,14 @@ class MatmulEngine(wiring.Component):
         # words 0 … words − 1, then again from 0 for the next N tile), into a FIFO of
         # A_FIFO_DEPTH words per lane. The issue tests only that the FIFO holds a word (its
         # a_nz flags); the reads have control of their own: ``pf`` reads word li when it has been
-        # written (pf_anz: a_wr − li != 0) and a FIFO place is free (pf_room). A place is
+        # written (pf_anz: words written − li != 0) and a FIFO place is free (pf_room). A place is
         # counted free again one cycle after the issue took its word (go_pf), so pf_occ never
         # undercounts; a place is taken from its read to that cycle, so five places carry one
         # word per cycle. (timing: the issue's ``go`` used to steer the read addresses of all lanes,
         # spread over the block-RAM rows, and the count of words written ahead of them in the
         # same cycle.) The memories' outputs are registered (a_mq*) before the FIFO (timing: a
         # block RAM's clock-to-output delay leaves no room for a route to the FIFO).
-        # A word taken from ``a`` in cycle t can issue in cycle t + 4.
+        # A word taken from ``a`` in cycle t can issue in cycle t + 5.
         pf = Signal()
         pf_q = Signal()                 # the word read by pf is on the memories' outputs
         pf_q2 = Signal()                # ... and in the a_mq registers
@@ -443,7 +452,7 @@ class MatmulEngine(wiring.Component):
         # the read address, one copy per lane memory (timing: one register would address all of
         # the buffer's block RAMs, spread over the die's block-RAM rows; KEEP_CHAINS "a_li*")
         li = [Signal(range(self._a_depth), name=f"a_li{r}") for r in range(R)]
-        pf_ahead = Signal(range(self._a_depth + 1))     # a_wr − li
+        pf_ahead = Signal(range(self._a_depth + 1))     # words written − li
         pf_anz = Signal()                               # pf_ahead != 0
         pf_left = Signal(range(self._a_depth + 1))      # words − li
         pf_one = Signal()                               # pf_left == 1: li is the last word
@@ -464,12 +473,12 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += [pf_left.eq(words), pf_one.eq(m_one & k_one)]
                 with m.Else():
                     m.d.sync += [pf_left.eq(pf_left - 1), pf_one.eq(pf_left == 2)]
-            # word words − 1 was written before it was read: at the wrap a_wr = words, no beat left
+            # word words − 1 was written before it was read: at the wrap all words are written
             with m.If(pf & pf_one):
                 m.d.sync += [pf_ahead.eq(words), pf_anz.eq(1)]
-            with m.Elif(a_in & ~pf):
+            with m.Elif(a_in_q & ~pf):
                 m.d.sync += [pf_ahead.eq(pf_ahead + 1), pf_anz.eq(1)]
-            with m.Elif(~a_in & pf):
+            with m.Elif(~a_in_q & pf):
                 m.d.sync += [pf_ahead.eq(pf_ahead - 1), pf_anz.eq(pf_ahead != 1)]
             with m.If(pf & ~go_pf):
                 m.d.sync += [pf_occ.eq(pf_occ + 1), pf_room.eq(pf_occ != A_FIFO_DEPTH - 1)]

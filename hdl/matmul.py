@@ -507,7 +507,6 @@ class MatmulEngine(wiring.Component):
         p_active = Signal()
         requant_err = Signal()
         with m.If(start_p):
-            m.d.sync += [f.p_full.eq(0) for f in F.values()]
             m.d.sync += [p_slot.eq(0), p_nrem.eq(cmd.n), p_active.eq(need_p),
                          requant_err.eq(0)]
         p_take = Signal()
@@ -535,7 +534,6 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += [p_bias[b][c].eq(p_in.bias[c]), p_mult[b][c].eq(p_in.multiplier[c]),
                                  p_shift[b][c].eq(p_in.shift[c])]
         with m.If(p_take & self.p.valid):
-            m.d.sync += [f.p_full.bit_select(p_slot, 1).eq(1) for f in F.values()]
             m.d.sync += [p_slot.eq(~p_slot), p_nrem.eq(p_nrem - C)]
             with m.If(p_nrem <= C):
                 m.d.sync += p_active.eq(0)
@@ -555,7 +553,6 @@ class MatmulEngine(wiring.Component):
         l_c = Signal(range(C + 1))                # column (transposed)
         l_j = Signal(range(J + 1))                # chunk of a column (transposed)
         with m.If(start_w):
-            m.d.sync += [f.w_full.eq(0) for f in F.values()]
             m.d.sync += [staged.eq(0), l_bank.eq(0), l_krem.eq(cmd.k), l_nrem.eq(cmd.n),
                          l_active.eq(1), l_r.eq(0), l_c.eq(0), l_j.eq(0), w_hold[0].eq(0), w_hold[1].eq(0),
                          w_free.eq(0b11)]
@@ -614,7 +611,6 @@ class MatmulEngine(wiring.Component):
                               & w_free.bit_select(l_bank, 1))
         m.d.comb += [arr.w_tile.eq(stg), arr.w_load.eq(commit), arr.w_bank.eq(l_bank)]
         with m.If(commit):
-            m.d.sync += [f.w_full.bit_select(l_bank, 1).eq(1) for f in F.values()]
             m.d.sync += [staged.eq(0), l_bank.eq(~l_bank),
                          l_wait.eq(arr.load_cycles), l_idle.eq(0)]
             with m.If(l_krem <= R):
@@ -648,7 +644,7 @@ class MatmulEngine(wiring.Component):
             m.d.sync += [i_m.eq(0), i_krem.eq(cmd.k), i_nrem.eq(cmd.n), i_done.eq(0)]
             for f in F.values():
                 m.d.sync += [f.first.eq(1), f.end.eq(m_one), f.klast.eq(k_one), f.nlast.eq(n_one),
-                             f.active.eq(1), f.kt0.eq(1), f.bank.eq(0), f.tw.eq(0), f.free.eq(0b11)]
+                             f.active.eq(1), f.kt0.eq(1), f.bank.eq(0), f.tw.eq(0)]
         # read after write: a pass over K tile kt ≥ 1 reads accumulator row m, which the pass over
         # kt − 1 wrote. Row li of the N tile may issue once wr_cnt[bank] + M > li. The engine
         # keeps lag = li − wr_cnt[bank] in a register instead (+1 per issued row, −1 per row
@@ -760,10 +756,8 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += [w_hold[b].eq(w_hold[b] - 1), w_free[b].eq(w_hold[b] == 1)]
         for f in F.values():
             with m.If(f.go):
-                with m.If(f.kt0 & f.first):
-                    m.d.sync += f.free.bit_select(f.bank, 1).eq(0)
                 with m.If(f.end):
-                    m.d.sync += [f.w_full.bit_select(f.tw, 1).eq(0), f.tw.eq(~f.tw), f.first.eq(1),
+                    m.d.sync += [f.tw.eq(~f.tw), f.first.eq(1),
                                  f.end.eq(m_one)]
                     with m.If(f.klast):
                         m.d.sync += [f.klast.eq(k_one), f.kt0.eq(1), f.bank.eq(~f.bank),
@@ -831,8 +825,6 @@ class MatmulEngine(wiring.Component):
             with m.If(d_end):
                 m.d.sync += [d_m.eq(0), d_end.eq(m_one), i_done.bit_select(d_bank, 1).eq(0),
                              d_bank.eq(~d_bank), d_nrem.eq(d_nrem - C)]
-                for f in F.values():
-                    m.d.sync += [f.free.bit_select(d_bank, 1).eq(1), f.p_full.bit_select(d_bank, 1).eq(0)]
                 with m.If(d_nrem <= C):
                     m.d.sync += d_active.eq(0)
             with m.Else():
@@ -840,9 +832,11 @@ class MatmulEngine(wiring.Component):
         with m.Elif(running & ~i_active & d_active & d_ready):
             m.d.sync += st_q.output.eq(1)
 
-        # the issue flags w_ok, p_ok, fr_ok: the bit of the next w_full, p_full, free at the next
-        # tw or bank, from the same updates as those vectors (above; a set and a clear of one
-        # vector never meet in one bit)
+        # the vectors w_full, p_full, free and the issue flags w_ok, p_ok, fr_ok, their bits at
+        # the next tw or bank, from one next value each. w_full[b]: set by a commit to b, cleared
+        # by the end of a K tile issued from b. p_full[b]: set by a parameter beat into slot b,
+        # cleared when bank b is drained. free[b]: cleared by the first row of an N tile issued
+        # into b, set when b is drained. (A set and a clear never meet in one bit.)
         for g, f in F.items():
             tile_end = f.go & f.end
             ntile_end = tile_end & f.klast
@@ -853,9 +847,11 @@ class MatmulEngine(wiring.Component):
                        for b in range(2)]
             tw_next, bank_next = f.tw ^ tile_end, f.bank ^ ntile_end
             with m.If(starts[g]):
-                m.d.sync += [f.w_ok.eq(0), f.p_ok.eq(~need_p), f.fr_ok.eq(1)]
+                m.d.sync += [f.w_full.eq(0), f.p_full.eq(0), f.free.eq(0b11),
+                             f.w_ok.eq(0), f.p_ok.eq(~need_p), f.fr_ok.eq(1)]
             with m.Else():
-                m.d.sync += [f.w_ok.eq(Mux(tw_next, w_next[1], w_next[0])),
+                m.d.sync += [f.w_full.eq(Cat(*w_next)), f.p_full.eq(Cat(*p_next)), f.free.eq(Cat(*fr_next)),
+                             f.w_ok.eq(Mux(tw_next, w_next[1], w_next[0])),
                              f.p_ok.eq(~need_p | Mux(bank_next, p_next[1], p_next[0])),
                              f.fr_ok.eq(Mux(bank_next, fr_next[1], fr_next[0]))]
 

@@ -38,7 +38,7 @@ DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: its per-lane activation read addresses and FIFO read places (hdl/matmul.py). Each copy
 #: drives its own part of the die.
 KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
-               "start_*", "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_li*", "a_rd*",
+               "start_*", "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_pf*", "a_rd*",
                "cnt_clr_*", "a_wp*"]
 
 

@@ -437,66 +437,85 @@ class MatmulEngine(wiring.Component):
         # words 0 … words − 1, then again from 0 for the next N tile), into a FIFO of
         # A_FIFO_DEPTH words per lane. The issue tests only that the FIFO holds a word (its
         # a_nz flags); the reads have control of their own: ``pf`` reads word li when it has been
-        # written (pf_anz: words written − li != 0) and a FIFO place is free (pf_room). A place is
-        # counted free again one cycle after the issue took its word (go_pf), so pf_occ never
+        # written (anz: words written − li != 0) and a FIFO place is free (room). A place is
+        # counted free again one cycle after the issue took its word (go, registered), so occ never
         # undercounts; a place is taken from its read to that cycle, so five places carry one
         # word per cycle. (timing: the issue's ``go`` used to steer the read addresses of all lanes,
         # spread over the block-RAM rows, and the count of words written ahead of them in the
         # same cycle.) The memories' outputs are registered (a_mq*) before the FIFO (timing: a
         # block RAM's clock-to-output delay leaves no room for a route to the FIFO).
         # A word taken from ``a`` in cycle t can issue in cycle t + 5.
-        pf = Signal()
-        pf_q = Signal()                 # the word read by pf is on the memories' outputs
-        pf_q2 = Signal()                # ... and in the a_mq registers
-        go_pf = Signal()                # go, one cycle late, beside the prefetch
-        # the read address, one copy per lane memory (timing: one register would address all of
-        # the buffer's block RAMs, spread over the die's block-RAM rows; KEEP_CHAINS "a_li*")
-        li = [Signal(range(self._a_depth), name=f"a_li{r}") for r in range(R)]
-        pf_ahead = Signal(range(self._a_depth + 1))     # words written − li
-        pf_anz = Signal()                               # pf_ahead != 0
-        pf_left = Signal(range(self._a_depth + 1))      # words − li
-        pf_one = Signal()                               # pf_left == 1: li is the last word
-        pf_occ = Signal(range(A_FIFO_DEPTH + 1))        # places taken (words read, not yet freed)
-        pf_room = Signal()                              # pf_occ != A_FIFO_DEPTH
-        m.d.comb += pf.eq(pf_anz & pf_room)
-        m.d.sync += [pf_q.eq(pf & ~start_pf), pf_q2.eq(pf_q & ~start_pf), go_pf.eq(fi.go)]
-        for r in range(R):
-            m.d.comb += a_rps[r].addr.eq(li[r])
-        with m.If(start_pf):
-            m.d.sync += [pf_ahead.eq(0), pf_anz.eq(0), pf_left.eq(words), pf_one.eq(m_one & k_one),
-                         pf_occ.eq(0), pf_room.eq(1)]
-            m.d.sync += [x.eq(0) for x in li]
-        with m.Else():
-            with m.If(pf):
-                m.d.sync += [x.eq(Mux(pf_one, 0, x + 1)) for x in li]
-                with m.If(pf_one):
-                    m.d.sync += [pf_left.eq(words), pf_one.eq(m_one & k_one)]
-                with m.Else():
-                    m.d.sync += [pf_left.eq(pf_left - 1), pf_one.eq(pf_left == 2)]
-            # word words − 1 was written before it was read: at the wrap all words are written
-            with m.If(pf & pf_one):
-                m.d.sync += [pf_ahead.eq(words), pf_anz.eq(1)]
-            with m.Elif(a_in_q & ~pf):
-                m.d.sync += [pf_ahead.eq(pf_ahead + 1), pf_anz.eq(1)]
-            with m.Elif(~a_in_q & pf):
-                m.d.sync += [pf_ahead.eq(pf_ahead - 1), pf_anz.eq(pf_ahead != 1)]
-            with m.If(pf & ~go_pf):
-                m.d.sync += [pf_occ.eq(pf_occ + 1), pf_room.eq(pf_occ != A_FIFO_DEPTH - 1)]
-            with m.Elif(~pf & go_pf):
-                m.d.sync += [pf_occ.eq(pf_occ - 1), pf_room.eq(1)]
-        # the FIFO: registers, written from the registered memory outputs at a one-hot place
+        # The control exists in R + 1 copies, which take the same inputs and hold the same values
+        # in every cycle: one per lane, beside its memory, steering that lane's read address and
+        # FIFO places, and one beside the issue, whose pf_q2 feeds the issue's a_cnt (timing: one
+        # ``pf`` steered the read addresses and FIFOs of all lanes, spread over the block-RAM
+        # rows, and the write count beside it; KEEP_CHAINS "a_pf*", "start_*").
+        def prefetch_control(prefix, start, written, go):
+            """One copy; ``written``: a word is written into the buffer in this cycle; ``go``: a
+            register, the issue took a word in the previous cycle. Returns (pf, pf_q2, pf_one)."""
+            def sig(name, shape=1, **kwargs):
+                return Signal(shape, name=f"{prefix}_{name}", **kwargs)
+            pf = sig("rd")                                  # read word li in this cycle
+            pf_q = sig("q")                                 # the word is on the memories' outputs
+            pf_q2 = sig("q2")                               # ... and in the a_mq registers
+            ahead = sig("ahead", range(self._a_depth + 1))  # words written − li
+            anz = sig("anz")                                # ahead != 0
+            left = sig("left", range(self._a_depth + 1))    # words − li
+            one = sig("one")                                # left == 1: li is the last word
+            occ = sig("occ", range(A_FIFO_DEPTH + 1))       # places taken (read, not yet freed)
+            room = sig("room")                              # occ != A_FIFO_DEPTH
+            m.d.comb += pf.eq(anz & room)
+            m.d.sync += [pf_q.eq(pf & ~start), pf_q2.eq(pf_q & ~start)]
+            with m.If(start):
+                m.d.sync += [ahead.eq(0), anz.eq(0), left.eq(words), one.eq(m_one & k_one),
+                             occ.eq(0), room.eq(1)]
+            with m.Else():
+                with m.If(pf):
+                    with m.If(one):
+                        m.d.sync += [left.eq(words), one.eq(m_one & k_one)]
+                    with m.Else():
+                        m.d.sync += [left.eq(left - 1), one.eq(left == 2)]
+                # word words − 1 was written before it was read: at the wrap all words are written
+                with m.If(pf & one):
+                    m.d.sync += [ahead.eq(words), anz.eq(1)]
+                with m.Elif(written & ~pf):
+                    m.d.sync += [ahead.eq(ahead + 1), anz.eq(1)]
+                with m.Elif(~written & pf):
+                    m.d.sync += [ahead.eq(ahead - 1), anz.eq(ahead != 1)]
+                with m.If(pf & ~go):
+                    m.d.sync += [occ.eq(occ + 1), room.eq(occ != A_FIFO_DEPTH - 1)]
+                with m.Elif(~pf & go):
+                    m.d.sync += [occ.eq(occ - 1), room.eq(1)]
+            return pf, pf_q2, one
+
+        # the issue's copy
+        go_pf = Signal(name="a_pfi_go")     # go, one cycle late
+        m.d.sync += go_pf.eq(fi.go)
+        _, pf_q2, _ = prefetch_control("a_pfi", start_pf, a_in_q, go_pf)
+        # each lane's copy: its read address li (the lane memory's own), its registered memory
+        # output a_mq and its FIFO of registers, written at a one-hot place
         a_mq = [Signal(16, name=f"a_mq{r}", reset_less=True) for r in range(R)]
-        m.d.sync += [a_mq[r].eq(a_rps[r].data) for r in range(R)]
         a_fifo = [[Signal(16, name=f"a_fifo{r}_{i}", reset_less=True) for i in range(A_FIFO_DEPTH)]
                   for r in range(R)]
-        a_wsel = Signal(A_FIFO_DEPTH, init=1)
-        with m.If(start_pf):
-            m.d.sync += a_wsel.eq(1)
-        with m.Elif(pf_q2):
-            m.d.sync += a_wsel.eq(a_wsel.rotate_left(1))
-        for i in range(A_FIFO_DEPTH):
-            with m.If(pf_q2 & a_wsel[i]):
-                m.d.sync += [a_fifo[r][i].eq(a_mq[r]) for r in range(R)]
+        for r in range(R):
+            start_r = Signal(name=f"start_pf{r}")
+            go_r = Signal(name=f"a_pf{r}_go")
+            li = Signal(range(self._a_depth), name=f"a_pf{r}_li")
+            wsel = Signal(A_FIFO_DEPTH, init=1, name=f"a_pf{r}_wsel")
+            m.d.sync += [start_r.eq(start_set), go_r.eq(fl.go)]
+            pf_r, pf_q2_r, one_r = prefetch_control(f"a_pf{r}", start_r, a_wps[r].en, go_r)
+            m.d.comb += a_rps[r].addr.eq(li)
+            m.d.sync += a_mq[r].eq(a_rps[r].data)
+            with m.If(start_r):
+                m.d.sync += [li.eq(0), wsel.eq(1)]
+            with m.Else():
+                with m.If(pf_r):
+                    m.d.sync += li.eq(Mux(one_r, 0, li + 1))
+                with m.If(pf_q2_r):
+                    m.d.sync += wsel.eq(wsel.rotate_left(1))
+            for i in range(A_FIFO_DEPTH):
+                with m.If(pf_q2_r & wsel[i]):
+                    m.d.sync += a_fifo[r][i].eq(a_mq[r])
 
         # ---------------------------------------------------------------- parameters
         p_bias = [Signal(data.ArrayLayout(32, C), name=f"p_bias{b}") for b in range(2)]
@@ -709,7 +728,7 @@ class MatmulEngine(wiring.Component):
                      s2_m.eq(s1_m), acc_q.eq(acc_rp.data)]
         # the issue takes the FIFO's words in order at a_rp; a_q reads the word a cycle later
         # through a copy of the place per lane (a_rd*: the entry is not written again before
-        # go_pf has freed it)
+        # the registered go has freed it)
         a_rp = Signal(range(A_FIFO_DEPTH))
         with m.If(start_i):
             m.d.sync += a_rp.eq(0)

@@ -352,7 +352,9 @@ class Fp32AddCore(_Core):
         # itself is in the align step, in parallel with the shift amount (timing: a swap here put
         # a route of fanout ~60 after the compare's carry chain). The exponent difference is
         # |ea − eb|, chosen by the borrow of ea − eb, not by ``swap`` (equal exponents give 0
-        # either way); it and the classes come from a and b in parallel with the compare.
+        # either way), and is registered as the align shift, saturated at 31 (timing: the
+        # saturation in the align step put a LUT before nets of fanout ~30); it and the classes
+        # come from a and b in parallel with the compare.
         ea, eb = a[23:31], b[23:31]
         swap = wire(a[:31] < b[:31], "swap")
         sub = wire(a[31] ^ b[31], "sub")
@@ -362,6 +364,7 @@ class Fp32AddCore(_Core):
         x_zero = wire(~a_nz & ~b_nz, "x_zero")      # both operands are zeros
         nan = (a_max & a[:23].any()) | (b_max & b[:23].any()) | (a_max & b_max & sub)
         d_ab = wire(ea - eb, "d_ab")                # 9 bits: d_ab[8] is ea < eb
+        diff = wire(Mux(d_ab[8], eb - ea, d_ab)[:8], "diff")
         s1 = p.step(
             "unpack",
             sign=Mux(x_zero, a[31] & b[31], Mux(swap, b[31], a[31])),  # x's sign; (−0) + (−0) = −0
@@ -369,7 +372,7 @@ class Fp32AddCore(_Core):
             swap=swap,
             a=a[:31], b=b[:31],
             y_nz=Mux(swap, a_nz, b_nz),
-            diff=Mux(d_ab[8], eb - ea, d_ab)[:8],
+            shamt=Mux(diff[5:].any(), 31, diff[:5]),   # shifts from 27 on drop every bit
             inf=a_max | b_max,                      # Inf (or NaN: nan has priority)
             nan=nan,
             zero=x_zero)
@@ -380,7 +383,7 @@ class Fp32AddCore(_Core):
         # position. For a subtraction the field is inverted here (the add step adds the +1).
         x = wire(Mux(s1.swap, s1.b, s1.a), "x")
         y_man = wire(Mux(s1.swap, s1.a[:23], s1.b[:23]) & s1.y_nz.replicate(23), "y_man")
-        shamt = wire(Mux(s1.diff[5:].any(), 31, s1.diff[:5]), "shamt")
+        shamt = s1.shamt
         v = Cat(Const(0, 3), y_man, s1.y_nz)
         dropped = []
         for k in (4, 3, 2, 1, 0):

@@ -75,10 +75,14 @@ class _Values:
 
 def _leading_zeros(value):
     """Leading-zero count of ``value`` (width a power of two) as a tree: (count, all zero) of
-    each half, combined in log2(width) levels, so the depth is logarithmic."""
+    each half, combined in log2(width) levels, so the depth is logarithmic. The leaves are
+    groups of four bits, whose 2-bit count and zero flag are one LUT4 each (an all-zero value
+    counts width − 1 either way)."""
     def tree(v):
         if len(v) == 1:
             return Const(0, 0), ~v[0]
+        if len(v) == 4:
+            return Cat(~v[3] & (v[2] | ~v[1]), ~v[3] & ~v[2]), ~v.any()
         half = len(v) // 2
         hi_count, hi_zero = tree(v[half:])
         lo_count, lo_zero = tree(v[:half])

@@ -56,6 +56,11 @@ COUNTERS = ("cycles", "busy", "macs", "stall_input", "stall_output", "stall_weig
 _COUNTER_WIDTH = 48
 #: Pipeline registers of the requantization (output stage, ``out_fmt = INT8``).
 _REQUANT_STAGES = 9
+#: Pipeline registers of the fp32 → bf16 conversion (``out_fmt = BF16``): a register between its
+#: rounding add and its select (timing: the accumulator row's register is placed beside the
+#: requantization's DSP blocks, a long route from the conversion). The output stage delays
+#: every format to the requantization's depth, so this costs no cycle.
+_CVT_STAGES = 2
 # words per lane in the activation FIFO between the buffer's reads and the issue
 A_FIFO_DEPTH = 5
 
@@ -172,7 +177,7 @@ class MatmulEngine(wiring.Component):
         self._array = SystolicArray(rows=rows, cols=cols, tag_width=1 + self._acc_bits,
                                     mul_stages=mul_stages, add_stages=add_stages, dsp=dsp)
         self._dsp = dsp
-        self._cvt_latency = _core_latency(Fp32ToBf16Core, None)
+        self._cvt_latency = _core_latency(Fp32ToBf16Core, _CVT_STAGES)
         self._out_stages = max(_REQUANT_STAGES, self._cvt_latency)
         self._fifo_depth = self._out_stages + 4
         super().__init__({
@@ -940,7 +945,7 @@ class MatmulEngine(wiring.Component):
             q_valid, q_last, q_raw = nv, nl, nr
         bf = Signal(data.ArrayLayout(16, C))
         for c in range(C):
-            core = Fp32ToBf16Core()
+            core = Fp32ToBf16Core(stages=_CVT_STAGES)
             m.submodules[f"to_bf16_{c}"] = core
             m.d.comb += [core.en.eq(1), core.a.eq(raw[c]), bf[c].eq(core.y)]
 

@@ -32,7 +32,8 @@ PNR_OPTIONS = ["--router", "router2",   # router1 needs over an hour on the matm
                "--placer-heap-timingweight", "40"]
 DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: Registers that synthesis must not merge, by signal name: the systolic array's distribution
-#: chains and each PE's own copy of the data type (hdl/systolic.py), and the matmul engine's
+#: chains and each PE's own copy of the data type (hdl/systolic.py), the fp32 adder's two copies
+#: of its operand-swap flag (hdl/arith.py), and the matmul engine's
 #: per-part copies of its start signal, per-column and per-row copies of its select, clear and
 #: load signals, the write enables of its staging words, its two copies of the issue flags and
 #: its per-lane activation write registers, prefetch control (read address, FIFO places) and
@@ -40,7 +41,7 @@ DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: of the die.
 KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
                "start_*", "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_pf*", "a_rd*",
-               "cnt_clr_*", "a_wp*"]
+               "cnt_clr_*", "a_wp*", "add.unpack_swap_*"]
 
 
 def tool(name):

@@ -373,7 +373,7 @@ class Fp32AddCore(_Core):
             "unpack",
             sign=Mux(x_zero, a[31] & b[31], Mux(swap, b[31], a[31])),  # x's sign; (−0) + (−0) = −0
             sub=sub,
-            swap=swap,
+            swap_x=swap, swap_y=swap,               # two copies (see align)
             a=a[:31], b=b[:31],
             y_nz=Mux(swap, a_nz, b_nz),
             shamt=Mux(diff[5:].any(), 31, diff[:5]),   # shifts from 27 on drop every bit
@@ -382,18 +382,23 @@ class Fp32AddCore(_Core):
             zero=x_zero)
 
         # align: the operand swap (x: exponent and significand; y: significand) in parallel with
-        # the shift amount. 27-bit field = y's significand and three bits below it; each of the
-        # five shift levels ORs the bits it drops into the sticky bit, which lands in the lowest
-        # position. For a subtraction the field is inverted here (the add step adds the +1).
-        x = wire(Mux(s1.swap, s1.b, s1.a), "x")
-        y_man = wire(Mux(s1.swap, s1.a[:23], s1.b[:23]) & s1.y_nz.replicate(23), "y_man")
+        # the shift amount. ``swap`` is registered twice, one copy for x's 31 multiplexers and
+        # one for y's 23 (timing: one register drove all of them; bench.fpga keeps the copies,
+        # KEEP_CHAINS "*.unpack_swap_*"). 27-bit field = y's significand and three bits below
+        # it, shifted right by five levels; the sticky bit, which lands in the lowest position,
+        # ORs the field's bits below the shift amount, from a mask of the shift amount beside the
+        # shifter (timing: ORing the bits each level drops made the sticky bit the deepest path).
+        # For a subtraction the field is inverted here (the add step adds the +1).
+        x = wire(Mux(s1.swap_x, s1.b, s1.a), "x")
+        y_man = wire(Mux(s1.swap_y, s1.a[:23], s1.b[:23]) & s1.y_nz.replicate(23), "y_man")
         shamt = s1.shamt
-        v = Cat(Const(0, 3), y_man, s1.y_nz)
-        dropped = []
+        field = Cat(Const(0, 3), y_man, s1.y_nz)
+        below = wire(Cat(*(shamt > i for i in range(27))), "below")     # bit i: shamt > i
+        sticky = wire((field & below).any(), "sticky")
+        v = field
         for k in (4, 3, 2, 1, 0):
-            dropped.append(shamt[k] & v[:1 << k].any())
             v = wire(Mux(shamt[k], v >> (1 << k), v)[:27], f"align{1 << k}")
-        small = Cat(v[0] | Cat(*dropped).any(), v[1:], 0) ^ s1.sub.replicate(28)
+        small = Cat(v[0] | sticky, v[1:], 0) ^ s1.sub.replicate(28)
         s2 = p.step(
             "align",
             sign=s1.sign, sub=s1.sub, exp=x[23:31], man=x[:23], small=small,

@@ -107,6 +107,17 @@ def _reciprocal(divisor, bits):
     return mult, shift
 
 
+#: Attribute of the engine's memories: no read uses data from a row written in the same cycle
+#: (the prefetch reads an activation word from the cycle after its write; the issue reads an
+#: accumulator row once its write has been counted, and the drain once the whole bank has
+#: been), so a synthesis tool need not build the read-before-write bypass that a simultaneous
+#: read and write of one row would otherwise need (timing: Yosys's bypass put an address
+#: compare and a 256-bit multiplexer between the drain address and the block RAMs' output
+#: registers). A read that did use such a row would read its old value in simulation and fail
+#: the bit-exact tests.
+_NO_RW_CHECK = {"no_rw_check": 1}
+
+
 def _lanes_below(rem, count):
     """Per-lane flags ``lane < rem``."""
     return [rem > i for i in range(count)]
@@ -401,7 +412,7 @@ class MatmulEngine(wiring.Component):
         # one memory per lane, each read at its own copy of the prefetch address ``li`` (below)
         a_wps, a_rps = [], []
         for r in range(R):
-            abuf = m.submodules[f"abuf{r}"] = Memory(shape=16, depth=self._a_depth, init=[])
+            abuf = m.submodules[f"abuf{r}"] = Memory(shape=16, depth=self._a_depth, init=[], attrs=_NO_RW_CHECK)
             a_wps.append(abuf.write_port())
             a_rps.append(abuf.read_port())
         a_wr = Signal(range(self._a_depth + 1))
@@ -411,13 +422,16 @@ class MatmulEngine(wiring.Component):
         # (timing: a.ready and the buffer's write enables test it)
         a_left = Signal(range(self._a_depth + 1))
         a_more = Signal()
+        # a_kval[r] = lane r < a_krem (lane r of this K tile is inside K), a register updated with
+        # a_krem (timing: the compares of a_krem fed the write-data registers' resets)
+        a_kval = Signal(R)
         with m.If(start_a):
-            m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k), a_left.eq(words), a_more.eq(words != 0)]
+            m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k), a_left.eq(words), a_more.eq(words != 0),
+                         a_kval.eq(Cat(*_lanes_below(cmd.k, R)))]
         a_take = Signal()
         a_in = Signal()     # a beat is written
         m.d.comb += [a_take.eq(running & a_more), self.a.ready.eq(a_take),
                      a_in.eq(a_take & self.a.valid)]
-        valid_k = _lanes_below(a_krem, R)
         # A beat is written one cycle after it was taken, from registers of each lane's own
         # (address, enable, data) (timing: one address and enable net reached the block RAMs of
         # all lanes, spread over the die's block-RAM rows; KEEP_CHAINS "a_wp*"). ``a_in_q`` is
@@ -428,12 +442,12 @@ class MatmulEngine(wiring.Component):
             wa = Signal.like(a_wr, name=f"a_wp{r}_addr")
             we = Signal(name=f"a_wp{r}_en")
             wd = Signal(16, name=f"a_wp{r}_data", reset_less=True)
-            m.d.sync += [wa.eq(a_wr), we.eq(a_in), wd.eq(Mux(valid_k[r], self.a.payload[r], 0))]
+            m.d.sync += [wa.eq(a_wr), we.eq(a_in), wd.eq(Mux(a_kval[r], self.a.payload[r], 0))]
             m.d.comb += [a_wps[r].addr.eq(wa), a_wps[r].en.eq(we), a_wps[r].data.eq(wd)]
         with m.If(a_in):
             m.d.sync += [a_wr.eq(a_wr + 1), a_left.eq(a_left - 1), a_more.eq(a_left != 1)]
             with m.If(a_m == m_last):
-                m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R)]
+                m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R), a_kval.eq(Cat(*_lanes_below(a_krem, 2 * R)[R:]))]
             with m.Else():
                 m.d.sync += a_m.eq(a_m + 1)
 
@@ -645,7 +659,7 @@ class MatmulEngine(wiring.Component):
                 m.d.sync += l_krem.eq(l_krem - R)
 
         # ---------------------------------------------------------------- accumulator banks
-        acc = m.submodules.acc = Memory(shape=data.ArrayLayout(32, C), depth=2 << AB, init=[])
+        acc = m.submodules.acc = Memory(shape=data.ArrayLayout(32, C), depth=2 << AB, init=[], attrs=_NO_RW_CHECK)
         acc_wp = acc.write_port()
         acc_rp = acc.read_port()        # issue: accumulator so far
         acc_dp = acc.read_port()        # drain: final values

@@ -384,7 +384,7 @@ class Fp32AddCore(_Core):
         # align: the operand swap (x: exponent and significand; y: significand) in parallel with
         # the shift amount. ``swap`` is registered twice, one copy for x's 31 multiplexers and
         # one for y's 23 (timing: one register drove all of them; bench.fpga keeps the copies,
-        # KEEP_CHAINS "*.unpack_swap_*"). 27-bit field = y's significand and three bits below
+        # KEEP_CHAINS "unpack_swap_*"). 27-bit field = y's significand and three bits below
         # it, shifted right by five levels; the sticky bit, which lands in the lowest position,
         # ORs the field's bits below the shift amount, from a mask of the shift amount beside the
         # shifter (timing: ORing the bits each level drops made the sticky bit the deepest path).

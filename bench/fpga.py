@@ -37,11 +37,11 @@ DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: per-part copies of its start signal, per-column and per-row copies of its select, clear and
 #: load signals, the write enables of its staging words, its two copies of the issue flags and
 #: its per-lane activation write registers, prefetch control (read address, FIFO places) and
-#: FIFO read places, and its per-counter clears (hdl/matmul.py). Each copy drives its own part
-#: of the die.
+#: FIFO read places, its per-counter clears, its per-column output-format selects and its
+#: per-part copies of ``running`` (hdl/matmul.py). Each copy drives its own part of the die.
 KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
                "start_*", "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_pf*", "a_rd*",
-               "cnt_clr_*", "a_wp*", "unpack_swap_*"]
+               "cnt_clr_*", "a_wp*", "unpack_swap_*", "out_sel*", "running_*"]
 
 
 def tool(name):

@@ -385,20 +385,18 @@ class Fp32AddCore(_Core):
         # the shift amount. ``swap`` is registered twice, one copy for x's 31 multiplexers and
         # one for y's 23 (timing: one register drove all of them; bench.fpga keeps the copies,
         # KEEP_CHAINS "unpack_swap_*"). 27-bit field = y's significand and three bits below
-        # it, shifted right by five levels; the sticky bit, which lands in the lowest position,
-        # ORs the field's bits below the shift amount, from a mask of the shift amount beside the
-        # shifter (timing: ORing the bits each level drops made the sticky bit the deepest path).
-        # For a subtraction the field is inverted here (the add step adds the +1).
+        # it; each of the five shift levels ORs the bits it drops into the sticky bit, which
+        # lands in the lowest position. For a subtraction the field is inverted here (the add
+        # step adds the +1).
         x = wire(Mux(s1.swap_x, s1.b, s1.a), "x")
         y_man = wire(Mux(s1.swap_y, s1.a[:23], s1.b[:23]) & s1.y_nz.replicate(23), "y_man")
         shamt = s1.shamt
-        field = Cat(Const(0, 3), y_man, s1.y_nz)
-        below = wire(Cat(*(shamt > i for i in range(27))), "below")     # bit i: shamt > i
-        sticky = wire((field & below).any(), "sticky")
-        v = field
+        v = Cat(Const(0, 3), y_man, s1.y_nz)
+        dropped = []
         for k in (4, 3, 2, 1, 0):
+            dropped.append(shamt[k] & v[:1 << k].any())
             v = wire(Mux(shamt[k], v >> (1 << k), v)[:27], f"align{1 << k}")
-        small = Cat(v[0] | sticky, v[1:], 0) ^ s1.sub.replicate(28)
+        small = Cat(v[0] | Cat(*dropped).any(), v[1:], 0) ^ s1.sub.replicate(28)
         s2 = p.step(
             "align",
             sign=s1.sign, sub=s1.sub, exp=x[23:31], man=x[:23], small=small,

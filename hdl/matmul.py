@@ -284,6 +284,10 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [self.cmd.ready.eq(0), self.resp.valid.eq(0), self.resp.payload.eq(resp_payload)]
 
         running = Signal()  # register: the RUN state
+        # ``running`` has a copy per part of the engine that tests it (timing: one register
+        # reached the stream readies across the die; KEEP_CHAINS "running_*"); all hold the same
+        # value in every cycle
+        runs = {part: Signal(name=f"running_{part}") for part in ("a", "p", "w", "d")}
         # The counters restart in the cycle after a command was accepted (SETUP1), each from a
         # clear register of its own, set at the accept (timing: the accept reached every counter
         # bit over one net; KEEP_CHAINS "cnt_clr_*"). ``cycles`` restarts at 1: SETUP1 counts.
@@ -366,11 +370,11 @@ class MatmulEngine(wiring.Component):
                     m.d.comb += start_set.eq(1)
                     m.next = "START"
             with m.State("START"):
-                m.d.sync += running.eq(1)
+                m.d.sync += [x.eq(1) for x in (running, *runs.values())]
                 m.next = "RUN"
             with m.State("RUN"):
                 with m.If(finish):
-                    m.d.sync += running.eq(0)
+                    m.d.sync += [x.eq(0) for x in (running, *runs.values())]
                     m.next = "RESP"
             with m.State("RESP"):
                 m.d.comb += self.resp.valid.eq(1)
@@ -430,7 +434,7 @@ class MatmulEngine(wiring.Component):
                          a_kval.eq(Cat(*_lanes_below(cmd.k, R)))]
         a_take = Signal()
         a_in = Signal()     # a beat is written
-        m.d.comb += [a_take.eq(running & a_more), self.a.ready.eq(a_take),
+        m.d.comb += [a_take.eq(runs["a"] & a_more), self.a.ready.eq(a_take),
                      a_in.eq(a_take & self.a.valid)]
         # A beat is written one cycle after it was taken, from registers of each lane's own
         # (address, enable, data) (timing: one address and enable net reached the block RAMs of
@@ -548,7 +552,7 @@ class MatmulEngine(wiring.Component):
             m.d.sync += [p_slot.eq(0), p_nrem.eq(cmd.n), p_active.eq(need_p),
                          requant_err.eq(0)]
         p_take = Signal()
-        m.d.comb += [p_take.eq(running & p_active & ~fi.p_full.bit_select(p_slot, 1)),
+        m.d.comb += [p_take.eq(runs["p"] & p_active & ~fi.p_full.bit_select(p_slot, 1)),
                      self.p.ready.eq(p_take)]
         p_bad = Signal()
         valid_n = _lanes_below(p_nrem, C)
@@ -613,7 +617,7 @@ class MatmulEngine(wiring.Component):
                 for c in range(C):
                     m.d.sync += stg[r * C + c].eq(0x8000)
         l_take = Signal()
-        m.d.comb += [l_take.eq(running & l_active & ~staged & l_idle), self.w.ready.eq(l_take)]
+        m.d.comb += [l_take.eq(runs["w"] & l_active & ~staged & l_idle), self.w.ready.eq(l_take)]
         lk_valid = _lanes_below(l_krem, R)
         ln_valid = _lanes_below(l_nrem, C)
         # A beat is written into the staging register one cycle after it was taken, from
@@ -645,7 +649,7 @@ class MatmulEngine(wiring.Component):
                 with m.If((l_r == R - 1) | (l_r + 1 >= l_krem)):
                     m.d.sync += [staged.eq(1), l_r.eq(0)]
         commit = Signal()
-        m.d.comb += commit.eq(running & staged & ~fi.w_full.bit_select(l_bank, 1)
+        m.d.comb += commit.eq(runs["w"] & staged & ~fi.w_full.bit_select(l_bank, 1)
                               & w_free.bit_select(l_bank, 1))
         m.d.comb += [arr.w_tile.eq(stg), arr.w_load.eq(commit), arr.w_bank.eq(l_bank)]
         with m.If(commit):
@@ -851,7 +855,7 @@ class MatmulEngine(wiring.Component):
         d_ready = Signal()
         m.d.comb += d_ready.eq(i_done.bit_select(d_bank, 1) & wr_done.bit_select(d_bank, 1))
         d_go = Signal()
-        m.d.comb += d_go.eq(running & d_active & d_ready & (pending < self._fifo_depth))
+        m.d.comb += d_go.eq(runs["d"] & d_active & d_ready & (pending < self._fifo_depth))
         m.d.comb += acc_dp.addr.eq(Cat(d_m[:AB], d_bank))
         d_last = Signal()
         d_end = Signal()    # d_m == M − 1, a register
@@ -867,7 +871,7 @@ class MatmulEngine(wiring.Component):
                     m.d.sync += d_active.eq(0)
             with m.Else():
                 m.d.sync += [d_m.eq(d_m + 1), d_end.eq(d_m == m_last2)]
-        with m.Elif(running & ~i_active & d_active & d_ready):
+        with m.Elif(runs["d"] & ~i_active & d_active & d_ready):
             m.d.sync += st_q.output.eq(1)
 
         # the vectors w_full, p_full, free and the issue flags w_ok, p_ok, fr_ok, their bits at
@@ -974,16 +978,19 @@ class MatmulEngine(wiring.Component):
         valid_o = pad(q_valid, _REQUANT_STAGES, "valid", reset_less=False)
         last_o = pad(q_last, _REQUANT_STAGES, "last", reset_less=False)
         bf_o = pad(bf, self._cvt_latency, "bf")
+        # The output format: each column has its own three select registers, set from the
+        # command's format (timing: one command register reached the 32·C output multiplexers
+        # across the die; KEEP_CHAINS "out_sel*"). They follow ``cmd`` one cycle late; the
+        # command register changes only at an accept, after the previous command's last row.
         out = Signal(result_layout(C))
-        with m.Switch(cmd.out_fmt):
-            with m.Case(OutFormat.INT8):
-                for c in range(C):
-                    m.d.comb += out.data[c].eq(q_o[c].as_signed())
-            with m.Case(OutFormat.BF16):
-                for c in range(C):
-                    m.d.comb += out.data[c].eq(bf_o[c])
-            with m.Default():
-                m.d.comb += out.data.eq(raw_o)
+        for c in range(C):
+            sel_q, sel_bf, sel_raw = (Signal(name=f"out_sel{c}_{what}") for what in ("q", "bf", "raw"))
+            m.d.sync += [sel_q.eq(cmd.out_fmt == OutFormat.INT8), sel_bf.eq(cmd.out_fmt == OutFormat.BF16),
+                         sel_raw.eq((cmd.out_fmt != OutFormat.INT8) & (cmd.out_fmt != OutFormat.BF16))]
+            q_ext = Signal(32, name=f"out_q{c}")
+            m.d.comb += [q_ext.eq(q_o[c].as_signed()),
+                         out.data[c].eq((q_ext & sel_q.replicate(32)) | (bf_o[c] & sel_bf.replicate(16))
+                                        | (raw_o[c] & sel_raw.replicate(32)))]
         m.d.comb += out.last.eq(last_o)
 
         fifo = m.submodules.out_fifo = SyncFIFOBuffered(width=len(out.as_value()), depth=self._fifo_depth)

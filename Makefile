@@ -5,6 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 CONFIG ?= default
 JOBS ?= 2
+SEED ?= 1
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -19,7 +20,7 @@ help: ## list the targets
 	@echo "make waves TEST=id  record an FST waveform of one cocotb test and print its path"
 	@echo "make bench          benchmarks, JSON under build/bench/"
 	@echo "make accuracy       golden-model accuracy on SmolLM2 layers, build/accuracy.json"
-	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (installs yowasp tools)"
+	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (SEED=n: nextpnr seed, default 1; installs yowasp tools)"
 	@echo "make clean          remove build/ (keeps .venv; 'make distclean' removes it too)"
 
 # Install log in .venv/install.log; it is printed only when the install fails.
@@ -62,7 +63,7 @@ accuracy: $(STAMP)
 
 fpga: $(STAMP)
 	@$(PY) -m pip install --quiet -e '.[fpga]' > $(VENV)/install-fpga.log 2>&1 || { tail -40 $(VENV)/install-fpga.log; exit 1; }
-	$(PY) -m bench.fpga --config $(CONFIG)
+	$(PY) -m bench.fpga --config $(CONFIG) --seed $(SEED)
 
 clean:
 	rm -rf build

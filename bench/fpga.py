@@ -205,7 +205,7 @@ def implement(verilog, top, work, *, pnr=True, seed=1, out_of_context=False):
     return stats
 
 
-def main(argv=None):
+def arg_parser():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="default")
     parser.add_argument("--top", action="append", help=f"default: {', '.join(DEFAULT_TOPS)}")
@@ -213,7 +213,13 @@ def main(argv=None):
     parser.add_argument("--out-of-context", action="store_true",
                         help="place each block alone, out of context (its clock on general routing), "
                              "instead of inside its board wrapper")
-    args = parser.parse_args(argv)
+    parser.add_argument("--seed", type=int, default=1,
+                        help="nextpnr's placement seed (default 1); Fmax moves by several MHz between seeds")
+    return parser
+
+
+def main(argv=None):
+    args = arg_parser().parse_args(argv)
     try:
         # the multipliers as ECP5 DSP blocks with their own registers (hdl.dsp)
         config = get_config(args.config).replace(dsp="ecp5")
@@ -224,9 +230,10 @@ def main(argv=None):
     work = ROOT / "build" / "fpga" / config.name
     work.mkdir(parents=True, exist_ok=True)
     out_dir = generate(config, tops, work)
-    results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "target_mhz": TARGET_MHZ, "tops": {}}
+    results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "target_mhz": TARGET_MHZ, "seed": args.seed,
+               "tops": {}}
     for top in tops:
-        stats = implement(out_dir / f"{top}.v", top, work, pnr=not args.no_pnr,
+        stats = implement(out_dir / f"{top}.v", top, work, pnr=not args.no_pnr, seed=args.seed,
                           out_of_context=args.out_of_context)
         results["tops"][top] = stats
         fmax = stats.get("fmax_mhz", {})

@@ -10,7 +10,7 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from bench.fpga import KEEP_CHAINS, board_wrapper, keep_selection, top_ports
+from bench.fpga import KEEP_CHAINS, arg_parser, board_wrapper, keep_selection, top_ports
 from sim.runner import VERILATOR_WAIVERS
 from sim.toolchain import verilator_env
 
@@ -83,3 +83,10 @@ def test_keep_selection_joins_every_pattern_before_taking_the_driving_flip_flops
 def test_keep_selection_without_patterns_raises():
     with pytest.raises(ValueError, match="at least one pattern"):
         keep_selection([])
+
+
+def test_fpga_seed_option_defaults_to_1_and_takes_an_integer():
+    assert arg_parser().parse_args([]).seed == 1
+    assert arg_parser().parse_args(["--seed", "3"]).seed == 3
+    with pytest.raises(SystemExit):
+        arg_parser().parse_args(["--seed", "three"])

@@ -451,6 +451,7 @@ class MatmulEngine(wiring.Component):
         with m.If(a_in):
             m.d.sync += [a_wr.eq(a_wr + 1), a_left.eq(a_left - 1), a_more.eq(a_left != 1)]
             with m.If(a_m == m_last):
+                # the next K tile's mask: lane r < a_krem − R, that is a_krem > r + R
                 m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R), a_kval.eq(Cat(*_lanes_below(a_krem, 2 * R)[R:]))]
             with m.Else():
                 m.d.sync += a_m.eq(a_m + 1)

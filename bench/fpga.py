@@ -41,7 +41,7 @@ DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: per-part copies of ``running`` (hdl/matmul.py). Each copy drives its own part of the die.
 KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
                "start_*", "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_pf*", "a_rd*",
-               "cnt_clr_*", "a_wp*", "unpack_swap_*", "out_sel*", "running_*"]
+               "cnt_clr_*", "a_wp*", "out_sel*", "running_*"]
 
 
 def tool(name):

@@ -304,8 +304,9 @@ class Fp32AddCore(_Core):
     The datapath has six steps: ``unpack`` (order by magnitude, exponent difference, classify),
     ``align`` (shift the smaller significand right, ORing the bits each shift level drops into a
     sticky bit; invert it for a subtraction), ``add`` (one 28-bit carry chain for both add and
-    subtract), ``count`` (leading-zero count), ``normalize`` (left shift) and ``round`` (RNE,
-    exponent adjust and rounding carry in one chain, overflow/underflow, special values, pack).
+    subtract), ``count`` (leading-zero count; the first left-shift level), ``normalize`` (the
+    other left-shift levels) and ``round`` (RNE, exponent adjust and rounding carry in one
+    chain, overflow/underflow, special values, pack).
     Special operands travel as three class bits (Inf, NaN, both zero); the result word is built
     in ``round``.
 
@@ -352,9 +353,11 @@ class Fp32AddCore(_Core):
             return sig
 
         # unpack: x is the operand of larger magnitude (compare of the low 31 bits), y the other.
-        # The step registers both operands and the compare result ``swap``; the operand swap
-        # itself is in the align step, in parallel with the shift amount (timing: a swap here put
-        # a route of fanout ~60 after the compare's carry chain). The exponent difference is
+        # The step swaps y's significand (23 multiplexers after the compare's carry chain) and
+        # registers both operands and the compare result ``swap`` for x's swap, which is in the
+        # align step, in parallel with the shift (timing: swapping x here as well put a route of
+        # fanout ~60 after the compare; swapping y in align put the swap and its fanout of 24
+        # at the head of the align step's shift chain, its critical path). The exponent difference is
         # |ea − eb|, chosen by the borrow of ea − eb, not by ``swap`` (equal exponents give 0
         # either way), and is registered as the align shift, saturated at 31 (timing: the
         # saturation in the align step put a LUT before nets of fanout ~30); it and the classes
@@ -368,28 +371,31 @@ class Fp32AddCore(_Core):
         x_zero = wire(~a_nz & ~b_nz, "x_zero")      # both operands are zeros
         nan = (a_max & a[:23].any()) | (b_max & b[:23].any()) | (a_max & b_max & sub)
         d_ab = wire(ea - eb, "d_ab")                # 9 bits: d_ab[8] is ea < eb
-        diff = wire(Mux(d_ab[8], eb - ea, d_ab)[:8], "diff")
+        d_ba = wire((eb - ea)[:8], "d_ba")
+        # |ea − eb| saturated at 31: each difference saturated on its own, then chosen (two LUT
+        # levels after the carry chains; saturating the chosen difference took three)
+        sat_ab = d_ab[:5] | d_ab[5:8].any().replicate(5)
+        sat_ba = d_ba[:5] | d_ba[5:8].any().replicate(5)
         s1 = p.step(
             "unpack",
             sign=Mux(x_zero, a[31] & b[31], Mux(swap, b[31], a[31])),  # x's sign; (−0) + (−0) = −0
             sub=sub,
-            swap_x=swap, swap_y=swap,               # two copies (see align)
+            swap=swap,
             a=a[:31], b=b[:31],
+            y_man=Mux(swap, a[:23], b[:23]),        # y's significand, before DAZ (see align)
             y_nz=Mux(swap, a_nz, b_nz),
-            shamt=Mux(diff[5:].any(), 31, diff[:5]),   # shifts from 27 on drop every bit
+            shamt=Mux(d_ab[8], sat_ba, sat_ab),     # shifts from 27 on drop every bit
             inf=a_max | b_max,                      # Inf (or NaN: nan has priority)
             nan=nan,
             zero=x_zero)
 
-        # align: the operand swap (x: exponent and significand; y: significand) in parallel with
-        # the shift amount. ``swap`` is registered twice, one copy for x's 31 multiplexers and
-        # one for y's 23 (timing: one register drove all of them; bench.fpga keeps the copies,
-        # KEEP_CHAINS "unpack_swap_*"). 27-bit field = y's significand and three bits below
-        # it; each of the five shift levels ORs the bits it drops into the sticky bit, which
-        # lands in the lowest position. For a subtraction the field is inverted here (the add
-        # step adds the +1).
-        x = wire(Mux(s1.swap_x, s1.b, s1.a), "x")
-        y_man = wire(Mux(s1.swap_y, s1.a[:23], s1.b[:23]) & s1.y_nz.replicate(23), "y_man")
+        # align: x's swap (exponent and significand) in parallel with y's shift. 27-bit field =
+        # y's significand and three bits below it, zero for a subnormal y (DAZ; the mask shares
+        # a LUT with the first shift level); each of the five shift levels ORs the bits it drops
+        # into the sticky bit, which lands in the lowest position. For a subtraction the field
+        # is inverted here (the add step adds the +1).
+        x = wire(Mux(s1.swap, s1.b, s1.a), "x")
+        y_man = wire(s1.y_man & s1.y_nz.replicate(23), "y_man")
         shamt = s1.shamt
         v = Cat(Const(0, 3), y_man, s1.y_nz)
         dropped = []
@@ -411,16 +417,21 @@ class Fp32AddCore(_Core):
             total=(Cat(s2.sub, big) + Cat(s2.sub, s2.small))[1:29],
             inf=s2.inf, nan=s2.nan, zero=s2.zero)
 
-        # count: leading zeros of the sum (a log-depth tree; 31 for a zero sum)
+        # count: leading zeros of the sum (a log-depth tree; 31 for a zero sum), and the first
+        # normalize level, by 16, on the count's top bit (an AND of 16 bits, in parallel with
+        # the rest of the tree; timing: in the normalize step it put a net of fanout 28 ahead
+        # of the other four levels)
+        lzc = wire(_leading_zeros(Cat(Const(0xF, 4), s3.total))[:5], "lzc")
         s4 = p.step(
             "count",
-            sign=s3.sign, exp=s3.exp, total=s3.total,
-            lzc=_leading_zeros(Cat(Const(0xF, 4), s3.total))[:5],
+            sign=s3.sign, exp=s3.exp,
+            total=Mux(lzc[4], s3.total << 16, s3.total)[:28],
+            lzc=lzc,
             inf=s3.inf, nan=s3.nan, zero=s3.zero)
 
-        # normalize: leading one to bit 27 (a zero sum stays zero)
+        # normalize: leading one to bit 27 with the other four levels (a zero sum stays zero)
         v = s4.total
-        for k in (4, 3, 2, 1, 0):
+        for k in (3, 2, 1, 0):
             v = wire(Mux(s4.lzc[k], v << (1 << k), v)[:28], f"norm{1 << k}")
         s5 = p.step(
             "normalize",

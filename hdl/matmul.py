@@ -14,6 +14,8 @@ is docs/matmul.md. In short:
 * Results leave on ``o``, one beat per output row slice of C columns, N-tile-major.
 """
 
+import operator
+from functools import reduce
 from types import SimpleNamespace
 
 import numpy as np
@@ -429,9 +431,12 @@ class MatmulEngine(wiring.Component):
         # a_kval[r] = lane r < a_krem (lane r of this K tile is inside K), a register updated with
         # a_krem (timing: the compares of a_krem fed the write-data registers' resets)
         a_kval = Signal(R)
+        # a_mend = (a_m == m_last), a flag updated with a_m (timing: the compare sat between the
+        # beat's accept and the K-tile step of a_krem and a_kval)
+        a_mend = Signal()
         with m.If(start_a):
-            m.d.sync += [a_wr.eq(0), a_m.eq(0), a_krem.eq(cmd.k), a_left.eq(words), a_more.eq(words != 0),
-                         a_kval.eq(Cat(*_lanes_below(cmd.k, R)))]
+            m.d.sync += [a_wr.eq(0), a_m.eq(0), a_mend.eq(m_one), a_krem.eq(cmd.k), a_left.eq(words),
+                         a_more.eq(words != 0), a_kval.eq(Cat(*_lanes_below(cmd.k, R)))]
         a_take = Signal()
         a_in = Signal()     # a beat is written
         m.d.comb += [a_take.eq(runs["a"] & a_more), self.a.ready.eq(a_take),
@@ -450,11 +455,12 @@ class MatmulEngine(wiring.Component):
             m.d.comb += [a_wps[r].addr.eq(wa), a_wps[r].en.eq(we), a_wps[r].data.eq(wd)]
         with m.If(a_in):
             m.d.sync += [a_wr.eq(a_wr + 1), a_left.eq(a_left - 1), a_more.eq(a_left != 1)]
-            with m.If(a_m == m_last):
+            with m.If(a_mend):
                 # the next K tile's mask: lane r < a_krem − R, that is a_krem > r + R
-                m.d.sync += [a_m.eq(0), a_krem.eq(a_krem - R), a_kval.eq(Cat(*_lanes_below(a_krem, 2 * R)[R:]))]
+                m.d.sync += [a_m.eq(0), a_mend.eq(m_one), a_krem.eq(a_krem - R),
+                             a_kval.eq(Cat(*_lanes_below(a_krem, 2 * R)[R:]))]
             with m.Else():
-                m.d.sync += a_m.eq(a_m + 1)
+                m.d.sync += [a_m.eq(a_m + 1), a_mend.eq(a_m == m_last2)]
 
         # ---------------------------------------------------------------- activation prefetch
         # The buffer is read ahead of the issue, in issue order (word kt·M + m of each N tile:
@@ -750,17 +756,19 @@ class MatmulEngine(wiring.Component):
         acc_q = Signal.like(acc_rp.data, reset_less=True)
         m.d.sync += [s2_valid.eq(s1_valid), s2_bank.eq(s1_bank), s2_tw.eq(s1_tw),
                      s2_m.eq(s1_m), acc_q.eq(acc_rp.data)]
-        # the issue takes the FIFO's words in order at a_rp; a_q reads the word a cycle later
-        # through a copy of the place per lane (a_rd*: the entry is not written again before
-        # the registered go has freed it)
-        a_rp = Signal(range(A_FIFO_DEPTH))
+        # the issue takes the FIFO's words in order at a_rp (one-hot); a_q reads the word a
+        # cycle later through a copy of the place per lane (a_rd*: the entry is not written
+        # again before the registered go has freed it). One-hot, the read is an AND-OR of the
+        # words (timing: a binary place put its decode before a net across the lanes' rows).
+        a_rp = Signal(A_FIFO_DEPTH, init=1)
         with m.If(start_i):
-            m.d.sync += a_rp.eq(0)
+            m.d.sync += a_rp.eq(1)
         with m.Elif(go):
-            m.d.sync += a_rp.eq(Mux(a_rp == A_FIFO_DEPTH - 1, 0, a_rp + 1))
+            m.d.sync += a_rp.eq(a_rp.rotate_left(1))
         for r in range(R):
-            rd = Signal(range(A_FIFO_DEPTH), name=f"a_rd{r}")
-            m.d.sync += [rd.eq(a_rp), a_q[r].eq(Array(a_fifo[r])[rd])]
+            rd = Signal(A_FIFO_DEPTH, init=1, name=f"a_rd{r}")
+            word = reduce(operator.or_, (a_fifo[r][i] & rd[i].replicate(16) for i in range(A_FIFO_DEPTH)))
+            m.d.sync += [rd.eq(a_rp), a_q[r].eq(word)]
         # The partial sums entering the array: the bias of the row's bank or zero (first K tile),
         # else the accumulator so far. Each column has its own three select registers, set from
         # the s1 values (timing: one select net would reach all 32·C multiplexers across the

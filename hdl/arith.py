@@ -252,13 +252,15 @@ def bf16_significand(x):
     return Cat(x[:7], 1)
 
 
-def bf16_mul_unpack(a, b):
+def bf16_mul_unpack(a, b, *, ranges=True):
     """The ``mul`` step of a bf16 × bf16 product, without the multiplier.
 
     Returns ``(values, sig_a, sig_b)``: the step's values other than ``prod`` (biased exponent
     sum, sign, NaN/Inf/zero classes) and the two 8-bit significands (hidden one included), whose
     product, in [2**14, 2**16), the caller supplies as ``prod``, from a multiplier of its own or
-    one shared with other work (the systolic PE's int8 products).
+    one shared with other work (the systolic PE's int8 products). With ``ranges=False`` the
+    exponent range tests are left out: the caller adds them with :func:`bf16_mul_ranges` after
+    a register of its own.
     """
     ea, eb = a[7:15], b[7:15]
     ma, mb = a[:7], b[:7]
@@ -271,13 +273,20 @@ def bf16_mul_unpack(a, b):
     exp_up = ea + eb - 126                            # ... if prod >= 2**15
     values = dict(
         exp=exp, exp_up=exp_up,
-        # range tests of both candidates, so the pack step only selects (timing)
-        over=exp >= 255, over_up=exp_up >= 255, under=exp <= 0, under_up=exp_up <= 0,
         sign=a[15] ^ b[15],
         nan=a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero),
         inf=a_inf | b_inf,
         zero=a_zero | b_zero)
+    if ranges:
+        values.update(bf16_mul_ranges(values))
     return values, bf16_significand(a), bf16_significand(b)
+
+
+def bf16_mul_ranges(values):
+    """The exponent range tests of both candidate exponents (``exp``, ``exp_up`` of
+    :func:`bf16_mul_unpack`'s values), so the pack step only selects (timing)."""
+    exp, exp_up = values["exp"], values["exp_up"]
+    return dict(over=exp >= 255, over_up=exp_up >= 255, under=exp <= 0, under_up=exp_up <= 0)
 
 
 def bf16_mul_pack(m, s1):

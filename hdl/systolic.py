@@ -22,7 +22,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import Bf16MulCore, Fp32AddCore, _Pipeline, bf16_mul_pack, bf16_mul_unpack, bf16_significand
+from .arith import (Bf16MulCore, Fp32AddCore, _Pipeline, bf16_mul_pack, bf16_mul_ranges, bf16_mul_unpack,
+                    bf16_significand)
 from .dsp import RegisteredMultiplier, check_dsp
 
 __all__ = ["ProcessingElement", "SystolicArray", "PE_ADD_STAGES"]
@@ -182,9 +183,14 @@ class ProcessingElement(wiring.Component):
         s0 = _Pipeline(m, Const(1), {0}).step("operand", x=x, y=y, a=self.a_in, w=w_sel)
         m.submodules.mult = mult = RegisteredMultiplier(9, 9, dsp=self._dsp)
         m.d.comb += [mult.a.eq(s0.x), mult.b.eq(s0.y)]
-        values, _, _ = bf16_mul_unpack(s0.a, s0.w)
+        # the exponent sums are registered first and their range tests computed from that
+        # register, in the cycle after (timing: the sums' and the tests' carry chains in series
+        # did not fit one cycle after a detoured operand net)
+        values, _, _ = bf16_mul_unpack(s0.a, s0.w, ranges=False)
         for i in range(mult.latency):
             values = vars(_Pipeline(m, Const(1), {0}).step(f"mval{i}", **values))
+            if i == 0:
+                values.update(bf16_mul_ranges(values))
         flags = Bf16MulCore.registered_steps(self._mul_lat - 1 - mult.latency)
         assert list(flags) == ["mul", "pack"]
         p = _Pipeline(m, Const(1), {i for i, name in enumerate(flags) if flags[name]})

@@ -22,8 +22,15 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import (Bf16MulCore, Fp32AddCore, _Pipeline, bf16_mul_pack, bf16_mul_ranges, bf16_mul_unpack,
-                    bf16_significand)
+from .arith import (
+    Bf16MulCore,
+    Fp32AddCore,
+    _Pipeline,
+    bf16_mul_pack,
+    bf16_mul_ranges,
+    bf16_mul_unpack,
+    bf16_significand,
+)
 from .dsp import RegisteredMultiplier, check_dsp
 
 __all__ = ["ProcessingElement", "SystolicArray", "PE_ADD_STAGES"]

@@ -240,6 +240,7 @@ class Bf16MulCore(_Core):
         m = Module()
         p = self._pipeline(m)
         values, sig_a, sig_b = bf16_mul_unpack(self.a, self.b)
+        values.update(bf16_mul_ranges(values))
         s1 = p.step("mul", prod=sig_a * sig_b, **values)
         s2 = p.step("pack", y=bf16_mul_pack(m, s1))
         m.d.comb += self.y.eq(s2.y)
@@ -252,15 +253,15 @@ def bf16_significand(x):
     return Cat(x[:7], 1)
 
 
-def bf16_mul_unpack(a, b, *, ranges=True):
+def bf16_mul_unpack(a, b):
     """The ``mul`` step of a bf16 × bf16 product, without the multiplier.
 
-    Returns ``(values, sig_a, sig_b)``: the step's values other than ``prod`` (biased exponent
-    sum, sign, NaN/Inf/zero classes) and the two 8-bit significands (hidden one included), whose
-    product, in [2**14, 2**16), the caller supplies as ``prod``, from a multiplier of its own or
-    one shared with other work (the systolic PE's int8 products). With ``ranges=False`` the
-    exponent range tests are left out: the caller adds them with :func:`bf16_mul_ranges` after
-    a register of its own.
+    Returns ``(values, sig_a, sig_b)``: the step's values other than ``prod`` and the range
+    tests (biased exponent sums, sign, NaN/Inf/zero classes) and the two 8-bit significands
+    (hidden one included), whose product, in [2**14, 2**16), the caller supplies as ``prod``,
+    from a multiplier of its own or one shared with other work (the systolic PE's int8
+    products). The caller adds the range tests with :func:`bf16_mul_ranges`, in the same step
+    (:class:`Bf16MulCore`) or after a register of its own (the PE).
     """
     ea, eb = a[7:15], b[7:15]
     ma, mb = a[:7], b[:7]
@@ -277,8 +278,6 @@ def bf16_mul_unpack(a, b, *, ranges=True):
         nan=a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero),
         inf=a_inf | b_inf,
         zero=a_zero | b_zero)
-    if ranges:
-        values.update(bf16_mul_ranges(values))
     return values, bf16_significand(a), bf16_significand(b)
 
 
@@ -366,11 +365,11 @@ class Fp32AddCore(_Core):
         # registers both operands and the compare result ``swap`` for x's swap, which is in the
         # align step, in parallel with the shift (timing: swapping x here as well put a route of
         # fanout ~60 after the compare; swapping y in align put the swap and its fanout of 24
-        # at the head of the align step's shift chain, its critical path). The exponent difference is
-        # |ea − eb|, chosen by the borrow of ea − eb, not by ``swap`` (equal exponents give 0
-        # either way), and is registered as the align shift, saturated at 31 (timing: the
-        # saturation in the align step put a LUT before nets of fanout ~30); it and the classes
-        # come from a and b in parallel with the compare.
+        # at the head of the align step's shift chain, its critical path). The exponent
+        # difference is |ea − eb|, chosen by the borrow of ea − eb, not by ``swap`` (equal
+        # exponents give 0 either way), and is registered as the align shift, saturated at 31
+        # (timing: the saturation in the align step put a LUT before nets of fanout ~30); it and
+        # the classes come from a and b in parallel with the compare.
         ea, eb = a[23:31], b[23:31]
         swap = wire(a[:31] < b[:31], "swap")
         sub = wire(a[31] ^ b[31], "sub")

@@ -193,7 +193,7 @@ class ProcessingElement(wiring.Component):
         # the exponent sums are registered first and their range tests computed from that
         # register, in the cycle after (timing: the sums' and the tests' carry chains in series
         # did not fit one cycle after a detoured operand net)
-        values, _, _ = bf16_mul_unpack(s0.a, s0.w, ranges=False)
+        values, _, _ = bf16_mul_unpack(s0.a, s0.w)
         for i in range(mult.latency):
             values = vars(_Pipeline(m, Const(1), {0}).step(f"mval{i}", **values))
             if i == 0:

@@ -56,12 +56,13 @@ class Status:
 #: Performance counters in every response, in this order.
 COUNTERS = ("cycles", "busy", "macs", "stall_input", "stall_output", "stall_weight", "stall_dependency")
 _COUNTER_WIDTH = 48
-#: Pipeline registers of the requantization (output stage, ``out_fmt = INT8``).
+#: Pipeline registers of the requantization (output stage). Every format goes through it: the
+#: others with multiplier 256 and shift 8, which give the accumulator back unchanged.
 _REQUANT_STAGES = 9
 #: Pipeline registers of the fp32 → bf16 conversion (``out_fmt = BF16``): a register between its
-#: rounding add and its select (timing: the accumulator row's register is placed beside the
-#: requantization's DSP blocks, a long route from the conversion). The output stage delays
-#: every format to the requantization's depth, so this costs no cycle.
+#: rounding add and its select (timing: a long route from the requantization's registers). It
+#: reads the requantization's pass-through that many stages before its end, so this costs no
+#: cycle.
 _CVT_STAGES = 2
 # words per lane in the activation FIFO between the buffer's reads and the issue
 A_FIFO_DEPTH = 5
@@ -906,9 +907,19 @@ class MatmulEngine(wiring.Component):
                              f.p_ok.eq(~need_p | Mux(bank_next, p_next[1], p_next[0])),
                              f.fr_ok.eq(Mux(bank_next, fr_next[1], fr_next[0]))]
 
-        # output stage: d1 (memory data) → stage A → stage B (→ padding) → FIFO
+        # output stage: d1 (memory data) → stage 0 → the requantization's stages → FIFO
         d1_valid, d1_last, d1_slot = Signal(), Signal(), Signal()
         m.d.sync += [d1_valid.eq(d_go), d1_last.eq(d_last), d1_slot.eq(d_bank)]
+        # The output format: each column has its own three select registers, set from the
+        # command's format (timing: one command register reached the 32·C output multiplexers
+        # across the die; KEEP_CHAINS "out_sel*"). They follow ``cmd`` one cycle late; the
+        # command register changes only at an accept, after the previous command's last row.
+        sels = []
+        for c in range(C):
+            sel_q, sel_bf, sel_raw = (Signal(name=f"out_sel{c}_{what}") for what in ("q", "bf", "raw"))
+            m.d.sync += [sel_q.eq(cmd.out_fmt == OutFormat.INT8), sel_bf.eq(cmd.out_fmt == OutFormat.BF16),
+                         sel_raw.eq((cmd.out_fmt != OutFormat.INT8) & (cmd.out_fmt != OutFormat.BF16))]
+            sels.append((sel_q, sel_bf, sel_raw))
         # stage 0 registers the accumulator memory's output (a block RAM's clock-to-output
         # delay leaves no room for logic after it) with the row's parameters
         # (datapath registers here and below have no reset; the valid bits beside them do)
@@ -916,8 +927,16 @@ class MatmulEngine(wiring.Component):
         mult = Signal(data.ArrayLayout(32, C), reset_less=True)
         shift = Signal(data.ArrayLayout(8, C), reset_less=True)
         s0_valid, s0_last = Signal(), Signal()
-        m.d.sync += [raw.eq(acc_dp.data), s0_valid.eq(d1_valid), s0_last.eq(d1_last),
-                     mult.eq(Mux(d1_slot, p_mult[1], p_mult[0])), shift.eq(Mux(d1_slot, p_shift[1], p_shift[0]))]
+        m.d.sync += [raw.eq(acc_dp.data), s0_valid.eq(d1_valid), s0_last.eq(d1_last)]
+        # The other formats pass the accumulators through the requantization unchanged, with
+        # multiplier 256 and shift 8 ((256·raw + 128) >> 8 = raw): its coarse-shift register
+        # holds raw at stage 7 and its fine-shift register at stage 8, so the int32/fp32 result
+        # and the bf16 conversion's input are read there instead of from delay registers of
+        # their own (about 350 flip-flops per column).
+        for c in range(C):
+            sel_q = sels[c][0]
+            m.d.sync += [mult[c].eq(Mux(sel_q, Mux(d1_slot, p_mult[1][c], p_mult[0][c]), 256)),
+                         shift[c].eq(Mux(sel_q, Mux(d1_slot, p_shift[1][c], p_shift[0][c]), 8))]
         # requantization, _REQUANT_STAGES registers after stage 0 (timing: no stage holds more
         # than one 64-bit carry chain or three shifter levels; each partial product is one
         # hdl.dsp.RegisteredMultiplier, whose operand and product registers are stages 1 and 2,
@@ -926,8 +945,9 @@ class MatmulEngine(wiring.Component):
         #   3: the products registered again    4: mid = lo·hi + hi·lo, low = lo·lo + 2^(s-1)
         #   5: high = hi·hi·2^32 + mid·2^16    6: rounded = high + low    7: >> 8·(s // 8)
         #   8: >> s % 8    9: clamp to int8
-        q_valid, q_last, q_raw = s0_valid, s0_last, raw
-        q = []
+        q_valid, q_last = s0_valid, s0_last
+        q, raw_o, bf_o = [], [], []
+        assert _REQUANT_STAGES == 9 and self._cvt_latency in (1, 2)
         for c in range(C):
             sh = shift[c]
             sh_c = Signal(range(63), name=f"rq_shc{c}")
@@ -965,39 +985,25 @@ class MatmulEngine(wiring.Component):
             under = fine[63] & ~fine[7:].all()      # < -128
             m.d.sync += clamped.eq(Mux(over, 127, Mux(under, -128, fine[:8])))
             q.append(clamped)
-        for i in range(_REQUANT_STAGES):
-            nv, nl = Signal(name=f"rq_valid{i}"), Signal(name=f"rq_last{i}")
-            nr = Signal.like(raw, name=f"rq_raw{i}")
-            m.d.sync += [nv.eq(q_valid), nl.eq(q_last), nr.eq(q_raw)]
-            q_valid, q_last, q_raw = nv, nl, nr
-        bf = Signal(data.ArrayLayout(16, C))
-        for c in range(C):
+            # the pass-through: raw at stage 9 from the fine-shift register, the bf16
+            # conversion from the register that holds raw _CVT_STAGES stages before stage 9
+            raw9 = Signal(32, name=f"rq_raw{c}", reset_less=True)
+            m.d.sync += raw9.eq(fine[:32])
+            raw_o.append(raw9)
             core = Fp32ToBf16Core(stages=_CVT_STAGES)
             m.submodules[f"to_bf16_{c}"] = core
-            m.d.comb += [core.en.eq(1), core.a.eq(raw[c]), bf[c].eq(core.y)]
-
-        def pad(sig, have, name, reset_less=True):
-            for i in range(self._out_stages - have):
-                nxt = Signal.like(sig, name=f"{name}_pad{i}", reset_less=reset_less)
-                m.d.sync += nxt.eq(sig)
-                sig = nxt
-            return sig
-        q_o = [pad(q[c], _REQUANT_STAGES, f"q{c}") for c in range(C)]
-        raw_o = pad(q_raw, _REQUANT_STAGES, "raw")
-        valid_o = pad(q_valid, _REQUANT_STAGES, "valid", reset_less=False)
-        last_o = pad(q_last, _REQUANT_STAGES, "last", reset_less=False)
-        bf_o = pad(bf, self._cvt_latency, "bf")
-        # The output format: each column has its own three select registers, set from the
-        # command's format (timing: one command register reached the 32·C output multiplexers
-        # across the die; KEEP_CHAINS "out_sel*"). They follow ``cmd`` one cycle late; the
-        # command register changes only at an accept, after the previous command's last row.
+            m.d.comb += [core.en.eq(1), core.a.eq({2: coarse, 1: fine}[self._cvt_latency][:32])]
+            bf_o.append(core.y)
+        for i in range(_REQUANT_STAGES):
+            nv, nl = Signal(name=f"rq_valid{i}"), Signal(name=f"rq_last{i}")
+            m.d.sync += [nv.eq(q_valid), nl.eq(q_last)]
+            q_valid, q_last = nv, nl
+        valid_o, last_o = q_valid, q_last
         out = Signal(result_layout(C))
         for c in range(C):
-            sel_q, sel_bf, sel_raw = (Signal(name=f"out_sel{c}_{what}") for what in ("q", "bf", "raw"))
-            m.d.sync += [sel_q.eq(cmd.out_fmt == OutFormat.INT8), sel_bf.eq(cmd.out_fmt == OutFormat.BF16),
-                         sel_raw.eq((cmd.out_fmt != OutFormat.INT8) & (cmd.out_fmt != OutFormat.BF16))]
+            sel_q, sel_bf, sel_raw = sels[c]
             q_ext = Signal(32, name=f"out_q{c}")
-            m.d.comb += [q_ext.eq(q_o[c].as_signed()),
+            m.d.comb += [q_ext.eq(q[c].as_signed()),
                          out.data[c].eq((q_ext & sel_q.replicate(32)) | (bf_o[c] & sel_bf.replicate(16))
                                         | (raw_o[c] & sel_raw.replicate(32)))]
         m.d.comb += out.last.eq(last_o)

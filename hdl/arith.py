@@ -399,9 +399,13 @@ class Fp32AddCore(_Core):
 
         # align: x's swap (exponent and significand) in parallel with y's shift. 27-bit field =
         # y's significand and three bits below it, zero for a subnormal y (DAZ; the mask shares
-        # a LUT with the first shift level); each of the five shift levels ORs the bits it drops
-        # into the sticky bit, which lands in the lowest position. For a subtraction the field
-        # is inverted here (the add step adds the +1).
+        # a LUT with the first shift level); each of the five shift levels drops bits into the
+        # sticky bit, which lands in the lowest position. The lowest position leaves the step as
+        # two halves, the last level's bit with what that level drops (``lo_a``) and what the
+        # first four drop (``lo_b``), ORed by the add step (timing: ORing them here made the
+        # lowest bit one LUT deeper than the other 26, the align step's critical path). For a
+        # subtraction the field is inverted here, and its lowest bit in the add step (which also
+        # adds the +1).
         x = wire(Mux(s1.swap, s1.b, s1.a), "x")
         y_man = wire(s1.y_man & s1.y_nz.replicate(23), "y_man")
         shamt = s1.shamt
@@ -410,19 +414,21 @@ class Fp32AddCore(_Core):
         for k in (4, 3, 2, 1, 0):
             dropped.append(shamt[k] & v[:1 << k].any())
             v = wire(Mux(shamt[k], v >> (1 << k), v)[:27], f"align{1 << k}")
-        small = Cat(v[0] | Cat(*dropped).any(), v[1:], 0) ^ s1.sub.replicate(28)
         s2 = p.step(
             "align",
-            sign=s1.sign, sub=s1.sub, exp=x[23:31], man=x[:23], small=small,
+            sign=s1.sign, sub=s1.sub, exp=x[23:31], man=x[:23],
+            small=Cat(v[1:], 0) ^ s1.sub.replicate(27),
+            lo_a=v[0] | dropped[4], lo_b=Cat(*dropped[:4]).any(),
             inf=s1.inf, nan=s1.nan, zero=s1.zero)
 
         # add: |x| >= |y|, so big + ~small + 1 never goes negative; the +1 of a subtraction
         # enters as the carry out of an extra low bit, so one carry chain does both
         big = Cat(Const(0, 3), s2.man, 1, 0)
+        small = Cat((s2.lo_a | s2.lo_b) ^ s2.sub, s2.small)
         s3 = p.step(
             "add",
             sign=s2.sign, exp=s2.exp,
-            total=(Cat(s2.sub, big) + Cat(s2.sub, s2.small))[1:29],
+            total=(Cat(s2.sub, big) + Cat(s2.sub, small))[1:29],
             inf=s2.inf, nan=s2.nan, zero=s2.zero)
 
         # count: leading zeros of the sum (a log-depth tree; 31 for a zero sum), and the first

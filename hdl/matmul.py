@@ -562,12 +562,6 @@ class MatmulEngine(wiring.Component):
         p_take = Signal()
         m.d.comb += [p_take.eq(runs["p"] & p_active & ~fi.p_full.bit_select(p_slot, 1)),
                      self.p.ready.eq(p_take)]
-        p_bad = Signal()
-        valid_n = _lanes_below(p_nrem, C)
-        m.d.comb += p_bad.eq(Cat(*[valid_n[c] & (self.p.payload.multiplier[c][31]
-                                                 | (self.p.payload.shift[c] == 0)
-                                                 | (self.p.payload.shift[c] > 62))
-                                   for c in range(C)]).any())
         # A beat is copied into its slot one cycle after it was taken: every cycle p_in registers
         # the payload, and per-column load strobes (one register per slot and column) enable the
         # slot's registers (timing: one enable net would reach the 72·C flip-flops of a slot
@@ -576,6 +570,25 @@ class MatmulEngine(wiring.Component):
         # cycle on, samples it two cycles after the issue.
         p_in = Signal(param_layout(C), reset_less=True)
         m.d.sync += p_in.eq(self.p.payload)
+        # The int8 requantization's parameters are checked on p_in, one cycle after the take,
+        # against the lanes inside N as they were at the take (timing: checking the stream's
+        # payload put the compares lane < p_nrem and the payload's tests before the flag).
+        # p_nval[c] = lane c < p_nrem, a register updated with p_nrem; p_inval is its value at
+        # the take and p_chk marks the cycle after a take. ``finish`` reads the flag long after.
+        p_nval = Signal(C)
+        p_inval = Signal(C, reset_less=True)
+        p_chk = Signal()
+        m.d.sync += [p_inval.eq(p_nval), p_chk.eq(p_take & self.p.valid)]
+        with m.If(start_p):
+            m.d.sync += p_nval.eq(Cat(*_lanes_below(cmd.n, C)))
+        with m.Elif(p_take & self.p.valid):
+            m.d.sync += p_nval.eq(Cat(*_lanes_below(p_nrem, 2 * C)[C:]))
+        p_bad = Signal()
+        m.d.comb += p_bad.eq(Cat(*[p_inval[c] & (p_in.multiplier[c][31] | (p_in.shift[c] == 0)
+                                                 | (p_in.shift[c] > 62))
+                                   for c in range(C)]).any())
+        with m.If(p_chk & p_bad & (cmd.out_fmt == OutFormat.INT8)):
+            m.d.sync += requant_err.eq(1)
         for b in range(2):
             for c in range(C):
                 ld = Signal(name=f"p_ld{b}_{c}")
@@ -587,8 +600,6 @@ class MatmulEngine(wiring.Component):
             m.d.sync += [p_slot.eq(~p_slot), p_nrem.eq(p_nrem - C)]
             with m.If(p_nrem <= C):
                 m.d.sync += p_active.eq(0)
-            with m.If(p_bad & (cmd.out_fmt == OutFormat.INT8)):
-                m.d.sync += requant_err.eq(1)
 
         # ---------------------------------------------------------------- weight loader
         stg = Signal(data.ArrayLayout(16, R * C))

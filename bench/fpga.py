@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DEVICE = ["--85k", "--package", "CABGA381", "--speed", "6"]
 #: Clock constraint given to nextpnr (MHz); Fmax is reported whether or not it is met.
 TARGET_MHZ = 100
-# nextpnr's HeAP placer weighs timing 4× its default (10): on the 8×8 matmul engine, same
-# netlist and seed, 72.5 MHz routed against 69.7 (docs/matmul.md "ECP5")
+# nextpnr's analytic "static" placer instead of its default HeAP: on the 8×8 matmul engine,
+# same netlist, seeds 1-3 routed at 87.9 / 89.1 / 91.1 MHz against HeAP's 86.1 / 70.4 / 95.8
+# (timing weight 40), with 18 % less wire length after placement (docs/matmul.md "ECP5")
 PNR_OPTIONS = ["--router", "router2",   # router1 needs over an hour on the matmul engine
-               "--placer-heap-timingweight", "40"]
+               "--placer", "static"]
 DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: Registers that synthesis must not merge, by signal name: the systolic array's distribution
 #: chains and each PE's own copy of the data type (hdl/systolic.py), the fp32 adder's two copies
@@ -38,10 +39,11 @@ DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: load signals, the write enables of its staging words, its two copies of the issue flags and
 #: its per-lane activation write registers, prefetch control (read address, FIFO places) and
 #: FIFO read places, its per-counter clears, its per-column output-format selects and its
-#: per-part copies of ``running`` (hdl/matmul.py). Each copy drives its own part of the die.
+#: per-part copies of ``running`` (hdl/matmul.py), and the array's output valid and tag, one
+#: copy per user (hdl/systolic.py ``out_copies``). Each copy drives its own part of the die.
 KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
                "start_*", "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_pf*", "a_rd*",
-               "cnt_clr_*", "a_wp*", "out_sel*", "running_*"]
+               "cnt_clr_*", "a_wp*", "out_sel*", "running_*", "array.valid_d*_c*", "array.tag_d*_c*"]
 
 
 def tool(name):

@@ -66,6 +66,9 @@ _REQUANT_STAGES = 9
 _CVT_STAGES = 2
 # words per lane in the activation FIFO between the buffer's reads and the issue
 A_FIFO_DEPTH = 5
+# users of the array's output valid and tag, one register copy each: the accumulator's write
+# port, the issue flags' two copies ("i", "l") and the accumulator banks' write counters
+_OUT_COPIES = ("acc", "i", "l", "cnt")
 
 
 def command_layout():
@@ -189,7 +192,8 @@ class MatmulEngine(wiring.Component):
         self._acc_depth, self._a_depth = acc_depth, a_depth
         self._acc_bits = ceil_log2(acc_depth)
         self._array = SystolicArray(rows=rows, cols=cols, tag_width=1 + self._acc_bits,
-                                    mul_stages=mul_stages, add_stages=add_stages, dsp=dsp)
+                                    mul_stages=mul_stages, add_stages=add_stages, dsp=dsp,
+                                    out_copies=len(_OUT_COPIES))
         self._dsp = dsp
         self._cvt_latency = _core_latency(Fp32ToBf16Core, _CVT_STAGES)
         self._out_stages = _REQUANT_STAGES     # every format goes through the requantization
@@ -689,10 +693,13 @@ class MatmulEngine(wiring.Component):
         wr_cnt = [Signal(range(self._a_depth + 1), name=f"wr_cnt{b}") for b in range(2)]
         i_done = Signal(2)               # bank: all rows of its N tile issued
 
-        tag_m = arr.o_tag[:AB]
-        tag_bank = arr.o_tag[AB]
-        m.d.comb += [acc_wp.addr.eq(Cat(tag_m, tag_bank)), acc_wp.data.eq(arr.result),
-                     acc_wp.en.eq(arr.o_valid)]
+        # the array's output valid and tag in a register per user (_OUT_COPIES; timing: one
+        # register reached the accumulator's block RAMs, the write counters and both copies of
+        # the issue flags, up to 91 columns apart)
+        o_valid = dict(zip(_OUT_COPIES, [arr.o_valid, *arr.o_valid_x], strict=True))
+        o_tag = dict(zip(_OUT_COPIES, [arr.o_tag, *arr.o_tag_x], strict=True))
+        m.d.comb += [acc_wp.addr.eq(o_tag["acc"][:AB + 1]), acc_wp.data.eq(arr.result),
+                     acc_wp.en.eq(o_valid["acc"])]
 
         # ---------------------------------------------------------------- issue
         # aliases: the "i" copy of the flags (above)
@@ -720,7 +727,7 @@ class MatmulEngine(wiring.Component):
         for g, f in F.items():
             wr_cur[g] = Signal(name=f"iss_{g}_wr_cur")
             m.d.comb += [
-                wr_cur[g].eq(arr.o_valid & (tag_bank == f.bank)),
+                wr_cur[g].eq(o_valid[g] & (o_tag[g][AB] == f.bank)),
                 f.go.eq(f.active & f.w_ok & f.a_nz & f.p_ok & (~(f.kt0 & f.first) | f.fr_ok)
                         & (f.kt0 | f.lag_ok)),
             ]
@@ -862,7 +869,7 @@ class MatmulEngine(wiring.Component):
         for b in range(2):
             with m.If(go & i_kt0 & i_first & (i_bank == b)):
                 m.d.sync += [wr_cnt[b].eq(0), wr_done[b].eq(0)]
-            with m.Elif(arr.o_valid & (tag_bank == b)):
+            with m.Elif(o_valid["cnt"] & (o_tag["cnt"][AB] == b)):
                 m.d.sync += [wr_cnt[b].eq(wr_cnt[b] + 1), wr_done[b].eq(wr_cnt[b] + 1 == words)]
 
         # ---------------------------------------------------------------- drain

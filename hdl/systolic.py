@@ -237,6 +237,10 @@ class SystolicArray(wiring.Component):
         Width of ``tag``, an opaque value delayed alongside each row (0..64).
     mul_stages, add_stages, dsp
         PE parameters (see :class:`ProcessingElement`).
+    out_copies : int
+        Copies of the ``o_valid`` and ``o_tag`` registers (1..8): copy 0 is ``o_valid``/``o_tag``,
+        the others ``o_valid_x``/``o_tag_x``. Each copy is a register of its own with the same
+        value, for a user whose loads sit in different parts of the die.
 
     Members
     -------
@@ -265,6 +269,8 @@ class SystolicArray(wiring.Component):
     o_valid, result, o_tag : Out
         ``result[n] = psum[n] + Σ_k a[k]·w[k][n]`` (sequential in k) of the row that entered
         ``latency`` (int8: ``int8_latency``) cycles earlier.
+    o_valid_x : Out(out_copies − 1), o_tag_x : Out(ArrayLayout(tag_width, out_copies − 1))
+        Copies 1.. of ``o_valid`` and ``o_tag`` (only with ``out_copies`` > 1).
 
     Control distribution: the data type and the load command reach the PEs through a chain of
     registers, one per PE (PE(k, n) is ``1 + k + n`` registers from the inputs), so no net spans
@@ -277,7 +283,8 @@ class SystolicArray(wiring.Component):
     cycles travel as bubbles.
     """
 
-    def __init__(self, *, rows, cols, tag_width=0, mul_stages=None, add_stages=None, dsp="generic"):
+    def __init__(self, *, rows, cols, tag_width=0, mul_stages=None, add_stages=None, dsp="generic",
+                 out_copies=1):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, not {value!r}")
@@ -285,6 +292,9 @@ class SystolicArray(wiring.Component):
                 raise ValueError(f"{name} must be in 2..64, not {value}")
         if not isinstance(tag_width, int) or isinstance(tag_width, bool) or not 0 <= tag_width <= 64:
             raise ValueError(f"tag_width must be an int in 0..64, not {tag_width!r}")
+        if not isinstance(out_copies, int) or isinstance(out_copies, bool) or not 1 <= out_copies <= 8:
+            raise ValueError(f"out_copies must be an int in 1..8, not {out_copies!r}")
+        self._out_copies = out_copies
         for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages)):
             _check_stages(name, value)
         self._rows, self._cols, self._tag_width = rows, cols, tag_width
@@ -293,13 +303,17 @@ class SystolicArray(wiring.Component):
         self._mul_latency = _mul_latency(mul_stages)
         self._pe_latency = _core_latency(Fp32AddCore, _pe_add_stages(add_stages)) + 1
         self._pe_int8_latency = 2       # ProcessingElement.int8_latency
-        super().__init__({
+        members = {
             "valid": In(1), "a": In(data.ArrayLayout(16, rows)), "psum": In(data.ArrayLayout(32, cols)),
             "bank": In(1), "tag": In(max(tag_width, 1)),
             "bf16": In(1), "a_unsigned": In(1),
             "w_tile": In(data.ArrayLayout(16, rows * cols)), "w_load": In(1), "w_bank": In(1),
             "o_valid": Out(1), "result": Out(data.ArrayLayout(32, cols)), "o_tag": Out(max(tag_width, 1)),
-        })
+        }
+        if out_copies > 1:
+            members.update(o_valid_x=Out(out_copies - 1),
+                           o_tag_x=Out(data.ArrayLayout(max(tag_width, 1), out_copies - 1)))
+        super().__init__(members)
 
     @property
     def rows(self):
@@ -360,24 +374,30 @@ class SystolicArray(wiring.Component):
         pes = [[ProcessingElement(**self._stages) for _ in range(C)] for _ in range(R)]
         assert pes[0][0].latency == L and pes[0][0].int8_latency == Li
 
-        def skew(sig, bf16_cycles, int8_cycles, name, sel, reset_less=True):
+        def skew(sig, bf16_cycles, int8_cycles, name, sel, reset_less=True, copies=1):
             # one delay line of bf16_cycles registers, whose last register takes the line's
             # (bf16_cycles − 1)th stage in bf16 mode and its (int8_cycles − 1)th in int8 mode, so
             # the output is a register either way; sel is a registered copy of bf16, valid from
-            # the cycle a row entered + 1 on (int8_cycles ≥ 2 where the taps differ)
+            # the cycle a row entered + 1 on (int8_cycles ≥ 2 where the taps differ). With
+            # copies > 1 the last register is repeated and a list of the copies returned.
             assert 1 <= int8_cycles <= bf16_cycles
             taps = [sig]
             for i in range(bf16_cycles - 1):
                 nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less)
                 m.d.sync += nxt.eq(taps[-1])
                 taps.append(nxt)
-            out = Signal.like(sig, name=f"{name}_d{bf16_cycles}", reset_less=reset_less)
             if int8_cycles == bf16_cycles:
-                m.d.sync += out.eq(taps[-1])
+                last = taps[-1]
             else:
                 assert int8_cycles >= 2
-                m.d.sync += out.eq(Mux(sel, taps[bf16_cycles - 1], taps[int8_cycles - 1]))
-            return out
+                last = Mux(sel, taps[bf16_cycles - 1], taps[int8_cycles - 1])
+            outs = []
+            for i in range(copies):
+                suffix = f"_c{i}" if copies > 1 else ""
+                out = Signal.like(sig, name=f"{name}_d{bf16_cycles}{suffix}", reset_less=reset_less)
+                m.d.sync += out.eq(last)
+                outs.append(out)
+            return outs if copies > 1 else outs[0]
 
         # bf16 one cycle late, for the valid and tag taps (the control chain's registers serve
         # the activation skew of rows 1..R-1)
@@ -414,7 +434,15 @@ class SystolicArray(wiring.Component):
                     m.d.comb += pe.psum_in.eq(pes[k - 1][n].psum_out)
         for n in range(C):
             m.d.comb += self.result[n].eq(_delay(m, pes[R - 1][n].psum_out, C - 1 - n, f"deskew{n}"))
-        m.d.comb += [self.o_valid.eq(skew(self.valid, self.latency, self.int8_latency, "valid", bf16_q,
-                                          reset_less=False)),
-                     self.o_tag.eq(skew(self.tag, self.latency, self.int8_latency, "tag", bf16_q))]
+        # the output valid and tag in out_copies registers each (bench.fpga keeps them apart,
+        # KEEP_CHAINS "array.valid_d*_c*", "array.tag_d*_c*")
+        n = self._out_copies
+        valid = skew(self.valid, self.latency, self.int8_latency, "valid", bf16_q, reset_less=False, copies=n)
+        tag = skew(self.tag, self.latency, self.int8_latency, "tag", bf16_q, copies=n)
+        if n == 1:
+            m.d.comb += [self.o_valid.eq(valid), self.o_tag.eq(tag)]
+        else:
+            m.d.comb += [self.o_valid.eq(valid[0]), self.o_tag.eq(tag[0])]
+            for i in range(1, n):
+                m.d.comb += [self.o_valid_x[i - 1].eq(valid[i]), self.o_tag_x[i - 1].eq(tag[i])]
         return m

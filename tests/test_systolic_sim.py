@@ -36,8 +36,8 @@ def _run_array(R, C, jobs, seed):
     a[M, R] lanes, psum[M, C] bits, bank). Rows of all jobs of one dtype go back to back; the
     array is drained before the data type changes. Returns the result rows per job; checks that
     every result comes out exactly ``latency`` (bf16) or ``int8_latency`` (int8) cycles after its
-    row entered."""
-    dut = SystolicArray(rows=R, cols=C, tag_width=16)
+    row entered, and that the copies of ``o_valid`` and ``o_tag`` equal them in every cycle."""
+    dut = SystolicArray(rows=R, cols=C, tag_width=16, out_copies=3)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     outputs = {}
@@ -83,6 +83,9 @@ def _run_array(R, C, jobs, seed):
                 await _collect(ctx)
 
     async def _collect(ctx):
+        for i in range(2):
+            assert ctx.get(dut.o_valid_x[i]) == ctx.get(dut.o_valid), f"o_valid copy {i + 1}"
+            assert ctx.get(dut.o_tag_x[i]) == ctx.get(dut.o_tag), f"o_tag copy {i + 1}"
         if ctx.get(dut.o_valid):
             tag = ctx.get(dut.o_tag)
             latency = dut.latency if jobs[tag // 256]["bf16"] else dut.int8_latency
@@ -171,6 +174,8 @@ def test_array_latency_and_weight_hold_follow_the_pe_pipeline(R, C):
     (dict(rows=4, cols=4, add_stages=7), "add_stages must be in 1..6"),
     (dict(rows=4, cols=4, mul_stages=3), "mul_stages must be in 1..2"),
     (dict(rows=4, cols=4, dsp="xilinx"), "dsp must be one of 'generic', 'ecp5', not 'xilinx'"),
+    (dict(rows=4, cols=4, out_copies=0), "out_copies must be an int in 1..8"),
+    (dict(rows=4, cols=4, out_copies=9), "out_copies must be an int in 1..8"),
 ])
 def test_array_rejects_bad_parameters_naming_them(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message) as raised:

@@ -561,8 +561,7 @@ class MatmulEngine(wiring.Component):
         p_active = Signal()
         requant_err = Signal()
         with m.If(start_p):
-            m.d.sync += [p_slot.eq(0), p_nrem.eq(cmd.n), p_active.eq(need_p),
-                         requant_err.eq(0)]
+            m.d.sync += [p_slot.eq(0), p_nrem.eq(cmd.n), p_active.eq(need_p)]
         p_take = Signal()
         m.d.comb += [p_take.eq(runs["p"] & p_active & ~fi.p_full.bit_select(p_slot, 1)),
                      self.p.ready.eq(p_take)]
@@ -575,24 +574,26 @@ class MatmulEngine(wiring.Component):
         p_in = Signal(param_layout(C), reset_less=True)
         m.d.sync += p_in.eq(self.p.payload)
         # The int8 requantization's parameters are checked on p_in, one cycle after the take,
-        # against the lanes inside N as they were at the take (timing: checking the stream's
-        # payload put the compares lane < p_nrem and the payload's tests before the flag).
-        # p_nval[c] = lane c < p_nrem, a register updated with p_nrem; p_inval is its value at
-        # the take and p_chk marks the cycle after a take. ``finish`` reads the flag long after.
+        # column by column, into a flag per column (p_err*) beside that column's slot registers,
+        # and requant_err is their OR one cycle later (timing: one check of the stream's payload,
+        # and then one of p_in, gathered the compares and tests of all C columns into one
+        # flag across the die). p_nval[c] = lane c < p_nrem, a register updated with p_nrem;
+        # p_inval[c] is lane c of a beat taken in the cycle before. ``finish`` reads the flag
+        # long after.
         p_nval = Signal(C)
-        p_inval = Signal(C, reset_less=True)
-        p_chk = Signal()
-        m.d.sync += [p_inval.eq(p_nval), p_chk.eq(p_take & self.p.valid)]
+        p_inval = Signal(C)
+        m.d.sync += p_inval.eq(Mux(p_take & self.p.valid & (cmd.out_fmt == OutFormat.INT8), p_nval, 0))
         with m.If(start_p):
             m.d.sync += p_nval.eq(Cat(*_lanes_below(cmd.n, C)))
         with m.Elif(p_take & self.p.valid):
             m.d.sync += p_nval.eq(Cat(*_lanes_below(p_nrem, 2 * C)[C:]))
-        p_bad = Signal()
-        m.d.comb += p_bad.eq(Cat(*[p_inval[c] & (p_in.multiplier[c][31] | (p_in.shift[c] == 0)
-                                                 | (p_in.shift[c] > 62))
-                                   for c in range(C)]).any())
-        with m.If(p_chk & p_bad & (cmd.out_fmt == OutFormat.INT8)):
-            m.d.sync += requant_err.eq(1)
+        p_err = [Signal(name=f"p_err{c}") for c in range(C)]
+        for c in range(C):
+            with m.If(start_p):
+                m.d.sync += p_err[c].eq(0)
+            with m.Elif(p_inval[c] & (p_in.multiplier[c][31] | (p_in.shift[c] == 0) | (p_in.shift[c] > 62))):
+                m.d.sync += p_err[c].eq(1)
+        m.d.sync += requant_err.eq(Cat(*p_err).any())
         for b in range(2):
             for c in range(C):
                 ld = Signal(name=f"p_ld{b}_{c}")

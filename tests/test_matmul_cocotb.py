@@ -190,6 +190,13 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
                          multiplier=np.array([1], np.uint32), shift=np.array([0], np.uint8))
     jobs.append(bad_rq)
     want.append((Status.BAD_REQUANT, None))
+    # ... and so is a multiplier ≥ 2**31 in the last column of the second N tile
+    n2 = C + 2
+    bad_rq2 = prepare_job(a1, np.ones((1, n2), np.int8), rows=R, cols=C, out_fmt=OutFormat.INT8,
+                          multiplier=np.array([1] * (n2 - 1) + [1 << 31], np.uint32),
+                          shift=np.ones(n2, np.uint8))
+    jobs.append(bad_rq2)
+    want.append((Status.BAD_REQUANT, None))
     jobs.append(good[0])
     want.append((Status.OK, expect[0]))
     results = run_jobs(jobs, config=TINY, stall=0.2, backpressure=0.2, seed=seed)

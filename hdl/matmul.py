@@ -578,8 +578,8 @@ class MatmulEngine(wiring.Component):
         # and requant_err is their OR one cycle later (timing: one check of the stream's payload,
         # and then one of p_in, gathered the compares and tests of all C columns into one
         # flag across the die). p_nval[c] = lane c < p_nrem, a register updated with p_nrem;
-        # p_inval[c] is lane c of a beat taken in the cycle before. ``finish`` reads the flag
-        # long after.
+        # p_inval[c] is lane c of a beat taken in the cycle before, for an int8 output only.
+        # ``finish`` reads the flag long after.
         p_nval = Signal(C)
         p_inval = Signal(C)
         m.d.sync += p_inval.eq(Mux(p_take & self.p.valid & (cmd.out_fmt == OutFormat.INT8), p_nval, 0))

@@ -224,7 +224,7 @@ def main(argv=None):
     args = arg_parser().parse_args(argv)
     try:
         # the multipliers as ECP5 DSP blocks with their own registers (hdl.dsp)
-        config = get_config(args.config).replace(dsp="ecp5")
+        config = get_config(args.config).replace(array={"dsp": "ecp5"})
     except ValueError as exc:
         print(f"make fpga: {exc}", file=sys.stderr)
         return 2

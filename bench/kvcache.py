@@ -7,7 +7,7 @@ Every figure is counted in simulated cycles (deterministic), no stalls on any st
   boundaries, one READ follows another): beats per cycle from the first beat to the last.
   Also short READs, which are bounded by the command decoder (``command_cycles``).
 * **tiled read**: READs in the matmul weight loader's order (golden.kvcache.read_order) for
-  the configuration's array (``kv_beat_elems = array_cols`` = C, R×C): Q·Kᵀ (READ_K, ``block =
+  the configuration's array (``kvcache.beat_elems = array.cols`` = C, R×C): Q·Kᵀ (READ_K, ``block =
   C``, ``group = R / C``) and P·V (READ_V, ``block = 0``, ``group = 1``), over positions that
   cross pages of a sequence with non-contiguous pages and end in a partial block: beats per
   cycle within each READ and over all of them back to back.
@@ -55,7 +55,7 @@ def _rate(stamps):
 
 
 def streaming(cfg, rng):
-    cache = PagedKVCache.from_config(cfg)
+    cache = PagedKVCache.from_config(get_config(cfg).kvcache)
     p = KVCacheParams.from_config(cfg)
     n = 4 * p.page_size
     cmds = [KVCommand(KVOp.ALLOC, 1), KVCommand(KVOp.ALLOC, 2)]
@@ -93,7 +93,7 @@ def streaming(cfg, rng):
 
 
 def back_to_back_appends(cfg, rng, n=64):
-    cache = PagedKVCache.from_config(cfg)
+    cache = PagedKVCache.from_config(get_config(cfg).kvcache)
     cmds = [KVCommand(KVOp.ALLOC, 1), KVCommand(KVOp.ALLOC, 2)]
     first = len(cmds)
     cmds += [_append(cache, rng, 1) for _ in range(40)]
@@ -107,11 +107,11 @@ def back_to_back_appends(cfg, rng, n=64):
 
 
 def tiled_reads(cfg, rng):
-    cache = PagedKVCache.from_config(cfg)
+    cache = PagedKVCache.from_config(get_config(cfg).kvcache)
     p = KVCacheParams.from_config(cfg)
-    R, C = cfg.array_rows, cfg.array_cols
+    R, C = cfg.array.rows, cfg.array.cols
     if p.beat_elems != C or R % C:
-        return {"skipped": f"kv_beat_elems {p.beat_elems} is not array_cols {C} or C does not divide R"}
+        return {"skipped": f"kvcache.beat_elems {p.beat_elems} is not array.cols {C} or C does not divide R"}
     n = 4 * p.page_size + C + 3
     cmds = [KVCommand(KVOp.ALLOC, 1), KVCommand(KVOp.ALLOC, 2)]
     for _ in range(n + 2):
@@ -138,7 +138,7 @@ def tiled_reads(cfg, rng):
 
 
 def packing(cfg, rng, fill=0.9):
-    cache = PagedKVCache.from_config(cfg)
+    cache = PagedKVCache.from_config(get_config(cfg).kvcache)
     p = KVCacheParams.from_config(cfg)
     seqs = list(range(100, 100 + p.max_seqs))
     target = int(fill * p.num_pages * p.page_size)
@@ -175,12 +175,12 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = get_config(args.config)
     rng = np.random.default_rng(2026)
-    out = {"config": cfg.name, "kv": {k: v for k, v in cfg.to_dict().items() if k.startswith("kv_")},
+    out = {"config": cfg.name, "kv": cfg.kvcache.to_dict(),
            "streaming": streaming(cfg, rng), "packing": packing(cfg, rng),
            "tiled_read": tiled_reads(cfg, rng), "append": back_to_back_appends(cfg, rng)}
     s, pk, t, a = out["streaming"], out["packing"], out["tiled_read"], out["append"]
-    print(f"KV cache, config {cfg.name}: page {cfg.kv_page_size} tokens, {cfg.kv_pages} pages, "
-          f"{cfg.kv_heads} heads × {cfg.kv_head_dim}, beat {cfg.kv_beat_elems} elements")
+    print(f"KV cache, config {cfg.name}: page {cfg.kvcache.page_size} tokens, {cfg.kvcache.pages} pages, "
+          f"{cfg.kvcache.heads} heads × {cfg.kvcache.head_dim}, beat {cfg.kvcache.beat_elems} elements")
     rows = [
         ("READ, whole sequences, all heads back to back", f"{s['read_beats_per_cycle_long']:.3f} beats/cycle"),
         ("READ, one row per command", f"{s['read_beats_per_cycle_short_reads']:.3f} beats/cycle"),

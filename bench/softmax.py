@@ -119,15 +119,15 @@ def throughput(config, lengths, rows_per_length, seed=3):
         exact = all(np.array_equal(g, w) for g, w in zip(res["outputs"], expected_rows(rows), strict=True))
         elements = length * rows_per_length
         span = int(res["out_cycle"][-1] - res["in_cycle"][0] + 1)
-        beats = -(-length // cfg.softmax_lanes)
+        beats = -(-length // cfg.softmax.lanes)
         first_out_end = beats - 1  # index of the first row's last output beat
         steady = int(res["out_cycle"][-1] - res["out_cycle"][first_out_end])
         steady_elems = length * (rows_per_length - 1)
         results.append({
-            "length": length, "rows": rows_per_length, "lanes": cfg.softmax_lanes,
+            "length": length, "rows": rows_per_length, "lanes": cfg.softmax.lanes,
             "elements_per_cycle_total": round(elements / span, 3),
             "elements_per_cycle_sustained": round(steady_elems / max(steady, 1), 3) if rows_per_length > 1 else None,
-            "fraction_of_P_sustained": round(steady_elems / max(steady, 1) / cfg.softmax_lanes, 4)
+            "fraction_of_P_sustained": round(steady_elems / max(steady, 1) / cfg.softmax.lanes, 4)
             if rows_per_length > 1 else None,
             "cycles": span, "row_latency_measured": int(res["out_cycle"][beats - 1] - res["in_cycle"][0]),
             "row_latency_documented": unit.row_latency(length),
@@ -177,10 +177,10 @@ def main(argv=None):
             print(f"  {k}: int8 max |dp| = {v['int8_max_abs_err_x256']}/256, "
                   f"mean {v['int8_mean_abs_err']:.2e}; bf16 max rel {v['bf16_max_rel_err']:.2e}")
         cfg = get_config(args.config)
-        lengths = [n for n in (1, 16, 64, 256, 1024, 4096) if n <= cfg.softmax_max_len]
+        lengths = [n for n in (1, 16, 64, 256, 1024, 4096) if n <= cfg.softmax.max_len]
         out["config"] = cfg.to_dict()
         out["throughput"] = throughput(cfg, lengths, rows_per_length=8)
-        print(f"\nthroughput and latency, config {cfg.name} (P = {cfg.softmax_lanes}):")
+        print(f"\nthroughput and latency, config {cfg.name} (P = {cfg.softmax.lanes}):")
         print("length | elem/cycle total | sustained | ·P      | row latency (meas/doc) | exact")
         for r in out["throughput"]:
             print(f"{r['length']:6d} | {r['elements_per_cycle_total']:16.3f} | "

@@ -39,10 +39,11 @@ Two APIs over the same state:
 """
 
 from collections import namedtuple
-from enum import IntEnum
 
 import ml_dtypes
 import numpy as np
+
+from spec.codes import KVOp, KVStatus  # the opcodes and status codes, shared with the hardware
 
 __all__ = [
     "SEQ_ID_BITS", "KVOp", "KVStatus", "KVStatusInfo", "KVResponse", "KVCommand", "KVCacheError",
@@ -53,29 +54,6 @@ __all__ = [
 
 #: Width of a sequence id in the hardware command; ids are 0 .. 2**SEQ_ID_BITS - 1.
 SEQ_ID_BITS = 16
-
-
-class KVOp(IntEnum):
-    """Command opcodes (the ``op`` field of the hardware command, 3 bits)."""
-    ALLOC = 0
-    APPEND = 1
-    READ_K = 2
-    READ_V = 3
-    FREE = 4
-    STATUS = 5
-
-
-class KVStatus(IntEnum):
-    """Response status codes (the ``status`` field of the hardware response, 4 bits)."""
-    OK = 0
-    OUT_OF_PAGES = 1
-    UNKNOWN_SEQ = 2
-    DUPLICATE_SEQ = 3
-    READ_PAST_LENGTH = 4
-    HEAD_OUT_OF_RANGE = 5
-    TOO_MANY_SEQS = 6
-    BAD_OPCODE = 7
-    BAD_SHAPE = 8
 
 
 #: ``status(seq)``: tokens stored, pages the sequence holds, pages on the free list.
@@ -243,13 +221,13 @@ class PagedKVCache:
         self._lengths = {}  # seq id → tokens stored
 
     @classmethod
-    def from_config(cls, config):
-        """The cache an :class:`hdl.config.AccelConfig` (or a preset name) describes."""
-        from hdl.config import get_config
-        c = get_config(config)
-        return cls(page_size=c.kv_page_size, num_pages=c.kv_pages, kv_heads=c.kv_heads,
-                   head_dim=c.kv_head_dim, max_seqs=c.kv_max_seqs, dtype=c.kv_dtype,
-                   beat_elems=c.kv_beat_elems)
+    def from_config(cls, kv):
+        """The cache a KV-cache configuration describes: any object with the attributes
+        ``page_size``, ``pages``, ``heads``, ``head_dim``, ``max_seqs``, ``dtype`` and
+        ``beat_elems`` (the hardware's ``hdl.config.KVCacheConfig``, ``config.kvcache``)."""
+        return cls(page_size=kv.page_size, num_pages=kv.pages, kv_heads=kv.heads,
+                   head_dim=kv.head_dim, max_seqs=kv.max_seqs, dtype=kv.dtype,
+                   beat_elems=kv.beat_elems)
 
     # -- parameters -------------------------------------------------------------------------
     @property

@@ -27,7 +27,7 @@ from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .config import AccelConfig
+from .config import ChipConfig
 
 __all__ = [
     "Int8MacCore", "Bf16MulCore", "Fp32AddCore", "Fp32ToBf16Core",
@@ -550,10 +550,10 @@ class _StreamUnit(wiring.Component):
 
     @classmethod
     def from_config(cls, config):
-        """The unit for an :class:`~hdl.config.AccelConfig` (the arithmetic units have no
+        """The unit for a :class:`~hdl.config.ChipConfig` (the arithmetic units have no
         configuration-dependent parameters; the default pipeline depth is used)."""
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
+        if not isinstance(config, ChipConfig):
+            raise TypeError(f"config must be a ChipConfig, not {type(config).__name__}")
         return cls()
 
     @property

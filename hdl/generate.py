@@ -19,6 +19,7 @@ from amaranth.back import verilog
 from amaranth.hdl import Value
 
 from .config import PRESETS, get_config
+from .memport import with_verilog_sources
 from .tops import TOPS, elaborate_top
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,7 @@ def generate(config_name, tops=None, out_dir=None):
     for name in tops or TOPS:
         component = elaborate_top(name, config)
         ports = port_list(component, name)
-        text = verilog.convert(component, name=name, emit_src=False)
+        text = with_verilog_sources(verilog.convert(component, name=name, emit_src=False))
         path = out_dir / f"{name}.v"
         path.write_text(text)
         card["tops"][name] = {"file": path.name, "ports": ports, **describe(component)}
@@ -72,7 +73,7 @@ def main(argv=None):
     try:
         config = get_config(args.config)
         if args.dsp is not None:
-            config = config.replace(dsp=args.dsp)
+            config = config.replace(array={"dsp": args.dsp})
         generate(config, args.top, args.out)
     except (ValueError, TypeError) as exc:
         print(f"make verilog: {exc}", file=sys.stderr)

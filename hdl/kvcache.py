@@ -35,13 +35,18 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
+from spec.codes import KVOp, KVStatus
+
 __all__ = ["KVCacheController", "KVCacheParams", "OP_ALLOC", "OP_APPEND", "OP_READ_K", "OP_READ_V", "OP_FREE",
            "OP_STATUS"]
 
-# Opcodes and status codes: the numbers of golden.kvcache.KVOp / KVStatus.
-OP_ALLOC, OP_APPEND, OP_READ_K, OP_READ_V, OP_FREE, OP_STATUS = range(6)
-_OK, _OUT_OF_PAGES, _UNKNOWN_SEQ, _DUPLICATE_SEQ, _READ_PAST_LENGTH = range(5)
-_HEAD_OUT_OF_RANGE, _TOO_MANY_SEQS, _BAD_OPCODE, _BAD_SHAPE = 5, 6, 7, 8
+# Opcodes and status codes: spec.codes.KVOp / KVStatus.
+OP_ALLOC, OP_APPEND, OP_READ_K, OP_READ_V, OP_FREE, OP_STATUS = (
+    KVOp.ALLOC, KVOp.APPEND, KVOp.READ_K, KVOp.READ_V, KVOp.FREE, KVOp.STATUS)
+_OK, _OUT_OF_PAGES, _UNKNOWN_SEQ, _DUPLICATE_SEQ, _READ_PAST_LENGTH = (
+    KVStatus.OK, KVStatus.OUT_OF_PAGES, KVStatus.UNKNOWN_SEQ, KVStatus.DUPLICATE_SEQ, KVStatus.READ_PAST_LENGTH)
+_HEAD_OUT_OF_RANGE, _TOO_MANY_SEQS, _BAD_OPCODE, _BAD_SHAPE = (
+    KVStatus.HEAD_OUT_OF_RANGE, KVStatus.TOO_MANY_SEQS, KVStatus.BAD_OPCODE, KVStatus.BAD_SHAPE)
 
 SEQ_ID_BITS = 16
 HEAD_BITS = 8
@@ -97,11 +102,11 @@ class KVCacheParams:
 
     @classmethod
     def from_config(cls, config):
-        """The instance for an :class:`hdl.config.AccelConfig` (its ``kv_*`` parameters)."""
-        return cls(page_size=config.kv_page_size, num_pages=config.kv_pages,
-                   kv_heads=config.kv_heads, head_dim=config.kv_head_dim,
-                   max_seqs=config.kv_max_seqs, beat_elems=config.kv_beat_elems,
-                   dtype=config.kv_dtype)
+        """The instance for an :class:`hdl.config.ChipConfig` (its ``kv_*`` parameters)."""
+        return cls(page_size=config.kvcache.page_size, num_pages=config.kvcache.pages,
+                   kv_heads=config.kvcache.heads, head_dim=config.kvcache.head_dim,
+                   max_seqs=config.kvcache.max_seqs, beat_elems=config.kvcache.beat_elems,
+                   dtype=config.kvcache.dtype)
 
     # -- parameters and derived constants ----------------------------------------------------
     page_size = property(lambda self: self._page_size)

@@ -26,31 +26,16 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
+from spec.codes import MatmulStatus as Status
+from spec.codes import OutFormat
+
 from .arith import Fp32ToBf16Core
-from .config import AccelConfig
+from .config import ChipConfig
 from .dsp import RegisteredMultiplier
 from .systolic import SystolicArray, _core_latency, _delay
 
-__all__ = ["MatmulEngine", "OutFormat", "Status", "command_layout", "param_layout",
+__all__ = ["MatmulEngine", "command_layout", "param_layout",
            "result_layout", "response_layout", "COUNTERS"]
-
-
-class OutFormat:
-    """``out_fmt`` field of a command."""
-    INT32 = 0   #: int8 mode: the int32 accumulator
-    INT8 = 1    #: int8 mode: requantized per output channel
-    FP32 = 2    #: bf16 mode: the fp32 accumulator
-    BF16 = 3    #: bf16 mode: rounded to bf16 (RNE)
-
-
-class Status:
-    """``code`` field of a response."""
-    OK = 0
-    ZERO_DIM = 1          #: M, K or N is 0 (nothing consumed but the command)
-    M_TOO_LARGE = 2       #: M > acc_depth
-    A_TOO_LARGE = 3       #: M·ceil(K/R) > a_depth (the activation buffer)
-    BAD_FORMAT = 4        #: out_fmt does not belong to dtype
-    BAD_REQUANT = 5       #: a requant multiplier ≥ 2**31 or shift outside 1..62 (ran, shift clamped)
 
 
 #: Performance counters in every response, in this order.
@@ -210,18 +195,18 @@ class MatmulEngine(wiring.Component):
 
     @classmethod
     def from_config(cls, config):
-        """The engine of an :class:`~hdl.config.AccelConfig`: R×C = array_rows×array_cols,
+        """The engine of a :class:`~hdl.config.ChipConfig`: R×C = array.rows × array.cols,
         ``acc_depth`` = 32·R rounded up to a power of two, ``a_depth`` = 32·acc_depth."""
         acc_depth, a_depth = cls.buffer_sizes(config)
-        return cls(rows=config.array_rows, cols=config.array_cols, acc_depth=acc_depth, a_depth=a_depth,
-                   dsp=config.dsp)
+        return cls(rows=config.array.rows, cols=config.array.cols, acc_depth=acc_depth, a_depth=a_depth,
+                   dsp=config.array.dsp)
 
     @staticmethod
     def buffer_sizes(config):
         """(acc_depth, a_depth) that :meth:`from_config` gives ``config``."""
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        acc_depth = 1 << ceil_log2(32 * config.array_rows)
+        if not isinstance(config, ChipConfig):
+            raise TypeError(f"config must be a ChipConfig, not {type(config).__name__}")
+        acc_depth = 1 << ceil_log2(32 * config.array.rows)
         return acc_depth, 32 * acc_depth
 
     @property

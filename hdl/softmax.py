@@ -25,14 +25,16 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
-from golden import softmax as _g
+from spec import softmax as _g
+from spec.codes import Dtype
 
-from .config import AccelConfig
+from .config import ChipConfig
 
 __all__ = ["SoftmaxUnit", "DTYPE_INT8", "DTYPE_BF16", "COUNTERS"]
 
-DTYPE_INT8 = 0
-DTYPE_BF16 = 1
+# the dtype field: spec.codes.Dtype
+DTYPE_INT8 = Dtype.INT8
+DTYPE_BF16 = Dtype.BF16
 
 #: Performance counters (32 bits each, wrapping), in the order of the ``counters`` port.
 COUNTERS = ("cycles", "busy_cycles", "rows_accepted", "rows_rejected", "rows_done",
@@ -146,10 +148,10 @@ class SoftmaxUnit(wiring.Component):
 
     @classmethod
     def from_config(cls, config):
-        """The unit for an :class:`~hdl.config.AccelConfig` (softmax_lanes, softmax_max_len)."""
-        if not isinstance(config, AccelConfig):
-            raise TypeError(f"config must be an AccelConfig, not {type(config).__name__}")
-        return cls(lanes=config.softmax_lanes, max_len=config.softmax_max_len, src_loc_at=1)
+        """The unit for a :class:`~hdl.config.ChipConfig` (``softmax.lanes``, ``softmax.max_len``)."""
+        if not isinstance(config, ChipConfig):
+            raise TypeError(f"config must be a ChipConfig, not {type(config).__name__}")
+        return cls(lanes=config.softmax.lanes, max_len=config.softmax.max_len, src_loc_at=1)
 
     @property
     def lanes(self):

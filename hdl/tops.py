@@ -31,5 +31,5 @@ def top_class(name):
 
 
 def elaborate_top(name, config):
-    """The component ``name`` built for ``config`` (a preset name or an AccelConfig)."""
+    """The component ``name`` built for ``config`` (a preset name or a ChipConfig)."""
     return top_class(name).from_config(get_config(config))

@@ -26,7 +26,7 @@ SMOLLM2_Q = (64, 576, 576)
 
 def _report(title, cfg, counters, seconds, ok, shape):
     M, K, N = shape
-    R, C = cfg.array_rows, cfg.array_cols
+    R, C = cfg.array.rows, cfg.array.cols
     print(f"{title}: {M}×{K}×{N} on {R}×{C}  {'MATCHES golden' if ok else 'MISMATCH vs golden'}")
     print(f"  cycles {counters['cycles']:>9}   busy {counters['busy']:>9}   MACs {counters['macs']:>11}")
     print(f"  utilization {counters['utilization']:.2%} (MACs / (R·C·cycles))   "
@@ -58,7 +58,7 @@ def main(argv=None):
     except ToolchainError as exc:
         print(f"make sim: {exc}", file=sys.stderr)
         return 2
-    print(f"engine {cfg.name} ({cfg.array_rows}×{cfg.array_cols}) ready in {time.monotonic() - t0:.1f} s")
+    print(f"engine {cfg.name} ({cfg.array.rows}×{cfg.array.cols}) ready in {time.monotonic() - t0:.1f} s")
     failures = 0
 
     # int8: symmetric int8 activations and weights, per-channel requantization to int8

@@ -104,7 +104,7 @@ def harness_verilog(config="tiny"):
 def kvcache_design(config="tiny"):
     """The (cached) Verilator build of the controller and its harness for ``config``."""
     cfg = get_config(config)
-    params = {k: v for k, v in cfg.to_dict().items() if k.startswith("kv_")}
+    params = cfg.kvcache.to_dict()
     params["harness"] = hashlib.sha256(_HARNESS.read_bytes()).hexdigest()[:16]
     return build(lambda: harness_verilog(cfg), "kv_cache_harness", params=params)
 

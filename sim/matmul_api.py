@@ -8,11 +8,12 @@ Verilator with :mod:`sim.tb.matmul` and decodes the results. :func:`run_jobs` is
 use too.
 """
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from hdl.config import AccelConfig, get_config
+from hdl.config import ChipConfig, get_config
 
 __all__ = ["run_matmul", "run_jobs", "prepare_job", "MatmulJob", "JobResult", "engine_for", "design_for"]
 
@@ -20,7 +21,7 @@ _MAX_DIM = 65535
 
 
 def engine_for(config):
-    """The :class:`hdl.matmul.MatmulEngine` of ``config`` (preset name or AccelConfig)."""
+    """The :class:`hdl.matmul.MatmulEngine` of ``config`` (preset name or ChipConfig)."""
     from hdl.matmul import MatmulEngine
     return MatmulEngine.from_config(get_config(config))
 
@@ -34,7 +35,7 @@ def design_for(config):
 
     from . import runner
     cfg = get_config(config)
-    key = tuple(sorted(cfg.to_dict().items()))
+    key = json.dumps(cfg.to_dict(), sort_keys=True)
     if key not in _designs:
         _designs[key] = runner.build(lambda: MatmulEngine.from_config(cfg), "matmul_engine",
                                      params={"config": cfg.to_dict()})
@@ -95,7 +96,7 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
     """The beats of one command computing ``a @ w``; ``a``, ``w`` already validated numpy arrays
     of int8/uint8/bf16, ``bias`` uint32 bits, ``multiplier``/``shift`` integer arrays.
     ``raw_cmd`` overrides command fields (to send malformed commands on purpose)."""
-    from hdl.matmul import OutFormat
+    from spec.codes import OutFormat
     M, K = a.shape
     N = w.shape[1]
     R, C = rows, cols
@@ -154,7 +155,7 @@ def run_jobs(jobs, *, config="default", stall=0.0, backpressure=0.0, seed=0):
 
     from .runner import run
     cfg = get_config(config)
-    R, C = cfg.array_rows, cfg.array_cols
+    R, C = cfg.array.rows, cfg.array.cols
     cmd_layout = command_layout()
     cmds = [_pack_fields(cmd_layout, j.cmd) for j in jobs]
 
@@ -223,7 +224,7 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
     out_dtype : str or dtype, optional
         int8 mode: "int32" (default) or "int8" (default when ``requant`` is given); bf16 mode:
         "float32" (default) or "bfloat16".
-    config : str or AccelConfig
+    config : str or ChipConfig
         Engine configuration (preset name).
     stall, backpressure : float in [0, 1)
         Probability of a valid gap before each input beat / of ready low on each output cycle.
@@ -244,11 +245,12 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
     """
     import ml_dtypes
 
-    from hdl.matmul import OutFormat, Status
+    from spec.codes import MatmulStatus as Status
+    from spec.codes import OutFormat
 
-    cfg = get_config(config) if isinstance(config, (str, AccelConfig)) else None
+    cfg = get_config(config) if isinstance(config, (str, ChipConfig)) else None
     if cfg is None:
-        raise ValueError(f"config must be a preset name or an AccelConfig, not {config!r}")
+        raise ValueError(f"config must be a preset name or a ChipConfig, not {config!r}")
     a = _as_array(a, "a")
     w = _as_array(w, "w")
     if a.ndim != 2:
@@ -330,7 +332,7 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
 
     from hdl.matmul import MatmulEngine
     acc_depth, a_depth = MatmulEngine.buffer_sizes(cfg)
-    R, C = cfg.array_rows, cfg.array_cols
+    R, C = cfg.array.rows, cfg.array.cols
     Kt = -(-K // R)
     m_chunk = min(acc_depth, a_depth // Kt)
     if m_chunk < 1:

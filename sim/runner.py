@@ -8,7 +8,7 @@ Typical use from pytest::
 Caching happens at two levels, both under ``build/``:
 
 1. ``build/verilog/<key>.v``: the Verilog of one design, keyed by a hash of the design name, its
-   parameters, the sources of ``hdl/`` (and ``sim/models/``) and the Amaranth version. Unchanged inputs skip
+   parameters, the sources of ``hdl/``, ``spec/`` (and ``sim/models/``) and the Amaranth version. Unchanged inputs skip
    elaboration.
 2. ``build/sim/<name>/<hash>/``: the Verilator model, keyed by a hash of the Verilog text, the
    Verilator flags and the tool versions. A second run of an unchanged test does not rebuild.
@@ -101,7 +101,8 @@ def _sha(*parts):
 
 def _hdl_sources_digest():
     h = hashlib.sha256()
-    for path in sorted([*(ROOT / "hdl").rglob("*.py"), *(ROOT / "sim" / "models").glob("*.v")]):
+    for path in sorted([*(ROOT / "hdl").rglob("*.py"), *(ROOT / "hdl").rglob("*.v"), *(ROOT / "spec").rglob("*.py"),
+                        *(ROOT / "sim" / "models").glob("*.v")]):
         h.update(path.relative_to(ROOT).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()
@@ -126,6 +127,8 @@ def generate_verilog(elaborate, name, params=None):
     import amaranth
     from amaranth.back import verilog
 
+    from hdl.memport import with_verilog_sources
+
     params = dict(params or {})
     key = _sha(name, json.dumps(params, sort_keys=True, default=str), _hdl_sources_digest(),
                amaranth.__version__)
@@ -136,7 +139,7 @@ def generate_verilog(elaborate, name, params=None):
             # a str is Verilog text already (e.g. a hand-written test wrapper around cores)
             text = component if isinstance(component, str) else verilog.convert(
                 component, name=name, emit_src=False)
-            text = with_primitive_models(text)
+            text = with_primitive_models(with_verilog_sources(text))
             tmp = path.with_suffix(".tmp")
             tmp.write_text(text)
             tmp.replace(path)

@@ -6,7 +6,6 @@ takes one command per row (different lengths, masks and data types back to back,
 deliberately bad commands) and returns every detail of the run.
 """
 
-import hashlib
 
 import numpy as np
 
@@ -19,22 +18,14 @@ COUNTERS = ("cycles", "busy_cycles", "rows_accepted", "rows_rejected", "rows_don
             "beats_in", "beats_out", "in_stall_cycles", "out_stall_cycles", "ring_full_cycles")
 
 
-def _golden_digest():
-    """The numerics constants the RTL is generated from (part of the build key)."""
-    h = hashlib.sha256(gsm.EXP2_TABLE.tobytes())
-    h.update(repr((gsm.FRAC_BITS, gsm.EXP_BITS, gsm.SUM_GUARD, gsm.RCP_BITS, gsm.RCP_IN_BITS,
-                   gsm.X_BITS, gsm.N_MAX)).encode())
-    return h.hexdigest()[:16]
-
-
 def softmax_design(config="tiny"):
-    """The cached Verilator build of the softmax unit for ``config`` (preset name or AccelConfig)."""
+    """The cached Verilator build of the softmax unit for ``config`` (preset name or ChipConfig)."""
     from hdl.config import get_config
     from hdl.softmax import SoftmaxUnit
 
     from . import runner
     cfg = get_config(config)
-    params = {"lanes": cfg.softmax_lanes, "max_len": cfg.softmax_max_len, "golden": _golden_digest()}
+    params = {"lanes": cfg.softmax.lanes, "max_len": cfg.softmax.max_len}
     return runner.build(lambda: SoftmaxUnit.from_config(cfg), "softmax_unit", params), cfg
 
 
@@ -79,7 +70,7 @@ def run_softmax_rows(rows, *, config="tiny", stall=0.0, backpressure=0.0, seed=0
     """
     from .runner import run
     design, cfg = softmax_design(config)
-    lanes, max_len = cfg.softmax_lanes, cfg.softmax_max_len
+    lanes, max_len = cfg.softmax.lanes, cfg.softmax.max_len
     lw = max_len.bit_length()  # = ceil_log2(max_len + 1), the width of the length fields
     cmd = {f: [] for f in ("length", "valid_len", "causal_pos", "dtype", "scale", "shift")}
     beats = []

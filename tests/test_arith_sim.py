@@ -280,7 +280,7 @@ def test_from_config_builds_the_default_unit_and_rejects_non_configs(unit):
     assert dut.latency == CORES[unit]().latency == dut.stages
     assert dut.throughput == 1
     Fragment.get(dut, None)  # elaborates
-    with pytest.raises(TypeError, match="config must be an AccelConfig"):
+    with pytest.raises(TypeError, match="config must be a ChipConfig"):
         cls.from_config("tiny")
 
 

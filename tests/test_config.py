@@ -1,12 +1,12 @@
 import pytest
 
-from hdl.config import PRESETS, AccelConfig, get_config
+from hdl.config import PRESETS, ArrayConfig, ChipConfig, get_config
 
 
-def test_presets_are_valid_and_named_after_their_keys():
+def test_presets_are_valid_named_after_their_keys_and_survive_a_dict_round_trip():
     for name, cfg in PRESETS.items():
         assert cfg.name == name
-        assert AccelConfig(**cfg.to_dict()) == cfg
+        assert ChipConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_unknown_preset_is_rejected_with_the_known_names():
@@ -15,17 +15,29 @@ def test_unknown_preset_is_rejected_with_the_known_names():
 
 
 @pytest.mark.parametrize("change, message", [
-    (dict(array_rows=1), "array_rows must be in 2..64"),
-    (dict(softmax_lanes=3), "softmax_lanes must be a power of two"),
-    (dict(kv_beat_elems=7), "kv_beat_elems .* must divide kv_head_dim"),
-    (dict(kv_dtype="fp8"), "kv_dtype must be"),
-    (dict(array_cols="8"), "array_cols must be an int"),
+    (dict(array={"rows": 1}), r"array\.rows must be in 2\.\.64"),
+    (dict(softmax={"lanes": 3}), r"softmax\.lanes must be a power of two"),
+    (dict(kvcache={"beat_elems": 7}), r"kvcache\.beat_elems .* must divide kvcache\.head_dim"),
+    (dict(kvcache={"dtype": "fp8"}), r"kvcache\.dtype must be one of"),
+    (dict(array={"cols": "8"}), r"array\.cols must be an int"),
+    (dict(array={"dsp": "asic"}), r"array\.dsp must be one of"),
+    (dict(vector={"lanes": 6}), r"vector\.lanes must be a power of two"),
+    (dict(memory={"axi_data_bits": 100}), r"memory\.axi_data_bits must be one of"),
+    (dict(array=ArrayConfig(rows=4, cols=4), softmax=3), r"softmax must be a SoftmaxConfig or a dict"),
 ])
-def test_illegal_parameters_raise_naming_the_parameter(change, message):
+def test_illegal_parameters_raise_naming_the_part_and_parameter(change, message):
     with pytest.raises((ValueError, TypeError), match=message):
         get_config("default").replace(**change)
 
 
-def test_replace_rejects_unknown_parameters():
-    with pytest.raises(TypeError, match="unknown configuration parameter"):
+def test_replace_rejects_unknown_parts_and_parameters():
+    with pytest.raises(TypeError, match="unknown configuration part"):
         get_config("tiny").replace(rows=4)
+    with pytest.raises(TypeError, match=r"unknown configuration parameter\(s\): array\.depth"):
+        get_config("tiny").replace(array={"depth": 4})
+
+
+def test_replace_changes_only_the_named_fields_of_a_part():
+    cfg = get_config("tiny").replace(name="t2", array={"cols": 4})
+    assert (cfg.name, cfg.array.rows, cfg.array.cols) == ("t2", 2, 4)
+    assert cfg.kvcache == get_config("tiny").kvcache

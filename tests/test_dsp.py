@@ -70,6 +70,6 @@ def test_ecp5_build_is_one_mult18x18d_with_its_operand_and_output_registers():
 
 
 def test_config_dsp_must_be_generic_or_ecp5():
-    assert get_config("default").dsp == "generic"
+    assert get_config("default").array.dsp == "generic"
     with pytest.raises(ValueError, match="dsp must be one of 'generic', 'ecp5', not 'asic'"):
-        get_config("default").replace(dsp="asic")
+        get_config("default").replace(array={"dsp": "asic"})

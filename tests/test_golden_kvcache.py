@@ -290,8 +290,9 @@ def test_numpy_dtypes_are_accepted_as_the_element_type():
     assert PagedKVCache(**{**SMALL, "dtype": ml_dtypes.bfloat16}).dtype == "bf16"
 
 
-def test_from_config_reads_the_kv_parameters():
-    c = PagedKVCache.from_config("tiny")
+def test_from_config_reads_the_kv_parameters_of_a_hardware_config():
+    from hdl.config import get_config
+    c = PagedKVCache.from_config(get_config("tiny").kvcache)
     assert (c.page_size, c.num_pages, c.kv_heads, c.head_dim, c.max_seqs, c.dtype) == (
         4, 16, 2, 8, 4, "int8")
 

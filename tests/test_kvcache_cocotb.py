@@ -97,7 +97,7 @@ def random_commands(cache, n, seed):
 def expected(config, cmds):
     """Golden's (response, rows) per command and the K/V memory addresses the hardware must
     write, in order (from golden's physical page of each appended token)."""
-    golden = PagedKVCache.from_config(config)
+    golden = PagedKVCache.from_config(get_config(config).kvcache)
     p = KVCacheParams.from_config(get_config(config))
     hb = p.kv_heads * p.beats_per_row
     out, addrs = [], []
@@ -173,7 +173,7 @@ def tagged(cache, tag):
 def test_random_command_stream_matches_golden_response_by_response_tiny(stalls):
     seed = 20260 + len(stalls)
     print(f"command seed {seed}")
-    cmds = random_commands(PagedKVCache.from_config("tiny"), 10_000, seed)
+    cmds = random_commands(PagedKVCache.from_config(get_config("tiny").kvcache), 10_000, seed)
     result = run_kvcache(cmds, config="tiny", seed=seed, **STALLS[stalls])
     want = check_against_golden("tiny", cmds, result)
     assert result.counters["read_beats"] > 10_000
@@ -222,7 +222,7 @@ def isolation_commands(cache):
 @pytest.mark.xdist_group("kvcache_tiny")
 @pytest.mark.parametrize("stalls", STALLS)
 def test_sequences_only_read_their_own_rows_after_free_reuse_and_failed_appends(stalls):
-    cache = PagedKVCache.from_config("tiny")
+    cache = PagedKVCache.from_config(get_config("tiny").kvcache)
     cmds, tags = isolation_commands(cache)
     result = run_kvcache(cmds, config="tiny", seed=7, **STALLS[stalls])
     want = check_against_golden("tiny", cmds, result)
@@ -243,7 +243,7 @@ def test_sequences_only_read_their_own_rows_after_free_reuse_and_failed_appends(
 @pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny")
 def test_back_to_back_reads_stream_one_beat_per_cycle_across_pages_and_heads():
-    cache = PagedKVCache.from_config("tiny")
+    cache = PagedKVCache.from_config(get_config("tiny").kvcache)
     ctrl = KVCacheParams.from_config(get_config("tiny"))
     n = 3 * cache.page_size
     cmds = [KVCommand(KVOp.ALLOC, 3), KVCommand(KVOp.ALLOC, 4)]
@@ -272,7 +272,7 @@ def test_back_to_back_reads_stream_one_beat_per_cycle_across_pages_and_heads():
 def test_tiled_reads_stream_one_beat_per_cycle_across_pages_and_block_jumps(block, group):
     """READs in block/group order (jumps back to a block's first position, blocks that straddle
     pages of non-contiguous sequences), back to back: one beat per cycle, same latency."""
-    cache = PagedKVCache.from_config("tiny")
+    cache = PagedKVCache.from_config(get_config("tiny").kvcache)
     ctrl = KVCacheParams.from_config(get_config("tiny"))
     n = 3 * cache.page_size + 1
     cmds = [KVCommand(KVOp.ALLOC, 3), KVCommand(KVOp.ALLOC, 4)]
@@ -299,7 +299,7 @@ def back_to_back_appends(config, n, seed):
     sequence changing from one run to the next, every 13th APPEND to a sequence never
     allocated (UNKNOWN_SEQ); in ``tiny`` the pool runs out (OUT_OF_PAGES next to APPENDs that
     still fit in a tail page)."""
-    cache = PagedKVCache.from_config(config)
+    cache = PagedKVCache.from_config(get_config(config).kvcache)
     rng = np.random.default_rng(seed)
     seqs = [1, 2, 3]
     cmds = [KVCommand(KVOp.ALLOC, s) for s in seqs]
@@ -338,7 +338,7 @@ def test_back_to_back_appends_stream_one_beat_per_cycle_without_bubbles_between_
             f"bubbles in the append stream: gaps {np.unique(np.diff(ac))}"
 
 
-TINY_BF16 = get_config("tiny").replace(name="tiny_bf16", kv_dtype="bf16")
+TINY_BF16 = get_config("tiny").replace(name="tiny_bf16", kvcache={"dtype": "bf16"})
 
 
 @pytest.mark.cocotb
@@ -347,7 +347,7 @@ TINY_BF16 = get_config("tiny").replace(name="tiny_bf16", kv_dtype="bf16")
 def test_bf16_random_command_stream_matches_golden_bit_for_bit(stalls):
     seed = 31337
     print(f"command seed {seed}")
-    cmds = random_commands(PagedKVCache.from_config(TINY_BF16), 10_000, seed)
+    cmds = random_commands(PagedKVCache.from_config(get_config(TINY_BF16).kvcache), 10_000, seed)
     result = run_kvcache(cmds, config=TINY_BF16, seed=seed, **STALLS[stalls])
     want = check_against_golden(TINY_BF16, cmds, result)
     assert {r.status for r, _ in want} == set(int(s) for s in KVStatus)
@@ -362,7 +362,7 @@ def test_bf16_random_command_stream_matches_golden_bit_for_bit(stalls):
 def test_default_config_random_command_stream_matches_golden(stalls):
     seed = 4242
     print(f"command seed {seed}")
-    cmds = random_commands(PagedKVCache.from_config("default"), 10_000, seed)
+    cmds = random_commands(PagedKVCache.from_config(get_config("default").kvcache), 10_000, seed)
     result = run_kvcache(cmds, config="default", seed=seed, **STALLS[stalls])
     want = check_against_golden("default", cmds, result)
     assert {r.status for r, _ in want} == set(int(s) for s in KVStatus)
@@ -371,9 +371,9 @@ def test_default_config_random_command_stream_matches_golden(stalls):
 
 
 EDGE_GEOMETRIES = {
-    "one_beat_per_row": get_config("tiny").replace(name="tiny_bpr1", kv_beat_elems=8),
+    "one_beat_per_row": get_config("tiny").replace(name="tiny_bpr1", kvcache={"beat_elems": 8}),
     "one_token_per_page_one_element_beats": get_config("tiny").replace(
-        name="tiny_ps1", kv_page_size=1, kv_pages=64, kv_beat_elems=1),
+        name="tiny_ps1", kvcache={"page_size": 1, "pages": 64, "beat_elems": 1}),
 }
 
 
@@ -386,7 +386,7 @@ def test_edge_geometries_random_command_stream_matches_golden(geometry):
     cfg = EDGE_GEOMETRIES[geometry]
     seed = 99
     print(f"command seed {seed}")
-    cmds = random_commands(PagedKVCache.from_config(cfg), 3000, seed)
+    cmds = random_commands(PagedKVCache.from_config(get_config(cfg).kvcache), 3000, seed)
     result = run_kvcache(cmds, config=cfg, seed=seed, **STALLS["random_stalls"])
     want = check_against_golden(cfg, cmds, result)
     assert result.counters["read_beats"] > 1000

@@ -1,6 +1,6 @@
 """A KV-cache READ in block/group order feeds the matmul engine's weight loader directly.
 
-With ``kv_beat_elems = array_cols`` (C) on an R×C array, C | R:
+With ``kvcache.beat_elems = array.cols`` (C) on an R×C array, C | R:
 
 * Q·Kᵀ — W = Kᵀ [head_dim, positions], transposed weights (``w_transposed = 1``): READ_K with
   ``block = C``, ``group = R / C``;
@@ -23,15 +23,16 @@ import golden
 from golden.kvcache import KVCommand, KVOp, KVStatus, PagedKVCache
 from hdl.config import get_config
 from hdl.kvcache import KVCacheParams
-from hdl.matmul import OutFormat, Status
 from sim.kvcache_api import run_kvcache
 from sim.matmul_api import prepare_job, run_jobs
+from spec.codes import MatmulStatus as Status
+from spec.codes import OutFormat
 
 BF16 = ml_dtypes.bfloat16
 # small KV pools (quick builds) whose beat is the array's column count, head_dim > the array
-KV_SMALL = dict(kv_page_size=4, kv_pages=16, kv_heads=2, kv_max_seqs=4)
-DEFAULT_KV8 = get_config("default").replace(name="default_kv8", kv_head_dim=32, **KV_SMALL)
-TINY_KV2 = get_config("tiny").replace(name="tiny_kv2", kv_beat_elems=2)
+KV_SMALL = dict(page_size=4, pages=16, heads=2, max_seqs=4)
+DEFAULT_KV8 = get_config("default").replace(name="default_kv8", kvcache=dict(head_dim=32, **KV_SMALL))
+TINY_KV2 = get_config("tiny").replace(name="tiny_kv2", kvcache={"beat_elems": 2})
 # (kv config, array rows, array cols): square arrays (group 1) and R = 2·C (group 2)
 CASES = {
     "8x8": (DEFAULT_KV8, 8, 8),
@@ -60,7 +61,7 @@ def kv_reads(cfg, R, C, dtype, seed, stalls):
     """Append N_TOKENS tokens to SEQ (interleaved with OTHER, so its pages are not contiguous),
     then READ_K in the Q·Kᵀ shape and READ_V in the P·V shape. Returns (K rows, V rows, the raw
     16-bit lanes of the READ_K beats, of the READ_V beats)."""
-    cfg = cfg.replace(kv_dtype=dtype)
+    cfg = cfg.replace(kvcache={"dtype": dtype})
     p = KVCacheParams.from_config(cfg)
     assert p.beat_elems == C and p.head_dim > max(R, C) and R % C == 0
     rng = np.random.default_rng(seed)
@@ -75,7 +76,7 @@ def kv_reads(cfg, R, C, dtype, seed, stalls):
                       **(dict(cmd_stall=0.2, data_stall=0.2, resp_backpressure=0.3,
                               read_backpressure=0.4) if stalls else {}))
     assert all(r.status == KVStatus.OK for r in res.responses)
-    cache = PagedKVCache.from_config(cfg)
+    cache = PagedKVCache.from_config(get_config(cfg).kvcache)
     for c in cmds:
         cache.execute(*c)
     k = cache.read_k(SEQ, HEAD, START, COUNT)

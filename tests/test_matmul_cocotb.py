@@ -11,13 +11,15 @@ import pytest
 
 import golden
 from hdl.config import get_config
-from hdl.matmul import COUNTERS, OutFormat, Status
+from hdl.matmul import COUNTERS
 from sim import run_matmul
 from sim.matmul_api import prepare_job, run_jobs
+from spec.codes import MatmulStatus as Status
+from spec.codes import OutFormat
 
 BF16 = ml_dtypes.bfloat16
 TINY = get_config("tiny")
-MM4X4 = TINY.replace(name="mm4x4", array_rows=4, array_cols=4)
+MM4X4 = TINY.replace(name="mm4x4", array={"rows": 4, "cols": 4})
 STREAM_MODES = [(0.0, 0.0), (0.3, 0.4)]
 STREAM_IDS = ["no_stalls", "stalls_and_backpressure"]
 
@@ -94,12 +96,12 @@ def test_random_shapes_both_dtypes_all_formats_bit_exact_vs_golden(stall, backpr
     seed = 4101
     print(f"seed {seed}, stall {stall}, backpressure {backpressure}")
     rng = np.random.default_rng(seed)
-    jobs, expect = _job_set(rng, TINY.array_rows, TINY.array_cols)
+    jobs, expect = _job_set(rng, TINY.array.rows, TINY.array.cols)
     results = run_jobs(jobs, config=TINY, stall=stall, backpressure=backpressure, seed=seed)
     _check(results, expect)
     for job, res in zip(jobs, results, strict=True):
         M, K, N = job.cmd["m"], job.cmd["k"], job.cmd["n"]
-        kt, nt = -(-K // TINY.array_rows), -(-N // TINY.array_cols)
+        kt, nt = -(-K // TINY.array.rows), -(-N // TINY.array.cols)
         assert res.counters["macs"] == M * K * N
         assert res.counters["busy"] == M * kt * nt
         stalls = sum(res.counters[k] for k in COUNTERS if k.startswith("stall"))
@@ -112,7 +114,7 @@ def test_bf16_special_values_nan_inf_subnormal_negzero_cancellation_bit_exact():
     seed = 4102
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
-    jobs, expect = _job_set(rng, TINY.array_rows, TINY.array_cols, special_rate=0.2)
+    jobs, expect = _job_set(rng, TINY.array.rows, TINY.array.cols, special_rate=0.2)
     jobs, expect = [j for j in jobs if j.cmd["dtype"]], [e for j, e in zip(jobs, expect, strict=True)
                                                           if j.cmd["dtype"]]
     # cancellation: x·1 + (−x)·1 = +0; −0 sums: (−0)·1 + (−0)·1 = −0; rows that overflow to Inf
@@ -164,7 +166,7 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
     rng = np.random.default_rng(seed)
     good, expect = _job_set(rng, 2, 2)
     good, expect = good[4:8], expect[4:8]
-    R, C = TINY.array_rows, TINY.array_cols
+    R, C = TINY.array.rows, TINY.array.cols
     from hdl.matmul import MatmulEngine
     acc_depth, a_depth = MatmulEngine.buffer_sizes(TINY)
     a1 = np.ones((1, 1), np.int8)
@@ -219,8 +221,8 @@ def test_ecp5_dsp_build_gives_the_generic_builds_results_and_cycle_counts():
     seed = 4108
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
-    jobs, expect = _job_set(rng, TINY.array_rows, TINY.array_cols, special_rate=0.1)
-    ecp5 = TINY.replace(name="tiny_ecp5", dsp="ecp5")
+    jobs, expect = _job_set(rng, TINY.array.rows, TINY.array.cols, special_rate=0.1)
+    ecp5 = TINY.replace(name="tiny_ecp5", array={"dsp": "ecp5"})
     got = run_jobs(jobs, config=ecp5, stall=0.3, backpressure=0.4, seed=seed)
     _check(got, expect)
     ref = run_jobs(jobs, config=TINY, stall=0.3, backpressure=0.4, seed=seed)
@@ -310,7 +312,7 @@ def test_run_matmul_rejects_bad_input_naming_the_problem(args, kwargs, message):
 def test_run_matmul_rejects_k_too_long_for_the_activation_buffer():
     from hdl.matmul import MatmulEngine
     _, a_depth = MatmulEngine.buffer_sizes(TINY)
-    K = TINY.array_rows * (a_depth + 1)
+    K = TINY.array.rows * (a_depth + 1)
     with pytest.raises(ValueError, match="activation words per row"):
         run_matmul(np.zeros((1, K), np.int8), np.zeros((K, 1), np.int8), config="tiny")
 
@@ -324,7 +326,7 @@ def test_run_matmul_splits_m_into_commands_that_fit_the_buffers():
     rng = np.random.default_rng(seed)
     acc_depth, a_depth = MatmulEngine.buffer_sizes(TINY)
     M, K, N = acc_depth + 6, 70, 3           # M over acc_depth, and K limits the rows per command
-    rows_per_cmd = min(acc_depth, a_depth // -(-K // TINY.array_rows))
+    rows_per_cmd = min(acc_depth, a_depth // -(-K // TINY.array.rows))
     a = rng.integers(-128, 128, (M, K)).astype(np.int8)
     w = rng.integers(-128, 128, (K, N)).astype(np.int8)
     got, counters = run_matmul(a, w, config=TINY, seed=seed, stall=0.1, backpressure=0.1)

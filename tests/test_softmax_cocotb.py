@@ -18,8 +18,8 @@ from sim.softmax_api import expected_rows, run_softmax, run_softmax_rows
 pytestmark = pytest.mark.cocotb
 
 TINY = get_config("tiny")
-P = TINY.softmax_lanes
-LMAX = TINY.softmax_max_len
+P = TINY.softmax.lanes
+LMAX = TINY.softmax.max_len
 STALLS = [pytest.param((0.0, 0.0), id="no_stalls"), pytest.param((0.3, 0.4), id="stalls")]
 
 
@@ -194,9 +194,9 @@ def test_default_config_rows_up_to_4096_are_bit_exact(request, stalls):
     cfg = get_config("default")
     seed = _seed(request, 700)
     rng = np.random.default_rng(seed)
-    p = cfg.softmax_lanes
-    rows = [_int8_row(rng, cfg.softmax_max_len, causal_pos=3000),
-            _bf16_row(rng, cfg.softmax_max_len, spread=8.0)]
+    p = cfg.softmax.lanes
+    rows = [_int8_row(rng, cfg.softmax.max_len, causal_pos=3000),
+            _bf16_row(rng, cfg.softmax.max_len, spread=8.0)]
     for length in (1, p - 1, p, p + 1, 64, 200):
         rows.append(_int8_row(rng, length, **_random_mask(rng, length)))
         rows.append(_bf16_row(rng, length, **_random_mask(rng, length)))

@@ -131,11 +131,11 @@ def test_a_bad_length_command_pulses_error_and_is_dropped():
 def test_from_config_and_properties():
     cfg = get_config("default")
     unit = SoftmaxUnit.from_config(cfg)
-    assert (unit.lanes, unit.max_len, unit.throughput) == (cfg.softmax_lanes, cfg.softmax_max_len,
-                                                           cfg.softmax_lanes)
+    assert (unit.lanes, unit.max_len, unit.throughput) == (cfg.softmax.lanes, cfg.softmax.max_len,
+                                                           cfg.softmax.lanes)
     assert unit.row_latency(64) == 3 * 16 + unit.latency
     assert top_class("softmax_unit") is SoftmaxUnit
-    with pytest.raises(TypeError, match="config must be an AccelConfig"):
+    with pytest.raises(TypeError, match="config must be a ChipConfig"):
         SoftmaxUnit.from_config("tiny")
 
 

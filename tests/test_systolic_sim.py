@@ -189,8 +189,10 @@ def test_array_rejects_bad_parameters_naming_them(kwargs, message):
 def test_engine_4x2_more_rows_than_columns_loads_transposed_tiles_in_chunks():
     """The engine in amaranth.sim with R > C: a transposed weight column takes ceil(R/C) = 2
     beats. int8 (requantized) and bf16 (bias) results bit-exact, both orientations."""
-    from hdl.matmul import MatmulEngine, OutFormat, Status, command_layout, response_layout
+    from hdl.matmul import MatmulEngine, command_layout, response_layout
     from sim.matmul_api import _pack_fields, _unpack_fields, prepare_job
+    from spec.codes import MatmulStatus as Status
+    from spec.codes import OutFormat
 
     seed = 4201
     print(f"seed {seed}")

@@ -1,0 +1,57 @@
+"""Opcodes, status codes and format fields of every block, defined once.
+
+Each enumeration has the width of the hardware field that carries it (its ``shape``); the
+values are part of the contract (docs/numerics.md, docs/<block>.md) and never change meaning.
+"""
+
+from amaranth.lib import enum
+
+__all__ = ["Dtype", "OutFormat", "MatmulStatus", "KVOp", "KVStatus"]
+
+
+class Dtype(enum.IntEnum, shape=1):
+    """Arithmetic of an operation (the ``dtype`` field of the matmul, softmax and vector
+    commands)."""
+    INT8 = 0
+    BF16 = 1
+
+
+class OutFormat(enum.IntEnum, shape=2):
+    """``out_fmt`` of a matmul command; bit 1 is the command's ``dtype``."""
+    INT32 = 0   #: int8 mode: the int32 accumulator
+    INT8 = 1    #: int8 mode: requantized per output channel
+    FP32 = 2    #: bf16 mode: the fp32 accumulator
+    BF16 = 3    #: bf16 mode: rounded to bf16 (RNE)
+
+
+class MatmulStatus(enum.IntEnum, shape=4):
+    """``code`` of a matmul engine response."""
+    OK = 0
+    ZERO_DIM = 1          #: M, K or N is 0 (nothing consumed but the command)
+    M_TOO_LARGE = 2       #: M > acc_depth
+    A_TOO_LARGE = 3       #: M·ceil(K/R) > a_depth (the activation buffer)
+    BAD_FORMAT = 4        #: out_fmt does not belong to dtype
+    BAD_REQUANT = 5       #: a requant multiplier ≥ 2**31 or shift outside 1..62 (ran, shift clamped)
+
+
+class KVOp(enum.IntEnum, shape=3):
+    """KV-cache command opcodes (the ``op`` field)."""
+    ALLOC = 0
+    APPEND = 1
+    READ_K = 2
+    READ_V = 3
+    FREE = 4
+    STATUS = 5
+
+
+class KVStatus(enum.IntEnum, shape=4):
+    """KV-cache response status codes (the ``status`` field). Opcodes 6 and 7 answer BAD_OPCODE."""
+    OK = 0
+    OUT_OF_PAGES = 1
+    UNKNOWN_SEQ = 2
+    DUPLICATE_SEQ = 3
+    READ_PAST_LENGTH = 4
+    HEAD_OUT_OF_RANGE = 5
+    TOO_MANY_SEQS = 6
+    BAD_OPCODE = 7
+    BAD_SHAPE = 8

@@ -19,7 +19,7 @@ from functools import reduce
 from types import SimpleNamespace
 
 import numpy as np
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -32,7 +32,8 @@ from spec.codes import OutFormat
 from .arith import Fp32ToBf16Core
 from .config import ChipConfig
 from .dsp import RegisteredMultiplier
-from .systolic import SystolicArray, _core_latency, _delay
+from .requant import PASS_MULTIPLIER, PASS_SHIFT, Requantizer, requant_input_layout, requant_params_bad
+from .systolic import SystolicArray
 
 __all__ = ["MatmulEngine", "command_layout", "param_layout",
            "result_layout", "response_layout", "COUNTERS"]
@@ -41,9 +42,6 @@ __all__ = ["MatmulEngine", "command_layout", "param_layout",
 #: Performance counters in every response, in this order.
 COUNTERS = ("cycles", "busy", "macs", "stall_input", "stall_output", "stall_weight", "stall_dependency")
 _COUNTER_WIDTH = 48
-#: Pipeline registers of the requantization (output stage). Every format goes through it: the
-#: others with multiplier 256 and shift 8, which give the accumulator back unchanged.
-_REQUANT_STAGES = 9
 #: Pipeline registers of the fp32 → bf16 conversion (``out_fmt = BF16``): a register between its
 #: rounding add and its select (timing: a long route from the requantization's registers). It
 #: reads the requantization's pass-through that many stages before its end, so this costs no
@@ -180,8 +178,10 @@ class MatmulEngine(wiring.Component):
                                     mul_stages=mul_stages, add_stages=add_stages, dsp=dsp,
                                     out_copies=len(_OUT_COPIES))
         self._dsp = dsp
-        self._cvt_latency = _core_latency(Fp32ToBf16Core, _CVT_STAGES)
-        self._out_stages = _REQUANT_STAGES     # every format goes through the requantization
+        self._cvt_latency = Fp32ToBf16Core.latency_for(_CVT_STAGES)
+        # the output stage: every format goes through the requantizer (the others pass through)
+        self._requant = Requantizer(lanes=cols, tag_width=1, dsp=dsp)
+        self._out_stages = self._requant.latency
         self._fifo_depth = self._out_stages + 4
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
@@ -576,7 +576,7 @@ class MatmulEngine(wiring.Component):
         for c in range(C):
             with m.If(start_p):
                 m.d.sync += p_err[c].eq(0)
-            with m.Elif(p_inval[c] & (p_in.multiplier[c][31] | (p_in.shift[c] == 0) | (p_in.shift[c] > 62))):
+            with m.Elif(p_inval[c] & requant_params_bad(p_in.multiplier[c], p_in.shift[c])):
                 m.d.sync += p_err[c].eq(1)
         m.d.sync += requant_err.eq(Cat(*p_err).any())
         for b in range(2):
@@ -925,91 +925,31 @@ class MatmulEngine(wiring.Component):
                          sel_raw.eq((cmd.out_fmt != OutFormat.INT8) & (cmd.out_fmt != OutFormat.BF16))]
             sels.append((sel_q, sel_bf, sel_raw))
         # stage 0 registers the accumulator memory's output (a block RAM's clock-to-output
-        # delay leaves no room for logic after it) with the row's parameters
-        # (datapath registers here and below have no reset; the valid bits beside them do)
-        raw = Signal(data.ArrayLayout(32, C), reset_less=True)
-        mult = Signal(data.ArrayLayout(32, C), reset_less=True)
-        shift = Signal(data.ArrayLayout(8, C), reset_less=True)
-        s0_valid, s0_last = Signal(), Signal()
-        m.d.sync += [raw.eq(acc_dp.data), s0_valid.eq(d1_valid), s0_last.eq(d1_last)]
-        # The other formats pass the accumulators through the requantization unchanged, with
-        # multiplier 256 and shift 8 ((256·raw + 128) >> 8 = raw): its coarse-shift register
-        # holds raw at stage 7 and its fine-shift register at stage 8, so the int32/fp32 result
-        # and the bf16 conversion's input are read there instead of from delay registers of
-        # their own (about 370 flip-flops per column).
+        # delay leaves no room for logic after it) with the row's parameters: the requantizer's
+        # input. The other formats pass the accumulators through it unchanged, with multiplier
+        # 256 and shift 8: int32/fp32 results come from its pass-through register and the bf16
+        # conversion reads its early pass-through (hdl.requant).
+        rq = m.submodules.requant = self._requant
+        rq_in = Signal(requant_input_layout(C, 1), reset_less=True)
+        s0_valid = Signal()
+        m.d.sync += [rq_in.acc.eq(acc_dp.data), rq_in.tag.eq(d1_last), s0_valid.eq(d1_valid)]
         for c in range(C):
             sel_q = sels[c][0]
-            m.d.sync += [mult[c].eq(Mux(sel_q, Mux(d1_slot, p_mult[1][c], p_mult[0][c]), 256)),
-                         shift[c].eq(Mux(sel_q, Mux(d1_slot, p_shift[1][c], p_shift[0][c]), 8))]
-        # requantization, _REQUANT_STAGES registers after stage 0 (timing: no stage holds more
-        # than one 64-bit carry chain or three shifter levels; each partial product is one
-        # hdl.dsp.RegisteredMultiplier, whose operand and product registers are stages 1 and 2,
-        # so the routes into and out of the DSP blocks each have a cycle):
-        #   1, 2: four partial products of raw (32-bit signed) × multiplier (31-bit unsigned)
-        #   3: the products registered again    4: mid = lo·hi + hi·lo, low = lo·lo + 2^(s-1)
-        #   5: high = hi·hi·2^32 + mid·2^16    6: rounded = high + low    7: >> 8·(s // 8)
-        #   8: >> s % 8    9: clamp to int8
-        q_valid, q_last = s0_valid, s0_last
-        q, raw_o, bf_o = [], [], []
-        assert _REQUANT_STAGES == 9 and self._cvt_latency in (1, 2)
-        for c in range(C):
-            sh = shift[c]
-            sh_c = Signal(range(63), name=f"rq_shc{c}")
-            m.d.comb += sh_c.eq(Mux(sh == 0, 1, Mux(sh > 62, 62, sh[:6])))
-            # operands as signed values for the multipliers (unsigned halves zero-extended)
-            r_lo, r_hi = Cat(raw[c][:16], 0).as_signed(), raw[c][16:].as_signed()
-            m_lo, m_hi = Cat(mult[c][:16], 0).as_signed(), Cat(mult[c][16:31], 0).as_signed()
-            pp = [Signal(signed(34), name=f"rq_pp{i}_{c}", reset_less=True) for i in range(4)]
-            for i, (x, y) in enumerate([(r_lo, m_lo), (r_lo, m_hi), (r_hi, m_lo), (r_hi, m_hi)]):
-                mul = RegisteredMultiplier(len(x), len(y), dsp=self._dsp)
-                m.submodules[f"rq_mul{i}_{c}"] = mul
-                m.d.comb += [mul.a.eq(x), mul.b.eq(y)]
-                m.d.sync += pp[i].eq(mul.p)
-            sh_m = _delay(m, sh_c, RegisteredMultiplier.latency, f"rq_shm{c}")
-            half = Signal(unsigned(62), name=f"rq_half{c}", reset_less=True)
-            sh1 = Signal(range(63), name=f"rq_sh1_{c}", reset_less=True)
-            m.d.sync += [half.eq((Const(1, 62) << (sh_m - 1)[:6])[:62]), sh1.eq(sh_m)]
-            mid = Signal(signed(35), name=f"rq_mid{c}", reset_less=True)
-            low = Signal(signed(64), name=f"rq_low{c}", reset_less=True)
-            hh2, sh2 = Signal.like(pp[3], name=f"rq_hh2_{c}"), Signal.like(sh1, name=f"rq_sh2_{c}")
-            m.d.sync += [mid.eq(pp[1] + pp[2]), low.eq(pp[0] + half), hh2.eq(pp[3]), sh2.eq(sh1)]
-            high, low3 = Signal(signed(64), name=f"rq_high{c}", reset_less=True), Signal.like(low, name=f"rq_low3_{c}")
-            sh3 = Signal.like(sh1, name=f"rq_sh3_{c}")
-            m.d.sync += [high.eq((hh2 << 32) + (mid << 16)), low3.eq(low), sh3.eq(sh2)]
-            rounded = Signal(signed(64), name=f"rq_rounded{c}", reset_less=True)
-            sh4 = Signal.like(sh1, name=f"rq_sh4_{c}")
-            m.d.sync += [rounded.eq(high + low3), sh4.eq(sh3)]
-            coarse = Signal(signed(64), name=f"rq_coarse{c}", reset_less=True)
-            sh5 = Signal(3, name=f"rq_sh5_{c}", reset_less=True)
-            m.d.sync += [coarse.eq(rounded >> Cat(Const(0, 3), sh4[3:6])), sh5.eq(sh4[:3])]
-            fine = Signal(signed(64), name=f"rq_fine{c}", reset_less=True)
-            m.d.sync += fine.eq(coarse >> sh5)
-            clamped = Signal(signed(8), name=f"rq_q{c}", reset_less=True)
-            over = ~fine[63] & fine[7:].any()       # > 127
-            under = fine[63] & ~fine[7:].all()      # < -128
-            m.d.sync += clamped.eq(Mux(over, 127, Mux(under, -128, fine[:8])))
-            q.append(clamped)
-            # the pass-through: raw at stage 9 from the fine-shift register, the bf16
-            # conversion from the register that holds raw _CVT_STAGES stages before stage 9
-            raw9 = Signal(32, name=f"rq_raw{c}", reset_less=True)
-            m.d.sync += raw9.eq(fine[:32])
-            raw_o.append(raw9)
-            core = Fp32ToBf16Core(stages=_CVT_STAGES)
-            m.submodules[f"to_bf16_{c}"] = core
-            m.d.comb += [core.en.eq(1), core.a.eq({2: coarse, 1: fine}[self._cvt_latency][:32])]
-            bf_o.append(core.y)
-        for i in range(_REQUANT_STAGES):
-            nv, nl = Signal(name=f"rq_valid{i}"), Signal(name=f"rq_last{i}")
-            m.d.sync += [nv.eq(q_valid), nl.eq(q_last)]
-            q_valid, q_last = nv, nl
+            m.d.sync += [rq_in.multiplier[c].eq(Mux(sel_q, Mux(d1_slot, p_mult[1][c], p_mult[0][c]), PASS_MULTIPLIER)),
+                         rq_in.shift[c].eq(Mux(sel_q, Mux(d1_slot, p_shift[1][c], p_shift[0][c]), PASS_SHIFT))]
+        m.d.comb += [rq.i.payload.eq(rq_in), rq.i.valid.eq(s0_valid)]
+        assert rq.early_lead == self._cvt_latency
         out = Signal(result_layout(C))
         for c in range(C):
+            core = m.submodules[f"to_bf16_{c}"] = Fp32ToBf16Core(stages=_CVT_STAGES)
+            m.d.comb += [core.en.eq(1), core.a.eq(rq.early[c])]
             sel_q, sel_bf, sel_raw = sels[c]
             q_ext = Signal(32, name=f"out_q{c}")
-            m.d.comb += [q_ext.eq(q[c].as_signed()),
-                         out.data[c].eq((q_ext & sel_q.replicate(32)) | (bf_o[c] & sel_bf.replicate(16))
-                                        | (raw_o[c] & sel_raw.replicate(32)))]
-        m.d.comb += out.last.eq(q_last)
+            m.d.comb += [q_ext.eq(rq.o.payload.q[c]),
+                         out.data[c].eq((q_ext & sel_q.replicate(32)) | (core.y & sel_bf.replicate(16))
+                                        | (rq.o.payload.passthrough[c] & sel_raw.replicate(32)))]
+        m.d.comb += out.last.eq(rq.o.payload.tag)
+        q_valid = rq.o.valid
 
         fifo = m.submodules.out_fifo = SyncFIFOBuffered(width=len(out.as_value()), depth=self._fifo_depth)
         m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(q_valid),

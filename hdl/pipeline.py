@@ -12,7 +12,12 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Signal, Value
 
-__all__ = ["delay", "step"]
+__all__ = ["delay", "step", "KEEP"]
+
+#: Attribute of a register that synthesis must neither merge with an equal one nor retime
+#: (``Signal(…, attrs=KEEP)``): the copies of a control register that each sit beside their own
+#: loads (docs/timing.md). ``make fpga`` keeps every flip-flop that drives such a signal.
+KEEP = {"keep": 1}
 
 
 def delay(m, sig, cycles, name, *, reset_less=True):
@@ -21,7 +26,7 @@ def delay(m, sig, cycles, name, *, reset_less=True):
     if cycles < 0:
         raise ValueError(f"cycles must be ≥ 0, not {cycles}")
     for i in range(cycles):
-        nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less)
+        nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less, attrs={})
         m.d.sync += nxt.eq(sig)
         sig = nxt
     return sig

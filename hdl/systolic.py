@@ -31,7 +31,7 @@ from .arith import (
     bf16_significand,
 )
 from .dsp import RegisteredMultiplier, check_dsp
-from .pipeline import delay, step
+from .pipeline import KEEP, delay, step
 
 __all__ = ["ProcessingElement", "SystolicArray", "PE_ADD_STAGES"]
 
@@ -156,7 +156,7 @@ class ProcessingElement(wiring.Component):
         m.d.comb += w_sel.eq(Mux(self.bank_in, w[1], w[0]))
 
         a_q = Signal(16, reset_less=True)
-        bank_q = Signal(reset_less=True)
+        bank_q = Signal(reset_less=True, attrs=KEEP)    # one per PE: the bank chain along the row
         m.d.sync += [a_q.eq(self.a_in), bank_q.eq(self.bank_in)]
         m.d.comb += [self.a_out.eq(a_q), self.bank_out.eq(bank_q)]
 
@@ -203,7 +203,7 @@ class ProcessingElement(wiring.Component):
         # the output select reads a copy of bf16 registered in this PE (the chain register that
         # drives bf16 also feeds the next PE and is placed between the two): the first partial
         # sum of a new data type reaches it mul_latency + 1 cycles after bf16 changed
-        bf16_q = Signal()
+        bf16_q = Signal(attrs=KEEP)
         m.d.sync += bf16_q.eq(self.bf16)
         psum_q = Signal(32, reset_less=True)
         m.d.sync += psum_q.eq(Mux(bf16_q, fp, isum))
@@ -359,16 +359,17 @@ class SystolicArray(wiring.Component):
         pes = [[ProcessingElement(**self._stages) for _ in range(C)] for _ in range(R)]
         assert pes[0][0].latency == L and pes[0][0].int8_latency == Li
 
-        def skew(sig, bf16_cycles, int8_cycles, name, sel, reset_less=True, copies=1):
+        def skew(sig, bf16_cycles, int8_cycles, name, sel, reset_less=True, copies=1, keep=False):
             # one delay line of bf16_cycles registers, whose last register takes the line's
             # (bf16_cycles − 1)th stage in bf16 mode and its (int8_cycles − 1)th in int8 mode, so
             # the output is a register either way; sel is a registered copy of bf16, valid from
             # the cycle a row entered + 1 on (int8_cycles ≥ 2 where the taps differ). With
-            # copies > 1 the last register is repeated and a list of the copies returned.
+            # copies > 1 the last register is repeated (each copy kept apart by synthesis) and a
+            # list of the copies returned; ``keep``: every register of the line is kept.
             assert 1 <= int8_cycles <= bf16_cycles
             taps = [sig]
             for i in range(bf16_cycles - 1):
-                nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less)
+                nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less, attrs=KEEP if keep else {})
                 m.d.sync += nxt.eq(taps[-1])
                 taps.append(nxt)
             if int8_cycles == bf16_cycles:
@@ -379,7 +380,8 @@ class SystolicArray(wiring.Component):
             outs = []
             for i in range(copies):
                 suffix = f"_c{i}" if copies > 1 else ""
-                out = Signal.like(sig, name=f"{name}_d{bf16_cycles}{suffix}", reset_less=reset_less)
+                out = Signal.like(sig, name=f"{name}_d{bf16_cycles}{suffix}", reset_less=reset_less,
+                                  attrs=KEEP if keep or copies > 1 else {})
                 m.d.sync += out.eq(last)
                 outs.append(out)
             return outs if copies > 1 else outs[0]
@@ -391,7 +393,7 @@ class SystolicArray(wiring.Component):
 
         # control chain: down column 0, then along each row (one register per PE)
         ctl_layout = data.StructLayout({"bf16": 1, "a_unsigned": 1, "w_load": 1, "w_bank": 1})
-        ctl = [[Signal(ctl_layout, name=f"ctl_{k}_{n}") for n in range(C)] for k in range(R)]
+        ctl = [[Signal(ctl_layout, name=f"ctl_{k}_{n}", attrs=KEEP) for n in range(C)] for k in range(R)]
         m.d.sync += ctl[0][0].eq(Cat(self.bf16, self.a_unsigned, self.w_load, self.w_bank))
         for k in range(R):
             for n in range(C):
@@ -409,7 +411,7 @@ class SystolicArray(wiring.Component):
                 if n == 0:
                     sel = ctl[k][0].bf16 if k else bf16_q     # row 0: one register, no taps
                     a = skew(self.a[k], 1 + k * L, 1 + k * Li, f"a_skew{k}", sel)
-                    bank = skew(self.bank, 1 + k * L, 1 + k * Li, f"bank_skew{k}", sel)
+                    bank = skew(self.bank, 1 + k * L, 1 + k * Li, f"bank_skew{k}", sel, keep=True)
                     m.d.comb += [pe.a_in.eq(a), pe.bank_in.eq(bank)]
                 else:
                     m.d.comb += [pe.a_in.eq(pes[k][n - 1].a_out), pe.bank_in.eq(pes[k][n - 1].bank_out)]
@@ -419,8 +421,7 @@ class SystolicArray(wiring.Component):
                     m.d.comb += pe.psum_in.eq(pes[k - 1][n].psum_out)
         for n in range(C):
             m.d.comb += self.result[n].eq(delay(m, pes[R - 1][n].psum_out, C - 1 - n, f"deskew{n}"))
-        # the output valid and tag in out_copies registers each (bench.fpga keeps them apart,
-        # KEEP_CHAINS "array.valid_d*_c*", "array.tag_d*_c*")
+        # the output valid and tag in out_copies registers each (kept apart: attrs KEEP)
         n = self._out_copies
         valid = skew(self.valid, self.latency, self.int8_latency, "valid", bf16_q, reset_less=False, copies=n)
         tag = skew(self.tag, self.latency, self.int8_latency, "tag", bf16_q, copies=n)

@@ -26,6 +26,35 @@ def engine_for(config):
     return MatmulEngine.from_config(get_config(config))
 
 
+def counted_engine(engine):
+    """``engine`` with an :class:`hdl.counters.EventCounters` on its ``events``: the engine's
+    ports, and ``counts`` instead of ``events`` (docs/conventions.md, a standalone simulation)."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import Out
+
+    from hdl.counters import EventCounters
+
+    class CountedEngine(wiring.Component):
+        def __init__(self):
+            self._counters = EventCounters(engine.events.shape())
+            members = {k: v for k, v in engine.signature.members.items() if k != "events"}
+            super().__init__({**members, "counts": Out(self._counters.counts.shape())})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.engine, m.submodules.counters = engine, self._counters
+            for name in ("cmd", "a", "w", "p"):
+                wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(engine, name))
+            for name in ("o", "resp"):
+                wiring.connect(m, getattr(engine, name), wiring.flipped(getattr(self, name)))
+            m.d.comb += [self.busy.eq(engine.busy), self._counters.events.eq(engine.events),
+                         self.counts.eq(self._counters.counts)]
+            return m
+
+    return CountedEngine()
+
+
 _designs = {}
 
 
@@ -37,7 +66,7 @@ def design_for(config):
     cfg = get_config(config)
     key = json.dumps(cfg.to_dict(), sort_keys=True)
     if key not in _designs:
-        _designs[key] = runner.build(lambda: MatmulEngine.from_config(cfg), "matmul_engine",
+        _designs[key] = runner.build(lambda: counted_engine(MatmulEngine.from_config(cfg)), "matmul_engine",
                                      params={"config": cfg.to_dict()})
     return _designs[key]
 
@@ -151,7 +180,8 @@ def run_jobs(jobs, *, config="default", stall=0.0, backpressure=0.0, seed=0):
     busy (the busy rule, docs/matmul.md). Raises :class:`sim.runner.SimulationError` when the
     testbench fails (e.g. a stream hangs).
     """
-    from hdl.matmul import COUNTERS, command_layout, response_layout, result_layout
+    from hdl.counters import COUNTER_WIDTH
+    from hdl.matmul import command_layout, engine_events_layout, response_layout, result_layout
 
     from .runner import run
     cfg = get_config(config)
@@ -169,19 +199,30 @@ def run_jobs(jobs, *, config="default", stall=0.0, backpressure=0.0, seed=0):
     r_bits = response_layout().size
     o_bytes, r_bytes = -(-o_bits // 8), -(-r_bits // 8)
     total_o = sum(j.o_beats for j in jobs)
+    names = [name for name, _ in engine_events_layout(R, C)]
+    c_bytes = -(-len(names) * COUNTER_WIDTH // 8)
     out = run(design_for(cfg), "sim.tb.matmul", testcase="matmul_run", seed=seed,
               data={"a": a.view(np.uint8).reshape(len(a), 2 * R), "w": w.view(np.uint8).reshape(len(w), 2 * C),
                     "p": p, "cmds": cmds, "o_beats": total_o, "o_bytes": o_bytes, "resp_bytes": r_bytes,
+                    "counts_bytes": c_bytes,
                     "stall": float(stall), "backpressure": float(backpressure), "seed": int(seed)})
     o = out["o"]
     resp = out["resp"]
     results = []
     pos = 0
     r_layout = response_layout()
+    mask = (1 << COUNTER_WIDTH) - 1
+    before = [0] * len(names)
     for i, job in enumerate(jobs):
         word = int.from_bytes(resp[i].tobytes(), "little")
         fields = _unpack_fields(r_layout, word)
-        counters = {name: int(fields[name]) for name in COUNTERS}
+        # the event counts after this command's response, less those after the one before
+        total = int.from_bytes(out["counts"][i].tobytes(), "little")
+        after = [(total >> (COUNTER_WIDTH * j)) & mask for j in range(len(names))]
+        counters = {"cycles": int(fields["cycles"]),
+                    **{name: (x - y) & mask for name, x, y in zip(names, after, before, strict=True)}}
+        counters["macs"] = counters["macs_int8"] + counters["macs_bf16"]
+        before = after
         res = JobResult(code=int(fields["code"]), counters=counters, accepted_at=int(out["cmd_accept"][i]))
         beats = o[pos:pos + job.o_beats]
         pos += job.o_beats

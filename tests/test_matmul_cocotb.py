@@ -11,7 +11,6 @@ import pytest
 
 import golden
 from hdl.config import get_config
-from hdl.matmul import COUNTERS
 from sim import run_matmul
 from sim.matmul_api import prepare_job, run_jobs
 from spec.codes import MatmulStatus as Status
@@ -103,9 +102,17 @@ def test_random_shapes_both_dtypes_all_formats_bit_exact_vs_golden(stall, backpr
         M, K, N = job.cmd["m"], job.cmd["k"], job.cmd["n"]
         kt, nt = -(-K // TINY.array.rows), -(-N // TINY.array.cols)
         assert res.counters["macs"] == M * K * N
-        assert res.counters["busy"] == M * kt * nt
-        stalls = sum(res.counters[k] for k in COUNTERS if k.startswith("stall"))
-        assert res.counters["busy"] + stalls <= res.counters["cycles"]
+        assert res.counters["macs_bf16" if job.cmd["dtype"] else "macs_int8"] == M * K * N
+        assert res.counters["rows"] == M * kt * nt
+        stalls = sum(v for k, v in res.counters.items() if k.startswith("stall"))
+        assert res.counters["rows"] + stalls <= res.counters["cycles"]
+        # the events of one command: busy from the cycle after its accept until its response has
+        # been taken (``cycles`` counts one response cycle, busy every one of them)
+        assert res.counters["cycles"] <= res.counters["busy"] <= res.counters["cycles"] + 40
+        assert res.counters["abuf_writes"] == res.counters["a_beats"] == M * kt
+        assert res.counters["o_beats"] == M * nt and res.counters["weight_loads"] == kt * nt
+        assert res.counters["acc_writes"] == M * kt * nt
+        assert res.counters["acc_reads"] == M * (kt - 1) * nt + M * nt
 
 
 @pytest.mark.cocotb

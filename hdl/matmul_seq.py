@@ -15,8 +15,8 @@ from .matmul_common import CYCLES_WIDTH, command_layout, response_layout, shape_
 
 __all__ = ["CommandSequencer", "SETUP_CYCLES"]
 
-#: Cycles from the accept to the first cycle of the run (``running``): SETUP1..4, the product's
-#: three cycles and START.
+#: Cycles of setup in a command's ``cycles``: SETUP1..4, the product's three cycles and START
+#: (``start`` comes in the last setup state, SETUP4, seven cycles after the accept).
 SETUP_CYCLES = 8
 
 
@@ -65,8 +65,10 @@ class CommandSequencer(wiring.Component):
     requant_err : In(1)
         A requantization parameter was out of contract (answered BAD_REQUANT).
 
-    Latency: a bad command (ZERO_DIM, M_TOO_LARGE, BAD_FORMAT) is answered two cycles after its
-    accept, A_TOO_LARGE seven; a good one starts ``SETUP_CYCLES`` (8) cycles after its accept.
+    Latency: a bad command (ZERO_DIM, M_TOO_LARGE, BAD_FORMAT, BAD_W_FORMAT) is answered two
+    cycles after its accept, A_TOO_LARGE eight; a good one's ``start`` comes seven cycles after
+    its accept, and the parts run from the ninth (``SETUP_CYCLES`` cycles of setup are counted in
+    ``cycles``).
     """
 
     def __init__(self, *, rows, cols, acc_depth, a_depth, dsp="generic"):
@@ -121,6 +123,9 @@ class CommandSequencer(wiring.Component):
                     m.next = "RESP"
                 with m.Elif(cmd.dtype != cmd.out_fmt[1]):
                     m.d.sync += code.eq(Status.BAD_FORMAT)
+                    m.next = "RESP"
+                with m.Elif(cmd.w_packed & (cmd.dtype | cmd.w_transposed)):
+                    m.d.sync += code.eq(Status.BAD_W_FORMAT)
                     m.next = "RESP"
                 with m.Else():
                     m.d.sync += code.eq(Status.OK)

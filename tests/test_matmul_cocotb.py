@@ -44,6 +44,7 @@ def _job_set(rng, R, C, special_rate=0.0):
     jobs, expect = [], []
     for i, (M, K, N) in enumerate(SHAPES):
         transposed = bool(i % 2)
+        packed = i % 4 == 2             # int8 weights two rows per beat (two int8 per lane)
         # int8: signed or unsigned activations, int32 or requantized int8 output, bias or not
         unsigned = i % 3 == 1
         a = (rng.integers(0, 256, (M, K)).astype(np.uint8) if unsigned
@@ -57,11 +58,13 @@ def _job_set(rng, R, C, special_rate=0.0):
             shift[: N // 2] = rng.integers(20, 40, N // 2)   # some that do not all saturate
             jobs.append(prepare_job(a, w, rows=R, cols=C, bias=None if bias is None else bias.view(np.uint32),
                                     multiplier=mult.astype(np.uint32), shift=shift.astype(np.uint8),
-                                    out_fmt=OutFormat.INT8, a_unsigned=unsigned, w_transposed=transposed))
+                                    out_fmt=OutFormat.INT8, a_unsigned=unsigned, w_transposed=transposed,
+                                    w_packed=packed))
             expect.append(golden.requantize(acc, mult, shift).astype(np.int32).view(np.uint32))
         else:
             jobs.append(prepare_job(a, w, rows=R, cols=C, bias=None if bias is None else bias.view(np.uint32),
-                                    out_fmt=OutFormat.INT32, a_unsigned=unsigned, w_transposed=transposed))
+                                    out_fmt=OutFormat.INT32, a_unsigned=unsigned, w_transposed=transposed,
+                                    w_packed=packed))
             expect.append(acc.view(np.uint32))
         # bf16: fp32 or bf16 output, bias or not
         a = _bf16_values(rng, (M, K), special_rate)
@@ -172,7 +175,7 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     good, expect = _job_set(rng, 2, 2)
-    good, expect = good[4:8], expect[4:8]
+    good, expect = good[4:11], expect[4:11]
     R, C = TINY.array.rows, TINY.array.cols
     from hdl.matmul import MatmulEngine
     acc_depth, a_depth = MatmulEngine.buffer_sizes(TINY)
@@ -183,6 +186,8 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
         (dict(m=acc_depth, k=R * (a_depth // acc_depth + 1), n=1, dtype=0, out_fmt=0), Status.A_TOO_LARGE),
         (dict(m=1, k=1, n=1, dtype=1, out_fmt=OutFormat.INT8), Status.BAD_FORMAT),
         (dict(m=1, k=1, n=1, dtype=0, out_fmt=OutFormat.BF16), Status.BAD_FORMAT),
+        (dict(m=1, k=3, n=3, dtype=1, out_fmt=OutFormat.FP32, w_packed=1), Status.BAD_W_FORMAT),
+        (dict(m=1, k=3, n=3, dtype=0, out_fmt=OutFormat.INT32, w_transposed=1, w_packed=1), Status.BAD_W_FORMAT),
     ]
     from sim.matmul_api import _empty_job
     jobs, want = [], []
@@ -307,7 +312,8 @@ _WB16 = np.zeros((3, 4), BF16)
     ((_B16, _WB16), dict(requant=(np.ones(4, int), np.ones(4, int))), "int8 mode only"),
     ((_I8, _W8), dict(stall=1.0), "stall must be a probability"),
     ((_I8, _W8), dict(backpressure=-0.1), "backpressure must be a probability"),
-    ((_I8, _W8), dict(w_orientation="diagonal"), "w_orientation must be"),
+    ((_I8, _W8), dict(w_orientation="diagonal"), "w_orientation must be 'rows', 'columns' or 'packed_rows'"),
+    ((_B16, _WB16), dict(w_orientation="packed_rows"), "two int8 weights per lane: int8 mode only"),
     ((_I8, _W8), dict(config="huge"), "unknown CONFIG 'huge'"),
     (([[1]], _W8), {}, "a must be a numpy array"),
 ])

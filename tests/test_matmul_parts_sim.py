@@ -47,6 +47,8 @@ def _shape(m, k, n, R, C, a_depth, need_p=0):
     (dict(m=64, k=2 * 33, n=1, dtype=0, out_fmt=0), Status.A_TOO_LARGE, 8),
     (dict(m=1, k=1, n=1, dtype=1, out_fmt=OutFormat.INT8), Status.BAD_FORMAT, 2),
     (dict(m=1, k=1, n=1, dtype=0, out_fmt=OutFormat.FP32), Status.BAD_FORMAT, 2),
+    (dict(m=1, k=1, n=1, dtype=1, out_fmt=OutFormat.FP32, w_packed=1), Status.BAD_W_FORMAT, 2),
+    (dict(m=1, k=1, n=1, dtype=0, out_fmt=OutFormat.INT32, w_transposed=1, w_packed=1), Status.BAD_W_FORMAT, 2),
 ])
 def test_sequencer_answers_a_bad_command_with_its_code_and_starts_nothing(cmd, code, answer_after):
     dut = CommandSequencer(rows=2, cols=2, acc_depth=64, a_depth=2048)
@@ -215,22 +217,28 @@ def _expected_tiles(W, R, C):
     return tiles
 
 
-@pytest.mark.parametrize("transposed", [0, 1], ids=["rows", "transposed"])
-def test_weight_loader_copies_each_tile_into_alternate_banks_only_when_free(transposed):
-    seed = 5302 + transposed
+@pytest.mark.parametrize("transposed, packed", [(0, 0), (1, 0), (0, 1)], ids=["rows", "transposed", "packed"])
+def test_weight_loader_copies_each_tile_into_alternate_banks_only_when_free(transposed, packed):
+    seed = 5302 + transposed + 2 * packed
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
-    R, C, K, N = 4, 2, 6, 5         # ⌈R/C⌉ = 2 beats per column, edge tiles in K and N
-    W = rng.integers(0, 1 << 16, (K, N)).astype(np.uint16)
-    # the beats as sim.matmul_api builds them (bf16 lanes are the 16-bit values themselves)
-    beats = prepare_job(np.zeros((1, K), BF16), W.view(BF16), rows=R, cols=C, bf16=True,
-                        w_transposed=bool(transposed)).w_beats
+    R, C, K, N = 4, 2, 7, 5         # ⌈R/C⌉ = 2 beats per column, edge tiles in K (odd) and N
+    if packed:
+        # int8 weights, two rows per beat; the staging words hold them sign-extended
+        W8 = rng.integers(-128, 128, (K, N)).astype(np.int8)
+        beats = prepare_job(np.zeros((1, K), np.int8), W8, rows=R, cols=C, w_packed=True).w_beats
+        W = W8.astype(np.int16).view(np.uint16)
+    else:
+        W = rng.integers(0, 1 << 16, (K, N)).astype(np.uint16)
+        # the beats as sim.matmul_api builds them (bf16 lanes are the 16-bit values themselves)
+        beats = prepare_job(np.zeros((1, K), BF16), W.view(BF16), rows=R, cols=C, bf16=True,
+                            w_transposed=bool(transposed)).w_beats
     hold, hold8, load_cycles = 9, 5, R + C - 1
     dut = WeightLoader(rows=R, cols=C, weight_hold=hold, int8_weight_hold=hold8, load_cycles=load_cycles)
     loads = []
 
     async def bench(ctx):
-        ctx.set(dut.command, dict(k=K, n=N, w_transposed=transposed, dtype=0))
+        ctx.set(dut.command, dict(k=K, n=N, w_transposed=transposed, w_packed=packed, dtype=0))
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)

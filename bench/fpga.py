@@ -32,18 +32,12 @@ TARGET_MHZ = 100
 PNR_OPTIONS = ["--router", "router2",   # router1 needs over an hour on the matmul engine
                "--placer", "static"]
 DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
-#: Registers that synthesis must not merge, by signal name: the systolic array's distribution
-#: chains and each PE's own copy of the data type (hdl/systolic.py), the fp32 adder's two copies
-#: of its operand-swap flag (hdl/arith.py), and the matmul engine's
-#: per-part copies of its start signal, per-column and per-row copies of its select, clear and
-#: load signals, the write enables of its staging words, its two copies of the issue flags and
-#: its per-lane activation write registers, prefetch control (read address, FIFO places) and
-#: FIFO read places, its per-counter clears, its per-column output-format selects and its
-#: per-part copies of ``running`` (hdl/matmul.py), and the array's output valid and tag, one
-#: copy per user (hdl/systolic.py ``out_copies``). Each copy drives its own part of the die.
-KEEP_CHAINS = ["array.bank_skew*", "array.pe_*.bank_q", "array.pe_*.bf16_q", "array.ctl_*",
-               "start_*", "psum_sel*", "stg_row*", "wb_en*", "p_ld*", "iss_*", "a_pf*", "a_rd*",
-               "cnt_clr_*", "a_wp*", "out_sel*", "running_*", "array.valid_d*_c*", "array.tag_d*_c*"]
+#: yosys selection of the flip-flops that synthesis must neither merge nor retime: those that
+#: drive a signal the HDL marked ``attrs={"keep": 1}`` (:data:`hdl.pipeline.KEEP`, where the
+#: signal is defined): the systolic array's distribution chains and per-PE copies, the matmul
+#: engine's per-part copies of its control registers (docs/timing.md). Each copy drives its own
+#: part of the die; yosys's opt_merge would otherwise fold equal registers into one.
+KEEP_SELECTION = "w:* a:keep %i %ci1 t:$dff %i"
 
 
 def tool(name):
@@ -103,20 +97,6 @@ def board_wrapper(verilog_text, top):
     return "\n".join(lines) + "\n"
 
 
-def keep_selection(patterns):
-    """yosys selection of the flip-flops that drive a wire whose name ends in one of
-    ``patterns`` (each may contain ``*``).
-
-    Each pattern pushes one selection on yosys's stack; ``%u`` joins them into one before the
-    input cone (``%ci1``: the cells driving those wires) is intersected with the flip-flops.
-    Without the joins, ``%ci1`` and ``%i`` would apply to the last pattern alone and the others
-    would select bare wires, so their registers would not be kept."""
-    if not patterns:
-        raise ValueError("keep_selection needs at least one pattern")
-    wires = " ".join(f"w:*{name}" for name in patterns) + " %u" * (len(patterns) - 1)
-    return f"{wires} %ci1 t:$dff %i"
-
-
 def synth(verilog, top, work):
     # The WebAssembly tools see only the working folder: pass paths relative to it.
     json_out = work / f"{top}.json"
@@ -127,12 +107,13 @@ def synth(verilog, top, work):
     # The systolic array passes its weight bank and control along chains of registers, one per
     # PE, so that no net spans the array. Those registers hold the same value at different
     # positions, and yosys merges equal registers (opt_merge), which would rebuild exactly the
-    # array-spanning nets the chains exist to avoid: they are marked keep before optimization.
+    # array-spanning nets the chains exist to avoid: the flip-flops of every signal the HDL
+    # marked keep are marked keep themselves before optimization (KEEP_SELECTION).
     # -nowidelut: LUT4s only, no PFUMX/L6MUX21 wide functions. With them the matmul engine's
     # LUT count jumped by 2,000-3,000 LUT4 with a few dozen registers more or less, and the
     # netlist stopped placing; without them it is stable and 8-13 % smaller (docs/matmul.md "ECP5").
     script = (f"read_verilog -sv {verilog}; synth_ecp5 -top {top} -run :coarse; proc; flatten; "
-              f"setattr -set keep 1 {keep_selection(KEEP_CHAINS)}; "
+              f"setattr -set keep 1 {KEEP_SELECTION}; "
               f"synth_ecp5 -nowidelut -top {top} -run coarse:map_luts; splitnets; "
               f"synth_ecp5 -nowidelut -top {top} -run map_luts: -json {json_out.name}; stat")
     t0 = time.monotonic()

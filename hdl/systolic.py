@@ -18,20 +18,20 @@ of the products above it, so in bf16 mode every output is the strictly sequentia
 ``(((psum + a0·w0) + a1·w1) + ...)`` that docs/numerics.md requires, independent of R and C.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .arith import (
     Bf16MulCore,
     Fp32AddCore,
-    _Pipeline,
     bf16_mul_pack,
     bf16_mul_ranges,
     bf16_mul_unpack,
     bf16_significand,
 )
 from .dsp import RegisteredMultiplier, check_dsp
+from .pipeline import KEEP, delay, step
 
 __all__ = ["ProcessingElement", "SystolicArray", "PE_ADD_STAGES"]
 
@@ -42,28 +42,14 @@ __all__ = ["ProcessingElement", "SystolicArray", "PE_ADD_STAGES"]
 PE_ADD_STAGES = Fp32AddCore.max_stages()
 
 
-def _delay(m, sig, cycles, name, *, reset_less=True):
-    """``sig`` delayed by ``cycles`` registers (``cycles`` ≥ 0); data delays have no reset."""
-    for i in range(cycles):
-        nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less)
-        m.d.sync += nxt.eq(sig)
-        sig = nxt
-    return sig
-
-
 def _pe_add_stages(add_stages):
     return PE_ADD_STAGES if add_stages is None else add_stages
-
-
-def _core_latency(cls, stages):
-    """``latency`` of core ``cls`` built with ``stages`` (``None``: its default)."""
-    return cls.latency_for(stages)
 
 
 def _mul_latency(mul_stages):
     """PE multiply latency: the operand register, the multiplier's operand and product registers
     (:class:`hdl.dsp.RegisteredMultiplier`), then the bf16 multiply's ``mul_stages``."""
-    return 1 + RegisteredMultiplier.latency + _core_latency(Bf16MulCore, mul_stages)
+    return 1 + RegisteredMultiplier.latency + Bf16MulCore.latency_for(mul_stages)
 
 
 def _check_stages(name, value):
@@ -130,7 +116,7 @@ class ProcessingElement(wiring.Component):
         self._dsp = dsp
         self._mul_lat = _mul_latency(mul_stages)
         self._add_stages = _pe_add_stages(add_stages)
-        self._add_lat = _core_latency(Fp32AddCore, self._add_stages)
+        self._add_lat = Fp32AddCore.latency_for(self._add_stages)
         super().__init__({
             "a_in": In(16), "bank_in": In(1), "psum_in": In(32),
             "a_out": Out(16), "bank_out": Out(1), "psum_out": Out(32),
@@ -170,7 +156,7 @@ class ProcessingElement(wiring.Component):
         m.d.comb += w_sel.eq(Mux(self.bank_in, w[1], w[0]))
 
         a_q = Signal(16, reset_less=True)
-        bank_q = Signal(reset_less=True)
+        bank_q = Signal(reset_less=True, attrs=KEEP)    # one per PE: the bank chain along the row
         m.d.sync += [a_q.eq(self.a_in), bank_q.eq(self.bank_in)]
         m.d.comb += [self.a_out.eq(a_q), self.bank_out.eq(bank_q)]
 
@@ -187,7 +173,7 @@ class ProcessingElement(wiring.Component):
         # (hdl.dsp.RegisteredMultiplier: on ECP5 those of the DSP block), so the routes into and
         # out of the DSP block each have a cycle; the bf16 exponent and class values travel
         # beside it through two registers.
-        s0 = _Pipeline(m, Const(1), {0}).step("operand", x=x, y=y, a=self.a_in, w=w_sel)
+        s0 = step(m, "operand", True, x=x, y=y, a=self.a_in, w=w_sel)
         m.submodules.mult = mult = RegisteredMultiplier(9, 9, dsp=self._dsp)
         m.d.comb += [mult.a.eq(s0.x), mult.b.eq(s0.y)]
         # the exponent sums are registered first and their range tests computed from that
@@ -195,14 +181,13 @@ class ProcessingElement(wiring.Component):
         # did not fit one cycle after a detoured operand net)
         values, _, _ = bf16_mul_unpack(s0.a, s0.w)
         for i in range(mult.latency):
-            values = vars(_Pipeline(m, Const(1), {0}).step(f"mval{i}", **values))
+            values = vars(step(m, f"mval{i}", True, **values))
             if i == 0:
                 values.update(bf16_mul_ranges(values))
         flags = Bf16MulCore.registered_steps(self._mul_lat - 1 - mult.latency)
         assert list(flags) == ["mul", "pack"]
-        p = _Pipeline(m, Const(1), {i for i, name in enumerate(flags) if flags[name]})
-        s1 = p.step("mul", prod=mult.p, **values)
-        s2 = p.step("pack", y=bf16_mul_pack(m, s1))
+        s1 = step(m, "mul", flags["mul"], prod=mult.p, **values)
+        s2 = step(m, "pack", flags["pack"], y=bf16_mul_pack(m, s1))
         mul_regs = 1 + mult.latency + int(flags["mul"])
 
         # bf16: the product is ready when the partial sum arrives.
@@ -210,15 +195,15 @@ class ProcessingElement(wiring.Component):
         # int8: the product waits to meet its partial sum, then one registered 32-bit add; the
         # sum leaves through the output register at once (int8_latency), not after the adder's
         # depth: the array's skews follow the data type.
-        prod = _delay(m, s1.prod, self.mul_latency - mul_regs, "iprod")
+        prod = delay(m, s1.prod, self.mul_latency - mul_regs, "iprod")
         isum = Signal(32, reset_less=True)
         m.d.sync += isum.eq((self.psum_in + prod)[:32])
 
-        fp = _delay(m, add.y, self.latency - 1 - add.latency, "fp")
+        fp = delay(m, add.y, self.latency - 1 - add.latency, "fp")
         # the output select reads a copy of bf16 registered in this PE (the chain register that
         # drives bf16 also feeds the next PE and is placed between the two): the first partial
         # sum of a new data type reaches it mul_latency + 1 cycles after bf16 changed
-        bf16_q = Signal()
+        bf16_q = Signal(attrs=KEEP)
         m.d.sync += bf16_q.eq(self.bf16)
         psum_q = Signal(32, reset_less=True)
         m.d.sync += psum_q.eq(Mux(bf16_q, fp, isum))
@@ -301,7 +286,7 @@ class SystolicArray(wiring.Component):
         check_dsp(dsp)
         self._stages = dict(mul_stages=mul_stages, add_stages=add_stages, dsp=dsp)
         self._mul_latency = _mul_latency(mul_stages)
-        self._pe_latency = _core_latency(Fp32AddCore, _pe_add_stages(add_stages)) + 1
+        self._pe_latency = Fp32AddCore.latency_for(_pe_add_stages(add_stages)) + 1
         self._pe_int8_latency = 2       # ProcessingElement.int8_latency
         members = {
             "valid": In(1), "a": In(data.ArrayLayout(16, rows)), "psum": In(data.ArrayLayout(32, cols)),
@@ -374,16 +359,17 @@ class SystolicArray(wiring.Component):
         pes = [[ProcessingElement(**self._stages) for _ in range(C)] for _ in range(R)]
         assert pes[0][0].latency == L and pes[0][0].int8_latency == Li
 
-        def skew(sig, bf16_cycles, int8_cycles, name, sel, reset_less=True, copies=1):
+        def skew(sig, bf16_cycles, int8_cycles, name, sel, reset_less=True, copies=1, keep=False):
             # one delay line of bf16_cycles registers, whose last register takes the line's
             # (bf16_cycles − 1)th stage in bf16 mode and its (int8_cycles − 1)th in int8 mode, so
             # the output is a register either way; sel is a registered copy of bf16, valid from
             # the cycle a row entered + 1 on (int8_cycles ≥ 2 where the taps differ). With
-            # copies > 1 the last register is repeated and a list of the copies returned.
+            # copies > 1 the last register is repeated (each copy kept apart by synthesis) and a
+            # list of the copies returned; ``keep``: every register of the line is kept.
             assert 1 <= int8_cycles <= bf16_cycles
             taps = [sig]
             for i in range(bf16_cycles - 1):
-                nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less)
+                nxt = Signal.like(sig, name=f"{name}_d{i + 1}", reset_less=reset_less, attrs=KEEP if keep else {})
                 m.d.sync += nxt.eq(taps[-1])
                 taps.append(nxt)
             if int8_cycles == bf16_cycles:
@@ -394,7 +380,8 @@ class SystolicArray(wiring.Component):
             outs = []
             for i in range(copies):
                 suffix = f"_c{i}" if copies > 1 else ""
-                out = Signal.like(sig, name=f"{name}_d{bf16_cycles}{suffix}", reset_less=reset_less)
+                out = Signal.like(sig, name=f"{name}_d{bf16_cycles}{suffix}", reset_less=reset_less,
+                                  attrs=KEEP if keep or copies > 1 else {})
                 m.d.sync += out.eq(last)
                 outs.append(out)
             return outs if copies > 1 else outs[0]
@@ -406,7 +393,7 @@ class SystolicArray(wiring.Component):
 
         # control chain: down column 0, then along each row (one register per PE)
         ctl_layout = data.StructLayout({"bf16": 1, "a_unsigned": 1, "w_load": 1, "w_bank": 1})
-        ctl = [[Signal(ctl_layout, name=f"ctl_{k}_{n}") for n in range(C)] for k in range(R)]
+        ctl = [[Signal(ctl_layout, name=f"ctl_{k}_{n}", attrs=KEEP) for n in range(C)] for k in range(R)]
         m.d.sync += ctl[0][0].eq(Cat(self.bf16, self.a_unsigned, self.w_load, self.w_bank))
         for k in range(R):
             for n in range(C):
@@ -424,18 +411,17 @@ class SystolicArray(wiring.Component):
                 if n == 0:
                     sel = ctl[k][0].bf16 if k else bf16_q     # row 0: one register, no taps
                     a = skew(self.a[k], 1 + k * L, 1 + k * Li, f"a_skew{k}", sel)
-                    bank = skew(self.bank, 1 + k * L, 1 + k * Li, f"bank_skew{k}", sel)
+                    bank = skew(self.bank, 1 + k * L, 1 + k * Li, f"bank_skew{k}", sel, keep=True)
                     m.d.comb += [pe.a_in.eq(a), pe.bank_in.eq(bank)]
                 else:
                     m.d.comb += [pe.a_in.eq(pes[k][n - 1].a_out), pe.bank_in.eq(pes[k][n - 1].bank_out)]
                 if k == 0:
-                    m.d.comb += pe.psum_in.eq(_delay(m, self.psum[n], 1 + n + Lm, f"psum_skew{n}"))
+                    m.d.comb += pe.psum_in.eq(delay(m, self.psum[n], 1 + n + Lm, f"psum_skew{n}"))
                 else:
                     m.d.comb += pe.psum_in.eq(pes[k - 1][n].psum_out)
         for n in range(C):
-            m.d.comb += self.result[n].eq(_delay(m, pes[R - 1][n].psum_out, C - 1 - n, f"deskew{n}"))
-        # the output valid and tag in out_copies registers each (bench.fpga keeps them apart,
-        # KEEP_CHAINS "array.valid_d*_c*", "array.tag_d*_c*")
+            m.d.comb += self.result[n].eq(delay(m, pes[R - 1][n].psum_out, C - 1 - n, f"deskew{n}"))
+        # the output valid and tag in out_copies registers each (kept apart: attrs KEEP)
         n = self._out_copies
         valid = skew(self.valid, self.latency, self.int8_latency, "valid", bf16_q, reset_less=False, copies=n)
         tag = skew(self.tag, self.latency, self.int8_latency, "tag", bf16_q, copies=n)

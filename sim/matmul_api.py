@@ -26,6 +26,35 @@ def engine_for(config):
     return MatmulEngine.from_config(get_config(config))
 
 
+def counted_engine(engine):
+    """``engine`` with an :class:`hdl.counters.EventCounters` on its ``events``: the engine's
+    ports, and ``counts`` instead of ``events`` (docs/conventions.md, a standalone simulation)."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import Out
+
+    from hdl.counters import EventCounters
+
+    class CountedEngine(wiring.Component):
+        def __init__(self):
+            self._counters = EventCounters(engine.events.shape())
+            members = {k: v for k, v in engine.signature.members.items() if k != "events"}
+            super().__init__({**members, "counts": Out(self._counters.counts.shape())})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.engine, m.submodules.counters = engine, self._counters
+            for name in ("cmd", "a", "w", "p"):
+                wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(engine, name))
+            for name in ("o", "resp"):
+                wiring.connect(m, getattr(engine, name), wiring.flipped(getattr(self, name)))
+            m.d.comb += [self.busy.eq(engine.busy), self._counters.events.eq(engine.events),
+                         self.counts.eq(self._counters.counts)]
+            return m
+
+    return CountedEngine()
+
+
 _designs = {}
 
 
@@ -37,7 +66,7 @@ def design_for(config):
     cfg = get_config(config)
     key = json.dumps(cfg.to_dict(), sort_keys=True)
     if key not in _designs:
-        _designs[key] = runner.build(lambda: MatmulEngine.from_config(cfg), "matmul_engine",
+        _designs[key] = runner.build(lambda: counted_engine(MatmulEngine.from_config(cfg)), "matmul_engine",
                                      params={"config": cfg.to_dict()})
     return _designs[key]
 
@@ -92,10 +121,12 @@ def _lanes16(x):
 
 
 def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out_fmt=0,
-                bf16=False, a_unsigned=False, w_transposed=False, raw_cmd=None):
+                bf16=False, a_unsigned=False, w_transposed=False, w_packed=False, raw_cmd=None):
     """The beats of one command computing ``a @ w``; ``a``, ``w`` already validated numpy arrays
     of int8/uint8/bf16, ``bias`` uint32 bits, ``multiplier``/``shift`` integer arrays.
-    ``raw_cmd`` overrides command fields (to send malformed commands on purpose)."""
+    ``w_packed`` (int8, rows): two W rows per beat, row 2j in the lanes' low bytes, 2j + 1 in
+    their high bytes. ``raw_cmd`` overrides command fields (to send malformed commands on
+    purpose)."""
     from spec.codes import OutFormat
     M, K = a.shape
     N = w.shape[1]
@@ -108,7 +139,19 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
     wp = np.zeros((Kt * R, Nt * C), np.uint16)
     wp[:K, :N] = _lanes16(w)
     tiles = wp.reshape(Kt, R, Nt, C).transpose(2, 0, 1, 3)   # [nt, kt, r, c]
-    if not w_transposed:
+    if w_packed:
+        if bf16 or w_transposed:
+            raise ValueError("packed weight beats carry int8 weights in row orientation only")
+        # per tile, rows (2j, 2j + 1) → one beat; the rows past K of the last K tile are absent
+        beats = []
+        for nt in range(Nt):
+            for kt in range(Kt):
+                kv = min(R, K - kt * R)
+                blk = np.zeros((2 * (-(-kv // 2)), C), np.uint16)
+                blk[:kv] = tiles[nt, kt, :kv] & 0xFF
+                beats.append(blk[0::2] | (blk[1::2] << 8))
+        w_beats = np.concatenate(beats).astype(np.uint16)
+    elif not w_transposed:
         row_valid = np.arange(Kt * R) < K
         w_beats = tiles.reshape(Nt, Kt * R, C)[:, row_valid, :].reshape(-1, C)
     else:
@@ -132,7 +175,7 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
     else:
         p = np.zeros((0, 9 * C), np.uint8)
     cmd = dict(m=M, k=K, n=N, dtype=int(bf16), out_fmt=out_fmt, w_transposed=int(w_transposed),
-               a_unsigned=int(a_unsigned), has_bias=int(has_bias))
+               a_unsigned=int(a_unsigned), has_bias=int(has_bias), w_packed=int(w_packed))
     cmd.update(raw_cmd or {})
     return MatmulJob(cmd=cmd, a_beats=a_beats, w_beats=w_beats, p_beats=p, o_beats=Nt * M, m=M, n=N)
 
@@ -151,7 +194,8 @@ def run_jobs(jobs, *, config="default", stall=0.0, backpressure=0.0, seed=0):
     busy (the busy rule, docs/matmul.md). Raises :class:`sim.runner.SimulationError` when the
     testbench fails (e.g. a stream hangs).
     """
-    from hdl.matmul import COUNTERS, command_layout, response_layout, result_layout
+    from hdl.counters import COUNTER_WIDTH
+    from hdl.matmul import command_layout, engine_events_layout, response_layout, result_layout
 
     from .runner import run
     cfg = get_config(config)
@@ -169,19 +213,30 @@ def run_jobs(jobs, *, config="default", stall=0.0, backpressure=0.0, seed=0):
     r_bits = response_layout().size
     o_bytes, r_bytes = -(-o_bits // 8), -(-r_bits // 8)
     total_o = sum(j.o_beats for j in jobs)
+    names = [name for name, _ in engine_events_layout(R, C)]
+    c_bytes = -(-len(names) * COUNTER_WIDTH // 8)
     out = run(design_for(cfg), "sim.tb.matmul", testcase="matmul_run", seed=seed,
               data={"a": a.view(np.uint8).reshape(len(a), 2 * R), "w": w.view(np.uint8).reshape(len(w), 2 * C),
                     "p": p, "cmds": cmds, "o_beats": total_o, "o_bytes": o_bytes, "resp_bytes": r_bytes,
+                    "counts_bytes": c_bytes,
                     "stall": float(stall), "backpressure": float(backpressure), "seed": int(seed)})
     o = out["o"]
     resp = out["resp"]
     results = []
     pos = 0
     r_layout = response_layout()
+    mask = (1 << COUNTER_WIDTH) - 1
+    before = [0] * len(names)
     for i, job in enumerate(jobs):
         word = int.from_bytes(resp[i].tobytes(), "little")
         fields = _unpack_fields(r_layout, word)
-        counters = {name: int(fields[name]) for name in COUNTERS}
+        # the event counts after this command's response, less those after the one before
+        total = int.from_bytes(out["counts"][i].tobytes(), "little")
+        after = [(total >> (COUNTER_WIDTH * j)) & mask for j in range(len(names))]
+        counters = {"cycles": int(fields["cycles"]),
+                    **{name: (x - y) & mask for name, x, y in zip(names, after, before, strict=True)}}
+        counters["macs"] = counters["macs_int8"] + counters["macs_bf16"]
+        before = after
         res = JobResult(code=int(fields["code"]), counters=counters, accepted_at=int(out["cmd_accept"][i]))
         beats = o[pos:pos + job.o_beats]
         pos += job.o_beats
@@ -230,18 +285,23 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
         Probability of a valid gap before each input beat / of ready low on each output cycle.
     seed : int
         Seed of those random stalls (logged by the testbench).
-    w_orientation : "rows" or "columns"
-        How the weight tiles stream in: rows along K, or transposed (columns, as K and V
-        come from the KV cache). The result is the same.
+    w_orientation : "rows", "columns" or "packed_rows"
+        How the weight tiles stream in: rows along K (one W row of C 16-bit lanes per beat),
+        transposed (columns, as K and V come from the KV cache), or, int8 only, packed rows (two
+        W rows per beat, two int8 weights per lane: the weight port's 2·C bytes all carry
+        weights). The result is the same.
 
     Returns
     -------
     result : ndarray [M, N]
         int32, int8, float32 or bfloat16.
     counters : dict
-        The engine's counters summed over the commands (cycles, busy, macs, stall_input,
-        stall_output, stall_weight, stall_dependency), plus ``commands``, ``utilization``
-        (macs / (R·C·cycles)) and ``weight_bytes_per_cycle``.
+        The commands' ``cycles`` (from their responses) and the engine's event counts
+        (docs/matmul.md "Counters": busy, rows, macs_int8, macs_bf16, the stalls, memory
+        accesses, beats), summed over the commands, plus ``macs``, ``commands``,
+        ``utilization`` (macs / (R·C·cycles)), ``weight_bytes_per_cycle``,
+        ``weight_port_bytes_per_cycle`` (2·C: C lanes of 16 bits) and
+        ``weight_format_bytes_per_beat`` (the weight bytes one beat of the format carries).
     """
     import ml_dtypes
 
@@ -279,8 +339,10 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
         raise ValueError(f"stall must be a probability in [0, 1), not {stall!r}")
     if not (isinstance(backpressure, (int, float)) and 0 <= backpressure < 1):
         raise ValueError(f"backpressure must be a probability in [0, 1), not {backpressure!r}")
-    if w_orientation not in ("rows", "columns"):
-        raise ValueError(f"w_orientation must be 'rows' or 'columns', not {w_orientation!r}")
+    if w_orientation not in ("rows", "columns", "packed_rows"):
+        raise ValueError(f"w_orientation must be 'rows', 'columns' or 'packed_rows', not {w_orientation!r}")
+    if w_orientation == "packed_rows" and bf16:
+        raise ValueError("w_orientation 'packed_rows' carries two int8 weights per lane: int8 mode only")
 
     if out_dtype is None:
         out_name = "float32" if bf16 else ("int8" if requant is not None else "int32")
@@ -352,7 +414,7 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
     for m0 in range(0, M, m_chunk):
         job = prepare_job(a[m0:m0 + m_chunk], w, rows=R, cols=C, bias=bias_bits, multiplier=multiplier,
                           shift=shift, out_fmt=out_fmt, bf16=bf16, a_unsigned=a.dtype == np.uint8,
-                          w_transposed=w_orientation == "columns")
+                          w_transposed=w_orientation == "columns", w_packed=w_orientation == "packed_rows")
         job.decode = decode
         jobs.append(job)
     results = run_jobs(jobs, config=cfg, stall=stall, backpressure=backpressure, seed=seed)
@@ -364,5 +426,7 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
     counters["commands"] = len(results)
     counters["utilization"] = counters["macs"] / (R * C * counters["cycles"])
     counters["weight_bytes_per_cycle"] = (K * N * (2 if bf16 else 1) * len(results)) / counters["cycles"]
-    counters["weight_port_bytes_per_cycle"] = C * (2 if bf16 else 1)
+    # the weight port is C lanes of 16 bits; its bytes that carry weights depend on the format
+    counters["weight_port_bytes_per_cycle"] = 2 * C
+    counters["weight_format_bytes_per_beat"] = C * (2 if bf16 or w_orientation == "packed_rows" else 1)
     return result, counters

@@ -10,7 +10,7 @@ from amaranth.back import verilog
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from bench.fpga import KEEP_CHAINS, arg_parser, board_wrapper, keep_selection, top_ports
+from bench.fpga import KEEP_SELECTION, arg_parser, board_wrapper, top_ports
 from sim.runner import VERILATOR_WAIVERS
 from sim.toolchain import verilator_env
 
@@ -69,20 +69,10 @@ def test_board_wrapper_with_its_block_is_verilator_lint_clean(odd_verilog, tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def test_keep_selection_joins_every_pattern_before_taking_the_driving_flip_flops():
-    # yosys applies %ci1 and %i to the top of its selection stack: every pattern must have been
-    # joined into it (n − 1 unions), or all but the last would select bare wires
-    sel = keep_selection(KEEP_CHAINS)
-    tokens = sel.split()
-    n = len(KEEP_CHAINS)
-    assert tokens[:n] == [f"w:*{name}" for name in KEEP_CHAINS]
-    assert tokens[n:] == ["%u"] * (n - 1) + ["%ci1", "t:$dff", "%i"]
-    assert keep_selection(["x"]).split() == ["w:*x", "%ci1", "t:$dff", "%i"]
-
-
-def test_keep_selection_without_patterns_raises():
-    with pytest.raises(ValueError, match="at least one pattern"):
-        keep_selection([])
+def test_keep_selection_takes_the_flip_flops_driving_wires_marked_keep():
+    # wires with the keep attribute (w:* a:keep %i), then the cells driving them (%ci1), of
+    # which the flip-flops (t:$dff %i): no list of names
+    assert KEEP_SELECTION.split() == ["w:*", "a:keep", "%i", "%ci1", "t:$dff", "%i"]
 
 
 def test_fpga_seed_option_defaults_to_1_and_takes_an_integer():

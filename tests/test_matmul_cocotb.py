@@ -11,7 +11,6 @@ import pytest
 
 import golden
 from hdl.config import get_config
-from hdl.matmul import COUNTERS
 from sim import run_matmul
 from sim.matmul_api import prepare_job, run_jobs
 from spec.codes import MatmulStatus as Status
@@ -45,6 +44,7 @@ def _job_set(rng, R, C, special_rate=0.0):
     jobs, expect = [], []
     for i, (M, K, N) in enumerate(SHAPES):
         transposed = bool(i % 2)
+        packed = i % 4 == 2             # int8 weights two rows per beat (two int8 per lane)
         # int8: signed or unsigned activations, int32 or requantized int8 output, bias or not
         unsigned = i % 3 == 1
         a = (rng.integers(0, 256, (M, K)).astype(np.uint8) if unsigned
@@ -58,11 +58,13 @@ def _job_set(rng, R, C, special_rate=0.0):
             shift[: N // 2] = rng.integers(20, 40, N // 2)   # some that do not all saturate
             jobs.append(prepare_job(a, w, rows=R, cols=C, bias=None if bias is None else bias.view(np.uint32),
                                     multiplier=mult.astype(np.uint32), shift=shift.astype(np.uint8),
-                                    out_fmt=OutFormat.INT8, a_unsigned=unsigned, w_transposed=transposed))
+                                    out_fmt=OutFormat.INT8, a_unsigned=unsigned, w_transposed=transposed,
+                                    w_packed=packed))
             expect.append(golden.requantize(acc, mult, shift).astype(np.int32).view(np.uint32))
         else:
             jobs.append(prepare_job(a, w, rows=R, cols=C, bias=None if bias is None else bias.view(np.uint32),
-                                    out_fmt=OutFormat.INT32, a_unsigned=unsigned, w_transposed=transposed))
+                                    out_fmt=OutFormat.INT32, a_unsigned=unsigned, w_transposed=transposed,
+                                    w_packed=packed))
             expect.append(acc.view(np.uint32))
         # bf16: fp32 or bf16 output, bias or not
         a = _bf16_values(rng, (M, K), special_rate)
@@ -103,9 +105,17 @@ def test_random_shapes_both_dtypes_all_formats_bit_exact_vs_golden(stall, backpr
         M, K, N = job.cmd["m"], job.cmd["k"], job.cmd["n"]
         kt, nt = -(-K // TINY.array.rows), -(-N // TINY.array.cols)
         assert res.counters["macs"] == M * K * N
-        assert res.counters["busy"] == M * kt * nt
-        stalls = sum(res.counters[k] for k in COUNTERS if k.startswith("stall"))
-        assert res.counters["busy"] + stalls <= res.counters["cycles"]
+        assert res.counters["macs_bf16" if job.cmd["dtype"] else "macs_int8"] == M * K * N
+        assert res.counters["rows"] == M * kt * nt
+        stalls = sum(v for k, v in res.counters.items() if k.startswith("stall"))
+        assert res.counters["rows"] + stalls <= res.counters["cycles"]
+        # the events of one command: busy from the cycle after its accept until its response has
+        # been taken (``cycles`` counts one response cycle, busy every one of them)
+        assert res.counters["cycles"] <= res.counters["busy"] <= res.counters["cycles"] + 40
+        assert res.counters["abuf_writes"] == res.counters["a_beats"] == M * kt
+        assert res.counters["o_beats"] == M * nt and res.counters["weight_loads"] == kt * nt
+        assert res.counters["acc_writes"] == M * kt * nt
+        assert res.counters["acc_reads"] == M * (kt - 1) * nt + M * nt
 
 
 @pytest.mark.cocotb
@@ -165,7 +175,7 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     good, expect = _job_set(rng, 2, 2)
-    good, expect = good[4:8], expect[4:8]
+    good, expect = good[4:11], expect[4:11]
     R, C = TINY.array.rows, TINY.array.cols
     from hdl.matmul import MatmulEngine
     acc_depth, a_depth = MatmulEngine.buffer_sizes(TINY)
@@ -176,6 +186,8 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
         (dict(m=acc_depth, k=R * (a_depth // acc_depth + 1), n=1, dtype=0, out_fmt=0), Status.A_TOO_LARGE),
         (dict(m=1, k=1, n=1, dtype=1, out_fmt=OutFormat.INT8), Status.BAD_FORMAT),
         (dict(m=1, k=1, n=1, dtype=0, out_fmt=OutFormat.BF16), Status.BAD_FORMAT),
+        (dict(m=1, k=3, n=3, dtype=1, out_fmt=OutFormat.FP32, w_packed=1), Status.BAD_W_FORMAT),
+        (dict(m=1, k=3, n=3, dtype=0, out_fmt=OutFormat.INT32, w_transposed=1, w_packed=1), Status.BAD_W_FORMAT),
     ]
     from sim.matmul_api import _empty_job
     jobs, want = [], []
@@ -300,7 +312,8 @@ _WB16 = np.zeros((3, 4), BF16)
     ((_B16, _WB16), dict(requant=(np.ones(4, int), np.ones(4, int))), "int8 mode only"),
     ((_I8, _W8), dict(stall=1.0), "stall must be a probability"),
     ((_I8, _W8), dict(backpressure=-0.1), "backpressure must be a probability"),
-    ((_I8, _W8), dict(w_orientation="diagonal"), "w_orientation must be"),
+    ((_I8, _W8), dict(w_orientation="diagonal"), "w_orientation must be 'rows', 'columns' or 'packed_rows'"),
+    ((_B16, _WB16), dict(w_orientation="packed_rows"), "two int8 weights per lane: int8 mode only"),
     ((_I8, _W8), dict(config="huge"), "unknown CONFIG 'huge'"),
     (([[1]], _W8), {}, "a must be a numpy array"),
 ])

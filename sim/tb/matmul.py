@@ -10,7 +10,9 @@ next beats, which the rising edge then samples. That relies on the engine's rule
 ``ready`` and ``valid`` outputs depend on registered state only (docs/matmul.md).
 
 Outputs: ``o`` (byte rows of the result beats), ``resp`` (byte rows of the responses),
-``cmd_accept`` (cycle at which each command was accepted) and ``cycles``.
+``counts`` (byte rows: the design's event counts one cycle after each response, which include
+every event of that command and none of the next), ``cmd_accept`` (cycle at which each command
+was accepted) and ``cycles``.
 """
 
 import cocotb
@@ -80,8 +82,12 @@ async def matmul_run(dut):
 
     cycle = 0
     idle = 0
+    counts, sample = [], False
     while not (o_sink.done and r_sink.done):
         await FallingEdge(clk)
+        if sample:      # one cycle after a response's handshake
+            counts.append(int(dut.counts.value))
+            sample = False
         # drive: once valid is up it stays up, payload held, until the beat is taken
         for s in sources:
             if not s.up:
@@ -112,6 +118,7 @@ async def matmul_run(dut):
             if k.ready_now and k.valid.value:
                 k.items.append(int(k.payload.value))
                 progress = True
+                sample = sample or k is r_sink
         idle = 0 if progress else idle + 1
         if idle > idle_limit:
             raise TimeoutError(
@@ -120,6 +127,9 @@ async def matmul_run(dut):
                 + f", o {len(o_sink.items)}/{o_sink.count}, resp {len(r_sink.items)}/{r_sink.count}")
         cycle += 1
 
+    await FallingEdge(clk)
+    if sample:
+        counts.append(int(dut.counts.value))
     leftover = [p for p, s in zip(("cmd", "a", "w", "p"), sources, strict=True) if not s.done]
     if leftover:
         raise AssertionError(f"streams not fully consumed: {', '.join(leftover)}")
@@ -128,6 +138,9 @@ async def matmul_run(dut):
     r_bytes = int(meta["resp_bytes"])
     o = np.frombuffer(b"".join(v.to_bytes(o_bytes, "little") for v in o_sink.items), dtype=np.uint8)
     r = np.frombuffer(b"".join(v.to_bytes(r_bytes, "little") for v in r_sink.items), dtype=np.uint8)
+    c_bytes = int(meta["counts_bytes"])
+    c = np.frombuffer(b"".join(v.to_bytes(c_bytes, "little") for v in counts), dtype=np.uint8)
     save_outputs(o=o.reshape(len(o_sink.items), o_bytes), resp=r.reshape(len(r_sink.items), r_bytes),
+                 counts=c.reshape(len(counts), c_bytes),
                  cmd_accept=np.array(sources[0].accepted_at, dtype=np.int64),
                  cycles=np.array(cycle, dtype=np.int64))

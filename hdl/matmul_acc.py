@@ -1,0 +1,209 @@
+"""The matmul engine's accumulator banks and drain: the array's partial sums into two banks of
+M rows, and each finished bank through the output stage (requantizer, fp32 → bf16) and the
+output FIFO onto ``o``."""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from spec.codes import OutFormat
+
+from .arith import Fp32ToBf16Core
+from .matmul_common import KEEP, NO_RW_CHECK, command_layout, result_layout, run_control, shape_layout
+from .requant import PASS_MULTIPLIER, PASS_SHIFT, Requantizer, requant_input_layout
+
+__all__ = ["AccumulatorDrain", "CVT_STAGES"]
+
+#: Pipeline registers of the fp32 → bf16 conversion (``out_fmt = BF16``): a register between its
+#: rounding add and its select (timing: a long route from the requantizer's registers). It reads
+#: the requantizer's early pass-through, so this costs no cycle.
+CVT_STAGES = 2
+
+
+class AccumulatorDrain(wiring.Component):
+    """Two accumulator banks (``2·acc_depth`` rows of C × 32 bits) and their drain.
+
+    Parameters
+    ----------
+    rows, cols : int
+        The array's R and C.
+    acc_bits : int
+        log2(acc_depth), the row address width of one bank.
+    a_depth : int
+        Activation buffer words (the widths of the write counts).
+    dsp : str
+        How the requantizer's multipliers are built.
+
+    Members
+    -------
+    start, stop : In(1)
+        From :class:`~hdl.matmul_seq.CommandSequencer`.
+    command, shape : In
+        ``n``, ``out_fmt``; ``m_one``, ``m_last2``, ``words`` (the rows written per bank).
+    result : In(ArrayLayout(32, C))
+        The array's result row.
+    res_valid, res_tag : In(ArrayLayout(…, 2))
+        Two copies of the array's output valid and tag (bank, row): copy 0 beside the memory's
+        write port, copy 1 beside the write counts.
+    psum_addr : In(acc_bits + 1)
+        The issue's read address; ``psum_data`` is that row one cycle later.
+    tile_start, tile_issued, bank, issue_active : In(1)
+        From :class:`~hdl.matmul_issue.IssueControl`: the first / last row of an N tile is issued
+        into ``bank``; an N tile is left to issue.
+    multiplier, shift : In(ArrayLayout(…, 2))
+        The parameter slots' requantization values.
+    o : Out(stream.Signature(result_layout(C)))
+        One beat per (N tile, row), N-tile-major; ``last`` on a command's last beat.
+    drained, drained_bank : Out(1)
+        Bank ``drained_bank`` has been read out in this cycle (its parameter slot is free).
+    idle : Out(1)
+        Nothing left to drain and every result has left the output FIFO.
+    stall : Out(1)
+        After the last row was issued, the drain waited for room in the output FIFO (registered).
+    reads, writes : Out(1)
+        An accumulator row read by the drain / written from the array in this cycle.
+
+    A bank is drained once its N tile's last row has been issued and all ``words`` results of
+    it have been written. Latency: a drained row enters the output FIFO 3 + the requantizer's
+    ``latency`` cycles after its read is decided (the memory read, its register, the output
+    stage); the FIFO holds ``latency`` + 4 beats and the drain reads only while they have room.
+    Throughput: one row per cycle. The memory is not transparent; no read uses a row in the
+    cycle it is written.
+    """
+
+    def __init__(self, *, rows, cols, acc_bits, a_depth, dsp="generic"):
+        self._rows, self._cols, self._ab, self._a_depth = rows, cols, acc_bits, a_depth
+        C, AB = cols, acc_bits
+        self._requant = Requantizer(lanes=cols, tag_width=1, dsp=dsp)
+        super().__init__({
+            "start": In(1), "stop": In(1), "command": In(command_layout()), "shape": In(shape_layout(a_depth)),
+            "result": In(data.ArrayLayout(32, C)),
+            "res_valid": In(2), "res_tag": In(data.ArrayLayout(1 + AB, 2)),
+            "psum_addr": In(1 + AB), "psum_data": Out(data.ArrayLayout(32, C)),
+            "tile_start": In(1), "tile_issued": In(1), "bank": In(1), "issue_active": In(1),
+            "multiplier": In(data.ArrayLayout(data.ArrayLayout(32, C), 2)),
+            "shift": In(data.ArrayLayout(data.ArrayLayout(8, C), 2)),
+            "o": Out(stream.Signature(result_layout(C))),
+            "drained": Out(1), "drained_bank": Out(1), "idle": Out(1), "stall": Out(1),
+            "reads": Out(1), "writes": Out(1),
+        })
+
+    @property
+    def output_latency(self):
+        """Cycles from a drain read to its beat entering the output FIFO."""
+        return 3 + self._requant.latency
+
+    @property
+    def fifo_depth(self):
+        return self._requant.latency + 4
+
+    def elaborate(self, platform):
+        m = Module()
+        C, AB = self._cols, self._ab
+        start_d, run_d = run_control(m, self.start, self.stop, "d")
+        acc = m.submodules.acc = Memory(shape=data.ArrayLayout(32, C), depth=2 << AB, init=[], attrs=NO_RW_CHECK)
+        acc_wp = acc.write_port()
+        acc_rp = acc.read_port()        # issue: accumulator so far
+        acc_dp = acc.read_port()        # drain: final values
+        m.d.comb += [acc_wp.addr.eq(self.res_tag[0][:AB + 1]), acc_wp.data.eq(self.result),
+                     acc_wp.en.eq(self.res_valid[0]), self.writes.eq(self.res_valid[0]),
+                     acc_rp.addr.eq(self.psum_addr), self.psum_data.eq(acc_rp.data)]
+        # write counts (the first row of an N tile clears its bank's count: no write to that
+        # bank can be in flight then, its previous N tile has been drained);
+        # wr_done[b] = (wr_cnt[b] == words), kept as a register (timing: it gates the drain)
+        wr_cnt = [Signal(range(self._a_depth + 1), name=f"wr_cnt{b}") for b in range(2)]
+        wr_done = Signal(2)
+        i_done = Signal(2)               # bank: all rows of its N tile issued
+        with m.If(start_d):
+            m.d.sync += [wr_done.eq(0), i_done.eq(0)]
+        for b in range(2):
+            with m.If(self.tile_start & (self.bank == b)):
+                m.d.sync += [wr_cnt[b].eq(0), wr_done[b].eq(0)]
+            with m.Elif(self.res_valid[1] & (self.res_tag[1][AB] == b)):
+                m.d.sync += [wr_cnt[b].eq(wr_cnt[b] + 1), wr_done[b].eq(wr_cnt[b] + 1 == self.shape.words)]
+            with m.If(self.tile_issued & (self.bank == b)):
+                m.d.sync += i_done[b].eq(1)
+
+        d_active, d_bank, d_m, d_nrem = Signal(), Signal(), Signal(16), Signal(17)
+        pending = Signal(range(self.fifo_depth + 1))
+        with m.If(start_d):
+            m.d.sync += [d_active.eq(1), d_bank.eq(0), d_m.eq(0), d_nrem.eq(self.command.n)]
+        d_ready, d_go = Signal(), Signal()
+        m.d.comb += d_ready.eq(i_done.bit_select(d_bank, 1) & wr_done.bit_select(d_bank, 1))
+        m.d.comb += d_go.eq(run_d & d_active & d_ready & (pending < self.fifo_depth))
+        m.d.comb += [acc_dp.addr.eq(Cat(d_m[:AB], d_bank)), self.reads.eq(d_go)]
+        d_last = Signal()
+        d_end = Signal()    # d_m == M − 1, a register
+        m.d.comb += [d_last.eq(d_end & (d_nrem <= C)), self.drained.eq(d_go & d_end), self.drained_bank.eq(d_bank)]
+        with m.If(start_d):
+            m.d.sync += d_end.eq(self.shape.m_one)
+        with m.If(d_go):
+            with m.If(d_end):
+                m.d.sync += [d_m.eq(0), d_end.eq(self.shape.m_one), i_done.bit_select(d_bank, 1).eq(0),
+                             d_bank.eq(~d_bank), d_nrem.eq(d_nrem - C)]
+                with m.If(d_nrem <= C):
+                    m.d.sync += d_active.eq(0)
+            with m.Else():
+                m.d.sync += [d_m.eq(d_m + 1), d_end.eq(d_m == self.shape.m_last2)]
+        m.d.sync += self.stall.eq(~d_go & run_d & ~self.issue_active & d_active & d_ready)
+
+        o_fire = self._output_stage(m, acc_dp.data, d_go, d_last, d_bank)
+        with m.If(start_d):
+            m.d.sync += pending.eq(0)
+        with m.Elif(d_go & ~o_fire):
+            m.d.sync += pending.eq(pending + 1)
+        with m.Elif(~d_go & o_fire):
+            m.d.sync += pending.eq(pending - 1)
+        m.d.comb += self.idle.eq(~d_active & (pending == 0))
+        return m
+
+    def _output_stage(self, m, row, d_go, d_last, d_bank):
+        """d1 (memory data) → stage 0 → the requantizer → FIFO; returns the ``o`` handshake."""
+        C, cmd = self._cols, self.command
+        d1_valid, d1_last, d1_slot = Signal(), Signal(), Signal()
+        m.d.sync += [d1_valid.eq(d_go), d1_last.eq(d_last), d1_slot.eq(d_bank)]
+        # The output format: each column has its own three select registers, set from the
+        # command's format (timing: one command register reached the 32·C output multiplexers
+        # across the die). They follow ``command`` one cycle late; it changes only at an
+        # accept, after the previous command's last row.
+        sels = []
+        for c in range(C):
+            sel_q, sel_bf, sel_raw = (Signal(name=f"out_sel{c}_{what}", attrs=KEEP) for what in ("q", "bf", "raw"))
+            m.d.sync += [sel_q.eq(cmd.out_fmt == OutFormat.INT8), sel_bf.eq(cmd.out_fmt == OutFormat.BF16),
+                         sel_raw.eq((cmd.out_fmt != OutFormat.INT8) & (cmd.out_fmt != OutFormat.BF16))]
+            sels.append((sel_q, sel_bf, sel_raw))
+        # stage 0 registers the accumulator memory's output (a block RAM's clock-to-output
+        # delay leaves no room for logic after it) with the row's parameters: the requantizer's
+        # input. The other formats pass the accumulators through it unchanged, with multiplier
+        # 256 and shift 8: int32/fp32 results come from its pass-through register and the bf16
+        # conversion reads its early pass-through.
+        rq = m.submodules.requant = self._requant
+        rq_in = Signal(requant_input_layout(C, 1), reset_less=True)
+        s0_valid = Signal()
+        m.d.sync += [rq_in.acc.eq(row), rq_in.tag.eq(d1_last), s0_valid.eq(d1_valid)]
+        for c in range(C):
+            sel_q = sels[c][0]
+            m.d.sync += [
+                rq_in.multiplier[c].eq(Mux(sel_q, Mux(d1_slot, self.multiplier[1][c], self.multiplier[0][c]),
+                                           PASS_MULTIPLIER)),
+                rq_in.shift[c].eq(Mux(sel_q, Mux(d1_slot, self.shift[1][c], self.shift[0][c]), PASS_SHIFT))]
+        m.d.comb += [rq.i.payload.eq(rq_in), rq.i.valid.eq(s0_valid)]
+        assert rq.early_lead == Fp32ToBf16Core.latency_for(CVT_STAGES)
+        out = Signal(result_layout(C))
+        for c in range(C):
+            core = m.submodules[f"to_bf16_{c}"] = Fp32ToBf16Core(stages=CVT_STAGES)
+            m.d.comb += [core.en.eq(1), core.a.eq(rq.early[c])]
+            sel_q, sel_bf, sel_raw = sels[c]
+            q_ext = Signal(32, name=f"out_q{c}")
+            m.d.comb += [q_ext.eq(rq.o.payload.q[c]),
+                         out.data[c].eq((q_ext & sel_q.replicate(32)) | (core.y & sel_bf.replicate(16))
+                                        | (rq.o.payload.passthrough[c] & sel_raw.replicate(32)))]
+        m.d.comb += out.last.eq(rq.o.payload.tag)
+        fifo = m.submodules.out_fifo = SyncFIFOBuffered(width=len(out.as_value()), depth=self.fifo_depth)
+        m.d.comb += [fifo.w_data.eq(out), fifo.w_en.eq(rq.o.valid),
+                     self.o.valid.eq(fifo.r_rdy), self.o.payload.eq(fifo.r_data), fifo.r_en.eq(self.o.ready)]
+        o_fire = Signal()
+        m.d.comb += o_fire.eq(self.o.valid & self.o.ready)
+        return o_fire

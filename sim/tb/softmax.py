@@ -9,9 +9,18 @@ performance counters. Every wait has a cycle timeout, so a hang fails the test.
 """
 
 import cocotb
-from cocotb.triggers import ReadOnly, RisingEdge
+import numpy as np
 
-from sim.tb.common import StreamDriver, load_inputs, rng, save_outputs, start_clock_and_reset
+from sim.tb.common import (
+    StreamSink,
+    StreamSource,
+    Tap,
+    load_inputs,
+    random_pause,
+    rng,
+    save_outputs,
+    start_clock_and_reset,
+)
 
 CMD_FIELDS = ("length", "valid_len", "causal_pos", "dtype", "scale", "shift")
 COUNTERS = ("cycles", "busy_cycles", "rows_accepted", "rows_rejected", "rows_done",
@@ -31,31 +40,6 @@ def pack_cmd(fields, lw):
     return value
 
 
-class _Clock:
-    def __init__(self):
-        self.cycle = 0
-
-
-async def _count(dut, clk):
-    while True:
-        await RisingEdge(dut.clk)
-        clk.cycle += 1
-
-
-def _drive(dut, prefix, payloads, stall, rand, clk, stamps, timeout):
-    """Send ``payloads`` on stream ``prefix``, recording each beat's acceptance cycle in ``stamps``."""
-    driver = StreamDriver(dut, prefix, dut.clk, stall=stall, rand=rand)
-    return driver.send(payloads, timeout_cycles=timeout, now=lambda: clk.cycle, accepted_at=stamps)
-
-
-async def _watch_errors(dut, clk, pulses):
-    while True:
-        await ReadOnly()
-        if int(dut.error.value):
-            pulses.append(clk.cycle)
-        await RisingEdge(dut.clk)
-
-
 @cocotb.test()
 async def softmax_stream(dut):
     arrays, meta = load_inputs()
@@ -69,49 +53,26 @@ async def softmax_stream(dut):
     payloads = [sum(int(v) << (32 * j) for j, v in enumerate(row)) for row in beats.tolist()]
     n_out = int(meta["n_out"])
 
-    dut.cmd__valid.value = 0
-    dut.i__valid.value = 0
-    dut.o__ready.value = 0
     await start_clock_and_reset(dut)
-    clk = _Clock()
-    cocotb.start_soon(_count(dut, clk))
-    in_cycle, cmd_cycle, errors = [], [], []
-    cocotb.start_soon(_watch_errors(dut, clk, errors))
-    cmd_task = cocotb.start_soon(_drive(dut, "cmd", cmds, stall, rand, clk, cmd_cycle, timeout))
-    in_task = cocotb.start_soon(_drive(dut, "i", payloads, stall, rand, clk, in_cycle, timeout))
-
-    out, last, out_cycle = [], [], []
-    idle = 0
-    mask16 = (1 << 16) - 1
-    while len(out) < n_out:
-        ready = not (backpressure and rand.random() < backpressure)
-        dut.o__ready.value = int(ready)
-        await ReadOnly()
-        if ready and int(dut.o__valid.value):
-            v = int(dut.o__payload.value)
-            out.append([(v >> (16 * j)) & mask16 for j in range(lanes)])
-            last.append((v >> (16 * lanes)) & 1)
-            out_cycle.append(clk.cycle)
-            idle = 0
-        else:
-            idle += 1
-            if idle > timeout:
-                raise TimeoutError(f"no output beat for {timeout} cycles ({len(out)} of {n_out})")
-        await RisingEdge(dut.clk)
-    dut.o__ready.value = 0
-    await cmd_task
-    await in_task
+    cmd = StreamSource(dut, "cmd", pause=random_pause(stall, rand.random()))
+    beats_in = StreamSource(dut, "i", pause=random_pause(stall, rand.random()))
+    out = StreamSink(dut, "o", pause=random_pause(backpressure, rand.random()))
+    errors = Tap(dut, "error", "error")
+    cmd.send_nowait(cmds)
+    beats_in.send_nowait(payloads)
+    words = await out.receive(n_out, timeout_cycles=timeout)
+    await cmd.wait(timeout_cycles=timeout)
+    await beats_in.wait(timeout_cycles=timeout)
     # nothing more may come out
-    for _ in range(int(meta.get("drain_cycles", 40))):
-        await ReadOnly()
-        assert not int(dut.o__valid.value), "an output beat beyond the expected count"
-        await RisingEdge(dut.clk)
-    await ReadOnly()
+    await out.loop.cycles(int(meta.get("drain_cycles", 40)))
+    assert len(out.beats) == n_out, f"{len(out.beats) - n_out} output beats beyond the expected count"
+    mask16 = (1 << 16) - 1
+    rows = [[(v >> (16 * j)) & mask16 for j in range(lanes)] for v in words]
+    last = [(v >> (16 * lanes)) & 1 for v in words]
     raw = int(dut.counters.value)
     counters = [(raw >> (32 * j)) & 0xFFFFFFFF for j in range(len(COUNTERS))]
-    import numpy as np
-    save_outputs(out=np.array(out, dtype=np.uint16).reshape(-1, lanes),
-                 last=np.array(last, dtype=np.uint8), in_cycle=np.array(in_cycle, dtype=np.int64),
-                 cmd_cycle=np.array(cmd_cycle, dtype=np.int64),
-                 out_cycle=np.array(out_cycle, dtype=np.int64), errors=np.array(errors, dtype=np.int64),
+    save_outputs(out=np.array(rows, dtype=np.uint16).reshape(-1, lanes),
+                 last=np.array(last, dtype=np.uint8), in_cycle=np.array(beats_in.accepted_at, dtype=np.int64),
+                 cmd_cycle=np.array(cmd.accepted_at, dtype=np.int64),
+                 out_cycle=np.array(out.accepted_at, dtype=np.int64), errors=np.array(errors.cycles, dtype=np.int64),
                  counters=np.array(counters, dtype=np.int64))

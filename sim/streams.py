@@ -6,13 +6,14 @@ An API turns its operation into payload words per input stream (:mod:`sim.packin
 """
 
 import os
+import random
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .packing import rows_to_words, words_to_rows
 
-__all__ = ["run_streams", "StreamRun", "check_probability", "new_seed", "DEFAULT_TIMEOUT_CYCLES"]
+__all__ = ["run_streams", "StreamRun", "check_probability", "new_seed", "random_pause", "DEFAULT_TIMEOUT_CYCLES"]
 
 #: Cycles without a handshake on any stream after which a run fails (the design hangs).
 DEFAULT_TIMEOUT_CYCLES = 20_000
@@ -23,6 +24,24 @@ def check_probability(name, p):
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
         raise ValueError(f"{name} must be a probability in [0, 1), not {p!r}")
     return float(p)
+
+
+def random_pause(probability, seed=None):
+    """A pause generator (testbench kit, :mod:`sim.tb.common`; amaranth.sim,
+    :mod:`sim.amaranth_streams`): ``True`` (pause) in each cycle with ``probability``, from
+    ``seed`` (an int or a ``random.Random``). ``None`` when ``probability`` is 0 (never pause,
+    no draws)."""
+    if isinstance(probability, bool) or not isinstance(probability, (int, float)) or not 0 <= probability < 1:
+        raise ValueError(f"pause probability must be in [0, 1), not {probability!r}")
+    if not probability:
+        return None
+    rand = seed if isinstance(seed, random.Random) else random.Random(seed)
+
+    def generate():
+        draw = rand.random
+        while True:
+            yield draw() < probability
+    return generate()
 
 
 def new_seed(seed):
@@ -88,7 +107,7 @@ def run_streams(design, *, sources, sinks, taps=None, counters=None, counter_wid
     sim.runner.SimulationError
         The testbench failed (a timeout names every stream's progress).
     """
-    from .runner import run
+    from . import runner
 
     stall = check_probability("stall", stall)
     backpressure = check_probability("backpressure", backpressure)
@@ -98,7 +117,7 @@ def run_streams(design, *, sources, sinks, taps=None, counters=None, counter_wid
                 counters=list(counters or []), counter_width=counter_width, stall=stall,
                 backpressure=backpressure, seed=seed, timeout_cycles=int(timeout_cycles),
                 tail_cycles=int(tail_cycles), max_cycles=max_cycles)
-    out = run(design, "sim.tb.streams", testcase="streams", data=data, seed=seed)
+    out = runner.run(design, "sim.tb.streams", testcase="streams", data=data, seed=seed)
     beats = {name: rows_to_words(out[f"out_{name}"]) for name in sinks}
     accepted = {name: out[f"cyc_{name}"] for name in (*sources, *sinks)}
     tap_out = {name: (out[f"tap_{name}"], out[f"tapcyc_{name}"]) for name in (taps or {})}

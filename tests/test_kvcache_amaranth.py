@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """KVCacheController without Verilator: parameter checks, derived constants, and a short
 amaranth.sim run (ALLOC / APPEND / READ / FREE with a Python model of the K/V memory) against
 golden.PagedKVCache."""
@@ -10,6 +11,7 @@ from amaranth.sim import Simulator
 from golden.kvcache import KVCommand, KVOp, KVResponse, KVStatus, PagedKVCache
 from hdl.config import get_config
 from hdl.kvcache import KVCacheController, KVCacheParams
+from hdl.memport import MemoryPortSignature
 
 GOOD = dict(page_size=2, num_pages=4, kv_heads=2, head_dim=4, max_seqs=2, beat_elems=2,
             dtype="int8")
@@ -53,6 +55,8 @@ def test_from_config_and_derived_constants_of_the_default_configuration():
     assert p.cmd_layout.size == 3 + 16 + 8 + 3 * 13 + 4  # op seq head start count block group
     ctrl = KVCacheController.from_config(cfg)
     assert ctrl.signature.members["rdata"].signature.members["payload"].shape == p.rdata_layout
+    assert ctrl.signature.members["mem"].signature == MemoryPortSignature(18, 64)
+    assert ctrl.signature.members["events"].shape == p.events_layout
     Fragment.get(ctrl, None)  # elaborates (and so uses) the component
 
 
@@ -213,3 +217,22 @@ def test_reset_mid_run_restores_the_free_list_and_forgets_every_sequence():
     hb = p.kv_heads * p.beats_per_row
     # the first append after the reset writes row 0 of physical page 0 (K, then V)
     assert waddrs == list(range(hb)) + [p.mem_words // 2 + j for j in range(hb)]
+
+
+@pytest.mark.parametrize("commands, kwargs, exc, message", [
+    ([KVCommand(KVOp.ALLOC, 1 << 16)], {}, ValueError, "command 0: seq must be in 0..65535, not 65536"),
+    ([KVCommand(KVOp.ALLOC, 1), KVCommand(KVOp.READ_K, 1, head=256)], {}, ValueError,
+     "command 1: head must be in 0..255"),
+    ([KVCommand(KVOp.ALLOC, 1.5)], {}, TypeError, "command 0: seq must be an int"),
+    ([KVCommand(KVOp.APPEND, 1, k=np.zeros((2, 8), np.int16), v=np.zeros((2, 8), np.int8))], {}, TypeError,
+     "command 0: APPEND k must be a numpy array of int8"),
+    ([KVCommand(KVOp.APPEND, 1, k=np.zeros((2, 4), np.int8), v=np.zeros((2, 4), np.int8))], {}, ValueError,
+     r"command 0: APPEND k must have shape \(2, 8\)"),
+    (["alloc"], {}, TypeError, "command 0 must be a KVCommand, tuple or dict"),
+    ([], {"stall": 1.0}, ValueError, r"stall must be a probability in \[0, 1\)"),
+    ([], {"backpressure": "0.1"}, ValueError, r"backpressure must be a probability in \[0, 1\)"),
+])
+def test_run_kvcache_rejects_bad_commands_before_simulating(commands, kwargs, exc, message):
+    from sim import run_kvcache
+    with pytest.raises(exc, match=message):
+        run_kvcache(commands, config="tiny", **kwargs)

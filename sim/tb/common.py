@@ -40,6 +40,8 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import Event, FallingEdge, ReadOnly, RisingEdge
 
+from sim.streams import random_pause  # noqa: F401  (part of the kit)
+
 __all__ = ["run_dir", "load_inputs", "save_outputs", "start_clock_and_reset", "rng", "random_pause",
            "ClockLoop", "StreamSource", "StreamSink", "Tap", "DEFAULT_TIMEOUT_CYCLES"]
 
@@ -78,22 +80,6 @@ async def start_clock_and_reset(dut, cycles=2):
     for _ in range(cycles):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
-
-
-def random_pause(probability, seed=None):
-    """A pause generator: ``True`` (pause) in each cycle with ``probability``, from ``seed`` (an
-    int or a ``random.Random``). ``None`` when ``probability`` is 0 (never pause, no draws)."""
-    if not isinstance(probability, (int, float)) or not 0 <= probability < 1:
-        raise ValueError(f"pause probability must be in [0, 1), not {probability!r}")
-    if not probability:
-        return None
-    rand = seed if isinstance(seed, random.Random) else random.Random(seed)
-
-    def generate():
-        draw = rand.random
-        while True:
-            yield draw() < probability
-    return generate()
 
 
 class _Waiter:

@@ -29,7 +29,7 @@ from .result import SimResult
 from .runner import SimulationError, build
 from .streams import check_probability, run_streams
 
-__all__ = ["run_kvcache", "kvcache_design", "encode_commands"]
+__all__ = ["run_kvcache", "kvcache_design", "encode_commands", "decode_results"]
 
 _READS = (KVOp.READ_K, KVOp.READ_V)
 
@@ -59,16 +59,16 @@ def _as_command(i, cmd):
 
 
 def encode_commands(commands, ctrl):
-    """(command words, append-data words, read beats of each command if it succeeds) for the
-    controller ``ctrl`` (a ``KVCacheParams``). Raises ValueError/TypeError naming the command
-    and field that does not fit."""
+    """(command payloads, append-data payloads) of ``commands`` for the controller ``ctrl`` (a
+    ``KVCacheParams``). Raises ValueError/TypeError naming the command and field that does not
+    fit."""
     limits = {"op": 7, "seq": (1 << 16) - 1, "head": 255,
               "start": (1 << ctrl.length_bits) - 1, "count": (1 << ctrl.length_bits) - 1,
               "block": (1 << ctrl.length_bits) - 1, "group": (1 << ctrl.group_bits) - 1}
     np_dtype = np.dtype(np.int8) if ctrl.dtype == "int8" else np.dtype(ml_dtypes.bfloat16)
     raw = np.uint8 if ctrl.dtype == "int8" else np.uint16
     bpr = ctrl.beats_per_row
-    words, wdata, rbeats = [], [], []
+    words, wdata = [], []
     for i, cmd in enumerate(commands):
         cmd = _as_command(i, cmd)
         for name, limit in limits.items():
@@ -88,9 +88,46 @@ def encode_commands(commands, ctrl):
                     raise ValueError(f"command {i}: APPEND {name} must have shape "
                                      f"{(ctrl.kv_heads, ctrl.head_dim)}, not {rows.shape}")
                 wdata.append(np.ascontiguousarray(rows).view(raw).reshape(ctrl.kv_heads * bpr, ctrl.beat_elems))
-        rbeats.append(int(cmd.count) * bpr if cmd.op in _READS else 0)
     w = pack_lanes(np.concatenate(wdata), ctrl.elem_bits) if wdata else []
-    return words, w, np.array(rbeats, np.int64)
+    return words, w
+
+
+def decode_results(commands, ctrl, resp_words, rdata_words):
+    """The outputs of :func:`run_kvcache` (``responses``, ``reads``, ``read_beats``, ``rdata``,
+    ``last``) from the response and read-beat payloads of ``commands`` on the controller
+    ``ctrl`` (a ``KVCacheParams``). Raises ``SimulationError`` when the counts do not match
+    the commands and their responses."""
+    if len(resp_words) != len(commands):
+        raise SimulationError(f"{len(commands)} commands but {len(resp_words)} responses")
+    fields = unpack_fields(ctrl.resp_layout, resp_words)
+    responses = np.zeros(len(resp_words), dtype=[(name, np.int64) for name in KVResponse._fields])
+    for name in KVResponse._fields:
+        responses[name] = fields[name]
+    B, bpr = ctrl.beat_elems, ctrl.beats_per_row
+    lanes = unpack_lanes(rdata_words, B, 16)
+    last = np.array([bool(w >> (16 * B)) for w in rdata_words], dtype=bool)
+    ok_reads = [i for i, c in enumerate(commands) if c.op in _READS and responses["status"][i] == KVStatus.OK]
+    expected = sum(int(commands[i].count) * bpr for i in ok_reads)
+    if len(rdata_words) != expected:
+        raise SimulationError(f"{len(rdata_words)} read beats, but the successful READs ask for {expected}")
+    reads = np.empty(len(commands), object)
+    read_beats = np.empty(len(commands), object)
+    pos = 0
+    for i in ok_reads:
+        cmd = commands[i]
+        n = int(cmd.count) * bpr
+        stream = lanes[pos:pos + n]
+        pos += n
+        if ctrl.dtype == "int8":
+            stream = stream.view(np.int16).astype(np.int8)
+        else:
+            stream = stream.copy().view(ml_dtypes.bfloat16)
+        rows = np.empty((int(cmd.count), bpr, B), stream.dtype)
+        order = read_order(cmd.start, cmd.count, cmd.block, cmd.group, bpr)
+        rows[order[:, 0] - int(cmd.start), order[:, 1]] = stream
+        read_beats[i] = stream
+        reads[i] = rows.reshape(int(cmd.count), ctrl.head_dim)
+    return {"responses": responses, "reads": reads, "read_beats": read_beats, "rdata": lanes, "last": last}
 
 
 def run_kvcache(commands, *, config="default", stall=0.0, backpressure=0.0, seed=None,
@@ -145,7 +182,7 @@ def run_kvcache(commands, *, config="default", stall=0.0, backpressure=0.0, seed
     ctrl = KVCacheParams.from_config(cfg)
     stall, backpressure = check_probability("stall", stall), check_probability("backpressure", backpressure)
     commands = [_as_command(i, c) for i, c in enumerate(commands)]
-    cmd_words, w_words, rbeats = encode_commands(commands, ctrl)
+    cmd_words, w_words = encode_commands(commands, ctrl)
     design = kvcache_design(cfg)
     events = [name for name, _ in ctrl.events_layout]
     run = run_streams(design, sources={"cmd": cmd_words, "wdata": w_words},
@@ -155,40 +192,10 @@ def run_kvcache(commands, *, config="default", stall=0.0, backpressure=0.0, seed
                       timeout_cycles=max(int(timeout_cycles), 4 * ctrl.init_cycles), tail_cycles=tail_cycles,
                       max_cycles=max_cycles)
     print(f"run_kvcache: config={cfg.name} seed={run.seed} commands={len(commands)}")
-    resp_words = run.beats["resp"]
-    if len(resp_words) != len(commands):
-        raise SimulationError(f"{len(commands)} commands but {len(resp_words)} responses (seed {run.seed})")
-    fields = unpack_fields(ctrl.resp_layout, resp_words)
-    responses = np.zeros(len(resp_words), dtype=[(name, np.int64) for name in KVResponse._fields])
-    for name in KVResponse._fields:
-        responses[name] = fields[name]
-    B = ctrl.beat_elems
-    rwords = run.beats["rdata"]
-    lanes = unpack_lanes(rwords, B, 16)
-    last = np.array([bool(w >> (16 * B)) for w in rwords], dtype=bool)
-    expected = int(sum(n for n, r in zip(rbeats, responses["status"], strict=True) if r == KVStatus.OK))
-    if len(rwords) != expected:
-        raise SimulationError(f"{len(rwords)} read beats, but the successful READs ask for {expected} "
-                              f"(seed {run.seed})")
-    bpr = ctrl.beats_per_row
-    reads = np.empty(len(commands), object)
-    read_beats = np.empty(len(commands), object)
-    pos = 0
-    for i, (cmd, status) in enumerate(zip(commands, responses["status"], strict=True)):
-        if cmd.op in _READS and status == KVStatus.OK:
-            n = int(cmd.count) * bpr
-            stream = lanes[pos:pos + n]
-            pos += n
-            if ctrl.dtype == "int8":
-                stream = stream.view(np.int16).astype(np.int8)
-            else:
-                stream = stream.copy().view(ml_dtypes.bfloat16)
-            rows = np.empty((int(cmd.count), bpr, B), stream.dtype)
-            order = read_order(cmd.start, cmd.count, cmd.block, cmd.group, bpr)
-            rows[order[:, 0] - int(cmd.start), order[:, 1]] = stream
-            read_beats[i] = stream
-            reads[i] = rows.reshape(int(cmd.count), ctrl.head_dim)
-    outputs = {"responses": responses, "reads": reads, "read_beats": read_beats, "rdata": lanes, "last": last,
-               "mem_writes": run.taps["mem_writes"][0]}
+    try:
+        outputs = decode_results(commands, ctrl, run.beats["resp"], run.beats["rdata"])
+    except SimulationError as exc:
+        raise SimulationError(f"{exc} (seed {run.seed})") from None
+    outputs["mem_writes"] = run.taps["mem_writes"][0]
     outputs.update({f"{name}_cycles": stamps for name, stamps in run.accepted_at.items()})
     return SimResult(outputs=outputs, counters=run.counts, seed=run.seed, cycles=run.cycles, main="responses")

@@ -56,7 +56,6 @@ def _bulk(unit, v, *, gap, seed):
                data={"inputs": words, "unit": unit, "gap": gap, "seed": seed})
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("arith_bulk")
 @pytest.mark.parametrize("unit", list(UNITS))
 def test_core_matches_golden_on_a_million_biased_random_vectors(unit):
@@ -69,7 +68,6 @@ def test_core_matches_golden_on_a_million_biased_random_vectors(unit):
     assert int(out["cycles"]) <= RANDOM_VECTORS + core_latency(unit) + 2
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("arith_bulk")
 @pytest.mark.parametrize("unit", list(UNITS))
 def test_core_matches_golden_on_every_special_value_class_with_en_gaps(unit):
@@ -91,7 +89,6 @@ def _stream_vectors(unit, seed):
     return {k: np.concatenate([sp[k][idx], rv[k]]) for k in sp}
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("arith_streams")
 @pytest.mark.parametrize("unit", list(UNITS))
 def test_stream_unit_matches_golden_with_and_without_valid_gaps_and_backpressure(unit):

@@ -177,7 +177,6 @@ def tagged(cache, tag):
     return k, (-k).astype(cache.np_dtype)
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny")
 @pytest.mark.parametrize("stalls", STALLS)
 def test_random_command_stream_matches_golden_response_by_response_tiny(stalls):
@@ -228,7 +227,6 @@ def isolation_commands(cache):
     return cmds, {A: 4, B: 2, C: 3}
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny")
 @pytest.mark.parametrize("stalls", STALLS)
 def test_sequences_only_read_their_own_rows_after_free_reuse_and_failed_appends(stalls):
@@ -250,7 +248,6 @@ def test_sequences_only_read_their_own_rows_after_free_reuse_and_failed_appends(
     assert seen > 4 * cache.num_pages * cache.page_size // 2
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny")
 def test_back_to_back_reads_stream_one_beat_per_cycle_across_pages_and_heads():
     cache = PagedKVCache.from_config(get_config("tiny").kvcache)
@@ -276,7 +273,6 @@ def test_back_to_back_reads_stream_one_beat_per_cycle_across_pages_and_heads():
     assert np.all(np.diff(ac.reshape(-1, per_append), axis=1) == 1), "bubbles inside an APPEND"
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny")
 @pytest.mark.parametrize("block, group", [(3, 1), (0, 1), (2, 0), (5, 1), (1, 1)])
 def test_tiled_reads_stream_one_beat_per_cycle_across_pages_and_block_jumps(block, group):
@@ -321,7 +317,6 @@ def back_to_back_appends(config, n, seed):
     return cmds[:len(seqs) + n], len(seqs)
 
 
-@pytest.mark.cocotb
 @pytest.mark.parametrize("config, n", [("tiny", 128), ("default", 64)])
 @pytest.mark.parametrize("stalls", STALLS)
 def test_back_to_back_appends_stream_one_beat_per_cycle_without_bubbles_between_commands(
@@ -351,7 +346,6 @@ def test_back_to_back_appends_stream_one_beat_per_cycle_without_bubbles_between_
 TINY_BF16 = get_config("tiny").replace(name="tiny_bf16", kvcache={"dtype": "bf16"})
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny_bf16")
 @pytest.mark.parametrize("stalls", STALLS)
 def test_bf16_random_command_stream_matches_golden_bit_for_bit(stalls):
@@ -366,7 +360,6 @@ def test_bf16_random_command_stream_matches_golden_bit_for_bit(stalls):
     assert nan_rows > 100  # random bit patterns: NaN payloads travel untouched
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_default")
 @pytest.mark.parametrize("stalls", STALLS)
 def test_default_config_random_command_stream_matches_golden(stalls):
@@ -387,7 +380,6 @@ EDGE_GEOMETRIES = {
 }
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_edges")
 @pytest.mark.parametrize("geometry", EDGE_GEOMETRIES)
 def test_edge_geometries_random_command_stream_matches_golden(geometry):

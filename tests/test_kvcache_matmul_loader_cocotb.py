@@ -107,7 +107,6 @@ def weight_jobs(k, v, R, C, dtype, seed):
     return (q, kt, qk), (pm, v, pv)
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_loader")
 @pytest.mark.parametrize("dtype", ["int8", "bf16"])
 @pytest.mark.parametrize("case", CASES)
@@ -128,7 +127,6 @@ def test_tiled_read_beats_equal_the_weight_beats_prepare_job_builds(case, dtype)
         assert not np.array_equal(row_order, job.w_beats), f"{name}: row order already fits"
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_loader")
 @pytest.mark.parametrize("dtype", ["int8", "bf16"])
 @pytest.mark.parametrize("case", ["2x2", "8x8"])

@@ -60,7 +60,7 @@ def widths(rows_per_length=16, seed=5):
             vis = np.ones(s.shape, bool)
             core = gsm.softmax_core(gsm.softmax_x_int8(s, m, sh), vis, frac_bits=f, exp_bits=eb,
                                     sum_guard=sg, rcp_bits=rb, rcp_in_bits=rb)
-            q = gsm._out_int8(core["V"], core["k"])
+            q = gsm.softmax_out_int8(core["V"], core["k"])
             ref = gsm.softmax_reference(s, sc)
             e8 = max(e8, float(np.abs(q / 255 - ref).max() * 256))
             c = np.float32(sc * np.log2(np.e))
@@ -68,7 +68,7 @@ def widths(rows_per_length=16, seed=5):
             xb, _ = gsm.softmax_x_bf16(zf.view(np.uint32), np.full(len(zf), c.view(np.uint32)), frac_bits=f)
             core = gsm.softmax_core(xb, vis, frac_bits=f, exp_bits=eb, sum_guard=sg, rcp_bits=rb,
                                     rcp_in_bits=rb)
-            pb = gsm.bf16_from_bits(gsm._out_bf16(core["V"], core["k"])).astype(np.float64)
+            pb = gsm.bf16_from_bits(gsm.softmax_out_bf16(core["V"], core["k"])).astype(np.float64)
             ref = gsm.softmax_reference(zf.astype(np.float64), float(c) / np.log2(np.e))
             ok = ref > 2.0 ** -120
             eb_rel = max(eb_rel, float((np.abs(pb - ref)[ok] / ref[ok]).max()))

@@ -280,7 +280,7 @@ def test_leading_zero_tree_counts_every_value_up_to_8_bits_and_seeded_32_bit_val
     m = Module()
     x = Signal(width)
     count = Signal(range(width))
-    m.d.comb += count.eq(arith._leading_zeros(x))
+    m.d.comb += count.eq(arith.leading_zeros(x))
     got = []
 
     async def testbench(ctx):

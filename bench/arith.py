@@ -6,7 +6,7 @@ For each unit, ``--vectors`` biased random vectors go through the bulk harness
 inside the simulation, one vector per cycle) and are checked bit-exact against golden/. Two
 rates are reported: the simulation loop alone (``sim``), and end to end (``total``: simulator
 start, file transfer, checking). ``--stream-beats`` beats also go through each real stream
-unit driven beat by beat from cocotb (the transfer alone), for comparison. Host wall-clock rates are noisy on a
+unit driven beat by beat by the testbench kit (the transfer alone), for comparison. Host wall-clock rates are noisy on a
 shared machine; the cycle counts are exact.
 """
 
@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from sim.runner import BUILD, build, run
+from sim.streams import run_streams
 from sim.tb.arith import (
     UNITS,
     bulk_build_params,
@@ -27,7 +28,7 @@ from sim.tb.arith import (
     pack_inputs,
     random_vectors,
     streams_build_params,
-    streams_verilog,
+    streams_top,
 )
 
 
@@ -51,17 +52,16 @@ def measure(vectors, stream_beats, seed):
                "sim_vectors_per_second": round(vectors / sim_s) if sim_s else None,
                "total_vectors_per_second": round(vectors / total), "bit_exact": exact}
         if stream_beats:
-            sdesign = build(streams_verilog, "arith_streams", params=streams_build_params())
+            sdesign = build(streams_top, "arith_streams", params=streams_build_params())
             sv = random_vectors(unit, stream_beats, seed + 10 + k)
             t0 = time.monotonic()
-            sout = run(sdesign, "sim.tb.arith", testcase="stream_vectors",
-                       data={"inputs": pack_inputs(unit, sv), "stall": 0.0, "backpressure": 0.0,
-                             "seed": seed, "prefix": f"{unit}__"})
+            sout = run_streams(sdesign, sources={f"{unit}__i": pack_inputs(unit, sv)},
+                               sinks={f"{unit}__o": stream_beats}, seed=seed)
             st = time.monotonic() - t0
             row["stream_beats"] = stream_beats
             row["stream_total_seconds"] = round(st, 3)
-            row["stream_beats_per_second"] = round(stream_beats / float(sout["sim_seconds"]))
-            row["stream_bit_exact"] = bool(np.array_equal(sout["y"].astype(np.uint64),
+            row["stream_beats_per_second"] = round(stream_beats / sout.sim_seconds)
+            row["stream_bit_exact"] = bool(np.array_equal(np.array(sout.beats[f"{unit}__o"], np.uint64),
                                                           expected(unit, sv).astype(np.uint64)))
         rows.append(row)
     return {"bulk_build_seconds_incl_cache": round(bulk_build, 1), "seed": seed, "units": rows}

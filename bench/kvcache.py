@@ -68,9 +68,8 @@ def streaming(cfg, rng):
     status = [KVCommand(KVOp.STATUS, 1), KVCommand(KVOp.ALLOC, 3)]
     cmds += long_reads + short + status
     res = run_kvcache(cmds, config=cfg, seed=1)
-    assert all(r.status == KVStatus.OK for r in res.responses), "benchmark commands must succeed"
-    c = res.counters
-    rc, ac, cc, rsp = c["read_cycles"], c["append_cycles"], c["cmd_cycles"], c["resp_cycles"]
+    assert all(res.responses["status"] == KVStatus.OK), "benchmark commands must succeed"
+    rc, ac, cc, rsp = res.rdata_cycles, res.wdata_cycles, res.cmd_cycles, res.resp_cycles
     long_beats = len(long_reads) * n * p.beats_per_row
     per_append = p.append_beats
     inside = ac.reshape(-1, per_append)
@@ -99,11 +98,11 @@ def back_to_back_appends(cfg, rng, n=64):
     cmds += [_append(cache, rng, 1) for _ in range(40)]
     cmds += [_append(cache, rng, 1 + i % 2) for i in range(n - 40)]
     res = run_kvcache(cmds, config=cfg, seed=4)
-    assert all(r.status == KVStatus.OK for r in res.responses), "benchmark commands must succeed"
-    ac = res.counters["append_cycles"]
+    assert all(res.responses["status"] == KVStatus.OK), "benchmark commands must succeed"
+    ac = res.wdata_cycles
     return {"appends": n, "beats": int(len(ac)), "beats_per_cycle": _rate(ac),
             "largest_gap_cycles": int(np.diff(ac).max()),
-            "latency_cycles": int(ac[0] - res.counters["cmd_cycles"][first])}
+            "latency_cycles": int(ac[0] - res.cmd_cycles[first])}
 
 
 def tiled_reads(cfg, rng):
@@ -122,8 +121,8 @@ def tiled_reads(cfg, rng):
     reads = [KVCommand(op, 1, h, start, n, block=block, group=group)
              for op, block, group in shapes.values() for h in range(p.kv_heads)]
     res = run_kvcache(cmds + reads, config=cfg, seed=3)
-    assert all(r.status == KVStatus.OK for r in res.responses), "benchmark commands must succeed"
-    rc = res.counters["read_cycles"]
+    assert all(res.responses["status"] == KVStatus.OK), "benchmark commands must succeed"
+    rc = res.rdata_cycles
     per = n * p.beats_per_row
     out = {"positions_per_read": n, "start": start, "beats_per_read": per,
            "reads_back_to_back": len(reads), "beats_per_cycle_all": _rate(rc)}
@@ -133,7 +132,7 @@ def tiled_reads(cfg, rng):
         op, block, group = shapes[name]
         out[name] = {"block": block, "group": group,
                      "beats_per_cycle_within_read": min(_rate(c) for c in chunks)}
-    out["latency_cycles"] = int(rc[0] - res.counters["cmd_cycles"][n_setup])
+    out["latency_cycles"] = int(rc[0] - res.cmd_cycles[n_setup])
     return out
 
 
@@ -154,18 +153,19 @@ def packing(cfg, rng, fill=0.9):
     cmds += [KVCommand(KVOp.STATUS, s) for s in seqs]
     res = run_kvcache(cmds, config=cfg, seed=2)
     stat = res.responses[-len(seqs):]
-    assert all(r.status == KVStatus.OK for r in stat)
-    tokens = sum(r.length for r in stat)
-    pages = sum(r.pages for r in stat)
+    assert all(stat["status"] == KVStatus.OK)
+    tokens = int(stat["length"].sum())
+    pages = int(stat["pages"].sum())
     ideal = tokens / p.page_size
     return {
         "sequences": len(seqs), "tokens": int(tokens), "pages_in_use": int(pages),
         "ideal_pages": ideal, "excess_pages": pages - ideal,
         "excess_pages_per_sequence": (pages - ideal) / len(seqs),
-        "max_excess_one_sequence": max(r.pages - r.length / p.page_size for r in stat),
-        "free_pages": int(stat[-1].free_pages),
+        "max_excess_one_sequence": float(max(stat["pages"] - stat["length"] / p.page_size)),
+        "free_pages": int(stat["free_pages"][-1]),
         "utilization": tokens / (pages * p.page_size),
-        "append_cycles_total": int(res.counters["cycles"]),
+        "append_cycles_total": int(res.cycles),
+        "counters": res.counters,
     }
 
 

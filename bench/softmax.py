@@ -26,8 +26,8 @@ import numpy as np
 from golden import softmax as gsm
 from hdl.config import get_config
 from hdl.softmax import SoftmaxUnit
+from sim import run_softmax
 from sim.runner import BUILD
-from sim.softmax_api import expected_rows, run_softmax_rows
 
 
 def _attention_logits(rng, rows, length, spread):
@@ -39,9 +39,7 @@ def _attention_logits(rng, rows, length, spread):
 def _int8_row(rng, length, spread=3.0):
     z = _attention_logits(rng, 1, length, spread)[0]
     sc = max(np.abs(z).max(), 1e-9) / 2 ** 20
-    s = np.round(z / sc).astype(np.int32)
-    m, sh = gsm.softmax_scale_int8(sc)
-    return {"scores": s, "dtype": "int8", "scale": m, "shift": sh}, sc
+    return np.round(z / sc).astype(np.int32), gsm.softmax_scale_int8(sc)
 
 
 def widths(rows_per_length=16, seed=5):
@@ -62,7 +60,7 @@ def widths(rows_per_length=16, seed=5):
             vis = np.ones(s.shape, bool)
             core = gsm.softmax_core(gsm.softmax_x_int8(s, m, sh), vis, frac_bits=f, exp_bits=eb,
                                     sum_guard=sg, rcp_bits=rb, rcp_in_bits=rb)
-            q = gsm._out_int8(core["V"], core["k"])
+            q = gsm.softmax_out_int8(core["V"], core["k"])
             ref = gsm.softmax_reference(s, sc)
             e8 = max(e8, float(np.abs(q / 255 - ref).max() * 256))
             c = np.float32(sc * np.log2(np.e))
@@ -70,7 +68,7 @@ def widths(rows_per_length=16, seed=5):
             xb, _ = gsm.softmax_x_bf16(zf.view(np.uint32), np.full(len(zf), c.view(np.uint32)), frac_bits=f)
             core = gsm.softmax_core(xb, vis, frac_bits=f, exp_bits=eb, sum_guard=sg, rcp_bits=rb,
                                     rcp_in_bits=rb)
-            pb = gsm.bf16_from_bits(gsm._out_bf16(core["V"], core["k"])).astype(np.float64)
+            pb = gsm.bf16_from_bits(gsm.softmax_out_bf16(core["V"], core["k"])).astype(np.float64)
             ref = gsm.softmax_reference(zf.astype(np.float64), float(c) / np.log2(np.e))
             ok = ref > 2.0 ** -120
             eb_rel = max(eb_rel, float((np.abs(pb - ref)[ok] / ref[ok]).max()))
@@ -112,16 +110,18 @@ def throughput(config, lengths, rows_per_length, seed=3):
     rng = np.random.default_rng(seed)
     results = []
     for length in lengths:
-        rows = [_int8_row(rng, length)[0] for _ in range(rows_per_length)]
+        rows = [_int8_row(rng, length) for _ in range(rows_per_length)]
+        scores, scales = [r[0] for r in rows], [r[1] for r in rows]
         t0 = time.monotonic()
-        res = run_softmax_rows(rows, config=cfg, seed=seed)
+        res = run_softmax(scores, scales, dtype=["int8"] * rows_per_length, config=cfg, seed=seed)
         wall = time.monotonic() - t0
-        exact = all(np.array_equal(g, w) for g, w in zip(res["outputs"], expected_rows(rows), strict=True))
+        exact = all(np.array_equal(p, gsm.softmax_int8(s, sq)) for p, s, sq in zip(res.output, scores, scales,
+                                                                                     strict=True))
         elements = length * rows_per_length
-        span = int(res["out_cycle"][-1] - res["in_cycle"][0] + 1)
+        span = int(res.o_cycles[-1] - res.i_cycles[0] + 1)
         beats = -(-length // cfg.softmax.lanes)
         first_out_end = beats - 1  # index of the first row's last output beat
-        steady = int(res["out_cycle"][-1] - res["out_cycle"][first_out_end])
+        steady = int(res.o_cycles[-1] - res.o_cycles[first_out_end])
         steady_elems = length * (rows_per_length - 1)
         results.append({
             "length": length, "rows": rows_per_length, "lanes": cfg.softmax.lanes,
@@ -129,9 +129,9 @@ def throughput(config, lengths, rows_per_length, seed=3):
             "elements_per_cycle_sustained": round(steady_elems / max(steady, 1), 3) if rows_per_length > 1 else None,
             "fraction_of_P_sustained": round(steady_elems / max(steady, 1) / cfg.softmax.lanes, 4)
             if rows_per_length > 1 else None,
-            "cycles": span, "row_latency_measured": int(res["out_cycle"][beats - 1] - res["in_cycle"][0]),
+            "cycles": span, "row_latency_measured": int(res.o_cycles[beats - 1] - res.i_cycles[0]),
             "row_latency_documented": unit.row_latency(length),
-            "bit_exact": exact, "host_seconds": round(wall, 2), "counters": res["counters"],
+            "bit_exact": exact, "host_seconds": round(wall, 2), "counters": res.counters,
         })
     return results
 

@@ -54,7 +54,7 @@ __all__ = [
     "FRAC_BITS", "EXP_BITS", "SUM_GUARD", "RCP_BITS", "RCP_IN_BITS", "X_BITS", "N_MAX",
     "EXP2_TABLE", "INT8_ONE", "BF16_NAN_ROW",
     "softmax_scale_int8", "softmax_scale_bf16", "softmax_visible",
-    "softmax_x_int8", "softmax_x_bf16", "softmax_core",
+    "softmax_x_int8", "softmax_x_bf16", "softmax_core", "softmax_out_int8", "softmax_out_bf16",
     "softmax_int8", "softmax_bf16", "softmax_bf16_bits", "softmax_reference",
 ]
 
@@ -223,13 +223,17 @@ def softmax_core(x, visible, *, frac_bits=FRAC_BITS, exp_bits=EXP_BITS, sum_guar
     return {"V": V, "k": k, "R": R, "S": S, "z": z, "rcp": rcp, "n": n, "te": te}
 
 
-def _out_int8(V, k):
+def softmax_out_int8(V, k):
+    """Step 5 of the contract, int8 path: ``min(255, (255·V + 2**(k-1)) >> k)`` as uint8, from
+    :func:`softmax_core`'s ``V`` and ``k``."""
     kk = np.minimum(k, 62)
     q = (INT8_ONE * V + (np.int64(1) << (kk - 1))) >> kk
     return np.minimum(q, INT8_ONE).astype(np.uint8)
 
 
-def _out_bf16(V, k):
+def softmax_out_bf16(V, k):
+    """Step 5 of the contract, bf16 path: ``V · 2**-k`` rounded to bf16 (RNE, flushed to +0
+    below 2**-126) as bit patterns, from :func:`softmax_core`'s ``V`` and ``k``."""
     Vs = np.maximum(V, 1)
     b = np.frexp(Vs.astype(np.float64))[1].astype(np.int64) - 1  # V < 2**53: exact
     # every visible V ≥ 2**(EXP_BITS-1) · 2**(RCP_BITS-1) > 2**8, so shift ≥ 1
@@ -288,7 +292,7 @@ def softmax_int8(scores, scale_q, valid_len=None, causal_pos=None):
     sh = _per_row(scale_q[1], rows, "scale_q shift sh", 0, 63, 0)
     vis = softmax_visible(rows, length, valid_len, causal_pos)
     c = softmax_core(softmax_x_int8(s, m, sh), vis)
-    q = np.where(vis, _out_int8(c["V"], c["k"]), 0).astype(np.uint8)
+    q = np.where(vis, softmax_out_int8(c["V"], c["k"]), 0).astype(np.uint8)
     return q[0] if one_d else q
 
 
@@ -311,7 +315,7 @@ def softmax_bf16_bits(score_bits, scale_bits, valid_len=None, causal_pos=None):
     x, nan = softmax_x_bf16(b, c)
     row_nan = (nan & vis).any(axis=1)
     core = softmax_core(x, vis & ~row_nan[:, None])
-    out = _out_bf16(core["V"], core["k"])
+    out = softmax_out_bf16(core["V"], core["k"])
     out = np.where(row_nan[:, None], np.uint16(BF16_NAN_ROW), out)
     out = np.where(vis, out, 0).astype(np.uint16)
     return out[0] if one_d else out

@@ -31,7 +31,7 @@ from .config import ChipConfig
 
 __all__ = [
     "Int8MacCore", "Bf16MulCore", "Fp32AddCore", "Fp32ToBf16Core",
-    "Int8Mac", "Bf16Multiplier", "Fp32Adder", "Fp32ToBf16",
+    "Int8Mac", "Bf16Multiplier", "Fp32Adder", "Fp32ToBf16", "leading_zeros",
 ]
 
 _FP32_QNAN = 0x7FC00000
@@ -73,7 +73,7 @@ class _Values:
         self.__dict__.update(values)
 
 
-def _leading_zeros(value):
+def leading_zeros(value):
     """Leading-zero count of ``value`` (width a power of two) as a tree: (count, all zero) of
     each half, combined in log2(width) levels, so the depth is logarithmic. The leaves are
     groups of four bits, whose 2-bit count and zero flag are one LUT4 each (an all-zero value
@@ -435,7 +435,7 @@ class Fp32AddCore(_Core):
         # normalize level, by 16, on the count's top bit (an AND of 16 bits, in parallel with
         # the rest of the tree; timing: in the normalize step it put a net of fanout 28 ahead
         # of the other four levels)
-        lzc = wire(_leading_zeros(Cat(Const(0xF, 4), s3.total))[:5], "lzc")
+        lzc = wire(leading_zeros(Cat(Const(0xF, 4), s3.total))[:5], "lzc")
         s4 = p.step(
             "count",
             sign=s3.sign, exp=s3.exp,

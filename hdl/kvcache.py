@@ -37,16 +37,10 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from spec.codes import KVOp, KVStatus
 
-__all__ = ["KVCacheController", "KVCacheParams", "OP_ALLOC", "OP_APPEND", "OP_READ_K", "OP_READ_V", "OP_FREE",
-           "OP_STATUS"]
+from .counters import events_layout
+from .memport import MemoryPortSignature
 
-# Opcodes and status codes: spec.codes.KVOp / KVStatus.
-OP_ALLOC, OP_APPEND, OP_READ_K, OP_READ_V, OP_FREE, OP_STATUS = (
-    KVOp.ALLOC, KVOp.APPEND, KVOp.READ_K, KVOp.READ_V, KVOp.FREE, KVOp.STATUS)
-_OK, _OUT_OF_PAGES, _UNKNOWN_SEQ, _DUPLICATE_SEQ, _READ_PAST_LENGTH = (
-    KVStatus.OK, KVStatus.OUT_OF_PAGES, KVStatus.UNKNOWN_SEQ, KVStatus.DUPLICATE_SEQ, KVStatus.READ_PAST_LENGTH)
-_HEAD_OUT_OF_RANGE, _TOO_MANY_SEQS, _BAD_OPCODE, _BAD_SHAPE = (
-    KVStatus.HEAD_OUT_OF_RANGE, KVStatus.TOO_MANY_SEQS, KVStatus.BAD_OPCODE, KVStatus.BAD_SHAPE)
+__all__ = ["KVCacheController", "KVCacheParams"]
 
 SEQ_ID_BITS = 16
 HEAD_BITS = 8
@@ -146,13 +140,13 @@ class KVCacheParams:
 
     @property
     def cmd_layout(self):
-        return data.StructLayout({"op": 3, "seq": SEQ_ID_BITS, "head": HEAD_BITS,
+        return data.StructLayout({"op": KVOp, "seq": SEQ_ID_BITS, "head": HEAD_BITS,
                                   "start": self._length_bits, "count": self._length_bits,
                                   "block": self._length_bits, "group": self.group_bits})
 
     @property
     def resp_layout(self):
-        return data.StructLayout({"status": 4, "op": 3, "length": self._length_bits,
+        return data.StructLayout({"status": KVStatus, "op": KVOp, "length": self._length_bits,
                                   "pages": self._page_count_bits,
                                   "free_pages": self._page_count_bits})
 
@@ -172,15 +166,18 @@ class KVCacheParams:
 
     @property
     def mem_signature(self):
-        """The external K/V memory port (controller side): a synchronous read port
-        (``rdata`` is the word at the ``raddr`` of the previous cycle in which ``ren`` was 1)
-        and a write port."""
-        abits = self.mem_addr_bits
-        width = self._beat_elems * self.elem_bits
-        return wiring.Signature({
-            "raddr": Out(abits), "ren": Out(1), "rdata": In(width),
-            "waddr": Out(abits), "wdata": Out(width), "wen": Out(1),
-        })
+        """The K/V data memory port (controller side), :class:`hdl.memport.MemoryPortSignature`
+        of :attr:`mem_addr_bits` × ``beat_elems`` elements: a synchronous read port (``rdata``
+        is the word at the ``raddr`` of the previous cycle in which ``ren`` was 1) and a write
+        port with one enable."""
+        return MemoryPortSignature(self.mem_addr_bits, self._beat_elems * self.elem_bits)
+
+    @property
+    def events_layout(self):
+        """The layout of the ``events`` port (every field a flag)."""
+        return events_layout(["busy", "cmds", "cmds_rejected", "beats_in", "beats_out", "stall_output",
+                              "stall_input", "stall_dependency", "kv_reads", "kv_writes", "table_reads",
+                              "table_writes", "free_list_writes"])
 
     @property
     def command_cycles(self):
@@ -260,10 +257,20 @@ class KVCacheController(KVCacheParams, wiring.Component):
         ``block = C, group = R / C``; P·V: ``block = 0, group = 1``); ``data`` holds
         ``beat_elems`` 16-bit lanes (int8 sign-extended, bf16 bit patterns), ``last`` marks the
         final beat of a READ. A READ's response comes before its data.
-    mem : Out(mem_signature)
-        The external K/V memory: ``raddr``/``ren`` → ``rdata`` one cycle later (synchronous
-        read), ``waddr``/``wdata``/``wen`` (write). Never read and written at one address in
-        one cycle.
+    mem : Out(hdl.memport.MemoryPortSignature(mem_addr_bits, beat_elems · element bits))
+        The K/V data memory (:attr:`mem_signature`): ``raddr``/``ren`` → ``rdata`` one cycle
+        later (synchronous read), ``waddr``/``wdata``/``wen`` (write). Never read and written
+        at one address in one cycle.
+    events : Out(events_layout)
+        What the controller does in each cycle (docs/conventions.md, "Counters"): ``busy``
+        (anything but waiting for a command in IDLE), ``cmds`` (commands taken),
+        ``cmds_rejected`` (responses with a status other than OK), ``beats_in`` (``wdata``),
+        ``beats_out`` (``rdata``), at most one stall reason: ``stall_output`` (a response or
+        read beat not taken), ``stall_input`` (an APPEND waits for its data),
+        ``stall_dependency`` (a FREE waits for the read engine, or a READ for the previous
+        one's last beats); memory words read and written: ``kv_reads``, ``kv_writes`` (the
+        K/V data memory), ``table_reads``, ``table_writes`` (block tables),
+        ``free_list_writes`` (the free-page stack; its top is read continuously).
 
     Throughput: READ data one beat per cycle sustained in any block/group order (the
     block-table entry of every beat is looked up in the read pipeline), across page
@@ -283,19 +290,15 @@ class KVCacheController(KVCacheParams, wiring.Component):
     """
 
     def __init__(self, *, page_size, num_pages, kv_heads, head_dim, max_seqs, beat_elems, dtype):
-        try:
-            KVCacheParams.__init__(self, page_size=page_size, num_pages=num_pages,
-                                   kv_heads=kv_heads, head_dim=head_dim, max_seqs=max_seqs,
-                                   beat_elems=beat_elems, dtype=dtype)
-        except (TypeError, ValueError):
-            self._MustUse__silence = True  # never built: no "created but never used" warning
-            raise
+        KVCacheParams.__init__(self, page_size=page_size, num_pages=num_pages, kv_heads=kv_heads,
+                               head_dim=head_dim, max_seqs=max_seqs, beat_elems=beat_elems, dtype=dtype)
         wiring.Component.__init__(self, {
             "cmd": In(stream.Signature(self.cmd_layout)),
             "wdata": In(stream.Signature(beat_elems * self.elem_bits)),
             "resp": Out(stream.Signature(self.resp_layout)),
             "rdata": Out(stream.Signature(self.rdata_layout)),
             "mem": Out(self.mem_signature),
+            "events": Out(self.events_layout),
         })
 
     # -- hardware ----------------------------------------------------------------------------
@@ -524,7 +527,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
             m.d.comb += exec_a.eq(1)
             m.next = "APPEND_DATA"
 
-        with m.FSM(init="INIT"):
+        with m.FSM(init="INIT") as fsm:
             with m.State("INIT"):
                 m.d.comb += [st_w.addr.eq(init_i), st_w.data.eq(N - 1 - init_i), st_w.en.eq(1)]
                 m.d.sync += init_i.eq(init_i + 1)
@@ -546,50 +549,50 @@ class KVCacheController(KVCacheParams, wiring.Component):
                              d_block_m1.eq(r_blk_m1),
                              d_gm1.eq(Mux(c.group == 0, bpr - 1, c.group - 1))]
                 with m.Switch(c.op):
-                    with m.Case(OP_ALLOC):
+                    with m.Case(KVOp.ALLOC):
                         with m.If(r_hit):
-                            respond(_DUPLICATE_SEQ)
+                            respond(KVStatus.DUPLICATE_SEQ)
                         with m.Elif(~r_any_free):
-                            respond(_TOO_MANY_SEQS)
+                            respond(KVStatus.TOO_MANY_SEQS)
                         with m.Else():
                             m.d.sync += [slot_valid[r_free_slot].eq(1),
                                          slot_id[r_free_slot].eq(c.seq),
                                          slot_len[r_free_slot].eq(0)]
-                            respond(_OK, 0, 0, sp)
-                    with m.Case(OP_STATUS):
+                            respond(KVStatus.OK, 0, 0, sp)
+                    with m.Case(KVOp.STATUS):
                         with m.If(~r_hit):
-                            respond(_UNKNOWN_SEQ)
+                            respond(KVStatus.UNKNOWN_SEQ)
                         with m.Else():
-                            respond(_OK, cur_len, pages_of(cur_len), sp)
-                    with m.Case(OP_READ_K, OP_READ_V):
+                            respond(KVStatus.OK, cur_len, pages_of(cur_len), sp)
+                    with m.Case(KVOp.READ_K, KVOp.READ_V):
                         with m.If(~r_hit):
-                            respond(_UNKNOWN_SEQ)
+                            respond(KVStatus.UNKNOWN_SEQ)
                         with m.Elif(c.head >= H):
-                            respond(_HEAD_OUT_OF_RANGE)
+                            respond(KVStatus.HEAD_OUT_OF_RANGE)
                         with m.Elif(~group_ok):
-                            respond(_BAD_SHAPE)
+                            respond(KVStatus.BAD_SHAPE)
                         with m.Elif(read_end > cur_len):
-                            respond(_READ_PAST_LENGTH)
+                            respond(KVStatus.READ_PAST_LENGTH)
                         with m.Else():
-                            respond(_OK, cur_len, pages_of(cur_len), sp)
+                            respond(KVStatus.OK, cur_len, pages_of(cur_len), sp)
                             with m.If(c.count != 0):
                                 m.next = "READ_DISPATCH"
-                    with m.Case(OP_APPEND):
+                    with m.Case(KVOp.APPEND):
                         exec_append()
-                    with m.Case(OP_FREE):
+                    with m.Case(KVOp.FREE):
                         with m.If(~r_hit):
-                            respond(_UNKNOWN_SEQ)
+                            respond(KVStatus.UNKNOWN_SEQ)
                         with m.Else():
                             m.d.sync += [f_i.eq(0), f_pages.eq(pages_of(cur_len)), f_push.eq(0)]
                             m.next = "FREE_WAIT"
                     with m.Default():
-                        respond(_BAD_OPCODE)
+                        respond(KVStatus.BAD_OPCODE)
 
             with m.State("READ_DISPATCH"):
                 with m.If(rg_can_load & resp_fifo.w_rdy):
                     m.d.comb += resp_fifo.w_en.eq(1)
                     m.d.sync += [rg_active.eq(1), rg_slot.eq(r_slot), rg_head.eq(c.head),
-                                 rg_kv.eq(c.op == OP_READ_V), rg_pos.eq(c.start),
+                                 rg_kv.eq(c.op == KVOp.READ_V), rg_pos.eq(c.start),
                                  rg_bstart.eq(c.start), rg_beat.eq(0), rg_gbase.eq(0),
                                  rg_j.eq(d_gm1), rg_gm1.eq(d_gm1), rg_bcnt.eq(d_first_m1),
                                  rg_blen_m1.eq(d_first_m1), rg_left.eq(d_left),
@@ -600,7 +603,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
                 m.d.comb += self.wdata.ready.eq(1)
                 # a next APPEND is accepted while the beats stream (not with the last one);
                 # other commands wait for IDLE, so their timing is that of an idle decoder
-                early = ~nxt & ~a_last & (self.cmd.payload.op == OP_APPEND)
+                early = ~nxt & ~a_last & (self.cmd.payload.op == KVOp.APPEND)
                 m.d.comb += self.cmd.ready.eq(early)
                 with m.If(self.cmd.valid & early):
                     accept()
@@ -642,7 +645,7 @@ class KVCacheController(KVCacheParams, wiring.Component):
                     m.d.sync += sp.eq(sp + 1)
                 with m.Elif(f_i == f_pages):
                     m.d.sync += slot_valid[r_slot].eq(0)
-                    respond(_OK, 0, 0, sp)
+                    respond(KVStatus.OK, 0, 0, sp)
                     m.next = "RESP"
 
             with m.State("RESP"):
@@ -657,16 +660,16 @@ class KVCacheController(KVCacheParams, wiring.Component):
             m.d.sync += [a_word.eq(0), a_kv.eq(0), a_cnt.eq(0), a_last.eq(0), a_write.eq(0),
                          nxt.eq(0)]
             with m.If(~r_hit):
-                respond(_UNKNOWN_SEQ)
+                respond(KVStatus.UNKNOWN_SEQ)
             with m.Elif(boundary & (sp == 0)):
-                respond(_OUT_OF_PAGES)
+                respond(KVStatus.OUT_OF_PAGES)
             with m.Else():
                 m.d.sync += [
                     a_write.eq(1),
                     a_row.eq((new_page << lg_ps) | (cur_len & (ps - 1))),
                     slot_len[r_slot].eq(cur_len + 1),
                 ]
-                respond(_OK, cur_len + 1, pages_of(cur_len + 1), sp - boundary)
+                respond(KVStatus.OK, cur_len + 1, pages_of(cur_len + 1), sp - boundary)
                 with m.If(boundary):
                     m.d.sync += [sp.eq(sp - 1), slot_tail[r_slot].eq(st_r.data)]
                     m.d.comb += [
@@ -675,4 +678,21 @@ class KVCacheController(KVCacheParams, wiring.Component):
                         bt_w.en.eq(1),
                     ]
 
+        # -- events --
+        ev = self.events
+        stall_output = (self.resp.valid & ~self.resp.ready) | (self.rdata.valid & ~self.rdata.ready)
+        m.d.comb += [
+            ev.busy.eq(~fsm.ongoing("IDLE") | ~rg_idle | resp_fifo.r_rdy | rd_fifo.r_rdy),
+            ev.cmds.eq(self.cmd.valid & self.cmd.ready),
+            ev.cmds_rejected.eq(resp_fifo.w_en & (resp.status != KVStatus.OK)),
+            ev.beats_in.eq(self.wdata.valid & self.wdata.ready),
+            ev.beats_out.eq(self.rdata.valid & self.rdata.ready),
+            ev.stall_output.eq(stall_output),
+            ev.stall_input.eq(~stall_output & fsm.ongoing("APPEND_DATA") & ~self.wdata.valid),
+            ev.stall_dependency.eq(~stall_output & (fsm.ongoing("FREE_WAIT")
+                                                    | (fsm.ongoing("READ_DISPATCH") & ~rg_can_load))),
+            ev.kv_reads.eq(mem.ren), ev.kv_writes.eq(mem.wen),
+            ev.table_reads.eq(issue | fsm.ongoing("FREE_WALK")), ev.table_writes.eq(bt_w.en),
+            ev.free_list_writes.eq(st_w.en),
+        ]
         return m

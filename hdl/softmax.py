@@ -26,19 +26,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from spec import softmax as _g
-from spec.codes import Dtype
+from spec.codes import Dtype, SoftmaxStatus
 
+from . import counters
 from .config import ChipConfig
 
-__all__ = ["SoftmaxUnit", "DTYPE_INT8", "DTYPE_BF16", "COUNTERS"]
-
-# the dtype field: spec.codes.Dtype
-DTYPE_INT8 = Dtype.INT8
-DTYPE_BF16 = Dtype.BF16
-
-#: Performance counters (32 bits each, wrapping), in the order of the ``counters`` port.
-COUNTERS = ("cycles", "busy_cycles", "rows_accepted", "rows_rejected", "rows_done",
-            "beats_in", "beats_out", "in_stall_cycles", "out_stall_cycles", "ring_full_cycles")
+__all__ = ["SoftmaxUnit", "cmd_layout", "out_layout", "events_layout"]
 
 _F = _g.FRAC_BITS
 _EB = _g.EXP_BITS
@@ -55,6 +48,29 @@ _DIV_STEPS_PER_STAGE = 2  # restoring-division steps between two registers of th
 _ROW_QUEUE = 8
 
 assert _g.N_MAX == (1 << _NW) - 1
+
+
+def cmd_layout(max_len):
+    """The command payload of a unit with rows of up to ``max_len`` elements (fields from bit 0:
+    ``length``, ``valid_len``, ``causal_pos`` of ceil_log2(max_len + 1) bits each, ``dtype``
+    (:class:`spec.codes.Dtype`), ``scale`` 32, ``shift`` 6)."""
+    lw = ceil_log2(max_len + 1)
+    return data.StructLayout({
+        "length": lw, "valid_len": lw, "causal_pos": lw, "dtype": Dtype, "scale": 32, "shift": 6})
+
+
+def out_layout(lanes):
+    """The output payload: ``data`` (``lanes`` × 16 bits), ``last``."""
+    return data.StructLayout({"data": data.ArrayLayout(16, lanes), "last": 1})
+
+
+def events_layout(lanes):
+    """The ``events`` port (docs/conventions.md, "Counters"; every field a flag but
+    ``exp_reads``, 0..lanes)."""
+    return counters.events_layout({
+        "busy": 1, "cmds": 1, "cmds_rejected": 1, "rows_out": 1, "beats_in": 1, "beats_out": 1,
+        "stall_output": 1, "stall_input": 1, "stall_ring": 1, "xring_reads": 1,
+        "xring_writes": 1, "ering_reads": 1, "ering_writes": 1, "exp_reads": lanes.bit_length()})
 
 
 def _msb(m, value, name):
@@ -91,24 +107,31 @@ class SoftmaxUnit(wiring.Component):
     cmd : In(stream)
         One command per row: ``length`` (1..L_max elements), ``valid_len`` (padding; values
         above ``length`` mean none), ``causal_pos`` (key j visible only if j ≤ causal_pos; any
-        value ≥ length − 1 means no causal mask), ``dtype`` (0 int8, 1 bf16), ``scale`` (int8:
-        the multiplier m in bits 0..15; bf16: the fp32 constant c) and ``shift`` (int8: sh).
-        A command with ``length`` 0 or > L_max is consumed and dropped: ``error`` pulses, the
-        counter ``rows_rejected`` counts it, no score beat is taken for it and no output is
-        produced; later rows are unaffected.
+        value ≥ length − 1 means no causal mask), ``dtype`` (:class:`spec.codes.Dtype`: 0 int8,
+        1 bf16), ``scale`` (int8: the multiplier m in bits 0..15; bf16: the fp32 constant c)
+        and ``shift`` (int8: sh). A command with ``length`` 0 or > L_max is consumed and
+        dropped: ``error`` shows BAD_LENGTH for one cycle, the event ``cmds_rejected`` counts
+        it, no score beat is taken for it and no output is produced; later rows are
+        unaffected.
     i : In(stream)
         Scores, P per beat (int32 or fp32 bit patterns), ceil(length/P) beats per row in command
         order; lanes past the row's end are ignored.
     o : Out(stream)
         Probabilities, P per beat (``data``: uint8 zero-extended, or bf16 bits), ceil(length/P)
         beats per row, ``last`` on a row's final beat; lanes past the row's end are 0.
-    error : Out(1)
-        One-cycle pulse per rejected command.
-    counters : Out(struct)
-        Performance counters, see :data:`COUNTERS`: cycles since reset, cycles with any row in
-        the unit, commands accepted/rejected, rows output, beats in/out, cycles with a score
-        beat offered but not taken, with an output beat not taken, and with pass A blocked by a
-        full X ring.
+    error : Out(spec.codes.SoftmaxStatus)
+        The code of the command rejected in this cycle (BAD_LENGTH), OK (0) in every other
+        cycle: the unit has no response stream.
+    events : Out(events_layout)
+        What the unit does in each cycle (docs/conventions.md, "Counters"): ``busy`` (a row is
+        in the unit), ``cmds`` and ``cmds_rejected`` (commands taken; rejected),
+        ``rows_out`` (rows finished: an output beat with ``last``), ``beats_in``,
+        ``beats_out``, and at most one stall reason: ``stall_output`` (an output beat not
+        taken), ``stall_input`` (pass A has a row and no score beat is offered),
+        ``stall_ring`` (a score beat offered, pass A cannot take it: the X ring or the row
+        queue to pass B is full); memory words read and written: ``xring_reads``,
+        ``xring_writes``, ``ering_reads``, ``ering_writes``, ``exp_reads`` (exp-table reads,
+        P per beat of pass B).
 
     Latency: an isolated row of B = ceil(length/P) beats leaves its last output beat
     :meth:`row_latency` (= 3·B + :attr:`latency` cycles) after its first score beat is taken.
@@ -142,8 +165,8 @@ class SoftmaxUnit(wiring.Component):
             "cmd": In(stream.Signature(self.cmd_layout)),
             "i": In(stream.Signature(data.ArrayLayout(32, lanes))),
             "o": Out(stream.Signature(self.out_layout)),
-            "error": Out(1),
-            "counters": Out(data.StructLayout({name: 32 for name in COUNTERS})),
+            "error": Out(SoftmaxStatus),
+            "events": Out(self.events_layout),
         }, src_loc_at=src_loc_at + 1)
 
     @classmethod
@@ -167,7 +190,12 @@ class SoftmaxUnit(wiring.Component):
     def cmd_layout(self):
         lw = ceil_log2(self._max_len + 1)
         return data.StructLayout({
-            "length": lw, "valid_len": lw, "causal_pos": lw, "dtype": 1, "scale": 32, "shift": 6})
+            "length": lw, "valid_len": lw, "causal_pos": lw, "dtype": Dtype, "scale": 32, "shift": 6})
+
+    @property
+    def events_layout(self):
+        """The layout of the ``events`` port (:func:`events_layout`)."""
+        return events_layout(self._lanes)
 
     @property
     def out_layout(self):
@@ -415,7 +443,7 @@ class SoftmaxUnit(wiring.Component):
             with m.If(a_last):
                 m.d.sync += a_active.eq(0)
         bad = (self.cmd.payload.length == 0) | (self.cmd.payload.length > self._max_len)
-        m.d.comb += self.error.eq(cmd_fire & bad)
+        m.d.comb += self.error.eq(Mux(cmd_fire & bad, SoftmaxStatus.BAD_LENGTH, SoftmaxStatus.OK))
         with m.If(cmd_fire & ~bad):
             p = self.cmd.payload
             lim0 = Signal(lw + 1)
@@ -634,20 +662,21 @@ class SoftmaxUnit(wiring.Component):
         # ---- ring occupancy -------------------------------------------------------------
         m.d.sync += [x_occ.eq(x_occ + i_fire - b_issue), e_occ.eq(e_occ + b_issue - c_issue)]
 
-        # ---- counters ------------------------------------------------------------------
-        cnt = self.counters
+        # ---- events --------------------------------------------------------------------
+        ev = self.events
         o_fire = self.o.valid & self.o.ready
         busy = a_active | (m1_pend != 0) | m1.r_rdy | m2.r_rdy | b1["valid"] | b2["valid"] | b2b["valid"] \
             | b3["valid"] \
             | (m2_inflight != 0) | (c_pend != 0) | ofifo.r_rdy
-        for name, inc in (
-            ("cycles", 1), ("busy_cycles", busy), ("rows_accepted", cmd_fire & ~bad),
-            ("rows_rejected", cmd_fire & bad), ("rows_done", o_fire & self.o.payload.last),
-            ("beats_in", i_fire), ("beats_out", o_fire),
-            ("in_stall_cycles", self.i.valid & ~self.i.ready),
-            ("out_stall_cycles", self.o.valid & ~self.o.ready),
-            ("ring_full_cycles", a_active & (x_occ >= ring)),
-        ):
-            sig = getattr(cnt, name)
-            m.d.sync += sig.eq(sig + inc)
+        stall_output = self.o.valid & ~self.o.ready
+        m.d.comb += [
+            ev.busy.eq(busy), ev.cmds.eq(cmd_fire), ev.cmds_rejected.eq(cmd_fire & bad),
+            ev.rows_out.eq(o_fire & self.o.payload.last), ev.beats_in.eq(i_fire), ev.beats_out.eq(o_fire),
+            ev.stall_output.eq(stall_output),
+            ev.stall_input.eq(~stall_output & a_active & ~self.i.valid),
+            ev.stall_ring.eq(~stall_output & a_active & self.i.valid & ~self.i.ready),
+            ev.xring_writes.eq(x_wr.en), ev.xring_reads.eq(b_issue),
+            ev.ering_writes.eq(e_wr.en), ev.ering_reads.eq(c_issue),
+            ev.exp_reads.eq(Mux(b1["valid"], P, 0)),
+        ]
         return m

@@ -57,7 +57,7 @@ VERILATOR_WAIVERS = [
 ]
 
 #: Flags of every simulation build. By default the model exposes only its top-level ports to
-#: cocotb: the runner drops cocotb's ``--public-flat-rw`` (see :func:`_runner`), which lets
+#: cocotb: the runner turns cocotb's ``--public-flat-rw`` off again (:data:`TOP_ONLY_VISIBILITY`), which lets
 #: Verilator optimise internal signals away. ``make bench BENCH=flow`` measures the gain on a
 #: free-running clock: 13.7× on the default matmul engine (3.7k → 50.5k cycles/s), none to
 #: speak of on the softmax unit and the KV cache (0.92×, 1.02×: noise). ``build(...,
@@ -146,29 +146,38 @@ def generate_verilog(elaborate, name, params=None):
     return path
 
 
-#: What replaces ``--public-flat-rw`` when only the top level needs to be visible.
-TOP_ONLY_VISIBILITY = ["--public-depth", "1"]
+#: Build arguments that make only the top level visible: cocotb's runner always passes
+#: ``--public-flat-rw``; Verilator's ``--no-`` form of the option, later on the command line,
+#: turns it off again, and ``--public-depth 1`` keeps the top-level ports public.
+TOP_ONLY_VISIBILITY = ["--no-public-flat-rw", "--public-depth", "1"]
 
 
-def _runner(public=False, make_vars=None):
-    """cocotb's Verilator runner; without ``public`` it does not add ``--public-flat-rw``;
-    ``make_vars`` (name → value) are appended to the make command of the model."""
+def _runner():
     from cocotb_tools.runner import get_runner
 
-    runner = get_runner("verilator")
-    if not public or make_vars:
-        build_command = runner._build_command
+    return get_runner("verilator")
 
-        def _build_command():
-            cmds = build_command()
-            if not public:
-                i = cmds[0].index("--public-flat-rw")
-                cmds[0][i:i + 1] = TOP_ONLY_VISIBILITY
-            cmds[-1].extend(f"{k}={v}" for k, v in sorted((make_vars or {}).items()))
-            return cmds
 
-        runner._build_command = _build_command
-    return runner
+@contextmanager
+def _make_variables(variables):
+    """While in the block, GNU make's ``MAKEFLAGS`` environment variable also defines
+    ``variables`` (name → value), as command-line definitions.
+
+    cocotb's runner compiles the model with a ``make`` command of its own and offers no way to
+    add arguments to it, but it runs the command in the process environment, and GNU make takes
+    command-line variable definitions from ``MAKEFLAGS`` as well (ahead of the makefile's own
+    assignments, like arguments). This is the one place that relies on it."""
+    old = os.environ.get("MAKEFLAGS")
+    escaped = {k: str(v).replace(" ", "\\ ") for k, v in variables.items()}  # make splits words at spaces
+    defs = " ".join(f"{k}={v}" for k, v in sorted(escaped.items()))
+    os.environ["MAKEFLAGS"] = f"{old} {defs}" if old and old.strip() else defs
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["MAKEFLAGS"]
+        else:
+            os.environ["MAKEFLAGS"] = old
 
 
 #: Make variables of every build. They fix models big enough for Verilator's parallel build: the
@@ -210,6 +219,7 @@ def build(elaborate, name, params=None, *, waves=None, public=False, make_vars=N
     verilog_path = generate_verilog(elaborate, name, params)
     import cocotb
     flags = BUILD_FLAGS + (fst_trace_flags() if waves else [])
+    visibility = [] if public else TOP_ONLY_VISIBILITY
     key = _sha(verilog_path.read_bytes(), flags, public or TOP_ONLY_VISIBILITY,
                toolchain.verilator_version(), cocotb.__version__,
                *(() if not make_vars else (json.dumps(make_vars, sort_keys=True),)))
@@ -219,10 +229,11 @@ def build(elaborate, name, params=None, *, waves=None, public=False, make_vars=N
         if not stamp.exists():
             if build_dir.exists():
                 shutil.rmtree(build_dir)
-            runner = _runner(public, make_vars)
+            runner = _runner()
             t0 = time.monotonic()
-            runner.build(sources=[verilog_path], hdl_toplevel=name, build_dir=build_dir,
-                         build_args=flags, waves=waves, log_file=build_dir / "build.log")
+            with _make_variables(make_vars):
+                runner.build(sources=[verilog_path], hdl_toplevel=name, build_dir=build_dir,
+                             build_args=flags + visibility, waves=waves, log_file=build_dir / "build.log")
             stamp.write_text(f"{time.monotonic() - t0:.1f} s\n")
     return Design(name=name, toplevel=name, verilog=verilog_path, build_dir=build_dir,
                   waves=waves, params=dict(params or {}))

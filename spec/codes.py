@@ -6,7 +6,7 @@ values are part of the contract (docs/numerics.md, docs/<block>.md) and never ch
 
 from amaranth.lib import enum
 
-__all__ = ["Dtype", "OutFormat", "MatmulStatus", "KVOp", "KVStatus", "ChipError"]
+__all__ = ["Dtype", "OutFormat", "MatmulStatus", "SoftmaxStatus", "KVOp", "KVStatus", "ChipError"]
 
 
 class Dtype(enum.IntEnum, shape=1):
@@ -33,6 +33,13 @@ class MatmulStatus(enum.IntEnum, shape=4):
     BAD_FORMAT = 4        #: out_fmt does not belong to dtype
     BAD_REQUANT = 5       #: a requant multiplier ≥ 2**31 or shift outside 1..62 (ran, shift clamped)
     BAD_W_FORMAT = 6      #: w_packed with bf16 or transposed weights (nothing consumed but the command)
+
+
+class SoftmaxStatus(enum.IntEnum, shape=2):
+    """The softmax unit's ``error`` port: the code of a command it rejected in that cycle (it has
+    no response stream); OK in every other cycle."""
+    OK = 0
+    BAD_LENGTH = 1        #: length 0 or above max_len (the command is dropped, no score beat taken)
 
 
 class KVOp(enum.IntEnum, shape=3):

@@ -12,7 +12,6 @@ from amaranth.lib.wiring import In, Out
 
 from bench.fpga import KEEP_SELECTION, arg_parser, board_wrapper, top_ports
 from sim.runner import VERILATOR_WAIVERS
-from sim.toolchain import verilator_env
 
 
 class Odd(wiring.Component):
@@ -60,12 +59,11 @@ def test_board_wrapper_connects_every_port_bit_once_through_the_shift_registers(
         assert sorted(bits) == list(range(width))
 
 
-@pytest.mark.cocotb    # needs the Verilator binary
-def test_board_wrapper_with_its_block_is_verilator_lint_clean(odd_verilog, tmp_path):
+def test_board_wrapper_with_its_block_is_verilator_lint_clean(odd_verilog, tmp_path, verilator):
     path = tmp_path / "odd_board.v"
     path.write_text(odd_verilog + "\n" + board_wrapper(odd_verilog, "odd"))
     result = subprocess.run(["verilator", "--lint-only", "-Wall", *VERILATOR_WAIVERS, "--top-module", "odd_board",
-                             str(path)], env=verilator_env(), capture_output=True, text=True)
+                             str(path)], env=verilator, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
 
 

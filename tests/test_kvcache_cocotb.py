@@ -8,16 +8,20 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from golden.kvcache import KVCommand, KVOp, KVStatus, PagedKVCache, read_order
+from golden.kvcache import KVCommand, KVOp, KVResponse, KVStatus, PagedKVCache, read_order
 from hdl.config import get_config
 from hdl.kvcache import KVCacheParams
 from sim.kvcache_api import run_kvcache
 
 STALLS = {
     "no_stalls": dict(),
-    "random_stalls": dict(cmd_stall=0.3, data_stall=0.3, resp_backpressure=0.3,
-                          read_backpressure=0.4),
+    "random_stalls": dict(stall=0.3, backpressure=0.4),
 }
+
+
+def responses(result):
+    """The responses of a run as golden.KVResponse tuples."""
+    return [KVResponse(*r.tolist()) for r in result.responses]
 
 
 def random_rows(rng, cache):
@@ -126,12 +130,13 @@ def golden_beats(ctrl, cmd, rows):
 def check_against_golden(config, cmds, result):
     """Every response equal to golden's, every read beat bit-identical and in golden's beat
     order (block/group), every K/V write in the physical page golden chose, the beat framing
-    (``last`` on each READ's final beat, int8 lanes sign-extended, no extra beats) right."""
+    (``last`` on each READ's final beat, int8 lanes sign-extended, no extra beats) right, and
+    the event counts equal to what golden says happened."""
     ctrl = KVCacheParams.from_config(get_config(config))
     want, addrs = expected(config, cmds)
     assert len(result.responses) == len(cmds)
     for i, (cmd, (resp, rows), got, got_rows, got_beats) in enumerate(
-            zip(cmds, want, result.responses, result.reads, result.read_beats, strict=True)):
+            zip(cmds, want, responses(result), result.reads, result.read_beats, strict=True)):
         where = f"command {i} {cmd[:5]} block {cmd.block} group {cmd.group}"
         assert got == resp, f"{where}: hardware {got}, golden {resp} (seed {result.seed})"
         if rows is None:
@@ -141,14 +146,19 @@ def check_against_golden(config, cmds, result):
                 f"{where}: read beats differ (data or order)"
             assert np.array_equal(raw(got_rows), raw(rows)), f"{where}: read data differs"
     n_beats = sum(len(r) for _, r in want if r is not None) * ctrl.beats_per_row
-    assert result.counters["read_beats"] == n_beats
+    assert len(result.rdata) == n_beats
     ends = np.cumsum([len(r) * ctrl.beats_per_row for _, r in want if r is not None and len(r)])
     assert np.array_equal(np.flatnonzero(result.last), ends - 1)
     if ctrl.dtype == "int8":
-        lanes = result.lanes.view(np.int16)
+        lanes = result.rdata.view(np.int16)
         assert np.array_equal(lanes, lanes.astype(np.int8).astype(np.int16)), "int8 lane not sign-extended"
-    assert np.array_equal(result.counters["write_addrs"], np.array(addrs, np.int64)), \
+    assert np.array_equal(result.mem_writes, np.array(addrs, np.int64)), \
         "K/V memory writes differ from golden's physical pages (or an error wrote)"
+    c = result.counters
+    appends = sum(1 for cmd in cmds if cmd.op == KVOp.APPEND)
+    assert (c["cmds"], c["cmds_rejected"]) == (len(cmds), sum(1 for r, _ in want if r.status != KVStatus.OK))
+    assert (c["beats_in"], c["beats_out"], c["kv_reads"]) == (appends * ctrl.append_beats, n_beats, n_beats)
+    assert c["kv_writes"] == len(addrs) and c["busy"] <= result.cycles
     return want
 
 
@@ -167,7 +177,6 @@ def tagged(cache, tag):
     return k, (-k).astype(cache.np_dtype)
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny")
 @pytest.mark.parametrize("stalls", STALLS)
 def test_random_command_stream_matches_golden_response_by_response_tiny(stalls):
@@ -176,7 +185,7 @@ def test_random_command_stream_matches_golden_response_by_response_tiny(stalls):
     cmds = random_commands(PagedKVCache.from_config(get_config("tiny").kvcache), 10_000, seed)
     result = run_kvcache(cmds, config="tiny", seed=seed, **STALLS[stalls])
     want = check_against_golden("tiny", cmds, result)
-    assert result.counters["read_beats"] > 10_000
+    assert len(result.rdata) > 10_000
     codes = {r.status for r, _ in want}
     assert codes == set(int(s) for s in KVStatus), f"not every status code exercised: {codes}"
     assert_tiled_reads_exercised("tiny", cmds, want)
@@ -218,7 +227,6 @@ def isolation_commands(cache):
     return cmds, {A: 4, B: 2, C: 3}
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny")
 @pytest.mark.parametrize("stalls", STALLS)
 def test_sequences_only_read_their_own_rows_after_free_reuse_and_failed_appends(stalls):
@@ -240,7 +248,6 @@ def test_sequences_only_read_their_own_rows_after_free_reuse_and_failed_appends(
     assert seen > 4 * cache.num_pages * cache.page_size // 2
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny")
 def test_back_to_back_reads_stream_one_beat_per_cycle_across_pages_and_heads():
     cache = PagedKVCache.from_config(get_config("tiny").kvcache)
@@ -256,17 +263,16 @@ def test_back_to_back_reads_stream_one_beat_per_cycle_across_pages_and_heads():
     check_against_golden("tiny", cmds + reads, result)
     beats = len(reads) * n * ctrl.beats_per_row
     assert beats // len(reads) >= ctrl.command_cycles
-    rc = result.counters["read_cycles"]
+    rc = result.rdata_cycles
     assert len(rc) == beats and np.all(np.diff(rc) == ctrl.throughput), \
         f"bubbles in the read stream: gaps {np.unique(np.diff(rc))}"
-    first_read_accepted = result.counters["cmd_cycles"][len(cmds)]
+    first_read_accepted = result.cmd_cycles[len(cmds)]
     assert rc[0] - first_read_accepted == ctrl.read_latency
-    ac = result.counters["append_cycles"]
+    ac = result.wdata_cycles
     per_append = ctrl.append_beats
     assert np.all(np.diff(ac.reshape(-1, per_append), axis=1) == 1), "bubbles inside an APPEND"
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny")
 @pytest.mark.parametrize("block, group", [(3, 1), (0, 1), (2, 0), (5, 1), (1, 1)])
 def test_tiled_reads_stream_one_beat_per_cycle_across_pages_and_block_jumps(block, group):
@@ -284,10 +290,10 @@ def test_tiled_reads_stream_one_beat_per_cycle_across_pages_and_block_jumps(bloc
     result = run_kvcache(cmds + reads, config="tiny", seed=5)
     check_against_golden("tiny", cmds + reads, result)
     beats = len(reads) * (n - 1) * ctrl.beats_per_row
-    rc = result.counters["read_cycles"]
+    rc = result.rdata_cycles
     assert len(rc) == beats and np.all(np.diff(rc) == ctrl.throughput), \
         f"bubbles in the tiled read stream: gaps {np.unique(np.diff(rc))}"
-    assert rc[0] - result.counters["cmd_cycles"][len(cmds)] == ctrl.read_latency
+    assert rc[0] - result.cmd_cycles[len(cmds)] == ctrl.read_latency
     # every element of row p is p: the stream's positions are golden's read order
     order = read_order(1, n - 1, block, group, ctrl.beats_per_row)
     assert np.array_equal(result.read_beats[len(cmds)][:, 0].astype(int), order[:, 0])
@@ -311,7 +317,6 @@ def back_to_back_appends(config, n, seed):
     return cmds[:len(seqs) + n], len(seqs)
 
 
-@pytest.mark.cocotb
 @pytest.mark.parametrize("config, n", [("tiny", 128), ("default", 64)])
 @pytest.mark.parametrize("stalls", STALLS)
 def test_back_to_back_appends_stream_one_beat_per_cycle_without_bubbles_between_commands(
@@ -331,9 +336,9 @@ def test_back_to_back_appends_stream_one_beat_per_cycle_without_bubbles_between_
     lengths = [r.length for r, _ in want[first:] if r.status == KVStatus.OK]
     assert sum(1 for a, b in zip(lengths[:-1], lengths[1:], strict=True) if b == a + 1 and a % ctrl.page_size == 0) >= 2
     if stalls == "no_stalls":
-        ac = result.counters["append_cycles"]
+        ac = result.wdata_cycles
         assert len(ac) == n * ctrl.append_beats
-        assert ac[0] - result.counters["cmd_cycles"][first] == ctrl.append_latency
+        assert ac[0] - result.cmd_cycles[first] == ctrl.append_latency
         assert np.all(np.diff(ac) == ctrl.throughput), \
             f"bubbles in the append stream: gaps {np.unique(np.diff(ac))}"
 
@@ -341,7 +346,6 @@ def test_back_to_back_appends_stream_one_beat_per_cycle_without_bubbles_between_
 TINY_BF16 = get_config("tiny").replace(name="tiny_bf16", kvcache={"dtype": "bf16"})
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_tiny_bf16")
 @pytest.mark.parametrize("stalls", STALLS)
 def test_bf16_random_command_stream_matches_golden_bit_for_bit(stalls):
@@ -356,7 +360,6 @@ def test_bf16_random_command_stream_matches_golden_bit_for_bit(stalls):
     assert nan_rows > 100  # random bit patterns: NaN payloads travel untouched
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_default")
 @pytest.mark.parametrize("stalls", STALLS)
 def test_default_config_random_command_stream_matches_golden(stalls):
@@ -377,7 +380,6 @@ EDGE_GEOMETRIES = {
 }
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("kvcache_edges")
 @pytest.mark.parametrize("geometry", EDGE_GEOMETRIES)
 def test_edge_geometries_random_command_stream_matches_golden(geometry):
@@ -389,7 +391,7 @@ def test_edge_geometries_random_command_stream_matches_golden(geometry):
     cmds = random_commands(PagedKVCache.from_config(get_config(cfg).kvcache), 3000, seed)
     result = run_kvcache(cmds, config=cfg, seed=seed, **STALLS["random_stalls"])
     want = check_against_golden(cfg, cmds, result)
-    assert result.counters["read_beats"] > 1000
+    assert len(result.rdata) > 1000
     if KVCacheParams.from_config(cfg).beats_per_row > 1:
         assert KVStatus.BAD_SHAPE in {r.status for r, _ in want}
         assert_tiled_reads_exercised(cfg, cmds, want, at_least=20)

@@ -28,11 +28,16 @@ def _design():
     return runner.build(AddOne, "loopback_add_one", {"width": 16})
 
 
-pytestmark = [pytest.mark.cocotb, pytest.mark.xdist_group("runner")]
+@pytest.fixture
+def design(verilator):
+    return _design()
 
 
-def test_second_build_of_unchanged_design_reuses_the_verilator_model():
-    first = _design()
+pytestmark = pytest.mark.xdist_group("runner")
+
+
+def test_second_build_of_unchanged_design_reuses_the_verilator_model(design):
+    first = design
     stamp = first.build_dir / ".built"
     mtime = stamp.stat().st_mtime_ns
     second = _design()
@@ -41,21 +46,21 @@ def test_second_build_of_unchanged_design_reuses_the_verilator_model():
 
 
 @pytest.mark.parametrize("stall, backpressure", [(0.0, 0.0), (0.4, 0.4)])
-def test_stream_data_round_trips_through_verilator_under_stalls(stall, backpressure):
+def test_stream_data_round_trips_through_verilator_under_stalls(design, stall, backpressure):
     x = np.random.default_rng(7).integers(0, 1 << 16, 500)
-    out = runner.run(_design(), "sim.tb.loopback", testcase="add_one_stream",
+    out = runner.run(design, "sim.tb.loopback", testcase="add_one_stream",
                      data={"x": x, "seed": 11, "stall": stall, "backpressure": backpressure})
     np.testing.assert_array_equal(out["y"], (x + 1) & 0xFFFF)
 
 
-def test_failing_cocotb_test_raises_simulation_error():
+def test_failing_cocotb_test_raises_simulation_error(design):
     with pytest.raises(runner.SimulationError, match="1 of 1 cocotb tests failed"):
-        runner.run(_design(), "sim.tb.loopback", testcase="deliberately_wrong_expectation")
+        runner.run(design, "sim.tb.loopback", testcase="deliberately_wrong_expectation")
 
 
-def test_unknown_testcase_is_an_error_not_a_silent_pass():
+def test_unknown_testcase_is_an_error_not_a_silent_pass(design):
     with pytest.raises(runner.SimulationError):
-        runner.run(_design(), "sim.tb.loopback", testcase="no_such_test")
+        runner.run(design, "sim.tb.loopback", testcase="no_such_test")
 
 
 def test_verilator_older_than_cocotb_supports_is_reported(monkeypatch):

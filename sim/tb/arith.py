@@ -1,6 +1,6 @@
 """Testbenches of the arithmetic units (hdl/arith.py), and what they share with pytest.
 
-Three parts:
+Parts:
 
 * **Vectors**: seeded numpy generators of operands biased towards the hard cases (every
   special-value class, exponents close to each other, cancellation, rounding ties, overflow
@@ -10,9 +10,18 @@ Three parts:
   unchanged Verilog that Amaranth generates from hdl/arith.py) one per enabled cycle, with
   seeded random ``en`` gaps, and stores the results in a second memory; the testbench loads and
   dumps the memories as files, so Python is out of the per-vector loop.
-* **cocotb tests**: ``bulk_vectors`` pushes the packed words it is given through the bulk
-  harness (optionally with random ``en`` gaps) and saves the outputs; ``stream_vectors`` drives
-  a real stream unit with random valid gaps and ready backpressure.
+* **cocotb test** ``bulk_vectors``: pushes the packed words it is given through the bulk
+  harness (optionally with random ``en`` gaps) and saves the outputs.
+* **Stream units**: :func:`streams_top` holds the four real stream units in one build; the tests
+  drive them with the testbench kit through :func:`sim.streams.run_streams`.
+
+The bulk harness is the one Verilog harness kept (docs/conventions.md, "Simulation"), for its
+measured speed: on the development machine (``make bench BENCH=arith``, 1,000,000 vectors per
+unit) the cores run 480,000–580,000 vectors per second in it (150,000–190,000 end to end,
+with the file transfers), where the testbench kit drives a stream unit at 23,000–40,000 beats
+per second — 15 to 25 times slower. The regression's 5.3 million vectors (4 × 1,000,000 random
+plus the special-value sets) take about 30 s in the harness and would take about 3 minutes of a
+core through the kit.
 """
 
 import numpy as np
@@ -20,7 +29,7 @@ import numpy as np
 import golden
 
 __all__ = ["UNITS", "pack_inputs", "expected", "random_vectors", "special_vectors", "bulk_verilog",
-           "bulk_build_params", "streams_verilog", "streams_build_params", "core_latency",
+           "bulk_build_params", "streams_top", "streams_build_params", "core_latency",
            "int8_mac_reference", "BULK_DEPTH", "BULK_UNITS"]
 
 #: unit name → (core class name, stream class name, input fields with widths, output width,
@@ -380,34 +389,35 @@ endmodule
     return "".join(parts) + harness
 
 
-def streams_verilog(name="arith_streams", config="default"):
-    """Verilog of a test-only top ``name`` holding the four stream units exactly as
-    hdl/tops.py builds them for ``config`` (their own modules, unchanged), side by side in one
-    Verilator build. The wrapper only renames ports: unit ``u``'s ``i__valid`` is ``u__i__valid``
-    and so on; ``clk`` and ``rst`` are shared."""
-    from amaranth.back import verilog
+def streams_top(config="default"):
+    """A test-only top holding the four stream units exactly as hdl/tops.py builds them for
+    ``config``, side by side in one Verilator build (one build instead of four). Unit ``u``'s
+    ports keep their names under ``u``: ``u__i__valid``, ``u__o__payload``, …; ``clk`` and
+    ``rst`` are shared."""
+    from amaranth.hdl import Module
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import Out
 
     from hdl.tops import elaborate_top
 
-    parts, ports, decls, insts = [], ["clk", "rst"], ["  input clk;", "  input rst;"], []
-    for unit, (_, _, fields, out_width, _, _) in UNITS.items():
-        text = verilog.convert(elaborate_top(unit, config), name=unit, emit_src=False)
-        parts.append(text.replace("(* top =  1  *)\n", ""))
-        in_width = sum(fields.values())
-        conns = []
-        for port, direction, width in (("i__valid", "input", 1), ("i__ready", "output", 1),
-                                       ("i__payload", "input", in_width), ("o__valid", "output", 1),
-                                       ("o__ready", "input", 1), ("o__payload", "output", out_width)):
-            ports.append(f"{unit}__{port}")
-            decls.append(f"  {direction} {'' if width == 1 else f'[{width - 1}:0] '}{unit}__{port};")
-            conns.append(f".{port}({unit}__{port})")
-        insts.append(f"  {unit} u_{unit}(.clk(clk), .rst(rst), {', '.join(conns)});")
-    wrapper = f"module {name}({', '.join(ports)});\n" + "\n".join(decls + insts) + "\nendmodule\n"
-    return "".join(parts) + wrapper
+    units = {unit: elaborate_top(unit, config) for unit in UNITS}
+
+    class ArithStreams(wiring.Component):
+        def __init__(self):
+            super().__init__({unit: Out(dut.signature) for unit, dut in units.items()})
+
+        def elaborate(self, platform):
+            m = Module()
+            for unit, dut in units.items():
+                m.submodules[unit] = dut
+                wiring.connect(m, wiring.flipped(getattr(self, unit)), dut)
+            return m
+
+    return ArithStreams()
 
 
 def streams_build_params(config="default"):
-    """Cache-key parameters of :func:`streams_verilog` (see :func:`bulk_build_params`)."""
+    """Cache-key parameters of :func:`streams_top` (see :func:`bulk_build_params`)."""
     return {**bulk_build_params(), "harness": "streams", "config": config}
 
 
@@ -419,13 +429,12 @@ except ImportError:  # pragma: no cover - the vectors are usable without cocotb
     cocotb = None
 
 if cocotb is not None:
-    import random
     import time
 
     from cocotb.clock import Clock
     from cocotb.triggers import ReadOnly, RisingEdge
 
-    from .common import StreamDriver, StreamMonitor, load_inputs, save_outputs, start_clock_and_reset
+    from .common import load_inputs, save_outputs
 
     def _write_words(path, words):
         # $fread fills each 64-bit memory word from 8 bytes, most significant first
@@ -492,33 +501,3 @@ if cocotb is not None:
             outs.append(_read_hex(run_dir() / "bulk_outputs.hex"))
         save_outputs(y=np.concatenate(outs) if outs else np.zeros(0, np.uint32),
                      cycles=np.array(cycles), sim_seconds=np.array(sim_seconds))
-
-    @cocotb.test()
-    async def stream_vectors(dut):
-        """Send ``inputs`` (packed payloads) through a stream unit (ports ``<prefix>i__*`` and
-        ``<prefix>o__*``) with valid gaps ``stall`` and ready backpressure ``backpressure``
-        (seeded by ``seed``); save the outputs as ``y`` and the host time of the transfer as
-        ``sim_seconds``."""
-        arrays, meta = load_inputs()
-        words = arrays["inputs"]
-        seed = int(meta.get("seed", 0))
-        rand = random.Random(seed)
-        cocotb.log.info("stream_vectors: %d beats, stall %.2f, backpressure %.2f, seed %d",
-                        words.size, meta.get("stall", 0.0), meta.get("backpressure", 0.0), seed)
-        prefix = meta.get("prefix", "")
-        await start_clock_and_reset(dut)
-        driver = StreamDriver(dut, f"{prefix}i", dut.clk, stall=float(meta.get("stall", 0.0)),
-                              rand=random.Random(rand.random()))
-        monitor = StreamMonitor(dut, f"{prefix}o", dut.clk, backpressure=float(meta.get("backpressure", 0.0)),
-                                rand=random.Random(rand.random()))
-        t0 = time.perf_counter()
-        cocotb.start_soon(driver.send(int(x) for x in words))
-        out = await monitor.receive(words.size, timeout_cycles=1000)
-        seconds = time.perf_counter() - t0
-        # nothing more may come out
-        for _ in range(20):
-            monitor.ready.value = 1
-            await ReadOnly()
-            assert not monitor.valid.value, "the unit produced a beat that was never sent"
-            await RisingEdge(dut.clk)
-        save_outputs(y=np.array(out, dtype=np.uint64), sim_seconds=np.array(seconds))

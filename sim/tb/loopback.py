@@ -3,7 +3,7 @@
 import cocotb
 import numpy as np
 
-from sim.tb.common import StreamDriver, StreamMonitor, load_inputs, rng, save_outputs, start_clock_and_reset
+from sim.tb.common import StreamSink, StreamSource, load_inputs, random_pause, rng, save_outputs, start_clock_and_reset
 
 
 @cocotb.test()
@@ -11,11 +11,11 @@ async def add_one_stream(dut):
     arrays, meta = load_inputs()
     await start_clock_and_reset(dut)
     r = rng(meta)
-    drv = StreamDriver(dut, "i", dut.clk, stall=meta.get("stall", 0.0), rand=r)
-    mon = StreamMonitor(dut, "o", dut.clk, backpressure=meta.get("backpressure", 0.0), rand=r)
+    source = StreamSource(dut, "i", pause=random_pause(meta.get("stall", 0.0), r.random()))
+    sink = StreamSink(dut, "o", pause=random_pause(meta.get("backpressure", 0.0), r.random()))
     xs = [int(v) for v in arrays["x"]]
-    cocotb.start_soon(drv.send(xs))
-    got = await mon.receive(len(xs), timeout_cycles=1000)
+    source.send_nowait(xs)
+    got = await sink.receive(len(xs), timeout_cycles=1000)
     save_outputs(y=np.array(got, dtype=np.int64))
 
 

@@ -9,11 +9,13 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.hdl import Elaboratable, Module, Shape
+from amaranth.hdl import Elaboratable, Fragment, Module, Shape
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 from spad_streams import Edges, drive, seed_of, take
 
+from golden.scratchpad import Descriptor, ScratchpadModel
+from golden.scratchpad import walk as golden_walk
 from hdl.agu import AddressGenerator, SpadReader, SpadWriter, descriptor_layout, write_data_layout
 from hdl.config import get_config
 from hdl.scratchpad import READ_LATENCY, WRITE_LATENCY, Scratchpad
@@ -35,18 +37,12 @@ def unpack(layout, word):
 
 
 def walk(desc, addr_width):
-    """numpy reference of a descriptor's beats: (addr or None, last0, last1, last, empty)."""
-    c = [desc[f"count{k}"] for k in range(3)]
-    if 0 in c:
+    """A descriptor's beats as the generator gives them: (addr or None, last0, last1, last,
+    empty), from the reference walk (golden.scratchpad.walk)."""
+    addr, last0, last1, last = golden_walk(desc, addr_width=addr_width)
+    if not len(addr):
         return [(None, 1, 1, 1, 1)]
-    i2, i1, i0 = np.meshgrid(*(np.arange(n, dtype=np.int64) for n in c[::-1]), indexing="ij")
-    addr = desc["base"] + i2 * desc["stride2"] + i1 * desc["stride1"] + i0 * desc["stride0"]
-    addr = np.minimum(addr, (1 << addr_width) - 1)
-    last0 = i0 == c[0] - 1
-    last1 = last0 & (i1 == c[1] - 1)
-    last = last1 & (i2 == c[2] - 1)
-    return [(int(a), int(x), int(y), int(z), 0)
-            for a, x, y, z in zip(addr.ravel(), last0.ravel(), last1.ravel(), last.ravel(), strict=True)]
+    return [(int(a), int(x), int(y), int(z), 0) for a, x, y, z in zip(addr, last0, last1, last, strict=True)]
 
 
 def random_descriptors(rng, n, *, addr_width, max_count=4, bases=None):
@@ -87,6 +83,8 @@ def test_latencies_and_from_config():
     assert SpadReader(addr_width=8, lanes=2, depth=2).throughput == 0.5
     assert "mask" not in dict(write_data_layout(8, False)).keys()
     assert descriptor_layout(addr_width=16).size == 4 * 16 + 3 * 16
+    for block in (agu, r, w):
+        Fragment.get(block, None)   # each elaborates at the default size
 
 
 # -- the address generator ---------------------------------------------------------------------
@@ -170,14 +168,14 @@ class Rig(Elaboratable):
 def write_model(rig, writes):
     """The memory after every writer's descriptors and words, writer by writer (their
     regions do not overlap)."""
-    mem = {}
+    model = ScratchpadModel(lanes=rig.spad.lanes, words=rig.spad.words, banks=rig.spad.banks)
     for descs, words in writes:
-        addrs = [b[0] for d in descs for b in walk(d, rig.spad.addr_width) if not b[4]]
-        for a, (lanes, mask) in zip(addrs, words, strict=True):
-            if a < rig.spad.capacity:
-                old = mem.get(a, (0,) * rig.spad.lanes)
-                mem[a] = tuple(lanes[k] if mask >> k & 1 else old[k] for k in range(rig.spad.lanes))
-    return mem
+        words = iter(words)
+        for d in descs:
+            beats = [next(words) for _ in range(Descriptor(**d).size)]
+            if beats:
+                model.write_walk(d, [w for w, _ in beats], [m for _, m in beats])
+    return model
 
 
 def run_rig(rig, *, writes, reads, seed, stall=0.0, backpressure=0.0, after_writes=True):
@@ -244,14 +242,12 @@ def run_rig(rig, *, writes, reads, seed, stall=0.0, backpressure=0.0, after_writ
     return st
 
 
-def expected_reads(rig, mem, descs):
-    aw, L = rig.spad.addr_width, rig.spad.lanes
+def expected_reads(rig, model, descs):
     out = []
     for d in descs:
-        for a, l0, l1, last, empty in walk(d, aw):
-            if not empty:
-                word = mem.get(a, (0,) * L) if a < rig.spad.capacity else (0,) * L
-                out.append((word, l0, l1, last))
+        _, last0, last1, last = golden_walk(d, addr_width=model.addr_width)
+        for word, flags in zip(model.read_walk(d), zip(last0, last1, last, strict=True), strict=True):
+            out.append((tuple(int(x) for x in word), *(int(f) for f in flags)))
     return out
 
 

@@ -22,7 +22,7 @@ from .memport import SyncMemory
 
 __all__ = ["Scratchpad", "RoundRobin", "READ_LATENCY", "WRITE_LATENCY", "address_width",
            "read_port_signature", "write_port_signature", "read_request_layout",
-           "read_response_layout", "write_request_layout", "check_int"]
+           "read_response_layout", "write_request_layout", "scratchpad_events_layout", "check_int"]
 
 #: Cycles from a read request's acceptance to its response's ``valid`` (no bank conflict).
 READ_LATENCY = 3
@@ -76,6 +76,19 @@ def write_port_signature(*, addr_width, lanes):
     one-cycle pulse per request, in request order, once the write is visible to reads)."""
     return wiring.Signature({"req": Out(stream.Signature(write_request_layout(addr_width, lanes))),
                              "done": In(1)})
+
+
+def scratchpad_events_layout(*, banks, read_ports, write_ports):
+    """The ``events`` layout of a :class:`Scratchpad`: ``bank<b>_reads``, ``bank<b>_writes``
+    (flags), ``r<i>_wait``, ``w<j>_wait`` (flags), ``bad_addr`` (requests per cycle)."""
+    fields = {}
+    for b in range(banks):
+        fields[f"bank{b}_reads"] = 1
+        fields[f"bank{b}_writes"] = 1
+    fields.update({f"r{i}_wait": 1 for i in range(read_ports)})
+    fields.update({f"w{j}_wait": 1 for j in range(write_ports)})
+    fields["bad_addr"] = ceil_log2(read_ports + write_ports + 1)
+    return events_layout(fields)
 
 
 def _lowest_one(m, x, width, name):
@@ -281,14 +294,8 @@ class Scratchpad(wiring.Component):
 
     @property
     def events_layout(self):
-        fields = {}
-        for b in range(self._banks):
-            fields[f"bank{b}_reads"] = 1
-            fields[f"bank{b}_writes"] = 1
-        fields.update({f"r{i}_wait": 1 for i in range(self._read_ports)})
-        fields.update({f"w{j}_wait": 1 for j in range(self._write_ports)})
-        fields["bad_addr"] = ceil_log2(self._read_ports + self._write_ports + 1)
-        return events_layout(fields)
+        return scratchpad_events_layout(banks=self._banks, read_ports=self._read_ports,
+                                        write_ports=self._write_ports)
 
     # -- hardware ----------------------------------------------------------------------------
     def _entry_layout(self, write):

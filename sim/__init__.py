@@ -1,5 +1,7 @@
 """Simulation flow: Amaranth → Verilog → Verilator → cocotb, and Python APIs that run one
-operation on the Verilated RTL (``sim.run_matmul``, ``sim.run_softmax``, ``sim.run_kvcache``)."""
+operation on the Verilated RTL (``sim.run_matmul``, ``sim.run_softmax``, ``sim.run_kvcache``,
+``sim.run_spad``)."""
 from .kvcache_api import run_kvcache  # noqa: F401
 from .matmul_api import run_matmul  # noqa: F401
 from .softmax_api import run_softmax  # noqa: F401
+from .spad_api import run_spad  # noqa: F401

@@ -394,3 +394,32 @@ def test_bad_addresses_read_zeros_drop_writes_answer_done_and_are_counted():
     assert sum(e["bank0_writes"] for e in first["events"]) == 1
     got = _writes_then_reads(writes, [[24, 5, top], [0, 16], [23]], seed=5, stall=0.0, backpressure=0.0)
     assert got == [[(0, 0), (3, 4), (0, 0)], [(0, 0), (0, 0)], [(0, 0)]]
+
+
+def test_round_robin_grants_the_first_requester_after_the_last_granted():
+    """Random request patterns against the rule: the grant is the first requester after the one
+    granted last (wrapping; 0 first after reset), one-hot, and none without requests."""
+    rng = np.random.default_rng(seed_of(13))
+    pattern = [int(x) for x in rng.integers(0, 32, 300)]
+    pattern[10:14] = [0] * 4
+    dut = RoundRobin(count=5)
+    seen = []
+
+    async def bench(ctx):
+        for req in pattern:
+            ctx.set(dut.requests, req)
+            (grant,) = await Edges(ctx).tick(dut.grant)
+            seen.append(grant)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    last = 4
+    for req, grant in zip(pattern, seen, strict=True):
+        if not req:
+            assert grant == 0
+            continue
+        want = next((last + k) % 5 for k in range(1, 6) if req >> ((last + k) % 5) & 1)
+        assert grant == 1 << want, (req, grant, last)
+        last = want

@@ -11,17 +11,19 @@ The design (:class:`SpadHarness`) is a scratchpad of the configuration with a
 port, and an :class:`hdl.counters.EventCounters` on its events. In the ``default``
 configuration the banks are Verilog RAM instances (``tfa_sync_ram``), the chip's memory path.
 
-Each mover gets a list of descriptors; a descriptor given as a dict may carry ``after``: it is
-sent only once that many writer descriptors (all writers together) have signalled ``done``, so a
-read can be ordered after the writes it depends on, as a program does.
+Each mover gets a list of descriptors; a descriptor given as a dict may carry ``after``: the
+harness holds it until that many writer descriptors (all writers together) have signalled
+``done``, so a read can be ordered after the writes it depends on, as a program does.
 """
 
+import hashlib
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
-from amaranth.hdl import Module, Shape
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Module, Shape, Signal
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.scratchpad import Descriptor
@@ -38,12 +40,24 @@ __all__ = ["run_spad", "spad_design", "SpadHarness", "SpadResult", "READERS", "W
 READERS, WRITERS = 3, 2
 
 
+#: Bits of a harness descriptor's ``after`` field.
+AFTER_BITS = 16
+
+
+def harness_descriptor_layout(addr_width, count_width=COUNT_WIDTH):
+    """A harness descriptor: ``desc`` (:func:`hdl.agu.descriptor_layout`) and ``after``."""
+    return data.StructLayout({"desc": descriptor_layout(addr_width=addr_width, count_width=count_width),
+                              "after": AFTER_BITS})
+
+
 class SpadHarness(wiring.Component):
     """A scratchpad with a reader on every read port and a writer on every write port.
 
-    Members: ``rd<i>_desc`` / ``wr<j>_desc`` (descriptor streams in), ``rd<i>_data`` (read
-    words out), ``wr<j>_data`` (words in, with mask), ``wr<j>_done`` (completion pulses),
-    ``counts`` (the scratchpad's event counts, registered), ``clear`` (zeroes them).
+    Members: ``rd<i>_desc`` / ``wr<j>_desc`` (streams in of ``desc`` and ``after``: the
+    descriptor is held until the writers have given ``after`` done pulses in all),
+    ``rd<i>_data`` (read words out), ``wr<j>_data`` (words in, with mask), ``wr<j>_done``
+    (completion pulses), ``counts`` (the scratchpad's event counts, registered), ``clear``
+    (zeroes them).
     """
 
     def __init__(self, config, *, readers=READERS, writers=WRITERS, count_width=COUNT_WIDTH):
@@ -52,7 +66,7 @@ class SpadHarness(wiring.Component):
         self._readers = [SpadReader(**kw) for _ in range(readers)]
         self._writers = [SpadWriter(**kw) for _ in range(writers)]
         self._counters = EventCounters(self._spad.events_layout)
-        desc = stream.Signature(descriptor_layout(addr_width=kw["addr_width"], count_width=count_width))
+        desc = stream.Signature(harness_descriptor_layout(kw["addr_width"], count_width))
         members = {}
         for i in range(readers):
             members[f"rd{i}_desc"] = In(desc)
@@ -75,15 +89,22 @@ class SpadHarness(wiring.Component):
         m.submodules.counters = self._counters
         m.d.comb += [self._counters.events.eq(spad.events), self._counters.clear.eq(self.clear),
                      self.counts.eq(self._counters.counts)]
+        done = Signal(AFTER_BITS)      # writer descriptors done so far, all writers
+        m.d.sync += done.eq(done + sum(w.done for w in self._writers))
+
+        def gate(outer, inner):       # hold a descriptor until `after` writer descriptors are done
+            go = done >= outer.payload.after
+            m.d.comb += [inner.valid.eq(outer.valid & go), inner.payload.eq(outer.payload.desc),
+                         outer.ready.eq(inner.ready & go)]
         for i, r in enumerate(self._readers):
             m.submodules[f"reader{i}"] = r
             wiring.connect(m, r.port, spad.r[i])
-            wiring.connect(m, wiring.flipped(getattr(self, f"rd{i}_desc")), r.desc)
+            gate(getattr(self, f"rd{i}_desc"), r.desc)
             wiring.connect(m, r.data, wiring.flipped(getattr(self, f"rd{i}_data")))
         for j, w in enumerate(self._writers):
             m.submodules[f"writer{j}"] = w
             wiring.connect(m, w.port, spad.w[j])
-            wiring.connect(m, wiring.flipped(getattr(self, f"wr{j}_desc")), w.desc)
+            gate(getattr(self, f"wr{j}_desc"), w.desc)
             wiring.connect(m, wiring.flipped(getattr(self, f"wr{j}_data")), w.data)
             m.d.comb += getattr(self, f"wr{j}_done").eq(w.done)
         return m
@@ -92,7 +113,9 @@ class SpadHarness(wiring.Component):
 def spad_design(config="default", *, readers=READERS, writers=WRITERS):
     """The cached Verilator build of the harness for ``config``."""
     cfg = get_config(config)
-    params = {**cfg.memory.to_dict(), "readers": readers, "writers": writers}
+    # the harness is defined here, outside hdl/: its source is part of the cache key
+    harness = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    params = {**cfg.memory.to_dict(), "readers": readers, "writers": writers, "harness": harness}
     return build(lambda: SpadHarness(cfg, readers=readers, writers=writers), "spad_harness", params), cfg
 
 
@@ -159,7 +182,8 @@ def run_spad(*, writes=(), reads=(), config="default", stall=0.0, backpressure=0
                       "readers": readers, "writers": writers, "timeout_cycles": timeout_cycles}
     mem = cfg.memory
     aw = address_width(words=mem.spad_words, banks=mem.spad_banks)
-    meta["desc_fields"] = _fields(descriptor_layout(addr_width=aw))
+    desc = harness_descriptor_layout(aw)
+    meta["desc_fields"] = _fields(desc["desc"].shape) + [["after", desc["after"].offset, AFTER_BITS]]
     meta["wdata_fields"] = _fields(write_data_layout(lanes))
     meta["rdata_fields"] = _fields(read_data_layout(lanes))
     events = scratchpad_events_layout(banks=mem.spad_banks, read_ports=readers, write_ports=writers)

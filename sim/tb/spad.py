@@ -3,8 +3,8 @@
 ``spad_traffic`` plays every mover's descriptors and words at once (``inputs.npz``:
 ``w<j>_desc``/``w<j>_after``/``w<j>_data``/``w<j>_mask``, ``r<i>_desc``/``r<i>_after``), with
 random valid gaps (``stall``) on the descriptor and write-data streams and ready backpressure
-(``backpressure``) on the read-data streams; a descriptor with ``after = n`` waits for n done
-pulses of the writers. It saves every read word and its flags, the cycle of every handshake and
+(``backpressure``) on the read-data streams (the harness holds a descriptor with ``after = n``
+until the writers have given n done pulses). It saves every read word and its flags, the cycle of every handshake and
 done pulse, and the scratchpad's event counts. Every wait has a cycle timeout.
 """
 
@@ -39,18 +39,13 @@ def _words(rows):
     return [sum(int(x) << (32 * k) for k, x in enumerate(row)) for row in rows]
 
 
-async def _send_descs(dut, prefix, rows, after, fields, state, cycles, stall, rand, stamps, timeout):
+async def _send_descs(dut, prefix, rows, after, fields, cycles, stall, rand, stamps, timeout):
+    """Send the descriptors (the harness holds each until its ``after`` done pulses)."""
     names = ("base", "count0", "count1", "count2", "stride0", "stride1", "stride2")
+    beats = [_pack(fields, {**dict(zip(names, row, strict=True)), "after": need})
+             for row, need in zip(rows, after, strict=True)]
     drv = StreamDriver(dut, prefix, dut.clk, stall=stall, rand=rand)
-    for row, need in zip(rows, after, strict=True):
-        waited = 0
-        while state["done"] < need:
-            await RisingEdge(dut.clk)
-            waited += 1
-            if waited > timeout:
-                raise TimeoutError(f"{prefix}: {need} done pulses never came ({state['done']})")
-        await drv.send([_pack(fields, dict(zip(names, row, strict=True)))], timeout_cycles=timeout,
-                       now=lambda: cycles.now, accepted_at=stamps)
+    await drv.send(beats, timeout_cycles=timeout, now=lambda: cycles.now, accepted_at=stamps)
 
 
 async def _receive(dut, prefix, count, *, backpressure, rand, cycles, stamps, timeout):
@@ -75,6 +70,7 @@ async def _receive(dut, prefix, count, *, backpressure, rand, cycles, stamps, ti
 
 
 async def _watch_done(dut, writers, state, cycles, stamps):
+    """Record the cycle of every done pulse."""
     pins = [getattr(dut, f"wr{j}_done") for j in range(writers)]
     while True:
         await ReadOnly()
@@ -117,7 +113,7 @@ async def spad_traffic(dut):
             continue
         n_descs += len(arrays[f"w{j}_desc"])
         tasks.append(cocotb.start_soon(_send_descs(
-            dut, f"wr{j}_desc", arrays[f"w{j}_desc"], arrays[f"w{j}_after"], meta["desc_fields"], state,
+            dut, f"wr{j}_desc", arrays[f"w{j}_desc"], arrays[f"w{j}_after"], meta["desc_fields"],
             cycles, stall, rand, stamps[f"w{j}_desc"], timeout)))
         beats = [_pack(meta["wdata_fields"], {"data": d, "mask": m})
                  for d, m in zip(_words(arrays[f"w{j}_data"]), arrays[f"w{j}_mask"], strict=True)]
@@ -129,7 +125,7 @@ async def spad_traffic(dut):
             continue
         rows = arrays[f"r{i}_desc"]
         tasks.append(cocotb.start_soon(_send_descs(
-            dut, f"rd{i}_desc", rows, arrays[f"r{i}_after"], meta["desc_fields"], state, cycles,
+            dut, f"rd{i}_desc", rows, arrays[f"r{i}_after"], meta["desc_fields"], cycles,
             stall, rand, stamps[f"r{i}_desc"], timeout)))
         count = int(sum(int(np.prod(r[1:4])) for r in rows))
         readers[i] = cocotb.start_soon(_receive(dut, f"rd{i}_data", count, backpressure=bp, rand=rand,

@@ -21,7 +21,15 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
-from .scratchpad import READ_LATENCY, WRITE_LATENCY, address_width, check_int, read_port_signature, write_port_signature
+from .scratchpad import (
+    READ_LATENCY,
+    WRITE_LATENCY,
+    CheckedComponent,
+    address_width,
+    check_int,
+    read_port_signature,
+    write_port_signature,
+)
 
 __all__ = ["AddressGenerator", "SpadReader", "SpadWriter", "descriptor_layout", "address_layout",
            "read_data_layout", "write_data_layout"]
@@ -64,7 +72,7 @@ def _check_widths(addr_width, count_width):
     check_int("count_width", count_width, 1, 32)
 
 
-class AddressGenerator(wiring.Component):
+class AddressGenerator(CheckedComponent):
     """Walks descriptors: one address per cycle, in loop order, innermost loop first.
 
     Addresses are running sums (no multiplier), kept ``count_width + 2`` bits wider than
@@ -97,12 +105,11 @@ class AddressGenerator(wiring.Component):
         A parameter of the wrong type or out of range; the message names it.
     """
 
+    @classmethod
+    def check_parameters(cls, *, addr_width, count_width=COUNT_WIDTH):
+        _check_widths(addr_width, count_width)
+
     def __init__(self, *, addr_width, count_width=COUNT_WIDTH):
-        try:
-            _check_widths(addr_width, count_width)
-        except (TypeError, ValueError):
-            self._MustUse__silence = True
-            raise
         self._addr_width, self._count_width = addr_width, count_width
         super().__init__({
             "desc": In(stream.Signature(self.descriptor_layout)),
@@ -178,7 +185,7 @@ class AddressGenerator(wiring.Component):
         return m
 
 
-class SpadReader(wiring.Component):
+class SpadReader(CheckedComponent):
     """Reads the words of descriptors from a scratchpad read port, in walk order.
 
     Parameters (keyword-only)
@@ -210,14 +217,13 @@ class SpadReader(wiring.Component):
     ``data`` is taken.
     """
 
+    @classmethod
+    def check_parameters(cls, *, addr_width, lanes, count_width=COUNT_WIDTH, depth=READ_LATENCY + 1):
+        _check_widths(addr_width, count_width)
+        check_int("lanes", lanes, 1, 64, pow2=True)
+        check_int("depth", depth, 1, 64)
+
     def __init__(self, *, addr_width, lanes, count_width=COUNT_WIDTH, depth=READ_LATENCY + 1):
-        try:
-            _check_widths(addr_width, count_width)
-            check_int("lanes", lanes, 1, 64, pow2=True)
-            check_int("depth", depth, 1, 64)
-        except (TypeError, ValueError):
-            self._MustUse__silence = True
-            raise
         self._addr_width, self._lanes = addr_width, lanes
         self._count_width, self._depth = count_width, depth
         super().__init__({
@@ -267,7 +273,7 @@ class SpadReader(wiring.Component):
         return m
 
 
-class SpadWriter(wiring.Component):
+class SpadWriter(CheckedComponent):
     """Writes a stream of words to the addresses of descriptors through a scratchpad write
     port, and signals each descriptor's completion.
 
@@ -306,17 +312,17 @@ class SpadWriter(wiring.Component):
     descriptors.
     """
 
+    @classmethod
+    def check_parameters(cls, *, addr_width, lanes, count_width=COUNT_WIDTH, with_mask=True,
+                         depth=WRITE_LATENCY + 1):
+        _check_widths(addr_width, count_width)
+        check_int("lanes", lanes, 1, 64, pow2=True)
+        check_int("depth", depth, 1, 64)
+        if not isinstance(with_mask, bool):
+            raise TypeError(f"with_mask must be a bool, not {with_mask!r}")
+
     def __init__(self, *, addr_width, lanes, count_width=COUNT_WIDTH, with_mask=True,
                  depth=WRITE_LATENCY + 1):
-        try:
-            _check_widths(addr_width, count_width)
-            check_int("lanes", lanes, 1, 64, pow2=True)
-            check_int("depth", depth, 1, 64)
-            if not isinstance(with_mask, bool):
-                raise TypeError(f"with_mask must be a bool, not {with_mask!r}")
-        except (TypeError, ValueError):
-            self._MustUse__silence = True
-            raise
         self._addr_width, self._lanes, self._with_mask = addr_width, lanes, with_mask
         self._count_width, self._depth = count_width, depth
         super().__init__({

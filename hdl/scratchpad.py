@@ -22,7 +22,8 @@ from .memport import SyncMemory
 
 __all__ = ["Scratchpad", "RoundRobin", "READ_LATENCY", "WRITE_LATENCY", "address_width",
            "read_port_signature", "write_port_signature", "read_request_layout",
-           "read_response_layout", "write_request_layout", "scratchpad_events_layout", "check_int"]
+           "read_response_layout", "write_request_layout", "scratchpad_events_layout", "check_int",
+           "CheckedComponent"]
 
 #: Cycles from a read request's acceptance to its response's ``valid`` (no bank conflict).
 READ_LATENCY = 3
@@ -41,6 +42,27 @@ def check_int(name, value, lo, hi, *, pow2=False):
         raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
     if pow2 and value & (value - 1):
         raise ValueError(f"{name} must be a power of two, not {value}")
+
+
+class CheckedComponent(wiring.Component):
+    """A component whose keyword parameters are checked before the object exists.
+
+    ``__new__`` calls the class's ``check_parameters(**parameters)`` (raising
+    ``TypeError``/``ValueError`` that name the parameter) before Amaranth registers the new
+    object as an elaboratable that must be used, so that a bad parameter gives its error and no
+    "created but never used" warning besides: Amaranth offers no public way to discard an
+    elaboratable. Positional arguments are refused (parameters are keyword-only).
+    """
+
+    def __new__(cls, *args, **parameters):
+        if args:
+            raise TypeError(f"{cls.__name__} takes keyword arguments only")
+        cls.check_parameters(**parameters)
+        return super().__new__(cls, src_loc_at=1, **parameters)
+
+    @classmethod
+    def check_parameters(cls, **parameters):
+        raise NotImplementedError
 
 
 def address_width(*, words, banks):
@@ -98,7 +120,7 @@ def _lowest_one(m, x, width, name):
     return low
 
 
-class RoundRobin(wiring.Component):
+class RoundRobin(CheckedComponent):
     """A round-robin arbiter among ``count`` requesters.
 
     In every cycle in which some ``requests`` bit is 1, exactly one of them is granted: the
@@ -120,8 +142,11 @@ class RoundRobin(wiring.Component):
     Latency 0 (the grant is in the cycle of the request); one grant per cycle.
     """
 
-    def __init__(self, *, count):
+    @classmethod
+    def check_parameters(cls, *, count):
         check_int("count", count, 1, 64)
+
+    def __init__(self, *, count):
         self._count = count
         super().__init__({"requests": In(count), "grant": Out(count)})
 
@@ -151,7 +176,7 @@ class RoundRobin(wiring.Component):
         return m
 
 
-class Scratchpad(wiring.Component):
+class Scratchpad(CheckedComponent):
     """``banks`` banks of ``words`` words of ``lanes`` 32-bit lanes, with ``read_ports`` read
     ports and ``write_ports`` write ports.
 
@@ -209,22 +234,23 @@ class Scratchpad(wiring.Component):
         A parameter of the wrong type or out of range; the message names it.
     """
 
+    @classmethod
+    def check_parameters(cls, *, lanes, words, banks, read_ports, write_ports, resp_depth=None,
+                         verilog=None):
+        check_int("lanes", lanes, 1, 64, pow2=True)
+        check_int("words", words, 2, 1 << 20, pow2=True)
+        check_int("banks", banks, 1, 16)
+        check_int("read_ports", read_ports, 1, 16)
+        check_int("write_ports", write_ports, 1, 16)
+        if resp_depth is not None:
+            check_int("resp_depth", resp_depth, 1, 64)
+        if verilog not in (None, True, False):
+            raise TypeError(f"verilog must be None, True or False, not {verilog!r}")
+
     def __init__(self, *, lanes, words, banks, read_ports, write_ports, resp_depth=None,
                  verilog=None):
-        try:
-            check_int("lanes", lanes, 1, 64, pow2=True)
-            check_int("words", words, 2, 1 << 20, pow2=True)
-            check_int("banks", banks, 1, 16)
-            check_int("read_ports", read_ports, 1, 16)
-            check_int("write_ports", write_ports, 1, 16)
-            if resp_depth is None:
-                resp_depth = READ_LATENCY + 1
-            check_int("resp_depth", resp_depth, 1, 64)
-            if verilog not in (None, True, False):
-                raise TypeError(f"verilog must be None, True or False, not {verilog!r}")
-        except (TypeError, ValueError):
-            self._MustUse__silence = True  # never built: no "created but never used" warning
-            raise
+        if resp_depth is None:
+            resp_depth = READ_LATENCY + 1
         self._lanes, self._words, self._banks = lanes, words, banks
         self._read_ports, self._write_ports = read_ports, write_ports
         self._resp_depth, self._verilog = resp_depth, verilog

@@ -19,6 +19,9 @@ TOPS = {
     "matmul_engine": ("hdl.matmul", "MatmulEngine"),
     "softmax_unit": ("hdl.softmax", "SoftmaxUnit"),
     "kv_cache": ("hdl.kvcache", "KVCacheController"),
+    "scratchpad": ("hdl.scratchpad", "Scratchpad"),
+    "spad_reader": ("hdl.agu", "SpadReader"),
+    "spad_writer": ("hdl.agu", "SpadWriter"),
 }
 
 

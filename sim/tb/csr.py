@@ -51,7 +51,7 @@ async def rw_registers(dut, master, rand, n):
         width = regs[name]
         base = offset_of(name)
         length = rand.choice([1, 2, 4])
-        start = rand.randrange(0, width // 8 if width >= 32 else 4, length) if width >= 32 else rand.randrange(0, 4, length)
+        start = rand.randrange(0, max(width // 8, 4), length)   # within one word
         data = rand.randbytes(length)
         resp = await master.write(base + start, data)
         assert int(resp.resp) == OKAY

@@ -6,7 +6,7 @@ values are part of the contract (docs/numerics.md, docs/<block>.md) and never ch
 
 from amaranth.lib import enum
 
-__all__ = ["Dtype", "OutFormat", "MatmulStatus", "KVOp", "KVStatus"]
+__all__ = ["Dtype", "OutFormat", "MatmulStatus", "KVOp", "KVStatus", "LoadStoreStatus"]
 
 
 class Dtype(enum.IntEnum, shape=1):
@@ -55,3 +55,16 @@ class KVStatus(enum.IntEnum, shape=4):
     TOO_MANY_SEQS = 6
     BAD_OPCODE = 7
     BAD_SHAPE = 8
+
+
+class LoadStoreStatus(enum.IntEnum, shape=4):
+    """``status`` of a LOAD or STORE unit response (hdl/loadstore.py, docs/dma.md). A bad
+    descriptor touches no memory; when several checks fail, the first in this order is
+    reported."""
+    OK = 0
+    AXI_ERROR = 1        #: some beat answered SLVERR or DECERR (the rest of the data moved)
+    BAD_ELEM_BYTES = 2   #: elem_bytes is not 1, 2 or 4
+    ZERO_SIZE = 3        #: rows or elems is 0
+    UNALIGNED = 4        #: ext_addr or ext_stride is not a multiple of the bus width in bytes
+    EXT_RANGE = 5        #: the rows run past the end of the external address space
+    SPAD_RANGE = 6       #: the rows run past the scratchpad's last word

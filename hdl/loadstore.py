@@ -34,6 +34,7 @@ from .counters import events_layout
 from .dma import ReadClientSignature, WriteClientSignature
 
 __all__ = ["ROWS_BITS", "ELEMS_BITS", "ELEM_BYTES", "load_desc_layout", "store_desc_layout", "resp_layout",
+           "load_events_layout", "store_events_layout",
            "spad_write_layout", "spad_read_req_layout", "spad_read_resp_layout", "SpadReadSignature",
            "DescriptorChecker", "RowUnpacker", "RowPacker", "LoadUnit", "StoreUnit"]
 
@@ -72,6 +73,16 @@ def store_desc_layout(addr_width, spad_addr_width):
 def resp_layout():
     """A LOAD/STORE response: ``status``."""
     return data.StructLayout({"status": LoadStoreStatus})
+
+
+def load_events_layout():
+    """The ``events`` of :class:`LoadUnit`."""
+    return events_layout(["busy", "spad_writes", "beats_in", "stall_input", "stall_output"])
+
+
+def store_events_layout():
+    """The ``events`` of :class:`StoreUnit`."""
+    return events_layout(["busy", "spad_reads", "beats_out", "stall_input", "stall_output"])
 
 
 def spad_write_layout(addr_width, lanes):
@@ -531,7 +542,7 @@ class LoadUnit(_UnitBase):
             "dma": Out(ReadClientSignature(addr_width=p.addr_width, data_width=p.data_width,
                                            beats_width=p.beats_width)),
             "spad": Out(stream.Signature(spad_write_layout(p.spad_addr_width, p.lanes))),
-            "events": Out(events_layout(["busy", "spad_writes", "beats_in", "stall_input", "stall_output"])),
+            "events": Out(load_events_layout()),
         })
 
     @classmethod
@@ -625,7 +636,7 @@ class StoreUnit(_UnitBase):
             "spad": Out(SpadReadSignature(p.spad_addr_width, p.lanes)),
             "dma": Out(WriteClientSignature(addr_width=p.addr_width, data_width=p.data_width,
                                             beats_width=p.beats_width)),
-            "events": Out(events_layout(["busy", "spad_reads", "beats_out", "stall_input", "stall_output"])),
+            "events": Out(store_events_layout()),
         })
 
     @classmethod

@@ -209,7 +209,7 @@ def test_store_unit_writes_the_golden_memory_with_strobes_stalls_and_errors(data
                 st = LoadStoreStatus.AXI_ERROR
         want.append(int(st))
     got_mem = mem0.copy()
-    got, wreqs, sreqs, dones = [], deque(), deque(), deque()
+    got, wreqs, dones = [], deque(), deque()
     cmd_layout = dut.desc_layout
     data_layout = dut.dma.data.payload.shape()
 

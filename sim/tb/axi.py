@@ -11,7 +11,10 @@ from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRamRead, AxiRamW
 from cocotbext.axi.axi_channels import AxiARSink, AxiRSource, AxiRTransaction
 from cocotbext.axi.sparse_memory import SparseMemory
 
-__all__ = ["random_pause", "ErrorWindows", "ExternalMemory", "InterleavingReader", "lite_master", "quiet"]
+from .common import run_dir
+
+__all__ = ["random_pause", "ErrorWindows", "ExternalMemory", "HdlMemory", "InterleavingReader", "lite_master",
+           "quiet"]
 
 
 def quiet(dut, prefix):
@@ -174,6 +177,12 @@ class ExternalMemory:
     def write(self, addr, data):
         self.mem[addr:addr + len(data)] = bytes(data)
 
+    async def fill(self):
+        """Nothing to do: :meth:`write` writes the memory directly."""
+
+    async def contents(self):
+        return self.read(0, len(self.mem))
+
 
 def lite_master(dut, prefix, clock, reset, *, rand=None, stall=0.0, backpressure=0.0):
     """A cocotbext-axi ``AxiLiteMaster`` on ``<prefix>_<axi name>`` with pause generators on its
@@ -197,3 +206,51 @@ async def cycles_until(clock, predicate, limit):
             return
         await RisingEdge(clock)
     raise TimeoutError(f"condition not met within {limit} cycles")
+
+
+class HdlMemory:
+    """The Verilog memory model of a :class:`sim.tb.dma_top.WithHdlMemory` top, with the same
+    interface as :class:`ExternalMemory`: ``stall``/``backpressure`` probabilities, error
+    windows (at most four), contents through hex files in the run folder; ``max_latency``
+    cycles at most before a read burst's first beat (uniform)."""
+
+    def __init__(self, dut, clock, *, size, data_bytes, rand=None, stall=0.0, backpressure=0.0,
+                 errors=(), max_latency=8):
+        rand = rand or random.Random(0)
+        if len(errors) > 4:
+            raise ValueError("the memory model has four error windows")
+        self.dut, self.clock, self.size, self.nb = dut, clock, size, data_bytes
+        self.image = bytearray(size)
+        aw = len(dut.mem_err_lo) // 4
+        dut.mem_seed.value = rand.randrange(1, 1 << 32)
+        dut.mem_stall.value = min(int(stall * 65536), 65535)
+        dut.mem_backpressure.value = min(int(backpressure * 65536), 65535)
+        dut.mem_max_latency.value = max_latency
+        dut.mem_err_lo.value = sum(int(lo) << (k * aw) for k, (lo, _, _) in enumerate(errors))
+        dut.mem_err_hi.value = sum(int(hi) << (k * aw) for k, (_, hi, _) in enumerate(errors))
+        dut.mem_err_resp.value = sum(int(r) << (2 * k) for k, (_, _, r) in enumerate(errors))
+        dut.mem_load.value = 0
+        dut.mem_dump.value = 0
+
+    def write(self, addr, data):
+        self.image[addr:addr + len(data)] = bytes(data)
+
+    async def fill(self):
+        """Load the model with what :meth:`write` put in the image (the clock must run)."""
+        nb = self.nb
+        lines = [self.image[i:i + nb][::-1].hex() for i in range(0, self.size, nb)]
+        (run_dir() / "axi_mem_in.hex").write_text("\n".join(lines) + "\n")
+        self.dut.mem_load.value = 1
+        await RisingEdge(self.clock)
+        self.dut.mem_load.value = 0
+
+    async def contents(self):
+        """The model's memory (``size`` bytes); fails if the model saw a protocol error."""
+        assert not int(self.dut.mem_protocol_error.value), "the memory model saw an AXI protocol error"
+        self.dut.mem_dump.value = 1
+        await RisingEdge(self.clock)
+        self.dut.mem_dump.value = 0
+        await RisingEdge(self.clock)
+        words = [w for w in (run_dir() / "axi_mem_out.hex").read_text().split() if not w.startswith("//")]
+        raw = b"".join(bytes.fromhex(w.rjust(2 * self.nb, "0"))[::-1] for w in words[:self.size // self.nb])
+        return raw

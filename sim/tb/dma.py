@@ -15,7 +15,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from .axi import ExternalMemory
+from .axi import ExternalMemory, HdlMemory
 from .common import StreamDriver, StreamMonitor, load_inputs, rng, save_outputs
 
 
@@ -36,15 +36,22 @@ class CycleCounter:
 
 
 async def start(dut, meta, arrays, rand):
-    """Clock, memory (filled with ``arrays["mem"]``), reset; returns the memory."""
+    """Clock, memory (filled with ``arrays["mem"]``), reset held; returns the memory: an
+    :class:`ExternalMemory` (cocotbext-axi) or, with ``meta["memory"] == "hdl"``, the top's
+    Verilog model (:class:`HdlMemory`)."""
     clk = dut.clk
     cocotb.start_soon(Clock(clk, 10, unit="ns").start())
     dut.rst.value = 1
-    mem = ExternalMemory(dut, "m_axi_", clk, dut.rst, size=int(meta["mem_size"]), rand=rand,
-                         stall=float(meta["stall"]), backpressure=float(meta["backpressure"]),
-                         errors=[tuple(w) for w in meta.get("errors", [])],
-                         interleave=bool(meta.get("interleave", False)))
+    common = dict(size=int(meta["mem_size"]), rand=rand, stall=float(meta["stall"]),
+                  backpressure=float(meta["backpressure"]), errors=[tuple(w) for w in meta.get("errors", [])])
+    if meta.get("memory", "axiram") == "hdl":
+        mem = HdlMemory(dut, clk, data_bytes=int(meta["data_bytes"]), **common)
+    else:
+        mem = ExternalMemory(dut, "m_axi_", clk, dut.rst, interleave=bool(meta.get("interleave", False)),
+                             **common)
     mem.write(0, arrays["mem"].tobytes())
+    await RisingEdge(clk)
+    await mem.fill()
     return mem
 
 
@@ -96,7 +103,7 @@ async def engines(dut):
     wall = time.perf_counter() - t0
     await ClockCycles(clk, 4)   # the last events reach the counters
     cocotb.log.info("%d cycles in %.2f s: %.0f cycles/s", cycles, wall, cycles / max(wall, 1e-9))
-    save_outputs(mem=np.frombuffer(mem.read(0, int(meta["mem_size"])), np.uint8),
+    save_outputs(mem=np.frombuffer(await mem.contents(), np.uint8)[:int(meta["mem_size"])],
                  rd_counts=_bytes(dut.rd_counts.value, (len(dut.rd_counts) + 7) // 8),
                  wr_counts=_bytes(dut.wr_counts.value, (len(dut.wr_counts) + 7) // 8),
                  cycles=np.array(cycles), wall=np.array(wall), **out)

@@ -9,7 +9,7 @@ rebuilds.
 import hashlib
 from pathlib import Path
 
-from amaranth.hdl import Module
+from amaranth.hdl import ClockSignal, Instance, Module, ResetSignal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -17,7 +17,10 @@ from hdl.axi import AxiSignature, connect_halves
 from hdl.counters import EventCounters
 from hdl.dma import AxiReadEngine, AxiWriteEngine, ReadClientSignature, WriteClientSignature
 
-__all__ = ["EngineTestTop", "engines_design", "source_digest"]
+__all__ = ["EngineTestTop", "engines_design", "source_digest", "WithHdlMemory", "build_top"]
+
+#: The Verilog external-memory model (sim/models/tfa_axi_mem.v).
+HDL_MEMORY = Path(__file__).resolve().parent.parent / "models" / "tfa_axi_mem.v"
 
 
 def source_digest(*paths):
@@ -79,8 +82,74 @@ class EngineTestTop(wiring.Component):
         return m
 
 
-def engines_design(**params):
-    """The Verilated :class:`EngineTestTop` with ``params`` (cached)."""
+class WithHdlMemory(wiring.Component):
+    """``inner`` (a component with an AXI4 master port ``m_axi``) with the Verilog memory model
+    ``tfa_axi_mem`` (sim/models/tfa_axi_mem.v) on that port. Every other member of ``inner``
+    is a member of this top; the model's controls are ``mem_seed``, ``mem_stall``,
+    ``mem_backpressure``, ``mem_max_latency``, ``mem_err_lo``/``mem_err_hi``/``mem_err_resp``
+    (four windows), ``mem_load``, ``mem_dump`` and ``mem_protocol_error``."""
+
+    def __init__(self, inner, *, depth_log2):
+        self._inner, self._depth_log2 = inner, depth_log2
+        axi = inner.signature.members["m_axi"].signature
+        self._axi = axi
+        members = {n: mb for n, mb in inner.signature.members.items() if n != "m_axi"}
+        aw = axi.addr_width
+        members.update(mem_seed=In(32), mem_stall=In(16), mem_backpressure=In(16), mem_max_latency=In(8),
+                       mem_err_lo=In(4 * aw), mem_err_hi=In(4 * aw), mem_err_resp=In(8),
+                       mem_load=In(1), mem_dump=In(1), mem_protocol_error=Out(1))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = inner = self._inner
+        for name, member in inner.signature.members.items():
+            if name == "m_axi":
+                continue
+            ours, theirs = getattr(self, name), getattr(inner, name)
+            pairs = list(zip(ours, theirs, strict=True)) if member.dimensions else [(ours, theirs)]
+            for a, b in pairs:
+                if member.is_signature:
+                    wiring.connect(m, wiring.flipped(a), b)
+                elif member.flow == Out:
+                    m.d.comb += a.eq(b)
+                else:
+                    m.d.comb += b.eq(a)
+        ports = {}
+        for name, member in self._axi.members.items():
+            ports[("i_" if member.flow == Out else "o_") + name] = getattr(inner.m_axi, name)
+        m.submodules.mem = Instance(
+            "tfa_axi_mem", p_AW=self._axi.addr_width, p_DW=self._axi.data_width, p_IDW=self._axi.id_width,
+            p_DEPTH_LOG2=self._depth_log2, i_clk=ClockSignal(), i_rst=ResetSignal(),
+            i_seed=self.mem_seed, i_stall=self.mem_stall, i_backpressure=self.mem_backpressure,
+            i_max_latency=self.mem_max_latency, i_err_lo=self.mem_err_lo, i_err_hi=self.mem_err_hi,
+            i_err_resp=self.mem_err_resp, i_load=self.mem_load, i_dump=self.mem_dump,
+            o_protocol_error=self.mem_protocol_error, **ports)
+        return m
+
+
+def build_top(make, name, params, sources, memory="axiram", mem_bytes=1 << 16):
+    """Build the test top ``make()`` (cached by ``params`` and the ``sources`` files); with
+    ``memory="hdl"`` wrapped in :class:`WithHdlMemory` of ``mem_bytes`` bytes."""
+    from amaranth.back import verilog
+
     from sim.runner import build
-    key = {**params, "top": source_digest(__file__)}
-    return build(lambda: EngineTestTop(**params), "dma_engines", params=key)
+    key = {**params, "top": source_digest(__file__, *sources), "memory": memory, "mem_bytes": mem_bytes}
+    if memory == "axiram":
+        return build(make, name, params=key)
+    if memory != "hdl":
+        raise ValueError(f"memory must be 'axiram' or 'hdl', not {memory!r}")
+
+    def elaborate():
+        inner = make()
+        depth_log2 = max(1, (mem_bytes // (inner.signature.members["m_axi"].signature.data_width // 8) - 1)
+                         .bit_length())
+        text = verilog.convert(WithHdlMemory(inner, depth_log2=depth_log2), name=f"{name}_hdlmem",
+                               emit_src=False)
+        return text + "\n" + HDL_MEMORY.read_text()
+    return build(elaborate, f"{name}_hdlmem", params=key)
+
+
+def engines_design(memory="axiram", mem_bytes=1 << 16, **params):
+    """The Verilated :class:`EngineTestTop` with ``params`` (cached)."""
+    return build_top(lambda: EngineTestTop(**params), "dma_engines", params, [], memory, mem_bytes)

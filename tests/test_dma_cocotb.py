@@ -143,9 +143,11 @@ def expected(params, data, windows):
     return want, mem
 
 
-def run_engines(params, data, windows, *, seed, stall, backpressure, interleave=False, memory="axiram"):
+def run_engines(params, data, windows, *, seed, stall, backpressure, interleave=False, memory="axiram",
+                **overrides):
     design = engines_design(memory=memory, mem_bytes=MEM, **params)
-    meta = dict(seed=seed, memory=memory, data_bytes=params["data_width"] // 8, addr_width=params["addr_width"],
+    meta = dict(seed=seed, memory=memory, **overrides, data_bytes=params["data_width"] // 8,
+                addr_width=params["addr_width"],
                 read_clients=params["read_clients"], write_clients=params["write_clients"],
                 mem_size=MEM, stall=stall, backpressure=backpressure, interleave=interleave,
                 errors=[list(w) for w in windows])
@@ -232,3 +234,46 @@ def test_a_long_transfer_streams_one_beat_per_cycle(direction):
     check(params, data, [], out)
     print("cycles", int(out["cycles"]), "wall", float(out["wall"]))
     assert int(out["cycles"]) <= beats + 30 + (params["max_burst"] if direction == "write" else 0)
+
+
+@pytest.mark.cocotb
+@pytest.mark.xdist_group("dma_wide")
+def test_a_slow_reader_does_not_hold_up_the_other_readers():
+    """Client 0 takes a beat in 1 cycle of 20; clients 1 and 2 read 1024 beats each at once and
+    finish within 2500 cycles (2048 beats and client 0's few), long before client 0 (credits: no R
+    beat ever waits)."""
+    params = dict(WIDE, read_clients=3, write_clients=1)
+    nb = 16
+    rand = random.Random(2)
+    none = np.zeros((0, 2), np.int64)
+    data = {"mem": np.frombuffer(rand.randbytes(MEM), np.uint8).copy(),
+            "rd0_req": np.array([(0, 1024)], np.int64), "rd1_req": np.array([(16384, 1024)], np.int64),
+            "rd2_req": np.array([(32768, 1024)], np.int64), "wr0_req": none,
+            "wr0_data": np.zeros((0, nb), np.uint8), "wr0_strb": np.zeros((0, nb), np.uint8)}
+    out = run_engines(params, data, [], seed=2, stall=0.0, backpressure=0.0, memory="hdl",
+                      rd_backpressure=[0.95, 0.0, 0.0])
+    check(params, data, [], out)
+    print({c: int(out[f"rd{c}_finished"]) for c in range(3)})
+    assert int(out["rd1_finished"]) <= 2500 and int(out["rd2_finished"]) <= 2500
+    assert int(out["rd0_finished"]) > 10_000
+
+
+@pytest.mark.cocotb
+@pytest.mark.xdist_group("dma_wide")
+def test_a_slow_writer_does_not_hold_up_the_other_writer():
+    """Client 0 gives a data beat in 1 cycle of 20; client 1 writes 1024 beats at once and
+    finishes within 1300 cycles (a burst is issued only once its data is all buffered)."""
+    params = dict(WIDE, read_clients=1, write_clients=2)
+    nb = 16
+    rand = random.Random(3)
+    data = {"mem": np.frombuffer(rand.randbytes(MEM), np.uint8).copy(), "rd0_req": np.zeros((0, 2), np.int64)}
+    for c in range(2):
+        data[f"wr{c}_req"] = np.array([(16384 * (c + 1), 1024)], np.int64)
+        data[f"wr{c}_data"] = np.frombuffer(rand.randbytes(1024 * nb), np.uint8).reshape(1024, nb).copy()
+        data[f"wr{c}_strb"] = np.ones((1024, nb), np.uint8)
+    out = run_engines(params, data, [], seed=3, stall=0.0, backpressure=0.0, memory="hdl",
+                      wr_data_stall=[0.95, 0.0])
+    check(params, data, [], out)
+    print({c: int(out[f"wr{c}_finished"]) for c in range(2)})
+    assert int(out["wr1_finished"]) <= 1300
+    assert int(out["wr0_finished"]) > 10_000

@@ -64,34 +64,46 @@ async def engines(dut):
     aw = int(meta["addr_width"])
     stall, backpressure = float(meta["stall"]), float(meta["backpressure"])
     mem = await start(dut, meta, arrays, rand)
+    # per-client overrides: a slow reader (ready rarely high) or a slow writer (data rarely valid)
+    rd_bp = meta.get("rd_backpressure") or [backpressure] * int(meta["read_clients"])
+    wr_stall = meta.get("wr_data_stall") or [stall] * int(meta["write_clients"])
     tasks = []
     for c in range(int(meta["read_clients"])):
         reqs = arrays[f"rd{c}_req"]
         drv = StreamDriver(dut, f"rd__{c}__req", clk, stall=stall, rand=rand)
-        mon = StreamMonitor(dut, f"rd__{c}__data", clk, backpressure=backpressure, rand=rand)
+        mon = StreamMonitor(dut, f"rd__{c}__data", clk, backpressure=float(rd_bp[c]), rand=rand)
         tasks += [(None, drv.send([int(a) | int(b) << aw for a, b in reqs])),
-                  (f"rd{c}", mon.receive(int(reqs[:, 1].sum()), timeout_cycles=20000))]
+                  (f"rd{c}", mon.receive(int(reqs[:, 1].sum()), timeout_cycles=100_000))]
     for c in range(int(meta["write_clients"])):
         reqs = arrays[f"wr{c}_req"]
         strb = np.packbits(arrays[f"wr{c}_strb"], axis=1, bitorder="little")
         beats = [int.from_bytes(d.tobytes(), "little") | int.from_bytes(s.tobytes(), "little") << (8 * nb)
                  for d, s in zip(arrays[f"wr{c}_data"], strb, strict=True)]
         req_drv = StreamDriver(dut, f"wr__{c}__req", clk, stall=stall, rand=rand)
-        data_drv = StreamDriver(dut, f"wr__{c}__data", clk, stall=stall, rand=rand)
+        data_drv = StreamDriver(dut, f"wr__{c}__data", clk, stall=float(wr_stall[c]), rand=rand)
         done_mon = StreamMonitor(dut, f"wr__{c}__done", clk, backpressure=backpressure, rand=rand)
         tasks += [(None, req_drv.send([int(a) | int(b) << aw for a, b in reqs])),
                   (None, data_drv.send(beats)),
-                  (f"wr{c}", done_mon.receive(len(reqs), timeout_cycles=20000))]
+                  (f"wr{c}", done_mon.receive(len(reqs), timeout_cycles=100_000))]
     await ClockCycles(clk, 3)
     dut.rst.value = 0
     counter = CycleCounter(clk)
     t0 = time.perf_counter()
     running = [(name, cocotb.start_soon(coro)) for name, coro in tasks]
     out = {}
+    finished = {}
+
+    async def stamp(name, task):
+        result = await task
+        finished[name] = counter.count
+        return result
+
+    running = [(name, cocotb.start_soon(stamp(name, task)) if name else task) for name, task in running]
     for name, task in running:
         result = await task
         if name is None:
             continue
+        out[f"{name}_finished"] = np.array(finished[name])
         if name.startswith("rd"):
             out[f"{name}_data"] = np.array([_bytes(v & ((1 << 8 * nb) - 1), nb) for v in result],
                                            np.uint8).reshape(-1, nb)

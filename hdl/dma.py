@@ -292,6 +292,9 @@ class _EngineBase(wiring.Component):
 
     @classmethod
     def _config_kwargs(cls, config, clients, **overrides):
+        from .config import ChipConfig
+        if not isinstance(config, ChipConfig):
+            raise TypeError(f"config must be a ChipConfig, not {type(config).__name__}")
         mem = config.memory
         kw = dict(clients=clients, addr_width=mem.axi_addr_bits, data_width=mem.axi_data_bits,
                   max_burst=cls.CHIP_MAX_BURST, max_outstanding=cls.CHIP_MAX_OUTSTANDING,

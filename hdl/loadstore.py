@@ -129,6 +129,9 @@ class _Params:
 
     @classmethod
     def from_config(cls, config, beats_width=None):
+        from .config import ChipConfig
+        if not isinstance(config, ChipConfig):
+            raise TypeError(f"config must be a ChipConfig, not {type(config).__name__}")
         mem = config.memory
         return dict(data_width=mem.axi_data_bits, addr_width=mem.axi_addr_bits, lanes=mem.spad_lanes,
                     spad_words=mem.spad_words * mem.spad_banks, beats_width=beats_width)

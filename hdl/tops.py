@@ -19,6 +19,11 @@ TOPS = {
     "matmul_engine": ("hdl.matmul", "MatmulEngine"),
     "softmax_unit": ("hdl.softmax", "SoftmaxUnit"),
     "kv_cache": ("hdl.kvcache", "KVCacheController"),
+    "axi_read_engine": ("hdl.dma", "AxiReadEngine"),
+    "axi_write_engine": ("hdl.dma", "AxiWriteEngine"),
+    "load_unit": ("hdl.loadstore", "LoadUnit"),
+    "store_unit": ("hdl.loadstore", "StoreUnit"),
+    "csr_bank": ("hdl.csr", "CsrBank"),
 }
 
 

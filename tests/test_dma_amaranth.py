@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The DMA's parts without Verilator: parameter checks, port layouts, and amaranth.sim runs of
 the burst splitter (random requests against a Python model of the AXI burst rules) and of the
 round-robin arbiter."""
@@ -43,6 +44,8 @@ def test_from_config_takes_the_bus_of_the_memory_config_and_elaborates():
     assert w.signature.members["m_axi"].signature.has_read is False
     for d in (r, w):
         Fragment.get(d, None)
+    with pytest.raises(TypeError, match="config must be a ChipConfig"):
+        AxiReadEngine.from_config("default")
 
 
 def burst_model(addr, beats, data_bytes, max_burst):

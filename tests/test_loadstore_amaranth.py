@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The LOAD and STORE units without Verilator: parameter checks, the descriptor checks, and
 amaranth.sim runs of random descriptors (every element size, signed and unsigned, rows that end
 inside a word, bad descriptors, AXI errors) against golden.loadstore, with Python models of the
@@ -44,6 +45,8 @@ def test_from_config_rates_and_elaboration():
     assert [store_unit.elements_per_cycle(e) for e in (1, 2, 4)] == [8, 8, 4]
     for u in (load_unit, store_unit):
         Fragment.get(u, None)
+    with pytest.raises(TypeError, match="config must be a ChipConfig"):
+        StoreUnit.from_config("default")
 
 
 def pack(layout, **fields):

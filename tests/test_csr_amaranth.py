@@ -4,6 +4,7 @@ amaranth.sim runs of every access kind through a small AXI4-Lite driver."""
 from pathlib import Path
 
 import pytest
+from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
 from hdl.csr import CsrBank, Register, RegisterMap, markdown
@@ -50,6 +51,7 @@ def test_chip_map_elaborates_with_one_port_per_register():
         assert r.port in members
     assert "irq_status_set" in members
     assert isinstance(bank.regmap["CYCLES"], Register) and bank.regmap["CYCLES"].words == 2
+    Fragment.get(bank, None)
 
 
 class LiteDriver:

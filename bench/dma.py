@@ -20,7 +20,7 @@ import numpy as np
 
 from golden.loadstore import Descriptor
 from hdl.config import get_config
-from hdl.loadstore import load_desc_layout, store_desc_layout
+from hdl.loadstore import default_spad_addr_width, load_desc_layout, store_desc_layout
 from sim.runner import BUILD, run
 from sim.tb.loadstore_top import loadstore_design
 
@@ -47,7 +47,7 @@ def measure(config, elem_bytes, rows, elems=256, memory="axiram"):
     size = 1 << (2 * rows * -(-elems * 4 // nb) * nb - 1).bit_length()   # one build for every size
     design = loadstore_design(memory=memory, mem_bytes=size, **params)
     words = -(-elems // lanes)
-    spad_aw = (SPAD_WORDS - 1).bit_length()
+    spad_aw = default_spad_addr_width(SPAD_WORDS)
     load = Descriptor(0, stride, rows, elems, elem_bytes, 0, 0, True)   # every row to the same words
     store = Descriptor(rows * stride, stride, rows, elems, elem_bytes, 0, 0)
     data = {"mem": np.zeros(size, np.uint8), "load_cmds": _packed(load_desc_layout(AW, spad_aw), load, True),

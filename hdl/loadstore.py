@@ -36,6 +36,7 @@ from .dma import ReadClientSignature, WriteClientSignature
 __all__ = ["ROWS_BITS", "ELEMS_BITS", "ELEM_BYTES", "load_desc_layout", "store_desc_layout", "resp_layout",
            "load_events_layout", "store_events_layout",
            "spad_write_layout", "spad_read_req_layout", "spad_read_resp_layout", "SpadReadSignature",
+           "SpadWriteSignature", "default_spad_addr_width",
            "DescriptorChecker", "RowUnpacker", "RowPacker", "LoadUnit", "StoreUnit"]
 
 #: Bits of a descriptor's ``rows`` and ``elems``.
@@ -101,17 +102,35 @@ def spad_read_resp_layout(lanes):
 
 class SpadReadSignature(wiring.Signature):
     """A scratchpad read port (docs/chip.md), seen from the reader: ``req`` (``addr``) out,
-    ``resp`` (``data``) in, responses in request order."""
+    ``resp`` (``data``) in, responses in request order. The same members as the scratchpad's
+    ``read_port_signature`` (hdl/scratchpad.py)."""
 
     def __init__(self, addr_width, lanes):
         super().__init__({"req": Out(stream.Signature(spad_read_req_layout(addr_width))),
                           "resp": In(stream.Signature(spad_read_resp_layout(lanes)))})
 
 
+class SpadWriteSignature(wiring.Signature):
+    """A scratchpad write port (docs/chip.md), seen from the writer: ``req`` (``addr``,
+    ``data``, ``mask``) out; ``done`` in, a one-cycle pulse per request, in request order,
+    once the write is visible to reads. The same members as the scratchpad's
+    ``write_port_signature`` (hdl/scratchpad.py)."""
+
+    def __init__(self, addr_width, lanes):
+        super().__init__({"req": Out(stream.Signature(spad_write_layout(addr_width, lanes))),
+                          "done": In(1)})
+
+
+def default_spad_addr_width(spad_words):
+    """The scratchpad's address bits for ``spad_words`` words: one guard bit above the last
+    word (hdl/scratchpad.py ``address_width``)."""
+    return ceil_log2(spad_words) + 1
+
+
 class _Params:
     """The parameters both units share, checked once."""
 
-    def __init__(self, data_width, addr_width, lanes, spad_words, beats_width):
+    def __init__(self, data_width, addr_width, lanes, spad_words, beats_width, spad_addr_width=None):
         if data_width not in (32, 64, 128, 256, 512) or isinstance(data_width, bool):
             raise ValueError(f"data_width must be one of 32, 64, 128, 256, 512, not {data_width!r}")
         _check_int("addr_width", addr_width, 12, 64)
@@ -125,7 +144,10 @@ class _Params:
         self.data_width, self.addr_width, self.lanes = data_width, addr_width, lanes
         self.spad_words, self.beats_width = spad_words, beats_width
         self.data_bytes = data_width // 8
-        self.spad_addr_width = ceil_log2(spad_words)
+        if spad_addr_width is None:
+            spad_addr_width = default_spad_addr_width(spad_words)
+        _check_int("spad_addr_width", spad_addr_width, ceil_log2(spad_words), 32)
+        self.spad_addr_width = spad_addr_width
 
     @classmethod
     def from_config(cls, config, beats_width=None):
@@ -134,7 +156,8 @@ class _Params:
             raise TypeError(f"config must be a ChipConfig, not {type(config).__name__}")
         mem = config.memory
         return dict(data_width=mem.axi_data_bits, addr_width=mem.axi_addr_bits, lanes=mem.spad_lanes,
-                    spad_words=mem.spad_words * mem.spad_banks, beats_width=beats_width)
+                    spad_words=mem.spad_words * mem.spad_banks, beats_width=beats_width,
+                    spad_addr_width=exact_log2(mem.spad_words) + ceil_log2(mem.spad_banks) + 1)
 
     def elements_per_cycle(self, elem_bytes):
         """Elements a unit moves per cycle when neither side stalls: a bus word holds
@@ -516,35 +539,39 @@ class LoadUnit(_UnitBase):
         Scratchpad words over all banks (global word addresses 0 .. spad_words−1).
     beats_width : int or None
         ``beats`` bits of the read engine's requests (its default when ``None``).
+    spad_addr_width : int or None
+        Bits of a scratchpad address; default ``ceil(log2(spad_words)) + 1`` (the scratchpad's,
+        with its guard bit).
 
     Members
     -------
-    cmd : In(stream.Signature(load_desc_layout(addr_width, ceil_log2(spad_words))))
+    cmd : In(stream.Signature(load_desc_layout(addr_width, spad_addr_width)))
     resp : Out(stream.Signature(resp_layout()))
         One per descriptor, in order, after its last scratchpad word is accepted.
     dma : Out(hdl.dma.ReadClientSignature)
         One request per row (``addr = ext_addr + r·ext_stride``, ``beats`` =
         ceil(elems·elem_bytes / data_bytes)), issued ahead of the data by up to :attr:`JOBS`
         descriptors.
-    spad : Out(stream.Signature(spad_write_layout(ceil_log2(spad_words), lanes)))
-        ``ceil(elems / lanes)`` words per row at ``spad_addr + r·spad_stride + i``.
+    spad : Out(SpadWriteSignature(spad_addr_width, lanes))
+        ``ceil(elems / lanes)`` words per row at ``spad_addr + r·spad_stride + i``, every lane
+        written (``mask`` all ones); the response waits for every write's ``done``.
     events : Out(events_layout)
         ``busy``, ``spad_writes`` (words accepted), ``beats_in`` (bus words taken),
         ``stall_input`` (waiting for read data), ``stall_output`` (a word waits for the
         scratchpad).
 
-    Latency: descriptor → first request 4 cycles; bus word → scratchpad word 1 cycle; last word
-    accepted → ``resp`` 1 cycle. Throughput: :meth:`elements_per_cycle`.
+    Latency: descriptor → first request 4 cycles; bus word → scratchpad word 1 cycle; last
+    ``done`` → ``resp`` 1 cycle. Throughput: :meth:`elements_per_cycle`.
     """
 
-    def __init__(self, *, data_width, addr_width, lanes, spad_words, beats_width=None):
-        self._p = p = _Params(data_width, addr_width, lanes, spad_words, beats_width)
+    def __init__(self, *, data_width, addr_width, lanes, spad_words, beats_width=None, spad_addr_width=None):
+        self._p = p = _Params(data_width, addr_width, lanes, spad_words, beats_width, spad_addr_width)
         super().__init__({
             "cmd": In(stream.Signature(load_desc_layout(p.addr_width, p.spad_addr_width))),
             "resp": Out(stream.Signature(resp_layout())),
             "dma": Out(ReadClientSignature(addr_width=p.addr_width, data_width=p.data_width,
                                            beats_width=p.beats_width)),
-            "spad": Out(stream.Signature(spad_write_layout(p.spad_addr_width, p.lanes))),
+            "spad": Out(SpadWriteSignature(p.spad_addr_width, p.lanes)),
             "events": Out(load_events_layout()),
         })
 
@@ -566,8 +593,14 @@ class LoadUnit(_UnitBase):
         m.d.comb += [unpack.job.valid.eq(jobs.r_rdy), unpack.job.payload.eq(jobs.r_data),
                      jobs.r_en.eq(unpack.job.ready)]
         wiring.connect(m, wiring.flipped(self.dma.data), unpack.data)
-        wiring.connect(m, unpack.spad, wiring.flipped(self.spad))
-        wiring.connect(m, unpack.resp, wiring.flipped(self.resp))
+        wiring.connect(m, unpack.spad, wiring.flipped(self.spad.req))
+        # the response once every write of the job is visible: no write in flight
+        in_flight = Signal(16)
+        written = self.spad.req.valid & self.spad.req.ready
+        m.d.sync += in_flight.eq(in_flight + written - self.spad.done)
+        settled = in_flight == 0
+        m.d.comb += [self.resp.valid.eq(unpack.resp.valid & settled), self.resp.payload.eq(unpack.resp.payload),
+                     unpack.resp.ready.eq(self.resp.ready & settled)]
 
         d, status = checked.payload.desc, checked.payload.status
         job = Signal(job_layout)
@@ -591,7 +624,7 @@ class LoadUnit(_UnitBase):
                     with m.If(rows_left == 1):
                         m.next = "IDLE"
 
-        ev, data_in, out = self.events, self.dma.data, self.spad
+        ev, data_in, out = self.events, self.dma.data, self.spad.req
         out_blocked = out.valid & ~out.ready
         m.d.comb += [
             ev.busy.eq(checked.valid | jobs.r_rdy | req.valid | ~unpack.job.ready | out.valid),
@@ -608,16 +641,16 @@ class StoreUnit(_UnitBase):
 
     Parameters
     ----------
-    data_width, addr_width, lanes, spad_words, beats_width
+    data_width, addr_width, lanes, spad_words, beats_width, spad_addr_width
         As :class:`LoadUnit` (``beats_width``: the write engine's).
 
     Members
     -------
-    cmd : In(stream.Signature(store_desc_layout(addr_width, ceil_log2(spad_words))))
+    cmd : In(stream.Signature(store_desc_layout(addr_width, spad_addr_width)))
     resp : Out(stream.Signature(resp_layout()))
         One per descriptor, in order, after every row's ``done`` (OK, or AXI_ERROR if one
         failed).
-    spad : Out(SpadReadSignature(ceil_log2(spad_words), lanes))
+    spad : Out(SpadReadSignature(spad_addr_width, lanes))
         ``ceil(elems / lanes)`` reads per row, issued ahead of the data.
     dma : Out(hdl.dma.WriteClientSignature)
         One request per row and its ``ceil(elems·elem_bytes / data_bytes)`` data beats, with
@@ -631,8 +664,8 @@ class StoreUnit(_UnitBase):
     ``done`` → ``resp`` 1 cycle. Throughput: :meth:`elements_per_cycle`.
     """
 
-    def __init__(self, *, data_width, addr_width, lanes, spad_words, beats_width=None):
-        self._p = p = _Params(data_width, addr_width, lanes, spad_words, beats_width)
+    def __init__(self, *, data_width, addr_width, lanes, spad_words, beats_width=None, spad_addr_width=None):
+        self._p = p = _Params(data_width, addr_width, lanes, spad_words, beats_width, spad_addr_width)
         super().__init__({
             "cmd": In(stream.Signature(store_desc_layout(p.addr_width, p.spad_addr_width))),
             "resp": Out(stream.Signature(resp_layout())),

@@ -40,7 +40,7 @@ def test_bad_unit_parameters_raise_naming_the_parameter(unit, change, message):
 def test_from_config_rates_and_elaboration():
     cfg = get_config("default")
     load_unit, store_unit = LoadUnit.from_config(cfg), StoreUnit.from_config(cfg)
-    assert (load_unit.lanes, load_unit.spad_words, load_unit.spad_addr_width) == (8, 4 * 8192, 15)
+    assert (load_unit.lanes, load_unit.spad_words, load_unit.spad_addr_width) == (8, 4 * 8192, 16)  # a guard bit
     assert [load_unit.elements_per_cycle(e) for e in (1, 2, 4)] == [8, 8, 4]
     assert [store_unit.elements_per_cycle(e) for e in (1, 2, 4)] == [8, 8, 4]
     for u in (load_unit, store_unit):
@@ -130,8 +130,8 @@ def test_load_unit_writes_the_golden_scratchpad_with_stalls_and_errors(data_widt
                 st = LoadStoreStatus.AXI_ERROR
         want.append(int(st))
     got_spad = np.full((spad_words, lanes), sentinel, np.uint32)
-    got, requests = [], deque()
-    cmd_layout, spad_layout = dut.desc_layout, dut.spad.payload.shape()
+    got, requests, unsettled = [], deque(), deque()    # unsettled: cycles left until each done
+    cmd_layout, spad_layout = dut.desc_layout, dut.spad.req.payload.shape()
 
     async def driver(ctx):
         await send(ctx, dut.cmd, [pack(cmd_layout, **desc_fields(d), signed=d.signed) for d in descs], rand, 0.3)
@@ -159,11 +159,20 @@ def test_load_unit_writes_the_golden_scratchpad_with_stalls_and_errors(data_widt
                                                (last and addr in bad_rows) << (data_width + 1)], rand, 0.3)
 
     async def spad_sink(ctx):
+        """Takes writes with random backpressure; each write's ``done`` 1..4 cycles later, in
+        order."""
         while True:
             ready = rand.random() < 0.6
-            ctx.set(dut.spad.ready, ready)
-            _, _, valid, word = await ctx.tick().sample(dut.spad.valid, dut.spad.payload.as_value())
+            ctx.set(dut.spad.req.ready, ready)
+            ctx.set(dut.spad.done, bool(unsettled) and unsettled[0] <= 0)
+            _, _, valid, word, done = await ctx.tick().sample(dut.spad.req.valid, dut.spad.req.payload.as_value(),
+                                                              dut.spad.done)
+            if done:
+                unsettled.popleft()
+            for i in range(len(unsettled)):
+                unsettled[i] -= 1
             if valid and ready:
+                unsettled.append(rand.randrange(1, 5))
                 assert field(spad_layout, word, "mask") == (1 << lanes) - 1
                 lanes_word = field(spad_layout, word, "data")
                 got_spad[field(spad_layout, word, "addr")] = [(lanes_word >> (32 * j)) & 0xFFFFFFFF
@@ -177,6 +186,7 @@ def test_load_unit_writes_the_golden_scratchpad_with_stalls_and_errors(data_widt
             ctx.set(dut.resp.ready, ready)
             _, _, valid, status = await ctx.tick().sample(dut.resp.valid, dut.resp.payload.status)
             if valid and ready:
+                assert not unsettled, "a response before the writes of its LOAD are done"
                 got.append(int(status))
 
     sim = Simulator(dut)

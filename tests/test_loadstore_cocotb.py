@@ -11,7 +11,7 @@ from test_loadstore_amaranth import random_descriptors
 
 from golden.loadstore import Descriptor, check, load, store
 from hdl.counters import COUNTER_WIDTH
-from hdl.loadstore import load_desc_layout, store_desc_layout
+from hdl.loadstore import default_spad_addr_width, load_desc_layout, store_desc_layout
 from sim.runner import run
 from sim.tb.loadstore_top import counter_layout, loadstore_design
 from spec.codes import LoadStoreStatus
@@ -106,7 +106,7 @@ def run_loadstore(data_width, lanes, mem, loads, stores, windows, traffic, *, se
                   memory="axiram"):
     params = top_params(data_width, lanes)
     design = loadstore_design(memory=memory, mem_bytes=MEM, **params)
-    spad_aw = (SPAD_WORDS - 1).bit_length()
+    spad_aw = default_spad_addr_width(SPAD_WORDS)
     data = {"mem": mem, "load_cmds": packed(load_desc_layout(AW, spad_aw), loads, True),
             "store_cmds": packed(store_desc_layout(AW, spad_aw), stores, False), "rd_req": traffic,
             "seed": seed, "data_bytes": data_width // 8, "addr_width": AW, "mem_size": MEM, "stall": stall,

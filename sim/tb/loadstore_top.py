@@ -16,10 +16,10 @@ from hdl.dma import AxiReadEngine, AxiWriteEngine, ReadClientSignature, read_eve
 from hdl.loadstore import (
     LoadUnit,
     SpadReadSignature,
+    SpadWriteSignature,
     StoreUnit,
     load_events_layout,
     resp_layout,
-    spad_write_layout,
     store_events_layout,
 )
 
@@ -37,23 +37,26 @@ def counter_layout(data_width):
 
 
 class SpadStandIn(wiring.Component):
-    """``words`` words of ``lanes`` 32-bit lanes with the scratchpad's port protocols: ``w``
-    writes the lanes its ``mask`` enables; ``r`` takes a request only when it can hold the
-    response (1 cycle later), responses in order, one per cycle."""
+    """``words`` words of ``lanes`` 32-bit lanes with the scratchpad's port protocols: ``w.req``
+    writes the lanes its ``mask`` enables, ``w.done`` pulses in the next cycle (the word is
+    then visible); ``r`` takes a request only when it can hold the response (1 cycle later),
+    responses in order, one per cycle. ``addr_width`` bits of address, the bits above the
+    memory's ignored."""
 
-    def __init__(self, *, words, lanes):
+    def __init__(self, *, words, lanes, addr_width):
         self._words, self._lanes = words, lanes
-        aw = (words - 1).bit_length()
-        super().__init__({"w": In(stream.Signature(spad_write_layout(aw, lanes))),
-                          "r": In(SpadReadSignature(aw, lanes))})
+        super().__init__({"w": In(SpadWriteSignature(addr_width, lanes)),
+                          "r": In(SpadReadSignature(addr_width, lanes))})
 
     def elaborate(self, platform):
         m = Module()
         mem = m.submodules.mem = Memory(shape=data.ArrayLayout(32, self._lanes), depth=self._words, init=[])
         wp = mem.write_port(granularity=1)   # one enable per lane (ArrayLayout elements)
         rp = mem.read_port(transparent_for=())
-        m.d.comb += [self.w.ready.eq(1), wp.addr.eq(self.w.payload.addr), wp.data.eq(self.w.payload.data),
-                     wp.en.eq(Mux(self.w.valid, self.w.payload.mask, 0))]
+        w = self.w.req
+        m.d.comb += [w.ready.eq(1), wp.addr.eq(w.payload.addr), wp.data.eq(w.payload.data),
+                     wp.en.eq(Mux(w.valid, w.payload.mask, 0))]
+        m.d.sync += self.w.done.eq(w.valid)
         req, resp = self.r.req, self.r.resp
         m.d.comb += [req.ready.eq(~resp.valid | resp.ready), rp.addr.eq(req.payload.addr),
                      rp.en.eq(req.valid & req.ready), resp.payload.data.eq(rp.data)]
@@ -88,7 +91,7 @@ class LoadStoreTestTop(wiring.Component):
         self.store = StoreUnit(**unit)
         self.reader = AxiReadEngine(clients=2, **eng)
         self.writer = AxiWriteEngine(clients=1, **eng)
-        self.spad = SpadStandIn(words=spad_words, lanes=lanes)
+        self.spad = SpadStandIn(words=spad_words, lanes=lanes, addr_width=self.load.spad_addr_width)
         self._parts = {"load": self.load, "store": self.store, "reader": self.reader, "writer": self.writer}
         self.counters = EventCounters(counter_layout(data_width))
         super().__init__({

@@ -19,6 +19,7 @@ BENCHES = [
     ("softmax", "bench.softmax"),
     ("kvcache", "bench.kvcache"),
     ("spad", "bench.spad"),
+    ("dma", "bench.dma"),
     ("accuracy", "golden.accuracy"),
     ("flow", "bench.flow"),
 ]

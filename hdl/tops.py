@@ -22,6 +22,11 @@ TOPS = {
     "scratchpad": ("hdl.scratchpad", "Scratchpad"),
     "spad_reader": ("hdl.agu", "SpadReader"),
     "spad_writer": ("hdl.agu", "SpadWriter"),
+    "axi_read_engine": ("hdl.dma", "AxiReadEngine"),
+    "axi_write_engine": ("hdl.dma", "AxiWriteEngine"),
+    "load_unit": ("hdl.loadstore", "LoadUnit"),
+    "store_unit": ("hdl.loadstore", "StoreUnit"),
+    "csr_bank": ("hdl.csr", "CsrBank"),
 }
 
 

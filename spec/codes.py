@@ -6,7 +6,8 @@ values are part of the contract (docs/numerics.md, docs/<block>.md) and never ch
 
 from amaranth.lib import enum
 
-__all__ = ["Dtype", "OutFormat", "MatmulStatus", "SoftmaxStatus", "KVOp", "KVStatus", "ChipError"]
+__all__ = ["Dtype", "OutFormat", "MatmulStatus", "SoftmaxStatus", "KVOp", "KVStatus", "ChipError",
+           "LoadStoreStatus"]
 
 
 class Dtype(enum.IntEnum, shape=1):
@@ -82,3 +83,16 @@ class ChipError(enum.IntEnum, shape=8):
     SOFTMAX = 11      #: the softmax unit rejected a row
     NO_END = 12       #: PROG_LEN instructions ran without an END
     TIMEOUT = 13      #: no unit made progress for WATCHDOG cycles
+
+
+class LoadStoreStatus(enum.IntEnum, shape=4):
+    """``status`` of a LOAD or STORE unit response (hdl/loadstore.py, docs/dma.md). A bad
+    descriptor touches no memory; when several checks fail, the first in this order is
+    reported."""
+    OK = 0
+    AXI_ERROR = 1        #: some beat answered SLVERR or DECERR (the rest of the data moved)
+    BAD_ELEM_BYTES = 2   #: elem_bytes is not 1, 2 or 4
+    ZERO_SIZE = 3        #: rows or elems is 0
+    UNALIGNED = 4        #: ext_addr or ext_stride is not a multiple of the bus width in bytes
+    EXT_RANGE = 5        #: the rows run past the end of the external address space
+    SPAD_RANGE = 6       #: the rows run past the scratchpad's last word

@@ -1,0 +1,256 @@
+"""AXI pieces of the testbenches: the external memory (cocotbext-axi ``AxiRam``) with random
+latency and backpressure on every channel, address windows that answer SLVERR or DECERR, and a
+read side that answers the bursts of different IDs interleaved beat by beat."""
+
+import logging
+import random
+
+import cocotb
+from cocotb.triggers import RisingEdge
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRamRead, AxiRamWrite, AxiResp
+from cocotbext.axi.axi_channels import AxiARSink, AxiRSource, AxiRTransaction
+from cocotbext.axi.sparse_memory import SparseMemory
+
+from .common import run_dir
+
+__all__ = ["random_pause", "ErrorWindows", "ExternalMemory", "HdlMemory", "InterleavingReader", "lite_master",
+           "quiet"]
+
+
+def quiet(dut, prefix):
+    """Silence the per-burst INFO logs of the cocotbext-axi models on ``prefix`` (they cost
+    simulation time): their loggers are ``cocotb.<toplevel>.<prefix>``."""
+    logging.getLogger(f"cocotb.{dut._name}.{prefix}").setLevel(logging.WARNING)
+
+
+def random_pause(rand, probability):
+    """A cocotbext-axi pause generator: paused in each cycle with ``probability``."""
+    while True:
+        yield rand.random() < probability
+
+
+class ErrorWindows:
+    """Address windows ``[lo, hi)`` that answer ``resp`` (SLVERR or DECERR) on every beat that
+    touches them."""
+
+    def __init__(self, windows=()):
+        self.windows = [(int(lo), int(hi), AxiResp(int(resp))) for lo, hi, resp in windows]
+
+    def resp(self, addr, length):
+        for lo, hi, resp in self.windows:
+            if addr < hi and addr + length > lo:
+                return resp
+        return AxiResp.OKAY
+
+
+class _RespOverride:
+    """Wraps a response channel (``r_channel``/``b_channel`` of a cocotbext-axi slave) so that
+    the next response it sends carries a given error code. cocotbext-axi answers a failed access
+    with SLVERR only and has no public hook for the code, so this is the one place that picks
+    DECERR instead: the slave calls ``_read``/``_write`` (the methods its RAM subclasses
+    override), which set :attr:`pending` before raising, then sends the beat through here."""
+
+    def __init__(self, channel, field):
+        self.channel, self.field, self.pending = channel, field, None
+
+    async def send(self, obj):
+        if self.pending is not None:
+            setattr(obj, self.field, self.pending)
+            self.pending = None
+        await self.channel.send(obj)
+
+    def __getattr__(self, name):
+        return getattr(self.channel, name)
+
+
+class _ErrRead(AxiRamRead):
+    errors = ErrorWindows()
+
+    async def _read(self, address, length):
+        resp = self.errors.resp(address, length)
+        if resp != AxiResp.OKAY:
+            self.r_channel.pending = resp
+            raise OSError(f"{resp.name} at {address:#x}")
+        return await super()._read(address, length)
+
+
+class _ErrWrite(AxiRamWrite):
+    errors = ErrorWindows()
+
+    async def _write(self, address, data):
+        resp = self.errors.resp(address, len(data))
+        if resp != AxiResp.OKAY:
+            self.b_channel.pending = resp
+            raise OSError(f"{resp.name} at {address:#x}")
+        await super()._write(address, data)
+
+
+class InterleavingReader:
+    """An AXI4 read slave over ``mem`` that holds up to ``depth`` bursts and answers them beat
+    by beat, picking the ID of each beat at random among those with a burst pending (the
+    bursts of one ID stay in order, as AXI requires): the reordering an interconnect with
+    several memory controllers may do. Beats in ``errors`` windows answer their code."""
+
+    def __init__(self, bus, clock, reset, mem, *, rand, errors=None, depth=4):
+        self.ar = AxiARSink(bus.ar, clock, reset)
+        self.r = AxiRSource(bus.r, clock, reset)
+        self.ar.queue_occupancy_limit = 2
+        self.r.queue_occupancy_limit = 2
+        self.mem, self.rand, self.depth = mem, rand, depth
+        self.errors = errors or ErrorWindows()
+        self.clock = clock
+        self.byte_lanes = len(self.r.bus.rdata) // 8
+        cocotb.start_soon(self._run())
+
+    async def _run(self):
+        pending = {}   # id -> list of [next address, beats left]
+        count = 0
+        while True:
+            if count == 0:
+                ar = await self.ar.recv()
+                pending.setdefault(int(ar.arid), []).append([int(ar.araddr), int(ar.arlen) + 1])
+                count += 1
+            while count < self.depth and not self.ar.empty():
+                ar = self.ar.recv_nowait()
+                pending.setdefault(int(ar.arid), []).append([int(ar.araddr), int(ar.arlen) + 1])
+                count += 1
+            rid = self.rand.choice(sorted(i for i, q in pending.items() if q))
+            burst = pending[rid][0]
+            addr = burst[0]
+            resp = self.errors.resp(addr, self.byte_lanes)
+            beat = AxiRTransaction()
+            beat.rid = rid
+            beat.rdata = 0 if resp else int.from_bytes(self.mem.read(addr, self.byte_lanes), "little")
+            beat.rresp = resp
+            burst[0] += self.byte_lanes
+            burst[1] -= 1
+            beat.rlast = burst[1] == 0
+            if burst[1] == 0:
+                pending[rid].pop(0)
+                count -= 1
+            await self.r.send(beat)
+
+
+class ExternalMemory:
+    """The external memory of a DMA test: ``size`` bytes behind the AXI4 slave port of
+    ``dut`` whose signals are ``<prefix>_<axi name>`` (``prefix`` ``"m_axi_"`` for the port
+    ``m_axi``).
+
+    Writes go through cocotbext-axi's ``AxiRamWrite``; reads through ``AxiRamRead`` (bursts in
+    order, one at a time) or, with ``interleave``, an :class:`InterleavingReader`. Every channel
+    gets a pause generator: ``stall`` is the probability of a valid gap on the channels the
+    memory drives (R, B), ``backpressure`` of ready held low on those it receives (AR, AW, W).
+    ``errors`` (a list of ``(lo, hi, resp)``) are windows whose beats answer SLVERR/DECERR.
+    """
+
+    def __init__(self, dut, prefix, clock, reset, *, size, rand=None, stall=0.0, backpressure=0.0,
+                 errors=(), interleave=False):
+        quiet(dut, prefix)
+        self.rand = rand or random.Random(0)
+        self.mem = SparseMemory(size)
+        self.errors = ErrorWindows(errors)
+        bus = AxiBus.from_prefix(dut, prefix)
+        self.write_if = _ErrWrite(bus.write, clock, reset, mem=self.mem)
+        self.write_if.errors = self.errors
+        self.write_if.b_channel = _RespOverride(self.write_if.b_channel, "bresp")
+        if interleave:
+            self.read_if = InterleavingReader(bus.read, clock, reset, self.mem, rand=self.rand,
+                                              errors=self.errors)
+            read_channels = (self.read_if.ar, self.read_if.r)
+        else:
+            self.read_if = _ErrRead(bus.read, clock, reset, mem=self.mem)
+            self.read_if.errors = self.errors
+            self.read_if.r_channel = _RespOverride(self.read_if.r_channel, "rresp")
+            read_channels = (self.read_if.ar_channel, self.read_if.r_channel.channel)
+        received = (self.write_if.aw_channel, self.write_if.w_channel, read_channels[0])
+        driven = (self.write_if.b_channel.channel, read_channels[1])
+        for ch in received:
+            if backpressure:
+                ch.set_pause_generator(random_pause(random.Random(self.rand.random()), backpressure))
+        for ch in driven:
+            if stall:
+                ch.set_pause_generator(random_pause(random.Random(self.rand.random()), stall))
+
+    def read(self, addr, length):
+        return bytes(self.mem[addr:addr + length])
+
+    def write(self, addr, data):
+        self.mem[addr:addr + len(data)] = bytes(data)
+
+    async def fill(self):
+        """Nothing to do: :meth:`write` writes the memory directly."""
+
+    async def contents(self):
+        return self.read(0, len(self.mem))
+
+
+def lite_master(dut, prefix, clock, reset, *, rand=None, stall=0.0, backpressure=0.0):
+    """A cocotbext-axi ``AxiLiteMaster`` on ``<prefix>_<axi name>`` with pause generators on its
+    five channels (``stall``: valid gaps on AW, W, AR; ``backpressure``: ready low on B, R)."""
+    quiet(dut, prefix)
+    rand = rand or random.Random(0)
+    master = AxiLiteMaster(AxiLiteBus.from_prefix(dut, prefix), clock, reset)
+    for ch in (master.write_if.aw_channel, master.write_if.w_channel, master.read_if.ar_channel):
+        if stall:
+            ch.set_pause_generator(random_pause(random.Random(rand.random()), stall))
+    for ch in (master.write_if.b_channel, master.read_if.r_channel):
+        if backpressure:
+            ch.set_pause_generator(random_pause(random.Random(rand.random()), backpressure))
+    return master
+
+
+async def cycles_until(clock, predicate, limit):
+    """Wait for ``predicate()`` on rising edges; raise ``TimeoutError`` after ``limit`` cycles."""
+    for _ in range(limit):
+        if predicate():
+            return
+        await RisingEdge(clock)
+    raise TimeoutError(f"condition not met within {limit} cycles")
+
+
+class HdlMemory:
+    """The Verilog memory model of a :class:`sim.tb.dma_top.WithHdlMemory` top, with the same
+    interface as :class:`ExternalMemory`: ``stall``/``backpressure`` probabilities, error
+    windows (at most four), contents through hex files in the run folder; ``max_latency``
+    cycles at most before a read burst's first beat (uniform)."""
+
+    def __init__(self, dut, clock, *, size, data_bytes, rand=None, stall=0.0, backpressure=0.0,
+                 errors=(), max_latency=8):
+        rand = rand or random.Random(0)
+        if len(errors) > 4:
+            raise ValueError("the memory model has four error windows")
+        self.dut, self.clock, self.size, self.nb = dut, clock, size, data_bytes
+        self.image = bytearray(size)
+        aw = len(dut.mem_err_lo) // 4
+        dut.mem_seed.value = rand.randrange(1, 1 << 32)
+        dut.mem_stall.value = min(int(stall * 65536), 65535)
+        dut.mem_backpressure.value = min(int(backpressure * 65536), 65535)
+        dut.mem_max_latency.value = max_latency
+        dut.mem_err_lo.value = sum(int(lo) << (k * aw) for k, (lo, _, _) in enumerate(errors))
+        dut.mem_err_hi.value = sum(int(hi) << (k * aw) for k, (_, hi, _) in enumerate(errors))
+        dut.mem_err_resp.value = sum(int(r) << (2 * k) for k, (_, _, r) in enumerate(errors))
+        dut.mem_load.value = 0
+        dut.mem_dump.value = 0
+
+    def write(self, addr, data):
+        self.image[addr:addr + len(data)] = bytes(data)
+
+    async def fill(self):
+        """Load the model with what :meth:`write` put in the image (the clock must run)."""
+        nb = self.nb
+        lines = [self.image[i:i + nb][::-1].hex() for i in range(0, self.size, nb)]
+        (run_dir() / "axi_mem_in.hex").write_text("\n".join(lines) + "\n")
+        self.dut.mem_load.value = 1
+        await RisingEdge(self.clock)
+        self.dut.mem_load.value = 0
+
+    async def contents(self):
+        """The model's memory (``size`` bytes); fails if the model saw a protocol error."""
+        assert not int(self.dut.mem_protocol_error.value), "the memory model saw an AXI protocol error"
+        self.dut.mem_dump.value = 1
+        await RisingEdge(self.clock)
+        self.dut.mem_dump.value = 0
+        await RisingEdge(self.clock)
+        words = [w for w in (run_dir() / "axi_mem_out.hex").read_text().split() if not w.startswith("//")]
+        raw = b"".join(bytes.fromhex(w.rjust(2 * self.nb, "0"))[::-1] for w in words[:self.size // self.nb])
+        return raw

@@ -1,0 +1,20 @@
+"""The CSR bank in Verilator behind cocotbext-axi's AxiLiteMaster (sim/tb/csr.py): concurrent
+reads and writes of every access kind, with and without random valid gaps and backpressure on
+all five AXI4-Lite channels."""
+
+import random
+
+import pytest
+
+from sim.runner import run
+from sim.tb.csr_top import csr_design
+
+
+@pytest.mark.cocotb
+@pytest.mark.xdist_group("csr")
+@pytest.mark.parametrize("stall, backpressure", [(0.0, 0.0), (0.4, 0.5)])
+def test_concurrent_reads_and_writes_of_every_access_kind_through_axi_lite(stall, backpressure):
+    seed = random.randrange(1 << 30)
+    print("seed", seed)
+    run(csr_design(), "sim.tb.csr", testcase="csr_concurrent",
+        data={"seed": seed, "stall": stall, "backpressure": backpressure, "n": 60})

@@ -19,6 +19,7 @@ TOPS = {
     "matmul_engine": ("hdl.matmul", "MatmulEngine"),
     "softmax_unit": ("hdl.softmax", "SoftmaxUnit"),
     "kv_cache": ("hdl.kvcache", "KVCacheController"),
+    "vector_unit": ("hdl.vector", "VectorUnit"),
 }
 
 

@@ -1,5 +1,6 @@
 """Simulation flow: Amaranth → Verilog → Verilator → cocotb, and Python APIs that run one
-operation on the Verilated RTL (``sim.run_matmul``, ``sim.run_softmax``, ``sim.run_kvcache``)."""
+operation on the Verilated RTL (``sim.run_matmul``, ``sim.run_softmax``, ``sim.run_kvcache``, ``sim.run_vector``)."""
 from .kvcache_api import run_kvcache  # noqa: F401
 from .matmul_api import run_matmul  # noqa: F401
 from .softmax_api import run_softmax  # noqa: F401
+from .vector_api import run_vector  # noqa: F401

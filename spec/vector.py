@@ -53,7 +53,7 @@ class VectorStatus(enum.IntEnum, shape=4):
     BAD_OP = 1         #: op 8..15
     BAD_LENGTH = 2     #: length 0 or above max_len
     BAD_ROWS = 3       #: rows 0
-    BAD_HEAD_DIM = 4   #: RoPE: head_dim 0, above MAX_HEAD_DIM, not a multiple of 2·lanes, or not dividing length
+    BAD_HEAD_DIM = 4   #: RoPE: head_dim not a power of two in 2·lanes .. MAX_HEAD_DIM, or not dividing length
     BAD_SCALE = 5      #: an immediate out of range (eps, 1/D, 1/scale, RoPE multiplier/shift)
     BAD_DTYPE = 6      #: QUANT_TOKEN with dtype INT8 (it takes bf16 rows)
 
@@ -94,7 +94,8 @@ def command_status(*, op, dtype, length, rows, head_dim=0, shift=0, imm0=0, imm1
     if op == VectorOp.QUANT_TOKEN and dtype != 1:
         return VectorStatus.BAD_DTYPE
     if op == VectorOp.ROPE:
-        if not (1 <= head_dim <= MAX_HEAD_DIM) or head_dim % (2 * lanes) or length % head_dim:
+        if (not (1 <= head_dim <= MAX_HEAD_DIM) or head_dim & (head_dim - 1) or head_dim < 2 * lanes
+                or length % head_dim):
             return VectorStatus.BAD_HEAD_DIM
         if dtype == 0 and (imm0 >> 31 or not 1 <= shift <= 62):
             return VectorStatus.BAD_SCALE

@@ -136,7 +136,7 @@ def run_commands(cmds, *, config="default", stall=0.0, backpressure=0.0, seed=No
     ev_fields = [(n, Shape.cast(f.shape).width) for n, f in vector_events_layout(lanes)]
     data = dict(beats, s_in=np.array(s_in, np.uint32), lanes=lanes, cmds=packed, n_o=n_o, n_s_out=n_s,
                 n_resp=len(cmds), stall=float(stall), backpressure=float(backpressure), seed=int(seed),
-                event_fields=ev_fields, timeout_cycles=20000 + 4 * max_len)
+                event_fields=ev_fields, timeout_cycles=20000 + 4 * max_len + 2 * (n_o + len(beats["a"])))
     res = run(design, "sim.tb.vector", testcase="vector_stream", data=data, seed=seed)
     out, outs, sos, pos, spos = res["o"], [], [], 0, 0
     for (st, w), c in zip(expect, cmds, strict=True):

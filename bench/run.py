@@ -18,6 +18,7 @@ BENCHES = [
     ("matmul", "bench.matmul"),
     ("softmax", "bench.softmax"),
     ("kvcache", "bench.kvcache"),
+    ("vector", "bench.vector"),
     ("accuracy", "golden.accuracy"),
     ("flow", "bench.flow"),
 ]

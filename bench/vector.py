@@ -47,7 +47,7 @@ def main(argv=None):
     report = {"config": "default", "lanes": V, "max_len": L, "ops": {}}
     ob = ab = 0
     ok = res["status"] == [0] * len(cases)
-    for (op, dt, tag, rows, length), (cmd, want, _), got in zip(plan, cases, res["o"], strict=True):
+    for (op, dt, tag, rows, length), (_cmd, want, _), got in zip(plan, cases, res["o"], strict=True):
         ok &= bool(np.array_equal(got, want))
         beats = rows * -(-length // V)
         oc = res["o_cycle"][ob:ob + beats]

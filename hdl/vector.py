@@ -138,11 +138,11 @@ class VectorUnit(wiring.Component):
         op = VectorOp(op)
         beats = -(-length // self._v)
         if op == VectorOp.ROPE:
-            return head_dim // self._v + 1 + LANE_LATENCY
+            return head_dim // self._v + 1 + LANE_LATENCY   # the first head, one read
         if op in (VectorOp.RMSNORM, VectorOp.QUANT_TOKEN):
-            rows_in_group = 1
+            # write (+1 register, +1 state), column sum (+5 stages), finisher, read (+1, +1)
             fin = RowEngine(lanes=self._v, max_len=self._max_len).finish_latency
-            return beats * rows_in_group + 1 + length + 5 + fin + rows_in_group + 1 + LANE_LATENCY
+            return beats + length + fin + 8 + LANE_LATENCY
         return LANE_LATENCY
 
     @property

@@ -354,7 +354,7 @@ class RsqrtCore(_EnCore):
         q = state["root"]
         state = dict(half_e=state["half_e"], special=state["special"], is_special=state["is_special"],
                      q=q, rem=Const(1 << 23, 26), inv=Const(0, 39))
-        for i in range(self._DIV_STEPS):
+        for _ in range(self._DIV_STEPS):
             rem = Cat(Const(0, 1), state["rem"])[:26]
             ge = rem >= state["q"]
             state = dict(state, rem=Mux(ge, rem - state["q"], rem)[:26], inv=Cat(ge, state["inv"])[:39])

@@ -36,8 +36,17 @@ import numpy as np
 from golden.fp import as_bf16_bits, as_fp32_bits, bf16_from_bits, fp32_from_bits
 from golden.vector import RopeTable
 from hdl.config import get_config
-from spec.vector import (EXP_BITS, MAX_HEAD_DIM, SHIFT_BITS, VectorFlag, VectorOp, VectorStatus,
-                         cmd_fields, command_status, stream_words)
+from spec.vector import (
+    EXP_BITS,
+    MAX_HEAD_DIM,
+    SHIFT_BITS,
+    VectorFlag,
+    VectorOp,
+    VectorStatus,
+    cmd_fields,
+    command_status,
+    stream_words,
+)
 
 __all__ = ["run_vector", "run_commands", "vector_design", "VectorResult", "OPS", "make_command"]
 
@@ -139,7 +148,7 @@ def run_commands(cmds, *, config="default", stall=0.0, backpressure=0.0, seed=No
                 event_fields=ev_fields, timeout_cycles=20000 + 4 * max_len + 2 * (n_o + len(beats["a"])))
     res = run(design, "sim.tb.vector", testcase="vector_stream", data=data, seed=seed)
     out, outs, sos, pos, spos = res["o"], [], [], 0, 0
-    for (st, w), c in zip(expect, cmds, strict=True):
+    for (_st, w), c in zip(expect, cmds, strict=True):
         if w is None:
             outs.append(None)
             sos.append(None)

@@ -9,6 +9,7 @@ valid gaps on every input and ready backpressure on every output. Seeds are prin
 
 import numpy as np
 import pytest
+from vector_cases import bf16, command, random_case
 
 import golden
 from golden.fp import as_bf16_bits
@@ -16,7 +17,6 @@ from hdl.config import get_config
 from hdl.vector import VectorUnit
 from sim.vector_api import make_command, run_commands, run_vector
 from spec.vector import VectorOp, VectorStatus
-from vector_cases import bf16, command, random_case
 
 pytestmark = pytest.mark.cocotb
 

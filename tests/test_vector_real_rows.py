@@ -10,13 +10,13 @@ stalls and backpressure, compared bit for bit with golden.
 
 import numpy as np
 import pytest
+from vector_cases import command
 
 import golden.layer as gl
 from golden.fp import fp32_from_bits
 from golden.layer import DecoderLayer, calibrate
 from golden.models import load_smollm2, models_available
 from sim.vector_api import run_commands
-from vector_cases import command
 
 pytestmark = [
     pytest.mark.cocotb, pytest.mark.models, pytest.mark.xdist_group("vector_default"),

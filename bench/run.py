@@ -20,6 +20,7 @@ BENCHES = [
     ("kvcache", "bench.kvcache"),
     ("spad", "bench.spad"),
     ("dma", "bench.dma"),
+    ("vector", "bench.vector"),
     ("accuracy", "golden.accuracy"),
     ("flow", "bench.flow"),
 ]

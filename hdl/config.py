@@ -182,8 +182,8 @@ class VectorConfig(_Part):
     lanes : int
         Elements per cycle V. Power of two, 1..64.
     max_len : int
-        Longest row (elements) of a row operation that needs the whole row first (RMSNorm,
-        per-token quantization). 1..65536.
+        Longest row (elements) of any vector command; the row buffer of RMSNorm and per-token
+        quantization holds 4·lanes rows of it. 1..65536.
     """
 
     _prefix = "vector"

@@ -27,6 +27,7 @@ TOPS = {
     "load_unit": ("hdl.loadstore", "LoadUnit"),
     "store_unit": ("hdl.loadstore", "StoreUnit"),
     "csr_bank": ("hdl.csr", "CsrBank"),
+    "vector_unit": ("hdl.vector", "VectorUnit"),
 }
 
 

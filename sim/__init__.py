@@ -6,3 +6,4 @@ from .matmul_api import run_matmul  # noqa: F401
 from .result import SimResult  # noqa: F401
 from .softmax_api import run_softmax  # noqa: F401
 from .spad_api import run_spad  # noqa: F401
+from .vector_api import run_vector  # noqa: F401

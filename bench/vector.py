@@ -1,0 +1,75 @@
+# amaranth: UnusedElaboratable=no
+"""Vector unit benchmark: elements per cycle per op and latency; writes build/bench/vector.json.
+
+Figures are simulated cycles of the Verilated RTL (``default``: V = 8, max_len 1536), one run of
+back-to-back commands, no stalls. Per op and dtype:
+
+* **rate**: one command of 64 rows of 64 elements and one of 8 rows of 1536; elements per cycle
+  from the command's first ``a`` beat taken to its last output beat (``end_to_end``, includes the
+  pipeline fill) and over the output beats (``sustained``: beats / (last − first + 1) · V).
+  Targets: sustained ≥ 0.95·V element-wise, ≥ 0.90·V for RMSNORM and QUANT_TOKEN.
+* **latency**: a one-row command of 64 elements: cycles from its first ``a`` beat taken to its
+  first output beat, against ``VectorUnit.first_out_latency``.
+
+The results are compared with golden (bit-exact) too. ``--fpga`` is ``make fpga``'s job
+(bench/fpga.py, top ``vector_unit``); its figures are in docs/vector.md.
+"""
+
+import json
+import sys
+
+import numpy as np
+
+import golden
+from hdl.config import get_config
+from hdl.vector import VectorUnit
+from sim.runner import BUILD
+from sim.vector_api import OPS, run_commands
+
+sys.path.insert(0, str(BUILD.parent / "tests"))
+from vector_cases import random_case  # noqa: E402
+
+OPLIST = [(op, dt) for op in OPS for dt in ("bf16", "int8") if (op, dt) != ("quant_token", "int8")]
+
+
+def main(argv=None):
+    cfg = get_config("default")
+    V, L = cfg.vector.lanes, cfg.vector.max_len
+    unit = VectorUnit.from_config(cfg)
+    rng = np.random.default_rng(1)
+    table = golden.rope_table(head_dim=64, max_pos=128, base=10000.0)
+    plan, cases = [], []
+    for op, dt in OPLIST:
+        for tag, rows, length in (("latency", 1, 64), ("rows64x64", 64, 64), ("rows8x1536", 8, L)):
+            cases.append(random_case(rng, op, dt, rows, length, lanes=V, max_len=L, table=table))
+            plan.append((op, dt, tag, rows, length))
+    res = run_commands([c[0] for c in cases], config=cfg, seed=1)
+    report = {"config": "default", "lanes": V, "max_len": L, "ops": {}}
+    ob = ab = 0
+    ok = res["status"] == [0] * len(cases)
+    for (op, dt, tag, rows, length), (_cmd, want, _), got in zip(plan, cases, res["o"], strict=True):
+        ok &= bool(np.array_equal(got, want))
+        beats = rows * -(-length // V)
+        oc = res["o_cycle"][ob:ob + beats]
+        ac = res["a_cycle"][ab:ab + beats]
+        ob += beats
+        ab += beats
+        entry = report["ops"].setdefault(f"{op}_{dt}", {})
+        if tag == "latency":
+            hd = 64 if op == "rope" else None
+            entry["latency"] = int(oc[0] - ac[0])
+            entry["latency_documented"] = unit.first_out_latency(OPS[op], length=length, head_dim=hd)
+        else:
+            entry[tag] = {"end_to_end": round(rows * length / (oc[-1] - ac[0] + 1), 3),
+                          "sustained": round(beats * V / (oc[-1] - oc[0] + 1), 3)}
+    report["bit_exact"] = bool(ok)
+    out = BUILD / "bench" / "vector.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,329 @@
+"""The vector unit: every vector operation of the decoder layer, V elements per cycle.
+
+Ops, streams, numerics, latencies and errors: docs/vector.md; codes and stream words per row:
+:mod:`spec.vector`. :class:`VectorUnit` executes one command at a time (``rows`` rows of
+``length`` elements); its parts:
+
+* :class:`hdl.vector_lane.VectorLane` × V: the element-wise arithmetic (every op's last step);
+* :class:`hdl.vector_row.RowEngine`: buffers rows for RMSNORM and QUANT_TOKEN (pass 1);
+* :class:`hdl.vector_rope.RopeFront`: pairs the two halves of each RoPE head.
+
+The issue stage takes one beat per cycle from the op's source (the a/b/p/s_in streams, the row
+engine or the RoPE front end) into the lanes, whose pipeline advances when the output register
+is empty or read (``o.ready``), so back-pressure stops everything and nothing is lost.
+"""
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2, exact_log2
+
+from spec.codes import Dtype
+from spec.vector import MAX_HEAD_DIM, ROWS_BITS, VectorFlag, VectorOp, VectorStatus, cmd_fields
+
+from .config import ChipConfig
+from .counters import events_layout
+from .vector_lane import LANE_LATENCY, VectorLane
+from .vector_rope import RopeFront
+from .vector_row import SLOTS, RowEngine
+
+__all__ = ["VectorUnit", "vector_events_layout"]
+
+
+def vector_events_layout(lanes):
+    """The ``events`` layout of a unit of ``lanes`` lanes (docs/vector.md "Counters")."""
+    w = ceil_log2(4 * lanes + 1) + 1
+    return events_layout({"busy": 1, "stall_input": 1, "stall_output": 1, "beats_in": 1,
+                          "beats_out": 1, "mul_bf16": w, "mul_fp32": w, "add_fp32": w,
+                          "mul_int": w, "rsqrt": 1, "buf_reads": w, "buf_writes": w})
+
+_ELEMENTWISE = (VectorOp.ADD, VectorOp.SWIGLU, VectorOp.DEQUANT, VectorOp.REQUANT, VectorOp.QUANT_STATIC)
+
+
+class VectorUnit(wiring.Component):
+    """Streaming vector unit, bit-exact with golden/vector.py and golden/layer.py.
+
+    Parameters
+    ----------
+    lanes : int
+        Elements per beat and per cycle V; a power of two, 1..64.
+    max_len : int
+        Longest row, 1..65536.
+
+    Members
+    -------
+    cmd : In(stream of :attr:`cmd_layout`)
+        ``op`` (:class:`spec.vector.VectorOp`), ``dtype``, ``flags``, ``length``, ``rows``,
+        ``head_dim``, ``shift``, ``imm0``, ``imm1`` (docs/vector.md).
+    a, b, p : In(stream of ArrayLayout(32, V))
+        Operand rows, second operand rows, parameters (:func:`spec.vector.stream_words`).
+    s_in : In(stream of 32 bits)
+        One per-row scalar (a row exponent, signed).
+    o : Out(stream of ArrayLayout(32, V))
+        Result rows, ceil(length/V) beats each, lanes past the row's end 0.
+    s_out : Out(stream of 32 bits)
+        QUANT_TOKEN: each row's exponent e (signed).
+    resp : Out(stream of {status: VectorStatus})
+        One beat per command, in order, when its last output beat has been taken (a rejected
+        command: at once; none of its stream beats is taken).
+    events : Out(:attr:`events_layout`)
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad ``lanes`` or ``max_len``.
+
+    Latency: :attr:`latency` cycles from an element-wise beat taken to its result on ``o``;
+    :meth:`first_out_latency` for every op. Throughput: V elements per cycle (docs/vector.md).
+    """
+
+    def __init__(self, *, lanes, max_len):
+        for name, value, lo, hi in (("lanes", lanes, 1, 64), ("max_len", max_len, 1, 1 << 16)):
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise TypeError(f"{name} must be an int, not {value!r}")
+            if not lo <= value <= hi:
+                raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
+        if lanes & (lanes - 1):
+            raise ValueError(f"lanes must be a power of two, not {lanes}")
+        self._v, self._max_len = lanes, max_len
+        self._lw = max_len.bit_length()
+        self._tw = ROWS_BITS + self._lw
+        V = lanes
+        super().__init__({
+            "cmd": In(stream.Signature(self.cmd_layout)),
+            "a": In(stream.Signature(data.ArrayLayout(32, V))),
+            "b": In(stream.Signature(data.ArrayLayout(32, V))),
+            "p": In(stream.Signature(data.ArrayLayout(32, V))),
+            "s_in": In(stream.Signature(32)),
+            "o": Out(stream.Signature(data.ArrayLayout(32, V))),
+            "s_out": Out(stream.Signature(32)),
+            "resp": Out(stream.Signature(data.StructLayout({"status": VectorStatus}))),
+            "events": Out(self.events_layout),
+        })
+
+    @classmethod
+    def from_config(cls, config):
+        """The unit for a :class:`~hdl.config.ChipConfig` (``vector.lanes``, ``vector.max_len``)."""
+        if not isinstance(config, ChipConfig):
+            raise TypeError(f"config must be a ChipConfig, not {type(config).__name__}")
+        return cls(lanes=config.vector.lanes, max_len=config.vector.max_len)
+
+    @property
+    def lanes(self):
+        return self._v
+
+    @property
+    def max_len(self):
+        return self._max_len
+
+    @property
+    def cmd_layout(self):
+        fields = cmd_fields(self._max_len)
+        fields["op"], fields["dtype"] = VectorOp, Dtype
+        return data.StructLayout(fields)
+
+    @property
+    def events_layout(self):
+        return vector_events_layout(self._v)
+
+    @property
+    def latency(self):
+        """Cycles from an element-wise op's beat taken to its result beat valid on ``o``."""
+        return LANE_LATENCY
+
+    def first_out_latency(self, op, *, length, head_dim=None):
+        """Cycles from a command's first ``a`` beat taken to its first ``o`` beat valid, without
+        stalls (the figures of docs/vector.md, checked by the tests)."""
+        op = VectorOp(op)
+        beats = -(-length // self._v)
+        if op == VectorOp.ROPE:
+            return head_dim // self._v + 1 + LANE_LATENCY   # the first head, one read
+        if op in (VectorOp.RMSNORM, VectorOp.QUANT_TOKEN):
+            # write (+1 register, +1 state), column sum (+5 stages), finisher, read (+1, +1)
+            fin = RowEngine(lanes=self._v, max_len=self._max_len).finish_latency
+            return beats + length + fin + 8 + LANE_LATENCY
+        return LANE_LATENCY
+
+    @property
+    def throughput(self):
+        """Elements per cycle, sustained (V)."""
+        return self._v
+
+    # ----------------------------------------------------------------------------------------
+
+    def _status(self, m, c):
+        """The command's status (spec.vector.command_status in hardware)."""
+        V = self._v
+        status = Signal(VectorStatus, name="cmd_status")
+        hd = c.head_dim
+        hd_pow2 = (hd & (hd - 1)) == 0
+        hd_mask = Signal(len(hd), name="hd_mask")
+        m.d.comb += hd_mask.eq(hd - 1)
+        bad_hd = (hd < 2 * V) | (hd > MAX_HEAD_DIM) | ~hd_pow2 | ((c.length & hd_mask) != 0)
+        e0 = c.imm0[23:31]
+        e1 = c.imm1[23:31]
+        normal0 = (e0 != 0) & (e0 != 0xFF) & ~c.imm0[31]
+        eps_bad = (e0 == 0xFF) | (c.imm0[31] & (e0 != 0))
+        invd_bad = (e1 == 0) | (e1 == 0xFF) | c.imm1[31]
+        rope_scale_bad = (c.dtype == Dtype.INT8) & (c.imm0[31] | (c.shift == 0) | (c.shift == 63))
+        with m.If(c.op >= 8):
+            m.d.comb += status.eq(VectorStatus.BAD_OP)
+        with m.Elif((c.length == 0) | (c.length > self._max_len)):
+            m.d.comb += status.eq(VectorStatus.BAD_LENGTH)
+        with m.Elif(c.rows == 0):
+            m.d.comb += status.eq(VectorStatus.BAD_ROWS)
+        with m.Elif((c.op == VectorOp.QUANT_TOKEN) & (c.dtype == Dtype.INT8)):
+            m.d.comb += status.eq(VectorStatus.BAD_DTYPE)
+        with m.Elif((c.op == VectorOp.ROPE) & bad_hd):
+            m.d.comb += status.eq(VectorStatus.BAD_HEAD_DIM)
+        with m.Elif(((c.op == VectorOp.ROPE) & rope_scale_bad)
+                    | ((c.op == VectorOp.RMSNORM) & (eps_bad | invd_bad))
+                    | ((c.op == VectorOp.QUANT_STATIC) & ~normal0)):
+            m.d.comb += status.eq(VectorStatus.BAD_SCALE)
+        with m.Else():
+            m.d.comb += status.eq(VectorStatus.OK)
+        return status
+
+    def elaborate(self, platform):
+        m = Module()
+        V, lw = self._v, self._lw
+        log2v = exact_log2(V)
+        cur = Signal(self.cmd_layout, name="cur")
+        busy = Signal()
+        total = Signal(self._tw)          # output beats of the command
+        beats = Signal(lw)                # beats per row
+        c = self.cmd.payload
+        status = self._status(m, c)
+        m.d.comb += self.cmd.ready.eq(~busy & ~self.resp.valid)
+        cmd_fire = self.cmd.valid & self.cmd.ready
+        n_beats = (c.length + (V - 1)) >> log2v
+        start = Signal()
+        m.d.comb += start.eq(cmd_fire & (status == VectorStatus.OK))
+        with m.If(self.resp.valid & self.resp.ready):
+            m.d.sync += self.resp.valid.eq(0)
+        with m.If(cmd_fire):
+            with m.If(status != VectorStatus.OK):
+                m.d.sync += [self.resp.valid.eq(1), self.resp.payload.status.eq(status)]
+            with m.Else():
+                m.d.sync += [busy.eq(1), cur.eq(c), beats.eq(n_beats), total.eq(c.rows * n_beats)]
+        # parts
+        m.submodules.row = row = RowEngine(lanes=V, max_len=self._max_len)
+        m.submodules.rope = rope = RopeFront(lanes=V, total_width=self._tw)
+        row_op = (c.op == VectorOp.RMSNORM) | (c.op == VectorOp.QUANT_TOKEN)
+        m.d.comb += [
+            row.start.eq(start & row_op), row.rms.eq(c.op == VectorOp.RMSNORM),
+            row.fp32.eq(c.dtype == Dtype.INT8), row.length.eq(c.length), row.beats.eq(n_beats),
+            row.rows.eq(c.rows), row.eps.eq(c.imm0), row.inv_d.eq(c.imm1),
+            rope.start.eq(start & (c.op == VectorOp.ROPE)), rope.total.eq(c.rows * n_beats),
+            rope.hb.eq(c.head_dim >> (log2v + 1)),
+        ]
+        done = self._issue(m, cur, busy, total, beats, row, rope)
+        with m.If(done):
+            m.d.sync += [busy.eq(0), self.resp.valid.eq(1), self.resp.payload.status.eq(VectorStatus.OK)]
+        return m
+
+    def _issue(self, m, cur, busy, total, beats, row, rope):
+        """The issue stage, the lanes, the output and the events; returns the completion pulse."""
+        V = self._v
+        op = cur.op
+        is_row = (op == VectorOp.RMSNORM) | (op == VectorOp.QUANT_TOKEN)
+        is_rope = op == VectorOp.ROPE
+        is_elem = ~is_row & ~is_rope
+        need_b = is_elem & ((op == VectorOp.ADD) | (op == VectorOp.SWIGLU) | (op == VectorOp.DEQUANT)
+                            | (op == VectorOp.REQUANT))
+        need_p = (is_elem & ((op == VectorOp.DEQUANT) | (op == VectorOp.REQUANT))) | (op == VectorOp.RMSNORM)
+        need_s = (op == VectorOp.REQUANT) | ((op == VectorOp.DEQUANT) & (cur.flags & VectorFlag.ROW_EXP).any())
+        qtok = op == VectorOp.QUANT_TOKEN
+        issued = Signal(self._tw)
+        k = Signal(self._lw)       # beat within the row
+        base = Signal(self._lw + 1)  # first element of the beat
+        row_sc = Signal(32)
+        first = k == 0
+        vpipe = Signal(LANE_LATENCY, name="valid_pipe")
+        en = Signal()
+        m.d.comb += [en.eq(~vpipe[-1] | self.o.ready), self.o.valid.eq(vpipe[-1])]
+        m.submodules.sout_fifo = sfifo = SyncFIFO(width=32, depth=SLOTS * max(V, 2))
+        src_valid = Mux(is_row, row.o.valid, Mux(is_rope, rope.o.valid, self.a.valid))
+        ok = (src_valid & (~need_b | self.b.valid) & (~need_p | self.p.valid)
+              & (~(need_s & first) | self.s_in.valid) & (~(qtok & first) | sfifo.w_rdy))
+        issue = Signal()
+        m.d.comb += issue.eq(busy & en & (issued != total) & ok)
+        # the streams
+        m.d.comb += [
+            self.a.ready.eq(Mux(is_row, row.a.ready, Mux(is_rope, rope.a.ready, issue & busy))),
+            row.a.valid.eq(self.a.valid & busy & is_row), row.a.payload.eq(self.a.payload),
+            rope.a.valid.eq(self.a.valid & busy & is_rope), rope.a.payload.eq(self.a.payload),
+            rope.p.valid.eq(self.p.valid & busy & is_rope), rope.p.payload.eq(self.p.payload),
+            self.b.ready.eq(issue & need_b), self.s_in.ready.eq(issue & need_s & first),
+            self.p.ready.eq(Mux(is_rope, rope.p.ready, issue & need_p)),
+            row.o.ready.eq(issue & is_row), rope.o.ready.eq(issue & is_rope),
+        ]
+        sc = Mux(is_row, row.o.payload.sc, Mux(first, self.s_in.payload, row_sc))
+        m.d.comb += [sfifo.w_en.eq(issue & qtok & first), sfifo.w_data.eq(row.o.payload.sc),
+                     self.s_out.valid.eq(sfifo.r_rdy), self.s_out.payload.eq(sfifo.r_data),
+                     sfifo.r_en.eq(self.s_out.ready)]
+        with m.If(issue):
+            m.d.sync += [issued.eq(issued + 1), k.eq(k + 1), base.eq(base + V)]
+            with m.If(k == beats - 1):
+                m.d.sync += [k.eq(0), base.eq(0)]
+            with m.If(first):
+                m.d.sync += row_sc.eq(sc)
+        with m.If(~busy):
+            m.d.sync += [issued.eq(0), k.eq(0), base.eq(0)]
+        with m.If(en):
+            m.d.sync += vpipe.eq(Cat(issue, vpipe[:-1]))
+        masks = []
+        for j in range(V):
+            lane = VectorLane()
+            m.submodules[f"lane{j}"] = lane
+            mask = base + j < cur.length
+            masks.append(mask)
+            a_src = Mux(is_row, row.o.payload.x[j], Mux(is_rope, rope.o.payload.a[j], self.a.payload[j]))
+            b_src = Mux(is_rope, rope.o.payload.b[j], self.b.payload[j])
+            m.d.comb += [
+                lane.en.eq(en), lane.op.eq(op), lane.dtype.eq(cur.dtype), lane.flags.eq(cur.flags),
+                lane.half.eq(rope.o.payload.half), lane.a.eq(a_src), lane.b.eq(b_src),
+                lane.p.eq(self.p.payload[j]), lane.cs.eq(rope.o.payload.cs[j]), lane.sc.eq(sc),
+                lane.imm0.eq(cur.imm0), lane.shift.eq(cur.shift), lane.mask.eq(mask),
+                self.o.payload[j].eq(lane.y),
+            ]
+        out_cnt = Signal(self._tw)
+        o_fire = self.o.valid & self.o.ready
+        with m.If(o_fire):
+            m.d.sync += out_cnt.eq(out_cnt + 1)
+        done = Signal()
+        m.d.comb += done.eq(busy & (out_cnt == total) & ~(qtok & sfifo.r_rdy))
+        with m.If(done):
+            m.d.sync += out_cnt.eq(0)
+        self._events(m, issue, masks, op, cur, busy, row, rope, en, ok, o_fire, issued != total)
+        return done
+
+    def _events(self, m, issue, masks, op, cur, busy, row, rope, en, ok, o_fire, left):
+        ev = self.events
+        n = Signal(range(self._v + 1), name="active_lanes")
+        m.d.comb += n.eq(sum(masks))
+        nn = Mux(issue, n, 0)
+        int8 = cur.dtype == Dtype.INT8
+        with m.Switch(op):
+            with m.Case(VectorOp.ADD):
+                m.d.comb += ev.add_fp32.eq(nn)
+            with m.Case(VectorOp.SWIGLU):
+                m.d.comb += ev.mul_bf16.eq(nn)
+            with m.Case(VectorOp.ROPE):
+                m.d.comb += [ev.mul_bf16.eq(Mux(int8, 0, 2 * nn)), ev.add_fp32.eq(Mux(int8, 0, nn)),
+                             ev.mul_int.eq(Mux(int8, 3 * nn, 0))]
+            with m.Case(VectorOp.RMSNORM):
+                m.d.comb += [ev.mul_bf16.eq(nn + row.sq_ops), ev.mul_fp32.eq(nn + row.fin_ops),
+                             ev.add_fp32.eq(row.sq_ops + row.fin_ops), ev.rsqrt.eq(row.fin_ops)]
+            with m.Case(VectorOp.QUANT_STATIC):
+                m.d.comb += ev.mul_fp32.eq(nn)
+            with m.Case(VectorOp.DEQUANT, VectorOp.REQUANT):
+                m.d.comb += ev.mul_int.eq(nn)
+        m.d.comb += [
+            ev.busy.eq(busy), ev.beats_out.eq(o_fire), ev.beats_in.eq(self.a.valid & self.a.ready),
+            ev.stall_output.eq(busy & self.o.valid & ~self.o.ready),
+            ev.stall_input.eq(busy & en & left & ~ok & ~(self.o.valid & ~self.o.ready)),
+            ev.buf_reads.eq(row.buf_reads + rope.buf_reads),
+            ev.buf_writes.eq(row.buf_writes + rope.buf_writes),
+        ]

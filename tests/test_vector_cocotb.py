@@ -1,0 +1,197 @@
+# amaranth: UnusedElaboratable=no
+"""The vector unit (hdl/vector.py) in Verilator through cocotb, bit-exact against golden.
+
+Unit tests use the ``tiny`` preset (V = 2, max_len 64), one build shared through the xdist group;
+the real-row tests use ``default`` (V = 8, max_len 1536) on rows captured from golden.DecoderLayer
+runs of SmolLM2 layers 0, 15 and 29 in both modes. Every stream test runs with and without random
+valid gaps on every input and ready backpressure on every output. Seeds are printed.
+"""
+
+import numpy as np
+import pytest
+from vector_cases import bf16, command, random_case
+
+import golden
+from golden.fp import as_bf16_bits
+from hdl.config import get_config
+from hdl.vector import VectorUnit
+from sim.vector_api import make_command, run_commands, run_vector
+from spec.vector import VectorOp, VectorStatus
+
+pytestmark = pytest.mark.cocotb
+
+TINY = get_config("tiny")
+V, LMAX = TINY.vector.lanes, TINY.vector.max_len
+STALLS = [pytest.param((0.0, 0.0), id="no_stalls"), pytest.param((0.3, 0.4), id="stalls")]
+TABLE = golden.rope_table(head_dim=8, max_pos=40, base=10000.0)
+ALL = [(op, dt) for op in ("add", "swiglu", "rmsnorm", "rope", "dequant", "requant", "quant_static",
+                           "quant_token") for dt in ("bf16", "int8") if (op, dt) != ("quant_token", "int8")]
+
+
+def _seed(request, base):
+    seed = base + sum(map(ord, request.node.name)) % 1000
+    print(f"seed {seed}")
+    return seed
+
+
+def _check(cases, res):
+    assert res["status"] == res["expected_status"]
+    for i, ((cmd, want, want_s), got, got_s) in enumerate(zip(cases, res["o"], res["s_out"], strict=True)):
+        if want is None:
+            assert got is None
+            continue
+        assert np.array_equal(got, want), (i, VectorOp(cmd["op"]).name, np.argwhere(got != want)[:4].tolist())
+        if want_s is not None:
+            assert np.array_equal(got_s, want_s), (i, got_s, want_s)
+
+
+@pytest.mark.xdist_group("vector_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_every_op_in_both_modes_back_to_back_at_lengths_1_v_minus_1_v_v_plus_1_and_max(request, stalls):
+    seed = _seed(request, 300)
+    rng = np.random.default_rng(seed)
+    cases = []
+    for op, dt in ALL:
+        lengths = [8, 16, LMAX] if op == "rope" else [1, V - 1, V, V + 1, 7, LMAX]
+        for length in lengths:
+            rows = int(rng.integers(1, 2 * V + 3))
+            cases.append(random_case(rng, op, dt, rows, length, lanes=V, max_len=LMAX, table=TABLE))
+    order = rng.permutation(len(cases))
+    cases = [cases[i] for i in order]
+    res = run_commands([c[0] for c in cases], config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(cases, res)
+    c = res["counters"]
+    assert c["beats_out"] == sum(-(-cmd["length"] // V) * cmd["rows"] for cmd, _, _ in cases)
+    if stalls[1]:
+        assert c["stall_output"] > 0 and c["stall_input"] > 0
+
+
+def _f32(vals):
+    return np.array(vals, np.float32)
+
+
+@pytest.mark.xdist_group("vector_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_special_values_zeros_subnormals_inf_nan_and_saturation(request, stalls):
+    seed = _seed(request, 400)
+    sub, big = 1e-39, 3.0e38
+    sp = [0.0, -0.0, sub, -sub, np.inf, -np.inf, np.nan, big, -big, 1.0, -2.5, 1e-30, 65504.0, -7.0]
+    x32 = _f32(sp)
+    y32 = _f32(sp[::-1])
+    xb, yb = bf16(x32), bf16(y32)
+    fin = np.array([v for v in sp if np.isfinite(v)], np.float32)
+    cases = [
+        command("add", "bf16", xb[None], yb[None], lanes=V, max_len=LMAX),
+        command("add", "int8", x32[None], y32[None], lanes=V, max_len=LMAX),
+        command("add", "bf16", bf16([[big, -big, 1.0]]), bf16([[big, big, -1.0]]), lanes=V, max_len=LMAX),
+        command("swiglu", "bf16", xb[None], yb[None], lanes=V, max_len=LMAX),
+        command("swiglu", "int8", x32[None], y32[None], lanes=V, max_len=LMAX),
+        command("rmsnorm", "bf16", xb[None], lanes=V, max_len=LMAX, gain=bf16(np.ones(len(sp))), eps=1e-5),
+        command("rmsnorm", "bf16", bf16(np.zeros((2, 5))), lanes=V, max_len=LMAX, gain=bf16(np.ones(5)), eps=0.0),
+        command("rmsnorm", "int8", _f32([[3e38, 3e38, -3e38, 1.0]]), lanes=V, max_len=LMAX,
+                gain=bf16([1, 2, 3, 4]), eps=1e-6),
+        command("quant_static", "int8", fin[None] * np.float32(1e-30), lanes=V, max_len=LMAX, scale=1e-29),
+        command("quant_static", "bf16", bf16(fin[None]), lanes=V, max_len=LMAX, scale=4.0),
+        command("quant_token", "bf16", bf16(fin[None]), lanes=V, max_len=LMAX),
+        command("quant_token", "bf16", bf16(np.zeros((1, 3))), lanes=V, max_len=LMAX),
+        command("quant_token", "bf16", bf16([[sub, -sub, 2.0 ** -126]]), lanes=V, max_len=LMAX),
+        command("dequant", "int8", np.array([[2**31 - 1, -2**31, 0, 1, -1]], np.int32), lanes=V, max_len=LMAX,
+                multiplier=np.array([2**31 - 1] * 5), shift=np.array([0, 0, 5, 63, 63]), row_exp=np.array([122])),
+        command("dequant", "int8", np.array([[2**31 - 1, -2**31, 7, 1, -1]], np.int32), lanes=V, max_len=LMAX,
+                multiplier=np.array([1 << 30] * 5), shift=np.array([63] * 5), row_exp=np.array([-133])),
+        command("requant", "int8", np.array([[2**31 - 1, -2**31, 100, -100, 3]], np.int32), lanes=V, max_len=LMAX,
+                multiplier=np.array([2**31 - 1] * 5), shift=np.array([1, 1, 62, 0, 40]), row_exp=np.array([-5])),
+        command("rope", "int8", np.full((2, 8), 127, np.int8), lanes=V, max_len=LMAX, table=TABLE,
+                pos=np.array([1, 39])),
+        command("rope", "int8", np.full((1, 8), -128, np.int8), lanes=V, max_len=LMAX, table=TABLE,
+                pos=np.array([3]), multiplier=(1 << 31) - 1, shift=40),
+        command("rope", "bf16", bf16([[np.inf, 0, 1, -0.0, np.nan, 2, 3, big]]), lanes=V, max_len=LMAX,
+                table=TABLE, pos=np.array([5])),
+    ]
+    res = run_commands([c[0] for c in cases], config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(cases, res)
+
+
+@pytest.mark.xdist_group("vector_tiny")
+def test_bad_commands_are_answered_with_their_code_take_no_data_and_the_next_command_runs(request):
+    seed = _seed(request, 500)
+    rng = np.random.default_rng(seed)
+    good = lambda op="add", dt="bf16", n=5: random_case(rng, op, dt, 2, n, lanes=V, max_len=LMAX, table=TABLE)
+    bad = [
+        (make_command(9, length=4, rows=1), VectorStatus.BAD_OP),
+        (make_command(15, length=4, rows=1), VectorStatus.BAD_OP),
+        (make_command(VectorOp.ADD, length=0, rows=1), VectorStatus.BAD_LENGTH),
+        (make_command(VectorOp.SWIGLU, length=LMAX + 1, rows=1), VectorStatus.BAD_LENGTH),
+        (make_command(VectorOp.ADD, length=4, rows=0), VectorStatus.BAD_ROWS),
+        (make_command(VectorOp.QUANT_TOKEN, dtype=0, length=4, rows=1), VectorStatus.BAD_DTYPE),
+        (make_command(VectorOp.ROPE, length=16, rows=1, head_dim=6), VectorStatus.BAD_HEAD_DIM),
+        (make_command(VectorOp.ROPE, length=12, rows=1, head_dim=8), VectorStatus.BAD_HEAD_DIM),
+        (make_command(VectorOp.ROPE, length=16, rows=1, head_dim=2), VectorStatus.BAD_HEAD_DIM),
+        (make_command(VectorOp.ROPE, length=16, rows=1, head_dim=0), VectorStatus.BAD_HEAD_DIM),
+        (make_command(VectorOp.ROPE, dtype=0, length=8, rows=1, head_dim=8, imm0=1 << 31, shift=10),
+         VectorStatus.BAD_SCALE),
+        (make_command(VectorOp.ROPE, dtype=0, length=8, rows=1, head_dim=8, imm0=1 << 30, shift=0),
+         VectorStatus.BAD_SCALE),
+        (make_command(VectorOp.QUANT_STATIC, length=4, rows=1, imm0=0x7F800000), VectorStatus.BAD_SCALE),
+        (make_command(VectorOp.QUANT_STATIC, length=4, rows=1, imm0=0xBF800000), VectorStatus.BAD_SCALE),
+        (make_command(VectorOp.QUANT_STATIC, length=4, rows=1, imm0=0x00000001), VectorStatus.BAD_SCALE),
+        (make_command(VectorOp.RMSNORM, length=4, rows=1, imm0=0xBF800000, imm1=0x3E800000), VectorStatus.BAD_SCALE),
+        (make_command(VectorOp.RMSNORM, length=4, rows=1, imm0=0x7FC00000, imm1=0x3E800000), VectorStatus.BAD_SCALE),
+        (make_command(VectorOp.RMSNORM, length=4, rows=1, imm0=0, imm1=0), VectorStatus.BAD_SCALE),
+    ]
+    cases, want_status = [], []
+    ops = ["add", "swiglu", "rmsnorm", "rope", "quant_token", "requant"]
+    for i, (cmd, status) in enumerate(bad):
+        cases.append((cmd, None, None))
+        want_status.append(status)
+        op = ops[i % len(ops)]
+        cases.append(good(op, "bf16" if op not in ("requant",) else "int8", 8 if op == "rope" else 5))
+        want_status.append(VectorStatus.OK)
+    res = run_commands([c[0] for c in cases], config="tiny", stall=0.2, backpressure=0.2, seed=seed)
+    assert res["status"] == [int(s) for s in want_status]
+    _check(cases, res)
+    assert res["counters"]["beats_in"] == sum(-(-c[0]["length"] // V) * c[0]["rows"] for c in cases if c[1] is not None)
+
+
+@pytest.mark.xdist_group("vector_tiny")
+def test_silu_of_every_bf16_input_through_the_unit_equals_golden():
+    gate = golden.fp.bf16_from_bits(np.arange(1 << 16, dtype=np.uint16)).reshape(-1, LMAX)
+    up = bf16(np.ones(gate.shape))
+    res = run_vector("swiglu", gate, up, config="tiny", seed=7)
+    assert np.array_equal(as_bf16_bits(res.output), as_bf16_bits(golden.swiglu_bf16(gate, up)))
+    assert res.counters["mul_bf16"] == gate.size
+
+
+@pytest.mark.xdist_group("vector_tiny")
+def test_elementwise_latency_and_rate_are_the_documented_ones():
+    unit = VectorUnit.from_config(TINY)
+    a, b = bf16(np.ones((16, LMAX))), bf16(np.ones((16, LMAX)))
+    cmd, _, _ = command("add", "bf16", a, b, lanes=V, max_len=LMAX)
+    res = run_commands([cmd], config="tiny", seed=1)
+    assert res["o_cycle"][0] - res["a_cycle"][0] == unit.latency
+    beats = len(res["o_cycle"])
+    assert res["o_cycle"][-1] - res["o_cycle"][0] == beats - 1  # one beat per cycle
+
+
+def test_api_raises_naming_the_problem_before_anything_runs():
+    x = bf16(np.ones((2, 8)))
+    with pytest.raises(ValueError, match="unknown vector op"):
+        run_vector("softmax", x, config="tiny")
+    with pytest.raises(ValueError, match="row length"):
+        run_vector("quant_token", bf16(np.ones((2, LMAX + 1))), config="tiny")
+    with pytest.raises(ValueError, match="row length"):
+        run_vector("quant_token", bf16(np.ones((2, 0))), config="tiny")
+    with pytest.raises(ValueError, match="pos must be"):
+        run_vector("rope", x, config="tiny", table=TABLE, pos=np.array([0, 40]))
+    with pytest.raises(ValueError, match="scale must be"):
+        run_vector("quant_static", x, config="tiny", scale=0.0)
+    with pytest.raises(ValueError, match="shift must be in"):
+        run_vector("rope", np.ones((1, 8), np.int8), dtype="int8", config="tiny", table=TABLE, pos=0, shift=63)
+    with pytest.raises(ValueError, match="multiplier must be in"):
+        run_vector("requant", np.ones((1, 4), np.int32), dtype="int8", config="tiny",
+                   multiplier=np.array([1 << 31] * 4), shift=np.ones(4, np.int64), row_exp=0)
+    with pytest.raises(ValueError, match="head_dim"):
+        run_vector("rope", bf16(np.ones((1, 12))), config="tiny", table=golden.rope_table(head_dim=6, max_pos=4,
+                                                                                           base=1e4), pos=0)
+    with pytest.raises(TypeError, match="ml_dtypes.bfloat16"):
+        run_vector("add", np.ones((1, 4), np.float32), np.ones((1, 4), np.float32), config="tiny")

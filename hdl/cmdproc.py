@@ -303,6 +303,8 @@ class Dispatcher(wiring.Component):
         Scratchpad words of one token's K (or V) row of all KV heads.
     queue_depth : int
         Instructions each unit's queue holds.
+    units : iterable of isa.Unit, optional
+        The units this chip has (default all); an opcode of another unit is BAD_OPCODE.
 
     Members
     -------
@@ -326,7 +328,7 @@ class Dispatcher(wiring.Component):
     """
 
     def __init__(self, *, lanes, spad_words, bus_bytes, ext_bits, acc_depth, a_depth, param_beat_bytes,
-                 softmax_max_len, vector_max_len, kv_row_words, queue_depth=4):
+                 softmax_max_len, vector_max_len, kv_row_words, queue_depth=4, units=None):
         for name, value in (("lanes", lanes), ("bus_bytes", bus_bytes)):
             _check_int(name, value, 1, 1024)
             if value & (value - 1):
@@ -342,6 +344,7 @@ class Dispatcher(wiring.Component):
                        softmax_max_len=softmax_max_len, vector_max_len=vector_max_len,
                        kv_row_words=kv_row_words)
         self._queue_depth = queue_depth
+        self._units = tuple(isa.Unit) if units is None else tuple(isa.Unit(u) for u in units)
         fetch = data.StructLayout({"bits": isa.INSTR_BITS, "index": INDEX_BITS, "error": 1, "eop": 1})
         super().__init__({
             "start": In(1), "halt": In(1), "ext_size": In(ext_bits + 1),
@@ -485,6 +488,8 @@ class Dispatcher(wiring.Component):
                             m.d.sync += ended.eq(1)
                             m.next = "STOPPED"
                         for op in CHECKS:
+                            if isa.UNIT_OF[op] not in self._units:
+                                continue
                             with m.Case(op):
                                 m.d.sync += unit.eq(isa.UNIT_OF[op])
                                 with m.If(bad_wait):

@@ -30,8 +30,9 @@ class Harness:
     """The processor with a model memory for the fetcher and one model unit per unit port.
 
     ``latency(index)`` is the cycles a unit spends on an instruction; ``fail`` maps an
-    instruction index to the (status, detail) its unit answers; ``bad_fetch`` is a set of
-    instruction indices whose read answers an error; ``hang`` an index whose unit never ends.
+    instruction index to the (status, detail) its unit answers; ``hang`` an index whose unit
+    shows no progress while it runs (indices in the running program); ``bad_fetch`` is a set of
+    instruction slots of the memory (address / 64) whose read answers an error.
     """
 
     def __init__(self, words, *, seed=0, latency=None, fail=None, bad_fetch=(), hang=None, watchdog=0,
@@ -69,7 +70,8 @@ class Harness:
                 addr, beats, i = pending[0]
                 a = addr + i * (BUS // 8)
                 ctx.set(d.fetch_data.valid, 1)
-                ctx.set(d.fetch_data.payload.data, int.from_bytes(self.mem[a:a + BUS // 8].ljust(BUS // 8, b"\0"), "little"))
+                word = int.from_bytes(self.mem[a:a + BUS // 8].ljust(BUS // 8, b"\0"), "little")
+                ctx.set(d.fetch_data.payload.data, word)
                 ctx.set(d.fetch_data.payload.last, i == beats - 1)
                 ctx.set(d.fetch_data.payload.error, (addr // isa.INSTR_BYTES) in self.bad_fetch and i == beats - 1)
             else:
@@ -91,22 +93,23 @@ class Harness:
             ctx.set(port.idle, 1)
             while True:
                 await ctx.tick().until(port.instr.valid & port.deps_ok & ~port.abort)
-                index = ctx.get(port.instr.payload.index) + self.base
+                local = ctx.get(port.instr.payload.index)
+                index = local + self.base
                 retired = [ctx.get(port.retired[k]) for k in range(N_UNITS)]
                 ctx.set(port.instr.ready, 1)
                 ctx.set(port.idle, 0)
                 await ctx.tick()
                 ctx.set(port.instr.ready, 0)
                 self.started.append((u, index, self.now, retired))
-                for _ in range(self.latency(index)):
-                    ctx.set(port.progress, index != self.hang)   # a hung unit shows no sign of life
+                for _ in range(self.latency(local)):
+                    ctx.set(port.progress, local != self.hang)   # a hung unit shows no sign of life
                     await ctx.tick()
                 ctx.set(port.progress, 0)
-                status, detail = self.fail.get(index, (ChipError.OK, 0))
+                status, detail = self.fail.get(local, (ChipError.OK, 0))
                 ctx.set(port.done.valid, 1)
                 ctx.set(port.done.payload.status, status)
                 ctx.set(port.done.payload.detail, detail)
-                ctx.set(port.done.payload.index, index - self.base)
+                ctx.set(port.done.payload.index, local)
                 await ctx.tick()
                 ctx.set(port.done.valid, 0)
                 ctx.set(port.idle, 1)
@@ -275,7 +278,7 @@ def test_bad_opcode_bad_wait_and_missing_end_stop_with_their_codes():
         ([load(), vector()], ChipError.NO_END, 2),
     ]
     results = Harness(None, programs=[words for words, _, _ in cases]).run()
-    for (state, got, _, got_index, _), (_, code, index) in zip(results, cases):
+    for (state, got, _, got_index, _), (_, code, index) in zip(results, cases, strict=True):
         assert (state, got, got_index) == (ProcState.ERROR, code, index)
 
 

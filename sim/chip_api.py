@@ -1,0 +1,166 @@
+"""Programs on the Verilated chip: :class:`ChipSim` and :func:`run_program`.
+
+A :class:`ChipSim` owns one Verilated build of the chip for one configuration (built once, cached
+on disk by design hash); :meth:`ChipSim.run` lays out a memory image, runs one or more programs
+to their interrupt with cocotbext-axi models of the external memory and the CSR master, and
+returns a :class:`sim.SimResult`. It holds only its configuration, so it can be created and used
+inside another process (a Ray worker).
+"""
+
+import json
+
+import numpy as np
+
+from hdl.config import get_config
+from spec import isa
+from spec.codes import ChipError
+
+from .result import SimResult
+
+__all__ = ["ChipSim", "Program", "run_program"]
+
+
+class Program:
+    """A program: encoded instructions (ints of :data:`spec.isa.INSTR_BITS` bits) and its
+    placement in external memory."""
+
+    def __init__(self, instructions, *, addr=0):
+        self.words = [int(w) for w in instructions]
+        if addr % isa.INSTR_BYTES:
+            raise ValueError(f"a program's address must be a multiple of {isa.INSTR_BYTES}, not {addr:#x}")
+        self.addr = addr
+
+    def __len__(self):
+        return len(self.words)
+
+    def to_bytes(self):
+        return b"".join(w.to_bytes(isa.INSTR_BYTES, "little") for w in self.words)
+
+
+class ChipSim:
+    """The chip of ``config`` in Verilator.
+
+    Parameters
+    ----------
+    config : str or ChipConfig
+        Preset name or configuration (default ``"default"``).
+    """
+
+    def __init__(self, config="default"):
+        self._config = get_config(config)
+        self._design = None
+        self._chip = None
+
+    @property
+    def config(self):
+        return self._config
+
+    def chip(self):
+        """The :class:`hdl.chip.Chip` (elaboration parameters, register map, counters)."""
+        if self._chip is None:
+            from hdl.chip import Chip
+            self._chip = Chip(self._config)
+        return self._chip
+
+    def design(self):
+        """The Verilated build (built on first use, cached on disk)."""
+        if self._design is None:
+            from hdl.chip import Chip
+
+            from . import runner
+            cfg = self._config
+            self._design = runner.build(lambda: Chip(cfg), "chip", params={"config": cfg.to_dict()})
+        return self._design
+
+    def run(self, memory, programs, *, read_back=(), ext_size=0, watchdog=None, stall=0.0, backpressure=0.0,
+            seed=None, errors=(), mem_size=None, timeout_cycles=2_000_000, reset_at=None):
+        """Run ``programs`` one after the other on a fresh chip.
+
+        Parameters
+        ----------
+        memory : dict of int → bytes
+            Segments of the external memory image (address → contents).
+        programs : Program or list of Program
+            Placed in memory too; run in order, each to its interrupt (DONE or ERROR), with
+            CLEAR between them.
+        read_back : list of (name, addr, nbytes)
+            Regions read after the last program (outputs ``<name>``, uint8).
+        ext_size, watchdog : int
+            The EXT_SIZE and WATCHDOG registers (0 / None: all addresses / the reset value).
+        stall, backpressure : float
+            Probability of a valid gap / of ready held low on every AXI channel the testbench
+            drives / receives, both ports.
+        seed : int or None
+        errors : list of (lo, hi, resp)
+            External-memory windows that answer SLVERR (2) or DECERR (3).
+        reset_at : int or None
+            Reset the chip this many cycles after the first program's START (that program has
+            no result); the next programs run after it.
+
+        Returns
+        -------
+        SimResult
+            ``outputs``: per run r ``run<r>_status``, ``run<r>_error_code``/``_detail``/``_index``,
+            ``run<r>_counters`` (array in :meth:`counter_names` order), ``run<r>_<region>``;
+            ``counters``: the last run's counters by name; ``cycles``: the last run's CYCLES.
+        """
+        from . import runner
+        if isinstance(programs, Program):
+            programs = [programs]
+        segments = {int(a): bytes(b) for a, b in memory.items()}
+        for p in programs:
+            segments[p.addr] = p.to_bytes()
+        self._check_segments(segments)
+        end = max(a + len(b) for a, b in segments.items())
+        for _, addr, nbytes in read_back:
+            end = max(end, addr + nbytes)
+        mem_size = mem_size or max(1 << 16, 1 << (end - 1).bit_length())
+        if seed is None:
+            seed = int(np.random.default_rng().integers(1 << 31))
+        chip = self.chip()
+        regs = {r.name: r.offset for r in chip.register_map}
+        runs = []
+        for i, p in enumerate(programs):
+            runs.append(dict(prog_addr=p.addr, prog_len=len(p), ext_size=ext_size, watchdog=watchdog,
+                             read_back=list(read_back) if i == len(programs) - 1 else []))
+        data = {"segments_addr": np.array(sorted(segments), np.int64)}
+        for i, a in enumerate(sorted(segments)):
+            data[f"seg{i}"] = np.frombuffer(segments[a], np.uint8)
+        data.update(runs=runs, registers=regs, counters=chip.counter_names, mem_size=mem_size, stall=stall,
+                    backpressure=backpressure, errors=[list(e) for e in errors], timeout_cycles=timeout_cycles,
+                    seed=seed, reset_at=reset_at)
+        out = runner.run(self.design(), "sim.tb.chip", data=data, seed=seed)
+        last = len(programs) - 1
+        counters = dict(zip(chip.counter_names, (int(c) for c in out[f"run{last}_counters"]), strict=True))
+        outputs = dict(out)
+        for name, _, _ in read_back:
+            outputs[name] = out[f"run{last}_{name}"]
+        return SimResult(outputs=outputs, counters=counters, seed=seed, cycles=counters["cycles"],
+                         main=read_back[0][0] if read_back else None)
+
+    @staticmethod
+    def _check_segments(segments):
+        spans = sorted((a, a + len(b)) for a, b in segments.items())
+        for (a0, e0), (a1, _) in zip(spans, spans[1:], strict=False):
+            if a1 < e0:
+                raise ValueError(f"memory segments overlap: [{a0:#x}, {e0:#x}) and one at {a1:#x}")
+
+    def error_of(self, result, run=-1):
+        """(ChipError, detail, index) of a run of ``result``."""
+        runs = sorted({int(k[3:k.index("_")]) for k in result.outputs if k.startswith("run") and "_status" in k})
+        r = runs[run]
+        return (ChipError(int(result.outputs[f"run{r}_error_code"])), int(result.outputs[f"run{r}_error_detail"]),
+                int(result.outputs[f"run{r}_error_index"]))
+
+
+def run_program(memory, program, *, config="default", **kwargs):
+    """One program on a :class:`ChipSim` of ``config`` (built once per process)."""
+    cfg = get_config(config)
+    key = json.dumps(cfg.to_dict(), sort_keys=True)
+    sim = _SIMS.get(key)
+    if sim is None:
+        sim = _SIMS[key] = ChipSim(cfg)
+    return sim.run(memory, program, **kwargs)
+
+
+_SIMS = {}

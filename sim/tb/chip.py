@@ -1,0 +1,94 @@
+"""cocotb testbench of the chip top (hdl/chip.py): external memory (cocotbext-axi AxiRam, random
+latency and backpressure on every channel), CSRs through an AxiLiteMaster, one or more programs
+run to their interrupt, then the status, the error registers, every counter and the requested
+memory regions are read back. Driven by :class:`sim.chip_api.ChipSim`.
+
+Inputs (run folder): ``segments_addr`` / ``segments_data`` (the memory image: addresses and the
+bytes of each segment, ``seg<i>``), meta ``runs`` (per run: ``prog_addr``, ``prog_len``,
+``ext_size``, ``watchdog``, ``read_back``: list of [name, addr, nbytes], ``clear_after``),
+``registers`` (name → offset), ``counters`` (names), ``mem_size``, ``stall``, ``backpressure``,
+``errors`` (windows [lo, hi, resp]), ``timeout_cycles``, ``reset_at`` (cycle of a reset in the
+middle of run 0, optional).
+"""
+
+import cocotb
+import numpy as np
+from cocotb.triggers import RisingEdge, with_timeout
+
+from sim.tb.axi import ExternalMemory, lite_master
+from sim.tb.common import load_inputs, rng, save_outputs, start_clock_and_reset
+
+CLOCK_NS = 10
+
+
+class Csrs:
+    def __init__(self, master, registers):
+        self.m, self.regs = master, registers
+
+    async def write(self, name, value, width=32):
+        off = self.regs[name]
+        await self.m.write_dword(off, value & 0xFFFFFFFF)
+        if width > 32:
+            await self.m.write_dword(off + 4, value >> 32)
+
+    async def read(self, name, width=32):
+        off = self.regs[name]
+        lo = await self.m.read_dword(off)
+        if width <= 32:
+            return lo
+        return lo | (await self.m.read_dword(off + 4)) << 32
+
+
+@cocotb.test()
+async def chip(dut):
+    arrays, meta = load_inputs()
+    rand = rng(meta)
+    await start_clock_and_reset(dut)
+    mem = ExternalMemory(dut, "m_axi_", dut.clk, dut.rst, size=int(meta["mem_size"]), rand=rand,
+                         stall=meta["stall"], backpressure=meta["backpressure"], errors=meta.get("errors", ()))
+    for i, addr in enumerate(arrays["segments_addr"]):
+        mem.write(int(addr), arrays[f"seg{i}"].tobytes())
+    csr = Csrs(lite_master(dut, "s_axil_", dut.clk, dut.rst, rand=rand, stall=meta["stall"],
+                           backpressure=meta["backpressure"]), meta["registers"])
+    out = {}
+    cycles = [0]
+
+    async def count():
+        while True:
+            await RisingEdge(dut.clk)
+            cycles[0] += 1
+    cocotb.start_soon(count())
+    for r, run in enumerate(meta["runs"]):
+        await csr.write("PROG_ADDR", run["prog_addr"], 64)
+        await csr.write("PROG_LEN", run["prog_len"])
+        await csr.write("EXT_SIZE", run.get("ext_size", 0), 64)
+        if run.get("watchdog") is not None:
+            await csr.write("WATCHDOG", run["watchdog"])
+        await csr.write("COUNTERS_CLEAR", 1)
+        t0 = cycles[0]
+        await csr.write("START", 1)
+        if r == 0 and meta.get("reset_at") is not None:
+            for _ in range(int(meta["reset_at"])):
+                await RisingEdge(dut.clk)
+            dut.rst.value = 1
+            await RisingEdge(dut.clk)
+            await RisingEdge(dut.clk)
+            dut.rst.value = 0
+            await RisingEdge(dut.clk)
+            out[f"run{r}_reset"] = np.array(1)
+            continue
+        while not dut.irq.value:
+            await with_timeout(RisingEdge(dut.clk), int(meta["timeout_cycles"]) * CLOCK_NS, "ns")
+            if cycles[0] - t0 > int(meta["timeout_cycles"]):
+                raise TimeoutError(f"run {r}: no interrupt in {meta['timeout_cycles']} cycles")
+        out[f"run{r}_wall_cycles"] = np.array(cycles[0] - t0)
+        for name in ("STATUS", "ERROR_CODE", "ERROR_DETAIL", "ERROR_INDEX", "IRQ_STATUS"):
+            out[f"run{r}_{name.lower()}"] = np.array(await csr.read(name))
+        counts = [await csr.read(f"CNT_{c.upper()}", 48) for c in meta["counters"]]
+        out[f"run{r}_counters"] = np.array(counts, np.uint64)
+        for name, addr, nbytes in run.get("read_back", ()):
+            out[f"run{r}_{name}"] = np.frombuffer(mem.read(int(addr), int(nbytes)), np.uint8).copy()
+        await csr.write("IRQ_STATUS", 3)
+        if run.get("clear_after", True):
+            await csr.write("CLEAR", 1)
+    save_outputs(**out)

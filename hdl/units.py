@@ -18,7 +18,26 @@ from .cmdproc import INDEX_BITS, UnitPortSignature
 from .counters import events_layout
 from .loadstore import load_desc_layout, resp_layout, store_desc_layout
 
-__all__ = ["InstrSlot", "LoadExec", "StoreExec", "slot_events_layout"]
+__all__ = ["InstrSlot", "LoadExec", "StoreExec", "slot_events_layout", "KVReadPortSignature"]
+
+
+class KVReadPortSignature(wiring.Signature):
+    """The matmul unit's access to the KV-cache controller, seen from the matmul unit: it sends
+    READ_K / READ_V commands (``cmd``, the controller's ``cmd_layout``), gets their responses
+    (``resp``, in command order) and the beats of the READs (``rdata``). The KV unit owns the
+    controller and merges these commands with its own (ALLOC, APPEND, FREE).
+
+    Parameters
+    ----------
+    params : hdl.kvcache.KVCacheParams
+    """
+
+    def __init__(self, params):
+        super().__init__({
+            "cmd": Out(stream.Signature(params.cmd_layout)),
+            "resp": In(stream.Signature(params.resp_layout)),
+            "rdata": In(stream.Signature(params.rdata_layout)),
+        })
 
 
 def slot_events_layout():

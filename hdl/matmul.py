@@ -69,9 +69,10 @@ class MatmulEngine(wiring.Component):
         zero-extended to 16 bits, or bf16 bits). Lanes past K are ignored.
     w : In(stream.Signature(ArrayLayout(16, C)))
         Weight tiles in order ``for nt: for kt``. Row orientation: beats r = 0..kv−1 carry
-        ``W[kt·R + r, nt·C + c]`` in lane c. Transposed: for columns c = 0..nv−1, ceil(R/C)
-        beats each, chunk j carrying ``W[kt·R + j·C + l, nt·C + c]`` in lane l. kv, nv are the
-        valid rows/columns of the tile; lanes past K or N are ignored.
+        ``W[kt·R + r, nt·C + c]`` in lane c; wide (``w_wide``, int8): beat j carries rows
+        2j and 2j + 1 in the low and high bytes of the lanes. Transposed: for columns
+        c = 0..nv−1, ceil(R/C) beats each, chunk j carrying ``W[kt·R + j·C + l, nt·C + c]`` in
+        lane l. kv, nv are the valid rows/columns of the tile; lanes past K or N are ignored.
     p : In(stream.Signature(param_layout(C)))
         One beat per N tile when ``has_bias`` or the format is INT8; otherwise unused.
     o : Out(stream.Signature(result_layout(C)))

@@ -124,7 +124,7 @@ class CommandSequencer(wiring.Component):
                 with m.Elif(cmd.dtype != cmd.out_fmt[1]):
                     m.d.sync += code.eq(Status.BAD_FORMAT)
                     m.next = "RESP"
-                with m.Elif(cmd.w_packed & (cmd.dtype | cmd.w_transposed)):
+                with m.Elif(cmd.w_wide & (cmd.dtype | cmd.w_transposed)):
                     m.d.sync += code.eq(Status.BAD_W_FORMAT)
                     m.next = "RESP"
                 with m.Else():

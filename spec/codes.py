@@ -6,7 +6,7 @@ values are part of the contract (docs/numerics.md, docs/<block>.md) and never ch
 
 from amaranth.lib import enum
 
-__all__ = ["Dtype", "OutFormat", "MatmulStatus", "KVOp", "KVStatus"]
+__all__ = ["Dtype", "OutFormat", "MatmulStatus", "KVOp", "KVStatus", "ChipError"]
 
 
 class Dtype(enum.IntEnum, shape=1):
@@ -56,3 +56,22 @@ class KVStatus(enum.IntEnum, shape=4):
     TOO_MANY_SEQS = 6
     BAD_OPCODE = 7
     BAD_SHAPE = 8
+
+
+class ChipError(enum.IntEnum, shape=8):
+    """The chip's ``ERROR_CODE`` register: why a program stopped (docs/isa.md, "Errors").
+    ``ERROR_DETAIL`` refines some codes; ``ERROR_INDEX`` is the failing instruction's index."""
+    OK = 0
+    BAD_OPCODE = 1    #: not an Opcode (0 included: zeroed memory stops a program)
+    BAD_FIELD = 2     #: a field outside its legal values (detail: which check, docs/isa.md)
+    BAD_WAIT = 3      #: a wait on an instruction that is not earlier in the program
+    SPAD_RANGE = 4    #: a scratchpad access past the scratchpad, or a limit of a block's buffer (detail: check)
+    EXT_RANGE = 5     #: an external-memory access past EXT_SIZE (detail: check)
+    AXI_READ = 6      #: SLVERR or DECERR on a read (instruction fetch included)
+    AXI_WRITE = 7     #: SLVERR or DECERR on a write
+    KV = 8            #: the KV cache refused a command (detail: KVStatus)
+    MATMUL = 9        #: the matmul engine answered an error (detail: MatmulStatus)
+    VECTOR = 10       #: the vector unit answered an error (detail: its status)
+    SOFTMAX = 11      #: the softmax unit rejected a row
+    NO_END = 12       #: PROG_LEN instructions ran without an END
+    TIMEOUT = 13      #: no unit made progress for WATCHDOG cycles

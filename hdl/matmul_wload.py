@@ -6,6 +6,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .matmul_common import KEEP, command_layout, lanes_below, run_control
+from .pipeline import check_ints
 
 __all__ = ["WeightLoader"]
 
@@ -53,6 +54,8 @@ class WeightLoader(wiring.Component):
     """
 
     def __init__(self, *, rows, cols, weight_hold, int8_weight_hold, load_cycles):
+        check_ints(rows=(rows, 1, 64), cols=(cols, 1, 64), weight_hold=(weight_hold, 1, 1 << 12),
+                   int8_weight_hold=(int8_weight_hold, 1, weight_hold), load_cycles=(load_cycles, 1, 256))
         self._rows, self._cols = rows, cols
         self._hold, self._hold8, self._load_cycles = weight_hold, int8_weight_hold, load_cycles
         super().__init__({

@@ -491,3 +491,25 @@ def test_engine_marks_its_register_copies_keep_in_the_verilog():
                  "p_ld0_1", "psum_sel1_acc", "out_sel0_q", "stg_row1_clr", "a_rd1", "a_wp0_en",
                  f"valid_d{engine.array.latency}_c1", "ctl_1_1", "bank_q", "bf16_q", "bank_skew1_d3"):
         assert name in kept, name
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: CommandSequencer(rows=0, cols=2, acc_depth=4, a_depth=16), "rows must be in 1..64, not 0"),
+    (lambda: CommandSequencer(rows=2, cols=2, acc_depth=4, a_depth=1), "a_depth must be in 2..1048576"),
+    (lambda: ActivationBuffer(rows=65, a_depth=16), "rows must be in 1..64, not 65"),
+    (lambda: WeightLoader(rows=2, cols=2, weight_hold=5, int8_weight_hold=6, load_cycles=3),
+     "int8_weight_hold must be in 1..5"),
+    (lambda: ParamSlots(cols=0), "cols must be in 1..64"),
+    (lambda: IssueControl(rows=2, cols=2, acc_bits=0, a_depth=16), "acc_bits must be in 1..16"),
+    (lambda: AccumulatorDrain(rows=2, cols=99, acc_bits=2, a_depth=16), "cols must be in 1..64, not 99"),
+    (lambda: MatmulEngine(rows=2, cols=2, acc_depth=3, a_depth=16), "acc_depth must be a power of two"),
+], ids=["seq_rows", "seq_a_depth", "abuf_rows", "wload_hold", "params_cols", "issue_acc_bits", "acc_cols",
+        "engine_acc_depth"])
+def test_parts_reject_parameters_outside_their_ranges_naming_them(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_parts_reject_a_parameter_that_is_not_an_int():
+    with pytest.raises(TypeError, match="cols must be an int, not 2.0"):
+        ParamSlots(cols=2.0)

@@ -32,6 +32,7 @@ from .matmul_issue import IssueControl
 from .matmul_params import ParamSlots
 from .matmul_seq import CommandSequencer
 from .matmul_wload import WeightLoader
+from .pipeline import check_ints
 from .systolic import SystolicArray
 
 __all__ = ["MatmulEngine", "command_layout", "param_layout", "result_layout", "response_layout",
@@ -69,9 +70,10 @@ class MatmulEngine(wiring.Component):
         zero-extended to 16 bits, or bf16 bits). Lanes past K are ignored.
     w : In(stream.Signature(ArrayLayout(16, C)))
         Weight tiles in order ``for nt: for kt``. Row orientation: beats r = 0..kv−1 carry
-        ``W[kt·R + r, nt·C + c]`` in lane c. Transposed: for columns c = 0..nv−1, ceil(R/C)
-        beats each, chunk j carrying ``W[kt·R + j·C + l, nt·C + c]`` in lane l. kv, nv are the
-        valid rows/columns of the tile; lanes past K or N are ignored.
+        ``W[kt·R + r, nt·C + c]`` in lane c; wide (``w_wide``, int8): beat j carries rows
+        2j and 2j + 1 in the low and high bytes of the lanes. Transposed: for columns
+        c = 0..nv−1, ceil(R/C) beats each, chunk j carrying ``W[kt·R + j·C + l, nt·C + c]`` in
+        lane l. kv, nv are the valid rows/columns of the tile; lanes past K or N are ignored.
     p : In(stream.Signature(param_layout(C)))
         One beat per N tile when ``has_bias`` or the format is INT8; otherwise unused.
     o : Out(stream.Signature(result_layout(C)))
@@ -96,12 +98,8 @@ class MatmulEngine(wiring.Component):
     """
 
     def __init__(self, *, rows, cols, acc_depth, a_depth, mul_stages=None, add_stages=None, dsp="generic"):
-        for name, value, lo, hi in (("rows", rows, 2, 64), ("cols", cols, 2, 64),
-                                    ("acc_depth", acc_depth, 2, 65536), ("a_depth", a_depth, 2, 1 << 20)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, not {value!r}")
-            if not lo <= value <= hi:
-                raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
+        check_ints(rows=(rows, 2, 64), cols=(cols, 2, 64), acc_depth=(acc_depth, 2, 65536),
+                   a_depth=(a_depth, 2, 1 << 20))
         if acc_depth & (acc_depth - 1):
             raise ValueError(f"acc_depth must be a power of two, not {acc_depth}")
         self._rows, self._cols = rows, cols

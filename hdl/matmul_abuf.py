@@ -11,6 +11,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .matmul_common import KEEP, NO_RW_CHECK, lanes_below, run_control, shape_layout
+from .pipeline import check_ints
 
 __all__ = ["ActivationBuffer", "A_FIFO_DEPTH"]
 
@@ -58,6 +59,7 @@ class ActivationBuffer(wiring.Component):
     """
 
     def __init__(self, *, rows, a_depth):
+        check_ints(rows=(rows, 1, 64), a_depth=(a_depth, 2, 1 << 20))
         self._rows, self._a_depth = rows, a_depth
         super().__init__({
             "a": In(stream.Signature(data.ArrayLayout(16, rows))),

@@ -12,6 +12,7 @@ from spec.codes import OutFormat
 
 from .arith import Fp32ToBf16Core
 from .matmul_common import KEEP, NO_RW_CHECK, command_layout, result_layout, run_control, shape_layout
+from .pipeline import check_ints
 from .requant import PASS_MULTIPLIER, PASS_SHIFT, Requantizer, requant_input_layout
 
 __all__ = ["AccumulatorDrain", "CVT_STAGES"]
@@ -74,6 +75,7 @@ class AccumulatorDrain(wiring.Component):
     """
 
     def __init__(self, *, rows, cols, acc_bits, a_depth, dsp="generic"):
+        check_ints(rows=(rows, 1, 64), cols=(cols, 1, 64), acc_bits=(acc_bits, 1, 16), a_depth=(a_depth, 2, 1 << 20))
         self._rows, self._cols, self._ab, self._a_depth = rows, cols, acc_bits, a_depth
         C, AB = cols, acc_bits
         self._requant = Requantizer(lanes=cols, tag_width=1, dsp=dsp)

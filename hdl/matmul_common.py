@@ -31,7 +31,7 @@ def command_layout():
         "w_transposed": 1,   # 0: a beat is a row of a W tile; 1: a beat is (part of) a column
         "a_unsigned": 1,     # int8 mode: activations are unsigned 8-bit
         "has_bias": 1,
-        "w_packed": 1,       # int8 mode, rows: a beat carries two W rows, two int8 per lane
+        "w_wide": 1,       # int8 mode, rows: a beat carries two W rows, two int8 per lane
     })
 
 

@@ -10,6 +10,7 @@ from amaranth.lib.wiring import In, Out
 from .dsp import RegisteredMultiplier
 from .matmul_abuf import A_FIFO_DEPTH
 from .matmul_common import KEEP, command_layout, shape_layout
+from .pipeline import check_ints
 
 __all__ = ["IssueControl", "ISSUE_FLAGS"]
 
@@ -97,6 +98,7 @@ class IssueControl(wiring.Component):
     """
 
     def __init__(self, *, rows, cols, acc_bits, a_depth, dsp="generic"):
+        check_ints(rows=(rows, 1, 64), cols=(cols, 1, 64), acc_bits=(acc_bits, 1, 16), a_depth=(a_depth, 2, 1 << 20))
         self._rows, self._cols, self._ab, self._a_depth, self._dsp = rows, cols, acc_bits, a_depth, dsp
         R, C, AB = rows, cols, acc_bits
         super().__init__({

@@ -8,6 +8,7 @@ from amaranth.lib.wiring import In, Out
 from spec.codes import OutFormat
 
 from .matmul_common import KEEP, command_layout, lanes_below, param_layout, run_control
+from .pipeline import check_ints
 from .requant import requant_params_bad
 
 __all__ = ["ParamSlots"]
@@ -47,6 +48,7 @@ class ParamSlots(wiring.Component):
     """
 
     def __init__(self, *, cols):
+        check_ints(cols=(cols, 1, 64))
         self._cols = cols
         C = cols
         super().__init__({

@@ -12,6 +12,7 @@ from spec.codes import OutFormat
 
 from .dsp import RegisteredMultiplier
 from .matmul_common import CYCLES_WIDTH, command_layout, response_layout, shape_layout
+from .pipeline import check_ints
 
 __all__ = ["CommandSequencer", "SETUP_CYCLES"]
 
@@ -72,6 +73,8 @@ class CommandSequencer(wiring.Component):
     """
 
     def __init__(self, *, rows, cols, acc_depth, a_depth, dsp="generic"):
+        check_ints(rows=(rows, 1, 64), cols=(cols, 1, 64), acc_depth=(acc_depth, 2, 65536),
+                   a_depth=(a_depth, 2, 1 << 20))
         self._rows, self._cols, self._acc_depth, self._a_depth, self._dsp = rows, cols, acc_depth, a_depth, dsp
         super().__init__({
             "cmd": In(stream.Signature(command_layout())),
@@ -124,7 +127,7 @@ class CommandSequencer(wiring.Component):
                 with m.Elif(cmd.dtype != cmd.out_fmt[1]):
                     m.d.sync += code.eq(Status.BAD_FORMAT)
                     m.next = "RESP"
-                with m.Elif(cmd.w_packed & (cmd.dtype | cmd.w_transposed)):
+                with m.Elif(cmd.w_wide & (cmd.dtype | cmd.w_transposed)):
                     m.d.sync += code.eq(Status.BAD_W_FORMAT)
                     m.next = "RESP"
                 with m.Else():

@@ -6,6 +6,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .matmul_common import KEEP, command_layout, lanes_below, run_control
+from .pipeline import check_ints
 
 __all__ = ["WeightLoader"]
 
@@ -26,14 +27,14 @@ class WeightLoader(wiring.Component):
     -------
     w : In(stream.Signature(ArrayLayout(16, C)))
         Tiles in order ``for nt: for kt``; row orientation: kv beats, beat r = W row kt·R + r;
-        packed rows (int8): ⌈kv/2⌉ beats, beat j = W rows kt·R + 2j (low bytes) and + 2j + 1 (high
+        wide rows (int8): ⌈kv/2⌉ beats, beat j = W rows kt·R + 2j (low bytes) and + 2j + 1 (high
         bytes); transposed: nv columns of ⌈R/C⌉ beats (docs/matmul.md). Lanes past K or N are
         ignored.
         Ready while the staging register is empty and tiles are due.
     start, stop : In(1)
         From :class:`~hdl.matmul_seq.CommandSequencer`.
     command : In(command_layout())
-        ``k``, ``n``, ``w_transposed``, ``w_packed``, ``dtype`` (the hold time).
+        ``k``, ``n``, ``w_transposed``, ``w_wide``, ``dtype`` (the hold time).
     bank_full : In(2)
         Weight bank b holds a tile whose rows have not all been issued (the issue's flags).
     release, release_bank : In(1)
@@ -48,11 +49,13 @@ class WeightLoader(wiring.Component):
     Latency: a tile's last beat taken in cycle t is copied from t + 2 on, as soon as its bank
     is free; after a copy the loader takes no beat for ``load_cycles`` cycles (the array's control
     chain still samples the register) and clears the register in the last of them. Throughput: one
-    beat per cycle; a tile takes kv (packed: ⌈kv/2⌉) or nv·⌈R/C⌉ beats plus ``load_cycles`` + 1
+    beat per cycle; a tile takes kv (wide: ⌈kv/2⌉) or nv·⌈R/C⌉ beats plus ``load_cycles`` + 1
     cycles.
     """
 
     def __init__(self, *, rows, cols, weight_hold, int8_weight_hold, load_cycles):
+        check_ints(rows=(rows, 1, 64), cols=(cols, 1, 64), weight_hold=(weight_hold, 1, 1 << 12),
+                   int8_weight_hold=(int8_weight_hold, 1, weight_hold), load_cycles=(load_cycles, 1, 256))
         self._rows, self._cols = rows, cols
         self._hold, self._hold8, self._load_cycles = weight_hold, int8_weight_hold, load_cycles
         super().__init__({
@@ -95,10 +98,10 @@ class WeightLoader(wiring.Component):
         # last of those cycles, and with ``start`` (from the sequencer's pulse)
         stg_clr = [Signal(name=f"stg_row{r}_clr", attrs=KEEP) for r in range(R)]
         stg_tr = [Signal(name=f"stg_row{r}_tr", attrs=KEEP) for r in range(R)]
-        stg_pk = [Signal(name=f"stg_row{r}_pk", attrs=KEEP) for r in range(R)]
+        stg_wd = [Signal(name=f"stg_row{r}_wd", attrs=KEEP) for r in range(R)]
         for r in range(R):
             m.d.sync += [stg_clr[r].eq((l_wait == 2) | self.start), stg_tr[r].eq(cmd.w_transposed),
-                         stg_pk[r].eq(cmd.w_packed)]
+                         stg_wd[r].eq(cmd.w_wide)]
             with m.If(stg_clr[r]):
                 for c in range(C):
                     m.d.sync += stg[r * C + c].eq(0x8000)
@@ -110,21 +113,21 @@ class WeightLoader(wiring.Component):
         # registers: the beat and one write enable per staging word, (r, c) (timing: the staging
         # register spans the array; its enables must not start from the loader's logic, nor one
         # enable register reach a whole row or column of it). Row orientation: the beat fills
-        # row l_r, the columns inside N; packed, rows 2·l_r and 2·l_r + 1 (inside K) from the
-        # low and high bytes of its lanes. Transposed: it fills column l_c, the rows of chunk
-        # l_j inside K.
+        # row l_r, the columns inside N; wide (two rows per beat), rows 2·l_r and 2·l_r + 1
+        # (inside K) from the low and high bytes of its lanes. Transposed: it fills column l_c,
+        # the rows of chunk l_j inside K.
         wb_data = Signal.like(self.w.payload, reset_less=True)
         m.d.sync += wb_data.eq(self.w.payload)
         for r in range(R):
             for c in range(C):
                 wb_en = Signal(name=f"wb_en{r}_{c}", attrs=KEEP)
-                rows_en = Mux(cmd.w_packed, (l_r == r // 2) & lk_valid[r], l_r == r) & ln_valid[c]
+                rows_en = Mux(cmd.w_wide, (l_r == r // 2) & lk_valid[r], l_r == r) & ln_valid[c]
                 m.d.sync += wb_en.eq(l_take & self.w.valid
                                      & Mux(cmd.w_transposed, (l_c == c) & (l_j == r // C) & lk_valid[r], rows_en))
                 byte = wb_data[c][8 * (r % 2):8 * (r % 2) + 8]
                 with m.If(wb_en):
                     m.d.sync += stg[r * C + c].eq(Mux(stg_tr[r], wb_data[r % C],
-                                                      Mux(stg_pk[r], Cat(byte, byte[7].replicate(8)), wb_data[c])))
+                                                      Mux(stg_wd[r], Cat(byte, byte[7].replicate(8)), wb_data[c])))
         with m.If(l_take & self.w.valid):
             with m.If(cmd.w_transposed):
                 with m.If(l_j == J - 1):
@@ -133,7 +136,7 @@ class WeightLoader(wiring.Component):
                         m.d.sync += [staged.eq(1), l_c.eq(0)]
                 with m.Else():
                     m.d.sync += l_j.eq(l_j + 1)
-            with m.Elif(cmd.w_packed):
+            with m.Elif(cmd.w_wide):
                 m.d.sync += l_r.eq(l_r + 1)
                 with m.If((l_r == (R - 1) // 2) | (2 * l_r + 2 >= l_krem)):
                     m.d.sync += [staged.eq(1), l_r.eq(0)]

@@ -1,4 +1,4 @@
-"""Small building blocks for hand-pipelined datapaths, shared by the matmul engine's parts.
+"""Small helpers shared by the matmul engine's parts and the requantizer.
 
 :func:`delay`
     A value through a chain of registers (data delays have no reset).
@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Signal, Value
 
-__all__ = ["delay", "step", "KEEP"]
+__all__ = ["delay", "step", "check_ints", "KEEP"]
 
 #: Attribute of a register that synthesis must neither merge with an equal one nor retime
 #: (``Signal(…, attrs=KEEP)``): the copies of a control register that each sit beside their own
@@ -46,3 +46,13 @@ def step(m, name, registered, **values):
             m.d.comb += sig.eq(value)
         out[key] = sig
     return SimpleNamespace(**out)
+
+
+def check_ints(**params):
+    """Validate constructor parameters given as ``name=(value, lo, hi)``: a ``TypeError`` for a
+    value that is not an int, a ``ValueError`` naming the parameter and its range otherwise."""
+    for name, (value, lo, hi) in params.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, not {value!r}")
+        if not lo <= value <= hi:
+            raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")

@@ -25,7 +25,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .dsp import RegisteredMultiplier, check_dsp
-from .pipeline import delay
+from .pipeline import check_ints, delay
 
 __all__ = ["Requantizer", "requant_input_layout", "requant_output_layout", "requant_params_bad",
            "SHIFT_MIN", "SHIFT_MAX", "PASS_MULTIPLIER", "PASS_SHIFT"]
@@ -106,11 +106,7 @@ class Requantizer(wiring.Component):
     _AFTER_PRODUCTS = 7
 
     def __init__(self, *, lanes, tag_width=0, dsp="generic"):
-        for name, value, lo, hi in (("lanes", lanes, 1, 64), ("tag_width", tag_width, 0, 64)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, not {value!r}")
-            if not lo <= value <= hi:
-                raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
+        check_ints(lanes=(lanes, 1, 64), tag_width=(tag_width, 0, 64))
         check_dsp(dsp)
         self._lanes, self._tag_width, self._dsp = lanes, tag_width, dsp
         super().__init__({

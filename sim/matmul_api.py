@@ -121,10 +121,10 @@ def _lanes16(x):
 
 
 def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out_fmt=0,
-                bf16=False, a_unsigned=False, w_transposed=False, w_packed=False, raw_cmd=None):
+                bf16=False, a_unsigned=False, w_transposed=False, w_wide=False, raw_cmd=None):
     """The beats of one command computing ``a @ w``; ``a``, ``w`` already validated numpy arrays
     of int8/uint8/bf16, ``bias`` uint32 bits, ``multiplier``/``shift`` integer arrays.
-    ``w_packed`` (int8, rows): two W rows per beat, row 2j in the lanes' low bytes, 2j + 1 in
+    ``w_wide`` (int8, rows): two W rows per beat, row 2j in the lanes' low bytes, 2j + 1 in
     their high bytes. ``raw_cmd`` overrides command fields (to send malformed commands on
     purpose)."""
     from spec.codes import OutFormat
@@ -139,9 +139,9 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
     wp = np.zeros((Kt * R, Nt * C), np.uint16)
     wp[:K, :N] = _lanes16(w)
     tiles = wp.reshape(Kt, R, Nt, C).transpose(2, 0, 1, 3)   # [nt, kt, r, c]
-    if w_packed:
+    if w_wide:
         if bf16 or w_transposed:
-            raise ValueError("packed weight beats carry int8 weights in row orientation only")
+            raise ValueError("wide weight beats carry int8 weights in row orientation only")
         # per tile, rows (2j, 2j + 1) → one beat; the rows past K of the last K tile are absent
         beats = []
         for nt in range(Nt):
@@ -175,7 +175,7 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
     else:
         p = np.zeros((0, 9 * C), np.uint8)
     cmd = dict(m=M, k=K, n=N, dtype=int(bf16), out_fmt=out_fmt, w_transposed=int(w_transposed),
-               a_unsigned=int(a_unsigned), has_bias=int(has_bias), w_packed=int(w_packed))
+               a_unsigned=int(a_unsigned), has_bias=int(has_bias), w_wide=int(w_wide))
     cmd.update(raw_cmd or {})
     return MatmulJob(cmd=cmd, a_beats=a_beats, w_beats=w_beats, p_beats=p, o_beats=Nt * M, m=M, n=N)
 
@@ -285,9 +285,9 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
         Probability of a valid gap before each input beat / of ready low on each output cycle.
     seed : int
         Seed of those random stalls (logged by the testbench).
-    w_orientation : "rows", "columns" or "packed_rows"
+    w_orientation : "rows", "columns" or "wide_rows"
         How the weight tiles stream in: rows along K (one W row of C 16-bit lanes per beat),
-        transposed (columns, as K and V come from the KV cache), or, int8 only, packed rows (two
+        transposed (columns, as K and V come from the KV cache), or, int8 only, wide rows (two
         W rows per beat, two int8 weights per lane: the weight port's 2·C bytes all carry
         weights). The result is the same.
 
@@ -339,10 +339,10 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
         raise ValueError(f"stall must be a probability in [0, 1), not {stall!r}")
     if not (isinstance(backpressure, (int, float)) and 0 <= backpressure < 1):
         raise ValueError(f"backpressure must be a probability in [0, 1), not {backpressure!r}")
-    if w_orientation not in ("rows", "columns", "packed_rows"):
-        raise ValueError(f"w_orientation must be 'rows', 'columns' or 'packed_rows', not {w_orientation!r}")
-    if w_orientation == "packed_rows" and bf16:
-        raise ValueError("w_orientation 'packed_rows' carries two int8 weights per lane: int8 mode only")
+    if w_orientation not in ("rows", "columns", "wide_rows"):
+        raise ValueError(f"w_orientation must be 'rows', 'columns' or 'wide_rows', not {w_orientation!r}")
+    if w_orientation == "wide_rows" and bf16:
+        raise ValueError("w_orientation 'wide_rows' carries two int8 weights per lane: int8 mode only")
 
     if out_dtype is None:
         out_name = "float32" if bf16 else ("int8" if requant is not None else "int32")
@@ -414,7 +414,7 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
     for m0 in range(0, M, m_chunk):
         job = prepare_job(a[m0:m0 + m_chunk], w, rows=R, cols=C, bias=bias_bits, multiplier=multiplier,
                           shift=shift, out_fmt=out_fmt, bf16=bf16, a_unsigned=a.dtype == np.uint8,
-                          w_transposed=w_orientation == "columns", w_packed=w_orientation == "packed_rows")
+                          w_transposed=w_orientation == "columns", w_wide=w_orientation == "wide_rows")
         job.decode = decode
         jobs.append(job)
     results = run_jobs(jobs, config=cfg, stall=stall, backpressure=backpressure, seed=seed)
@@ -428,5 +428,5 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
     counters["weight_bytes_per_cycle"] = (K * N * (2 if bf16 else 1) * len(results)) / counters["cycles"]
     # the weight port is C lanes of 16 bits; its bytes that carry weights depend on the format
     counters["weight_port_bytes_per_cycle"] = 2 * C
-    counters["weight_format_bytes_per_beat"] = C * (2 if bf16 or w_orientation == "packed_rows" else 1)
+    counters["weight_format_bytes_per_beat"] = C * (2 if bf16 or w_orientation == "wide_rows" else 1)
     return result, counters

@@ -44,7 +44,7 @@ def _job_set(rng, R, C, special_rate=0.0):
     jobs, expect = [], []
     for i, (M, K, N) in enumerate(SHAPES):
         transposed = bool(i % 2)
-        packed = i % 4 == 2             # int8 weights two rows per beat (two int8 per lane)
+        wide = i % 4 == 2             # int8 weights two rows per beat (two int8 per lane)
         # int8: signed or unsigned activations, int32 or requantized int8 output, bias or not
         unsigned = i % 3 == 1
         a = (rng.integers(0, 256, (M, K)).astype(np.uint8) if unsigned
@@ -59,12 +59,12 @@ def _job_set(rng, R, C, special_rate=0.0):
             jobs.append(prepare_job(a, w, rows=R, cols=C, bias=None if bias is None else bias.view(np.uint32),
                                     multiplier=mult.astype(np.uint32), shift=shift.astype(np.uint8),
                                     out_fmt=OutFormat.INT8, a_unsigned=unsigned, w_transposed=transposed,
-                                    w_packed=packed))
+                                    w_wide=wide))
             expect.append(golden.requantize(acc, mult, shift).astype(np.int32).view(np.uint32))
         else:
             jobs.append(prepare_job(a, w, rows=R, cols=C, bias=None if bias is None else bias.view(np.uint32),
                                     out_fmt=OutFormat.INT32, a_unsigned=unsigned, w_transposed=transposed,
-                                    w_packed=packed))
+                                    w_wide=wide))
             expect.append(acc.view(np.uint32))
         # bf16: fp32 or bf16 output, bias or not
         a = _bf16_values(rng, (M, K), special_rate)
@@ -186,8 +186,8 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
         (dict(m=acc_depth, k=R * (a_depth // acc_depth + 1), n=1, dtype=0, out_fmt=0), Status.A_TOO_LARGE),
         (dict(m=1, k=1, n=1, dtype=1, out_fmt=OutFormat.INT8), Status.BAD_FORMAT),
         (dict(m=1, k=1, n=1, dtype=0, out_fmt=OutFormat.BF16), Status.BAD_FORMAT),
-        (dict(m=1, k=3, n=3, dtype=1, out_fmt=OutFormat.FP32, w_packed=1), Status.BAD_W_FORMAT),
-        (dict(m=1, k=3, n=3, dtype=0, out_fmt=OutFormat.INT32, w_transposed=1, w_packed=1), Status.BAD_W_FORMAT),
+        (dict(m=1, k=3, n=3, dtype=1, out_fmt=OutFormat.FP32, w_wide=1), Status.BAD_W_FORMAT),
+        (dict(m=1, k=3, n=3, dtype=0, out_fmt=OutFormat.INT32, w_transposed=1, w_wide=1), Status.BAD_W_FORMAT),
     ]
     from sim.matmul_api import _empty_job
     jobs, want = [], []
@@ -264,7 +264,7 @@ def test_bf16_results_identical_on_2x2_4x4_and_8x8_arrays():
 @pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_default")
 @pytest.mark.parametrize("stall, backpressure", STREAM_MODES, ids=STREAM_IDS)
-def test_default_8x8_integration_int8_requant_and_bf16_transposed_weights(stall, backpressure):
+def test_default_8x8_integration_int8_requant_wide_weights_and_bf16_transposed_weights(stall, backpressure):
     seed = 4106
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
@@ -278,6 +278,12 @@ def test_default_8x8_integration_int8_requant_and_bf16_transposed_weights(stall,
                                stall=stall, backpressure=backpressure, seed=seed, w_orientation="columns")
     np.testing.assert_array_equal(got, golden.requantize(golden.matmul_int8(a, w, bias), mult, shift))
     assert counters["macs"] == M * K * N
+    # wide int8 weight beats: two W rows per beat, half the beats of the row format
+    got, counters = run_matmul(a, w, bias=bias, config="default", stall=stall, backpressure=backpressure,
+                               seed=seed, w_orientation="wide_rows")
+    np.testing.assert_array_equal(got, golden.matmul_int8(a, w, bias))
+    kt, nt = -(-K // 8), -(-N // 8)
+    assert counters["w_beats"] == nt * sum(-(-min(8, K - 8 * i) // 2) for i in range(kt))
     ab = _bf16_values(rng, (M, K))
     wb = _bf16_values(rng, (K, N))
     got, counters = run_matmul(ab, wb, out_dtype=BF16, config="default", stall=stall,
@@ -312,8 +318,8 @@ _WB16 = np.zeros((3, 4), BF16)
     ((_B16, _WB16), dict(requant=(np.ones(4, int), np.ones(4, int))), "int8 mode only"),
     ((_I8, _W8), dict(stall=1.0), "stall must be a probability"),
     ((_I8, _W8), dict(backpressure=-0.1), "backpressure must be a probability"),
-    ((_I8, _W8), dict(w_orientation="diagonal"), "w_orientation must be 'rows', 'columns' or 'packed_rows'"),
-    ((_B16, _WB16), dict(w_orientation="packed_rows"), "two int8 weights per lane: int8 mode only"),
+    ((_I8, _W8), dict(w_orientation="diagonal"), "w_orientation must be 'rows', 'columns' or 'wide_rows'"),
+    ((_B16, _WB16), dict(w_orientation="wide_rows"), "two int8 weights per lane: int8 mode only"),
     ((_I8, _W8), dict(config="huge"), "unknown CONFIG 'huge'"),
     (([[1]], _W8), {}, "a must be a numpy array"),
 ])

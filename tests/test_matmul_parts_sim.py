@@ -34,6 +34,29 @@ def _sim(dut, bench, limit=5000):
     sim.run_until(limit * 1e-8)
 
 
+async def _start(ctx, dut):
+    """The sequencer's one-cycle start, then the cycle in which the parts register it."""
+    ctx.set(dut.start, 1)
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+    await ctx.tick()
+
+
+def _offer(ctx, port, beats, sent, rng, rate=0.7):
+    """Drive stream ``port`` with beat ``sent`` of ``beats``: a beat already offered and not yet
+    taken stays (valid and payload held); a new one comes after a valid gap with probability
+    1 − rate. Returns whether the beat is taken in this cycle."""
+    held = getattr(port, "_offered", None) == sent
+    if sent < len(beats) and (held or rng.random() < rate):
+        ctx.set(port.valid, 1)
+        beat = beats[sent]
+        ctx.set(port.payload, beat if isinstance(beat, dict) else [int(x) for x in beat])
+        port._offered = sent
+    else:
+        ctx.set(port.valid, 0)
+    return bool(ctx.get(port.valid) and ctx.get(port.ready))
+
+
 def _shape(m, k, n, R, C, a_depth, need_p=0):
     return dict(m_last=m - 1, m_last2=(m - 2) & 0xFFFF, m_one=int(m == 1), k_one=int(k <= R),
                 n_one=int(n <= C), need_p=need_p, words=m * -(-k // R))
@@ -47,8 +70,8 @@ def _shape(m, k, n, R, C, a_depth, need_p=0):
     (dict(m=64, k=2 * 33, n=1, dtype=0, out_fmt=0), Status.A_TOO_LARGE, 8),
     (dict(m=1, k=1, n=1, dtype=1, out_fmt=OutFormat.INT8), Status.BAD_FORMAT, 2),
     (dict(m=1, k=1, n=1, dtype=0, out_fmt=OutFormat.FP32), Status.BAD_FORMAT, 2),
-    (dict(m=1, k=1, n=1, dtype=1, out_fmt=OutFormat.FP32, w_packed=1), Status.BAD_W_FORMAT, 2),
-    (dict(m=1, k=1, n=1, dtype=0, out_fmt=OutFormat.INT32, w_transposed=1, w_packed=1), Status.BAD_W_FORMAT, 2),
+    (dict(m=1, k=1, n=1, dtype=1, out_fmt=OutFormat.FP32, w_wide=1), Status.BAD_W_FORMAT, 2),
+    (dict(m=1, k=1, n=1, dtype=0, out_fmt=OutFormat.INT32, w_transposed=1, w_wide=1), Status.BAD_W_FORMAT, 2),
 ])
 def test_sequencer_answers_a_bad_command_with_its_code_and_starts_nothing(cmd, code, answer_after):
     dut = CommandSequencer(rows=2, cols=2, acc_depth=64, a_depth=2048)
@@ -142,19 +165,10 @@ def test_activation_buffer_gives_the_words_in_issue_order_for_every_n_tile_with_
     async def bench(ctx):
         ctx.set(dut.k, K)
         ctx.set(dut.shape, _shape(M, K, 1, R, 2, a_depth))
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await ctx.tick()
+        await _start(ctx, dut)
         sent, cnt, taken = 0, 0, []
         for t in range(400):
-            # the a stream, with gaps
-            if sent < len(beats) and rng.random() < 0.7:
-                ctx.set(dut.a.valid, 1)
-                ctx.set(dut.a.payload, [int(x) for x in beats[sent]])
-            else:
-                ctx.set(dut.a.valid, 0)
-            a_fire = ctx.get(dut.a.valid) and ctx.get(dut.a.ready)
+            a_fire = _offer(ctx, dut.a, beats, sent, rng)
             # the issue: takes a word when the FIFO holds one, with gaps
             take = cnt > 0 and len(taken) < n_tiles * M * Kt and rng.random() < 0.6
             ctx.set(dut.take, take)
@@ -183,10 +197,7 @@ def test_activation_buffer_word_can_be_taken_five_cycles_after_its_beat():
     async def bench(ctx):
         ctx.set(dut.k, 2)
         ctx.set(dut.shape, _shape(1, 2, 1, R, 2, a_depth))
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await ctx.tick()
+        await _start(ctx, dut)
         ctx.set(dut.a.valid, 1)
         ctx.set(dut.a.payload, [7, 9])
         for t in range(10):
@@ -217,16 +228,16 @@ def _expected_tiles(W, R, C):
     return tiles
 
 
-@pytest.mark.parametrize("transposed, packed", [(0, 0), (1, 0), (0, 1)], ids=["rows", "transposed", "packed"])
-def test_weight_loader_copies_each_tile_into_alternate_banks_only_when_free(transposed, packed):
-    seed = 5302 + transposed + 2 * packed
+@pytest.mark.parametrize("transposed, wide", [(0, 0), (1, 0), (0, 1)], ids=["rows", "transposed", "wide"])
+def test_weight_loader_copies_each_tile_into_alternate_banks_only_when_free(transposed, wide):
+    seed = 5302 + transposed + 2 * wide
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     R, C, K, N = 4, 2, 7, 5         # ⌈R/C⌉ = 2 beats per column, edge tiles in K (odd) and N
-    if packed:
+    if wide:
         # int8 weights, two rows per beat; the staging words hold them sign-extended
         W8 = rng.integers(-128, 128, (K, N)).astype(np.int8)
-        beats = prepare_job(np.zeros((1, K), np.int8), W8, rows=R, cols=C, w_packed=True).w_beats
+        beats = prepare_job(np.zeros((1, K), np.int8), W8, rows=R, cols=C, w_wide=True).w_beats
         W = W8.astype(np.int16).view(np.uint16)
     else:
         W = rng.integers(0, 1 << 16, (K, N)).astype(np.uint16)
@@ -238,20 +249,12 @@ def test_weight_loader_copies_each_tile_into_alternate_banks_only_when_free(tran
     loads = []
 
     async def bench(ctx):
-        ctx.set(dut.command, dict(k=K, n=N, w_transposed=transposed, w_packed=packed, dtype=0))
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await ctx.tick()
+        ctx.set(dut.command, dict(k=K, n=N, w_transposed=transposed, w_wide=wide, dtype=0))
+        await _start(ctx, dut)
         sent, full, busy_until = 0, [0, 0], [0, 0]
         release_at = {}
         for t in range(600):
-            if sent < len(beats) and rng.random() < 0.7:
-                ctx.set(dut.w.valid, 1)
-                ctx.set(dut.w.payload, [int(x) for x in beats[sent]])
-            else:
-                ctx.set(dut.w.valid, 0)
-            fire = ctx.get(dut.w.valid) and ctx.get(dut.w.ready)
+            fire = _offer(ctx, dut.w, beats, sent, rng)
             # the issue: a loaded bank is issued from for a while, then released
             rel = [b for b in (0, 1) if release_at.get(b) == t]
             ctx.set(dut.release, bool(rel))
@@ -306,17 +309,10 @@ def test_param_slots_fill_alternately_wait_for_a_free_slot_and_check_requant(out
     async def bench(ctx):
         ctx.set(dut.command, dict(n=N, out_fmt=out_fmt))
         ctx.set(dut.need_p, 1)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await ctx.tick()
+        await _start(ctx, dut)
         sent, full, drain_at = 0, [0, 0], {}
         for t in range(120):
-            if sent < len(beats) and rng.random() < 0.7:
-                ctx.set(dut.p.valid, 1)
-                ctx.set(dut.p.payload, beats[sent])
-            else:
-                ctx.set(dut.p.valid, 0)
+            _offer(ctx, dut.p, beats, sent, rng)
             if ctx.get(dut.p.ready):
                 assert not full[ctx.get(dut.loaded_slot)], f"cycle {t}: ready with its slot full"
             loaded = None
@@ -366,10 +362,7 @@ def test_accumulator_drain_outputs_every_bank_in_order_in_each_format_with_backp
     async def bench(ctx):
         ctx.set(dut.command, dict(n=N, out_fmt=out_fmt))
         ctx.set(dut.shape, _shape(M, R, N, R, C, 64))
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await ctx.tick()
+        await _start(ctx, dut)
         nt, row, free = 0, None, [1, 1]
         for _ in range(800):
             # the issue: an N tile's rows go into a free bank, one per cycle, and their results
@@ -440,10 +433,7 @@ def test_issue_order_weight_banks_bias_select_and_read_after_write_with_a_model_
         ctx.set(dut.shape, _shape(M, K, N, R, C, 64, need_p=1))
         ctx.set(dut.bias, [[1000 + c for c in range(C)], [2000 + c for c in range(C)]])
         ctx.set(dut.psum_data, [7, 7])
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await ctx.tick()
+        await _start(ctx, dut)
         # both N tiles' parameters (two slots, so no drain is needed)
         for slot in (0, 1):
             ctx.set(dut.p_loaded, 1)
@@ -501,3 +491,25 @@ def test_engine_marks_its_register_copies_keep_in_the_verilog():
                  "p_ld0_1", "psum_sel1_acc", "out_sel0_q", "stg_row1_clr", "a_rd1", "a_wp0_en",
                  f"valid_d{engine.array.latency}_c1", "ctl_1_1", "bank_q", "bf16_q", "bank_skew1_d3"):
         assert name in kept, name
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: CommandSequencer(rows=0, cols=2, acc_depth=4, a_depth=16), "rows must be in 1..64, not 0"),
+    (lambda: CommandSequencer(rows=2, cols=2, acc_depth=4, a_depth=1), "a_depth must be in 2..1048576"),
+    (lambda: ActivationBuffer(rows=65, a_depth=16), "rows must be in 1..64, not 65"),
+    (lambda: WeightLoader(rows=2, cols=2, weight_hold=5, int8_weight_hold=6, load_cycles=3),
+     "int8_weight_hold must be in 1..5"),
+    (lambda: ParamSlots(cols=0), "cols must be in 1..64"),
+    (lambda: IssueControl(rows=2, cols=2, acc_bits=0, a_depth=16), "acc_bits must be in 1..16"),
+    (lambda: AccumulatorDrain(rows=2, cols=99, acc_bits=2, a_depth=16), "cols must be in 1..64, not 99"),
+    (lambda: MatmulEngine(rows=2, cols=2, acc_depth=3, a_depth=16), "acc_depth must be a power of two"),
+], ids=["seq_rows", "seq_a_depth", "abuf_rows", "wload_hold", "params_cols", "issue_acc_bits", "acc_cols",
+        "engine_acc_depth"])
+def test_parts_reject_parameters_outside_their_ranges_naming_them(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+def test_parts_reject_a_parameter_that_is_not_an_int():
+    with pytest.raises(TypeError, match="cols must be an int, not 2.0"):
+        ParamSlots(cols=2.0)

@@ -41,3 +41,4 @@ def test_replace_changes_only_the_named_fields_of_a_part():
     cfg = get_config("tiny").replace(name="t2", array={"cols": 4})
     assert (cfg.name, cfg.array.rows, cfg.array.cols) == ("t2", 2, 4)
     assert cfg.kvcache == get_config("tiny").kvcache
+

@@ -1,0 +1,57 @@
+"""Expected cycles of each instruction: a first-order model of the units, for the schedule dump
+(:meth:`compiler.asm.Asm.dump`) and to compare with what the RTL's counters measure.
+
+It is deliberately simple — streaming rates and fixed latencies from the blocks' docs — and not
+a promise: the RTL's counters are the figures (docs/chip.md).
+"""
+
+from spec import isa
+from spec.codes import Dtype
+
+__all__ = ["TimingModel"]
+
+
+def _ceil(a, b):
+    return -(-int(a) // int(b))
+
+
+class TimingModel:
+    """``model(instr) → cycles`` for a :class:`hdl.config.ChipConfig`."""
+
+    #: Fixed costs (cycles) per instruction: dispatch and start-up of each unit.
+    OVERHEAD = {isa.Unit.LOAD: 40, isa.Unit.STORE: 40, isa.Unit.MATMUL: 60, isa.Unit.VECTOR: 20,
+                isa.Unit.SOFTMAX: 45, isa.Unit.KV: 10}
+
+    def __init__(self, config):
+        self.c = config
+        self.L = config.memory.spad_lanes
+        self.bus = config.memory.axi_data_bits // 8
+        self.R, self.C = config.array.rows, config.array.cols
+
+    def __call__(self, ins):
+        f, u = ins.fields, ins.unit
+        over = self.OVERHEAD.get(u, 1)
+        if u in (isa.Unit.LOAD, isa.Unit.STORE):
+            eb = 1 << f.get("elem_bytes", 0)
+            per_row = max(_ceil(f["elems"] * eb, self.bus), _ceil(f["elems"], self.L))
+            return over + f["rows"] * per_row
+        if u == isa.Unit.MATMUL:
+            m, k, n = f["m"], f["k"], f["n"]
+            kt, nt = _ceil(k, self.R), _ceil(n, self.C)
+            w_beats = self.R // 2 if f.get("w_wide") else self.R
+            if f.get("w_src", 0) in (isa.WSource.EXT, isa.WSource.EXT_T):
+                eb = 2 if f.get("dtype", 0) == Dtype.BF16 else 1
+                dram = _ceil(kt * nt * self.R * self.C * eb, self.bus)
+            else:
+                dram = 0
+            return over + max(kt * nt * max(m, w_beats), dram)
+        if u == isa.Unit.VECTOR:
+            beats = _ceil(f["length"], self.L)
+            return over + f["rows"] * beats + (f["length"] if f.get("op") in (2, 7) else 0)
+        if u == isa.Unit.SOFTMAX:
+            return over + 3 * _ceil(f["length"], self.c.softmax.lanes) + (f["rows"] - 1) * _ceil(
+                f["length"], self.c.softmax.lanes)
+        if u == isa.Unit.KV:
+            words = 2 * self.c.kvcache.heads * self.c.kvcache.head_dim // self.c.kvcache.beat_elems
+            return over + f.get("rows", 0) * words
+        return 1

@@ -51,7 +51,7 @@ from .vector import fp32_mul, residual_add_bf16, rmsnorm_bf16, rope_bf16, rope_i
 __all__ = [
     "MODES", "LayerConfig", "LayerWeights", "Calibration", "calibrate", "DecoderLayer",
     "quantize_per_token", "quantize_static", "dequantize_acc", "quantize_weights_per_channel",
-    "ACTIVATION_SCALES",
+    "ACTIVATION_SCALES", "HardwareParams",
 ]
 
 MODES = ("float64", "bf16", "int8")
@@ -458,6 +458,54 @@ class _Float64KVStore:
 
 
 # ----------------------------------------------------------------------------------------------
+# what a chip needs of a layer
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HardwareParams:
+    """Everything a chip needs to compute a :class:`DecoderLayer` bit for bit (its
+    :meth:`~DecoderLayer.hardware_params`): the operands of each matmul and vector operation in
+    the order the layer applies them. Projections that read the same input are fused (their
+    weight columns side by side), which changes no output: each output column depends only on
+    its own weight column.
+
+    Attributes
+    ----------
+    mode : str
+        ``"int8"`` or ``"bf16"``.
+    weights : dict of str → ndarray [K, N]
+        ``"wqkv"`` (Wq | Wk | Wv), ``"wo"``, ``"wgu"`` (Wgate | Wup), ``"wdown"``: int8 (per
+        output channel quantized, smoothing applied) or bf16.
+    gains : dict of str → bf16 ndarray
+        ``"attn_norm"``, ``"ffn_norm"`` (smoothing folded in, int8 mode).
+    channel_scales : dict of str → (multiplier, shift) int64 arrays per output channel
+        int8 mode: ``"qkv"`` (requantization of the Q/K/V accumulators to the static q/k/v
+        scales, shift minus the token's exponent), ``"o"``, ``"gu"``, ``"down"`` (dequantization
+        to fp32). Empty in bf16 mode.
+    pv : (int, int) or None
+        int8 mode: the P·V requantization (multiplier, shift) of every column.
+    softmax_scale : (int, int) or int
+        int8: ``(m, sh)`` of :func:`golden.softmax_scale_int8`; bf16: the fp32 constant's bits.
+    rope : golden.RopeTable
+    rms_eps : float
+    activation_scales : str
+        ``"per_token"`` (QUANT_TOKEN before each projection) or ``"per_tensor"``.
+    static_input_scales : dict of str → float
+        ``"per_tensor"`` only: the static scale of ``"h"``, ``"h2"``, ``"act"``.
+    """
+
+    mode: str
+    weights: dict
+    gains: dict
+    channel_scales: dict
+    pv: tuple
+    softmax_scale: object
+    rope: object
+    rms_eps: float
+    activation_scales: str = "per_token"
+    static_input_scales: dict = None
+
+
+# ----------------------------------------------------------------------------------------------
 # the layer
 
 class DecoderLayer:
@@ -669,6 +717,32 @@ class DecoderLayer:
             wf[prev] = wf[prev] / (s[:, None] if kind == "rows" else s)
             out[name] = float(np.max(a / s))
         return out
+
+    def hardware_params(self):
+        """The layer as a chip computes it: :class:`HardwareParams` (int8 and bf16 modes)."""
+        if self._mode == "float64":
+            raise ValueError("hardware_params: the float64 mode is the reference, not hardware")
+        W = self._W
+        weights = {"wqkv": np.concatenate([W["wq"], W["wk"], W["wv"]], axis=1),
+                   "wo": W["wo"], "wgu": np.concatenate([W["w_gate"], W["w_up"]], axis=1), "wdown": W["w_down"]}
+        gains = {"attn_norm": self._g["attn_norm"], "ffn_norm": self._g["ffn_norm"]}
+        if self._mode == "bf16":
+            return HardwareParams(mode="bf16", weights=weights, gains=gains, channel_scales={}, pv=None,
+                                  softmax_scale=int(as_fp32_bits(np.float32(self._sm_scale))), rope=self._rope,
+                                  rms_eps=self._c.rms_eps)
+
+        def cat(*pairs):
+            return (np.concatenate([np.asarray(p[0], np.int64) for p in pairs]),
+                    np.concatenate([np.asarray(p[1], np.int64) for p in pairs]))
+        scales = {"qkv": cat(self._mq, self._mk, self._mv), "o": cat(self._dq_o),
+                  "gu": cat(self._dq_gate, self._dq_up), "down": cat(self._dq_down)}
+        static = ({n: float(self._s_in[n]) for n in MATMUL_INPUTS}
+                  if self._act_scales == "per_tensor" else None)
+        return HardwareParams(mode="int8", weights=weights, gains=gains, channel_scales=scales,
+                              pv=(int(self._mpv[0]), int(self._mpv[1])),
+                              softmax_scale=(int(self._sm_scale[0]), int(self._sm_scale[1])), rope=self._rope,
+                              rms_eps=self._c.rms_eps, activation_scales=self._act_scales,
+                              static_input_scales=static)
 
     # -- sequences ----------------------------------------------------------------------------
     def _cache_length(self, seq):

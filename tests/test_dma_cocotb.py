@@ -4,6 +4,7 @@ requests), random latency and backpressure on every AXI channel and every client
 SLVERR/DECERR windows, reads answered out of order between IDs, event counts, and the
 full-rate streaming of a long request."""
 
+import os
 import random
 
 import numpy as np
@@ -13,6 +14,14 @@ from hdl.counters import COUNTER_WIDTH
 from hdl.dma import read_events_layout, write_events_layout
 from sim.runner import run
 from sim.tb.dma_top import engines_design
+
+
+def new_seed():
+    """A random seed, or ``TFA_DMA_SEED`` to repeat a run; printed."""
+    seed = int(os.environ.get("TFA_DMA_SEED") or random.randrange(1 << 30))
+    print("seed", seed, "(repeat with TFA_DMA_SEED)")
+    return seed
+
 
 SLVERR, DECERR = 2, 3
 MEM = 1 << 16
@@ -184,8 +193,7 @@ def check(params, data, windows, out):
 @pytest.mark.parametrize("stalls", STALLS)
 def test_three_readers_and_two_writers_interleave_with_errors_and_get_exact_data(stalls, memory):
     """Against cocotbext-axi's AxiRam and against the Verilog memory model (which must agree)."""
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     data, windows = make_scenario(SMALL, seed)
     out = run_engines(SMALL, data, windows, seed=seed, memory=memory, **STALLS[stalls])
     rd, wr = check(SMALL, data, windows, out)
@@ -196,8 +204,7 @@ def test_three_readers_and_two_writers_interleave_with_errors_and_get_exact_data
 @pytest.mark.cocotb
 @pytest.mark.xdist_group("dma_small")
 def test_reads_answered_interleaved_between_ids_reach_the_right_clients_in_order():
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     data, windows = make_scenario(SMALL, seed)
     out = run_engines(SMALL, data, windows, seed=seed, stall=0.2, backpressure=0.3, interleave=True)
     check(SMALL, data, windows, out)
@@ -206,8 +213,7 @@ def test_reads_answered_interleaved_between_ids_reach_the_right_clients_in_order
 @pytest.mark.cocotb
 @pytest.mark.xdist_group("dma_wide")
 def test_wide_bus_random_traffic_with_stalls_matches_the_memory_model():
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     data, windows = make_scenario(WIDE, seed, n_req=6)
     out = run_engines(WIDE, data, windows, seed=seed, stall=0.2, backpressure=0.2)
     check(WIDE, data, windows, out)

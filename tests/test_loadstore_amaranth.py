@@ -4,6 +4,7 @@ amaranth.sim runs of random descriptors (every element size, signed and unsigned
 inside a word, bad descriptors, AXI errors) against golden.loadstore, with Python models of the
 DMA client and of the scratchpad ports that stall at random."""
 
+import os
 import random
 from collections import deque
 
@@ -16,6 +17,14 @@ from golden.loadstore import Descriptor, check, load, store
 from hdl.config import get_config
 from hdl.loadstore import LoadUnit, StoreUnit
 from spec.codes import LoadStoreStatus
+
+
+def new_seed():
+    """A random seed, or ``TFA_DMA_SEED`` to repeat a run; printed."""
+    seed = int(os.environ.get("TFA_DMA_SEED") or random.randrange(1 << 30))
+    print("seed", seed, "(repeat with TFA_DMA_SEED)")
+    return seed
+
 
 AW = 16
 MAX_CYCLES = 40000
@@ -111,8 +120,7 @@ def error_rows(descs, nb, seed):
 
 @pytest.mark.parametrize("data_width, lanes", GEOMETRIES)
 def test_load_unit_writes_the_golden_scratchpad_with_stalls_and_errors(data_width, lanes):
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     rand = random.Random(seed)
     nb, spad_words = data_width // 8, 256
     dut = LoadUnit(data_width=data_width, addr_width=AW, lanes=lanes, spad_words=spad_words)
@@ -203,8 +211,7 @@ def test_load_unit_writes_the_golden_scratchpad_with_stalls_and_errors(data_widt
 
 @pytest.mark.parametrize("data_width, lanes", GEOMETRIES)
 def test_store_unit_writes_the_golden_memory_with_strobes_stalls_and_errors(data_width, lanes):
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     rand = random.Random(seed)
     nb, spad_words = data_width // 8, 256
     dut = StoreUnit(data_width=data_width, addr_width=AW, lanes=lanes, spad_words=spad_words)

@@ -138,11 +138,14 @@ def counts(data_width, lanes, raw):
 
 
 @pytest.mark.cocotb
-@pytest.mark.parametrize("config", GEOMETRIES)
-@pytest.mark.parametrize("memory", ["axiram", "hdl"])
+@pytest.mark.parametrize("config, memory", [
+    pytest.param(c, m, marks=pytest.mark.xdist_group(f"loadstore_{c}_{m}"))
+    for c, m in [("tiny", "hdl"), ("default", "axiram"), ("default", "hdl")]])
 @pytest.mark.parametrize("stalls", [dict(stall=0.0, backpressure=0.0), dict(stall=0.3, backpressure=0.4)],
                          ids=["no_stalls", "random_stalls"])
 def test_random_loads_and_stores_match_golden_with_errors_and_interleaved_reads(config, stalls, memory):
+    """``memory``: cocotbext-axi's AxiRam or the Verilog model (one build each: the model is
+    checked against AxiRam on the default geometry, the tiny one runs on the model)."""
     seed = new_seed()
     data_width, lanes = GEOMETRIES[config]
     mem, loads, stores, windows, traffic = scenario(data_width, lanes, seed)
@@ -174,6 +177,7 @@ def test_random_loads_and_stores_match_golden_with_errors_and_interleaved_reads(
 
 
 @pytest.mark.cocotb
+@pytest.mark.xdist_group("loadstore_default_axiram")
 @pytest.mark.parametrize("elem_bytes", [1, 2, 4])
 def test_long_load_and_store_move_min_of_bus_elements_and_lanes_per_cycle(elem_bytes):
     """default geometry (128-bit bus, 8 lanes), no stalls: 32 rows of 256 elements each way

@@ -6,7 +6,7 @@ values are part of the contract (docs/numerics.md, docs/<block>.md) and never ch
 
 from amaranth.lib import enum
 
-__all__ = ["Dtype", "OutFormat", "MatmulStatus", "KVOp", "KVStatus", "LoadStoreStatus"]
+__all__ = ["Dtype", "OutFormat", "MatmulStatus", "KVOp", "KVStatus", "LoadStoreStatus", "ChipError"]
 
 
 class Dtype(enum.IntEnum, shape=1):
@@ -63,8 +63,27 @@ class LoadStoreStatus(enum.IntEnum, shape=4):
     reported."""
     OK = 0
     AXI_ERROR = 1        #: some beat answered SLVERR or DECERR (the rest of the data moved)
-    BAD_ELEM_BYTES = 2   #: elem_bytes is not 1, 2 or 4
+    BAD_ELEM_BYTES = 2   #: elem_bytes is not B1, B2 or B4 (spec.isa.ElemBytes)
     ZERO_SIZE = 3        #: rows or elems is 0
     UNALIGNED = 4        #: ext_addr or ext_stride is not a multiple of the bus width in bytes
     EXT_RANGE = 5        #: the rows run past the end of the external address space
     SPAD_RANGE = 6       #: the rows run past the scratchpad's last word
+
+
+class ChipError(enum.IntEnum, shape=8):
+    """The chip's ``ERROR_CODE`` register: why a program stopped (docs/isa.md, "Errors").
+    ``ERROR_DETAIL`` refines some codes; ``ERROR_INDEX`` is the failing instruction's index."""
+    OK = 0
+    BAD_OPCODE = 1    #: not an Opcode (0 included: zeroed memory stops a program)
+    BAD_FIELD = 2     #: a field outside its legal values (detail: which check, docs/isa.md)
+    BAD_WAIT = 3      #: a wait on an instruction that is not earlier in the program
+    SPAD_RANGE = 4    #: a scratchpad access past the scratchpad, or a limit of a block's buffer (detail: check)
+    EXT_RANGE = 5     #: an external-memory access past EXT_SIZE (detail: check)
+    AXI_READ = 6      #: SLVERR or DECERR on a read (instruction fetch included)
+    AXI_WRITE = 7     #: SLVERR or DECERR on a write
+    KV = 8            #: the KV cache refused a command (detail: KVStatus)
+    MATMUL = 9        #: the matmul engine answered an error (detail: MatmulStatus)
+    VECTOR = 10       #: the vector unit answered an error (detail: its status)
+    SOFTMAX = 11      #: the softmax unit rejected a row
+    NO_END = 12       #: PROG_LEN instructions ran without an END
+    TIMEOUT = 13      #: no unit made progress for WATCHDOG cycles

@@ -29,11 +29,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from spec.codes import LoadStoreStatus
+from spec.isa import ElemBytes
 
 from .counters import events_layout
 from .dma import ReadClientSignature, WriteClientSignature
 
-__all__ = ["ROWS_BITS", "ELEMS_BITS", "ELEM_BYTES", "load_desc_layout", "store_desc_layout", "resp_layout",
+__all__ = ["ROWS_BITS", "ELEMS_BITS", "ELEM_BYTES", "ELEM_CODE", "load_desc_layout", "store_desc_layout", "resp_layout",
            "load_events_layout", "store_events_layout",
            "spad_write_layout", "spad_read_req_layout", "spad_read_resp_layout", "SpadReadSignature",
            "SpadWriteSignature", "default_spad_addr_width",
@@ -42,8 +43,10 @@ __all__ = ["ROWS_BITS", "ELEMS_BITS", "ELEM_BYTES", "load_desc_layout", "store_d
 #: Bits of a descriptor's ``rows`` and ``elems``.
 ROWS_BITS = 16
 ELEMS_BITS = 16
-#: The element sizes a descriptor may give.
+#: The element sizes a descriptor may give, in bytes.
 ELEM_BYTES = (1, 2, 4)
+#: The ``elem_bytes`` code of each size (``spec.isa.ElemBytes``, log2 of the bytes; 3 is bad).
+ELEM_CODE = {1: ElemBytes.B1, 2: ElemBytes.B2, 4: ElemBytes.B4}
 
 
 def _check_int(name, value, lo, hi, *, pow2=False):
@@ -57,17 +60,18 @@ def _check_int(name, value, lo, hi, *, pow2=False):
 
 def load_desc_layout(addr_width, spad_addr_width):
     """A LOAD descriptor: ``ext_addr``, ``ext_stride`` (bytes, multiples of the bus width),
-    ``rows``, ``elems`` (per row), ``elem_bytes`` (1, 2, 4), ``signed`` (sign-extend 1- and
+    ``rows``, ``elems`` (per row), ``elem_bytes`` (``spec.isa.ElemBytes``: B1, B2, B4 for 1, 2,
+    4 bytes; 3 is bad), ``signed`` (sign-extend 1- and
     2-byte elements), ``spad_addr``, ``spad_stride`` (words)."""
     return data.StructLayout({"ext_addr": addr_width, "ext_stride": addr_width, "rows": ROWS_BITS,
-                              "elems": ELEMS_BITS, "elem_bytes": 3, "signed": 1,
+                              "elems": ELEMS_BITS, "elem_bytes": ElemBytes, "signed": 1,
                               "spad_addr": spad_addr_width, "spad_stride": spad_addr_width})
 
 
 def store_desc_layout(addr_width, spad_addr_width):
     """A STORE descriptor: the fields of :func:`load_desc_layout` but ``signed``."""
     return data.StructLayout({"ext_addr": addr_width, "ext_stride": addr_width, "rows": ROWS_BITS,
-                              "elems": ELEMS_BITS, "elem_bytes": 3,
+                              "elems": ELEMS_BITS, "elem_bytes": ElemBytes,
                               "spad_addr": spad_addr_width, "spad_stride": spad_addr_width})
 
 
@@ -169,8 +173,8 @@ class _Params:
 
 
 def _beats_of(p, elems, elem_bytes):
-    """Bus words of a row (a Value): ceil(elems · elem_bytes / data_bytes)."""
-    nbytes = Mux(elem_bytes == 4, elems << 2, Mux(elem_bytes == 2, elems << 1, elems))
+    """Bus words of a row (a Value): ceil(elems · bytes / data_bytes), ``elem_bytes`` the code."""
+    nbytes = Mux(elem_bytes == ElemBytes.B4, elems << 2, Mux(elem_bytes == ElemBytes.B2, elems << 1, elems))
     return (nbytes + p.data_bytes - 1) >> exact_log2(p.data_bytes)
 
 
@@ -220,7 +224,7 @@ class DescriptorChecker(wiring.Component):
         m.d.comb += [ext_end.eq(d.ext_addr + prod_ext + (_beats_of(p, d.elems, d.elem_bytes) << lb)),
                      spad_end.eq(d.spad_addr + prod_spad + _words_of(p, d.elems))]
         status = Signal(LoadStoreStatus)
-        with m.If(~((d.elem_bytes == 1) | (d.elem_bytes == 2) | (d.elem_bytes == 4))):
+        with m.If(d.elem_bytes == 3):
             m.d.comb += status.eq(LoadStoreStatus.BAD_ELEM_BYTES)
         with m.Elif((d.rows == 0) | (d.elems == 0)):
             m.d.comb += status.eq(LoadStoreStatus.ZERO_SIZE)
@@ -268,7 +272,7 @@ def _unpack_lanes(raw, elem_bytes, signed, data_bytes):
 
 def _unpack_job_layout(spad_addr_width):
     return data.StructLayout({"status": LoadStoreStatus, "rows": ROWS_BITS, "elems": ELEMS_BITS,
-                              "elem_bytes": 3, "signed": 1, "spad_addr": spad_addr_width,
+                              "elem_bytes": ElemBytes, "signed": 1, "spad_addr": spad_addr_width,
                               "spad_stride": spad_addr_width})
 
 
@@ -323,7 +327,7 @@ class RowUnpacker(wiring.Component):
         with m.Switch(job.elem_bytes):
             for eb in ELEM_BYTES:
                 e = nb // eb
-                with m.Case(eb):
+                with m.Case(ELEM_CODE[eb]):
                     if e >= L:
                         with m.Switch(idx):
                             for q in range(e // L):
@@ -350,7 +354,7 @@ class RowUnpacker(wiring.Component):
                     with m.Switch(j.elem_bytes):
                         for eb in ELEM_BYTES:
                             e = nb // eb
-                            with m.Case(eb):
+                            with m.Case(ELEM_CODE[eb]):
                                 m.d.sync += [split.eq(e >= L), last_idx.eq(e // L - 1 if e >= L else L // e - 1)]
                     with m.If(j.status == LoadStoreStatus.OK):
                         m.next = "RUN"
@@ -386,7 +390,7 @@ class RowUnpacker(wiring.Component):
 
 
 def _pack_job_layout():
-    return data.StructLayout({"rows": ROWS_BITS, "elems": ELEMS_BITS, "elem_bytes": 3})
+    return data.StructLayout({"rows": ROWS_BITS, "elems": ELEMS_BITS, "elem_bytes": ElemBytes})
 
 
 class RowPacker(wiring.Component):
@@ -434,7 +438,7 @@ class RowPacker(wiring.Component):
             for eb in ELEM_BYTES:
                 e = nb // eb
                 packed = Cat(*[lanes[j][:8 * eb] for j in range(L)])
-                with m.Case(eb):
+                with m.Case(ELEM_CODE[eb]):
                     if L * eb <= nb:     # gather: word q of the bus word at bytes [q·L·eb, (q+1)·L·eb)
                         with m.Switch(idx):
                             for q in range(nb // (L * eb)):
@@ -452,7 +456,7 @@ class RowPacker(wiring.Component):
         e_now = Signal(range(nb + 1))
         with m.Switch(job.elem_bytes):
             for eb in ELEM_BYTES:
-                with m.Case(eb):
+                with m.Case(ELEM_CODE[eb]):
                     m.d.comb += e_now.eq(nb // eb)
         row_end = Mux(split, left <= e_now, left <= L)
         emit = split | (idx == last_idx) | row_end
@@ -469,7 +473,7 @@ class RowPacker(wiring.Component):
                     m.d.sync += [job.eq(j), idx.eq(0), left.eq(j.elems), rows_left.eq(j.rows)]
                     with m.Switch(j.elem_bytes):
                         for eb in ELEM_BYTES:
-                            with m.Case(eb):
+                            with m.Case(ELEM_CODE[eb]):
                                 sp = L * eb > nb
                                 m.d.sync += [split.eq(sp), last_idx.eq(L * eb // nb - 1 if sp else nb // (L * eb) - 1)]
                     m.next = "RUN"

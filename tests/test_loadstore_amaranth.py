@@ -13,7 +13,7 @@ import pytest
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
-from golden.loadstore import Descriptor, check, load, store
+from golden.loadstore import Descriptor, check, elem_code, load, store
 from hdl.config import get_config
 from hdl.loadstore import LoadUnit, StoreUnit
 from spec.codes import LoadStoreStatus
@@ -98,7 +98,7 @@ def random_descriptors(rand, nb, lanes, spad_words, n, *, bad=True):
 
 def desc_fields(d):
     return dict(ext_addr=d.ext_addr, ext_stride=d.ext_stride, rows=d.rows, elems=d.elems,
-                elem_bytes=d.elem_bytes, spad_addr=d.spad_addr, spad_stride=d.spad_stride)
+                elem_bytes=elem_code(d.elem_bytes), spad_addr=d.spad_addr, spad_stride=d.spad_stride)
 
 
 async def send(ctx, stream, values, rand, stall):

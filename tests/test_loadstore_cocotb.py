@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from test_loadstore_amaranth import random_descriptors
 
-from golden.loadstore import Descriptor, check, load, store
+from golden.loadstore import Descriptor, check, elem_code, load, store
 from hdl.counters import COUNTER_WIDTH
 from hdl.loadstore import default_spad_addr_width, load_desc_layout, store_desc_layout
 from sim.runner import run
@@ -42,7 +42,7 @@ def packed(layout, descs, signed):
     rows = []
     for d in descs:
         fields = dict(ext_addr=d.ext_addr, ext_stride=d.ext_stride, rows=d.rows, elems=d.elems,
-                      elem_bytes=d.elem_bytes, spad_addr=d.spad_addr, spad_stride=d.spad_stride)
+                      elem_bytes=elem_code(d.elem_bytes), spad_addr=d.spad_addr, spad_stride=d.spad_stride)
         if signed:
             fields["signed"] = int(d.signed)
         word = sum((int(v) & ((1 << layout[k].width) - 1)) << layout[k].offset for k, v in fields.items())

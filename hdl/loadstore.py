@@ -777,3 +777,91 @@ class StoreUnit(_UnitBase):
                                                         Mux(err, LoadStoreStatus.AXI_ERROR, LoadStoreStatus.OK)))]
                 with m.If(resp.ready):
                     m.next = "IDLE"
+
+
+class InstrAdapter(wiring.Component):
+    """Puts a :class:`LoadUnit` or :class:`StoreUnit` behind the command processor
+    (``hdl.cmdproc.UnitPortSignature``, docs/isa.md): LOAD/STORE instructions become the
+    unit's descriptors, its responses the processor's ``done`` beats.
+
+    Parameters
+    ----------
+    unit : LoadUnit or StoreUnit
+        The unit it serves (only its parameters are read; the chip top connects
+        ``adapter.cmd`` → ``unit.cmd`` and ``unit.resp`` → ``adapter.resp``).
+    depth : int
+        Instructions taken and not yet answered, at most (1..64).
+
+    Members
+    -------
+    proc : In(hdl.cmdproc.UnitPortSignature())
+        An instruction is taken when it is valid, its waits are satisfied (``deps_ok``) and
+        the unit takes its descriptor; every instruction taken has started and is answered
+        (also after ``abort``), in order, with its ``index``: status OK, or AXI_READ (LOAD) /
+        AXI_WRITE (STORE) with detail 0 on an AXI error, or — for descriptors the dispatcher
+        already refuses, so never in the chip — BAD_FIELD / EXT_RANGE / SPAD_RANGE with the
+        :class:`~spec.codes.LoadStoreStatus` as detail. ``idle``: nothing taken is unanswered.
+        ``progress``: the ``moved`` input.
+    cmd : Out(stream.Signature(the unit's descriptor layout))
+        The instruction's fields: ``ext_addr`` and ``ext_stride`` cut to ``addr_width`` bits,
+        ``spad_addr`` and ``spad_stride`` to ``spad_addr_width`` (the dispatcher's range checks
+        keep the addresses inside), the others as they are.
+    resp : In(stream.Signature(resp_layout()))
+    moved : In(1)
+        The unit moved data this cycle (e.g. ``beats_in | spad_writes``).
+
+    Latency: an instruction → its descriptor 0 cycles (combinational); a response → ``done``
+    0 cycles.
+    """
+
+    def __init__(self, unit, *, depth=8):
+        from .cmdproc import UnitPortSignature
+        if not isinstance(unit, (LoadUnit, StoreUnit)):
+            raise TypeError(f"unit must be a LoadUnit or a StoreUnit, not {type(unit).__name__}")
+        _check_int("depth", depth, 1, 64)
+        self._load = isinstance(unit, LoadUnit)
+        self._desc = unit.desc_layout
+        self._depth = depth
+        super().__init__({
+            "proc": In(UnitPortSignature()),
+            "cmd": Out(stream.Signature(unit.desc_layout)),
+            "resp": In(stream.Signature(resp_layout())),
+            "moved": In(1),
+        })
+
+    def elaborate(self, platform):
+        from spec import isa
+        from spec.codes import ChipError
+
+        from .cmdproc import INDEX_BITS
+        m = Module()
+        proc = self.proc
+        f = data.View(isa.layout(isa.Opcode.LOAD if self._load else isa.Opcode.STORE), proc.instr.payload.bits)
+        names = [name for name, _ in self._desc]
+        m.d.comb += [getattr(self.cmd.payload, name).eq(getattr(f, name)) for name in names]
+        indices = m.submodules.indices = SyncFIFO(width=INDEX_BITS, depth=self._depth)
+        take = proc.instr.valid & proc.deps_ok & indices.w_rdy
+        m.d.comb += [self.cmd.valid.eq(take), proc.instr.ready.eq(take & self.cmd.ready),
+                     indices.w_en.eq(take & self.cmd.ready), indices.w_data.eq(proc.instr.payload.index)]
+
+        st = self.resp.payload.status
+        code = Signal(ChipError)
+        with m.Switch(st):
+            with m.Case(LoadStoreStatus.OK):
+                m.d.comb += code.eq(ChipError.OK)
+            with m.Case(LoadStoreStatus.AXI_ERROR):
+                m.d.comb += code.eq(ChipError.AXI_READ if self._load else ChipError.AXI_WRITE)
+            with m.Case(LoadStoreStatus.EXT_RANGE):
+                m.d.comb += code.eq(ChipError.EXT_RANGE)
+            with m.Case(LoadStoreStatus.SPAD_RANGE):
+                m.d.comb += code.eq(ChipError.SPAD_RANGE)
+            with m.Default():
+                m.d.comb += code.eq(ChipError.BAD_FIELD)
+        done = proc.done
+        m.d.comb += [done.valid.eq(self.resp.valid & indices.r_rdy), done.payload.status.eq(code),
+                     done.payload.detail.eq(Mux(code.matches(ChipError.OK, ChipError.AXI_READ, ChipError.AXI_WRITE),
+                                                0, st)),
+                     done.payload.index.eq(indices.r_data),
+                     self.resp.ready.eq(done.ready & indices.r_rdy), indices.r_en.eq(done.valid & done.ready),
+                     proc.idle.eq(~indices.r_rdy), proc.progress.eq(self.moved)]
+        return m

@@ -10,8 +10,9 @@ Each entry is ``(name, offset, width, access, description)``:
 An address no register takes answers SLVERR (reads return 0), and so does a write to a ``ro``
 register. The hardware side is :class:`hdl.csr.CsrBank`.
 
-The map below is a placeholder that the chip top (hdl/chip.py) replaces with its registers;
-offsets and names once documented keep their meaning.
+The map below is a placeholder for the chip top (hdl/chip.py) to complete: the command
+processor's controls (hdl/cmdproc.py) and a first few counters; offsets and names once
+documented keep their meaning.
 """
 
 __all__ = ["ACCESS", "RESPONSES", "REGISTERS", "ADDR_WIDTH", "offset_of"]
@@ -37,15 +38,19 @@ ADDR_WIDTH = 12
 #: ``(name, offset, width, access, description)`` of every register.
 REGISTERS = (
     ("ID", 0x000, 32, "ro", "chip identifier and version"),
-    ("START", 0x010, 1, "w1p", "write 1: start the program at PROG_ADDR"),
-    ("STATUS", 0x014, 2, "ro", "bit 0 busy, bit 1 done"),
+    ("START", 0x010, 1, "w1p", "write 1: start the program at PROG_ADDR (when IDLE or DONE)"),
+    ("STATUS", 0x014, 2, "ro", "the command processor's state (hdl.cmdproc.ProcState: IDLE, RUNNING, DONE, ERROR)"),
+    ("CLEAR", 0x018, 1, "w1p", "write 1: DONE or ERROR becomes IDLE, the error registers clear"),
     ("PROG_ADDR", 0x020, 64, "rw", "byte address of the program in external memory"),
     ("PROG_LEN", 0x028, 32, "rw", "instructions in the program"),
-    ("ERROR_CODE", 0x030, 8, "ro", "error of the last run (0: none)"),
-    ("ERROR_INDEX", 0x034, 32, "ro", "index of the instruction that failed"),
-    ("IRQ_ENABLE", 0x040, 2, "rw", "bit 0 done, bit 1 error"),
-    ("IRQ_STATUS", 0x044, 2, "w1c", "bit 0 done, bit 1 error; the interrupt is (IRQ_STATUS & IRQ_ENABLE) != 0"),
-    ("COUNTERS_CLEAR", 0x050, 1, "w1p", "write 1: every counter becomes 0"),
+    ("EXT_SIZE", 0x030, 64, "rw", "bytes of external memory the program may touch (EXT_RANGE above)"),
+    ("WATCHDOG", 0x038, 32, "rw", "cycles without progress before TIMEOUT (0: off)"),
+    ("ERROR_CODE", 0x040, 8, "ro", "why the last program stopped (spec.codes.ChipError; 0: it did not)"),
+    ("ERROR_DETAIL", 0x044, 8, "ro", "which check failed, or the unit's status"),
+    ("ERROR_INDEX", 0x048, 32, "ro", "index of the instruction that failed"),
+    ("IRQ_ENABLE", 0x050, 2, "rw", "bit 0 done, bit 1 error"),
+    ("IRQ_STATUS", 0x054, 2, "w1c", "bit 0 done, bit 1 error; the interrupt is (IRQ_STATUS & IRQ_ENABLE) != 0"),
+    ("COUNTERS_CLEAR", 0x060, 1, "w1p", "write 1: every counter becomes 0"),
     ("CYCLES", 0x100, 48, "ro", "clock cycles since the counters were cleared"),
     ("DMA_READ_BYTES", 0x108, 48, "ro", "bytes read from external memory"),
     ("DMA_WRITE_BYTES", 0x110, 48, "ro", "bytes written to external memory"),

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from golden.loadstore import Descriptor
+from golden.loadstore import Descriptor, elem_code
 from hdl.config import get_config
 from hdl.loadstore import default_spad_addr_width, load_desc_layout, store_desc_layout
 from sim.runner import BUILD, run
@@ -30,7 +30,7 @@ AW = 32
 
 def _packed(layout, d, signed):
     fields = dict(ext_addr=d.ext_addr, ext_stride=d.ext_stride, rows=d.rows, elems=d.elems,
-                  elem_bytes=d.elem_bytes, spad_addr=d.spad_addr, spad_stride=d.spad_stride)
+                  elem_bytes=elem_code(d.elem_bytes), spad_addr=d.spad_addr, spad_stride=d.spad_stride)
     if signed:
         fields["signed"] = int(d.signed)
     word = sum(int(v) << layout[k].offset for k, v in fields.items())

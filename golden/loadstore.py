@@ -21,12 +21,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from spec.codes import LoadStoreStatus
+from spec.isa import ElemBytes
 
-__all__ = ["Descriptor", "check", "load", "store"]
+__all__ = ["Descriptor", "check", "load", "store", "elem_code"]
+
+
+def elem_code(elem_bytes):
+    """The ``elem_bytes`` field of a descriptor or instruction (``spec.isa.ElemBytes``) for a
+    size in bytes; 3 (bad) for anything but 1, 2, 4."""
+    return {1: ElemBytes.B1, 2: ElemBytes.B2, 4: ElemBytes.B4}.get(elem_bytes, 3)
 
 
 @dataclass(frozen=True)
 class Descriptor:
+    """A LOAD/STORE descriptor; ``elem_bytes`` in bytes (the hardware field holds
+    :func:`elem_code` of it)."""
     ext_addr: int
     ext_stride: int
     rows: int

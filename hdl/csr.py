@@ -170,12 +170,12 @@ class CsrBank(wiring.Component):
     regs : Out(Signature(regmap.signature_members()))
         One port per register (see the module docstring).
 
-    Protocol: the read and the write channels are independent; a read takes 3 cycles (AR
-    accepted, register read, R valid) and the next AR is accepted once the R beat is taken; a
-    write is done in the cycle after both its AW and W are held and B is free, and B is valid
-    in the next cycle, together with a ``w1p`` pulse or the new ``rw`` value. No ``*ready``
-    depends combinationally on an input. A read in the cycle a write is done returns the old
-    value.
+    Protocol: the read and the write channels are independent. R is valid 2 cycles after AR
+    is accepted (:attr:`read_latency`), and the next AR is accepted once R is taken. AW and W
+    are each held in a register (either may come first); in the first cycle both are held and B
+    is free the write is done, and B, the new ``rw`` value and a ``w1p`` pulse appear in the
+    next cycle. No ``*ready`` depends combinationally on an input. A read in the cycle a write
+    is done returns the old value.
     """
 
     def __init__(self, regmap):

@@ -29,11 +29,12 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from spec.codes import LoadStoreStatus
+from spec.isa import ElemBytes
 
 from .counters import events_layout
 from .dma import ReadClientSignature, WriteClientSignature
 
-__all__ = ["ROWS_BITS", "ELEMS_BITS", "ELEM_BYTES", "load_desc_layout", "store_desc_layout", "resp_layout",
+__all__ = ["ROWS_BITS", "ELEMS_BITS", "ELEM_BYTES", "ELEM_CODE", "load_desc_layout", "store_desc_layout", "resp_layout",
            "load_events_layout", "store_events_layout",
            "spad_write_layout", "spad_read_req_layout", "spad_read_resp_layout", "SpadReadSignature",
            "SpadWriteSignature", "default_spad_addr_width",
@@ -42,8 +43,10 @@ __all__ = ["ROWS_BITS", "ELEMS_BITS", "ELEM_BYTES", "load_desc_layout", "store_d
 #: Bits of a descriptor's ``rows`` and ``elems``.
 ROWS_BITS = 16
 ELEMS_BITS = 16
-#: The element sizes a descriptor may give.
+#: The element sizes a descriptor may give, in bytes.
 ELEM_BYTES = (1, 2, 4)
+#: The ``elem_bytes`` code of each size (``spec.isa.ElemBytes``, log2 of the bytes; 3 is bad).
+ELEM_CODE = {1: ElemBytes.B1, 2: ElemBytes.B2, 4: ElemBytes.B4}
 
 
 def _check_int(name, value, lo, hi, *, pow2=False):
@@ -57,17 +60,18 @@ def _check_int(name, value, lo, hi, *, pow2=False):
 
 def load_desc_layout(addr_width, spad_addr_width):
     """A LOAD descriptor: ``ext_addr``, ``ext_stride`` (bytes, multiples of the bus width),
-    ``rows``, ``elems`` (per row), ``elem_bytes`` (1, 2, 4), ``signed`` (sign-extend 1- and
+    ``rows``, ``elems`` (per row), ``elem_bytes`` (``spec.isa.ElemBytes``: B1, B2, B4 for 1, 2,
+    4 bytes; 3 is bad), ``signed`` (sign-extend 1- and
     2-byte elements), ``spad_addr``, ``spad_stride`` (words)."""
     return data.StructLayout({"ext_addr": addr_width, "ext_stride": addr_width, "rows": ROWS_BITS,
-                              "elems": ELEMS_BITS, "elem_bytes": 3, "signed": 1,
+                              "elems": ELEMS_BITS, "elem_bytes": ElemBytes, "signed": 1,
                               "spad_addr": spad_addr_width, "spad_stride": spad_addr_width})
 
 
 def store_desc_layout(addr_width, spad_addr_width):
     """A STORE descriptor: the fields of :func:`load_desc_layout` but ``signed``."""
     return data.StructLayout({"ext_addr": addr_width, "ext_stride": addr_width, "rows": ROWS_BITS,
-                              "elems": ELEMS_BITS, "elem_bytes": 3,
+                              "elems": ELEMS_BITS, "elem_bytes": ElemBytes,
                               "spad_addr": spad_addr_width, "spad_stride": spad_addr_width})
 
 
@@ -169,8 +173,8 @@ class _Params:
 
 
 def _beats_of(p, elems, elem_bytes):
-    """Bus words of a row (a Value): ceil(elems · elem_bytes / data_bytes)."""
-    nbytes = Mux(elem_bytes == 4, elems << 2, Mux(elem_bytes == 2, elems << 1, elems))
+    """Bus words of a row (a Value): ceil(elems · bytes / data_bytes), ``elem_bytes`` the code."""
+    nbytes = Mux(elem_bytes == ElemBytes.B4, elems << 2, Mux(elem_bytes == ElemBytes.B2, elems << 1, elems))
     return (nbytes + p.data_bytes - 1) >> exact_log2(p.data_bytes)
 
 
@@ -220,7 +224,7 @@ class DescriptorChecker(wiring.Component):
         m.d.comb += [ext_end.eq(d.ext_addr + prod_ext + (_beats_of(p, d.elems, d.elem_bytes) << lb)),
                      spad_end.eq(d.spad_addr + prod_spad + _words_of(p, d.elems))]
         status = Signal(LoadStoreStatus)
-        with m.If(~((d.elem_bytes == 1) | (d.elem_bytes == 2) | (d.elem_bytes == 4))):
+        with m.If(d.elem_bytes == 3):
             m.d.comb += status.eq(LoadStoreStatus.BAD_ELEM_BYTES)
         with m.Elif((d.rows == 0) | (d.elems == 0)):
             m.d.comb += status.eq(LoadStoreStatus.ZERO_SIZE)
@@ -268,7 +272,7 @@ def _unpack_lanes(raw, elem_bytes, signed, data_bytes):
 
 def _unpack_job_layout(spad_addr_width):
     return data.StructLayout({"status": LoadStoreStatus, "rows": ROWS_BITS, "elems": ELEMS_BITS,
-                              "elem_bytes": 3, "signed": 1, "spad_addr": spad_addr_width,
+                              "elem_bytes": ElemBytes, "signed": 1, "spad_addr": spad_addr_width,
                               "spad_stride": spad_addr_width})
 
 
@@ -323,7 +327,7 @@ class RowUnpacker(wiring.Component):
         with m.Switch(job.elem_bytes):
             for eb in ELEM_BYTES:
                 e = nb // eb
-                with m.Case(eb):
+                with m.Case(ELEM_CODE[eb]):
                     if e >= L:
                         with m.Switch(idx):
                             for q in range(e // L):
@@ -350,7 +354,7 @@ class RowUnpacker(wiring.Component):
                     with m.Switch(j.elem_bytes):
                         for eb in ELEM_BYTES:
                             e = nb // eb
-                            with m.Case(eb):
+                            with m.Case(ELEM_CODE[eb]):
                                 m.d.sync += [split.eq(e >= L), last_idx.eq(e // L - 1 if e >= L else L // e - 1)]
                     with m.If(j.status == LoadStoreStatus.OK):
                         m.next = "RUN"
@@ -386,7 +390,7 @@ class RowUnpacker(wiring.Component):
 
 
 def _pack_job_layout():
-    return data.StructLayout({"rows": ROWS_BITS, "elems": ELEMS_BITS, "elem_bytes": 3})
+    return data.StructLayout({"rows": ROWS_BITS, "elems": ELEMS_BITS, "elem_bytes": ElemBytes})
 
 
 class RowPacker(wiring.Component):
@@ -434,7 +438,7 @@ class RowPacker(wiring.Component):
             for eb in ELEM_BYTES:
                 e = nb // eb
                 packed = Cat(*[lanes[j][:8 * eb] for j in range(L)])
-                with m.Case(eb):
+                with m.Case(ELEM_CODE[eb]):
                     if L * eb <= nb:     # gather: word q of the bus word at bytes [q·L·eb, (q+1)·L·eb)
                         with m.Switch(idx):
                             for q in range(nb // (L * eb)):
@@ -452,7 +456,7 @@ class RowPacker(wiring.Component):
         e_now = Signal(range(nb + 1))
         with m.Switch(job.elem_bytes):
             for eb in ELEM_BYTES:
-                with m.Case(eb):
+                with m.Case(ELEM_CODE[eb]):
                     m.d.comb += e_now.eq(nb // eb)
         row_end = Mux(split, left <= e_now, left <= L)
         emit = split | (idx == last_idx) | row_end
@@ -469,7 +473,7 @@ class RowPacker(wiring.Component):
                     m.d.sync += [job.eq(j), idx.eq(0), left.eq(j.elems), rows_left.eq(j.rows)]
                     with m.Switch(j.elem_bytes):
                         for eb in ELEM_BYTES:
-                            with m.Case(eb):
+                            with m.Case(ELEM_CODE[eb]):
                                 sp = L * eb > nb
                                 m.d.sync += [split.eq(sp), last_idx.eq(L * eb // nb - 1 if sp else nb // (L * eb) - 1)]
                     m.next = "RUN"
@@ -773,3 +777,91 @@ class StoreUnit(_UnitBase):
                                                         Mux(err, LoadStoreStatus.AXI_ERROR, LoadStoreStatus.OK)))]
                 with m.If(resp.ready):
                     m.next = "IDLE"
+
+
+class InstrAdapter(wiring.Component):
+    """Puts a :class:`LoadUnit` or :class:`StoreUnit` behind the command processor
+    (``hdl.cmdproc.UnitPortSignature``, docs/isa.md): LOAD/STORE instructions become the
+    unit's descriptors, its responses the processor's ``done`` beats.
+
+    Parameters
+    ----------
+    unit : LoadUnit or StoreUnit
+        The unit it serves (only its parameters are read; the chip top connects
+        ``adapter.cmd`` → ``unit.cmd`` and ``unit.resp`` → ``adapter.resp``).
+    depth : int
+        Instructions taken and not yet answered, at most (1..64).
+
+    Members
+    -------
+    proc : In(hdl.cmdproc.UnitPortSignature())
+        An instruction is taken when it is valid, its waits are satisfied (``deps_ok``) and
+        the unit takes its descriptor; every instruction taken has started and is answered
+        (also after ``abort``), in order, with its ``index``: status OK, or AXI_READ (LOAD) /
+        AXI_WRITE (STORE) with detail 0 on an AXI error, or — for descriptors the dispatcher
+        already refuses, so never in the chip — BAD_FIELD / EXT_RANGE / SPAD_RANGE with the
+        :class:`~spec.codes.LoadStoreStatus` as detail. ``idle``: nothing taken is unanswered.
+        ``progress``: the ``moved`` input.
+    cmd : Out(stream.Signature(the unit's descriptor layout))
+        The instruction's fields: ``ext_addr`` and ``ext_stride`` cut to ``addr_width`` bits,
+        ``spad_addr`` and ``spad_stride`` to ``spad_addr_width`` (the dispatcher's range checks
+        keep the addresses inside), the others as they are.
+    resp : In(stream.Signature(resp_layout()))
+    moved : In(1)
+        The unit moved data this cycle (e.g. ``beats_in | spad_writes``).
+
+    Latency: an instruction → its descriptor 0 cycles (combinational); a response → ``done``
+    0 cycles.
+    """
+
+    def __init__(self, unit, *, depth=8):
+        from .cmdproc import UnitPortSignature
+        if not isinstance(unit, (LoadUnit, StoreUnit)):
+            raise TypeError(f"unit must be a LoadUnit or a StoreUnit, not {type(unit).__name__}")
+        _check_int("depth", depth, 1, 64)
+        self._load = isinstance(unit, LoadUnit)
+        self._desc = unit.desc_layout
+        self._depth = depth
+        super().__init__({
+            "proc": In(UnitPortSignature()),
+            "cmd": Out(stream.Signature(unit.desc_layout)),
+            "resp": In(stream.Signature(resp_layout())),
+            "moved": In(1),
+        })
+
+    def elaborate(self, platform):
+        from spec import isa
+        from spec.codes import ChipError
+
+        from .cmdproc import INDEX_BITS
+        m = Module()
+        proc = self.proc
+        f = data.View(isa.layout(isa.Opcode.LOAD if self._load else isa.Opcode.STORE), proc.instr.payload.bits)
+        names = [name for name, _ in self._desc]
+        m.d.comb += [getattr(self.cmd.payload, name).eq(getattr(f, name)) for name in names]
+        indices = m.submodules.indices = SyncFIFO(width=INDEX_BITS, depth=self._depth)
+        take = proc.instr.valid & proc.deps_ok & indices.w_rdy
+        m.d.comb += [self.cmd.valid.eq(take), proc.instr.ready.eq(take & self.cmd.ready),
+                     indices.w_en.eq(take & self.cmd.ready), indices.w_data.eq(proc.instr.payload.index)]
+
+        st = self.resp.payload.status
+        code = Signal(ChipError)
+        with m.Switch(st):
+            with m.Case(LoadStoreStatus.OK):
+                m.d.comb += code.eq(ChipError.OK)
+            with m.Case(LoadStoreStatus.AXI_ERROR):
+                m.d.comb += code.eq(ChipError.AXI_READ if self._load else ChipError.AXI_WRITE)
+            with m.Case(LoadStoreStatus.EXT_RANGE):
+                m.d.comb += code.eq(ChipError.EXT_RANGE)
+            with m.Case(LoadStoreStatus.SPAD_RANGE):
+                m.d.comb += code.eq(ChipError.SPAD_RANGE)
+            with m.Default():
+                m.d.comb += code.eq(ChipError.BAD_FIELD)
+        done = proc.done
+        m.d.comb += [done.valid.eq(self.resp.valid & indices.r_rdy), done.payload.status.eq(code),
+                     done.payload.detail.eq(Mux(code.matches(ChipError.OK, ChipError.AXI_READ, ChipError.AXI_WRITE),
+                                                0, st)),
+                     done.payload.index.eq(indices.r_data),
+                     self.resp.ready.eq(done.ready & indices.r_rdy), indices.r_en.eq(done.valid & done.ready),
+                     proc.idle.eq(~indices.r_rdy), proc.progress.eq(self.moved)]
+        return m

@@ -91,7 +91,7 @@ class LoadStoreStatus(enum.IntEnum, shape=4):
     reported."""
     OK = 0
     AXI_ERROR = 1        #: some beat answered SLVERR or DECERR (the rest of the data moved)
-    BAD_ELEM_BYTES = 2   #: elem_bytes is not 1, 2 or 4
+    BAD_ELEM_BYTES = 2   #: elem_bytes is not B1, B2 or B4 (spec.isa.ElemBytes)
     ZERO_SIZE = 3        #: rows or elems is 0
     UNALIGNED = 4        #: ext_addr or ext_stride is not a multiple of the bus width in bytes
     EXT_RANGE = 5        #: the rows run past the end of the external address space

@@ -166,3 +166,42 @@ def test_w1c_bit_set_by_hardware_in_the_cycle_software_clears_it_stays_set():
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+
+
+def test_read_latency_and_write_timing_are_as_documented():
+    """R valid read_latency (2) cycles after the AR handshake; a write's B, its new rw value and
+    its w1p pulse in the cycle after the first cycle both AW and W are held."""
+    dut = CsrBank(RegisterMap([Register(*r) for r in MAP], addr_width=8))
+    b = dut.bus
+
+    async def bench(ctx):
+        ctx.set(b.araddr, 0x4)
+        ctx.set(b.arvalid, 1)
+        await ctx.tick().until(b.arready)           # the AR handshake's edge
+        ctx.set(b.arvalid, 0)
+        waited = 0
+        while not ctx.get(b.rvalid):
+            await ctx.tick()
+            waited += 1
+        assert waited + 1 == dut.read_latency
+        ctx.set(b.rready, 1)
+        await ctx.tick()
+        ctx.set(b.rready, 0)
+        ctx.set(b.awaddr, 0x8)
+        ctx.set(b.awvalid, 1)
+        ctx.set(b.wdata, 1)
+        ctx.set(b.wstrb, 0xF)
+        ctx.set(b.wvalid, 1)
+        await ctx.tick()                            # both handshakes
+        ctx.set(b.awvalid, 0)
+        ctx.set(b.wvalid, 0)
+        assert not ctx.get(b.bvalid)
+        await ctx.tick()                            # both held: the write is done
+        assert ctx.get(b.bvalid) and ctx.get(dut.regs.go) == 1
+        await ctx.tick()
+        assert ctx.get(dut.regs.go) == 0
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()

@@ -3,6 +3,7 @@
 the burst splitter (random requests against a Python model of the AXI burst rules) and of the
 round-robin arbiter."""
 
+import os
 import random
 
 import pytest
@@ -11,6 +12,14 @@ from amaranth.sim import Simulator
 
 from hdl.config import get_config
 from hdl.dma import AxiReadEngine, AxiWriteEngine, BurstSplitter, round_robin
+
+
+def new_seed():
+    """A random seed, or ``TFA_DMA_SEED`` to repeat a run; printed."""
+    seed = int(os.environ.get("TFA_DMA_SEED") or random.randrange(1 << 30))
+    print("seed", seed, "(repeat with TFA_DMA_SEED)")
+    return seed
+
 
 GOOD = dict(clients=3, addr_width=32, data_width=128)
 
@@ -62,8 +71,7 @@ def burst_model(addr, beats, data_bytes, max_burst):
 
 @pytest.mark.parametrize("data_bytes, max_burst", [(16, 64), (4, 256), (64, 16), (16, 1)])
 def test_splitter_gives_the_axi_bursts_of_random_requests_with_stalls(data_bytes, max_burst):
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     rand = random.Random(seed)
     dut = BurstSplitter(addr_width=16, beats_width=12, data_bytes=data_bytes, max_burst=max_burst)
     reqs = []

@@ -4,6 +4,7 @@ requests), random latency and backpressure on every AXI channel and every client
 SLVERR/DECERR windows, reads answered out of order between IDs, event counts, and the
 full-rate streaming of a long request."""
 
+import os
 import random
 
 import numpy as np
@@ -13,6 +14,14 @@ from hdl.counters import COUNTER_WIDTH
 from hdl.dma import read_events_layout, write_events_layout
 from sim.runner import run
 from sim.tb.dma_top import engines_design
+
+
+def new_seed():
+    """A random seed, or ``TFA_DMA_SEED`` to repeat a run; printed."""
+    seed = int(os.environ.get("TFA_DMA_SEED") or random.randrange(1 << 30))
+    print("seed", seed, "(repeat with TFA_DMA_SEED)")
+    return seed
+
 
 SLVERR, DECERR = 2, 3
 MEM = 1 << 16
@@ -184,8 +193,7 @@ def check(params, data, windows, out):
 @pytest.mark.parametrize("stalls", STALLS)
 def test_three_readers_and_two_writers_interleave_with_errors_and_get_exact_data(stalls, memory):
     """Against cocotbext-axi's AxiRam and against the Verilog memory model (which must agree)."""
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     data, windows = make_scenario(SMALL, seed)
     out = run_engines(SMALL, data, windows, seed=seed, memory=memory, **STALLS[stalls])
     rd, wr = check(SMALL, data, windows, out)
@@ -196,8 +204,7 @@ def test_three_readers_and_two_writers_interleave_with_errors_and_get_exact_data
 @pytest.mark.cocotb
 @pytest.mark.xdist_group("dma_small")
 def test_reads_answered_interleaved_between_ids_reach_the_right_clients_in_order():
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     data, windows = make_scenario(SMALL, seed)
     out = run_engines(SMALL, data, windows, seed=seed, stall=0.2, backpressure=0.3, interleave=True)
     check(SMALL, data, windows, out)
@@ -206,34 +213,41 @@ def test_reads_answered_interleaved_between_ids_reach_the_right_clients_in_order
 @pytest.mark.cocotb
 @pytest.mark.xdist_group("dma_wide")
 def test_wide_bus_random_traffic_with_stalls_matches_the_memory_model():
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     data, windows = make_scenario(WIDE, seed, n_req=6)
     out = run_engines(WIDE, data, windows, seed=seed, stall=0.2, backpressure=0.2)
     check(WIDE, data, windows, out)
+
+
+def idle(params, nb):
+    """Inputs of a run where no client does anything (tests fill in the clients they use)."""
+    data = {f"rd{c}_req": np.zeros((0, 2), np.int64) for c in range(params["read_clients"])}
+    for c in range(params["write_clients"]):
+        data.update({f"wr{c}_req": np.zeros((0, 2), np.int64), f"wr{c}_data": np.zeros((0, nb), np.uint8),
+                     f"wr{c}_strb": np.zeros((0, nb), np.uint8)})
+    return data
 
 
 @pytest.mark.cocotb
 @pytest.mark.xdist_group("dma_wide")
 @pytest.mark.parametrize("direction", ["read", "write"])
 def test_a_long_transfer_streams_one_beat_per_cycle(direction):
-    """A 512-beat (8 KiB) transfer with no stalls takes at most beats + 30 cycles to read, and
-    beats + max_burst + 30 to write (a write burst leaves once all of its data is buffered)."""
-    params = dict(WIDE, read_clients=1, write_clients=1)
-    nb = 16
+    """A 512-beat (8 KiB) transfer with no stalls (AxiRam) takes at most beats + 30 cycles to
+    read, and beats + max_burst + 30 to write (a write burst leaves once its data is all
+    buffered)."""
+    nb, beats = 16, 512
     rand = random.Random(1)
-    beats = 512
-    none = np.zeros((0, 2), np.int64)
-    data = {"mem": np.frombuffer(rand.randbytes(MEM), np.uint8).copy(),
-            "rd0_req": np.array([(4096, beats)], np.int64) if direction == "read" else none,
-            "wr0_req": np.array([(32768, beats)], np.int64) if direction == "write" else none}
-    n = beats if direction == "write" else 0
-    data["wr0_data"] = np.frombuffer(rand.randbytes(n * nb), np.uint8).reshape(n, nb).copy()
-    data["wr0_strb"] = np.ones((n, nb), np.uint8)
-    out = run_engines(params, data, [], seed=1, stall=0.0, backpressure=0.0)
-    check(params, data, [], out)
+    data = {**idle(WIDE, nb), "mem": np.frombuffer(rand.randbytes(MEM), np.uint8).copy()}
+    if direction == "read":
+        data["rd0_req"] = np.array([(4096, beats)], np.int64)
+    else:
+        data["wr0_req"] = np.array([(32768, beats)], np.int64)
+        data["wr0_data"] = np.frombuffer(rand.randbytes(beats * nb), np.uint8).reshape(beats, nb).copy()
+        data["wr0_strb"] = np.ones((beats, nb), np.uint8)
+    out = run_engines(WIDE, data, [], seed=1, stall=0.0, backpressure=0.0)
+    check(WIDE, data, [], out)
     print("cycles", int(out["cycles"]), "wall", float(out["wall"]))
-    assert int(out["cycles"]) <= beats + 30 + (params["max_burst"] if direction == "write" else 0)
+    assert int(out["cycles"]) <= beats + 30 + (WIDE["max_burst"] if direction == "write" else 0)
 
 
 @pytest.mark.cocotb
@@ -242,14 +256,11 @@ def test_a_slow_reader_does_not_hold_up_the_other_readers():
     """Client 0 takes a beat in 1 cycle of 20; clients 1 and 2 read 1024 beats each at once and
     finish within 2500 cycles (2048 beats and client 0's few), long before client 0 (credits: no R
     beat ever waits)."""
-    params = dict(WIDE, read_clients=3, write_clients=1)
-    nb = 16
+    params = WIDE
     rand = random.Random(2)
-    none = np.zeros((0, 2), np.int64)
-    data = {"mem": np.frombuffer(rand.randbytes(MEM), np.uint8).copy(),
+    data = {**idle(params, 16), "mem": np.frombuffer(rand.randbytes(MEM), np.uint8).copy(),
             "rd0_req": np.array([(0, 1024)], np.int64), "rd1_req": np.array([(16384, 1024)], np.int64),
-            "rd2_req": np.array([(32768, 1024)], np.int64), "wr0_req": none,
-            "wr0_data": np.zeros((0, nb), np.uint8), "wr0_strb": np.zeros((0, nb), np.uint8)}
+            "rd2_req": np.array([(32768, 1024)], np.int64)}
     out = run_engines(params, data, [], seed=2, stall=0.0, backpressure=0.0, memory="hdl",
                       rd_backpressure=[0.95, 0.0, 0.0])
     check(params, data, [], out)
@@ -263,10 +274,10 @@ def test_a_slow_reader_does_not_hold_up_the_other_readers():
 def test_a_slow_writer_does_not_hold_up_the_other_writer():
     """Client 0 gives a data beat in 1 cycle of 20; client 1 writes 1024 beats at once and
     finishes within 1300 cycles (a burst is issued only once its data is all buffered)."""
-    params = dict(WIDE, read_clients=1, write_clients=2)
+    params = WIDE
     nb = 16
     rand = random.Random(3)
-    data = {"mem": np.frombuffer(rand.randbytes(MEM), np.uint8).copy(), "rd0_req": np.zeros((0, 2), np.int64)}
+    data = {**idle(params, nb), "mem": np.frombuffer(rand.randbytes(MEM), np.uint8).copy()}
     for c in range(2):
         data[f"wr{c}_req"] = np.array([(16384 * (c + 1), 1024)], np.int64)
         data[f"wr{c}_data"] = np.frombuffer(rand.randbytes(1024 * nb), np.uint8).reshape(1024, nb).copy()

@@ -4,6 +4,7 @@ amaranth.sim runs of random descriptors (every element size, signed and unsigned
 inside a word, bad descriptors, AXI errors) against golden.loadstore, with Python models of the
 DMA client and of the scratchpad ports that stall at random."""
 
+import os
 import random
 from collections import deque
 
@@ -12,10 +13,18 @@ import pytest
 from amaranth.hdl import Fragment
 from amaranth.sim import Simulator
 
-from golden.loadstore import Descriptor, check, load, store
+from golden.loadstore import Descriptor, check, elem_code, load, store
 from hdl.config import get_config
 from hdl.loadstore import LoadUnit, StoreUnit
 from spec.codes import LoadStoreStatus
+
+
+def new_seed():
+    """A random seed, or ``TFA_DMA_SEED`` to repeat a run; printed."""
+    seed = int(os.environ.get("TFA_DMA_SEED") or random.randrange(1 << 30))
+    print("seed", seed, "(repeat with TFA_DMA_SEED)")
+    return seed
+
 
 AW = 16
 MAX_CYCLES = 40000
@@ -89,7 +98,7 @@ def random_descriptors(rand, nb, lanes, spad_words, n, *, bad=True):
 
 def desc_fields(d):
     return dict(ext_addr=d.ext_addr, ext_stride=d.ext_stride, rows=d.rows, elems=d.elems,
-                elem_bytes=d.elem_bytes, spad_addr=d.spad_addr, spad_stride=d.spad_stride)
+                elem_bytes=elem_code(d.elem_bytes), spad_addr=d.spad_addr, spad_stride=d.spad_stride)
 
 
 async def send(ctx, stream, values, rand, stall):
@@ -111,8 +120,7 @@ def error_rows(descs, nb, seed):
 
 @pytest.mark.parametrize("data_width, lanes", GEOMETRIES)
 def test_load_unit_writes_the_golden_scratchpad_with_stalls_and_errors(data_width, lanes):
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     rand = random.Random(seed)
     nb, spad_words = data_width // 8, 256
     dut = LoadUnit(data_width=data_width, addr_width=AW, lanes=lanes, spad_words=spad_words)
@@ -203,8 +211,7 @@ def test_load_unit_writes_the_golden_scratchpad_with_stalls_and_errors(data_widt
 
 @pytest.mark.parametrize("data_width, lanes", GEOMETRIES)
 def test_store_unit_writes_the_golden_memory_with_strobes_stalls_and_errors(data_width, lanes):
-    seed = random.randrange(1 << 30)
-    print("seed", seed)
+    seed = new_seed()
     rand = random.Random(seed)
     nb, spad_words = data_width // 8, 256
     dut = StoreUnit(data_width=data_width, addr_width=AW, lanes=lanes, spad_words=spad_words)
@@ -302,3 +309,80 @@ def test_store_unit_writes_the_golden_memory_with_strobes_stalls_and_errors(data
     assert got == want
     bad = np.flatnonzero(got_mem != want_mem)
     assert bad.size == 0, f"memory bytes {bad[:8]} differ"
+
+
+@pytest.mark.parametrize("unit_cls", [LoadUnit, StoreUnit])
+def test_instr_adapter_turns_instructions_into_descriptors_and_answers_in_order(unit_cls):
+    """Instructions are taken only when their waits are satisfied; each descriptor carries the
+    instruction's fields; each response becomes a ``done`` beat with the instruction's index and
+    the chip's error code; ``idle`` while nothing is unanswered."""
+    from hdl.loadstore import InstrAdapter
+    from spec import isa
+    from spec.codes import ChipError
+    unit = unit_cls(data_width=128, addr_width=32, lanes=8, spad_words=4096)
+    dut = InstrAdapter(unit, depth=2)
+    Fragment.get(unit, None)
+    rand = random.Random(4)
+    op = isa.Opcode.LOAD if unit_cls is LoadUnit else isa.Opcode.STORE
+    instrs = []
+    for i in range(6):
+        fields = dict(ext_addr=16 * rand.randrange(1 << 20), ext_stride=16 * rand.randrange(64),
+                      spad_addr=rand.randrange(4096), spad_stride=rand.randrange(64), rows=rand.randrange(1, 9),
+                      elems=rand.randrange(1, 300), elem_bytes=rand.randrange(3), signed=rand.randrange(2))
+        instrs.append((isa.encode(op, **fields), 100 + i, fields))
+    statuses = [LoadStoreStatus.OK, LoadStoreStatus.AXI_ERROR, LoadStoreStatus.OK, LoadStoreStatus.SPAD_RANGE,
+                LoadStoreStatus.ZERO_SIZE, LoadStoreStatus.OK]
+    want_code = {LoadStoreStatus.OK: (ChipError.OK, 0),
+                 LoadStoreStatus.AXI_ERROR: (ChipError.AXI_READ if op == isa.Opcode.LOAD else ChipError.AXI_WRITE, 0),
+                 LoadStoreStatus.SPAD_RANGE: (ChipError.SPAD_RANGE, 6),
+                 LoadStoreStatus.ZERO_SIZE: (ChipError.BAD_FIELD, 3)}
+    taken, dones, pending = [], [], deque()
+    layout = unit.desc_layout
+
+    async def processor(ctx):
+        for bits, index, _ in instrs:
+            ctx.set(dut.proc.instr.payload.bits, bits)
+            ctx.set(dut.proc.instr.payload.index, index)
+            ctx.set(dut.proc.instr.valid, 1)
+            while True:
+                deps = rand.random() < 0.5
+                ctx.set(dut.proc.deps_ok, deps)
+                _, _, ready = await ctx.tick().sample(dut.proc.instr.ready)
+                assert deps or not ready, "taken while its waits were not satisfied"
+                if ready:
+                    break
+        ctx.set(dut.proc.instr.valid, 0)
+
+    async def unit_model(ctx):
+        k = 0
+        while len(dones) < len(instrs):
+            ready = rand.random() < 0.6
+            ctx.set(dut.cmd.ready, ready)
+            if pending and rand.random() < 0.5:
+                ctx.set(dut.resp.valid, 1)
+                ctx.set(dut.resp.payload.status, statuses[pending[0]])
+            else:
+                ctx.set(dut.resp.valid, 0)
+            ctx.set(dut.proc.done.ready, rand.random() < 0.7)
+            _, _, cvalid, desc, rvalid, rready, dvalid, dready, status, detail, index, idle = await ctx.tick().sample(
+                dut.cmd.valid, dut.cmd.payload.as_value(), dut.resp.valid, dut.resp.ready, dut.proc.done.valid,
+                dut.proc.done.ready, dut.proc.done.payload.status, dut.proc.done.payload.detail,
+                dut.proc.done.payload.index, dut.proc.idle)
+            assert idle == (not pending), "idle while an instruction is unanswered (or the reverse)"
+            if cvalid and ready:
+                taken.append({name: field(layout, desc, name) for name, _ in layout})
+                pending.append(k)
+                k += 1
+            if rvalid and rready:
+                assert dvalid and dready
+                dones.append((status, detail, index))
+                pending.popleft()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(processor)
+    sim.add_testbench(unit_model)
+    sim.run()
+    for got, (_, _, fields) in zip(taken, instrs, strict=True):
+        assert got == {k: v for k, v in fields.items() if k in got}
+    assert dones == [(*want_code[s], 100 + i) for i, s in enumerate(statuses)]

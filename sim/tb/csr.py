@@ -43,9 +43,10 @@ async def read32(master, addr):
 
 
 async def rw_registers(dut, master, rand, n):
-    regs = {"PROG_ADDR": 64, "PROG_LEN": 32, "IRQ_ENABLE": 2}
+    regs = {"PROG_ADDR": 64, "PROG_LEN": 32, "EXT_SIZE": 64, "WATCHDOG": 32, "IRQ_ENABLE": 2}
     model = {name: 0 for name in regs}
-    outputs = {"PROG_ADDR": dut.prog_addr, "PROG_LEN": dut.prog_len, "IRQ_ENABLE": dut.irq_enable}
+    outputs = {"PROG_ADDR": dut.prog_addr, "PROG_LEN": dut.prog_len, "EXT_SIZE": dut.ext_size,
+               "WATCHDOG": dut.watchdog, "IRQ_ENABLE": dut.irq_enable}
     for _ in range(n):
         name = rand.choice(list(regs))
         width = regs[name]
@@ -97,7 +98,7 @@ async def start_pulses(master, rand, n):
 async def errors(master, rand, n):
     ro = [offset_of(name) for name in ("ID", "STATUS", "CYCLES", "ERROR_CODE")]
     for _ in range(n):
-        addr = rand.choice([0x004, 0x018, 0x02C, 0x0FC, 0x118, 0xFFC])
+        addr = rand.choice([0x004, 0x01C, 0x02C, 0x04C, 0x0FC, 0x118, 0xFFC])
         got, resp = await read32(master, addr)
         assert (got, resp) == (0, SLVERR), f"read {addr:#x}"
         assert int((await master.write(addr, b"\x01\x00\x00\x00")).resp) == SLVERR
@@ -112,7 +113,7 @@ async def csr_concurrent(dut):
     clk = dut.clk
     cocotb.start_soon(Clock(clk, 10, unit="ns").start())
     dut.rst.value = 1
-    for sig in (dut.status, dut.error_code, dut.error_index, dut.write_bytes, dut.irq_set):
+    for sig in (dut.status, dut.error_code, dut.error_detail, dut.error_index, dut.write_bytes, dut.irq_set):
         sig.value = 0
     master = lite_master(dut, "s_axil_", clk, dut.rst, rand=rand, stall=float(meta["stall"]),
                          backpressure=float(meta["backpressure"]))
@@ -130,9 +131,10 @@ async def csr_concurrent(dut):
 
     # hardware inputs
     dut.status.value, dut.error_code.value, dut.error_index.value = 2, 0xA5, 0x12345678
+    dut.error_detail.value = 0x5A
     dut.write_bytes.value = 0x1234_89ABCDEF
     await RisingEdge(clk)
-    for name, want in (("STATUS", 2), ("ERROR_CODE", 0xA5), ("ERROR_INDEX", 0x12345678)):
+    for name, want in (("STATUS", 2), ("ERROR_CODE", 0xA5), ("ERROR_DETAIL", 0x5A), ("ERROR_INDEX", 0x12345678)):
         assert await read32(master, offset_of(name)) == (want, OKAY), name
     assert await read32(master, offset_of("DMA_WRITE_BYTES")) == (0x89ABCDEF, OKAY)
     assert await read32(master, offset_of("DMA_WRITE_BYTES") + 4) == (0x1234, OKAY)

@@ -5,8 +5,9 @@
 - ``CYCLES`` is a 48-bit cycle counter that starts at :data:`CYCLES_START` (so it carries into
   its high half early in a test) and restarts at 0 on a ``COUNTERS_CLEAR`` pulse;
 - ``DMA_READ_BYTES`` counts the ``START`` pulses;
-- ``STATUS``, ``ERROR_CODE``, ``ERROR_INDEX``, ``DMA_WRITE_BYTES`` and ``IRQ_STATUS``'s set bits
-  are top-level inputs; ``PROG_ADDR``, ``PROG_LEN``, ``IRQ_ENABLE`` and ``irq`` outputs.
+- ``STATUS``, ``ERROR_CODE``, ``ERROR_DETAIL``, ``ERROR_INDEX``, ``DMA_WRITE_BYTES`` and
+  ``IRQ_STATUS``'s set bits are top-level inputs; ``PROG_ADDR``, ``PROG_LEN``, ``EXT_SIZE``,
+  ``WATCHDOG``, ``IRQ_ENABLE`` and ``irq`` outputs.
 """
 
 from amaranth.hdl import Module, Signal
@@ -28,11 +29,14 @@ class CsrTestTop(wiring.Component):
     s_axil: In(AxiLiteSignature(addr_width=12, data_width=32))
     status: In(2)
     error_code: In(8)
+    error_detail: In(8)
     error_index: In(32)
     write_bytes: In(48)
     irq_set: In(2)
     prog_addr: Out(64)
     prog_len: Out(32)
+    ext_size: Out(64)
+    watchdog: Out(32)
     irq_enable: Out(2)
     irq: Out(1)
 
@@ -50,10 +54,11 @@ class CsrTestTop(wiring.Component):
             m.d.sync += starts.eq(starts + 1)
         m.d.comb += [
             r.id.eq(ID_VALUE), r.cycles.eq(cycles), r.dma_read_bytes.eq(starts),
-            r.status.eq(self.status), r.error_code.eq(self.error_code),
+            r.status.eq(self.status), r.error_code.eq(self.error_code), r.error_detail.eq(self.error_detail),
             r.error_index.eq(self.error_index), r.dma_write_bytes.eq(self.write_bytes),
             r.irq_status_set.eq(self.irq_set),
-            self.prog_addr.eq(r.prog_addr), self.prog_len.eq(r.prog_len),
+            self.prog_addr.eq(r.prog_addr), self.prog_len.eq(r.prog_len), self.ext_size.eq(r.ext_size),
+            self.watchdog.eq(r.watchdog),
             self.irq_enable.eq(r.irq_enable), self.irq.eq((r.irq_status & r.irq_enable).any()),
         ]
         return m

@@ -21,9 +21,8 @@ from .config import ChipConfig, get_config
 from .counters import EventCounters, events_layout
 from .csr import CsrBank, RegisterMap
 from .dma import AxiReadEngine, AxiWriteEngine
-from .loadstore import LoadUnit, StoreUnit
+from .loadstore import InstrAdapter, LoadUnit, StoreUnit
 from .scratchpad import Scratchpad
-from .units import LoadExec, StoreExec
 
 __all__ = ["Chip", "CHIP_ID", "READ_CLIENTS"]
 
@@ -111,12 +110,11 @@ class Chip(wiring.Component):
         ls = dict(data_width=mem.axi_data_bits, addr_width=mem.axi_addr_bits, lanes=mem.spad_lanes,
                   spad_words=mem.spad_words * mem.spad_banks, beats_width=BEATS_WIDTH, spad_addr_width=sa)
         self._load, self._store = LoadUnit(**ls), StoreUnit(**ls)
-        self._load_exec = LoadExec(addr_width=mem.axi_addr_bits, spad_addr_width=sa)
-        self._store_exec = StoreExec(addr_width=mem.axi_addr_bits, spad_addr_width=sa)
+        self._load_exec = InstrAdapter(self._load)
+        self._store_exec = InstrAdapter(self._store)
         self._events = {
             "proc": self._proc.events, "dma_rd": self._rd.events, "dma_wr": self._wr.events,
-            "load": self._load.events, "load_exec": self._load_exec.events,
-            "store": self._store.events, "store_exec": self._store_exec.events,
+            "load": self._load.events, "store": self._store.events,
         }
         self._counter_fields = self._counter_layout()
         self._regmap = RegisterMap.from_spec(spec_csr.chip_registers(list(self._counter_fields)))
@@ -183,12 +181,12 @@ class Chip(wiring.Component):
                      fetch.data.ready.eq(proc.fetch_data.ready)]
 
         # LOAD and STORE
-        wiring.connect(m, proc.units[isa.Unit.LOAD], lx.port)
+        wiring.connect(m, proc.units[isa.Unit.LOAD], lx.proc)
         wiring.connect(m, lx.cmd, load.cmd)
         wiring.connect(m, load.resp, lx.resp)
         wiring.connect(m, load.dma, rd.clients[READ_CLIENTS.index("load")])
         wiring.connect(m, load.spad, spad.w[SPAD_WRITERS.index("load")])
-        wiring.connect(m, proc.units[isa.Unit.STORE], sx.port)
+        wiring.connect(m, proc.units[isa.Unit.STORE], sx.proc)
         wiring.connect(m, sx.cmd, store.cmd)
         wiring.connect(m, store.resp, sx.resp)
         wiring.connect(m, store.dma, wr.clients[0])
@@ -199,10 +197,8 @@ class Chip(wiring.Component):
             if u not in PRESENT_UNITS:
                 port = proc.units[u]
                 m.d.comb += [port.instr.ready.eq(0), port.idle.eq(1), port.progress.eq(0), port.done.valid.eq(0)]
-        for u in PRESENT_UNITS:
-            unit_events = {isa.Unit.LOAD: load.events, isa.Unit.STORE: store.events}[u]
-            m.d.comb += proc.units[u].progress.eq(unit_events.busy & ~unit_events.stall_input
-                                                  & ~unit_events.stall_output)
+        m.d.comb += [lx.moved.eq(load.events.beats_in | load.events.spad_writes),
+                     sx.moved.eq(store.events.beats_out | store.events.spad_reads)]
 
         self._wire_csrs(m, csr, proc)
         self._wire_counters(m, csr, spad)

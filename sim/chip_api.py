@@ -46,8 +46,17 @@ class ChipSim:
         Preset name or configuration (default ``"default"``).
     """
 
-    def __init__(self, config="default"):
+    #: External memory models: the Verilog model (sim/models/tfa_axi_mem.v, random latency and
+    #: backpressure in hardware, ~20× faster) or cocotbext-axi's AxiRam (Python per beat).
+    MEMORIES = ("hdl", "axiram")
+
+    def __init__(self, config="default", *, memory="hdl", mem_bytes=1 << 24):
+        if memory not in self.MEMORIES:
+            raise ValueError(f"memory must be one of {', '.join(self.MEMORIES)}, not {memory!r}")
+        if not isinstance(mem_bytes, int) or mem_bytes < 1 << 16 or mem_bytes & (mem_bytes - 1):
+            raise ValueError(f"mem_bytes must be a power of two ≥ 65536, not {mem_bytes!r}")
         self._config = get_config(config)
+        self._memory, self._mem_bytes = memory, mem_bytes
         self._design = None
         self._chip = None
 
@@ -67,13 +76,14 @@ class ChipSim:
         if self._design is None:
             from hdl.chip import Chip
 
-            from . import runner
+            from .tb.dma_top import build_top
             cfg = self._config
-            self._design = runner.build(lambda: Chip(cfg), "chip", params={"config": cfg.to_dict()})
+            self._design = build_top(lambda: Chip(cfg), "chip", {"config": cfg.to_dict()}, [], memory=self._memory,
+                                     mem_bytes=self._mem_bytes)
         return self._design
 
     def run(self, memory, programs, *, read_back=(), ext_size=0, watchdog=None, stall=0.0, backpressure=0.0,
-            seed=None, errors=(), mem_size=None, timeout_cycles=2_000_000, reset_at=None):
+            seed=None, errors=(), timeout_cycles=2_000_000, reset_at=None):
         """Run ``programs`` one after the other on a fresh chip.
 
         Parameters
@@ -114,7 +124,10 @@ class ChipSim:
         end = max(a + len(b) for a, b in segments.items())
         for _, addr, nbytes in read_back:
             end = max(end, addr + nbytes)
-        mem_size = mem_size or max(1 << 16, 1 << (end - 1).bit_length())
+        if end > self._mem_bytes:
+            raise ValueError(f"the memory image reaches {end:#x}: past the model's {self._mem_bytes:#x} bytes "
+                             f"(ChipSim(mem_bytes=...))")
+        mem_size = self._mem_bytes
         if seed is None:
             seed = int(np.random.default_rng().integers(1 << 31))
         chip = self.chip()
@@ -126,7 +139,8 @@ class ChipSim:
         data = {"segments_addr": np.array(sorted(segments), np.int64)}
         for i, a in enumerate(sorted(segments)):
             data[f"seg{i}"] = np.frombuffer(segments[a], np.uint8)
-        data.update(runs=runs, registers=regs, counters=chip.counter_names, mem_size=mem_size, stall=stall,
+        data.update(runs=runs, registers=regs, counters=chip.counter_names, mem_size=mem_size, memory=self._memory,
+                    data_bytes=self._config.memory.axi_data_bits // 8, stall=stall,
                     backpressure=backpressure, errors=[list(e) for e in errors], timeout_cycles=timeout_cycles,
                     seed=seed, reset_at=reset_at)
         out = runner.run(self.design(), "sim.tb.chip", data=data, seed=seed)

@@ -70,7 +70,6 @@ def test_load_store_round_trips_every_element_size_through_the_scratchpad(stall)
     for name, want in expect.items():
         assert res.outputs[name].tobytes() == want, name
     c = res.counters
-    assert c["load_exec_instrs"] == c["store_exec_instrs"] == len(cases)
     assert c["proc_retired"] == 2 * len(cases)
     assert c["dma_wr_write_bytes"] > 0 and c["spad_writes"] == c["load_spad_writes"] == len(cases) * rows * 3
 

@@ -3,8 +3,9 @@ latency and backpressure on every channel), CSRs through an AxiLiteMaster, one o
 run to their interrupt, then the status, the error registers, every counter and the requested
 memory regions are read back. Driven by :class:`sim.chip_api.ChipSim`.
 
-Inputs (run folder): ``segments_addr`` / ``segments_data`` (the memory image: addresses and the
-bytes of each segment, ``seg<i>``), meta ``runs`` (per run: ``prog_addr``, ``prog_len``,
+Inputs (run folder): ``segments_addr`` and ``seg<i>`` (the memory image: the address and the
+bytes of each segment), meta ``memory`` (``"hdl"``: the Verilog model of the wrapper top,
+``"axiram"``: cocotbext-axi), ``data_bytes``, ``runs`` (per run: ``prog_addr``, ``prog_len``,
 ``ext_size``, ``watchdog``, ``read_back``: list of [name, addr, nbytes], ``clear_after``),
 ``registers`` (name → offset), ``counters`` (names), ``mem_size``, ``stall``, ``backpressure``,
 ``errors`` (windows [lo, hi, resp]), ``timeout_cycles``, ``reset_at`` (cycle of a reset in the
@@ -15,7 +16,7 @@ import cocotb
 import numpy as np
 from cocotb.triggers import RisingEdge, with_timeout
 
-from sim.tb.axi import ExternalMemory, lite_master
+from sim.tb.axi import ExternalMemory, HdlMemory, lite_master
 from sim.tb.common import load_inputs, rng, save_outputs, start_clock_and_reset
 
 CLOCK_NS = 10
@@ -44,10 +45,15 @@ async def chip(dut):
     arrays, meta = load_inputs()
     rand = rng(meta)
     await start_clock_and_reset(dut)
-    mem = ExternalMemory(dut, "m_axi_", dut.clk, dut.rst, size=int(meta["mem_size"]), rand=rand,
-                         stall=meta["stall"], backpressure=meta["backpressure"], errors=meta.get("errors", ()))
+    if meta.get("memory", "axiram") == "hdl":
+        mem = HdlMemory(dut, dut.clk, size=int(meta["mem_size"]), data_bytes=int(meta["data_bytes"]), rand=rand,
+                        stall=meta["stall"], backpressure=meta["backpressure"], errors=meta.get("errors", ()))
+    else:
+        mem = ExternalMemory(dut, "m_axi_", dut.clk, dut.rst, size=int(meta["mem_size"]), rand=rand,
+                             stall=meta["stall"], backpressure=meta["backpressure"], errors=meta.get("errors", ()))
     for i, addr in enumerate(arrays["segments_addr"]):
         mem.write(int(addr), arrays[f"seg{i}"].tobytes())
+    await mem.fill()
     csr = Csrs(lite_master(dut, "s_axil_", dut.clk, dut.rst, rand=rand, stall=meta["stall"],
                            backpressure=meta["backpressure"]), meta["registers"])
     out = {}
@@ -86,8 +92,10 @@ async def chip(dut):
             out[f"run{r}_{name.lower()}"] = np.array(await csr.read(name))
         counts = [await csr.read(f"CNT_{c.upper()}", 48) for c in meta["counters"]]
         out[f"run{r}_counters"] = np.array(counts, np.uint64)
-        for name, addr, nbytes in run.get("read_back", ()):
-            out[f"run{r}_{name}"] = np.frombuffer(mem.read(int(addr), int(nbytes)), np.uint8).copy()
+        if run.get("read_back"):
+            image = await mem.contents()
+            for name, addr, nbytes in run["read_back"]:
+                out[f"run{r}_{name}"] = np.frombuffer(image[int(addr):int(addr) + int(nbytes)], np.uint8).copy()
         await csr.write("IRQ_STATUS", 3)
         if run.get("clear_after", True):
             await csr.write("CLEAR", 1)

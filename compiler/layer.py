@@ -256,7 +256,7 @@ class _StepCompiler:
     def emit(self, opcode, **kw):
         return self.asm.emit(opcode, **kw)
 
-    def vector(self, op, *, rows, length, a, o, dtype, b=None, p=None, p_words=0, p_stride=0, p_repeat=1,
+    def vector(self, op, *, rows, length, a, o, dtype, b=None, p=None, p_words=0, p_stride=0,
                s_in=None, s_out=None, comment="", **imm):
         """One VECTOR instruction over ``rows`` rows: a, b, o are (addr, stride) pairs."""
         words = self.w(length)
@@ -267,8 +267,9 @@ class _StepCompiler:
             reads.append(spad(b[0], (rows - 1) * b[1] + words))
             fields.update(b_addr=b[0], b_stride=b[1])
         if p is not None:
+            # p_words: the words of one row's parameters (for the dependencies); the unit walks them
             reads.append(spad(p, (rows - 1) * p_stride + p_words))
-            fields.update(p_addr=p, p_stride=p_stride, p_words=p_words, p_repeat=p_repeat)
+            fields.update(p_addr=p, p_stride=p_stride)
         writes = [spad(o[0], (rows - 1) * o[1] + words)]
         if s_in is not None:
             reads.append(spad(s_in, rows))
@@ -363,7 +364,7 @@ class _StepCompiler:
             if self.int8:
                 imm.update(imm0=1 << 30, shift=44)
             self.vector(VectorOp.ROPE, rows=S, length=d + kvd, a=(QKV + row * qkvw, qkvw), o=(QKV + row * qkvw, qkvw),
-                        p=tab, p_words=rope_words, p_stride=rope_words, p_repeat=(d + kvd) // hd, dtype=dt,
+                        p=tab, p_words=rope_words, p_stride=rope_words, dtype=dt,
                         comment=f"rope seq {r.seq} pos {r.pos0}..", **imm)
             base = QKV + row * qkvw
             self.emit(isa.Opcode.KV, reads=[spad(base + dw, (S - 1) * qkvw + 2 * self.w(kvd))], writes=[kv(r.seq)],

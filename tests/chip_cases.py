@@ -142,14 +142,14 @@ def _out_bytes(op, dtype):
     return 2
 
 
-def add_vector(pb, name, case, *, rope_table=None, pos0=0, out_gap=0):
+def add_vector(pb, name, case, *, rope_table=None, pos0=0, table_rows=None, out_gap=0):
     """LOADs of a command's operands, the VECTOR instruction and the STOREs of its results.
 
     ``case`` is (command, expected o, expected s_out) from tests/vector_cases.py. Parameters that
     are the same for every row (norm gains, per-channel multipliers and shifts) are loaded once
     and read with stride 0. A ROPE case takes the rows of ``rope_table`` (golden.RopeTable) for
-    positions ``pos0`` … ``pos0 + rows − 1``: the whole table is loaded, and p_addr points at row
-    pos0 of it."""
+    positions ``pos0`` … ``pos0 + rows − 1``: the table (or its rows ``table_rows``, a range) is
+    loaded, and p_addr points at the row of position pos0 in it."""
     cmd, want, want_s = case
     op, dtype, rows, length = VectorOp(cmd["op"]), cmd["dtype"], cmd["rows"], cmd["length"]
     eb, signed = _in_bytes(op, dtype)
@@ -173,8 +173,9 @@ def add_vector(pb, name, case, *, rope_table=None, pos0=0, out_gap=0):
         else:
             cs, sn = as_bf16_bits(t.cos_bf16).astype(np.int64), as_bf16_bits(t.sin_bf16).astype(np.int64)
         table = (cs & 0xFFFF) | ((sn & 0xFFFF) << 16)
-        base, stride = pb.load(table, 4)
-        f["p_addr"], f["p_stride"] = base + pos0 * stride, stride
+        rng = table_rows or range(len(table))
+        base, stride = pb.load(table[rng.start:rng.stop], 4)
+        f["p_addr"], f["p_stride"] = base + (pos0 - rng.start) * stride, stride
     if cmd["s_in"] is not None:
         f["s_in_addr"], _ = pb.load(np.asarray(cmd["s_in"]).astype(np.uint32).view(np.int32)[:, None], 4, signed=True)
     words = pb.row_words(length) + out_gap
@@ -227,4 +228,91 @@ def add_softmax(pb, name, case, *, gap=0):
     return f
 
 
-__all__ = ["ChipProgram", "add_vector", "softmax_case", "add_softmax", "U", "END"]
+# ------------------------------------------------------------------------------------------------
+# real rows: the vector calls of golden.DecoderLayer and its attention rows
+
+_WRAPPED = ("rmsnorm_bf16", "rope_bf16", "rope_int8", "swiglu_bf16", "residual_add_bf16", "quantize_per_token",
+            "dequantize_acc", "fp32_to_bf16", "fp32_add", "requantize")
+
+
+def layer_vector_cases(layer, x, *, lanes, max_len):
+    """The first call of each vector op golden.DecoderLayer makes on ``x`` (its real
+    arguments, recorded by wrapping the functions golden.layer calls) as
+    {name: (command, expected o, expected s_out)} of tests/vector_cases.py, and the layer's RoPE
+    table. In int8 mode the fp32 rows that the layer rounds to bf16 before RMSNorm and SwiGLU
+    are the commands' inputs (the unit rounds them)."""
+    import pytest
+    from vector_cases import command
+
+    import golden.layer as gl
+    calls = []
+    mp = pytest.MonkeyPatch()
+    for name in _WRAPPED:
+        fn = getattr(gl, name)
+
+        def wrapper(*args, _fn=fn, _name=name, **kw):
+            calls.append((_name, args, kw))
+            return _fn(*args, **kw)
+        mp.setattr(gl, name, wrapper)
+    try:
+        layer.prefill(layer.to_input(x))
+    finally:
+        mp.undo()
+    mode, kw = layer.mode, dict(lanes=lanes, max_len=max_len)
+    out, f32, table = {}, [], None
+    for name, args, k in calls:
+        if name == "fp32_to_bf16":
+            f32.append(golden.fp.fp32_from_bits(np.asarray(args[0])).reshape(np.shape(args[0])))
+            continue
+        op = {"rmsnorm_bf16": "rmsnorm", "rope_bf16": "rope", "rope_int8": "rope", "swiglu_bf16": "swiglu",
+              "residual_add_bf16": "add", "fp32_add": "add", "quantize_per_token": "quant_token",
+              "dequantize_acc": "dequant", "requantize": "requant"}[name]
+        if op in out:
+            continue
+        if op == "rmsnorm":
+            out[op] = command(op, mode, f32[-1] if mode == "int8" else args[0], gain=args[1], eps=k["eps"], **kw)
+        elif op == "rope":
+            x_, pos, table = args
+            s = x_.shape[0]
+            out[op] = command(op, mode, x_.reshape(s, -1), table=table, pos=np.asarray(pos).reshape(s), **kw)
+        elif op == "swiglu":
+            out[op] = command(op, mode, *((f32[-2], f32[-1]) if mode == "int8" else args), **kw)
+        elif op == "add" and (name == "residual_add_bf16" or np.ndim(args[0]) == 2):
+            a, b = args if mode == "bf16" else (golden.fp.fp32_from_bits(np.asarray(v)).reshape(np.shape(v))
+                                                 for v in args)
+            out[op] = command(op, mode, a, b, **kw)
+        elif op == "quant_token":
+            out[op] = command(op, "bf16", args[0], **kw)
+        elif op == "dequant" and len(args) > 3:
+            acc, m, sh, e = args[:4]
+            out[op] = command(op, "int8", acc, multiplier=m, shift=sh, row_exp=e, **kw)
+        elif op == "requant" and np.ndim(args[0]) == 1 and np.asarray(args[0]).size >= 8:
+            acc, m, sh = args
+            n = np.asarray(acc).size
+            out[op] = command(op, "int8", np.asarray(acc).reshape(1, n), multiplier=np.broadcast_to(m, n),
+                              shift=np.broadcast_to(sh, n), row_exp=np.zeros(1, np.int64), **kw)
+    return out, table
+
+
+def attention_rows(layer, head):
+    """(instruction fields without addresses, scores as lane values, expected probabilities) of
+    one head's attention rows of the last prefill of ``layer`` (made with ``trace=True``): causal
+    rows from position 0, the layer's own scale constants."""
+    t = [r for r in layer.trace if r["head"] == head][-1]
+    scores, pos = np.asarray(t["scores"]), t["pos"]
+    rows, length = scores.shape
+    f = dict(dtype=0 if layer.mode == "int8" else 1, rows=rows, length=length, valid_len=length, causal=1,
+             causal_pos0=int(pos[0]))
+    if layer.mode == "int8":
+        m, sh = golden.softmax_scale_int8(t["scale"])
+        want = golden.softmax_int8(scores, (m, sh), causal_pos=pos)
+        f.update(scale=m, shift=sh)
+        return f, scores.astype(np.int32), want
+    c = golden.softmax_scale_bf16(t["scale"])
+    want = as_bf16_bits(golden.softmax_bf16(scores.astype(np.float32), c, causal_pos=pos))
+    f.update(scale=int(as_fp32_bits(c)))
+    return f, as_fp32_bits(scores.astype(np.float32)).reshape(rows, length).view(np.int32), want
+
+
+__all__ = ["ChipProgram", "add_vector", "softmax_case", "add_softmax", "layer_vector_cases", "attention_rows",
+           "U", "END"]

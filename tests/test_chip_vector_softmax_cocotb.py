@@ -207,6 +207,8 @@ def _softmax(**f):
     return isa.encode(isa.Opcode.SOFTMAX, **{**base, **f})
 
 
+#: The error code of each kind of check (docs/isa.md, "Errors").
+KIND = {"field": ChipError.BAD_FIELD, "spad": ChipError.SPAD_RANGE}
 SPAD_END = CFG.memory.spad_words * CFG.memory.spad_banks
 BAD = {   # one instruction per check, in the order of CHECKS[opcode]
     isa.Opcode.VECTOR: [
@@ -231,14 +233,13 @@ def test_every_vector_and_softmax_decode_check_stops_the_program_with_its_code_a
     The same fields one step inside every limit pass (the good instruction's neighbours)."""
     cases = [(op, d, word) for op, words in BAD.items() for d, word in enumerate(words)]
     assert [len(BAD[op]) for op in BAD] == [len(CHECKS[op]) for op in BAD]
-    from hdl.cmdproc import _CODE_OF_KIND
     good = {isa.Opcode.VECTOR: [_vector(a_addr=SPAD_END - 4), _vector(op=VectorOp.ROPE, length=16, head_dim=8)],
             isa.Opcode.SOFTMAX: [_softmax(length=CFG.softmax.max_len, a_stride=32, o_addr=300, o_stride=32)]}
     programs = [Program([good[op][0], word, END], addr=0x100 * i) for i, (op, _, word) in enumerate(cases)]
     programs.append(Program([*good[isa.Opcode.VECTOR], *good[isa.Opcode.SOFTMAX], END], addr=0x100 * len(cases)))
     res = SIM.run({}, programs, seed=25)
     for r, (op, detail, _) in enumerate(cases):
-        want = (_CODE_OF_KIND[CHECKS[op][detail][0]], detail, 1)
+        want = (KIND[CHECKS[op][detail][0]], detail, 1)
         assert SIM.error_of(res, r) == want, (op.name, CHECKS[op][detail][1])
     assert SIM.error_of(res) == (ChipError.OK, 0, 0)
 

@@ -25,6 +25,7 @@ def real_program(smollm2):
     kw = dict(lanes=cfg.vector.lanes, max_len=cfg.vector.max_len)
     w = smollm2.layer_weights(LAYER)
     hs = smollm2.hidden_states(smollm2.tokenize(PROMPT)[:40], LAYER)     # float64, causal: rows are prefixes
+    assert abs(hs[0, 507]) > 1e4            # the first token's massive activation is in the rows
     cal = calibrate(w, hs[:24])
     pb = ChipProgram(cfg)
     names = {"vector": [], "softmax": []}

@@ -19,7 +19,7 @@ from spec.codes import ChipError, SoftmaxStatus
 from .agu import SpadReader, SpadWriter, read_data_layout, write_data_layout
 from .cmdproc import UnitPortSignature
 from .config import ChipConfig
-from .exec_vector import exec_events_layout
+from .exec_vector import exec_events_layout, saturate
 from .scratchpad import address_width, check_int, read_port_signature, write_port_signature
 from .softmax import SoftmaxUnit
 from .softmax import out_layout as softmax_out_layout
@@ -250,7 +250,8 @@ class SoftmaxExec(wiring.Component):
         c = unit.cmd.payload
         last_key = f.length - 1
         m.d.comb += [unit.cmd.valid.eq(running & (left != 0) & ~rejected),
-                     c.length.eq(f.length), c.valid_len.eq(Mux(f.valid_len < f.length, f.valid_len, f.length)),
+                     c.length.eq(saturate(f.length, len(c.length))),
+                     c.valid_len.eq(Mux(f.valid_len < f.length, f.valid_len, f.length)),
                      c.causal_pos.eq(Mux(f.causal & (cpos < last_key), cpos, last_key)),
                      c.dtype.eq(f.dtype), c.scale.eq(f.scale), c.shift.eq(f.shift)]
         with m.If(unit.cmd.valid & unit.cmd.ready):
@@ -283,11 +284,12 @@ class SoftmaxExec(wiring.Component):
         with m.If(wr.done):
             m.d.sync += wr_wait.eq(0)
 
+        some = (f.rows != 0) & (words != 0)      # (0 rows or elements: a walk without words)
         with m.If(slot.start):
-            m.d.sync += [left.eq(f.rows), cpos.eq(f.causal_pos0), rejected.eq(0), rd_pend.eq(1), rd_left.eq(1),
-                         wr_pend.eq(1), wr_wait.eq(1)]
+            m.d.sync += [left.eq(f.rows), cpos.eq(f.causal_pos0), rejected.eq(0), rd_pend.eq(1), rd_left.eq(some),
+                         wr_pend.eq(1), wr_wait.eq(some)]
         ue = unit.events
-        ok_end = ~rejected & (left == 0) & ~wr_wait
+        ok_end = ~rejected & (unit.error == SoftmaxStatus.OK) & (left == 0) & ~wr_wait
         err_end = rejected & ~rd_left & ~ue.busy
         m.d.comb += [slot.finish.eq(running & (ok_end | err_end)),
                      slot.status.eq(Mux(ok_end, ChipError.OK, ChipError.SOFTMAX)),

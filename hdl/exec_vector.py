@@ -25,7 +25,7 @@ from .scratchpad import address_width, check_int, read_port_signature, write_por
 from .units import InstrSlot
 from .vector import VectorUnit
 
-__all__ = ["VectorExec", "VECTOR_READERS", "VECTOR_WRITERS", "exec_events_layout"]
+__all__ = ["VectorExec", "VECTOR_READERS", "VECTOR_WRITERS", "exec_events_layout", "saturate", "stream_uses"]
 
 #: The unit's scratchpad read ports (``spad_r``), in order.
 VECTOR_READERS = ("a", "b", "p", "s_in")
@@ -40,6 +40,14 @@ def exec_events_layout():
     scratchpad word), ``stall_output`` (a result word waits for its write), ``stall_writes`` (the
     block has finished; its last writes are not yet visible)."""
     return events_layout(["busy", "wait_deps", "instrs", "stall_input", "stall_output", "stall_writes"])
+
+
+def saturate(value, width):
+    """``value`` narrowed to ``width`` bits, all ones when it does not fit: an instruction field
+    wider than the block's command field stays out of the block's range instead of wrapping into
+    it (the dispatcher's checks keep such values away; this keeps the block's own check
+    meaningful)."""
+    return Mux(value >> width != 0, (1 << width) - 1, value[:width])
 
 
 def stream_uses(op, flags):
@@ -180,8 +188,9 @@ class VectorExec(wiring.Component):
         # the unit's command
         cmd_pend = Signal()
         c = unit.cmd.payload
-        m.d.comb += [unit.cmd.valid.eq(cmd_pend), c.op.eq(f.op[:4]), c.dtype.eq(f.dtype), c.flags.eq(f.flags),
-                     c.length.eq(f.length), c.rows.eq(f.rows), c.head_dim.eq(f.head_dim),
+        m.d.comb += [unit.cmd.valid.eq(cmd_pend), c.op.eq(saturate(f.op, len(c.op))),
+                     c.dtype.eq(f.dtype), c.flags.eq(f.flags), c.length.eq(saturate(f.length, len(c.length))),
+                     c.rows.eq(f.rows), c.head_dim.eq(saturate(f.head_dim, len(c.head_dim))),
                      c.shift.eq(f.shift), c.imm0.eq(f.imm0), c.imm1.eq(f.imm1)]
         with m.If(unit.cmd.valid & unit.cmd.ready):
             m.d.sync += cmd_pend.eq(0)
@@ -230,8 +239,9 @@ class VectorExec(wiring.Component):
             m.d.comb += [rd.desc.valid.eq(pend[name])] + [getattr(d, k).eq(v) for k, v in descs[name].items()]
             with m.If(rd.desc.valid & rd.desc.ready):
                 m.d.sync += pend[name].eq(0)
-            with m.If(slot.start):
-                m.d.sync += [pend[name].eq(uses[name]), left[name].eq(uses[name])]
+            empty = (descs[name]["count0"] == 0) | (descs[name]["count1"] == 0) | (descs[name]["count2"] == 0)
+            with m.If(slot.start):       # an empty walk (fields the unit rejects) delivers no word
+                m.d.sync += [pend[name].eq(uses[name]), left[name].eq(uses[name] & ~empty)]
             dst = getattr(unit, name)
             payload = rd.data.payload.data[0] if name == "s_in" else rd.data.payload.data
             m.d.comb += [dst.valid.eq(rd.data.valid & ~flush), dst.payload.eq(payload),

@@ -37,7 +37,7 @@ def cases(cfg):
         w = -(-length // L)
         fields = dict(op=op, dtype=dtype, rows=rows, length=length, a_addr=0, a_stride=w, b_addr=bank,
                       b_stride=w, p_addr=3 * bank, p_stride=0, o_addr=2 * bank, o_stride=w,
-                      s_in_addr=3 * bank + bank // 2, s_out_addr=3 * bank + bank // 2)
+                      s_in_addr=2 * bank + bank // 2, s_out_addr=3 * bank + bank // 2)
         fields.update(f)
         out.append((name, "vector", rows * length, [isa.encode(isa.Opcode.VECTOR, **fields)]))
 

@@ -21,6 +21,7 @@ BENCHES = [
     ("spad", "bench.spad"),
     ("dma", "bench.dma"),
     ("vector", "bench.vector"),
+    ("chip_units", "bench.chip_units"),
     ("accuracy", "golden.accuracy"),
     ("flow", "bench.flow"),
 ]

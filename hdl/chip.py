@@ -4,7 +4,7 @@
 Ports (Verilog names flatten with ``__``): ``s_axil`` (AXI4-Lite slave, the CSRs of
 :mod:`spec.csr` and the counters), ``m_axi`` (AXI4 master to external memory) and ``irq``.
 
-Units present: LOAD and STORE. (MATMUL, VECTOR, SOFTMAX and KV are wired in as their execution
+Units present: LOAD, STORE, VECTOR and SOFTMAX. (MATMUL and KV are wired in as their execution
 units land; until then an instruction for them is refused at decode with BAD_OPCODE.)
 """
 
@@ -21,6 +21,8 @@ from .config import ChipConfig, get_config
 from .counters import EventCounters, events_layout
 from .csr import CsrBank, RegisterMap
 from .dma import AxiReadEngine, AxiWriteEngine
+from .exec_softmax import SoftmaxExec
+from .exec_vector import VECTOR_READERS, VECTOR_WRITERS, VectorExec
 from .loadstore import InstrAdapter, LoadUnit, StoreUnit
 from .scratchpad import Scratchpad
 
@@ -35,10 +37,10 @@ BEATS_WIDTH = 20
 #: AXI ID bits of the master port.
 ID_WIDTH = 4
 #: Scratchpad read ports and write ports, by user.
-SPAD_READERS = ("store",)
-SPAD_WRITERS = ("load",)
+SPAD_READERS = ("store", *(f"vector_{s}" for s in VECTOR_READERS), "softmax")
+SPAD_WRITERS = ("load", *(f"vector_{s}" for s in VECTOR_WRITERS), "softmax")
 #: Units whose execution unit is present (the others answer BAD_OPCODE at decode).
-PRESENT_UNITS = (isa.Unit.LOAD, isa.Unit.STORE)
+PRESENT_UNITS = (isa.Unit.LOAD, isa.Unit.STORE, isa.Unit.VECTOR, isa.Unit.SOFTMAX)
 
 
 class Chip(wiring.Component):
@@ -112,9 +114,13 @@ class Chip(wiring.Component):
         self._load, self._store = LoadUnit(**ls), StoreUnit(**ls)
         self._load_exec = InstrAdapter(self._load)
         self._store_exec = InstrAdapter(self._store)
+        self._vector_exec = VectorExec.from_config(c)
+        self._softmax_exec = SoftmaxExec.from_config(c)
         self._events = {
             "proc": self._proc.events, "dma_rd": self._rd.events, "dma_wr": self._wr.events,
             "load": self._load.events, "store": self._store.events,
+            "vector_exec": self._vector_exec.events, "vector": self._vector_exec.unit_events,
+            "softmax_exec": self._softmax_exec.events, "softmax": self._softmax_exec.unit_events,
         }
         self._counter_fields = self._counter_layout()
         self._regmap = RegisterMap.from_spec(spec_csr.chip_registers(list(self._counter_fields)))
@@ -199,10 +205,29 @@ class Chip(wiring.Component):
                 m.d.comb += [port.instr.ready.eq(0), port.idle.eq(1), port.progress.eq(0), port.done.valid.eq(0)]
         m.d.comb += [lx.moved.eq(load.events.beats_in | load.events.spad_writes),
                      sx.moved.eq(store.events.beats_out | store.events.spad_reads)]
+        self._wire_vector(m, proc, spad)
+        self._wire_softmax(m, proc, spad)
 
         self._wire_csrs(m, csr, proc)
         self._wire_counters(m, csr, spad)
         return m
+
+    def _wire_vector(self, m, proc, spad):
+        """The VECTOR unit: its queue, four scratchpad read ports and two write ports (it drives
+        its own ``progress``)."""
+        m.submodules.vector_exec = vx = self._vector_exec
+        wiring.connect(m, proc.units[isa.Unit.VECTOR], vx.port)
+        for i, s in enumerate(VECTOR_READERS):
+            wiring.connect(m, vx.spad_r[i], spad.r[SPAD_READERS.index(f"vector_{s}")])
+        for j, s in enumerate(VECTOR_WRITERS):
+            wiring.connect(m, vx.spad_w[j], spad.w[SPAD_WRITERS.index(f"vector_{s}")])
+
+    def _wire_softmax(self, m, proc, spad):
+        """The SOFTMAX unit: its queue, one scratchpad read port and one write port."""
+        m.submodules.softmax_exec = sx = self._softmax_exec
+        wiring.connect(m, proc.units[isa.Unit.SOFTMAX], sx.port)
+        wiring.connect(m, sx.spad_r, spad.r[SPAD_READERS.index("softmax")])
+        wiring.connect(m, sx.spad_w, spad.w[SPAD_WRITERS.index("softmax")])
 
     def _wire_csrs(self, m, csr, proc):
         r = csr.regs

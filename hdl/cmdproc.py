@@ -23,7 +23,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from spec import isa
-from spec.codes import ChipError, KVOp, OutFormat
+from spec.codes import ChipError, Dtype, KVOp, OutFormat
+from spec.vector import MAX_HEAD_DIM, VectorOp
 
 from .counters import events_layout
 
@@ -256,7 +257,16 @@ CHECKS = {
     ),
     isa.Opcode.VECTOR: (
         ("field", "rows is 0"), ("field", "length is 0"), ("field", "length exceeds the vector unit's max_len"),
-        ("spad", "operand a reaches past the scratchpad"), ("spad", "the result reaches past the scratchpad"),
+        ("field", "op is not a VectorOp"), ("field", "dtype INT8 with QUANT_TOKEN"),
+        ("field", "flags sets the reserved bit 1"),
+        ("field", "ROPE: head_dim is not a power of two in 2·lanes..256"),
+        ("field", "ROPE: head_dim does not divide length"),
+        ("spad", "operand a reaches past the scratchpad"),
+        ("spad", "operand b (ADD, SWIGLU, DEQUANT, REQUANT) reaches past the scratchpad"),
+        ("spad", "the parameters (RMSNORM, ROPE, DEQUANT, REQUANT) reach past the scratchpad"),
+        ("spad", "the row exponents read (REQUANT, DEQUANT with ROW_EXP) reach past the scratchpad"),
+        ("spad", "the result reaches past the scratchpad"),
+        ("spad", "the row exponents written (QUANT_TOKEN) reach past the scratchpad"),
     ),
     isa.Opcode.SOFTMAX: (
         ("field", "rows is 0"), ("field", "length is 0"), ("field", "length exceeds the softmax unit's max_len"),
@@ -390,9 +400,25 @@ class Dispatcher(wiring.Component):
                       (f.w_src == isa.WSource.EXT_T, f.w_addr, kt, w_cols, w_cols, EXT),
                       (need_p, f.p_addr, nt, pb, pb, EXT)]
         elif op == isa.Opcode.VECTOR:
-            fields = [f.rows == 0, f.length == 0, f.length > p["vector_max_len"]]
+            # the unit's command checks that need no immediate (BAD_SCALE stays the unit's:
+            # ChipError.VECTOR) and the extent of every stream of the op (spec.vector.stream_words;
+            # ROPE parameters: head_dim/(2·lanes) words per row, read once per head)
+            vop, hd = f.op, f.head_dim
+            rope = vop == VectorOp.ROPE
             words = _ceil_shift(f.length, lgL)
-            ranges = [(1, f.a_addr, f.rows, f.a_stride, words, SP), (1, f.o_addr, f.rows, f.o_stride, words, SP)]
+            hd_bad = (hd < 2 * p["lanes"]) | (hd > MAX_HEAD_DIM) | ((hd & (hd - 1)) != 0)
+            fields = [f.rows == 0, f.length == 0, f.length > p["vector_max_len"], vop >= len(VectorOp),
+                      (vop == VectorOp.QUANT_TOKEN) & (f.dtype == Dtype.INT8), f.flags[1],
+                      rope & hd_bad, rope & ((f.length & (hd - 1)) != 0)]
+            uses_b = (vop == VectorOp.ADD) | (vop == VectorOp.SWIGLU) | (vop == VectorOp.DEQUANT) | (
+                vop == VectorOp.REQUANT)
+            uses_p = (vop == VectorOp.RMSNORM) | rope | (vop == VectorOp.DEQUANT) | (vop == VectorOp.REQUANT)
+            uses_s_in = (vop == VectorOp.REQUANT) | ((vop == VectorOp.DEQUANT) & f.flags[0])
+            p_words = Mux(rope, hd >> (lgL + 1), words)
+            ranges = [(1, f.a_addr, f.rows, f.a_stride, words, SP), (uses_b, f.b_addr, f.rows, f.b_stride, words, SP),
+                      (uses_p, f.p_addr, f.rows, f.p_stride, p_words, SP), (uses_s_in, f.s_in_addr, f.rows, 1, 1, SP),
+                      (1, f.o_addr, f.rows, f.o_stride, words, SP),
+                      (vop == VectorOp.QUANT_TOKEN, f.s_out_addr, f.rows, 1, 1, SP)]
         elif op == isa.Opcode.SOFTMAX:
             fields = [f.rows == 0, f.length == 0, f.length > p["softmax_max_len"]]
             words = _ceil_shift(f.length, lgL)

@@ -14,6 +14,7 @@ from amaranth.sim import Simulator
 from hdl.cmdproc import CHECKS, N_UNITS, CommandProcessor, Dispatcher, InstrFetcher, ProcState
 from spec import isa
 from spec.codes import ChipError, Dtype, KVOp, OutFormat
+from spec.vector import VectorOp
 
 BUS = 32
 PARAMS = dict(bus_bits=BUS, addr_bits=32, inflight=3, lanes=2, spad_words=4096, acc_depth=64, a_depth=2048,
@@ -223,10 +224,10 @@ def test_random_programs_start_each_instruction_in_unit_order_after_its_waits_an
 
 def test_independent_instructions_of_different_units_overlap():
     words = [matmul(), vector(), softmax(), END]
-    h = Harness(words, latency=lambda i: 40)
+    h = Harness(words, latency=lambda i: 60)
     h.run()
     starts = sorted(t for _, _, t, _ in h.started)
-    assert starts[-1] - starts[0] < 40, "the three units did not run at the same time"
+    assert starts[-1] - starts[0] < 60, "the three units did not run at the same time"
 
 
 def test_a_wait_holds_an_instruction_until_the_instruction_it_names_retires():
@@ -247,8 +248,14 @@ def test_every_decode_check_stops_the_program_at_the_instruction_with_its_code_a
                             matmul(o_addr=4095), matmul(w_addr=EXT_SIZE - 8),
                             matmul(w_src=isa.WSource.EXT_T, w_addr=EXT_SIZE - 8),
                             matmul(has_bias=1, p_addr=EXT_SIZE - 20)],
-        isa.Opcode.VECTOR: [vector(rows=0), vector(length=0), vector(length=65), vector(a_addr=4095),
-                            vector(o_addr=4095)],
+        isa.Opcode.VECTOR: [vector(rows=0), vector(length=0), vector(length=65), vector(op=8),
+                            vector(op=VectorOp.QUANT_TOKEN, dtype=Dtype.INT8), vector(flags=2),
+                            vector(op=VectorOp.ROPE, length=12, head_dim=6),
+                            vector(op=VectorOp.ROPE, length=12, head_dim=8), vector(a_addr=4095),
+                            vector(b_addr=4094, b_stride=1),
+                            vector(op=VectorOp.ROPE, length=16, head_dim=8, p_addr=4094, p_stride=1),
+                            vector(op=VectorOp.REQUANT, s_in_addr=4095), vector(o_addr=4095),
+                            vector(op=VectorOp.QUANT_TOKEN, dtype=Dtype.BF16, s_out_addr=4095)],
         isa.Opcode.SOFTMAX: [softmax(rows=0), softmax(length=0), softmax(length=65), softmax(a_addr=4095),
                              softmax(o_addr=4095)],
         isa.Opcode.KV: [kv(op=KVOp.STATUS), kv(op=KVOp.APPEND, rows=0), kv(op=KVOp.APPEND, rows=1, k_addr=4090),

@@ -74,7 +74,7 @@ class StreamRun:
 
 def run_streams(design, *, sources, sinks, taps=None, counters=None, counter_width=48, stall=0.0,
                 backpressure=0.0, seed=None, timeout_cycles=DEFAULT_TIMEOUT_CYCLES, tail_cycles=32,
-                max_cycles=None):
+                max_cycles=None, registered_outputs=False):
     """Drive ``sources`` into ``design`` and collect ``sinks``; return a :class:`StreamRun`.
 
     Parameters
@@ -101,6 +101,10 @@ def run_streams(design, *, sources, sinks, taps=None, counters=None, counter_wid
         Cycles every sink stays ready after the run is done, so extra beats are recorded.
     max_cycles : int, optional
         The run fails when it is not done after this many cycles.
+    registered_outputs : bool
+        The design's stream outputs depend on its registers alone: the testbench reads them in
+        the callback that writes the inputs (:class:`sim.tb.common.ClockLoop`), 1.35 times
+        faster. Wrong for any other design.
 
     Raises
     ------
@@ -116,7 +120,7 @@ def run_streams(design, *, sources, sinks, taps=None, counters=None, counter_wid
     data.update(sources=list(sources), sinks=dict(sinks), taps=dict(taps or {}),
                 counters=list(counters or []), counter_width=counter_width, stall=stall,
                 backpressure=backpressure, seed=seed, timeout_cycles=int(timeout_cycles),
-                tail_cycles=int(tail_cycles), max_cycles=max_cycles)
+                tail_cycles=int(tail_cycles), max_cycles=max_cycles, registered_outputs=bool(registered_outputs))
     out = runner.run(design, "sim.tb.streams", testcase="streams", data=data, seed=seed)
     beats = {name: rows_to_words(out[f"out_{name}"]) for name in sinks}
     accepted = {name: out[f"cyc_{name}"] for name in (*sources, *sinks)}

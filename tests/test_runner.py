@@ -53,6 +53,32 @@ def test_stream_data_round_trips_through_verilator_under_stalls(design, stall, b
     np.testing.assert_array_equal(out["y"], (x + 1) & 0xFFFF)
 
 
+class Fifo(wiring.Component):
+    """A 4-deep FIFO whose stream outputs depend on its registers alone."""
+    i: In(stream.Signature(16))
+    o: Out(stream.Signature(16))
+
+    def elaborate(self, platform):
+        from amaranth.lib.fifo import SyncFIFOBuffered
+        m = Module()
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=16, depth=4)
+        m.d.comb += [fifo.w_data.eq(self.i.payload), fifo.w_en.eq(self.i.valid), self.i.ready.eq(fifo.w_rdy),
+                     self.o.payload.eq(fifo.r_data), self.o.valid.eq(fifo.r_rdy), fifo.r_en.eq(self.o.ready)]
+        return m
+
+
+def test_the_kit_reads_a_design_with_registered_outputs_in_one_callback_per_cycle_with_the_same_stamps(verilator):
+    from sim.streams import run_streams
+    design = runner.build(Fifo, "loopback_fifo", {"depth": 4})
+    x = [int(v) for v in np.random.default_rng(3).integers(0, 1 << 16, 300)]
+    runs = [run_streams(design, sources={"i": x}, sinks={"o": len(x)}, stall=0.3, backpressure=0.4, seed=5,
+                        registered_outputs=registered) for registered in (False, True)]
+    for r in runs:
+        assert r.beats["o"] == x
+    assert np.array_equal(runs[0].accepted_at["i"], runs[1].accepted_at["i"])
+    assert np.array_equal(runs[0].accepted_at["o"], runs[1].accepted_at["o"])
+
+
 def test_failing_cocotb_test_raises_simulation_error(design):
     with pytest.raises(runner.SimulationError, match="1 of 1 cocotb tests failed"):
         runner.run(design, "sim.tb.loopback", testcase="deliberately_wrong_expectation")

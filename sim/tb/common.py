@@ -96,20 +96,32 @@ class ClockLoop:
 
     Made on first use by the agents (:meth:`of`); a testbench uses it directly for
     :attr:`cycle`, :meth:`until` and :meth:`cycles`.
+
+    With ``registered_outputs`` the loop reads the design's outputs in the same simulator
+    callback as it writes the inputs, before the writes take effect: one callback per cycle
+    instead of two, 1.35 times the speed (a FIFO through the stream testbench, 44,000 against
+    32,700 cycles per second). Only for a design whose ``valid`` and ``ready``
+    outputs (and payloads) depend on its registers alone, never combinationally on its inputs;
+    for any other design a handshake would be seen a cycle off.
     """
 
     _loops = {}
 
     @classmethod
-    def of(cls, clk):
-        """The running loop of clock ``clk`` (made and started if there is none)."""
+    def of(cls, clk, *, registered_outputs=None):
+        """The running loop of clock ``clk`` (made and started if there is none; a new one reads
+        outputs as ``registered_outputs`` says, default False; asking a running one for the other
+        mode is an error)."""
         loop = cls._loops.get(clk)
         if loop is None or loop._task.done():
-            loop = cls._loops[clk] = cls(clk)
+            loop = cls._loops[clk] = cls(clk, registered_outputs=bool(registered_outputs))
+        elif registered_outputs is not None and bool(registered_outputs) != loop.registered_outputs:
+            raise ValueError(f"the clock loop already runs with registered_outputs={loop.registered_outputs}")
         return loop
 
-    def __init__(self, clk):
+    def __init__(self, clk, *, registered_outputs=False):
         self._clk = clk
+        self.registered_outputs = registered_outputs
         self._agents = []
         self._waiters = []
         #: the number of the coming rising edge
@@ -128,13 +140,15 @@ class ClockLoop:
     async def _run(self):
         fall, settle = FallingEdge(self._clk), ReadOnly()
         agents = self._agents
+        registered = self.registered_outputs
         while True:
             await fall
             if self._waiters:
                 self._check_waiters()
             for agent in agents:
                 agent._drive()
-            await settle
+            if not registered:
+                await settle
             cycle = self.cycle
             for agent in agents:
                 if agent._sample(cycle):

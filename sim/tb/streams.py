@@ -44,7 +44,7 @@ async def streams(dut):
     stall, backpressure = float(meta.get("stall", 0.0)), float(meta.get("backpressure", 0.0))
     timeout, tail = int(meta["timeout_cycles"]), int(meta["tail_cycles"])
     await start_clock_and_reset(dut)
-    loop = ClockLoop.of(dut.clk)
+    loop = ClockLoop.of(dut.clk, registered_outputs=bool(meta.get("registered_outputs", False)))
     sources = {}
     for name in meta["sources"]:
         sources[name] = StreamSource(dut, name, pause=random_pause(stall, rand.random()))

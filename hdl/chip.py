@@ -4,7 +4,7 @@
 Ports (Verilog names flatten with ``__``): ``s_axil`` (AXI4-Lite slave, the CSRs of
 :mod:`spec.csr` and the counters), ``m_axi`` (AXI4 master to external memory) and ``irq``.
 
-Units present: LOAD and STORE. (MATMUL, VECTOR, SOFTMAX and KV are wired in as their execution
+Units present: LOAD, STORE and KV. (MATMUL, VECTOR and SOFTMAX are wired in as their execution
 units land; until then an instruction for them is refused at decode with BAD_OPCODE.)
 """
 
@@ -21,6 +21,7 @@ from .config import ChipConfig, get_config
 from .counters import EventCounters, events_layout
 from .csr import CsrBank, RegisterMap
 from .dma import AxiReadEngine, AxiWriteEngine
+from .exec_kv import KVExec
 from .loadstore import LoadUnit, StoreUnit
 from .scratchpad import Scratchpad
 from .units import LoadExec, StoreExec
@@ -36,10 +37,10 @@ BEATS_WIDTH = 20
 #: AXI ID bits of the master port.
 ID_WIDTH = 4
 #: Scratchpad read ports and write ports, by user.
-SPAD_READERS = ("store",)
+SPAD_READERS = ("store", "kv")
 SPAD_WRITERS = ("load",)
 #: Units whose execution unit is present (the others answer BAD_OPCODE at decode).
-PRESENT_UNITS = (isa.Unit.LOAD, isa.Unit.STORE)
+PRESENT_UNITS = (isa.Unit.LOAD, isa.Unit.STORE, isa.Unit.KV)
 
 
 class Chip(wiring.Component):
@@ -63,6 +64,9 @@ class Chip(wiring.Component):
         if not (config.array.rows == config.array.cols == mem.spad_lanes):
             raise ValueError(f"the chip needs array.rows == array.cols == memory.spad_lanes, not "
                              f"{config.array.rows}, {config.array.cols}, {mem.spad_lanes}")
+        if config.kvcache.beat_elems != mem.spad_lanes:
+            raise ValueError(f"the chip needs kvcache.beat_elems == memory.spad_lanes (one scratchpad word is one "
+                             f"KV-cache beat), not {config.kvcache.beat_elems} and {mem.spad_lanes}")
         if mem.spad_words * mem.spad_banks > 1 << isa.SPAD_ADDR_BITS:
             raise ValueError(f"memory.spad_words · memory.spad_banks must be ≤ 2**{isa.SPAD_ADDR_BITS}")
         self._config = config
@@ -97,6 +101,7 @@ class Chip(wiring.Component):
             param_beat_bytes=self.param_beat_bytes(c), softmax_max_len=c.softmax.max_len,
             vector_max_len=c.vector.max_len,
             kv_row_words=max(1, c.kvcache.heads * c.kvcache.head_dim // mem.spad_lanes),
+            kv_max_tokens=c.kvcache.max_tokens,
             units=PRESENT_UNITS)
         self._rd = AxiReadEngine(clients=len(READ_CLIENTS), addr_width=mem.axi_addr_bits,
                                  data_width=mem.axi_data_bits, id_width=ID_WIDTH, beats_width=BEATS_WIDTH,
@@ -113,10 +118,12 @@ class Chip(wiring.Component):
         self._load, self._store = LoadUnit(**ls), StoreUnit(**ls)
         self._load_exec = LoadExec(addr_width=mem.axi_addr_bits, spad_addr_width=sa)
         self._store_exec = StoreExec(addr_width=mem.axi_addr_bits, spad_addr_width=sa)
+        self._kv_exec = KVExec.from_config(c)
         self._events = {
             "proc": self._proc.events, "dma_rd": self._rd.events, "dma_wr": self._wr.events,
             "load": self._load.events, "load_exec": self._load_exec.events,
             "store": self._store.events, "store_exec": self._store_exec.events,
+            "kv_exec": self._kv_exec.events, "kvcache": self._kv_exec.cache_events,
         }
         self._counter_fields = self._counter_layout()
         self._regmap = RegisterMap.from_spec(spec_csr.chip_registers(list(self._counter_fields)))
@@ -200,13 +207,29 @@ class Chip(wiring.Component):
                 port = proc.units[u]
                 m.d.comb += [port.instr.ready.eq(0), port.idle.eq(1), port.progress.eq(0), port.done.valid.eq(0)]
         for u in PRESENT_UNITS:
-            unit_events = {isa.Unit.LOAD: load.events, isa.Unit.STORE: store.events}[u]
-            m.d.comb += proc.units[u].progress.eq(unit_events.busy & ~unit_events.stall_input
-                                                  & ~unit_events.stall_output)
+            unit_events = {isa.Unit.LOAD: load.events, isa.Unit.STORE: store.events}.get(u)
+            if unit_events is not None:      # the other units drive their own progress
+                m.d.comb += proc.units[u].progress.eq(unit_events.busy & ~unit_events.stall_input
+                                                      & ~unit_events.stall_output)
 
+        self._wire_kv(m, proc, spad)
         self._wire_csrs(m, csr, proc)
         self._wire_counters(m, csr, spad)
         return m
+
+    def _wire_kv(self, m, proc, spad):
+        """The KV unit: its instructions, its scratchpad read port (APPEND rows) and the
+        matmul unit's READ port (tied off while the chip has no matmul unit)."""
+        m.submodules.kv_exec = kx = self._kv_exec
+        wiring.connect(m, proc.units[isa.Unit.KV], kx.port)
+        wiring.connect(m, kx.spad, spad.r[SPAD_READERS.index("kv")])
+        rp = kx.read
+        m.d.comb += [rp.cmd.valid.eq(0), rp.resp.ready.eq(1), rp.rdata.ready.eq(1)]
+
+    @property
+    def kv_exec(self):
+        """The KV unit (:class:`hdl.exec_kv.KVExec`)."""
+        return self._kv_exec
 
     def _wire_csrs(self, m, csr, proc):
         r = csr.regs

@@ -265,6 +265,7 @@ CHECKS = {
     isa.Opcode.KV: (
         ("field", "op is not ALLOC, APPEND or FREE"), ("field", "APPEND of 0 rows"),
         ("spad", "the K rows reach past the scratchpad"), ("spad", "the V rows reach past the scratchpad"),
+        ("limit", "APPEND of more rows than the KV cache holds (kvcache.pages · page_size)"),
     ),
 }
 CHECKS[isa.Opcode.STORE] = CHECKS[isa.Opcode.LOAD]
@@ -301,6 +302,8 @@ class Dispatcher(wiring.Component):
     softmax_max_len, vector_max_len : int
     kv_row_words : int
         Scratchpad words of one token's K (or V) row of all KV heads.
+    kv_max_tokens : int
+        Tokens the KV cache holds (pages · page_size): no APPEND of more rows can succeed.
     queue_depth : int
         Instructions each unit's queue holds.
     units : iterable of isa.Unit, optional
@@ -328,7 +331,8 @@ class Dispatcher(wiring.Component):
     """
 
     def __init__(self, *, lanes, spad_words, bus_bytes, ext_bits, acc_depth, a_depth, param_beat_bytes,
-                 softmax_max_len, vector_max_len, kv_row_words, queue_depth=4, units=None):
+                 softmax_max_len, vector_max_len, kv_row_words, kv_max_tokens, queue_depth=4,
+                 units=None):
         for name, value in (("lanes", lanes), ("bus_bytes", bus_bytes)):
             _check_int(name, value, 1, 1024)
             if value & (value - 1):
@@ -336,13 +340,16 @@ class Dispatcher(wiring.Component):
         _check_int("spad_words", spad_words, 2, 1 << isa.SPAD_ADDR_BITS)
         _check_int("ext_bits", ext_bits, 16, 48)
         _check_int("queue_depth", queue_depth, 1, 64)
+        _check_int("kv_row_words", kv_row_words, 1)
+        _check_int("kv_max_tokens", kv_max_tokens, 1)
         _check_int("param_beat_bytes", param_beat_bytes, bus_bytes)
         if param_beat_bytes % bus_bytes:
             raise ValueError(f"param_beat_bytes ({param_beat_bytes}) must be a multiple of bus_bytes ({bus_bytes})")
         self._p = dict(lanes=lanes, spad_words=spad_words, bus_bytes=bus_bytes, ext_bits=ext_bits,
                        acc_depth=acc_depth, a_depth=a_depth, param_beat_bytes=param_beat_bytes,
                        softmax_max_len=softmax_max_len, vector_max_len=vector_max_len,
-                       kv_row_words=kv_row_words)
+                       kv_row_words=kv_row_words,
+                       kv_max_tokens=min(kv_max_tokens, 1 << 16))    # rows is 16 bits: no larger limit binds
         self._queue_depth = queue_depth
         self._units = tuple(isa.Unit) if units is None else tuple(isa.Unit(u) for u in units)
         fetch = data.StructLayout({"bits": isa.INSTR_BITS, "index": INDEX_BITS, "error": 1, "eop": 1})
@@ -401,7 +408,8 @@ class Dispatcher(wiring.Component):
             append = f.op == KVOp.APPEND
             fields = [~((f.op == KVOp.ALLOC) | append | (f.op == KVOp.FREE)), append & (f.rows == 0)]
             kw = p["kv_row_words"]
-            ranges = [(append, f.k_addr, f.rows, f.k_stride, kw, SP), (append, f.v_addr, f.rows, f.v_stride, kw, SP)]
+            ranges = [(append, f.k_addr, f.rows, f.k_stride, kw, SP), (append, f.v_addr, f.rows, f.v_stride, kw, SP),
+                      (append, 0, f.rows, 1, 1, p["kv_max_tokens"])]
         else:
             raise AssertionError(op)
         assert len(fields) + len(ranges) == len(CHECKS[op]), op

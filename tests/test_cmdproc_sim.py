@@ -17,7 +17,8 @@ from spec.codes import ChipError, Dtype, KVOp, OutFormat
 
 BUS = 32
 PARAMS = dict(bus_bits=BUS, addr_bits=32, inflight=3, lanes=2, spad_words=4096, acc_depth=64, a_depth=2048,
-              param_beat_bytes=20, softmax_max_len=64, vector_max_len=64, kv_row_words=8, queue_depth=2)
+              param_beat_bytes=20, softmax_max_len=64, vector_max_len=64, kv_row_words=8, kv_max_tokens=64,
+              queue_depth=2)
 EXT_SIZE = 1 << 20
 U = isa.Unit
 
@@ -252,7 +253,7 @@ def test_every_decode_check_stops_the_program_at_the_instruction_with_its_code_a
         isa.Opcode.SOFTMAX: [softmax(rows=0), softmax(length=0), softmax(length=65), softmax(a_addr=4095),
                              softmax(o_addr=4095)],
         isa.Opcode.KV: [kv(op=KVOp.STATUS), kv(op=KVOp.APPEND, rows=0), kv(op=KVOp.APPEND, rows=1, k_addr=4090),
-                        kv(op=KVOp.APPEND, rows=1, k_addr=0, v_addr=4090)],
+                        kv(op=KVOp.APPEND, rows=1, k_addr=0, v_addr=4090), kv(op=KVOp.APPEND, rows=65)],
     }
     bad[isa.Opcode.STORE] = [w | 0x01 for w in bad[isa.Opcode.LOAD]]    # opcode 0x10 → 0x11
     cases = bad[op]

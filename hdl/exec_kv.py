@@ -158,10 +158,12 @@ class KVExec(wiring.Component):
     * A controller status other than OK ends the instruction with ``ChipError.KV``, ``detail``
       the :class:`spec.codes.KVStatus`. An APPEND stops issuing tokens at the first refused
       one: the tokens before it are appended, it and the ones after it are not. (The
-      controller checks every APPEND before its data and never writes on error; a token after a
-      refused one may already have been taken, but between the APPENDs of one instruction only
-      READs can reach the controller, which change nothing, so it is refused with the same
-      status and its rows, read anyway to keep the data stream aligned, are dropped.)
+      controller checks every APPEND before its data and never writes on error. It answers an
+      APPEND with its last beat and takes the next APPEND while the beats stream, so up to two
+      tokens after a refused one have been taken when the refusal comes back; between the
+      APPENDs of one instruction only READs can reach the controller, which change nothing, so
+      they are refused with the same status, and their rows, read anyway to keep the data
+      stream aligned, are dropped.)
     * An instruction that has started always runs to its end, also when the program aborts
       (the unit takes no instruction while ``abort`` is 1): every KV instruction of a program
       either ran whole or not at all, but for a refused APPEND's tokens as above.
@@ -208,7 +210,11 @@ class KVExec(wiring.Component):
                 not 1 <= spad_addr_width <= isa.SPAD_ADDR_BITS + 1:
             raise ValueError(f"spad_addr_width must be an int in 1..{isa.SPAD_ADDR_BITS + 1}, not {spad_addr_width!r}")
         self._params, self._lanes, self._aw = params, lanes, spad_addr_width
-        self._mem_verilog = mem_verilog
+        p = params
+        self._cache = KVCacheController(
+            page_size=p.page_size, num_pages=p.num_pages, kv_heads=p.kv_heads, head_dim=p.head_dim,
+            max_seqs=p.max_seqs, beat_elems=p.beat_elems, dtype=p.dtype)
+        self._mem = SyncMemory(depth=p.mem_words, data_width=p.beat_elems * p.elem_bits, verilog=mem_verilog)
         super().__init__({
             "port": In(UnitPortSignature()),
             "read": In(KVReadPortSignature(params)),
@@ -230,6 +236,17 @@ class KVExec(wiring.Component):
         return self._params
 
     @property
+    def cache(self):
+        """The :class:`hdl.kvcache.KVCacheController` (its ports are the unit's view of the
+        cache: a testbench may watch ``cache.resp`` and ``cache.mem``)."""
+        return self._cache
+
+    @property
+    def memory(self):
+        """The K/V data memory (:class:`hdl.memport.SyncMemory`)."""
+        return self._mem
+
+    @property
     def row_words(self):
         """Scratchpad words of one token's K (or V) row of every KV head."""
         return self._params.kv_heads * self._params.head_dim // self._lanes
@@ -243,11 +260,8 @@ class KVExec(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = self._params
-        m.submodules.cache = cache = KVCacheController(
-            page_size=p.page_size, num_pages=p.num_pages, kv_heads=p.kv_heads, head_dim=p.head_dim,
-            max_seqs=p.max_seqs, beat_elems=p.beat_elems, dtype=p.dtype)
-        m.submodules.mem = mem = SyncMemory(depth=p.mem_words, data_width=p.beat_elems * p.elem_bits,
-                                            verilog=self._mem_verilog)
+        m.submodules.cache = cache = self._cache
+        m.submodules.mem = mem = self._mem
         wiring.connect(m, cache.mem, mem.port)
         m.submodules.arbiter = arb = KVCmdArbiter(params=p)
         wiring.connect(m, arb.cmd, cache.cmd)
@@ -308,8 +322,11 @@ class KVExec(wiring.Component):
                          pend.eq(0), d_pend.eq(0), d_v.eq(0), k_cur.eq(f.k_addr), v_cur.eq(f.v_addr),
                          stop.eq(0), bad_op.eq(~legal), first_err.eq(KVStatus.OK)]
 
-        # commands: the instruction's op and seq, one per token for APPEND
-        m.d.comb += [cmd.valid.eq(running & (c_left != 0) & (~stop | held)),
+        # commands: the instruction's op and seq, one per token for APPEND; none is presented
+        # from the cycle a refusal comes back (one presented before stays until taken)
+        refused = Signal()
+        m.d.comb += refused.eq(resp.valid & (resp.payload.status != KVStatus.OK))
+        m.d.comb += [cmd.valid.eq(running & (c_left != 0) & (~(stop | refused) | held)),
                      cmd.payload.op.eq(f.op), cmd.payload.seq.eq(f.seq)]
         m.d.sync += held.eq(cmd.valid & ~cmd.ready)
         took = Signal()
@@ -335,7 +352,7 @@ class KVExec(wiring.Component):
         answered = Signal()
         m.d.comb += answered.eq(resp.valid)
         m.d.sync += pend.eq(pend + took - answered)
-        with m.If(answered & (resp.payload.status != KVStatus.OK) & ~stop):
+        with m.If(refused & ~stop):
             m.d.sync += [stop.eq(1), first_err.eq(resp.payload.status)]
 
         # the answer, once every command issued is answered (so its rows were all consumed)

@@ -44,12 +44,17 @@ class ChipSim:
     ----------
     config : str or ChipConfig
         Preset name or configuration (default ``"default"``).
+    kv_trace : bool
+        Simulate :class:`sim.chip_kv.KVTraceChip` (the chip with its KV-cache responses and K/V
+        memory writes as trace outputs, recorded by the testbench; :func:`sim.chip_kv.kv_trace`
+        decodes them) instead of the bare chip: a separate build.
     """
 
-    def __init__(self, config="default"):
+    def __init__(self, config="default", *, kv_trace=False):
         self._config = get_config(config)
         self._design = None
         self._chip = None
+        self._kv_trace = bool(kv_trace)
 
     @property
     def config(self):
@@ -69,7 +74,12 @@ class ChipSim:
 
             from . import runner
             cfg = self._config
-            self._design = runner.build(lambda: Chip(cfg), "chip", params={"config": cfg.to_dict()})
+            if self._kv_trace:
+                from .chip_kv import KVTraceChip
+                self._design = runner.build(lambda: KVTraceChip(Chip(cfg)), "chip_kvtrace",
+                                            params={"config": cfg.to_dict()})
+            else:
+                self._design = runner.build(lambda: Chip(cfg), "chip", params={"config": cfg.to_dict()})
         return self._design
 
     def run(self, memory, programs, *, read_back=(), ext_size=0, watchdog=None, stall=0.0, backpressure=0.0,
@@ -101,7 +111,9 @@ class ChipSim:
         -------
         SimResult
             ``outputs``: per run r ``run<r>_status``, ``run<r>_error_code``/``_detail``/``_index``,
-            ``run<r>_counters`` (array in :meth:`counter_names` order), ``run<r>_<region>``;
+            ``run<r>_counters`` (array in :meth:`counter_names` order), ``run<r>_<region>``,
+            with ``kv_trace``: ``trace_<name>_cycle``, ``_run``, ``_data`` (bytes, little-endian)
+            of every traced beat;
             ``counters``: the last run's counters by name; ``cycles``: the last run's CYCLES.
         """
         from . import runner
@@ -129,6 +141,9 @@ class ChipSim:
         data.update(runs=runs, registers=regs, counters=chip.counter_names, mem_size=mem_size, stall=stall,
                     backpressure=backpressure, errors=[list(e) for e in errors], timeout_cycles=timeout_cycles,
                     seed=seed, reset_at=reset_at)
+        if self._kv_trace:
+            from .chip_kv import TRACES
+            data["traces"] = list(TRACES)
         out = runner.run(self.design(), "sim.tb.chip", data=data, seed=seed)
         last = len(programs) - 1
         counters = dict(zip(chip.counter_names, (int(c) for c in out[f"run{last}_counters"]), strict=True))

@@ -247,8 +247,13 @@ CHECKS = {
     ),
     isa.Opcode.MATMUL: (
         ("field", "m is 0"), ("field", "k is 0"), ("field", "n is 0"),
-        ("field", "out_fmt does not belong to dtype"), ("field", "w_wide is set (reserved)"),
+        ("field", "out_fmt does not belong to dtype"),
+        ("field", "w_wide with bf16 or with weights other than EXT"),
         ("field", "m exceeds the accumulator (acc_depth rows)"),
+        ("field", "KV_K/KV_V on a chip whose KV cache does not feed the matmul engine"),
+        ("field", "KV_K: ceil(k/R)·R, KV_V: ceil(n/C)·C is not the KV cache's head_dim"),
+        ("field", "KV_K/KV_V: dtype is not the KV cache's"),
+        ("field", "KV_K/KV_V: kv_start + positions (KV_K: n, KV_V: k) is past the KV cache's capacity"),
         ("limit", "m·ceil(k/R) exceeds the activation buffer (a_depth words)"),
         ("spad", "A reaches past the scratchpad"), ("spad", "the result reaches past the scratchpad"),
         ("ext", "the weights (EXT) reach past EXT_SIZE"), ("ext", "the weights (EXT_T) reach past EXT_SIZE"),
@@ -301,6 +306,10 @@ class Dispatcher(wiring.Component):
     softmax_max_len, vector_max_len : int
     kv_row_words : int
         Scratchpad words of one token's K (or V) row of all KV heads.
+    kv_head_dim, kv_bf16, kv_max_tokens : int, bool, int
+        The KV cache that feeds MATMUL weights (KV_K, KV_V): its head_dim (a multiple of
+        ``lanes``), element type and capacity in positions; ``kv_head_dim = 0``: none (every
+        KV_K/KV_V fails its check).
     queue_depth : int
         Instructions each unit's queue holds.
     units : iterable of isa.Unit, optional
@@ -328,7 +337,8 @@ class Dispatcher(wiring.Component):
     """
 
     def __init__(self, *, lanes, spad_words, bus_bytes, ext_bits, acc_depth, a_depth, param_beat_bytes,
-                 softmax_max_len, vector_max_len, kv_row_words, queue_depth=4, units=None):
+                 softmax_max_len, vector_max_len, kv_row_words, kv_head_dim=0, kv_bf16=False, kv_max_tokens=0,
+                 queue_depth=4, units=None):
         for name, value in (("lanes", lanes), ("bus_bytes", bus_bytes)):
             _check_int(name, value, 1, 1024)
             if value & (value - 1):
@@ -339,10 +349,15 @@ class Dispatcher(wiring.Component):
         _check_int("param_beat_bytes", param_beat_bytes, bus_bytes)
         if param_beat_bytes % bus_bytes:
             raise ValueError(f"param_beat_bytes ({param_beat_bytes}) must be a multiple of bus_bytes ({bus_bytes})")
+        _check_int("kv_head_dim", kv_head_dim, 0, 1 << 16)
+        if kv_head_dim % lanes:
+            raise ValueError(f"kv_head_dim ({kv_head_dim}) must be a multiple of lanes ({lanes})")
+        _check_int("kv_max_tokens", kv_max_tokens, 0, 1 << 16)
         self._p = dict(lanes=lanes, spad_words=spad_words, bus_bytes=bus_bytes, ext_bits=ext_bits,
                        acc_depth=acc_depth, a_depth=a_depth, param_beat_bytes=param_beat_bytes,
                        softmax_max_len=softmax_max_len, vector_max_len=vector_max_len,
-                       kv_row_words=kv_row_words)
+                       kv_row_words=kv_row_words, kv_head_dim=kv_head_dim, kv_bf16=bool(kv_bf16),
+                       kv_max_tokens=kv_max_tokens)
         self._queue_depth = queue_depth
         self._units = tuple(isa.Unit) if units is None else tuple(isa.Unit(u) for u in units)
         fetch = data.StructLayout({"bits": isa.INSTR_BITS, "index": INDEX_BITS, "error": 1, "eop": 1})
@@ -378,10 +393,13 @@ class Dispatcher(wiring.Component):
                       (1, f.ext_addr, f.rows, f.ext_stride, _ceil_shift(row_bytes, lgbus) << lgbus, EXT)]
         elif op == isa.Opcode.MATMUL:
             kt, nt = _ceil_shift(f.k, lgL), _ceil_shift(f.n, lgL)
-            fields = [f.m == 0, f.k == 0, f.n == 0, f.out_fmt[1] != f.dtype, f.w_wide != 0,
-                      f.m > p["acc_depth"]]
-            w_rows = (f.k << (lgL + f.dtype))[:32]     # one N tile: k beats of C lanes
-            w_cols = (f.n << (lgL + f.dtype))[:32]     # one K tile, transposed: n columns of C lanes
+            fields = [f.m == 0, f.k == 0, f.n == 0, f.out_fmt[1] != f.dtype,
+                      f.w_wide & (f.dtype | (f.w_src != isa.WSource.EXT)), f.m > p["acc_depth"],
+                      *self._kv_checks(f, kt, nt)]
+            # spec.matmul_layout: one N tile is k beats of C (int8) or 2·C (bf16) bytes, or
+            # ceil(k/2) wide beats of 2·C bytes; transposed, one K tile is n beats
+            w_rows = ((f.k + (f.w_wide & f.k[0])) << (lgL + f.dtype))[:32]
+            w_cols = (f.n << (lgL + f.dtype))[:32]
             need_p = f.has_bias | (f.out_fmt == OutFormat.INT8)
             pb = p["param_beat_bytes"]
             ranges = [(1, 0, f.m, kt, kt, p["a_depth"]),
@@ -406,6 +424,17 @@ class Dispatcher(wiring.Component):
             raise AssertionError(op)
         assert len(fields) + len(ranges) == len(CHECKS[op]), op
         return fields, ranges
+
+    def _kv_checks(self, f, kt, nt):
+        """The MATMUL field checks of KV-sourced weights (KV_K, KV_V), in the order of CHECKS."""
+        p = self._p
+        is_kv = (f.w_src == isa.WSource.KV_K) | (f.w_src == isa.WSource.KV_V)
+        if not p["kv_head_dim"]:
+            return [is_kv, Const(0), Const(0), Const(0)]
+        tiles = p["kv_head_dim"] >> exact_log2(p["lanes"])
+        key = f.w_src == isa.WSource.KV_K
+        return [Const(0), is_kv & Mux(key, kt != tiles, nt != tiles), is_kv & (f.dtype != int(p["kv_bf16"])),
+                is_kv & ((f.kv_start + Mux(key, f.n, f.k)) > p["kv_max_tokens"])]
 
     def elaborate(self, platform):
         m = Module()

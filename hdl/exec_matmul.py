@@ -307,10 +307,15 @@ class MatmulExec(wiring.Component):
                      desc.stride1.eq(1), desc.count1.eq(iss.kt), desc.count2.eq(1), desc.stride2.eq(0),
                      eng.cmd.valid.eq(s.issuing & ~cmd_sent), self.kv.cmd.valid.eq(s.issuing & ~kv_sent),
                      # a MATMUL reads its activations once every earlier MATMUL has answered
-                     rd.desc.valid.eq(s.issuing & ~a_sent & (s.done == iss_ptr))]
+                     rd.desc.valid.eq(s.issuing & ~a_sent & (s.done == iss_ptr) & (iss.cmd.m != 0) & (iss.kt != 0))]
+        # an empty walk (m or k is 0: a command the engine refuses) reads nothing: it is done at once
+        empty = (iss.cmd.m == 0) | (iss.kt == 0)
+        a_now = s.issuing & ~a_sent & (s.done == iss_ptr) & empty
+        with m.If(a_now):
+            m.d.sync += s.a_ptr.eq(s.a_ptr + 1)
         c = cmd_sent | (eng.cmd.valid & eng.cmd.ready)
         k = kv_sent | (self.kv.cmd.valid & self.kv.cmd.ready)
-        a = a_sent | (rd.desc.valid & rd.desc.ready)
+        a = a_sent | (rd.desc.valid & rd.desc.ready) | a_now
         with m.If(s.issuing):
             m.d.sync += [cmd_sent.eq(c), kv_sent.eq(k), a_sent.eq(a)]
             with m.If(c & k & a):

@@ -8,12 +8,12 @@ correct; the parameter feeder turns records into the engine's parameter beats. R
 and backpressure give the same beats."""
 
 import random
-from collections import deque
 
 import ml_dtypes
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
+from exec_models import ReadClient, process
 
 from hdl.exec_matmul_feed import ParamFeeder, WeightFeeder
 from sim.amaranth_streams import random_pause, stream_source
@@ -27,59 +27,21 @@ def beat_int(lanes16):
     return int.from_bytes(np.asarray(lanes16, np.uint16).astype("<u2").tobytes(), "little")
 
 
-class ReadClient:
-    """A model read client: requests always accepted, their words answered in order with random
-    valid gaps; a request touching an ``errors`` window has ``error`` on its final word."""
-
-    def __init__(self, client, mem, bus_bytes, rng, gap=0.0, errors=()):
-        self.c, self.mem, self.D, self.rng, self.gap, self.errors = client, mem, bus_bytes, rng, gap, errors
-        self.requests = []
-
-    async def run(self, ctx):
-        pend = deque()
-        c = self.c
-        ctx.set(c.req.ready, 1)
-        while True:
-            show = bool(pend) and self.rng.random() >= self.gap
-            if show:
-                addr, beats, i, err = pend[0]
-                a = addr + i * self.D
-                ctx.set(c.data.payload.data, int.from_bytes(bytes(self.mem[a:a + self.D]), "little"))
-                ctx.set(c.data.payload.last, i == beats - 1)
-                ctx.set(c.data.payload.error, err and i == beats - 1)
-            ctx.set(c.data.valid, show)
-            _, _, took, req, addr, beats = await ctx.tick().sample(c.data.valid & c.data.ready, c.req.valid,
-                                                                   c.req.payload.addr, c.req.payload.beats)
-            if took:
-                pend[0][2] += 1
-                if pend[0][2] == pend[0][1]:
-                    pend.popleft()
-            if req:
-                err = any(addr < hi and addr + beats * self.D > lo for lo, hi in self.errors)
-                pend.append([addr, beats, 0, err])
-                self.requests.append((addr, beats))
-
-
-def process(fn, *args):
-    """An async testbench function calling ``fn(ctx, *args)``."""
-    async def run(ctx):
-        await fn(ctx, *args)
-    return run
-
-
-async def drive_jobs(ctx, stream, jobs, sample=(), out=None):
+async def drive_jobs(ctx, stream, jobs, sample=(), out=None, timeout=5000):
     """Present each job (a dict of payload fields) until the handshake that ends it; append the
-    values of ``sample`` at that handshake to ``out``."""
+    values of ``sample`` at that handshake to ``out``. Fails after ``timeout`` cycles on a job."""
     for job in jobs:
         for k, v in job.items():
             ctx.set(getattr(stream.payload, k), v)
         ctx.set(stream.valid, 1)
-        while True:
+        for _ in range(timeout):
             _, _, ready, *values = await ctx.tick().sample(stream.ready, *sample)
             if ready:
                 if out is not None:
                     out.append(tuple(values))
                 break
+        else:
+            raise TimeoutError(f"a job did not finish in {timeout} cycles")
     ctx.set(stream.valid, 0)
 
 
@@ -164,7 +126,7 @@ def test_weight_feeder_turns_every_format_into_the_engine_beats_and_passes_kv_re
                                     pause=random_pause(stalls, seed)), background=True)
     sim.add_testbench(process(sink, dut.w, got, prng, stalls), background=True)
     sim.add_testbench(process(drive_jobs, dut.job, jobs, (dut.err.axi, dut.err.kv, dut.err.kv_status), seen_errs))
-    sim.run_until(1e-8 * 20000)
+    sim.run()
     assert len(seen_errs) == len(jobs), "the jobs did not all finish"
     assert got == [beat_int(b) for b in want]
     assert [tuple(int(v) for v in e) for e in seen_errs] == errs
@@ -213,7 +175,11 @@ def test_weight_feeder_reports_an_axi_error_with_its_job_and_flush_leaves_the_ne
         assert not ctx.get(dut.quiet)
         ctx.set(dut.flush, 1)
         ctx.set(dut.req_flush, 1)
-        await ctx.tick().until(dut.quiet)
+        for _ in range(5000):
+            if (await ctx.tick().sample(dut.quiet))[2]:
+                break
+        else:
+            raise TimeoutError("the flushed feeder never became quiet")
         assert len(client.requests) >= 4 and sum(b for a, b in client.requests if a >= 0x3000) < len(big_data) // D
         ctx.set(dut.req_job.valid, 0)
         ctx.set(dut.job.valid, 0)
@@ -230,7 +196,7 @@ def test_weight_feeder_reports_an_axi_error_with_its_job_and_flush_leaves_the_ne
     sim.add_testbench(client.run, background=True)
     sim.add_testbench(process(sink, dut.w, got, prng, 0.3, gate), background=True)
     sim.add_testbench(main)
-    sim.run_until(1e-8 * 100000)
+    sim.run()
     assert [e for e, in errs] == [0, 1, 0, 0]
     want = [beat_int(b) for i in (0, 1, 2, 3) for b in cases[i][1]]
     # job 1's words answered SLVERR: the model returns the memory anyway, so its beats are still given
@@ -278,5 +244,5 @@ def test_param_feeder_turns_records_into_parameter_beats_and_skips_instructions_
     sim.add_testbench(process(drive_jobs, dut.req_job, req_jobs), background=True)
     sim.add_testbench(process(sink, dut.p, got, prng, 0.3), background=True)
     sim.add_testbench(process(drive_jobs, dut.job, jobs, (dut.err.axi,), done))
-    sim.run_until(1e-8 * 10000)
+    sim.run()
     assert len(done) == len(jobs) and got == want

@@ -38,6 +38,9 @@ __all__ = ["KVTraceChip", "TRACES", "kv_trace", "kv_memory_words", "kv_word_addr
 
 U = isa.Unit
 BF16 = ml_dtypes.bfloat16
+#: :class:`KVPrograms` puts its programs below this external address, one after the other, and
+#: its data from it on.
+PROGRAMS_END = 0x20000
 
 #: The trace outputs of :class:`KVTraceChip`, in the testbench's order.
 TRACES = ("kv_resp", "kv_write")
@@ -168,7 +171,7 @@ class KVPrograms:
         self.elem_bytes = 1 if kv.dtype == "int8" else 2
         self.bus = mem.axi_data_bits // 8
         self.ext = np.zeros(1 << 20, np.uint8)
-        self.segments, self.data_at, self.spad_at = {}, 0x20000, 0
+        self.segments, self.data_at, self.spad_at, self.prog_at = {}, PROGRAMS_END, 0, 0
         self.programs, self.expect, self.responses, self.rows_written = [], [], [], []
         self.appended, self.read_back, self.results = [], [], {}
         self._new()
@@ -318,7 +321,10 @@ class KVPrograms:
     def end(self, with_end=True):
         if with_end:
             self.words.append(isa.encode(isa.Opcode.END))
-        self.programs.append(Program(self.words, addr=0x2000 * len(self.programs)))
+        self.programs.append(Program(self.words, addr=self.prog_at))
+        self.prog_at += len(self.words) * isa.INSTR_BYTES
+        if self.prog_at > PROGRAMS_END:
+            raise ValueError(f"the programs take more than {PROGRAMS_END} bytes")
         self.expect.append(self.stop or (ChipError.OK, 0, 0))
         self._new()
 

@@ -261,7 +261,7 @@ class KVExec(wiring.Component):
         m = Module()
         p = self._params
         m.submodules.cache = cache = self._cache
-        m.submodules.mem = mem = self._mem
+        m.submodules.kv_mem = mem = self._mem      # not "mem": the SyncMemory's array is "mem"
         wiring.connect(m, cache.mem, mem.port)
         m.submodules.arbiter = arb = KVCmdArbiter(params=p)
         wiring.connect(m, arb.cmd, cache.cmd)

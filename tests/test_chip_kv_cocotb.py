@@ -104,7 +104,8 @@ def test_out_of_pages_stops_the_chip_at_that_append_and_after_free_and_clear_a_n
     b.kv(KVOp.APPEND, 3, 4, **c)
     b.end()
     assert b.expect[1] == (ChipError.OK, 0, 0) and b.cache.status(1).length == 46
-    res = b.run(chip_sim(TINY), seed=seed)
+    # a WATCHDOG of 32 cycles: the KV unit shows progress in every cycle of its long APPENDs
+    res = b.run(chip_sim(TINY), seed=seed, watchdog=32)
     b.check(chip_sim(b.cfg), res)
     assert int(res.outputs["run0_status"]) == 3 and int(res.outputs["run1_status"]) == 2   # ERROR, DONE
 

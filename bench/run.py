@@ -18,6 +18,7 @@ BENCHES = [
     ("matmul", "bench.matmul"),
     ("softmax", "bench.softmax"),
     ("kvcache", "bench.kvcache"),
+    ("kvexec", "bench.kvexec"),
     ("spad", "bench.spad"),
     ("dma", "bench.dma"),
     ("vector", "bench.vector"),

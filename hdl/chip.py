@@ -4,8 +4,8 @@
 Ports (Verilog names flatten with ``__``): ``s_axil`` (AXI4-Lite slave, the CSRs of
 :mod:`spec.csr` and the counters), ``m_axi`` (AXI4 master to external memory) and ``irq``.
 
-Units present: LOAD, STORE, VECTOR and SOFTMAX. (MATMUL and KV are wired in as their execution
-units land; until then an instruction for them is refused at decode with BAD_OPCODE.)
+Units present: LOAD, STORE, MATMUL, KV, VECTOR and SOFTMAX (:data:`PRESENT_UNITS`; an
+instruction for a unit left out of it is refused at decode with BAD_OPCODE).
 """
 
 from amaranth.hdl import Cat, Module, Shape, Signal
@@ -13,7 +13,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from spec import csr as spec_csr
-from spec import isa
+from spec import isa, matmul_layout
 
 from .axi import AxiLiteSignature, AxiSignature
 from .cmdproc import CommandProcessor, ProcState
@@ -21,6 +21,8 @@ from .config import ChipConfig, get_config
 from .counters import EventCounters, events_layout
 from .csr import CsrBank, RegisterMap
 from .dma import AxiReadEngine, AxiWriteEngine
+from .exec_kv import KVExec
+from .exec_matmul import MatmulExec, kv_feed_possible
 from .exec_softmax import SoftmaxExec
 from .exec_vector import VECTOR_READERS, VECTOR_WRITERS, VectorExec
 from .loadstore import InstrAdapter, LoadUnit, StoreUnit
@@ -31,16 +33,16 @@ __all__ = ["Chip", "CHIP_ID", "READ_CLIENTS"]
 #: ``ID`` register: "TFA" and the version of the register map.
 CHIP_ID = 0x54464101
 #: The read engine's clients, in client (AXI ID) order.
-READ_CLIENTS = ("fetch", "load")
+READ_CLIENTS = ("fetch", "load", "matmul_w", "matmul_p")
 #: Bits of the DMA requests' ``beats`` field.
 BEATS_WIDTH = 20
 #: AXI ID bits of the master port.
 ID_WIDTH = 4
 #: Scratchpad read ports and write ports, by user.
-SPAD_READERS = ("store", *(f"vector_{s}" for s in VECTOR_READERS), "softmax")
-SPAD_WRITERS = ("load", *(f"vector_{s}" for s in VECTOR_WRITERS), "softmax")
+SPAD_READERS = ("store", "matmul", "kv", *(f"vector_{s}" for s in VECTOR_READERS), "softmax")
+SPAD_WRITERS = ("load", "matmul", *(f"vector_{s}" for s in VECTOR_WRITERS), "softmax")
 #: Units whose execution unit is present (the others answer BAD_OPCODE at decode).
-PRESENT_UNITS = (isa.Unit.LOAD, isa.Unit.STORE, isa.Unit.VECTOR, isa.Unit.SOFTMAX)
+PRESENT_UNITS = (isa.Unit.LOAD, isa.Unit.STORE, isa.Unit.MATMUL, isa.Unit.KV, isa.Unit.VECTOR, isa.Unit.SOFTMAX)
 
 
 class Chip(wiring.Component):
@@ -64,6 +66,9 @@ class Chip(wiring.Component):
         if not (config.array.rows == config.array.cols == mem.spad_lanes):
             raise ValueError(f"the chip needs array.rows == array.cols == memory.spad_lanes, not "
                              f"{config.array.rows}, {config.array.cols}, {mem.spad_lanes}")
+        if config.kvcache.beat_elems != mem.spad_lanes:
+            raise ValueError(f"the chip needs kvcache.beat_elems == memory.spad_lanes (one scratchpad word is one "
+                             f"KV-cache beat), not {config.kvcache.beat_elems} and {mem.spad_lanes}")
         if mem.spad_words * mem.spad_banks > 1 << isa.SPAD_ADDR_BITS:
             raise ValueError(f"memory.spad_words · memory.spad_banks must be ≤ 2**{isa.SPAD_ADDR_BITS}")
         self._config = config
@@ -98,7 +103,7 @@ class Chip(wiring.Component):
             param_beat_bytes=self.param_beat_bytes(c), softmax_max_len=c.softmax.max_len,
             vector_max_len=c.vector.max_len,
             kv_row_words=max(1, c.kvcache.heads * c.kvcache.head_dim // mem.spad_lanes),
-            units=PRESENT_UNITS)
+            **self._matmul_kv_checks(c), units=PRESENT_UNITS)
         self._rd = AxiReadEngine(clients=len(READ_CLIENTS), addr_width=mem.axi_addr_bits,
                                  data_width=mem.axi_data_bits, id_width=ID_WIDTH, beats_width=BEATS_WIDTH,
                                  max_burst=AxiReadEngine.CHIP_MAX_BURST,
@@ -114,11 +119,16 @@ class Chip(wiring.Component):
         self._load, self._store = LoadUnit(**ls), StoreUnit(**ls)
         self._load_exec = InstrAdapter(self._load)
         self._store_exec = InstrAdapter(self._store)
+        self._mm_exec = MatmulExec.from_config(c, beats_width=BEATS_WIDTH)
+        self._kv_exec = KVExec.from_config(c)
         self._vector_exec = VectorExec.from_config(c)
         self._softmax_exec = SoftmaxExec.from_config(c)
         self._events = {
             "proc": self._proc.events, "dma_rd": self._rd.events, "dma_wr": self._wr.events,
-            "load": self._load.events, "store": self._store.events,
+            "load": self._load.events, "load_exec": self._load_exec.events,
+            "store": self._store.events, "store_exec": self._store_exec.events,
+            "matmul_exec": self._mm_exec.events, "matmul": self._mm_exec.engine_events,
+            "kv_exec": self._kv_exec.events, "kvcache": self._kv_exec.cache_events,
             "vector_exec": self._vector_exec.events, "vector": self._vector_exec.unit_events,
             "softmax_exec": self._softmax_exec.events, "softmax": self._softmax_exec.unit_events,
         }
@@ -128,10 +138,22 @@ class Chip(wiring.Component):
     @staticmethod
     def param_beat_bytes(config):
         """External-memory bytes of one per-N-tile matmul parameter beat: C int32 biases, C
-        uint32 multipliers, C shift bytes, padded to a multiple of the bus width."""
-        bus = config.memory.axi_data_bits // 8
-        raw = 9 * config.array.cols
-        return -(-raw // bus) * bus
+        uint32 multipliers, C shift bytes, padded to a multiple of the bus width
+        (``spec.matmul_layout.param_beat_bytes``)."""
+        return matmul_layout.param_beat_bytes(config.array.cols, config.memory.axi_data_bits // 8)
+
+    @staticmethod
+    def _matmul_kv_checks(config):
+        """The dispatcher's view of the KV cache: its capacity in positions (APPEND rows, KV_K/KV_V
+        positions), and what KV-sourced MATMUL weights need (none when its READ beats are not the
+        engine's weight beats)."""
+        if isa.Unit.KV not in PRESENT_UNITS:
+            return {}
+        kv = config.kvcache
+        checks = dict(kv_max_tokens=min(kv.max_tokens, 1 << 16))
+        if kv_feed_possible(config):
+            checks.update(kv_head_dim=kv.head_dim, kv_bf16=kv.dtype == "bf16")
+        return checks
 
     def _counter_layout(self):
         """{counter name: event width}: ``cycles``, then every block's events as
@@ -198,6 +220,9 @@ class Chip(wiring.Component):
         wiring.connect(m, store.dma, wr.clients[0])
         wiring.connect(m, store.spad, spad.r[SPAD_READERS.index("store")])
 
+        self._wire_matmul(m, proc, rd, spad)
+        self._wire_kv(m, proc, spad)
+
         # the units not present take nothing and are idle (their instructions are refused)
         for u in isa.Unit:
             if u not in PRESENT_UNITS:
@@ -228,6 +253,29 @@ class Chip(wiring.Component):
         wiring.connect(m, proc.units[isa.Unit.SOFTMAX], sx.port)
         wiring.connect(m, sx.spad_r, spad.r[SPAD_READERS.index("softmax")])
         wiring.connect(m, sx.spad_w, spad.w[SPAD_WRITERS.index("softmax")])
+
+    def _wire_matmul(self, m, proc, rd, spad):
+        """The MATMUL unit: its unit port, two read clients (weights, parameters), a scratchpad
+        read port (activations) and write port (results), the KV cache's READs."""
+        m.submodules.matmul_exec = mx = self._mm_exec
+        wiring.connect(m, proc.units[isa.Unit.MATMUL], mx.port)
+        wiring.connect(m, mx.wdma, rd.clients[READ_CLIENTS.index("matmul_w")])
+        wiring.connect(m, mx.pdma, rd.clients[READ_CLIENTS.index("matmul_p")])
+        wiring.connect(m, mx.spad_r, spad.r[SPAD_READERS.index("matmul")])
+        wiring.connect(m, mx.spad_w, spad.w[SPAD_WRITERS.index("matmul")])
+
+    def _wire_kv(self, m, proc, spad):
+        """The KV unit: its instructions, its scratchpad read port (APPEND rows) and the MATMUL
+        unit's READ_K / READ_V port."""
+        m.submodules.kv_exec = kx = self._kv_exec
+        wiring.connect(m, proc.units[isa.Unit.KV], kx.port)
+        wiring.connect(m, kx.spad, spad.r[SPAD_READERS.index("kv")])
+        wiring.connect(m, self._mm_exec.kv, kx.read)
+
+    @property
+    def kv_exec(self):
+        """The KV unit (:class:`hdl.exec_kv.KVExec`)."""
+        return self._kv_exec
 
     def _wire_csrs(self, m, csr, proc):
         r = csr.regs

@@ -248,8 +248,13 @@ CHECKS = {
     ),
     isa.Opcode.MATMUL: (
         ("field", "m is 0"), ("field", "k is 0"), ("field", "n is 0"),
-        ("field", "out_fmt does not belong to dtype"), ("field", "w_wide is set (reserved)"),
+        ("field", "out_fmt does not belong to dtype"),
+        ("field", "w_wide with bf16 or with weights other than EXT"),
         ("field", "m exceeds the accumulator (acc_depth rows)"),
+        ("field", "KV_K/KV_V on a chip whose KV cache does not feed the matmul engine"),
+        ("field", "KV_K: ceil(k/R)·R, KV_V: ceil(n/C)·C is not the KV cache's head_dim"),
+        ("field", "KV_K/KV_V: dtype is not the KV cache's"),
+        ("field", "KV_K/KV_V: kv_start + positions (KV_K: n, KV_V: k) is past the KV cache's capacity"),
         ("limit", "m·ceil(k/R) exceeds the activation buffer (a_depth words)"),
         ("spad", "A reaches past the scratchpad"), ("spad", "the result reaches past the scratchpad"),
         ("ext", "the weights (EXT) reach past EXT_SIZE"), ("ext", "the weights (EXT_T) reach past EXT_SIZE"),
@@ -275,6 +280,7 @@ CHECKS = {
     isa.Opcode.KV: (
         ("field", "op is not ALLOC, APPEND or FREE"), ("field", "APPEND of 0 rows"),
         ("spad", "the K rows reach past the scratchpad"), ("spad", "the V rows reach past the scratchpad"),
+        ("limit", "APPEND of more rows than the KV cache holds (kvcache.pages · page_size)"),
     ),
 }
 CHECKS[isa.Opcode.STORE] = CHECKS[isa.Opcode.LOAD]
@@ -311,6 +317,13 @@ class Dispatcher(wiring.Component):
     softmax_max_len, vector_max_len : int
     kv_row_words : int
         Scratchpad words of one token's K (or V) row of all KV heads.
+    kv_head_dim, kv_bf16 : int, bool
+        The KV cache that feeds MATMUL weights (KV_K, KV_V): its head_dim (a multiple of
+        ``lanes``) and element type; ``kv_head_dim = 0``: none (every KV_K/KV_V fails its check).
+    kv_max_tokens : int
+        The KV cache's capacity in positions (pages · page_size, at most 2**16): no APPEND of
+        more rows can succeed, no KV_K/KV_V reads past it; 0: no KV cache (APPEND rows are not
+        limited).
     queue_depth : int
         Instructions each unit's queue holds.
     units : iterable of isa.Unit, optional
@@ -338,7 +351,8 @@ class Dispatcher(wiring.Component):
     """
 
     def __init__(self, *, lanes, spad_words, bus_bytes, ext_bits, acc_depth, a_depth, param_beat_bytes,
-                 softmax_max_len, vector_max_len, kv_row_words, queue_depth=4, units=None):
+                 softmax_max_len, vector_max_len, kv_row_words, kv_head_dim=0, kv_bf16=False, kv_max_tokens=0,
+                 queue_depth=4, units=None):
         for name, value in (("lanes", lanes), ("bus_bytes", bus_bytes)):
             _check_int(name, value, 1, 1024)
             if value & (value - 1):
@@ -346,13 +360,19 @@ class Dispatcher(wiring.Component):
         _check_int("spad_words", spad_words, 2, 1 << isa.SPAD_ADDR_BITS)
         _check_int("ext_bits", ext_bits, 16, 48)
         _check_int("queue_depth", queue_depth, 1, 64)
+        _check_int("kv_row_words", kv_row_words, 1)
         _check_int("param_beat_bytes", param_beat_bytes, bus_bytes)
         if param_beat_bytes % bus_bytes:
             raise ValueError(f"param_beat_bytes ({param_beat_bytes}) must be a multiple of bus_bytes ({bus_bytes})")
+        _check_int("kv_head_dim", kv_head_dim, 0, 1 << 16)
+        if kv_head_dim % lanes:
+            raise ValueError(f"kv_head_dim ({kv_head_dim}) must be a multiple of lanes ({lanes})")
+        _check_int("kv_max_tokens", kv_max_tokens, 0, 1 << 16)
         self._p = dict(lanes=lanes, spad_words=spad_words, bus_bytes=bus_bytes, ext_bits=ext_bits,
                        acc_depth=acc_depth, a_depth=a_depth, param_beat_bytes=param_beat_bytes,
                        softmax_max_len=softmax_max_len, vector_max_len=vector_max_len,
-                       kv_row_words=kv_row_words)
+                       kv_row_words=kv_row_words, kv_head_dim=kv_head_dim, kv_bf16=bool(kv_bf16),
+                       kv_max_tokens=kv_max_tokens)
         self._queue_depth = queue_depth
         self._units = tuple(isa.Unit) if units is None else tuple(isa.Unit(u) for u in units)
         fetch = data.StructLayout({"bits": isa.INSTR_BITS, "index": INDEX_BITS, "error": 1, "eop": 1})
@@ -388,10 +408,13 @@ class Dispatcher(wiring.Component):
                       (1, f.ext_addr, f.rows, f.ext_stride, _ceil_shift(row_bytes, lgbus) << lgbus, EXT)]
         elif op == isa.Opcode.MATMUL:
             kt, nt = _ceil_shift(f.k, lgL), _ceil_shift(f.n, lgL)
-            fields = [f.m == 0, f.k == 0, f.n == 0, f.out_fmt[1] != f.dtype, f.w_wide != 0,
-                      f.m > p["acc_depth"]]
-            w_rows = (f.k << (lgL + f.dtype))[:32]     # one N tile: k beats of C lanes
-            w_cols = (f.n << (lgL + f.dtype))[:32]     # one K tile, transposed: n columns of C lanes
+            fields = [f.m == 0, f.k == 0, f.n == 0, f.out_fmt[1] != f.dtype,
+                      f.w_wide & (f.dtype | (f.w_src != isa.WSource.EXT)), f.m > p["acc_depth"],
+                      *self._kv_checks(f, kt, nt)]
+            # spec.matmul_layout: one N tile is k beats of C (int8) or 2·C (bf16) bytes, or
+            # ceil(k/2) wide beats of 2·C bytes; transposed, one K tile is n beats
+            w_rows = ((f.k + (f.w_wide & f.k[0])) << (lgL + f.dtype))[:32]
+            w_cols = (f.n << (lgL + f.dtype))[:32]
             need_p = f.has_bias | (f.out_fmt == OutFormat.INT8)
             pb = p["param_beat_bytes"]
             ranges = [(1, 0, f.m, kt, kt, p["a_depth"]),
@@ -427,11 +450,23 @@ class Dispatcher(wiring.Component):
             append = f.op == KVOp.APPEND
             fields = [~((f.op == KVOp.ALLOC) | append | (f.op == KVOp.FREE)), append & (f.rows == 0)]
             kw = p["kv_row_words"]
-            ranges = [(append, f.k_addr, f.rows, f.k_stride, kw, SP), (append, f.v_addr, f.rows, f.v_stride, kw, SP)]
+            ranges = [(append, f.k_addr, f.rows, f.k_stride, kw, SP), (append, f.v_addr, f.rows, f.v_stride, kw, SP),
+                      (append, 0, f.rows, 1, 1, p["kv_max_tokens"] or 1 << 16)]
         else:
             raise AssertionError(op)
         assert len(fields) + len(ranges) == len(CHECKS[op]), op
         return fields, ranges
+
+    def _kv_checks(self, f, kt, nt):
+        """The MATMUL field checks of KV-sourced weights (KV_K, KV_V), in the order of CHECKS."""
+        p = self._p
+        is_kv = (f.w_src == isa.WSource.KV_K) | (f.w_src == isa.WSource.KV_V)
+        if not p["kv_head_dim"]:
+            return [is_kv, Const(0), Const(0), Const(0)]
+        tiles = p["kv_head_dim"] >> exact_log2(p["lanes"])
+        key = f.w_src == isa.WSource.KV_K
+        return [Const(0), is_kv & Mux(key, kt != tiles, nt != tiles), is_kv & (f.dtype != int(p["kv_bf16"])),
+                is_kv & ((f.kv_start + Mux(key, f.n, f.k)) > p["kv_max_tokens"])]
 
     def elaborate(self, platform):
         m = Module()

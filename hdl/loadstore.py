@@ -809,6 +809,10 @@ class InstrAdapter(wiring.Component):
     resp : In(stream.Signature(resp_layout()))
     moved : In(1)
         The unit moved data this cycle (e.g. ``beats_in | spad_writes``).
+    events : Out(events_layout(["busy", "wait_deps", "instrs"]))
+        ``busy``: an instruction taken is unanswered; ``wait_deps``: the queue's head waits for
+        other units; ``instrs``: instructions taken (the chip's ``load_exec_*`` /
+        ``store_exec_*`` counters).
 
     Latency: an instruction → its descriptor 0 cycles (combinational); a response → ``done``
     0 cycles.
@@ -827,6 +831,7 @@ class InstrAdapter(wiring.Component):
             "cmd": Out(stream.Signature(unit.desc_layout)),
             "resp": In(stream.Signature(resp_layout())),
             "moved": In(1),
+            "events": Out(events_layout(["busy", "wait_deps", "instrs"])),
         })
 
     def elaborate(self, platform):
@@ -864,4 +869,6 @@ class InstrAdapter(wiring.Component):
                      done.payload.index.eq(indices.r_data),
                      self.resp.ready.eq(done.ready & indices.r_rdy), indices.r_en.eq(done.valid & done.ready),
                      proc.idle.eq(~indices.r_rdy), proc.progress.eq(self.moved)]
+        m.d.comb += [self.events.busy.eq(indices.r_rdy), self.events.instrs.eq(take & self.cmd.ready),
+                     self.events.wait_deps.eq(proc.instr.valid & ~proc.deps_ok)]
         return m

@@ -19,6 +19,7 @@ TOPS = {
     "matmul_engine": ("hdl.matmul", "MatmulEngine"),
     "softmax_unit": ("hdl.softmax", "SoftmaxUnit"),
     "kv_cache": ("hdl.kvcache", "KVCacheController"),
+    "kv_exec": ("hdl.exec_kv", "KVExec"),
     "scratchpad": ("hdl.scratchpad", "Scratchpad"),
     "spad_reader": ("hdl.agu", "SpadReader"),
     "spad_writer": ("hdl.agu", "SpadWriter"),

@@ -44,13 +44,17 @@ class ChipSim:
     ----------
     config : str or ChipConfig
         Preset name or configuration (default ``"default"``).
+    kv_trace : bool
+        Simulate :class:`sim.chip_kv.KVTraceChip` (the chip with its KV-cache responses and K/V
+        memory writes as trace outputs, recorded by the testbench; :func:`sim.chip_kv.kv_trace`
+        decodes them) instead of the bare chip: a separate build.
     """
 
     #: External memory models: the Verilog model (sim/models/tfa_axi_mem.v, random latency and
     #: backpressure in hardware, ~20× faster) or cocotbext-axi's AxiRam (Python per beat).
     MEMORIES = ("hdl", "axiram")
 
-    def __init__(self, config="default", *, memory="hdl", mem_bytes=1 << 24):
+    def __init__(self, config="default", *, memory="hdl", mem_bytes=1 << 24, kv_trace=False):
         if memory not in self.MEMORIES:
             raise ValueError(f"memory must be one of {', '.join(self.MEMORIES)}, not {memory!r}")
         if not isinstance(mem_bytes, int) or mem_bytes < 1 << 16 or mem_bytes & (mem_bytes - 1):
@@ -59,6 +63,7 @@ class ChipSim:
         self._memory, self._mem_bytes = memory, mem_bytes
         self._design = None
         self._chip = None
+        self._kv_trace = bool(kv_trace)
 
     @property
     def config(self):
@@ -78,7 +83,12 @@ class ChipSim:
 
             from .tb.dma_top import build_top
             cfg = self._config
-            self._design = build_top(lambda: Chip(cfg), "chip", {"config": cfg.to_dict()}, [], memory=self._memory,
+            if self._kv_trace:
+                from .chip_kv import KVTraceChip
+                make, name = (lambda: KVTraceChip(Chip(cfg))), "chip_kvtrace"
+            else:
+                make, name = (lambda: Chip(cfg)), "chip"
+            self._design = build_top(make, name, {"config": cfg.to_dict()}, [], memory=self._memory,
                                      mem_bytes=self._mem_bytes)
         return self._design
 
@@ -111,7 +121,9 @@ class ChipSim:
         -------
         SimResult
             ``outputs``: per run r ``run<r>_status``, ``run<r>_error_code``/``_detail``/``_index``,
-            ``run<r>_counters`` (array in :meth:`counter_names` order), ``run<r>_<region>``;
+            ``run<r>_counters`` (array in :meth:`counter_names` order), ``run<r>_<region>``,
+            with ``kv_trace``: ``trace_<name>_cycle``, ``_run``, ``_data`` (bytes, little-endian)
+            of every traced beat;
             ``counters``: the last run's counters by name; ``cycles``: the last run's CYCLES.
         """
         from . import runner
@@ -143,6 +155,9 @@ class ChipSim:
                     data_bytes=self._config.memory.axi_data_bits // 8, stall=stall,
                     backpressure=backpressure, errors=[list(e) for e in errors], timeout_cycles=timeout_cycles,
                     seed=seed, reset_at=reset_at)
+        if self._kv_trace:
+            from .chip_kv import TRACES
+            data["traces"] = list(TRACES)
         out = runner.run(self.design(), "sim.tb.chip", data=data, seed=seed)
         last = len(programs) - 1
         counters = dict(zip(chip.counter_names, (int(c) for c in out[f"run{last}_counters"]), strict=True))

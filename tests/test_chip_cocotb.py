@@ -80,7 +80,7 @@ def test_errors_stop_the_program_with_code_and_index_and_a_clean_program_runs_af
                   elem_bytes=0), END]
     progs = [
         Program([good[0], 0, END], addr=0x100),                                   # bad opcode at 1
-        Program([good[0], isa.encode(isa.Opcode.MATMUL, m=1, k=1, n=1), END], addr=0x200),  # no matmul unit
+        Program([good[0], isa.encode(isa.Opcode.MATMUL, m=0, k=1, n=1), END], addr=0x200),  # a field check
         Program([load(ext_addr=0x1000, ext_stride=BUS, spad_addr=0, spad_stride=1, rows=1, elems=2,
                       elem_bytes=0), load(ext_addr=0x1_0000_000 - 4, ext_stride=BUS, spad_addr=0, spad_stride=1,
                                           rows=1, elems=8, elem_bytes=0), END], addr=0x300),  # past EXT_SIZE
@@ -92,7 +92,7 @@ def test_errors_stop_the_program_with_code_and_index_and_a_clean_program_runs_af
     memory = {0x1000: bytes([1, 2, 3, 4]), 0x2000: bytes(4), 0x8000: bytes(4)}
     res = SIM.run(memory, progs, read_back=[("out", 0x2000, 4)], ext_size=0x1_0000_000,
                   errors=[(0x8000, 0x8004, 2)], seed=3)
-    want = [(ChipError.BAD_OPCODE, 1), (ChipError.BAD_OPCODE, 1), (ChipError.EXT_RANGE, 1),
+    want = [(ChipError.BAD_OPCODE, 1), (ChipError.BAD_FIELD, 1), (ChipError.EXT_RANGE, 1),
             (ChipError.AXI_READ, 1), (ChipError.NO_END, 2), (ChipError.OK, 0)]
     for r, (code, index) in enumerate(want):
         got = SIM.error_of(res, r)

@@ -18,7 +18,8 @@ from spec.vector import VectorOp
 
 BUS = 32
 PARAMS = dict(bus_bits=BUS, addr_bits=32, inflight=3, lanes=2, spad_words=4096, acc_depth=64, a_depth=2048,
-              param_beat_bytes=20, softmax_max_len=64, vector_max_len=64, kv_row_words=8, queue_depth=2)
+              param_beat_bytes=20, softmax_max_len=64, vector_max_len=64, kv_row_words=8, queue_depth=2,
+              kv_head_dim=8, kv_bf16=False, kv_max_tokens=64)
 EXT_SIZE = 1 << 20
 U = isa.Unit
 
@@ -37,8 +38,8 @@ class Harness:
     """
 
     def __init__(self, words, *, seed=0, latency=None, fail=None, bad_fetch=(), hang=None, watchdog=0,
-                 runs=1, programs=None):
-        self.dut = CommandProcessor(**PARAMS)
+                 runs=1, programs=None, params=None):
+        self.dut = CommandProcessor(**{**PARAMS, **(params or {})})
         # each run's program at its own address (``programs``: one word list per run)
         self.programs = programs or [words] * runs
         self.mem, self.addrs = b"", []
@@ -243,8 +244,14 @@ def test_every_decode_check_stops_the_program_at_the_instruction_with_its_code_a
     bad = {   # one instruction per check, in the order of CHECKS[op]
         isa.Opcode.LOAD: [load(rows=0), load(elems=0), load(elem_bytes=3), load(ext_addr=2), load(ext_stride=6),
                           load(spad_addr=4095, elems=4), load(ext_addr=EXT_SIZE - 4, elems=5)],
-        isa.Opcode.MATMUL: [matmul(m=0), matmul(k=0), matmul(n=0), matmul(out_fmt=OutFormat.BF16), matmul(w_wide=1),
-                            matmul(m=65), matmul(m=64, k=128, a_stride=64), matmul(a_addr=4090, m=4),
+        isa.Opcode.MATMUL: [matmul(m=0), matmul(k=0), matmul(n=0), matmul(out_fmt=OutFormat.BF16),
+                            matmul(w_wide=1, dtype=Dtype.BF16, out_fmt=OutFormat.FP32),
+                            matmul(m=65),
+                            None,     # KV weights on a chip without them: below, with kv_head_dim = 0
+                            matmul(w_src=isa.WSource.KV_K, k=4, n=4),                       # 2 K tiles, not 4
+                            matmul(w_src=isa.WSource.KV_V, k=4, n=8, dtype=Dtype.BF16, out_fmt=OutFormat.FP32),
+                            matmul(w_src=isa.WSource.KV_K, k=8, n=4, kv_start=61),          # 65 > 64 positions
+                            matmul(m=64, k=128, a_stride=64), matmul(a_addr=4090, m=4),
                             matmul(o_addr=4095), matmul(w_addr=EXT_SIZE - 8),
                             matmul(w_src=isa.WSource.EXT_T, w_addr=EXT_SIZE - 8),
                             matmul(has_bias=1, p_addr=EXT_SIZE - 20)],
@@ -259,21 +266,31 @@ def test_every_decode_check_stops_the_program_at_the_instruction_with_its_code_a
         isa.Opcode.SOFTMAX: [softmax(rows=0), softmax(length=0), softmax(length=65), softmax(a_addr=4095),
                              softmax(o_addr=4095)],
         isa.Opcode.KV: [kv(op=KVOp.STATUS), kv(op=KVOp.APPEND, rows=0), kv(op=KVOp.APPEND, rows=1, k_addr=4090),
-                        kv(op=KVOp.APPEND, rows=1, k_addr=0, v_addr=4090)],
+                        kv(op=KVOp.APPEND, rows=1, k_addr=0, v_addr=4090), kv(op=KVOp.APPEND, rows=65)],
     }
     bad[isa.Opcode.STORE] = [w | 0x01 for w in bad[isa.Opcode.LOAD]]    # opcode 0x10 → 0x11
     cases = bad[op]
     assert len(cases) == len(CHECKS[op])
     from hdl.cmdproc import _CODE_OF_KIND
     # per case: two good instructions, the bad one, one that must never be dispatched
-    programs = [[load(), vector(), word, load(), END] for word in cases]
+    programs = [[load(), vector(), word, load(), END] for word in cases if word is not None]
     h = Harness(None, programs=programs)
     results = h.run(cycles=2000 * len(programs))
-    for detail, (state, code, got_detail, index, _) in enumerate(results):
+    details = [d for d, word in enumerate(cases) if word is not None]
+    for i, (detail, (state, code, got_detail, index, _)) in enumerate(zip(details, results, strict=True)):
         want = _CODE_OF_KIND[CHECKS[op][detail][0]]
         assert (state, code, got_detail, index) == (ProcState.ERROR, want, detail, 2), CHECKS[op][detail][1]
-        base = 5 * detail
-        assert sorted(i - base for _, i, _, _ in h.started if base <= i < base + 5) == [0, 1]
+        base = 5 * i
+        assert sorted(j - base for _, j, _, _ in h.started if base <= j < base + 5) == [0, 1]
+
+
+def test_kv_sourced_matmuls_are_refused_on_a_chip_whose_kv_cache_does_not_feed_the_engine():
+    detail = [d for d, (_, text) in enumerate(CHECKS[isa.Opcode.MATMUL]) if "does not feed" in text][0]
+    programs = [[load(), matmul(w_src=src, k=8, n=8), END] for src in (isa.WSource.KV_K, isa.WSource.KV_V)]
+    programs.append([load(), matmul(w_src=isa.WSource.EXT, k=8, n=8), END])
+    results = Harness(None, programs=programs, params=dict(kv_head_dim=0, kv_max_tokens=0)).run()
+    assert [r[:4] for r in results] == [(ProcState.ERROR, ChipError.BAD_FIELD, detail, 1)] * 2 + \
+        [(ProcState.DONE, ChipError.OK, 0, 0)]
 
 
 def test_bad_opcode_bad_wait_and_missing_end_stop_with_their_codes():

@@ -85,8 +85,8 @@ def random_commands(cache, n, seed):
                 head = int(rng.integers(cache.kv_heads, 256))
             start = int(rng.integers(0, length + 1))
             count = int(rng.integers(0, min(length - start, 4 * cache.page_size) + 1))
-            if x > 0.93:      # just past the end
-                count = length - start + 1
+            if x > 0.93:      # just past the end (up to it when the sequence holds the whole pool)
+                count = min(length - start + 1, cache.max_length)
             elif x > 0.88:    # exactly up to the end
                 count = length - start
             block, group = random_shape(rng, cache, count)

@@ -9,7 +9,8 @@ bytes of each segment), meta ``memory`` (``"hdl"``: the Verilog model of the wra
 ``ext_size``, ``watchdog``, ``read_back``: list of [name, addr, nbytes], ``clear_after``),
 ``registers`` (name → offset), ``counters`` (names), ``mem_size``, ``stall``, ``backpressure``,
 ``errors`` (windows [lo, hi, resp]), ``timeout_cycles``, ``reset_at`` (cycle of a reset in the
-middle of run 0, optional).
+middle of run 0, optional), ``traces`` (names of trace outputs ``<name>__valid`` / ``<name>__data``
+to record in every cycle, optional: outputs ``trace_<name>_cycle``, ``_run``, ``_data``).
 """
 
 import cocotb
@@ -17,7 +18,7 @@ import numpy as np
 from cocotb.triggers import RisingEdge, with_timeout
 
 from sim.tb.axi import ExternalMemory, HdlMemory, lite_master
-from sim.tb.common import load_inputs, rng, save_outputs, start_clock_and_reset
+from sim.tb.common import ClockLoop, Tap, load_inputs, rng, save_outputs, start_clock_and_reset
 
 CLOCK_NS = 10
 
@@ -64,7 +65,11 @@ async def chip(dut):
             await RisingEdge(dut.clk)
             cycles[0] += 1
     cocotb.start_soon(count())
+    taps = {name: Tap(dut, f"{name}__data", f"{name}__valid") for name in meta.get("traces", ())}
+    run_starts = []
     for r, run in enumerate(meta["runs"]):
+        if taps:
+            run_starts.append(ClockLoop.of(dut.clk).cycle)
         await csr.write("PROG_ADDR", run["prog_addr"], 64)
         await csr.write("PROG_LEN", run["prog_len"])
         await csr.write("EXT_SIZE", run.get("ext_size", 0), 64)
@@ -99,4 +104,10 @@ async def chip(dut):
         await csr.write("IRQ_STATUS", 3)
         if run.get("clear_after", True):
             await csr.write("CLEAR", 1)
+    for name, tap in taps.items():
+        nbytes = (len(getattr(dut, f"{name}__data")) + 7) // 8
+        out[f"trace_{name}_cycle"] = np.array(tap.cycles, np.int64)
+        out[f"trace_{name}_run"] = np.searchsorted(run_starts, tap.cycles, side="right").astype(np.int64) - 1
+        out[f"trace_{name}_data"] = np.array([list(v.to_bytes(nbytes, "little")) for v in tap.values],
+                                             np.uint8).reshape(len(tap.values), nbytes)
     save_outputs(**out)

@@ -20,6 +20,7 @@ BENCHES = [
     ("kvcache", "bench.kvcache"),
     ("spad", "bench.spad"),
     ("dma", "bench.dma"),
+    ("chip", "bench.chip"),
     ("vector", "bench.vector"),
     ("accuracy", "golden.accuracy"),
     ("flow", "bench.flow"),

@@ -12,7 +12,7 @@ bytes read and written and their rate against the AXI peak (16 B/cycle), the uni
 counters and how many commands found their first weight beat waiting; every result checked bit
 for bit against golden. Simulation speed: the chip's cycles per second of host time, and where
 the time goes: host time = start + a·cycles + b·AXI beats, a and b fitted from the first decode
-case and a program of LOADs only (about one AXI beat per cycle); for reference, the testbench
+case and a program of LOADs only (an AXI beat every two cycles); for reference, the testbench
 clocking the idle chip (``--quick``: one int8 MATMUL only).
 """
 
@@ -76,7 +76,7 @@ def _case(sim, name, dtype, formats, seed):
 
 
 def _load_case(sim, rows=256, cols=256, repeat=4):
-    """A program of LOADs only (AXI read beats every cycle): host seconds, cycles, AXI beats."""
+    """A program of LOADs only (an AXI read beat every two cycles): host seconds, cycles, AXI beats."""
     prog = MatmulProgram(sim.config)
     x = np.random.default_rng(0).integers(-128, 128, (rows, cols)).astype(np.int8)
     for _ in range(repeat):
@@ -115,7 +115,7 @@ def main(argv=None):
     rows = [_case(sim, name, dtype, formats, seed=i + 1) for i, (name, dtype, formats) in enumerate(cases)]
     idle_per_cycle, startup = _idle_rate(sim, 50_000 if args.quick else 200_000)
     # host time = startup + a·cycles + b·AXI beats, from the first decode case and a run of LOADs
-    # (about one AXI beat per cycle)
+    # (an AXI beat every two cycles)
     lw, lc, lb = _load_case(sim)
     d = rows[0]
     A = np.array([[d["cycles"], d["axi_beats"]], [lc, lb]], float)

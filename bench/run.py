@@ -21,6 +21,7 @@ BENCHES = [
     ("kvexec", "bench.kvexec"),
     ("spad", "bench.spad"),
     ("dma", "bench.dma"),
+    ("chip", "bench.chip"),
     ("vector", "bench.vector"),
     ("chip_units", "bench.chip_units"),
     ("accuracy", "golden.accuracy"),

@@ -108,7 +108,8 @@ class MatmulExec(wiring.Component):
     reachable past the dispatcher); a refused READ → ChipError.KV (detail: KVStatus; the engine
     is fed zero weights and the results are not written); an AXI error on the weights or the
     parameters → ChipError.AXI_READ (detail :data:`AXI_DETAIL_WEIGHTS` or
-    :data:`AXI_DETAIL_PARAMS`; the results are not written from the cycle the error is known).
+    :data:`AXI_DETAIL_PARAMS`; no result is written once the failed operand's last beat has been
+    taken).
     Every started instruction ends. On ``port.abort`` the instructions not started are dropped,
     their requested words read and discarded, and the unit is idle once the started ones have
     answered.
@@ -301,11 +302,12 @@ class MatmulExec(wiring.Component):
         with m.If(s.can_start):
             m.d.sync += [s.issuing.eq(1), iss_ptr.eq(s.st), s.st.eq(s.st + 1),
                          cmd_sent.eq(0), kv_sent.eq(~cur.kv), a_sent.eq(0)]
+        hold = self._dtype_switch_hold(m, eng, iss)
         desc = rd.desc.payload
         m.d.comb += [eng.cmd.payload.eq(iss.cmd), self.kv.cmd.payload.eq(iss.kv_cmd),
                      desc.base.eq(iss.a_addr), desc.stride0.eq(iss.a_stride), desc.count0.eq(iss.cmd.m),
                      desc.stride1.eq(1), desc.count1.eq(iss.kt), desc.count2.eq(1), desc.stride2.eq(0),
-                     eng.cmd.valid.eq(s.issuing & ~cmd_sent), self.kv.cmd.valid.eq(s.issuing & ~kv_sent),
+                     eng.cmd.valid.eq(s.issuing & ~cmd_sent & ~hold), self.kv.cmd.valid.eq(s.issuing & ~kv_sent),
                      # a MATMUL reads its activations once every earlier MATMUL has answered
                      rd.desc.valid.eq(s.issuing & ~a_sent & (s.done == iss_ptr) & (iss.cmd.m != 0) & (iss.kt != 0))]
         # an empty walk (m or k is 0: a command the engine refuses) reads nothing: it is done at once
@@ -320,6 +322,29 @@ class MatmulExec(wiring.Component):
             m.d.sync += [cmd_sent.eq(c), kv_sent.eq(k), a_sent.eq(a)]
             with m.If(c & k & a):
                 m.d.sync += s.issuing.eq(0)
+
+    def _dtype_switch_hold(self, m, eng, iss):
+        """1 while a bf16 command must not go to the engine yet: an int8 command is in it, or its
+        response was taken less than the array's bf16 latency ago.
+
+        The engine's array delays each row's valid flag on one line as long as the bf16 latency,
+        tapped at the int8 depth in int8 mode; an int8 row's flag goes on down the line, and
+        comes out at the bf16 tap as a result that is not there once a bf16 command switches the
+        tap: the bf16 command then writes wrong sums or waits for ever (stall_dependency), e.g.
+        int8 3×16×8 then bf16 1×16×8 on the default 8×8 engine (sim.matmul_api.run_jobs). Until
+        the engine clears that line, a bf16 command after an int8 one waits for it to empty."""
+        settle = self._engine.array.latency
+        int8_in = Signal()
+        left = Signal(range(settle + 1))
+        with m.If(eng.cmd.valid & eng.cmd.ready & ~eng.cmd.payload.dtype):
+            m.d.sync += int8_in.eq(1)
+        with m.If(eng.resp.valid & eng.resp.ready & int8_in):
+            m.d.sync += [int8_in.eq(0), left.eq(settle)]
+        with m.Elif(left != 0):
+            m.d.sync += left.eq(left - 1)
+        hold = Signal()
+        m.d.comb += hold.eq(iss.cmd.dtype & (int8_in | (left != 0)))
+        return hold
 
     def _finisher(self, m, s, eng, wr):
         """Results → the scratchpad, the engine's response, ``done``; one instruction at a time."""

@@ -107,13 +107,15 @@ OPERANDS = {
         ("a_unsigned", 1, "int8: activations are unsigned 8-bit (P of P·V)"),
         ("has_bias", 1, "the parameter beats carry a bias"),
         ("w_src", 2, "WSource"),
-        ("w_wide", 1, "EXT int8 weights in the two-rows-per-beat format (reserved: 0)"),
+        ("w_wide", 1, "EXT int8 weights in the wide format, two W rows per beat (spec.matmul_layout)"),
         ("a_addr", _S, "scratchpad word address of A's row 0, K-tile 0"),
         ("a_stride", 16, "words from one row of A to the next"),
         ("o_addr", _S, "scratchpad word address of the result's row 0, N-tile 0"),
         ("o_stride", 16, "words from one result row to the next"),
-        ("w_addr", 48, "EXT, EXT_T: external byte address of the weight beats"),
-        ("p_addr", 48, "external byte address of the per-N-tile parameter beats (if has_bias or out_fmt INT8)"),
+        ("w_addr", 48, "EXT, EXT_T: external byte address of the weights (spec.matmul_layout; read ahead of the "
+                       "waits: read-only in a program)"),
+        ("p_addr", 48, "external byte address of the per-N-tile parameter records (if has_bias or out_fmt INT8; "
+                       "spec.matmul_layout; read ahead of the waits)"),
         ("kv_seq", 16, "KV_K, KV_V: sequence id"),
         ("kv_head", 8, "KV_K, KV_V: KV head"),
         ("kv_start", 16, "KV_K, KV_V: first position read"),

@@ -92,13 +92,16 @@ def test_every_format_and_layout_matches_golden_bit_for_bit(stall):
 
 def test_back_to_back_matmuls_with_and_without_waits_and_a_chain_through_the_scratchpad():
     """Four MATMULs on one A with no waits between them, then a chain: MATMUL 5 reads what
-    MATMUL 4 wrote (int8) without a wait; a MATMUL reads the results of the ones before it."""
+    MATMUL 4 wrote (int8) without a wait (a MATMUL reads the results of the ones before it);
+    then a bf16 MATMUL right after the int8 ones."""
     seed = 202
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     prog = MatmulProgram(SIM.config)
     a = rng.integers(-128, 128, (6, 9)).astype(np.int8)
     at = prog.load(a)
+    xb = rng.standard_normal((3, 10)).astype(BF16)
+    xt = prog.load(xb)
     ws = [rng.integers(-128, 128, (9, n)).astype(np.int8) for n in (3, 8, 5, 4)]
     want = {}
     for i, w in enumerate(ws):
@@ -115,6 +118,10 @@ def test_back_to_back_matmuls_with_and_without_waits_and_a_chain_through_the_scr
     prog.store(o, "chain", wait={"matmul": prog.count("matmul")})
     mid = golden.requantize(golden.matmul_int8(a, w1), mult, shift)
     want["chain"] = golden.matmul_int8(mid, w2)
+    wb = rng.standard_normal((10, 5)).astype(BF16)
+    ob = prog.matmul(xt, wb)
+    prog.store(ob, "bf16", wait={"matmul": prog.count("matmul")})
+    want["bf16"] = golden.as_fp32_bits(golden.matmul_bf16(xb, wb))
     res = SIM.run(prog.memory, prog.program(), read_back=prog.read_back, seed=seed)
     assert SIM.error_of(res) == (ChipError.OK, 0, 0)
     for name, w in want.items():
@@ -230,3 +237,25 @@ def test_an_abort_drops_the_matmuls_taken_but_not_started_and_the_next_program_i
     c0 = dict(zip(SIM.chip().counter_names, (int(x) for x in res.outputs["run0_counters"]), strict=True))
     assert c0["matmul_exec_instrs"] == 3 and c0["matmul_exec_started"] == 1 and c0["matmul_exec_dropped"] == 2
     np.testing.assert_array_equal(good.result(res, "y"), golden.matmul_int8(a2, w2))
+
+
+SIM_DEFAULT = ChipSim("default")   # 8×8 array, 8 lanes, 128-bit AXI (built on first use)
+
+
+def test_default_chip_matmuls_match_golden_with_random_axi_stalls():
+    """int8 (wide, requantized), then bf16 right after it (the engine's int8 → bf16 hazard: this
+    sequence hung before the unit held the bf16 command), then uint8 activations."""
+    seed = 606
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    prog = MatmulProgram(SIM_DEFAULT.config)
+    want = {}
+    for i, (M, K, N, kind, w_format) in enumerate([(3, 40, 20, ("int8", "int8", True), "wide"),
+                                                   (2, 24, 13, ("bf16", "bf16", True), "transposed"),
+                                                   (5, 17, 9, ("uint8", "int32", False), "rows")]):
+        want[f"y{i}"] = add_case(prog, rng, M, K, N, kind, w_format, f"y{i}")
+    res = SIM_DEFAULT.run(prog.memory, prog.program(), read_back=prog.read_back, stall=0.2, backpressure=0.2,
+                          seed=seed)
+    assert SIM_DEFAULT.error_of(res) == (ChipError.OK, 0, 0)
+    for name, w in want.items():
+        np.testing.assert_array_equal(prog.result(res, name), w, err_msg=name)

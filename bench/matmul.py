@@ -25,6 +25,7 @@ import ml_dtypes
 import numpy as np
 
 import golden
+from hdl.config import get_config
 from sim.matmul_api import design_for, run_matmul
 from sim.runner import BUILD
 
@@ -59,19 +60,27 @@ def run_case(name, config, M, K, N, dtype, w_orientation="rows", seed=0):
     design_for(config)
     t_build = time.monotonic() - t0
     t0 = time.monotonic()
-    got, c = run_matmul(a, w, config=config, seed=seed, w_orientation=w_orientation)
+    res = run_matmul(a, w, config=config, seed=seed, w_orientation=w_orientation)
     t_sim = time.monotonic() - t0
+    got = res.output
     if dtype == "int8":
         exact = bool(np.array_equal(got, golden.matmul_int8(a, w)))
     else:
         exact = bool(np.array_equal(got.view(np.uint32), golden.matmul_bf16(a, w).view(np.uint32)))
+    cfg = get_config(config)
+    port = 2 * cfg.array.cols                   # C lanes of 16 bits
+    fmt_bytes = cfg.array.cols * (2 if dtype == "bf16" or w_orientation == "wide_rows" else 1)
+    cycles = int(res.command_counters["cycles"].sum())
     row = {"case": name, "config": config, "M": M, "K": K, "N": N, "dtype": dtype, "w_orientation": w_orientation,
            "bit_exact": exact, "build_s": round(t_build, 1), "sim_s": round(t_sim, 1),
-           "sim_cycles_per_s": round(c["cycles"] / t_sim), **{k: v for k, v in c.items()}}
-    row["utilization"] = round(c["utilization"], 4)
-    row["weight_bytes_per_cycle"] = round(c["weight_bytes_per_cycle"], 3)
-    row["weight_port_fraction"] = round(c["weight_bytes_per_cycle"] / c["weight_port_bytes_per_cycle"], 3)
-    row["weight_format_fraction"] = round(c["weight_bytes_per_cycle"] / c["weight_format_bytes_per_beat"], 3)
+           "sim_cycles_per_s": round(res.cycles / t_sim), "seed": res.seed, "commands": len(res.codes),
+           "cycles": cycles, **res.counters, "macs": int(res.command_counters["macs"].sum())}
+    row["utilization"] = round(float(res.utilization), 4)
+    row["weight_bytes_per_cycle"] = round(float(res.weight_bytes_per_cycle), 3)
+    row["weight_port_bytes_per_cycle"] = port
+    row["weight_format_bytes_per_beat"] = fmt_bytes
+    row["weight_port_fraction"] = round(float(res.weight_port_fraction), 3)
+    row["weight_format_fraction"] = round(float(res.weight_bytes_per_cycle) / fmt_bytes, 3)
     if name.startswith("prefill"):
         row["target_utilization"] = TARGETS[config]
     else:

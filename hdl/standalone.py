@@ -8,10 +8,14 @@
   :class:`hdl.memport.SyncMemory` of the given depth inside the top; the top shows the port's
   signals as outputs under the same name (``mem__waddr``, ``mem__wen``, …), for a testbench to
   watch.
+
+A stream named in ``taken`` also gets an output ``<name>_taken``: 1 in the cycle after each
+handshake on it, the first cycle whose ``counts`` include the events of the handshake's cycle (a
+testbench taps ``counts`` with it to read the counts after each response of a block).
 """
 
 from amaranth.hdl import Module
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import Out
 
 from .counters import COUNTER_WIDTH, EventCounters
@@ -28,6 +32,8 @@ class Standalone(wiring.Component):
     block : wiring.Component
     memories : dict of str → int, optional
         Memory port name → depth in words.
+    taken : sequence of str, optional
+        Stream ports (of either direction) that get a ``<name>_taken`` output.
     counter_width : int
         Bits per counter.
 
@@ -38,9 +44,11 @@ class Standalone(wiring.Component):
         If the block has ``events``: the counts since reset.
     <memory> : Out(every signal of the port)
         Per memory port: a copy of its signals, all outputs.
+    <stream>_taken : Out(1)
+        Per stream in ``taken``: a handshake on it in the cycle before (a register).
     """
 
-    def __init__(self, block, *, memories=None, counter_width=COUNTER_WIDTH):
+    def __init__(self, block, *, memories=None, taken=(), counter_width=COUNTER_WIDTH):
         if not isinstance(block, wiring.Component):
             raise TypeError(f"block must be a wiring.Component, not {type(block).__name__}")
         memories = dict(memories or {})
@@ -49,8 +57,13 @@ class Standalone(wiring.Component):
             if name not in members or not isinstance(getattr(members[name], "signature", None),
                                                      MemoryPortSignature):
                 raise ValueError(f"{name!r} is not a memory port (MemoryPortSignature) of the block")
+        taken = list(taken)
+        for name in taken:
+            if name not in members or not isinstance(getattr(members[name], "signature", None), stream.Signature):
+                raise ValueError(f"{name!r} is not a stream port of the block")
         self._block = block
         self._memories = memories
+        self._taken = taken
         self._forwarded = [name for name in members if name != "events" and name not in memories]
         ports = {name: members[name] for name in self._forwarded}
         self._counters = None
@@ -60,6 +73,8 @@ class Standalone(wiring.Component):
         for name in memories:
             sig = members[name].signature
             ports[name] = Out(wiring.Signature({k: Out(m.shape) for k, m in sig.members.items()}))
+        for name in taken:
+            ports[f"{name}_taken"] = Out(1)
         super().__init__(ports)
 
     @property
@@ -93,4 +108,7 @@ class Standalone(wiring.Component):
             tap = getattr(self, name)
             for k in sig.members:
                 m.d.comb += getattr(tap, k).eq(getattr(port, k))
+        for name in self._taken:
+            port = getattr(block, name)
+            m.d.sync += getattr(self, f"{name}_taken").eq(port.valid & port.ready)
         return m

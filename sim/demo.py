@@ -24,15 +24,17 @@ from .toolchain import ToolchainError
 SMOLLM2_Q = (64, 576, 576)
 
 
-def _report(title, cfg, counters, seconds, ok, shape):
+def _report(title, cfg, res, seconds, ok, shape):
     M, K, N = shape
     R, C = cfg.array.rows, cfg.array.cols
+    c = res.counters
+    cycles = int(res.command_counters["cycles"].sum())
     print(f"{title}: {M}×{K}×{N} on {R}×{C}  {'MATCHES golden' if ok else 'MISMATCH vs golden'}")
-    print(f"  cycles {counters['cycles']:>9}   busy {counters['busy']:>9}   MACs {counters['macs']:>11}")
-    print(f"  utilization {counters['utilization']:.2%} (MACs / (R·C·cycles))   "
-          f"stalls: input {counters['stall_input']}, output {counters['stall_output']}, "
-          f"weight {counters['stall_weight']}, dependency {counters['stall_dependency']}")
-    print(f"  simulated in {seconds:.1f} s ({counters['cycles'] / seconds:,.0f} cycles/s)")
+    print(f"  cycles {cycles:>9}   busy {c['busy']:>9}   MACs {c['macs_int8'] + c['macs_bf16']:>11}")
+    print(f"  utilization {float(res.utilization):.2%} (MACs / (R·C·cycles))   "
+          f"stalls: input {c['stall_input']}, output {c['stall_output']}, "
+          f"weight {c['stall_weight']}, dependency {c['stall_dependency']}")
+    print(f"  simulated in {seconds:.1f} s ({res.cycles / seconds:,.0f} cycles/s, seed {res.seed})")
 
 
 def main(argv=None):
@@ -68,23 +70,23 @@ def main(argv=None):
     scales = rng.uniform(0.5, 2.0, N) / (128 * np.sqrt(K))  # outputs of a few tens
     mult, shift = golden.quantize_multiplier(scales)
     t0 = time.monotonic()
-    got, counters = run_matmul(x, wq, bias=bias, requant=(mult, shift), config=cfg, seed=args.seed)
+    res = run_matmul(x, wq, bias=bias, requant=(mult, shift), config=cfg, seed=args.seed)
     seconds = time.monotonic() - t0
     want = golden.requantize(golden.matmul_int8(x, wq, bias), mult, shift)
-    ok = np.array_equal(got, want)
+    ok = np.array_equal(res.output, want)
     failures += not ok
-    _report("int8 → int8", cfg, counters, seconds, ok, (M, K, N))
+    _report("int8 → int8", cfg, res, seconds, ok, (M, K, N))
 
     # bf16: fp32 accumulation in k order, bf16 output
     xb = rng.standard_normal((M, K)).astype(ml_dtypes.bfloat16)
     wb = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(ml_dtypes.bfloat16)
     t0 = time.monotonic()
-    got, counters = run_matmul(xb, wb, out_dtype=ml_dtypes.bfloat16, config=cfg, seed=args.seed)
+    res = run_matmul(xb, wb, out_dtype=ml_dtypes.bfloat16, config=cfg, seed=args.seed)
     seconds = time.monotonic() - t0
     want = golden.fp32_to_bf16(golden.matmul_bf16(xb, wb).view(np.uint32))
-    ok = np.array_equal(got.view(np.uint16), want)
+    ok = np.array_equal(res.output.view(np.uint16), want)
     failures += not ok
-    _report("bf16 → bf16", cfg, counters, seconds, ok, (M, K, N))
+    _report("bf16 → bf16", cfg, res, seconds, ok, (M, K, N))
 
     if failures:
         print(f"FAIL: {failures} result(s) differ from golden", file=sys.stderr)

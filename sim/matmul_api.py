@@ -1,21 +1,27 @@
 """Run matrix multiplies on the Verilated matmul engine (``sim.run_matmul``).
 
-:func:`run_matmul` is the engineer's entry point: numpy in, numpy and the RTL's own performance
-counters out. It validates its inputs, splits M into commands that fit the engine's buffers,
-turns the operands into the engine's stream beats (docs/matmul.md), runs them through
-Verilator with :mod:`sim.tb.matmul` and decodes the results. :func:`run_jobs` is the lower layer
-(several prepared commands in one simulation, including deliberately bad ones) that the tests
-use too.
+:func:`run_matmul` is the engineer's entry point: numpy in, a :class:`sim.SimResult` out (the
+result, each command's response and event counts, the engine's counters). It validates its
+inputs, splits M into commands that fit the engine's buffers, turns the operands into the
+engine's stream beats (docs/matmul.md), runs them through Verilator with the kit's stream
+testbench (:func:`sim.streams.run_streams`) and decodes the results. :func:`run_jobs` is the
+lower layer (several prepared commands in one simulation, including deliberately bad ones) that
+the tests use too.
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from hdl.config import ChipConfig, get_config
 
-__all__ = ["run_matmul", "run_jobs", "prepare_job", "MatmulJob", "JobResult", "engine_for", "design_for"]
+from .packing import pack_fields, pack_lanes, rows_to_words, unpack_fields, unpack_lanes
+from .result import SimResult
+from .runner import SimulationError
+from .streams import check_probability, run_streams
+
+__all__ = ["run_matmul", "run_jobs", "prepare_job", "empty_job", "MatmulJob", "engine_for", "design_for"]
 
 _MAX_DIM = 65535
 
@@ -26,67 +32,23 @@ def engine_for(config):
     return MatmulEngine.from_config(get_config(config))
 
 
-def counted_engine(engine):
-    """``engine`` with an :class:`hdl.counters.EventCounters` on its ``events``: the engine's
-    ports, and ``counts`` instead of ``events`` (docs/conventions.md, a standalone simulation)."""
-    from amaranth.hdl import Module
-    from amaranth.lib import wiring
-    from amaranth.lib.wiring import Out
-
-    from hdl.counters import EventCounters
-
-    class CountedEngine(wiring.Component):
-        def __init__(self):
-            self._counters = EventCounters(engine.events.shape())
-            members = {k: v for k, v in engine.signature.members.items() if k != "events"}
-            super().__init__({**members, "counts": Out(self._counters.counts.shape())})
-
-        def elaborate(self, platform):
-            m = Module()
-            m.submodules.engine, m.submodules.counters = engine, self._counters
-            for name in ("cmd", "a", "w", "p"):
-                wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(engine, name))
-            for name in ("o", "resp"):
-                wiring.connect(m, getattr(engine, name), wiring.flipped(getattr(self, name)))
-            m.d.comb += [self.busy.eq(engine.busy), self._counters.events.eq(engine.events),
-                         self.counts.eq(self._counters.counts)]
-            return m
-
-    return CountedEngine()
-
-
 _designs = {}
 
 
 def design_for(config):
-    """The Verilated engine of ``config`` (built once per process, cached on disk)."""
+    """The Verilated engine of ``config`` (built once per process, cached on disk): the engine in
+    :class:`hdl.standalone.Standalone`, its events counted on ``counts``, ``resp_taken`` after
+    each response."""
     from hdl.matmul import MatmulEngine
+    from hdl.standalone import Standalone
 
     from . import runner
     cfg = get_config(config)
     key = json.dumps(cfg.to_dict(), sort_keys=True)
     if key not in _designs:
-        _designs[key] = runner.build(lambda: counted_engine(MatmulEngine.from_config(cfg)), "matmul_engine",
-                                     params={"config": cfg.to_dict()})
+        _designs[key] = runner.build(lambda: Standalone(MatmulEngine.from_config(cfg), taken=("resp",)),
+                                     "matmul_engine", params={"config": cfg.to_dict(), "top": "standalone"})
     return _designs[key]
-
-
-def _pack_fields(layout, values):
-    word = 0
-    for name, fld in layout:
-        v = int(values.get(name, 0))
-        width = fld.shape.width if hasattr(fld.shape, "width") else fld.width
-        if not 0 <= v < (1 << width):
-            raise ValueError(f"command field {name}={v} does not fit {width} bits")
-        word |= v << fld.offset
-    return word
-
-
-def _unpack_fields(layout, word):
-    out = {}
-    for name, fld in layout:
-        out[name] = (word >> fld.offset) & ((1 << fld.width) - 1)
-    return out
 
 
 @dataclass
@@ -100,15 +62,6 @@ class MatmulJob:
     decode: object = None         # result lanes [M, N] uint32 → user array
     m: int = 0
     n: int = 0
-
-
-@dataclass
-class JobResult:
-    code: int
-    counters: dict
-    lanes: np.ndarray = field(repr=False, default=None)  # uint32 [M, N] raw result lanes
-    result: np.ndarray = field(repr=False, default=None)
-    accepted_at: int = -1   # testbench cycle at which the engine accepted the command
 
 
 def _lanes16(x):
@@ -180,81 +133,99 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
     return MatmulJob(cmd=cmd, a_beats=a_beats, w_beats=w_beats, p_beats=p, o_beats=Nt * M, m=M, n=N)
 
 
-def _empty_job(cmd, rows, cols):
-    """A command with no operand beats (a malformed one, answered with an error)."""
+def empty_job(cmd, rows, cols):
+    """A command with no operand beats (a malformed one, answered with an error; ``cmd``: its
+    fields, the missing ones 0)."""
     return MatmulJob(cmd=dict(cmd), a_beats=np.zeros((0, rows), np.uint16),
                      w_beats=np.zeros((0, cols), np.uint16), p_beats=np.zeros((0, 9 * cols), np.uint8),
                      o_beats=0)
 
 
-def run_jobs(jobs, *, config="default", stall=0.0, backpressure=0.0, seed=0):
-    """Run prepared jobs back to back in one simulation; return one :class:`JobResult` each.
+def _command_counters(names, words, codes_cycles):
+    """Per command: its response's ``cycles`` and the event counts it added (a structured array)."""
+    from hdl.counters import COUNTER_WIDTH
+    after = unpack_fields({name: COUNTER_WIDTH for name in names}, list(words))
+    n = len(words)
+    fields = ["cycles", *names, "macs"]
+    out = np.zeros(n, [(f, np.int64) for f in fields])
+    out["cycles"] = codes_cycles
+    mask = (1 << COUNTER_WIDTH) - 1
+    for name in names:
+        totals = np.asarray(after[name], np.int64)
+        out[name] = (totals - np.concatenate([[0], totals[:-1]])) & mask
+    out["macs"] = out["macs_int8"] + out["macs_bf16"]
+    return out
+
+
+def run_jobs(jobs, *, config="default", stall=0.0, backpressure=0.0, seed=None):
+    """Run prepared jobs back to back in one simulation.
 
     All commands are offered at once, so each one after the first is sent while the engine is
-    busy (the busy rule, docs/matmul.md). Raises :class:`sim.runner.SimulationError` when the
-    testbench fails (e.g. a stream hangs).
-    """
-    from hdl.counters import COUNTER_WIDTH
-    from hdl.matmul import command_layout, engine_events_layout, response_layout, result_layout
+    busy (the busy rule, docs/matmul.md).
 
-    from .runner import run
+    Returns
+    -------
+    SimResult
+        ``outputs``: ``lanes`` (the main output: per command, an object array entry with its raw
+        result lanes, uint32 [M, N], or None for a command without results), ``results`` (per
+        command, ``job.decode`` of its lanes, or None), ``codes`` (each response's status,
+        :class:`spec.codes.MatmulStatus`), ``command_counters`` (a structured array, one entry
+        per command: its response's ``cycles``, the engine's events it added, counted from
+        the cycle after the response before it to the cycle of its own response, and ``macs``),
+        ``cmd_cycles``, ``a_cycles``, ``w_cycles``, ``p_cycles``, ``o_cycles``, ``resp_cycles``
+        (the cycle of every accepted beat). ``counters``: the engine's events over the run.
+
+    Raises
+    ------
+    sim.runner.SimulationError
+        The testbench failed (e.g. a stream hangs), or the results are not framed as the
+        commands ask (``last`` elsewhere than on each command's final beat).
+    """
+    from hdl.matmul import command_layout, engine_events_layout, response_layout
+
     cfg = get_config(config)
     R, C = cfg.array.rows, cfg.array.cols
-    cmd_layout = command_layout()
-    cmds = [_pack_fields(cmd_layout, j.cmd) for j in jobs]
+    stall, backpressure = check_probability("stall", stall), check_probability("backpressure", backpressure)
+    cmds = [pack_fields(command_layout(), j.cmd, what=f"command {i}: field") for i, j in enumerate(jobs)]
 
     def cat(name, width, dtype):
         parts = [getattr(j, name) for j in jobs]
         return np.concatenate(parts) if parts else np.zeros((0, width), dtype)
-    a = cat("a_beats", R, np.uint16)
-    w = cat("w_beats", C, np.uint16)
-    p = cat("p_beats", 9 * C, np.uint8)
-    o_bits = result_layout(C).size
-    r_bits = response_layout().size
-    o_bytes, r_bytes = -(-o_bits // 8), -(-r_bits // 8)
-    total_o = sum(j.o_beats for j in jobs)
+    sources = {"cmd": cmds, "a": pack_lanes(cat("a_beats", R, np.uint16), 16),
+               "w": pack_lanes(cat("w_beats", C, np.uint16), 16),
+               "p": rows_to_words(cat("p_beats", 9 * C, np.uint8))}
     names = [name for name, _ in engine_events_layout(R, C)]
-    c_bytes = -(-len(names) * COUNTER_WIDTH // 8)
-    out = run(design_for(cfg), "sim.tb.matmul", testcase="matmul_run", seed=seed,
-              data={"a": a.view(np.uint8).reshape(len(a), 2 * R), "w": w.view(np.uint8).reshape(len(w), 2 * C),
-                    "p": p, "cmds": cmds, "o_beats": total_o, "o_bytes": o_bytes, "resp_bytes": r_bytes,
-                    "counts_bytes": c_bytes,
-                    "stall": float(stall), "backpressure": float(backpressure), "seed": int(seed)})
-    o = out["o"]
-    resp = out["resp"]
-    results = []
+    total_o = sum(j.o_beats for j in jobs)
+    run = run_streams(design_for(cfg), sources=sources, sinks={"o": total_o, "resp": len(jobs)},
+                      taps={"counts": ("counts", "resp_taken")}, counters=names, stall=stall,
+                      backpressure=backpressure, seed=seed, registered_outputs=True)
+    print(f"run_jobs: config={cfg.name} seed={run.seed} commands={len(jobs)}")
+    resp = unpack_fields(response_layout(), run.beats["resp"])
+    counts_after, _ = run.taps["counts"]
+    if len(counts_after) != len(jobs):
+        raise SimulationError(f"{len(counts_after)} count samples for {len(jobs)} responses (seed {run.seed})")
+    o_words = run.beats["o"]
+    data = unpack_lanes(o_words, C, 32)
+    last = np.array([(w >> (32 * C)) & 1 for w in o_words], bool)
+    lanes, results = np.empty(len(jobs), object), np.empty(len(jobs), object)
     pos = 0
-    r_layout = response_layout()
-    mask = (1 << COUNTER_WIDTH) - 1
-    before = [0] * len(names)
     for i, job in enumerate(jobs):
-        word = int.from_bytes(resp[i].tobytes(), "little")
-        fields = _unpack_fields(r_layout, word)
-        # the event counts after this command's response, less those after the one before
-        total = int.from_bytes(out["counts"][i].tobytes(), "little")
-        after = [(total >> (COUNTER_WIDTH * j)) & mask for j in range(len(names))]
-        counters = {"cycles": int(fields["cycles"]),
-                    **{name: (x - y) & mask for name, x, y in zip(names, after, before, strict=True)}}
-        counters["macs"] = counters["macs_int8"] + counters["macs_bf16"]
-        before = after
-        res = JobResult(code=int(fields["code"]), counters=counters, accepted_at=int(out["cmd_accept"][i]))
-        beats = o[pos:pos + job.o_beats]
+        beats, flags = data[pos:pos + job.o_beats], last[pos:pos + job.o_beats]
         pos += job.o_beats
-        if job.o_beats:
-            data_ = np.ascontiguousarray(beats[:, :4 * C]).view("<u4").reshape(job.o_beats, C)
-            last = (beats[:, 4 * C] & 1).astype(bool)
-            expect_last = np.zeros(job.o_beats, bool)
-            expect_last[-1] = True
-            if not np.array_equal(last, expect_last):
-                raise RuntimeError(f"command {i}: the 'last' flag is on beats {np.flatnonzero(last).tolist()}, "
-                                   f"expected only on beat {job.o_beats - 1}")
-            Nt = job.o_beats // job.m
-            lanes = data_.reshape(Nt, job.m, C).transpose(1, 0, 2).reshape(job.m, Nt * C)[:, :job.n]
-            res.lanes = np.ascontiguousarray(lanes)
-            if job.decode is not None:
-                res.result = job.decode(res.lanes)
-        results.append(res)
-    return results
+        if not job.o_beats:
+            continue
+        if not np.array_equal(flags, np.arange(job.o_beats) == job.o_beats - 1):
+            raise SimulationError(f"command {i}: the 'last' flag is on beats {np.flatnonzero(flags).tolist()}, "
+                                  f"expected only on beat {job.o_beats - 1} (seed {run.seed})")
+        Nt = job.o_beats // job.m
+        tiles = beats.reshape(Nt, job.m, C).transpose(1, 0, 2).reshape(job.m, Nt * C)
+        lanes[i] = np.ascontiguousarray(tiles[:, :job.n])
+        if job.decode is not None:
+            results[i] = job.decode(lanes[i])
+    outputs = {"lanes": lanes, "results": results, "codes": np.asarray(resp["code"], np.int64),
+               "command_counters": _command_counters(names, counts_after, resp["cycles"])}
+    outputs.update({f"{name}_cycles": stamps for name, stamps in run.accepted_at.items()})
+    return SimResult(outputs=outputs, counters=run.counts, seed=run.seed, cycles=run.cycles, main="lanes")
 
 
 def _as_array(x, name):
@@ -263,8 +234,8 @@ def _as_array(x, name):
     return x
 
 
-def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", stall=0.0,
-               backpressure=0.0, seed=0, *, w_orientation="rows"):
+def run_matmul(a, w, bias=None, requant=None, out_dtype=None, *, config="default", stall=0.0,
+               backpressure=0.0, seed=None, w_orientation="rows"):
     """Compute ``a @ w (+ bias)`` on the Verilated matmul engine.
 
     Parameters
@@ -282,9 +253,10 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
     config : str or ChipConfig
         Engine configuration (preset name).
     stall, backpressure : float in [0, 1)
-        Probability of a valid gap before each input beat / of ready low on each output cycle.
-    seed : int
-        Seed of those random stalls (logged by the testbench).
+        Probability of a valid gap on each input stream (``cmd``, ``a``, ``w``, ``p``) / of ready
+        low on each output stream (``o``, ``resp``), per cycle.
+    seed : int or None
+        Seed of those random stalls (random if None; printed).
     w_orientation : "rows", "columns" or "wide_rows"
         How the weight tiles stream in: rows along K (one W row of C 16-bit lanes per beat),
         transposed (columns, as K and V come from the KV cache), or, int8 only, wide rows (two
@@ -293,15 +265,24 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
 
     Returns
     -------
-    result : ndarray [M, N]
-        int32, int8, float32 or bfloat16.
-    counters : dict
-        The commands' ``cycles`` (from their responses) and the engine's event counts
-        (docs/matmul.md "Counters": busy, rows, macs_int8, macs_bf16, the stalls, memory
-        accesses, beats), summed over the commands, plus ``macs``, ``commands``,
-        ``utilization`` (macs / (R·C·cycles)), ``weight_bytes_per_cycle``,
-        ``weight_port_bytes_per_cycle`` (2·C: C lanes of 16 bits) and
-        ``weight_format_bytes_per_beat`` (the weight bytes one beat of the format carries).
+    SimResult
+        ``output`` (``outputs["c"]``): the result [M, N], int32, int8, float32 or bfloat16.
+        Per command (M is split into commands that fit the buffers): ``codes`` (all OK),
+        ``command_counters`` (a structured array: the response's ``cycles``, the engine's
+        events of the command, ``macs``). Over the commands: ``utilization`` (MACs / (R·C·
+        command cycles)), ``weight_bytes_per_cycle`` (the bytes of W each command reads, over
+        its cycles) and ``weight_port_fraction`` (of the weight port's 2·C bytes per cycle: C
+        lanes of 16 bits), 0-d arrays. ``cmd_cycles``, ``a_cycles``, ``w_cycles``, ``p_cycles``,
+        ``o_cycles``, ``resp_cycles``: the cycle of every accepted beat. ``counters``: the
+        engine's events over the run (docs/matmul.md "Counters"). ``cycles``: from reset
+        release to the last handshake.
+
+    Raises
+    ------
+    ValueError
+        Bad input (shapes, dtypes, ranges, a K too long for the activation buffer), naming it.
+    sim.runner.SimulationError
+        The engine hangs, frames its results wrongly or answers a command with an error.
     """
     import ml_dtypes
 
@@ -335,10 +316,7 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
             raise ValueError(f"a is {a.dtype}, so w must be int8, not {w.dtype}")
     else:
         raise ValueError(f"a must be int8, uint8 or bfloat16, not {a.dtype}")
-    if not (isinstance(stall, (int, float)) and 0 <= stall < 1):
-        raise ValueError(f"stall must be a probability in [0, 1), not {stall!r}")
-    if not (isinstance(backpressure, (int, float)) and 0 <= backpressure < 1):
-        raise ValueError(f"backpressure must be a probability in [0, 1), not {backpressure!r}")
+    stall, backpressure = check_probability("stall", stall), check_probability("backpressure", backpressure)
     if w_orientation not in ("rows", "columns", "wide_rows"):
         raise ValueError(f"w_orientation must be 'rows', 'columns' or 'wide_rows', not {w_orientation!r}")
     if w_orientation == "wide_rows" and bf16:
@@ -417,16 +395,20 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, config="default", 
                           w_transposed=w_orientation == "columns", w_wide=w_orientation == "wide_rows")
         job.decode = decode
         jobs.append(job)
-    results = run_jobs(jobs, config=cfg, stall=stall, backpressure=backpressure, seed=seed)
-    for i, r in enumerate(results):
-        if r.code != Status.OK:
-            raise RuntimeError(f"command {i}: the engine answered status {r.code}")
-    result = np.concatenate([r.result for r in results], axis=0)
-    counters = {name: sum(r.counters[name] for r in results) for name in results[0].counters}
-    counters["commands"] = len(results)
-    counters["utilization"] = counters["macs"] / (R * C * counters["cycles"])
-    counters["weight_bytes_per_cycle"] = (K * N * (2 if bf16 else 1) * len(results)) / counters["cycles"]
-    # the weight port is C lanes of 16 bits; its bytes that carry weights depend on the format
-    counters["weight_port_bytes_per_cycle"] = 2 * C
-    counters["weight_format_bytes_per_beat"] = C * (2 if bf16 or w_orientation == "wide_rows" else 1)
-    return result, counters
+    res = run_jobs(jobs, config=cfg, stall=stall, backpressure=backpressure, seed=seed)
+    for i, code in enumerate(res.codes):
+        if code != Status.OK:
+            try:
+                name = Status(int(code)).name
+            except ValueError:
+                name = int(code)
+            raise SimulationError(f"command {i}: the engine answered status {name} (seed {res.seed})")
+    per_cmd = res.command_counters
+    cycles = int(per_cmd["cycles"].sum())
+    w_bytes = K * N * (2 if bf16 else 1) * len(jobs)
+    outputs = {"c": np.concatenate(list(res.results), axis=0), "codes": res.codes, "command_counters": per_cmd,
+               "utilization": np.array(per_cmd["macs"].sum() / (R * C * cycles)),
+               "weight_bytes_per_cycle": np.array(w_bytes / cycles),
+               "weight_port_fraction": np.array(w_bytes / cycles / (2 * C))}
+    outputs.update({k: v for k, v in res.outputs.items() if k.endswith("_cycles")})
+    return SimResult(outputs=outputs, counters=res.counters, seed=res.seed, cycles=res.cycles, main="c")

@@ -59,9 +59,10 @@ class StreamRun:
 
     ``beats[name]``: the payloads (ints) of output stream ``name``; ``accepted_at[name]``: the
     cycle of every accepted beat of every stream (inputs too); ``taps[name]``: (values, cycles)
-    of a tap; ``counts``: the event counts by name (empty without ``counters``); ``cycles``:
-    cycles from reset release to the last handshake, inclusive; ``sim_seconds``: host time of
-    the simulation loop.
+    of a tap (values int64, or an object array of ints for a signal wider than 56 bits);
+    ``counts``: the event counts by name (empty without ``counters``); ``cycles``: cycles from
+    reset release to the last handshake, inclusive; ``sim_seconds``: host time of the
+    simulation loop.
     """
     beats: dict
     accepted_at: dict
@@ -70,6 +71,17 @@ class StreamRun:
     cycles: int = 0
     sim_seconds: float = 0.0
     seed: int = 0
+
+
+def _tap_values(rows):
+    """A tap's recorded values from their byte rows: int64, or Python ints (an object array) for a
+    signal wider than 56 bits."""
+    words = rows_to_words(rows)
+    if rows.shape[1] <= 7:
+        return np.array(words, np.int64)
+    out = np.empty(len(words), object)
+    out[:] = words
+    return out
 
 
 def run_streams(design, *, sources, sinks, taps=None, counters=None, counter_width=48, stall=0.0,
@@ -124,7 +136,7 @@ def run_streams(design, *, sources, sinks, taps=None, counters=None, counter_wid
     out = runner.run(design, "sim.tb.streams", testcase="streams", data=data, seed=seed)
     beats = {name: rows_to_words(out[f"out_{name}"]) for name in sinks}
     accepted = {name: out[f"cyc_{name}"] for name in (*sources, *sinks)}
-    tap_out = {name: (out[f"tap_{name}"], out[f"tapcyc_{name}"]) for name in (taps or {})}
+    tap_out = {name: (_tap_values(out[f"tap_{name}"]), out[f"tapcyc_{name}"]) for name in (taps or {})}
     counts = dict(zip(counters or [], (int(c) for c in out.get("counts", [])), strict=True))
     last = max([int(a[-1]) for a in accepted.values() if len(a)] or [-1])
     return StreamRun(beats=beats, accepted_at=accepted, taps=tap_out, counts=counts, cycles=last + 1,

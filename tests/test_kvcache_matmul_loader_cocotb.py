@@ -137,14 +137,13 @@ def test_kv_read_streams_drive_the_matmul_engine_for_qk_and_pv_bit_exact(case, d
     k, v, k_lanes, v_lanes = kv_reads(cfg, R, C, dtype, seed, stalls=False)
     (q, kt, qk), (pm, vm, pv) = weight_jobs(k, v, R, C, dtype, seed)
     qk.w_beats, pv.w_beats = k_lanes, v_lanes        # the KV cache's stream, as it came out
-    results = run_jobs([qk, pv], config=get_config(ENGINE[case]), stall=0.2,
-                       backpressure=0.2, seed=seed)
-    assert [r.code for r in results] == [Status.OK, Status.OK]
+    res = run_jobs([qk, pv], config=get_config(ENGINE[case]), stall=0.2, backpressure=0.2, seed=seed)
+    assert list(res.codes) == [Status.OK, Status.OK]
     if dtype == "int8":
         want = [golden.matmul_int8(q, kt), golden.matmul_int8(pm, vm)]
-        got = [r.lanes.view(np.int32) for r in results]
+        got = [lanes.view(np.int32) for lanes in res.lanes]
     else:
         want = [golden.matmul_bf16(q, kt).view(np.uint32), golden.matmul_bf16(pm, vm).view(np.uint32)]
-        got = [r.lanes for r in results]
+        got = list(res.lanes)
     np.testing.assert_array_equal(got[0], want[0], err_msg="Q·Kᵀ")
     np.testing.assert_array_equal(got[1], want[1], err_msg="P·V")

@@ -12,7 +12,7 @@ import pytest
 import golden
 from hdl.config import get_config
 from sim import run_matmul
-from sim.matmul_api import prepare_job, run_jobs
+from sim.matmul_api import empty_job, prepare_job, run_jobs
 from spec.codes import MatmulStatus as Status
 from spec.codes import OutFormat
 
@@ -84,14 +84,13 @@ def _job_set(rng, R, C, special_rate=0.0):
     return jobs, expect
 
 
-def _check(results, expect):
+def _check(res, expect):
     """Result lanes (int32, sign-extended int8, fp32 bits, zero-extended bf16 bits) vs golden."""
-    for i, (res, exp) in enumerate(zip(results, expect, strict=True)):
-        assert res.code == Status.OK, f"job {i}: status {res.code}"
-        np.testing.assert_array_equal(res.lanes, exp, err_msg=f"job {i}")
+    for i, exp in enumerate(expect):
+        assert res.codes[i] == Status.OK, f"job {i}: status {res.codes[i]}"
+        np.testing.assert_array_equal(res.lanes[i], exp, err_msg=f"job {i}")
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_tiny")
 @pytest.mark.parametrize("stall, backpressure", STREAM_MODES, ids=STREAM_IDS)
 def test_random_shapes_both_dtypes_all_formats_bit_exact_vs_golden(stall, backpressure):
@@ -99,26 +98,28 @@ def test_random_shapes_both_dtypes_all_formats_bit_exact_vs_golden(stall, backpr
     print(f"seed {seed}, stall {stall}, backpressure {backpressure}")
     rng = np.random.default_rng(seed)
     jobs, expect = _job_set(rng, TINY.array.rows, TINY.array.cols)
-    results = run_jobs(jobs, config=TINY, stall=stall, backpressure=backpressure, seed=seed)
-    _check(results, expect)
-    for job, res in zip(jobs, results, strict=True):
+    res = run_jobs(jobs, config=TINY, stall=stall, backpressure=backpressure, seed=seed)
+    _check(res, expect)
+    for job, c in zip(jobs, res.command_counters, strict=True):
         M, K, N = job.cmd["m"], job.cmd["k"], job.cmd["n"]
         kt, nt = -(-K // TINY.array.rows), -(-N // TINY.array.cols)
-        assert res.counters["macs"] == M * K * N
-        assert res.counters["macs_bf16" if job.cmd["dtype"] else "macs_int8"] == M * K * N
-        assert res.counters["rows"] == M * kt * nt
-        stalls = sum(v for k, v in res.counters.items() if k.startswith("stall"))
-        assert res.counters["rows"] + stalls <= res.counters["cycles"]
+        assert c["macs"] == M * K * N
+        assert c["macs_bf16" if job.cmd["dtype"] else "macs_int8"] == M * K * N
+        assert c["rows"] == M * kt * nt
+        stalls = sum(c[k] for k in c.dtype.names if k.startswith("stall"))
+        assert c["rows"] + stalls <= c["cycles"]
         # the events of one command: busy from the cycle after its accept until its response has
         # been taken (``cycles`` counts one response cycle, busy every one of them)
-        assert res.counters["cycles"] <= res.counters["busy"] <= res.counters["cycles"] + 40
-        assert res.counters["abuf_writes"] == res.counters["a_beats"] == M * kt
-        assert res.counters["o_beats"] == M * nt and res.counters["weight_loads"] == kt * nt
-        assert res.counters["acc_writes"] == M * kt * nt
-        assert res.counters["acc_reads"] == M * (kt - 1) * nt + M * nt
+        assert c["cycles"] <= c["busy"] <= c["cycles"] + 40
+        assert c["abuf_writes"] == c["a_beats"] == M * kt
+        assert c["o_beats"] == M * nt and c["weight_loads"] == kt * nt
+        assert c["acc_writes"] == M * kt * nt
+        assert c["acc_reads"] == M * (kt - 1) * nt + M * nt
+    # the run's counters are the sums of the commands'
+    for name in res.counters:
+        assert res.counters[name] == res.command_counters[name].sum(), name
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_tiny")
 def test_bf16_special_values_nan_inf_subnormal_negzero_cancellation_bit_exact():
     seed = 4102
@@ -134,13 +135,12 @@ def test_bf16_special_values_nan_inf_subnormal_negzero_cancellation_bit_exact():
         jobs.append(prepare_job(a, w, rows=2, cols=2, bias=None if bias is None else bias.view(np.uint32),
                                 out_fmt=OutFormat.FP32, bf16=True))
         expect.append(golden.matmul_bf16(a, w, bias).view(np.uint32))
-    results = run_jobs(jobs, config=TINY, stall=0.2, backpressure=0.2, seed=seed)
-    _check(results, expect)
-    assert results[-2].lanes[0, 0] == 0            # 3 − 3 + 0 = +0
-    assert results[-1].lanes[1, 0] == 0x80000000   # −0 bias + (−0) + (−0) + (−0) = −0
+    res = run_jobs(jobs, config=TINY, stall=0.2, backpressure=0.2, seed=seed)
+    _check(res, expect)
+    assert res.lanes[-2][0, 0] == 0            # 3 − 3 + 0 = +0
+    assert res.lanes[-1][1, 0] == 0x80000000   # −0 bias + (−0) + (−0) + (−0) = −0
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_tiny")
 def test_int8_extremes_wrap_and_requant_saturation_bit_exact():
     seed = 4103
@@ -164,11 +164,9 @@ def test_int8_extremes_wrap_and_requant_saturation_bit_exact():
                                 a_unsigned=unsigned, w_transposed=True))
         expect.append(golden.requantize(golden.matmul_int8(a, w, bias), mult, shift)
                       .astype(np.int32).view(np.uint32))
-    results = run_jobs(jobs, config=TINY, seed=seed)
-    _check(results, expect)
+    _check(run_jobs(jobs, config=TINY, seed=seed), expect)
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_tiny")
 def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_disturbing_others():
     seed = 4104
@@ -189,15 +187,14 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
         (dict(m=1, k=3, n=3, dtype=1, out_fmt=OutFormat.FP32, w_wide=1), Status.BAD_W_FORMAT),
         (dict(m=1, k=3, n=3, dtype=0, out_fmt=OutFormat.INT32, w_transposed=1, w_wide=1), Status.BAD_W_FORMAT),
     ]
-    from sim.matmul_api import _empty_job
     jobs, want = [], []
     for i, job in enumerate(good):
         jobs.append(job)
         want.append((Status.OK, expect[i]))
         cmd, code = bad[i % len(bad)]
-        jobs.append(_empty_job(cmd, R, C))
+        jobs.append(empty_job(cmd, R, C))
         want.append((code, None))
-    jobs.append(_empty_job(bad[4][0], R, C))
+    jobs.append(empty_job(bad[4][0], R, C))
     want.append((bad[4][1], None))
     # a requant shift of 0 is answered BAD_REQUANT after the run (the stream is still consumed)
     bad_rq = prepare_job(a1, np.ones((1, 1), np.int8), rows=R, cols=C, out_fmt=OutFormat.INT8,
@@ -213,18 +210,17 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
     want.append((Status.BAD_REQUANT, None))
     jobs.append(good[0])
     want.append((Status.OK, expect[0]))
-    results = run_jobs(jobs, config=TINY, stall=0.2, backpressure=0.2, seed=seed)
-    for i, (res, (code, exp)) in enumerate(zip(results, want, strict=True)):
-        assert res.code == code, f"command {i}: status {res.code}, expected {code}"
+    res = run_jobs(jobs, config=TINY, stall=0.2, backpressure=0.2, seed=seed)
+    for i, (code, exp) in enumerate(want):
+        assert res.codes[i] == code, f"command {i}: status {res.codes[i]}, expected {code}"
         if exp is not None:
-            np.testing.assert_array_equal(res.lanes, exp, err_msg=f"command {i}")
+            np.testing.assert_array_equal(res.lanes[i], exp, err_msg=f"command {i}")
     # busy rule: every command was accepted only after the one before had answered
+    accepted, cycles = res.cmd_cycles, res.command_counters["cycles"]
     for i in range(1, len(jobs)):
-        prev = results[i - 1]
-        assert results[i].accepted_at > prev.accepted_at + prev.counters["cycles"], f"command {i}"
+        assert accepted[i] > accepted[i - 1] + cycles[i - 1], f"command {i}"
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_tiny_ecp5")
 def test_ecp5_dsp_build_gives_the_generic_builds_results_and_cycle_counts():
     """dsp="ecp5" (every multiplier a MULT18X18D instance, simulated with
@@ -238,11 +234,11 @@ def test_ecp5_dsp_build_gives_the_generic_builds_results_and_cycle_counts():
     got = run_jobs(jobs, config=ecp5, stall=0.3, backpressure=0.4, seed=seed)
     _check(got, expect)
     ref = run_jobs(jobs, config=TINY, stall=0.3, backpressure=0.4, seed=seed)
-    for i, (g, r) in enumerate(zip(got, ref, strict=True)):
-        assert g.counters == r.counters, f"job {i}"
+    np.testing.assert_array_equal(got.command_counters, ref.command_counters)
+    for name in ("cmd", "a", "w", "p", "o", "resp"):
+        np.testing.assert_array_equal(getattr(got, f"{name}_cycles"), getattr(ref, f"{name}_cycles"), err_msg=name)
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_default")
 def test_bf16_results_identical_on_2x2_4x4_and_8x8_arrays():
     seed = 4105
@@ -257,11 +253,10 @@ def test_bf16_results_identical_on_2x2_4x4_and_8x8_arrays():
     bias = rng.standard_normal(N).astype(np.float32)
     expect = golden.matmul_bf16(a, w, bias).view(np.uint32)
     for config in (TINY, MM4X4, get_config("default")):
-        got, _ = run_matmul(a, w, bias=bias, config=config, seed=seed)
+        got = run_matmul(a, w, bias=bias, config=config, seed=seed).output
         np.testing.assert_array_equal(got.view(np.uint32), expect, err_msg=config.name)
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_default")
 @pytest.mark.parametrize("stall, backpressure", STREAM_MODES, ids=STREAM_IDS)
 def test_default_8x8_integration_int8_requant_wide_weights_and_bf16_transposed_weights(stall, backpressure):
@@ -274,23 +269,26 @@ def test_default_8x8_integration_int8_requant_wide_weights_and_bf16_transposed_w
     bias = rng.integers(-5000, 5000, N).astype(np.int32)
     mult = rng.integers(2**29, 2**30, N)
     shift = rng.integers(36, 42, N)
-    got, counters = run_matmul(a, w, bias=bias, requant=(mult, shift), config="default",
-                               stall=stall, backpressure=backpressure, seed=seed, w_orientation="columns")
-    np.testing.assert_array_equal(got, golden.requantize(golden.matmul_int8(a, w, bias), mult, shift))
-    assert counters["macs"] == M * K * N
+    res = run_matmul(a, w, bias=bias, requant=(mult, shift), config="default",
+                     stall=stall, backpressure=backpressure, seed=seed, w_orientation="columns")
+    np.testing.assert_array_equal(res.output, golden.requantize(golden.matmul_int8(a, w, bias), mult, shift))
+    assert res.counters["macs_int8"] == M * K * N and res.counters["macs_bf16"] == 0
+    assert res.seed == seed and list(res.codes) == [Status.OK]
+    assert len(res.a_cycles) == M * -(-K // 8) and len(res.o_cycles) == M * -(-N // 8)
     # wide int8 weight beats: two W rows per beat, half the beats of the row format
-    got, counters = run_matmul(a, w, bias=bias, config="default", stall=stall, backpressure=backpressure,
-                               seed=seed, w_orientation="wide_rows")
-    np.testing.assert_array_equal(got, golden.matmul_int8(a, w, bias))
+    res = run_matmul(a, w, bias=bias, config="default", stall=stall, backpressure=backpressure,
+                     seed=seed, w_orientation="wide_rows")
+    np.testing.assert_array_equal(res.output, golden.matmul_int8(a, w, bias))
     kt, nt = -(-K // 8), -(-N // 8)
-    assert counters["w_beats"] == nt * sum(-(-min(8, K - 8 * i) // 2) for i in range(kt))
+    assert res.counters["w_beats"] == len(res.w_cycles) == nt * sum(-(-min(8, K - 8 * i) // 2) for i in range(kt))
     ab = _bf16_values(rng, (M, K))
     wb = _bf16_values(rng, (K, N))
-    got, counters = run_matmul(ab, wb, out_dtype=BF16, config="default", stall=stall,
-                               backpressure=backpressure, seed=seed, w_orientation="columns")
-    np.testing.assert_array_equal(got.view(np.uint16),
+    res = run_matmul(ab, wb, out_dtype=BF16, config="default", stall=stall,
+                     backpressure=backpressure, seed=seed, w_orientation="columns")
+    np.testing.assert_array_equal(res.output.view(np.uint16),
                                   golden.fp32_to_bf16(golden.matmul_bf16(ab, wb).view(np.uint32)))
-    assert counters["macs"] == M * K * N
+    assert res.counters["macs_bf16"] == M * K * N
+    assert res.utilization == M * K * N / (64 * res.command_counters["cycles"].sum())
 
 
 _I8 = np.zeros((2, 3), np.int8)
@@ -336,7 +334,6 @@ def test_run_matmul_rejects_k_too_long_for_the_activation_buffer():
         run_matmul(np.zeros((1, K), np.int8), np.zeros((K, 1), np.int8), config="tiny")
 
 
-@pytest.mark.cocotb
 @pytest.mark.xdist_group("matmul_tiny")
 def test_run_matmul_splits_m_into_commands_that_fit_the_buffers():
     from hdl.matmul import MatmulEngine
@@ -348,7 +345,7 @@ def test_run_matmul_splits_m_into_commands_that_fit_the_buffers():
     rows_per_cmd = min(acc_depth, a_depth // -(-K // TINY.array.rows))
     a = rng.integers(-128, 128, (M, K)).astype(np.int8)
     w = rng.integers(-128, 128, (K, N)).astype(np.int8)
-    got, counters = run_matmul(a, w, config=TINY, seed=seed, stall=0.1, backpressure=0.1)
-    np.testing.assert_array_equal(got, golden.matmul_int8(a, w))
-    assert counters["commands"] == -(-M // rows_per_cmd) == 2
-    assert counters["macs"] == M * K * N
+    res = run_matmul(a, w, config=TINY, seed=seed, stall=0.1, backpressure=0.1)
+    np.testing.assert_array_equal(res.output, golden.matmul_int8(a, w))
+    assert len(res.codes) == len(res.command_counters) == -(-M // rows_per_cmd) == 2
+    assert res.command_counters["macs"].sum() == res.counters["macs_int8"] == M * K * N

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 from amaranth.hdl import Module, Signal
-from amaranth.lib import data, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
@@ -97,6 +97,42 @@ def test_standalone_counts_the_events_and_serves_the_memory_port():
     assert seen == {"counts": (3, 15), "rdata": 7, "waddr": 3}
     with pytest.raises(ValueError, match="'i' is not a memory port"):
         Standalone(_Counter(), memories={"i": 4})
+
+
+class _Pipe(wiring.Component):
+    """A one-register stream stage: ``i`` → ``o``."""
+    i: In(stream.Signature(8))
+    o: Out(stream.Signature(8))
+
+    def elaborate(self, platform):
+        m = Module()
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.i.ready):
+            m.d.sync += [self.o.valid.eq(self.i.valid), self.o.payload.eq(self.i.payload)]
+        return m
+
+
+def test_standalone_taken_outputs_follow_each_handshake_by_one_cycle():
+    top = Standalone(_Pipe(), taken=("i", "o"))
+    assert {"i_taken", "o_taken"} <= set(top.signature.members)
+    seen = []
+
+    async def bench(ctx):
+        ctx.set(top.o.ready, 1)
+        for valid, ready in ((1, 1), (0, 1), (1, 0), (0, 0), (0, 1), (0, 1)):
+            ctx.set(top.i.valid, valid)
+            ctx.set(top.o.ready, ready)
+            handshakes = (ctx.get(top.i.valid & top.i.ready), ctx.get(top.o.valid & top.o.ready))
+            await ctx.tick()
+            seen.append((handshakes, (ctx.get(top.i_taken), ctx.get(top.o_taken))))
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert all(hs == taken for hs, taken in seen) and any(any(hs) for hs, _ in seen)
+    with pytest.raises(ValueError, match="'go' is not a stream port"):
+        Standalone(_Counter(), taken=("go",))
 
 
 def test_random_pause_is_seeded_and_none_when_never_pausing():

@@ -371,6 +371,11 @@ class Tap:
         self.cycles = []
         ClockLoop.of(clk if clk is not None else dut.clk).add(self)
 
+    @property
+    def width(self):
+        """Bits of the recorded signal."""
+        return len(self._value)
+
     def progress(self):
         return f"{self.name}: {len(self.values)} recorded"
 

@@ -70,7 +70,7 @@ async def streams(dut):
     for name, source in sources.items():
         out[f"cyc_{name}"] = np.array(source.accepted_at, np.int64)
     for name, tap in taps.items():
-        out[f"tap_{name}"] = np.array(tap.values, np.int64)
+        out[f"tap_{name}"] = words_to_rows(tap.values, (tap.width + 7) // 8)
         out[f"tapcyc_{name}"] = np.array(tap.cycles, np.int64)
     counters = meta.get("counters")
     if counters:

@@ -189,10 +189,18 @@ class Step:
 
 
 class _Spad:
-    """A bump allocator of scratchpad words; tensors are matrices of rows × words."""
+    """A bump allocator of scratchpad words; tensors are matrices of rows × words. :meth:`release`
+    gives back everything allocated after a :meth:`mark` (the program's dependencies, derived
+    from the spans each instruction reads and writes, order the reuse)."""
 
     def __init__(self, words):
         self.total, self.next = words, 0
+
+    def mark(self):
+        return self.next
+
+    def release(self, mark):
+        self.next = mark
 
     def alloc(self, name, rows, words_per_row):
         addr = self.next
@@ -336,6 +344,8 @@ class _StepCompiler:
                   elem_bytes=eb_io, signed=0)
         eps, inv_d = _f32_bits(lc.rms_eps), _f32_bits(np.float32(1.0) / np.float32(d))
         H = self.sp.alloc("h", M, dw)
+        A = self.sp.alloc("attn", M, dw)
+        attention_region = self.sp.mark()
         self.vector(VectorOp.RMSNORM, rows=M, length=d, a=(X, dw), o=(H, dw), p=g1, p_words=dw, dtype=dt,
                     imm0=eps, imm1=inv_d, comment="rmsnorm x → h")
         QKV = self.sp.alloc("qkv", M, qkvw)
@@ -380,7 +390,6 @@ class _StepCompiler:
         O = self.sp.alloc("o", M, dw)
         self._attention(QKV, qkvw, O, dw, dt)
         # Wo, residual
-        A = self.sp.alloc("attn", M, dw)
         if self.int8:
             self.matmul(a=(O, dw), m=M, k=d, n=d, o=(A, dw), dtype=dt, out_fmt=OutFormat.INT32, w=self.im.w["wo"],
                         comment="o · Wo")
@@ -391,6 +400,7 @@ class _StepCompiler:
             self.matmul(a=(O, dw), m=M, k=d, n=d, o=(A, dw), dtype=dt, out_fmt=OutFormat.BF16, w=self.im.w["wo"],
                         comment="o · Wo")
         self.vector(VectorOp.ADD, rows=M, length=d, a=(X, dw), b=(A, dw), o=(X, dw), dtype=dt, comment="x += attention")
+        self.sp.release(attention_region)   # q|k|v, the RoPE rows, scores, probabilities, o
         # MLP
         H2 = H
         self.vector(VectorOp.RMSNORM, rows=M, length=d, a=(X, dw), o=(H2, dw), p=g2, p_words=dw, dtype=dt,

@@ -47,6 +47,7 @@ def plan_layer(layer, steps, *, config="default", max_pos=None):
             for r in step:
                 ends[r.seq] = max(ends.get(r.seq, 0), r.pos0 + r.x.shape[0])
         max_pos = max(ends.values())
+    _check_sequences(steps, cfg)
     image = LayerImage(layer, cfg, base=_IMAGE_BASE, max_pos=max_pos)
     addr = image.end
     prog_addr = _PROG_BASE
@@ -68,6 +69,46 @@ def plan_layer(layer, steps, *, config="default", max_pos=None):
         read_back.append((f"y{i}", y_addr, rows * stride))
         compiled.append(s)
     return LayerRun(image=image, steps=compiled, memory=memory, programs=programs, read_back=read_back)
+
+
+def _check_sequences(steps, cfg):
+    """The sequences' story across the steps, as the chip's KV cache will see it: a new sequence
+    is allocated (``alloc``) before its first tokens, every other request continues a live
+    sequence at its length, at most ``kvcache.max_seqs`` are live, and their pages fit."""
+    kv = cfg.kvcache
+    live = {}
+    for i, step in enumerate(steps):
+        if not step:
+            raise CompileError(f"step {i} has no request")
+        seqs = [r.seq for r in step]
+        if len(set(seqs)) != len(seqs):
+            raise CompileError(f"step {i}: a sequence appears twice in one step")
+        for r in step:
+            if not isinstance(r, Request):
+                raise TypeError(f"step {i}: requests must be Request, not {type(r).__name__}")
+            if r.alloc:
+                if r.seq in live:
+                    raise CompileError(f"step {i}: sequence {r.seq} is allocated again while it is live")
+                if r.pos0 != 0:
+                    raise CompileError(f"step {i}: new sequence {r.seq} must start at pos0 0, not {r.pos0}")
+                live[r.seq] = 0
+            elif r.seq not in live:
+                raise CompileError(f"step {i}: sequence {r.seq} does not exist (not allocated, or freed)")
+            elif r.pos0 != live[r.seq]:
+                raise CompileError(f"step {i}: sequence {r.seq} holds {live[r.seq]} tokens, the request "
+                                   f"says pos0 {r.pos0}")
+        if len(live) > kv.max_seqs:
+            raise CompileError(f"step {i}: {len(live)} live sequences, the KV cache tracks {kv.max_seqs} "
+                               f"(kvcache.max_seqs)")
+        for r in step:
+            live[r.seq] += r.x.shape[0]
+        pages = sum(-(-n // kv.page_size) for n in live.values())
+        if pages > kv.pages:
+            raise CompileError(f"step {i}: the live sequences need {pages} KV-cache pages of {kv.page_size} "
+                               f"tokens, the cache has {kv.pages}: free a sequence first")
+        for r in step:
+            if r.free:
+                del live[r.seq]
 
 
 def run_layer(layer, steps, *, config="default", stall=0.0, backpressure=0.0, seed=None, sim=None,

@@ -6,13 +6,19 @@ PY := $(VENV)/bin/python
 CONFIG ?= default
 JOBS ?= 2
 SEED ?= 1
+MODE ?= int8
+LAYER ?= 15
+BATCH ?= 2
+TOKENS ?= 8
+DECODE ?= 2
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help venv sim test test-fast verilog lint waves bench accuracy fpga clean
+.PHONY: help venv sim sim-matmul test test-fast verilog lint waves bench accuracy fpga clean
 
 help: ## list the targets
-	@echo "make sim            run the default simulation and print a summary (creates .venv on first use)"
+	@echo "make sim            a SmolLM2 decoder layer on the chip, bit-exact against golden (MODE=int8|bf16 LAYER=0..29 BATCH= TOKENS= DECODE=; creates .venv on first use)"
+	@echo "make sim-matmul     one SmolLM2-shaped matmul on the engine alone (CONFIG=)"
 	@echo "make test           the whole regression (pytest, both cores)"
 	@echo "make test-fast      golden and amaranth.sim tests only, no Verilator"
 	@echo "make verilog        write build/\$$CONFIG/*.v and build/\$$CONFIG/config.json (CONFIG=tiny|default|large; DSP=ecp5 for ECP5 DSP blocks)"
@@ -36,6 +42,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 sim: $(STAMP)
+	$(PY) -m sim.layer_demo --config $(CONFIG) --mode $(MODE) --layer $(LAYER) --batch $(BATCH) --tokens $(TOKENS) --decode $(DECODE)
+
+sim-matmul: $(STAMP)
 	$(PY) -m sim.demo --config $(CONFIG)
 
 test: $(STAMP)

@@ -24,6 +24,7 @@ BENCHES = [
     ("chip", "bench.chip"),
     ("vector", "bench.vector"),
     ("chip_units", "bench.chip_units"),
+    ("layer", "bench.layer"),
     ("accuracy", "golden.accuracy"),
     ("flow", "bench.flow"),
 ]

@@ -9,7 +9,7 @@ sequence's attention reads only its own KV-cache pages. The program's dependenci
 :class:`compiler.asm.Asm`; :meth:`Step.dump` shows them with the expected cycle of each
 instruction.
 
-The data flow of one step (docs/chip.md, "A decoder layer on the chip"), int8 mode::
+The data flow of one step (docs/layer.md), int8 mode::
 
     LOAD x (fp32)                                   rows of all sequences, in batch order
     VECTOR RMSNORM x → h (bf16); QUANT_TOKEN h → hq (int8), e (per-row exponent)
@@ -19,7 +19,7 @@ The data flow of one step (docs/chip.md, "A decoder layer on the chip"), int8 mo
                             MATMUL p · V_g (KV_V, out INT8) → o[:, head]
     MATMUL o · Wo → a (int32); VECTOR DEQUANT a → fp32; VECTOR ADD x + a → x
     VECTOR RMSNORM x → h2; QUANT_TOKEN → h2q, e2; MATMUL h2q · [Wgate|Wup] → gu (int32)
-    VECTOR DEQUANT gu, e2 → fp32; SWIGLU gate, up → act (bf16); QUANT_TOKEN act → actq, e3
+    VECTOR DEQUANT gate, up (e2); SWIGLU gate, up → act (bf16); QUANT_TOKEN act → actq, e3
     MATMUL actq · Wdown → d (int32); VECTOR DEQUANT d, e3 → fp32; VECTOR ADD x + d → y
     STORE y
 

@@ -44,7 +44,10 @@ class TimingModel:
                 dram = _ceil(kt * nt * self.R * self.C * eb, self.bus)
             else:
                 dram = 0
-            return over + max(kt * nt * max(m, w_beats), dram)
+            # small M: a K tile's pass waits for the previous pass's partial sums (docs/timing.md,
+            # "Throughput at small M"); fitted to bench.matmul's 1×576×576 on 8×8 and 16×16
+            dep = 8 * self.R + 7 if f.get("dtype", 0) == Dtype.BF16 else 3 * self.R + 8
+            return over + max(kt * nt * max(m, w_beats, dep if kt > 1 else 0), dram)
         if u == isa.Unit.VECTOR:
             beats = _ceil(f["length"], self.L)
             return over + f["rows"] * beats + (f["length"] if f.get("op") in (2, 7) else 0)

@@ -8,6 +8,7 @@ inside another process (a Ray worker).
 """
 
 import json
+import os
 
 import numpy as np
 
@@ -93,7 +94,7 @@ class ChipSim:
         return self._design
 
     def run(self, memory, programs, *, read_back=(), ext_size=0, watchdog=None, stall=0.0, backpressure=0.0,
-            seed=None, errors=(), timeout_cycles=2_000_000, reset_at=None):
+            seed=None, errors=(), timeout_cycles=2_000_000, reset_at=None, progress=None):
         """Run ``programs`` one after the other on a fresh chip.
 
         Parameters
@@ -116,6 +117,11 @@ class ChipSim:
         reset_at : int or None
             Reset the chip this many cycles after the first program's START (that program has
             no result); the next programs run after it.
+        timeout_cycles : int
+            A program that has not interrupted after this many cycles fails the run.
+        progress : callable or None
+            Called with a line of text about every 10 s of a long program (the run, the cycle,
+            the instructions retired, the simulation rate), from a thread of this process.
 
         Returns
         -------
@@ -158,7 +164,12 @@ class ChipSim:
         if self._kv_trace:
             from .chip_kv import TRACES
             data["traces"] = list(TRACES)
-        out = runner.run(self.design(), "sim.tb.chip", data=data, seed=seed)
+        design = self.design()
+        if progress is None:
+            out = runner.run(design, "sim.tb.chip", data=data, seed=seed)
+        else:
+            out = _with_progress(lambda env: runner.run(design, "sim.tb.chip", data=data, seed=seed, env=env),
+                                 progress)
         last = len(programs) - 1
         counters = dict(zip(chip.counter_names, (int(c) for c in out[f"run{last}_counters"]), strict=True))
         outputs = dict(out)
@@ -193,3 +204,33 @@ def run_program(memory, program, *, config="default", **kwargs):
 
 
 _SIMS = {}
+
+
+def _with_progress(run, progress):
+    """``run(env)`` with ``TFA_PROGRESS_FILE`` in ``env``: the testbench appends progress lines to
+    that file, a thread here passes each new line to ``progress``."""
+    import tempfile
+    import threading
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "progress.txt")
+        open(path, "w").close()
+        stop = threading.Event()
+
+        def follow():
+            with open(path) as f:
+                while True:
+                    line = f.readline()
+                    if line:
+                        progress(line.rstrip("\n"))
+                    elif stop.wait(0.5):
+                        rest = f.read()
+                        for ln in rest.splitlines():
+                            progress(ln)
+                        return
+        t = threading.Thread(target=follow, daemon=True)
+        t.start()
+        try:
+            return run({"TFA_PROGRESS_FILE": path})
+        finally:
+            stop.set()
+            t.join(timeout=5)

@@ -112,7 +112,7 @@ def _check_sequences(steps, cfg):
 
 
 def run_layer(layer, steps, *, config="default", stall=0.0, backpressure=0.0, seed=None, sim=None,
-              check=True):
+              check=True, progress=None):
     """Run ``steps`` of ``layer`` on the chip.
 
     Parameters
@@ -130,6 +130,8 @@ def run_layer(layer, steps, *, config="default", stall=0.0, backpressure=0.0, se
         A chip to reuse (its Verilator build); default one for ``config``.
     check : bool
         Compare every output row with golden (``outputs["match"]``: per step, bool per row).
+    progress : callable or None
+        Receives a line of text about every 10 s while the chip runs (``ChipSim.run``).
 
     Returns
     -------
@@ -142,8 +144,10 @@ def run_layer(layer, steps, *, config="default", stall=0.0, backpressure=0.0, se
         end = max(a + len(b) for a, b in plan.memory.items())
         end = max(end, *(a + n for _, a, n in plan.read_back))
         sim = ChipSim(config, mem_bytes=max(1 << 16, 1 << (end - 1).bit_length()))
+    # a step that takes 5× the compiler's estimate (and over 2M cycles) is a hang
+    timeout = max(2_000_000, 5 * max(st.asm.expected_cycles for st in plan.steps))
     res = sim.run(plan.memory, plan.programs, read_back=plan.read_back, stall=stall, backpressure=backpressure,
-                  seed=seed)
+                  seed=seed, timeout_cycles=timeout, progress=progress)
     outputs = dict(res.outputs)
     for i, s in enumerate(plan.steps):
         outputs[f"y{i}"] = s.output(res.outputs[f"y{i}"])

@@ -11,7 +11,7 @@ and per unit, array utilization, DRAM bytes per token, simulation rate, and the 
 latency per token at a clock frequency (extrapolated from one layer). Writes the figures to
 build/sim/layer.json (``--json``). Exit status 1 when any row differs from golden.
 
-    python -m sim.layer_demo --mode int8 --layer 15 --tokens 32 --batch 2 --decode 8
+    python -m sim.layer_demo --mode int8 --layer 15 --batch 2 --tokens 8 --decode 2
 """
 
 import argparse
@@ -144,9 +144,9 @@ def main(argv=None):
     ap.add_argument("--config", default="default", choices=sorted(PRESETS), help="chip preset (default: default)")
     ap.add_argument("--mode", default="int8", choices=("int8", "bf16"))
     ap.add_argument("--layer", type=int, default=DEFAULT_LAYER, help=f"SmolLM2 layer 0..29 (default {DEFAULT_LAYER})")
-    ap.add_argument("--tokens", type=int, default=32, help="prefill tokens per sequence (default 32)")
+    ap.add_argument("--tokens", type=int, default=8, help="prefill tokens per sequence (default 8)")
     ap.add_argument("--batch", type=int, default=2, help="sequences (default 2)")
-    ap.add_argument("--decode", type=int, default=8, help="decode steps after the prefill (default 8)")
+    ap.add_argument("--decode", type=int, default=2, help="decode steps after the prefill (default 2)")
     ap.add_argument("--seed", type=int, default=1, help="testbench seed (AXI stalls)")
     ap.add_argument("--stall", type=float, default=0.0, help="AXI valid-gap / backpressure probability")
     ap.add_argument("--fmax-mhz", type=float, default=DEFAULT_FMAX_MHZ,
@@ -192,7 +192,14 @@ def main(argv=None):
     print(f"{len(plan.steps)} steps, {sum(len(p) for p in plan.programs)} instructions, {est:,} cycles by the "
           f"compiler's timing model; building and running the chip (progress every 10 s) ...", flush=True)
     t1 = time.perf_counter()
-    res = run_layer(layer, steps, config=cfg, stall=args.stall, backpressure=args.stall, seed=args.seed)
+    names = ["prefill"] + [f"decode {i + 1}" for i in range(args.decode)]
+
+    def show(line):
+        for i, n in enumerate(names):       # "run i/N" → the phase's name
+            line = line.replace(f"run {i + 1}/{len(names)}", n)
+        print(line, flush=True)
+    res = run_layer(layer, steps, config=cfg, stall=args.stall, backpressure=args.stall, seed=args.seed,
+                    progress=show)
     seconds = time.perf_counter() - t1
     fig = summarize(cfg, plan, res, seconds=seconds, fmax_mhz=args.fmax_mhz)
     fig.update(mode=args.mode, layer=args.layer, batch=args.batch, tokens=args.tokens, decode=args.decode,

@@ -37,9 +37,13 @@ def _now():
 
 
 def _progress(text):
-    """A progress line on stderr (``TFA_PROGRESS=0`` silences it)."""
-    if os.environ.get("TFA_PROGRESS", "1") != "0":
-        print(text, file=sys.stderr, flush=True)
+    """A progress line in the log, and appended to ``TFA_PROGRESS_FILE`` when it is set (the
+    driver's process shows it: ``ChipSim.run(progress=...)``)."""
+    print(text, file=sys.stderr, flush=True)
+    path = os.environ.get("TFA_PROGRESS_FILE")
+    if path:
+        with open(path, "a") as f:
+            f.write(text + "\n")
 
 
 class Csrs:

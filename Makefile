@@ -25,7 +25,7 @@ help: ## list the targets
 	@echo "make lint           Verilator --lint-only -Wall on every generated top; ruff on the Python"
 	@echo "make waves TEST=id  record an FST waveform of one cocotb test and print its path"
 	@echo "make bench          benchmarks, JSON under build/bench/"
-	@echo "make accuracy       golden-model accuracy on SmolLM2 layers, build/accuracy.json"
+	@echo "make accuracy       golden-model accuracy on SmolLM2 layers and the whole model, build/accuracy.json"
 	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (SEED=n: nextpnr seed, default 1; installs yowasp tools)"
 	@echo "make clean          remove build/ (keeps .venv; 'make distclean' removes it too)"
 

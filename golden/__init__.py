@@ -29,6 +29,8 @@ from .softmax import (  # noqa: F401
 from .vector import (  # noqa: F401
     RMSNormInt8,
     RopeTable,
+    hadamard_fp32,
+    hadamard_reference,
     mul_bf16,
     mul_int8,
     residual_add_bf16,

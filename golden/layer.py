@@ -30,6 +30,24 @@ Modes
     ``activation_scales="per_tensor", smooth_alpha=None`` gives the plain W8A8 baseline. The
     scheme and why are in docs/numerics.md.
 
+Measured alternatives (opt-in; the defaults above are what the hardware computes)
+---------------------------------------------------------------------------------
+``mode="bf16", residual="fp32"``
+    The residual stream stays fp32 (:func:`golden.fp32_add` of the unrounded fp32 Wo and W_down
+    outputs; RMSNorm reads it rounded to bf16). Input and output float32.
+``mode="int8", hadamard=True``
+    The inputs of Wq/Wk/Wv, W_gate/W_up and W_down pass through the 64-point fp32 Hadamard
+    transform (:func:`golden.vector.hadamard_fp32`) before they are quantized per token; the
+    inverse rotation is folded into the weights offline.
+``mode="int8", attention="bf16"``
+    q, k, v are dequantized to fp32 and rounded to bf16, attention is the bf16 mode's (bf16 KV
+    cache, :func:`golden.softmax_bf16`), and the attention output is quantized per token into Wo
+    (with ``hadamard=True`` through a per-head Hadamard rotation folded into Wv and Wo).
+``mode="int8", attention="bf16", scale_bits=7``
+    Per-token scales ``2**e · nu[j]`` with a 7-bit mantissa multiplier
+    (:func:`quantize_per_token_scaled`, :func:`token_scale_table`), applied on dequantization by
+    one fp32 multiply (:func:`dequantize_acc` ``row_scale``).
+
 Every per-token computation depends only on that token's row (and the cache rows before it),
 so prefilling S tokens and decoding them one by one give bit-identical outputs in the bf16 and
 int8 modes.
@@ -41,23 +59,39 @@ import math
 import ml_dtypes
 import numpy as np
 
-from .fp import as_fp32_bits, bf16_from_bits, fp32_add, fp32_from_bits, fp32_to_bf16
+from .fp import as_fp32_bits, bf16_from_bits, fp32_add, fp32_daz, fp32_from_bits, fp32_to_bf16
 from .kvcache import PagedKVCache
 from .matmul import matmul_bf16, matmul_int8
 from .requant import quantize_multiplier, requantize
 from .softmax import INT8_ONE, softmax_bf16, softmax_int8, softmax_scale_bf16, softmax_scale_int8
-from .vector import fp32_mul, residual_add_bf16, rmsnorm_bf16, rope_bf16, rope_int8, rope_table, swiglu_bf16
+from .vector import (
+    HADAMARD_BLOCK,
+    fp32_mul,
+    hadamard_fp32,
+    hadamard_matrix,
+    residual_add_bf16,
+    rmsnorm_bf16,
+    rope_bf16,
+    rope_int8,
+    rope_table,
+    swiglu_bf16,
+)
 
 __all__ = [
     "MODES", "LayerConfig", "LayerWeights", "Calibration", "calibrate", "DecoderLayer",
     "quantize_per_token", "quantize_static", "dequantize_acc", "quantize_weights_per_channel",
-    "ACTIVATION_SCALES", "HardwareParams",
+    "ACTIVATION_SCALES", "HardwareParams", "ATTENTION", "RESIDUALS", "TOKEN_SCALE_BITS", "token_scale_table",
+    "quantize_per_token_scaled",
 ]
 
 MODES = ("float64", "bf16", "int8")
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 #: Mode → dtype of the layer input and output.
 _IO_DTYPE = {"float64": np.dtype(np.float64), "bf16": _BF16, "int8": np.dtype(np.float32)}
+#: Where the int8 mode computes attention (``DecoderLayer(attention=...)``; default ``"int8"``).
+ATTENTION = ("int8", "bf16")
+#: The bf16 mode's residual stream (``DecoderLayer(residual=...)``; default ``"bf16"``).
+RESIDUALS = ("bf16", "fp32")
 
 
 def _check_int(name, value, lo, hi=None):
@@ -249,6 +283,67 @@ def quantize_per_token(x):
     return q, e
 
 
+#: Mantissa bits of the per-token scale multiplier (:func:`quantize_per_token_scaled`).
+TOKEN_SCALE_BITS = 7
+
+
+def token_scale_table(bits=TOKEN_SCALE_BITS):
+    """The per-token scale multipliers of :func:`quantize_per_token_scaled`: ``(mu, nu)``, two
+    float32 tables of ``2**bits`` entries (data the host writes into the vector unit).
+
+    A row whose largest magnitude ``a`` has ``a·2**−e ∈ [64·(1 + j/2**bits), 64·(1 + (j+1)/2**bits))``
+    is multiplied by ``mu[j] = 127 / (64·(1 + (j+1)/2**bits))``, which maps it into (−127, 127);
+    ``nu[j] = 64·(1 + (j+1)/2**bits) / 127`` is the value of one step (times ``2**e``). Both are
+    the float64 value rounded once to fp32 (RNE). ``bits`` in 1..10; ``bits = 0`` is the plain
+    power-of-two scale, ``mu = nu = [1.0]`` (:func:`quantize_per_token`).
+    """
+    bits = _check_int("bits", bits, 0, 10)
+    if bits == 0:
+        return np.ones(1, np.float32), np.ones(1, np.float32)
+    n = 1 << bits
+    top = 64.0 * (1.0 + (np.arange(n) + 1.0) / n)
+    return (127.0 / top).astype(np.float32), (top / 127.0).astype(np.float32)
+
+
+def quantize_per_token_scaled(x, *, bits=TOKEN_SCALE_BITS):
+    """fp32 (or bf16) rows → int8 rows with a per-row scale ``2**e · nu[j]`` (a power of two and
+    a ``bits``-bit mantissa multiplier from :func:`token_scale_table`).
+
+    For each row: ``a`` = the largest magnitude (DAZ; an integer max over the magnitude bits),
+    ``E`` its biased exponent field (0 for an all-zero row), ``e = E − 133`` (as
+    :func:`quantize_per_token`), ``j`` = the top ``bits`` bits of a's fraction field (0 for an
+    all-zero row); then ``q = clamp(rne(fp32_mul(x·2**−e, mu[j])), −127, 127)`` (the scaling by
+    2**−e is exact; :func:`golden.vector.fp32_mul`, then round half to even). The row's largest
+    element lands in [126, 127] for bits = 7. ``bits = 0`` gives :func:`quantize_per_token`
+    (j = 0, no multiplier).
+
+    Returns
+    -------
+    (q, e, j) : (int8 array of x's shape, int64 array of x.shape[:-1], int64 array of x.shape[:-1])
+        ``x ≈ q · 2**e · nu[j]``.
+    """
+    bits = _check_int("bits", bits, 0, 10)
+    x = np.asarray(x)
+    if x.dtype == _BF16:
+        x = x.astype(np.float32)
+    if x.dtype != np.float32:
+        raise TypeError(f"x must be float32 or bfloat16, got dtype {x.dtype}")
+    xb = as_fp32_bits(x).reshape(x.shape)
+    if np.any((xb & np.uint32(0x7F800000)) == np.uint32(0x7F800000)):
+        raise ValueError("x must be finite (no Inf or NaN) to be quantized")
+    xb = fp32_daz(xb)
+    mag = xb & np.uint32(0x7FFFFFFF)
+    amax = mag.max(axis=-1) if x.shape[-1] else np.zeros(x.shape[:-1], np.uint32)
+    E = (amax >> np.uint32(23)).astype(np.int64)
+    j = ((amax & np.uint32(0x7FFFFF)) >> np.uint32(23 - bits)).astype(np.int64) if bits else np.zeros_like(E)
+    e = E - 133
+    mu, _ = token_scale_table(bits)
+    xs = fp32_from_bits(xb).astype(np.float64) * np.ldexp(1.0, -e)[..., None]  # exact
+    y = fp32_from_bits(fp32_mul(as_fp32_bits(xs.astype(np.float32)), as_fp32_bits(mu[j])[..., None]))
+    q = np.clip(np.rint(y.astype(np.float64)), -127, 127).astype(np.int8)
+    return q.reshape(x.shape), e, j
+
+
 def quantize_static(x, scale):
     """fp32 (or bf16) → int8 with a static scale: ``clamp(rne(fp32_mul(x, fp32(1/scale))),
     -127, 127)`` (the plain per-tensor W8A8 baseline; :func:`golden.vector.fp32_mul`)."""
@@ -301,13 +396,15 @@ def _int64_to_fp32_bits(v, exp2):
     return out.astype(np.uint32)
 
 
-def dequantize_acc(acc, multiplier, shift, row_exp=None):
-    """int32 accumulators → fp32: the exact value ``acc * m[n] * 2**(e_row - s[n])`` rounded once.
+def dequantize_acc(acc, multiplier, shift, row_exp=None, row_scale=None):
+    """int32 accumulators → fp32: the exact value ``acc * m[n] * 2**(e_row - s[n])`` rounded once,
+    then (if ``row_scale`` is given) times the row's fp32 scale with :func:`golden.vector.fp32_mul`.
 
     ``(m, s)`` per output channel from :func:`golden.quantize_multiplier` (the channel's weight
     scale times the static activation scale); ``row_exp`` the per-token exponent of
-    :func:`quantize_per_token` (0 if omitted). RNE to fp32, FTZ, exactly as an int64 → fp32
-    converter with an exponent adjust computes it.
+    :func:`quantize_per_token` / :func:`quantize_per_token_scaled` (0 if omitted); ``row_scale``
+    the per-token multiplier ``nu[j]`` (float32, one per row). RNE to fp32, FTZ, exactly as an
+    int64 → fp32 converter with an exponent adjust computes it; then one fp32 multiply.
     """
     acc = np.asarray(acc)
     if acc.dtype != np.int32:
@@ -316,7 +413,13 @@ def dequantize_acc(acc, multiplier, shift, row_exp=None):
     s = np.asarray(shift, dtype=np.int64)
     prod = acc.astype(np.int64) * m  # |acc| < 2**31, m < 2**31: exact
     e = -s if row_exp is None else np.asarray(row_exp, np.int64)[..., None] - s
-    return fp32_from_bits(_int64_to_fp32_bits(prod, e)).reshape(acc.shape)
+    out = _int64_to_fp32_bits(prod, e)
+    if row_scale is not None:
+        rs = np.asarray(row_scale)
+        if rs.dtype != np.float32 or rs.shape != acc.shape[:-1]:
+            raise TypeError(f"row_scale must be float32 of shape {acc.shape[:-1]}, got {rs.dtype} {rs.shape}")
+        out = fp32_mul(out, as_fp32_bits(rs).reshape(rs.shape)[..., None])
+    return fp32_from_bits(out).reshape(acc.shape)
 
 
 def _requantize_rows(acc, multiplier, shift, row_exp):
@@ -411,13 +514,15 @@ class Calibration:
         return getattr(self, name) / 127.0
 
 
-def calibrate(weights, x):
+def calibrate(weights, x, *, return_output=False):
     """Run the float64 layer on ``x`` (float64 ``(S, d_model)``) and record the absmax of the
-    statically quantized activations: a :class:`Calibration`."""
+    statically quantized activations and the per-channel absmax of the projection inputs: a
+    :class:`Calibration` (and the layer's float64 output with ``return_output=True``)."""
     layer = DecoderLayer(weights, mode="float64", max_tokens=max(1, np.shape(x)[0]))
-    layer.prefill(x)
-    return Calibration(**{k: max(v, 1e-6) for k, v in layer.absmax.items()},
-                       channels=dict(layer.channel_absmax))
+    y = layer.prefill(x)
+    cal = Calibration(**{k: max(v, 1e-6) for k, v in layer.absmax.items()},
+                      channels=dict(layer.channel_absmax))
+    return (cal, y) if return_output else cal
 
 
 # ----------------------------------------------------------------------------------------------
@@ -533,6 +638,21 @@ class DecoderLayer:
         smoothing. Needs ``calibration.channels``.
     smooth_points : tuple of str
         Which projection inputs are smoothed: a subset of ``("h", "h2", "act")`` (default all).
+    residual : str
+        bf16 mode: ``"bf16"`` (default: bf16 residual stream, bfloat16 input and output) or
+        ``"fp32"`` (a measured alternative: fp32 stream, float32 input and output).
+    attention : str
+        int8 mode: ``"int8"`` (default: static per-tensor int8 q, k, v, the int8 KV cache,
+        :func:`golden.softmax_int8`) or ``"bf16"`` (a measured alternative: q, k, v dequantized
+        to fp32, the bf16 mode's attention with a bf16 KV cache, o quantized per token).
+    hadamard : bool
+        int8 mode, a measured alternative: rotate the projection inputs with the 64-point fp32
+        Hadamard transform (online for h, h2 and the SwiGLU output; with ``attention="bf16"``
+        offline through Wv/Wo for the attention output); default False. Needs d_model, d_ff
+        and head_dim to be multiples of 64 and per-token activation scales.
+    scale_bits : int
+        int8 mode with ``attention="bf16"``, a measured alternative: mantissa bits of the
+        per-token scale multiplier (0..10; default 0, a power of two only).
     trace : bool
         Record every attention row (scores, probabilities) in :attr:`trace` (the accuracy
         report reads them); default False.
@@ -559,7 +679,8 @@ class DecoderLayer:
 
     def __init__(self, weights, *, mode="float64", calibration=None, max_tokens=256, max_seqs=1,
                  page_size=16, trace=False, activation_scales="per_token", smooth_alpha=0.5,
-                 smooth_points=MATMUL_INPUTS):
+                 smooth_points=MATMUL_INPUTS, residual="bf16", attention="int8", hadamard=False,
+                 scale_bits=0):
         if not isinstance(weights, LayerWeights):
             raise TypeError(f"weights must be a LayerWeights, not {type(weights).__name__}")
         if mode not in MODES:
@@ -580,7 +701,30 @@ class DecoderLayer:
             missing = [n for n in MATMUL_INPUTS if getattr(calibration, n) is None]
             if missing:
                 raise ValueError(f"activation_scales='per_tensor' needs calibration of {', '.join(missing)}")
+        for name, value, allowed in (("residual", residual, RESIDUALS), ("attention", attention, ATTENTION)):
+            if not isinstance(value, str) or value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
+        if not isinstance(hadamard, (bool, np.bool_)):
+            raise TypeError(f"hadamard must be a bool, not {hadamard!r}")
+        scale_bits = _check_int("scale_bits", scale_bits, 0, 10)
+        if mode == "int8":
+            if hadamard and activation_scales == "per_tensor":
+                raise ValueError("hadamard=True needs activation_scales='per_token' (the static scales are "
+                                 "calibrated on the unrotated inputs)")
+            if scale_bits and attention != "bf16":
+                raise ValueError("scale_bits > 0 needs attention='bf16' (the int8 attention requantizes q, k, v "
+                                 "with a power-of-two row scale)")
+            if scale_bits and activation_scales == "per_tensor":
+                raise ValueError("scale_bits > 0 needs activation_scales='per_token'")
+            for dim, d in (("d_model", weights.config.d_model), ("d_ff", weights.config.d_ff),
+                           ("head_dim", weights.config.head_dim)):
+                if hadamard and d % HADAMARD_BLOCK:
+                    raise ValueError(f"hadamard=True needs {dim} ({d}) to be a multiple of {HADAMARD_BLOCK}")
         self._act_scales = activation_scales
+        self._residual = residual if mode == "bf16" else "bf16"
+        self._attention = attention if mode == "int8" else "int8"
+        self._hadamard = bool(hadamard) and mode == "int8"
+        self._scale_bits = scale_bits if mode == "int8" else 0
         if smooth_alpha is not None:
             smooth_alpha = _check_float("smooth_alpha", smooth_alpha, -1e-300)
             if smooth_alpha > 1:
@@ -602,7 +746,7 @@ class DecoderLayer:
             pages = max(2, -(-max_tokens // page_size) * max_seqs)
             self._cache = PagedKVCache(page_size=page_size, num_pages=pages, kv_heads=c.n_kv_heads,
                                        head_dim=c.head_dim, max_seqs=max_seqs,
-                                       dtype="int8" if mode == "int8" else "bf16")
+                                       dtype="int8" if mode == "int8" and attention == "int8" else "bf16")
         self.absmax = {k: 0.0 for k in STATIC_ACTIVATIONS + MATMUL_INPUTS}
         self.channel_absmax = {}
         self._trace = [] if trace else None
@@ -634,6 +778,13 @@ class DecoderLayer:
         return self._act_scales
 
     @property
+    def options(self):
+        """The measured-alternative options in effect (defaults: residual "bf16", attention
+        "int8", hadamard False, scale_bits 0)."""
+        return dict(residual=self._residual, attention=self._attention, hadamard=self._hadamard,
+                    scale_bits=self._scale_bits)
+
+    @property
     def trace(self):
         return self._trace
 
@@ -644,7 +795,10 @@ class DecoderLayer:
 
     @property
     def io_dtype(self):
-        """dtype of the input and output hidden states in this mode."""
+        """dtype of the input and output hidden states in this mode (float32 for the bf16 mode
+        with ``residual="fp32"``)."""
+        if self._mode == "bf16" and self._residual == "fp32":
+            return np.dtype(np.float32)
         return _IO_DTYPE[self._mode]
 
     # -- weight preparation -------------------------------------------------------------------
@@ -661,12 +815,15 @@ class DecoderLayer:
             self._W = {n: np.ascontiguousarray(getattr(w, n).T).astype(_BF16) for n in names}
             self._g = {n: getattr(w, n).astype(_BF16) for n in ("attn_norm", "ffn_norm")}
             self._sm_scale = softmax_scale_bf16(1.0 / math.sqrt(c.head_dim))
+            self._sm_bf16 = self._sm_scale
         else:
             cal = self._cal
             wf = {n: np.asarray(getattr(w, n), np.float64) for n in names + ("attn_norm", "ffn_norm")}
             in_absmax = {n: getattr(cal, n) for n in MATMUL_INPUTS}
             if self._smooth is not None:
                 in_absmax = self._apply_smoothing(wf, cal.channels, self._smooth_points)
+            if self._hadamard:
+                _apply_rotations(wf, c, rotate_v=self._attention == "bf16")
             self._g = {n: wf[n].astype(np.float32).astype(_BF16) for n in ("attn_norm", "ffn_norm")}
             self._W, self._ws = {}, {}
             for n in names:
@@ -692,6 +849,14 @@ class DecoderLayer:
             self._dq_gate = quantize_multiplier(self._ws["w_gate"] * s_in["h2"])
             self._dq_up = quantize_multiplier(self._ws["w_up"] * s_in["h2"])
             self._dq_down = quantize_multiplier(self._ws["w_down"] * s_in["act"])
+            if self._attention == "bf16":
+                self._sm_bf16 = softmax_scale_bf16(1.0 / math.sqrt(c.head_dim))
+                self._nu = token_scale_table(self._scale_bits)[1]
+                # o: per token (or static per tensor) into Wo
+                s_o = so if per_tensor else 1.0
+                self._s_in["o"] = s_o
+                self._dq = {n: quantize_multiplier(self._ws[n] * s_in["h"]) for n in ("wq", "wk", "wv")}
+                self._dq["wo"] = quantize_multiplier(self._ws["wo"] * s_o)
 
     def _apply_smoothing(self, wf, channels, points):
         """SmoothQuant-style: divide input channel j of a matmul by ``s_j`` (folded into the op
@@ -722,6 +887,12 @@ class DecoderLayer:
         """The layer as a chip computes it: :class:`HardwareParams` (int8 and bf16 modes)."""
         if self._mode == "float64":
             raise ValueError("hardware_params: the float64 mode is the reference, not hardware")
+        extra = [f"{n}={v!r}" for n, v, d in (("residual", self._residual, "bf16"), ("attention", self._attention, "int8"),
+                                              ("hadamard", self._hadamard, False), ("scale_bits", self._scale_bits, 0))
+                 if v != d]
+        if extra:
+            raise ValueError(f"hardware_params: the chip computes the default modes only, not {', '.join(extra)} "
+                             f"(docs/numerics.md, measured alternatives)")
         W = self._W
         weights = {"wqkv": np.concatenate([W["wq"], W["wk"], W["wv"]], axis=1),
                    "wo": W["wo"], "wgu": np.concatenate([W["w_gate"], W["w_up"]], axis=1), "wdown": W["w_down"]}
@@ -804,11 +975,12 @@ class DecoderLayer:
         return self.prefill(arr, seq)
 
     def to_input(self, x):
-        """float hidden states → this mode's input dtype (bf16: RNE; int8 mode: float32)."""
+        """float hidden states → this mode's input dtype (:attr:`io_dtype`; bf16: RNE, float32
+        otherwise)."""
         x = np.asarray(x, dtype=np.float64)
-        if self._mode == "float64":
+        if self.io_dtype == np.float64:
             return x.copy()
-        if self._mode == "bf16":
+        if self.io_dtype == _BF16:
             return _bf16(x.astype(np.float32))
         return x.astype(np.float32)
 
@@ -871,6 +1043,8 @@ class DecoderLayer:
         return _bf16(matmul_bf16(a, w))
 
     def _forward_bf16(self, x, seq, pos0):
+        if self._residual == "fp32":
+            return self._forward_bf16_fp32_residual(x, seq, pos0)
         c, W, g = self._c, self._W, self._g
         S = x.shape[0]
         pos = np.arange(pos0, pos0 + S)
@@ -897,14 +1071,56 @@ class DecoderLayer:
         act = swiglu_bf16(self._mm_bf16(h2, W["w_gate"]), self._mm_bf16(h2, W["w_up"]))
         return residual_add_bf16(x1, self._mm_bf16(act, W["w_down"]))
 
+    def _attention_bf16(self, q, k, v, seq, pos):
+        """bf16 q (S, H, hd), k, v (S, H_kv, hd) → bf16 attention output (S, d_model), as the
+        default bf16 mode computes it: RoPE, the bf16 cache, scores :func:`golden.matmul_bf16`,
+        :func:`golden.softmax_bf16`, P·V :func:`golden.matmul_bf16` rounded to bf16."""
+        c = self._c
+        S = q.shape[0]
+        q, k = rope_bf16(q, pos[:, None], self._rope), rope_bf16(k, pos[:, None], self._rope)
+        for t in range(S):
+            self._cache.append(seq, np.ascontiguousarray(k[t]), np.ascontiguousarray(v[t]))
+        o = np.empty((S, c.n_heads, c.head_dim), _BF16)
+        for kvh in range(c.n_kv_heads):
+            kt = np.ascontiguousarray(self._cache.read_k_all(seq, kvh).T)
+            vh = self._cache.read_v_all(seq, kvh)
+            for hh in range(kvh * c.group, (kvh + 1) * c.group):
+                scores = matmul_bf16(np.ascontiguousarray(q[:, hh]), kt)
+                p = softmax_bf16(scores, self._sm_bf16, causal_pos=pos)
+                self._record(hh, pos, scores, 1.0 / math.sqrt(c.head_dim), p.astype(np.float64))
+                o[:, hh] = self._mm_bf16(p, vh)
+        return o.reshape(S, c.d_model)
+
+    def _forward_bf16_fp32_residual(self, x, seq, pos0):
+        """``residual="fp32"``: the default bf16 layer, except that Wo and W_down outputs stay
+        fp32 and are added to the fp32 stream (:func:`golden.fp32_add`); RMSNorm reads the
+        stream rounded to bf16."""
+        c, W, g = self._c, self._W, self._g
+        S = x.shape[0]
+        pos = np.arange(pos0, pos0 + S)
+        h = rmsnorm_bf16(_bf16(x), g["attn_norm"], eps=c.rms_eps)
+        q = self._mm_bf16(h, W["wq"]).reshape(S, c.n_heads, c.head_dim)
+        k = self._mm_bf16(h, W["wk"]).reshape(S, c.n_kv_heads, c.head_dim)
+        v = self._mm_bf16(h, W["wv"]).reshape(S, c.n_kv_heads, c.head_dim)
+        o = self._attention_bf16(q, k, v, seq, pos)
+        x1 = _fp32_residual_add(x, matmul_bf16(o, W["wo"]))
+        h2 = rmsnorm_bf16(_bf16(x1), g["ffn_norm"], eps=c.rms_eps)
+        act = swiglu_bf16(self._mm_bf16(h2, W["w_gate"]), self._mm_bf16(h2, W["w_up"]))
+        return _fp32_residual_add(x1, matmul_bf16(act, W["w_down"]))
+
     # -- int8 -------------------------------------------------------------------------------
     def _quantize_input(self, name, xb):
-        """bf16 matmul input → (int8, per-token exponent): per token, or static per tensor."""
+        """bf16 matmul input → (int8, per-token exponent): per token, or static per tensor;
+        with ``hadamard=True`` the 64-point fp32 Hadamard transform first."""
+        if self._hadamard:
+            xb = hadamard_fp32(xb)
         if self._act_scales == "per_token":
             return quantize_per_token(xb)
         return quantize_static(xb, self._s_in[name]), np.zeros(xb.shape[:-1], np.int64)
 
     def _forward_int8(self, x, seq, pos0):
+        if self._attention == "bf16":
+            return self._forward_int8_bf16_attention(x, seq, pos0)
         c, W, g = self._c, self._W, self._g
         S = x.shape[0]
         pos = np.arange(pos0, pos0 + S)
@@ -934,3 +1150,61 @@ class DecoderLayer:
         aq, ae = self._quantize_input("act", swiglu_bf16(_bf16(gate), _bf16(up)))
         down = dequantize_acc(matmul_int8(aq, W["w_down"]), *self._dq_down, ae)
         return _fp32_residual_add(x1, down)
+
+    # -- int8 with attention="bf16" (a measured alternative) ---------------------------------------
+    def _quantize_scaled(self, name, x):
+        """Projection input → (int8, per-token exponent, per-token fp32 multiplier or None):
+        Hadamard (``hadamard=True``; not for o, which arrives rotated through Wv), then
+        :func:`quantize_per_token_scaled` (or the static per-tensor scale)."""
+        if self._hadamard and name != "o":
+            x = hadamard_fp32(x)
+        if self._act_scales == "per_tensor":
+            return quantize_static(x, self._s_in[name]), np.zeros(np.shape(x)[:-1], np.int64), None
+        q, e, j = quantize_per_token_scaled(x, bits=self._scale_bits)
+        return q, e, (self._nu[j] if self._scale_bits else None)
+
+    def _project(self, xq, name, dq):
+        q, e, rs = xq
+        return dequantize_acc(matmul_int8(q, self._W[name]), *dq, e, rs)
+
+    def _forward_int8_bf16_attention(self, x, seq, pos0):
+        """``attention="bf16"``: int8 projections, q, k, v dequantized to fp32 and rounded to
+        bf16, the bf16 mode's attention, o quantized per token into Wo."""
+        c, g = self._c, self._g
+        S = x.shape[0]
+        pos = np.arange(pos0, pos0 + S)
+        hq = self._quantize_scaled("h", rmsnorm_bf16(_bf16(x), g["attn_norm"], eps=c.rms_eps))
+        q = _bf16(self._project(hq, "wq", self._dq["wq"])).reshape(S, c.n_heads, c.head_dim)
+        k = _bf16(self._project(hq, "wk", self._dq["wk"])).reshape(S, c.n_kv_heads, c.head_dim)
+        v = _bf16(self._project(hq, "wv", self._dq["wv"])).reshape(S, c.n_kv_heads, c.head_dim)
+        o = self._attention_bf16(q, k, v, seq, pos)
+        x1 = _fp32_residual_add(x, self._project(self._quantize_scaled("o", o), "wo", self._dq["wo"]))
+        h2q = self._quantize_scaled("h2", rmsnorm_bf16(_bf16(x1), g["ffn_norm"], eps=c.rms_eps))
+        gate = self._project(h2q, "w_gate", self._dq_gate)
+        up = self._project(h2q, "w_up", self._dq_up)
+        aq = self._quantize_scaled("act", swiglu_bf16(_bf16(gate), _bf16(up)))
+        return _fp32_residual_add(x1, self._project(aq, "w_down", self._dq_down))
+
+
+def _apply_rotations(wf, c, *, rotate_v, rotate_inputs=True):
+    """Fold the int8 mode's Hadamard rotations into float64 weights (offline, exact in float64).
+
+    The online transform multiplies each block of 64 input elements by the Sylvester matrix H
+    (unnormalized, H·H = 64·I), so every reader of h, h2 and the SwiGLU output gets
+    ``W ← W·blockdiag(H)/64``. With ``rotate_v``, each head's V is rotated by the orthonormal
+    H/8 (``Wv`` rows of the head ← (H/8)·rows) and Wo's columns of the head undo it
+    (``← cols·H/8``), so the attention output reaches Wo already rotated.
+    """
+    b = HADAMARD_BLOCK
+    h = hadamard_matrix(b)
+    for readers in (("wq", "wk", "wv"), ("w_gate", "w_up"), ("w_down",)) if rotate_inputs else ():
+        for r in readers:
+            n_out, n_in = wf[r].shape
+            wf[r] = (wf[r].reshape(n_out, n_in // b, b) @ h / b).reshape(n_out, n_in)
+    if rotate_v:
+        hd = c.head_dim
+        hn = hadamard_matrix(hd) / math.sqrt(hd)
+        wv = wf["wv"].reshape(c.n_kv_heads, hd, -1)
+        wf["wv"] = np.einsum("ij,gjk->gik", hn, wv).reshape(c.kv_dim, -1)
+        wo = wf["wo"].reshape(wf["wo"].shape[0], c.n_heads, hd)
+        wf["wo"] = (wo @ hn).reshape(wf["wo"].shape[0], c.d_model)

@@ -37,7 +37,8 @@ from .layer import DecoderLayer, LayerConfig, LayerWeights
 
 __all__ = [
     "SMOLLM2_135M", "GGUF_FILENAME", "gguf_path", "models_available", "unpermute_qk",
-    "permute_qk", "SmolLM2", "load_smollm2", "PROMPT", "CALIBRATION_PROMPT",
+    "permute_qk", "SmolLM2", "load_smollm2", "PROMPT", "CALIBRATION_PROMPT", "CALIBRATION_TEXT",
+    "HELDOUT_TEXT",
 ]
 
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -67,6 +68,102 @@ CALIBRATION_PROMPT = (
     "stories to the children every evening. He spoke of storms and whales, of islands that "
     "appeared at dawn and vanished by noon, and of a lighthouse keeper who counted the stars. "
     "The children listened, asked questions, and went home to dream about the wide ocean."
+)
+
+#: A longer calibration text (varied registers, ≈ 920 tokens; it begins with
+#: :data:`CALIBRATION_PROMPT`): the int8 calibration (smoothing statistics, static scales) of the
+#: whole-model report.
+CALIBRATION_TEXT = CALIBRATION_PROMPT + (
+    " In the spring the boats were painted blue and white, and the nets were mended on the "
+    "quay while the gulls argued over scraps of bread. One morning a stranger arrived on "
+    "the coach from the city. She carried a leather case full of maps and a small brass telescope, "
+    "and she asked the innkeeper whether anyone remembered the ship that had sunk off the "
+    "northern rocks forty years before. \"Nobody talks about that,\" he said, and turned back "
+    "to his glasses. But the fisherman, who had been sitting by the fire, looked up and smiled.\n"
+    "\n"
+    "A recipe for a simple loaf of bread: mix 500 grams of flour, 10 grams of salt, 7 grams "
+    "of dried yeast and 350 millilitres of warm water. Knead the dough for ten minutes until "
+    "it is smooth and elastic, then leave it in a covered bowl for about an hour, or until "
+    "it has doubled in size. Shape it, let it rise again for 45 minutes, and bake it at 220 "
+    "degrees for 30 to 35 minutes. The loaf is done when it sounds hollow if you tap the "
+    "bottom.\n"
+    "\n"
+    "The committee met on Tuesday to review the budget for the new library. Three proposals "
+    "were discussed. The first would extend the opening hours on weekends; the second would "
+    "replace the old heating system, which breaks down almost every winter; the third would "
+    "buy laptops that students could borrow for a week at a time. After a long debate, the "
+    "members agreed to fund the heating system first, because without it the building cannot "
+    "stay open in January at all, and to ask the city council for a grant for the laptops.\n"
+    "\n"
+    "Plants turn sunlight into chemical energy through photosynthesis. Inside the leaves, "
+    "chlorophyll absorbs mostly red and blue light and reflects green, which is why leaves "
+    "look green to us. Water drawn up from the roots is split, oxygen is released into the "
+    "air, and carbon dioxide is combined into sugars that the plant uses to grow. A single "
+    "large tree can release enough oxygen in a season for several people, and forests store "
+    "huge amounts of carbon in their wood and soil.\n"
+    "\n"
+    "\"Are you coming with us tomorrow?\" asked Tom.\n"
+    "\"I can't,\" said his sister. \"I promised to help Grandmother move her piano, and you "
+    "know how long that takes. Last time it took four of us and most of the afternoon.\"\n"
+    "\"Then we'll wait for you at the bridge. Call me when you're done, and bring the sandwiches, "
+    "please. Don't forget the ones with cheese.\"\n"
+    "\n"
+    "To install the program, download the archive, unpack it into a new folder, and run the "
+    "setup script from a terminal. If the script reports a missing library, install it with "
+    "your package manager and try again. The configuration file is a plain text file: each "
+    "line holds one setting, a name followed by an equals sign and a value. Lines that start "
+    "with a hash sign are comments and are ignored. After changing a setting, restart the "
+    "service so that it reads the file again.\n"
+    "\n"
+    "The train left the station at seven minutes past nine, twelve minutes late, and crossed "
+    "the river as the fog was lifting. Through the window Anna watched the fields go by: "
+    "brown furrows, a line of poplars, a farmhouse with a red roof, cows standing motionless "
+    "in the wet grass. She had not slept well. In her pocket was the letter, read so many "
+    "times that the folds had begun to tear, and she kept touching it as if it might disappear. "
+    "In two hours she would see her brother for the first time in eleven years, and she still "
+    "did not know what she would say to him.\n"
+    "\n"
+    "In 1969, two astronauts walked on the Moon while a third orbited above them. They collected "
+    "rocks, planted a flag, set up experiments and spent about two and a half hours outside "
+    "the lander. Millions of people watched the grainy pictures on television. Today, more "
+    "than fifty years later, engineers are designing new rockets and landers, and several "
+    "countries plan to send crews back to the Moon and, one day, on to Mars."
+)
+
+#: The held-out text of the whole-model report (≈ 630 tokens): the opening of Kenneth
+#: Grahame's *The Wind in the Willows* (1908, public domain), never seen by the calibration.
+HELDOUT_TEXT = (
+    "The Mole had been working very hard all the morning, spring-cleaning his little home. "
+    "First with brooms, then with dusters; then on ladders and steps and chairs, with a brush "
+    "and a pail of whitewash; till he had dust in his throat and eyes, and splashes of whitewash "
+    "all over his black fur, and an aching back and weary arms. Spring was moving in the "
+    "air above and in the earth below and around him, penetrating even his dark and lowly "
+    "little house with its spirit of divine discontent and longing. It was small wonder, "
+    "then, that he suddenly flung down his brush on the floor, said \"Bother!\" and \"O blow!\" "
+    "and also \"Hang spring-cleaning!\" and bolted out of the house without even waiting to "
+    "put on his coat. Something up above was calling him imperiously, and he made for the "
+    "steep little tunnel which answered in his case to the gravelled carriage-drive owned "
+    "by animals whose residences are nearer to the sun and air. So he scraped and scratched "
+    "and scrabbled and scrooged and then he scrooged again and scrabbled and scratched and "
+    "scraped, working busily with his little paws and muttering to himself, \"Up we go! Up "
+    "we go!\" till at last, pop! his snout came out into the sunlight, and he found himself "
+    "rolling in the warm grass of a great meadow. \"This is fine!\" he said to himself. \"This "
+    "is better than whitewashing!\" The sunshine struck hot on his fur, soft breezes caressed "
+    "his heated brow, and after the seclusion of the cellarage he had lived in so long the "
+    "carol of happy birds fell on his dulled hearing almost like a shout. Jumping off all "
+    "his four legs at once, in the joy of living and the delight of spring without its cleaning, "
+    "he pursued his way across the meadow till he reached the hedge on the further side. "
+    "He thought his happiness was complete when, as he meandered aimlessly along, suddenly "
+    "he stood by the edge of a full-fed river. Never in his life had he seen a river before, "
+    "this sleek, sinuous, full-bodied animal, chasing and chuckling, gripping things with "
+    "a gurgle and leaving them with a laugh, to fling itself on fresh playmates that shook "
+    "themselves free, and were caught and held again. All was a-shake and a-shiver, glints "
+    "and gleams and sparkles, rustle and swirl, chatter and bubble. The Mole was bewitched, "
+    "entranced, fascinated. By the side of the river he trotted as one trots, when very small, "
+    "by the side of a man who holds one spell-bound by exciting stories; and when tired at "
+    "last, he sat on the bank, while the river still chattered on to him, a babbling procession "
+    "of the best stories in the world, sent from the heart of the earth to be told at last "
+    "to the insatiable sea."
 )
 
 
@@ -296,7 +393,7 @@ class SmolLM2:
         layer = self._check_layer(layer)
         h = self.embed(tokens)
         for i in range(layer):
-            h = DecoderLayer(self.layer_weights(i), mode="float64").prefill(h)
+            h = DecoderLayer(self.layer_weights(i), mode="float64", max_tokens=max(1, len(h))).prefill(h)
         return h
 
     def logits(self, h):
@@ -316,7 +413,7 @@ class SmolLM2:
         """Logits of the whole float64 model for ``tokens`` (causal)."""
         h = self.embed(tokens)
         for i in range(self.n_layers):
-            h = DecoderLayer(self.layer_weights(i), mode="float64").prefill(h)
+            h = DecoderLayer(self.layer_weights(i), mode="float64", max_tokens=max(1, len(h))).prefill(h)
         return self.logits(h)
 
     # -- tokenizer (byte-level BPE, ASCII text) --------------------------------------------------

@@ -13,9 +13,11 @@ SiLU                   :func:`silu_int8` (+ :func:`silu_table_int8`)  :func:`sil
 multiply (SwiGLU gate) :func:`mul_int8`, :func:`swiglu_int8`          :func:`mul_bf16`, :func:`swiglu_bf16`
 RoPE                   :func:`rope_int8` (+ :func:`rope_table`)       :func:`rope_bf16`
 residual add           :func:`residual_add_int` (+ :func:`residual_add_params`)  :func:`residual_add_bf16`
+Hadamard transform     -                                            :func:`hadamard_fp32`
 =====================  ===========================================  =============================
 
-Float references: :func:`rmsnorm_reference`, :func:`silu_reference`, :func:`rope_reference`.
+Float references: :func:`rmsnorm_reference`, :func:`silu_reference`, :func:`rope_reference`,
+:func:`hadamard_reference`.
 """
 
 import math
@@ -45,6 +47,7 @@ __all__ = [
     "mul_int8", "mul_bf16", "swiglu_int8", "swiglu_bf16",
     "RopeTable", "rope_table", "rope_int8", "rope_bf16", "rope_reference",
     "residual_add_params", "residual_add_int", "residual_add_bf16",
+    "HADAMARD_BLOCK", "hadamard_fp32", "hadamard_reference", "hadamard_matrix",
 ]
 
 #: Fractional bits of the RMSNorm root: r = isqrt(ss·2**(2·RMS_FRAC) + eps_q) ≈ rms·√D·2**RMS_FRAC.
@@ -55,6 +58,8 @@ RCP_BITS = 16
 ROPE_FRAC = 14
 #: SiLU int8 table entries are int16 with the largest magnitude scaled to this value.
 SILU_TABLE_MAX = 32767
+#: Block length of the Hadamard transform of the int8 layer's matmul inputs.
+HADAMARD_BLOCK = 64
 
 _MAX_D = 1 << 15
 _EPS_Q_MAX = 1 << 61
@@ -630,3 +635,69 @@ def residual_add_bf16(a, b):
     if ab.shape != bb.shape:
         raise ValueError(f"a and b must have the same shape, got {ab.shape} and {bb.shape}")
     return bf16_from_bits(fp32_to_bf16(fp32_add(bf16_to_fp32_bits(ab), bf16_to_fp32_bits(bb))))
+
+
+# ---------------------------------------------------------------- Hadamard transform
+
+
+def hadamard_matrix(n):
+    """The n×n Sylvester Hadamard matrix (float64, entries ±1): ``H[i, j] = (−1)**popcount(i & j)``;
+    ``H @ H = n·I``. n a power of two, 1..4096."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= 4096 or n & (n - 1):
+        raise ValueError(f"n must be a power of two in [1, 4096], got {n!r}")
+    h = np.ones((1, 1))
+    while h.shape[0] < n:
+        h = np.block([[h, h], [h, -h]])
+    return h
+
+
+def _hadamard_input_bits(x):
+    import ml_dtypes
+    arr = np.asarray(x)
+    if arr.dtype == ml_dtypes.bfloat16:
+        return bf16_to_fp32_bits(bf16_daz(as_bf16_bits(arr)))
+    if arr.dtype == np.float32:
+        return fp32_daz(np.ascontiguousarray(arr).view(np.uint32).reshape(arr.shape))
+    raise TypeError(f"x must have dtype bfloat16 or float32, got {arr.dtype}")
+
+
+def hadamard_fp32(x, *, block=HADAMARD_BLOCK):
+    """Unnormalized Walsh–Hadamard transform of each block of ``block`` consecutive elements of
+    the last axis, in fp32: ``y = x_b · H`` per block (H the Sylvester matrix, H·H = block·I).
+
+    The fast transform, every butterfly one :func:`golden.fp32_add`: for h = 1, 2, 4, …,
+    block/2 (in this order), for every index i of a block with ``i & h == 0``:
+    ``(v[i], v[i+h]) ← (fp32_add(v[i], v[i+h]), fp32_add(v[i], −v[i+h]))``. DAZ on the input;
+    results as :func:`golden.fp32_add` gives them (RNE, FTZ, canonical NaN).
+
+    Parameters
+    ----------
+    x : ndarray of ml_dtypes.bfloat16 or float32, shape [..., D], D a multiple of ``block``
+    block : int
+        A power of two, 1..4096 (default :data:`HADAMARD_BLOCK` = 64).
+
+    Returns
+    -------
+    ndarray of float32, the shape of ``x``
+    """
+    hadamard_matrix(block)  # validates block
+    v = _hadamard_input_bits(x)
+    if v.ndim == 0 or v.shape[-1] % block:
+        raise ValueError(f"x's last axis must be a multiple of block = {block}, got shape {v.shape}")
+    shape = v.shape
+    v = v.reshape(-1, shape[-1] // block, block)
+    h = 1
+    while h < block:
+        w = v.reshape(v.shape[0], v.shape[1], block // (2 * h), 2, h)
+        a, b = w[:, :, :, 0, :], w[:, :, :, 1, :]
+        top, bot = fp32_add(a, b), fp32_add(a, _fp32_neg(b))
+        v = np.stack([top, bot], axis=3).reshape(v.shape)
+        h *= 2
+    return fp32_from_bits(v.reshape(shape))
+
+
+def hadamard_reference(x, *, block=HADAMARD_BLOCK):
+    """float64 ``x_b · H`` per block of the last axis (the reference of :func:`hadamard_fp32`)."""
+    x = np.asarray(x, dtype=np.float64)
+    h = hadamard_matrix(block)
+    return (x.reshape(x.shape[:-1] + (x.shape[-1] // block, block)) @ h).reshape(x.shape)

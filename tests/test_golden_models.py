@@ -4,7 +4,8 @@ Proves: the metadata is the published SmolLM2-135M configuration; every layer lo
 right shapes; the Q/K un-permutation is an exact inverse of llama.cpp's converter permutation
 and is the right one (the model predicts well with it and clearly worse without); the float64
 layer stack predicts sensible next tokens; a real layer's bf16/int8 decode equals its prefill
-bit for bit and stays close to float64.
+bit for bit and stays close to float64; the accuracy report's per-layer and whole-stack
+measurements (on a short stack) and its CLI work; the held-out text is not in the calibration.
 """
 
 import json
@@ -12,9 +13,13 @@ import json
 import numpy as np
 import pytest
 
-from golden.accuracy import measure_layer
+from golden.accuracy import measure_layer, measure_model, plot_model
 from golden.layer import DecoderLayer, LayerWeights, calibrate
 from golden.models import (
+    CALIBRATION_PROMPT,
+    CALIBRATION_TEXT,
+    HELDOUT_TEXT,
+    PROMPT,
     SMOLLM2_135M,
     gguf_path,
     permute_qk,
@@ -159,12 +164,59 @@ def test_accuracy_report_measures_a_short_real_run(model):
 
 
 def test_accuracy_cli_writes_the_json_report(model, tmp_path, capsys):
-    from golden.accuracy import TARGETS, main
+    from golden.accuracy import TARGETS, VARIANTS, main
     out = tmp_path / "accuracy.json"
-    assert main(["--layers", "0", "--out", str(out), "--prefill", "8", "--decode", "2"]) == 0
+    assert main(["--layers", "0", "--out", str(out), "--prefill", "8", "--decode", "2",
+                 "--model-variants"]) == 0  # no whole-model run (minutes; make accuracy runs it)
     report = json.loads(out.read_text())
     assert set(report["layers"]) == {"0"} and report["missed"] == []
-    assert set(report["layers"]["0"]) == {"bf16", "int8", "int8_no_smoothing", "int8_per_tensor"}
+    assert set(report["layers"]["0"]) == set(VARIANTS)
     assert report["layers"]["0"]["int8"]["min_cos"] >= TARGETS["int8_min_cos"]
     assert report["bf16_prefill_128"]["seconds"] > 0 and report["tokens"]["prefill"] == 8
+    assert report["whole_model"] is None
     assert "min cos" in capsys.readouterr().out
+
+
+def test_hidden_states_handle_texts_longer_than_the_layers_default_cache(model):
+    ids = model.tokenize(CALIBRATION_TEXT)[:300]  # more than DecoderLayer's default 256 tokens
+    h = model.hidden_states(ids, 1)
+    assert h.shape == (300, 576) and np.isfinite(h).all()
+
+
+def test_held_out_text_is_long_enough_and_absent_from_the_calibration_texts(model):
+    held, cal = model.tokenize(HELDOUT_TEXT), model.tokenize(CALIBRATION_TEXT)
+    assert len(held) >= 256 and len(cal) >= 512
+    assert CALIBRATION_TEXT.startswith(CALIBRATION_PROMPT)
+    # no 8-token run of the held-out text occurs in the calibration text (or the layer prompt)
+    runs = {tuple(held[i:i + 8]) for i in range(len(held) - 7)}
+    for other in (cal, model.tokenize(PROMPT)):
+        assert not runs & {tuple(other[i:i + 8]) for i in range(len(other) - 7)}
+
+
+def test_whole_stack_report_on_three_layers_orders_the_rows_caches_them_and_plots(model, tmp_path):
+    ids = model.tokenize(HELDOUT_TEXT)[:24]
+    cal = model.tokenize(CALIBRATION_TEXT)[:48]
+    rows = ("bf16", "int8", "int8_hadamard_bf16_attn_scale7", "float64_bf16_weights", "float64_bf16_operands")
+    r = measure_model(model, ids, cal, rows, n_layers=3, progress=False, cache_dir=tmp_path / "cache")
+    assert r["layers"] == 3 and r["tokens"] == 24 and r["float64"]["perplexity"] > 1
+    err = {}
+    for mode in rows:
+        m = r[mode]
+        err[mode] = m["layers"]["rel_err_mean"][-1]
+        print(f"{mode}: top-1 {m['top1_agreement']:.3f}, mean KL {m['kl_mean']:.2e}, rel err {err[mode]:.4f}")
+        assert 0 <= m["top1_agreement"] <= 1 and 0 <= m["kl_mean"] <= m["kl_max"] and not m["cached"]
+        assert abs(m["perplexity_rel"]) < 0.1 and len(m["layers"]["rel_err_mean"]) == 3
+        assert all(0 < v < 0.2 for v in m["layers"]["rel_err_mean"])
+    # the bounds are closest (bf16 weights, then also bf16 matmul operands); the rotated int8
+    # alternative is well ahead of the default int8
+    assert err["float64_bf16_weights"] < err["float64_bf16_operands"] < err["bf16"] < err["int8"]
+    assert err["int8_hadamard_bf16_attn_scale7"] < 0.5 * err["int8"]
+    again = measure_model(model, ids, cal, rows, n_layers=3, progress=False, cache_dir=tmp_path / "cache")
+    for mode in rows:
+        assert again[mode]["cached"] and {**again[mode], "cached": False} == r[mode]
+    png = plot_model(r, tmp_path / "layers.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="need 1 ≤ n_layers ≤ 30"):
+        measure_model(model, ids, cal, n_layers=0)
+    with pytest.raises(ValueError, match="unknown row 'int4'"):
+        measure_model(model, ids, cal, ("int4",), n_layers=1)

@@ -436,3 +436,56 @@ def test_requantize_of_rope_default_scale_is_the_identity_scale():
     # the rope_int8 defaults (2**30, 44) are exactly the scale 2**-14 of the Q1.14 tables
     acc = np.array([16384 * 100, -16384 * 3, 8192, -8192], np.int32)
     assert requantize(acc, 1 << 30, 30 + V.ROPE_FRAC).tolist() == [100, -3, 1, 0]
+
+
+# ---------------------------------------------------------------- Hadamard transform
+
+
+def test_hadamard_matrix_is_sylvester_and_its_own_inverse_up_to_n():
+    for n in (1, 2, 8, 64):
+        h = V.hadamard_matrix(n)
+        i, j = np.indices((n, n))
+        popcount = np.vectorize(lambda v: bin(int(v)).count("1"))(i & j)
+        assert np.array_equal(h, (-1.0) ** popcount)
+        assert np.array_equal(h @ h, n * np.eye(n))
+    for bad in (0, 3, 8192, 2.0, True):
+        with pytest.raises(ValueError, match="n must be a power of two"):
+            V.hadamard_matrix(bad)
+
+
+def test_hadamard_fp32_is_exact_on_small_integers_and_follows_the_sylvester_order():
+    rng = np.random.default_rng(60)
+    x = rng.integers(-2 ** 16, 2 ** 16, (7, 3 * 64)).astype(np.float32)  # partial sums < 2**24
+    np.testing.assert_array_equal(V.hadamard_fp32(x), V.hadamard_reference(x))
+    e1 = np.zeros((1, 64), np.float32)
+    e1[0, 1] = 1
+    assert V.hadamard_fp32(e1)[0].tolist() == [1.0, -1.0] * 32
+    # twice is 64 times the input (H·H = 64·I), exactly here
+    np.testing.assert_array_equal(V.hadamard_fp32(V.hadamard_fp32(x[:, :64] / 64)), x[:, :64])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, BF])
+def test_hadamard_fp32_is_within_its_rounding_bound_of_float64(dtype):
+    # each of the log2(block) butterfly stages rounds once (2**-24 of a partial sum, which is at
+    # most the block's sum of magnitudes): |y − ref| ≤ log2(block)·2**-24·Σ|x| per block
+    rng = np.random.default_rng(61)
+    scale = np.exp(rng.uniform(-10, 10, (50, 4, 1))).repeat(64, -1).reshape(50, 4 * 64)
+    x = (rng.standard_normal((50, 4 * 64)) * scale).astype(dtype)
+    x[0, :64] = 0
+    for block in (2, 16, 64):
+        got = V.hadamard_fp32(x, block=block).astype(np.float64)
+        assert got.dtype == np.float64 and V.hadamard_fp32(x, block=block).dtype == np.float32
+        xf = x.astype(np.float64)
+        ref = V.hadamard_reference(xf, block=block)
+        mag = np.abs(xf).reshape(50, -1, block).sum(-1).repeat(block, -1)
+        assert np.all(np.abs(got - ref) <= math.log2(block) * 2.0 ** -24 * mag)
+    assert np.all(V.hadamard_fp32(x)[0, :64].view(np.uint32) == 0)  # +0 from an all-zero block
+
+
+def test_hadamard_fp32_rejects_bad_arguments_naming_them():
+    with pytest.raises(ValueError, match="multiple of block = 64"):
+        V.hadamard_fp32(np.zeros((2, 96), np.float32))
+    with pytest.raises(TypeError, match="x must have dtype bfloat16 or float32"):
+        V.hadamard_fp32(np.zeros((2, 64)))
+    with pytest.raises(ValueError, match="n must be a power of two"):
+        V.hadamard_fp32(np.zeros((2, 64), np.float32), block=48)

@@ -887,9 +887,9 @@ class DecoderLayer:
         """The layer as a chip computes it: :class:`HardwareParams` (int8 and bf16 modes)."""
         if self._mode == "float64":
             raise ValueError("hardware_params: the float64 mode is the reference, not hardware")
-        extra = [f"{n}={v!r}" for n, v, d in (("residual", self._residual, "bf16"), ("attention", self._attention, "int8"),
-                                              ("hadamard", self._hadamard, False), ("scale_bits", self._scale_bits, 0))
-                 if v != d]
+        options = (("residual", self._residual, "bf16"), ("attention", self._attention, "int8"),
+                   ("hadamard", self._hadamard, False), ("scale_bits", self._scale_bits, 0))
+        extra = [f"{n}={v!r}" for n, v, d in options if v != d]
         if extra:
             raise ValueError(f"hardware_params: the chip computes the default modes only, not {', '.join(extra)} "
                              f"(docs/numerics.md, measured alternatives)")

@@ -147,7 +147,8 @@ class Harness:
         for u in range(N_UNITS):
             sim.add_testbench(self.unit(u), background=True)
         sim.add_testbench(self.main)
-        sim.run_until(cycles * 1e-8)
+        while sim.advance() and self.now <= cycles:   # until main is done, or the cycle budget
+            pass
         assert len(self.results) == len(self.programs), f"the programs did not finish in {cycles} cycles"
         return self.results
 

@@ -19,6 +19,8 @@ from amaranth.hdl import Shape
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 
+from .params import check_int as _check_width
+
 __all__ = ["Burst", "Resp", "AxiSignature", "AxiLiteSignature", "connect_halves",
            "CACHE_NORMAL_NON_CACHEABLE_BUFFERABLE", "MAX_BURST_BEATS", "BOUNDARY_BYTES"]
 
@@ -43,13 +45,6 @@ class Resp(enum.IntEnum, shape=2):
     EXOKAY = 1
     SLVERR = 2
     DECERR = 3
-
-
-def _check_width(name, value, lo, hi):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
 
 
 def _check_data_width(value, choices):

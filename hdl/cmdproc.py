@@ -27,6 +27,7 @@ from spec.codes import ChipError, Dtype, KVOp, OutFormat
 from spec.vector import MAX_HEAD_DIM, VectorOp
 
 from .counters import events_layout
+from .params import check_int as _check_int
 
 __all__ = ["N_UNITS", "INDEX_BITS", "instr_layout", "done_layout", "UnitPortSignature", "deps_satisfied",
            "InstrFetcher", "Dispatcher", "CommandProcessor", "ProcState"]
@@ -96,14 +97,6 @@ def deps_satisfied(m, bits, retired, name="deps_ok"):
         terms.append(~hdr.wait_mask[int(u)] | (retired[int(u)] >= count))
     m.d.comb += ok.eq(Cat(*terms).all())
     return ok
-
-
-def _check_int(name, value, lo, hi=None):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}" if hi is not None
-                         else f"{name} must be ≥ {lo}, not {value}")
 
 
 class InstrFetcher(wiring.Component):

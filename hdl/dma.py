@@ -29,6 +29,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from .axi import BOUNDARY_BYTES, MAX_BURST_BEATS, AxiSignature, Burst
 from .counters import events_layout
+from .params import check_int as _check_int
 
 __all__ = ["request_layout", "read_data_layout", "write_data_layout", "done_layout", "burst_layout",
            "read_events_layout", "write_events_layout",
@@ -39,13 +40,6 @@ __all__ = ["request_layout", "read_data_layout", "write_data_layout", "done_layo
 AXI_PROT = 0b010
 #: ``arcache``/``awcache`` of every burst: normal memory, non-cacheable, bufferable.
 AXI_CACHE = 0b0011
-
-
-def _check_int(name, value, lo, hi):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
 
 
 def request_layout(addr_width, beats_width):

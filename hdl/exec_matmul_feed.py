@@ -32,6 +32,7 @@ from spec.codes import KVStatus
 from .counters import events_layout
 from .dma import ReadClientSignature
 from .matmul_common import param_layout
+from .params import check_int as _check
 
 __all__ = ["request_job_layout", "weight_job_layout", "param_job_layout", "feed_error_layout", "WeightFeeder",
            "ParamFeeder", "OUTSTANDING_BITS"]
@@ -64,15 +65,6 @@ def feed_error_layout():
     or DECERR), ``kv`` (the KV cache refused its READ: the engine got zero beats instead),
     ``kv_status``."""
     return data.StructLayout({"axi": 1, "kv": 1, "kv_status": KVStatus})
-
-
-def _check(name, value, lo, hi, pow2=False):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
-    if pow2 and value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, not {value}")
 
 
 class _Feeder(wiring.Component):

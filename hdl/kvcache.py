@@ -39,6 +39,7 @@ from spec.codes import KVOp, KVStatus
 
 from .counters import events_layout
 from .memport import MemoryPortSignature
+from .params import check_int as _check_int
 
 __all__ = ["KVCacheController", "KVCacheParams"]
 
@@ -56,13 +57,6 @@ def _mul_const(x, k):
     for t in terms[1:]:
         total = total + t
     return total
-
-
-def _check_int(name, value, lo, hi):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
 
 
 class KVCacheParams:

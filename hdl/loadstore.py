@@ -33,6 +33,7 @@ from spec.isa import ElemBytes
 
 from .counters import events_layout
 from .dma import ReadClientSignature, WriteClientSignature
+from .params import check_int as _check_int
 
 __all__ = ["ROWS_BITS", "ELEMS_BITS", "ELEM_BYTES", "ELEM_CODE", "load_desc_layout", "store_desc_layout", "resp_layout",
            "load_events_layout", "store_events_layout",
@@ -47,15 +48,6 @@ ELEMS_BITS = 16
 ELEM_BYTES = (1, 2, 4)
 #: The ``elem_bytes`` code of each size (``spec.isa.ElemBytes``, log2 of the bytes; 3 is bad).
 ELEM_CODE = {1: ElemBytes.B1, 2: ElemBytes.B2, 4: ElemBytes.B4}
-
-
-def _check_int(name, value, lo, hi, *, pow2=False):
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
-    if pow2 and value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, not {value}")
 
 
 def load_desc_layout(addr_width, spad_addr_width):

@@ -19,6 +19,7 @@ from amaranth.utils import ceil_log2, exact_log2
 
 from .counters import events_layout
 from .memport import SyncMemory
+from .params import check_int
 
 __all__ = ["Scratchpad", "RoundRobin", "READ_LATENCY", "WRITE_LATENCY", "address_width",
            "read_port_signature", "write_port_signature", "read_request_layout",
@@ -30,18 +31,6 @@ READ_LATENCY = 3
 #: Cycles from a write request's acceptance to its ``done`` pulse (no bank conflict); from the
 #: cycle of ``done`` on, every read the scratchpad grants returns the written word.
 WRITE_LATENCY = 2
-
-
-def check_int(name, value, lo, hi, *, pow2=False):
-    """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``value`` is an int in
-    ``lo..hi`` (and a power of two with ``pow2``). The parameter check of the scratchpad and its
-    movers."""
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
-    if pow2 and value & (value - 1):
-        raise ValueError(f"{name} must be a power of two, not {value}")
 
 
 class CheckedComponent(wiring.Component):

@@ -10,7 +10,7 @@ MODE ?= int8
 LAYER ?= 15
 BATCH ?= 2
 TOKENS ?= 8
-DECODE ?= 2
+DECODE ?= 1
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help

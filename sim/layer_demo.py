@@ -11,7 +11,7 @@ and per unit, array utilization, DRAM bytes per token, simulation rate, and the 
 latency per token at a clock frequency (extrapolated from one layer). Writes the figures to
 build/sim/layer.json (``--json``). Exit status 1 when any row differs from golden.
 
-    python -m sim.layer_demo --mode int8 --layer 15 --batch 2 --tokens 8 --decode 2
+    python -m sim.layer_demo --mode int8 --layer 15 --batch 2 --tokens 8 --decode 1
 """
 
 import argparse
@@ -146,7 +146,7 @@ def main(argv=None):
     ap.add_argument("--layer", type=int, default=DEFAULT_LAYER, help=f"SmolLM2 layer 0..29 (default {DEFAULT_LAYER})")
     ap.add_argument("--tokens", type=int, default=8, help="prefill tokens per sequence (default 8)")
     ap.add_argument("--batch", type=int, default=2, help="sequences (default 2)")
-    ap.add_argument("--decode", type=int, default=2, help="decode steps after the prefill (default 2)")
+    ap.add_argument("--decode", type=int, default=1, help="decode steps after the prefill (default 1)")
     ap.add_argument("--seed", type=int, default=1, help="testbench seed (AXI stalls)")
     ap.add_argument("--stall", type=float, default=0.0, help="AXI valid-gap / backpressure probability")
     ap.add_argument("--fmax-mhz", type=float, default=DEFAULT_FMAX_MHZ,

@@ -17,13 +17,18 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
 
-from spec.csr import offset_of
+from spec import csr as spec_csr
 
 from .axi import lite_master
 from .common import load_inputs, rng
-from .csr_top import CYCLES_START, ID_VALUE
+from .csr_top import CYCLES_START, ID_VALUE, REGISTERS
 
 OKAY, SLVERR = 0, 2
+
+
+def offset_of(name):
+    """The byte offset of register ``name`` of the test top's map."""
+    return spec_csr.offset_of(name, REGISTERS)
 
 
 class Cycles:
@@ -44,7 +49,8 @@ async def read32(master, addr):
 
 async def rw_registers(dut, master, rand, n):
     regs = {"PROG_ADDR": 64, "PROG_LEN": 32, "EXT_SIZE": 64, "WATCHDOG": 32, "IRQ_ENABLE": 2}
-    model = {name: 0 for name in regs}
+    reset = {entry[0]: entry[5] for entry in REGISTERS if len(entry) > 5}
+    model = {name: reset.get(name, 0) for name in regs}   # the reset values of the map
     outputs = {"PROG_ADDR": dut.prog_addr, "PROG_LEN": dut.prog_len, "EXT_SIZE": dut.ext_size,
                "WATCHDOG": dut.watchdog, "IRQ_ENABLE": dut.irq_enable}
     for _ in range(n):
@@ -68,7 +74,7 @@ async def rw_registers(dut, master, rand, n):
 
 
 async def counter_reads(master, cycles, n):
-    lo_addr = offset_of("CYCLES")
+    lo_addr = offset_of("CNT_CYCLES")
     last = -1
     carried = False
     for _ in range(n):
@@ -79,7 +85,7 @@ async def counter_reads(master, cycles, n):
         assert r1 == r2 == OKAY
         value = hi << 32 | lo
         assert CYCLES_START + before - 3 <= value <= CYCLES_START + after + 3, \
-            f"CYCLES read {value:#x} outside cycles {before}..{after}"
+            f"CNT_CYCLES read {value:#x} outside cycles {before}..{after}"
         assert value > last
         last = value
         carried |= hi > 0
@@ -96,7 +102,7 @@ async def start_pulses(master, rand, n):
 
 
 async def errors(master, rand, n):
-    ro = [offset_of(name) for name in ("ID", "STATUS", "CYCLES", "ERROR_CODE")]
+    ro = [offset_of(name) for name in ("ID", "STATUS", "CNT_CYCLES", "ERROR_CODE")]
     for _ in range(n):
         addr = rand.choice([0x004, 0x01C, 0x02C, 0x04C, 0x0FC, 0x118, 0xFFC])
         got, resp = await read32(master, addr)
@@ -126,7 +132,7 @@ async def csr_concurrent(dut):
              cocotb.start_soon(start_pulses(master, rand, n)),
              cocotb.start_soon(errors(master, rand, n // 4))]
     results = [await t for t in tasks]
-    got, resp = await read32(master, offset_of("DMA_READ_BYTES"))
+    got, resp = await read32(master, offset_of("CNT_DMA_READ_BYTES"))
     assert (got, resp) == (results[2], OKAY), f"{got} START pulses counted, {results[2]} written with bit 0"
 
     # hardware inputs
@@ -136,8 +142,8 @@ async def csr_concurrent(dut):
     await RisingEdge(clk)
     for name, want in (("STATUS", 2), ("ERROR_CODE", 0xA5), ("ERROR_DETAIL", 0x5A), ("ERROR_INDEX", 0x12345678)):
         assert await read32(master, offset_of(name)) == (want, OKAY), name
-    assert await read32(master, offset_of("DMA_WRITE_BYTES")) == (0x89ABCDEF, OKAY)
-    assert await read32(master, offset_of("DMA_WRITE_BYTES") + 4) == (0x1234, OKAY)
+    assert await read32(master, offset_of("CNT_DMA_WRITE_BYTES")) == (0x89ABCDEF, OKAY)
+    assert await read32(master, offset_of("CNT_DMA_WRITE_BYTES") + 4) == (0x1234, OKAY)
 
     # interrupt status: set by hardware, cleared by writing 1
     irq = offset_of("IRQ_STATUS")
@@ -160,6 +166,6 @@ async def csr_concurrent(dut):
 
     # clearing the counters
     await master.write(offset_of("COUNTERS_CLEAR"), b"\x01\x00\x00\x00")
-    lo, _ = await read32(master, offset_of("CYCLES"))
-    hi, _ = await read32(master, offset_of("CYCLES") + 4)
-    assert hi == 0 and lo < 200, f"CYCLES after a clear: {hi:#x}:{lo:#x}"
+    lo, _ = await read32(master, offset_of("CNT_CYCLES"))
+    hi, _ = await read32(master, offset_of("CNT_CYCLES") + 4)
+    assert hi == 0 and lo < 200, f"CNT_CYCLES after a clear: {hi:#x}:{lo:#x}"

@@ -1,9 +1,12 @@
 """cocotb side of the LOAD/STORE test (sim.tb.loadstore_top.LoadStoreTestTop).
 
 Phase 1 sends the LOAD descriptors (``load_cmds``, packed, one row of bytes each) and collects
-their responses; phase 2 the STORE descriptors (``store_cmds``). The plain read client ``rd``
-reads ``rd_req`` all along, so its bursts interleave with the LOAD's. Outputs: the statuses,
-the client's beats, the memory afterwards, the event counts and the cycles of each phase.
+their responses; phase 2 the STORE descriptors (``store_cmds``), from the cycle after the last
+LOAD response. The plain read client ``rd`` reads ``rd_req`` all along, so its bursts interleave
+with the LOAD's. Valid gaps (``stall``) and backpressure (``backpressure``) come from pause
+generators of the testbench kit (:mod:`sim.tb.common`) seeded from the logged seed. Outputs: the
+statuses, the client's beats, the memory afterwards, the event counts and the cycles of each
+phase (from reset release through the phase's last response).
 """
 
 import time
@@ -13,21 +16,24 @@ import numpy as np
 from cocotb.triggers import ClockCycles, RisingEdge
 from cocotb.utils import get_sim_time
 
-from .common import StreamDriver, StreamMonitor, load_inputs, rng, save_outputs
-from .dma import CycleCounter, start
+from .common import ClockLoop, StreamSink, StreamSource, load_inputs, random_pause, rng, save_outputs
+from .dma import start
 
 
 def _ints(rows):
     return [int.from_bytes(r.tobytes(), "little") for r in rows]
 
 
-async def phase(dut, name, cmds, *, stall, backpressure, rand):
-    drv = StreamDriver(dut, f"{name}_cmd", dut.clk, stall=stall, rand=rand)
-    mon = StreamMonitor(dut, f"{name}_resp", dut.clk, backpressure=backpressure, rand=rand)
-    sender = cocotb.start_soon(drv.send(cmds, timeout_cycles=200_000))
-    statuses = await mon.receive(len(cmds), timeout_cycles=200_000)
-    await sender
-    return statuses
+def _after(done, pause):
+    """A pause generator: pause while ``done()`` is false, then as ``pause`` says (``None``:
+    never). Checked in the cycle after the one that made ``done()`` true, so a phase starts in
+    the cycle after the last response of the one before."""
+    while not done():
+        yield True
+    if pause is None:
+        while True:
+            yield False
+    yield from pause
 
 
 @cocotb.test()
@@ -39,29 +45,42 @@ async def loadstore(dut):
     stall, backpressure = float(meta["stall"]), float(meta["backpressure"])
     mem = await start(dut, meta, arrays, rand)
     rd_req = arrays["rd_req"]
-    rd_drv = StreamDriver(dut, "rd__req", clk, stall=stall, rand=rand)
-    rd_mon = StreamMonitor(dut, "rd__data", clk, backpressure=backpressure, rand=rand)
-    for name in ("load", "store"):
-        StreamDriver(dut, f"{name}_cmd", clk)
-        StreamMonitor(dut, f"{name}_resp", clk)
     await ClockCycles(clk, 3)
     dut.rst.value = 0
-    counter = CycleCounter(clk)
-    t0 = time.perf_counter()
+    # the agents start after reset: cycle 0 is the first rising edge after its release
+
+    def pause(p):
+        return random_pause(p, rand.getrandbits(32))
+
     aw = int(meta["addr_width"])
-    rd_send = cocotb.start_soon(rd_drv.send([int(a) | int(b) << aw for a, b in rd_req]))
-    rd_recv = cocotb.start_soon(rd_mon.receive(int(rd_req[:, 1].sum()) if len(rd_req) else 0,
-                                               timeout_cycles=200_000))
-    load_status = await phase(dut, "load", _ints(arrays["load_cmds"]), stall=stall,
-                              backpressure=backpressure, rand=rand)
-    load_cycles = counter.count
-    store_status = await phase(dut, "store", _ints(arrays["store_cmds"]), stall=stall,
-                               backpressure=backpressure, rand=rand)
-    store_cycles = counter.count - load_cycles
-    await rd_send
-    rd_beats = await rd_recv
+    rd_src = StreamSource(dut, "rd__req", clk, pause=pause(stall))
+    rd_sink = StreamSink(dut, "rd__data", clk, pause=pause(backpressure))
+    n_rd = int(rd_req[:, 1].sum()) if len(rd_req) else 0
+    rd_src.send_nowait([int(a) | int(b) << aw for a, b in rd_req])
+    cmds = {name: _ints(arrays[f"{name}_cmds"]) for name in ("load", "store")}
+    resp = {name: StreamSink(dut, f"{name}_resp", clk, pause=pause(backpressure)) for name in cmds}
+    load_done = lambda: len(resp["load"].beats) >= len(cmds["load"])   # noqa: E731
+    # phase 1 the LOADs; phase 2 the STOREs, from the cycle after the last LOAD response
+    src = {"load": StreamSource(dut, "load_cmd", clk, pause=pause(stall)),
+           "store": StreamSource(dut, "store_cmd", clk, pause=_after(load_done, pause(stall)))}
+    for name, source in src.items():
+        source.send_nowait(cmds[name])
+    loop = ClockLoop.of(clk)
+    t0 = time.perf_counter()
+    load_status = await resp["load"].receive(len(cmds["load"]), timeout_cycles=200_000)
+    store_status = await resp["store"].receive(len(cmds["store"]), timeout_cycles=200_000)
+    rd_beats = await rd_sink.receive(n_rd, timeout_cycles=200_000)
+    await loop.until(lambda: all(s.idle() for s in (rd_src, *src.values())), timeout_cycles=200_000,
+                     what="loadstore")
     wall = time.perf_counter() - t0
-    cycles = counter.count
+
+    def end(agents, default=0):
+        """Cycles from reset release through the last handshake of ``agents``."""
+        return max([a.accepted_at[-1] + 1 for a in agents if a.accepted_at] or [default])
+
+    load_cycles = end([resp["load"]])
+    store_cycles = end([resp["store"]], load_cycles) - load_cycles
+    cycles = end([rd_src, rd_sink, *src.values(), *resp.values()])
     await ClockCycles(clk, 4)
     cocotb.log.info("LOAD %d cycles, STORE %d cycles; %d cycles in %.2f s: %.0f cycles/s",
                     load_cycles, store_cycles, cycles, wall, cycles / max(wall, 1e-9))

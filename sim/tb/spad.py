@@ -3,9 +3,12 @@
 ``spad_traffic`` plays every mover's descriptors and words at once (``inputs.npz``:
 ``w<j>_desc``/``w<j>_after``/``w<j>_data``/``w<j>_mask``, ``r<i>_desc``/``r<i>_after``), with
 random valid gaps (``stall``) on the descriptor and write-data streams and ready backpressure
-(``backpressure``) on the read-data streams (the harness holds a descriptor with ``after = n``
-until the writers have given n done pulses). It saves every read word and its flags, the cycle of every handshake and
-done pulse, and the scratchpad's event counts. Every wait has a cycle timeout.
+(``backpressure``) on the read-data streams, from pause generators of the testbench kit
+(:mod:`sim.tb.common`) seeded from the logged seed (the harness holds a descriptor with
+``after = n`` until the writers have given n done pulses). It saves every read word and its
+flags, the cycle of every handshake and done pulse (counted from the first rising edge after
+reset release), and the scratchpad's event counts. A run fails when no stream makes a handshake
+for ``timeout_cycles`` cycles.
 """
 
 import cocotb
@@ -13,18 +16,7 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from .common import StreamDriver, load_inputs, rng, save_outputs
-
-
-class _Cycles:
-    def __init__(self):
-        self.now = 0
-
-
-async def _count(dut, cycles):
-    while True:
-        await RisingEdge(dut.clk)
-        cycles.now += 1
+from .common import ClockLoop, StreamSink, StreamSource, Tap, load_inputs, random_pause, rng, save_outputs
 
 
 def _pack(fields, values):
@@ -39,46 +31,13 @@ def _words(rows):
     return [sum(int(x) << (32 * k) for k, x in enumerate(row)) for row in rows]
 
 
-async def _send_descs(dut, prefix, rows, after, fields, cycles, stall, rand, stamps, timeout):
-    """Send the descriptors (the harness holds each until its ``after`` done pulses)."""
-    names = ("base", "count0", "count1", "count2", "stride0", "stride1", "stride2")
-    beats = [_pack(fields, {**dict(zip(names, row, strict=True)), "after": need})
-             for row, need in zip(rows, after, strict=True)]
-    drv = StreamDriver(dut, prefix, dut.clk, stall=stall, rand=rand)
-    await drv.send(beats, timeout_cycles=timeout, now=lambda: cycles.now, accepted_at=stamps)
+_DESC_NAMES = ("base", "count0", "count1", "count2", "stride0", "stride1", "stride2")
 
 
-async def _receive(dut, prefix, count, *, backpressure, rand, cycles, stamps, timeout):
-    valid, ready = getattr(dut, f"{prefix}__valid"), getattr(dut, f"{prefix}__ready")
-    payload = getattr(dut, f"{prefix}__payload")
-    out, idle = [], 0
-    while len(out) < count:
-        take = not (backpressure and rand.random() < backpressure)
-        ready.value = int(take)
-        await ReadOnly()
-        if take and valid.value:
-            out.append(int(payload.value))
-            stamps.append(cycles.now)
-            idle = 0
-        else:
-            idle += 1
-            if idle > timeout:
-                raise TimeoutError(f"{prefix}: no word for {timeout} cycles ({len(out)} of {count})")
-        await RisingEdge(dut.clk)
-    ready.value = 0
-    return out
-
-
-async def _watch_done(dut, writers, state, cycles, stamps):
-    """Record the cycle of every done pulse."""
-    pins = [getattr(dut, f"wr{j}_done") for j in range(writers)]
-    while True:
-        await ReadOnly()
-        for j, pin in enumerate(pins):
-            if pin.value:
-                stamps[j].append(cycles.now)
-                state["done"] += 1
-        await RisingEdge(dut.clk)
+def _descs(rows, after, fields):
+    """The descriptor beats (the harness holds each until its ``after`` done pulses)."""
+    return [_pack(fields, {**dict(zip(_DESC_NAMES, row, strict=True)), "after": need})
+            for row, need in zip(rows, after, strict=True)]
 
 
 @cocotb.test()
@@ -100,45 +59,49 @@ async def spad_traffic(dut):
     for _ in range(2):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
-    cycles = _Cycles()
-    cocotb.start_soon(_count(dut, cycles))
-    state = {"done": 0}
-    stamps = {name: [] for name in [*(f"r{i}{s}" for i in range(R) for s in ("", "_desc")),
-                                    *(f"w{j}{s}" for j in range(W) for s in ("", "_desc", "_done"))]}
-    done_stamps = [stamps[f"w{j}_done"] for j in range(W)]
-    cocotb.start_soon(_watch_done(dut, W, state, cycles, done_stamps))
-    tasks, readers, n_descs = [], {}, 0
+    # the agents start after reset: cycle 0 is the first rising edge after its release
+    loop = ClockLoop.of(dut.clk)
+
+    def pause(p):
+        return random_pause(p, rand.getrandbits(32))
+
+    done_taps = [Tap(dut, f"wr{j}_done", f"wr{j}_done") for j in range(W)]
+    sources, sinks, counts_wanted, n_descs = {}, {}, {}, 0
     for j in range(W):
         if f"w{j}_desc" not in arrays:
             continue
         n_descs += len(arrays[f"w{j}_desc"])
-        tasks.append(cocotb.start_soon(_send_descs(
-            dut, f"wr{j}_desc", arrays[f"w{j}_desc"], arrays[f"w{j}_after"], meta["desc_fields"],
-            cycles, stall, rand, stamps[f"w{j}_desc"], timeout)))
-        beats = [_pack(meta["wdata_fields"], {"data": d, "mask": m})
-                 for d, m in zip(_words(arrays[f"w{j}_data"]), arrays[f"w{j}_mask"], strict=True)]
-        drv = StreamDriver(dut, f"wr{j}_data", dut.clk, stall=stall, rand=rand)
-        tasks.append(cocotb.start_soon(drv.send(beats, timeout_cycles=timeout, now=lambda: cycles.now,
-                                                accepted_at=stamps[f"w{j}"])))
+        sources[f"w{j}_desc"] = StreamSource(dut, f"wr{j}_desc", pause=pause(stall))
+        sources[f"w{j}_desc"].send_nowait(_descs(arrays[f"w{j}_desc"], arrays[f"w{j}_after"], meta["desc_fields"]))
+        sources[f"w{j}"] = StreamSource(dut, f"wr{j}_data", pause=pause(stall))
+        sources[f"w{j}"].send_nowait([_pack(meta["wdata_fields"], {"data": d, "mask": m})
+                                      for d, m in zip(_words(arrays[f"w{j}_data"]), arrays[f"w{j}_mask"],
+                                                      strict=True)])
     for i in range(R):
         if f"r{i}_desc" not in arrays:
             continue
         rows = arrays[f"r{i}_desc"]
-        tasks.append(cocotb.start_soon(_send_descs(
-            dut, f"rd{i}_desc", rows, arrays[f"r{i}_after"], meta["desc_fields"], cycles,
-            stall, rand, stamps[f"r{i}_desc"], timeout)))
-        count = int(sum(int(np.prod(r[1:4])) for r in rows))
-        readers[i] = cocotb.start_soon(_receive(dut, f"rd{i}_data", count, backpressure=bp, rand=rand,
-                                                cycles=cycles, stamps=stamps[f"r{i}"], timeout=timeout))
-    for task in tasks:
-        await task
-    got = {i: await task for i, task in readers.items()}
-    waited = 0
-    while state["done"] < n_descs:
-        await RisingEdge(dut.clk)
-        waited += 1
-        assert waited < timeout, f"{state['done']} of {n_descs} writer descriptors done"
-    end = max([cycles.now] + [s[-1] for s in stamps.values() if s])
+        sources[f"r{i}_desc"] = StreamSource(dut, f"rd{i}_desc", pause=pause(stall))
+        sources[f"r{i}_desc"].send_nowait(_descs(rows, arrays[f"r{i}_after"], meta["desc_fields"]))
+        sinks[i] = StreamSink(dut, f"rd{i}_data", pause=pause(bp))
+        counts_wanted[i] = int(sum(int(np.prod(r[1:4])) for r in rows))
+
+    def done():
+        return (all(s.idle() for s in sources.values())
+                and all(len(sinks[i].beats) >= n for i, n in counts_wanted.items())
+                and sum(len(t.cycles) for t in done_taps) >= n_descs)
+
+    await loop.until(done, timeout_cycles=timeout, what="spad_traffic")
+    got = {i: sink.beats[:counts_wanted[i]] for i, sink in sinks.items()}
+    stamps = {name: [] for name in [*(f"r{i}{s}" for i in range(R) for s in ("", "_desc")),
+                                    *(f"w{j}{s}" for j in range(W) for s in ("", "_desc", "_done"))]}
+    for name, source in sources.items():
+        stamps[name] = source.accepted_at
+    for i, sink in sinks.items():
+        stamps[f"r{i}"] = sink.accepted_at[:counts_wanted[i]]
+    for j, tap in enumerate(done_taps):
+        stamps[f"w{j}_done"] = tap.cycles
+    end = max([loop.cycle] + [s[-1] for s in stamps.values() if s])
     await RisingEdge(dut.clk)
     await ReadOnly()
     counts = int(dut.counts.value)

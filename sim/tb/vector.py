@@ -2,55 +2,55 @@
 
 ``vector_stream`` drives the commands and the a, b, p, s_in beats it is given (``inputs.npz``)
 with random valid gaps (``stall``), takes o, s_out and resp with random ready backpressure
-(``backpressure``), and saves every beat with the cycle it was taken, the cycles ``a`` beats
-were accepted, and the sums of the ``events`` port. Every wait has a cycle timeout, so a hang
-fails the test; after the last expected beat nothing more may come out.
+(``backpressure``), both from pause generators of the testbench kit (:mod:`sim.tb.common`)
+seeded from the logged seed, and saves every beat with the cycle it was taken, the cycles ``a``
+beats were accepted, and the sums of the ``events`` port (cycles counted from the first rising
+edge after reset release). A run fails when no stream makes a handshake for ``timeout_cycles``
+cycles, so a hang fails the test; the sinks stay ready for ``drain_cycles`` after the last
+expected beat, and nothing more may come out.
 """
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ReadOnly, RisingEdge
 
-from sim.tb.common import StreamDriver, load_inputs, rng, save_outputs, start_clock_and_reset
-
-
-class _Clock:
-    def __init__(self):
-        self.cycle = 0
-
-
-async def _count(dut, clk, events, fields):
-    """Cycle counter and the sums of the events port (fields: [(name, width)])."""
-    while True:
-        await ReadOnly()
-        v = int(dut.events.value)
-        pos = 0
-        for name, width in fields:
-            events[name] += (v >> pos) & ((1 << width) - 1)
-            pos += width
-        await RisingEdge(dut.clk)
-        clk.cycle += 1
+from sim.tb.common import (
+    ClockLoop,
+    StreamSink,
+    StreamSource,
+    load_inputs,
+    random_pause,
+    rng,
+    save_outputs,
+    start_clock_and_reset,
+)
 
 
-async def _receive(dut, prefix, count, width, rand, backpressure, clk, timeout, out, cycles):
-    valid = getattr(dut, f"{prefix}__valid")
-    ready = getattr(dut, f"{prefix}__ready")
-    payload = getattr(dut, f"{prefix}__payload")
-    idle = 0
-    while len(out) < count:
-        r = not (backpressure and rand.random() < backpressure)
-        ready.value = int(r)
-        await ReadOnly()
-        if r and int(valid.value):
-            out.append(int(payload.value))
-            cycles.append(clk.cycle)
-            idle = 0
-        else:
-            idle += 1
-            if idle > timeout:
-                raise TimeoutError(f"{prefix}: no beat for {timeout} cycles ({len(out)} of {count})")
-        await RisingEdge(dut.clk)
-    ready.value = 0
+class _EventSums:
+    """Sums the fields of the ``events`` port in every cycle (fields: [(name, width)]); an agent
+    of the clock loop."""
+
+    name = "events"
+
+    def __init__(self, dut, fields):
+        self._events = dut.events
+        self._fields = fields
+        self.sums = dict.fromkeys([n for n, _ in fields], 0)
+        ClockLoop.of(dut.clk).add(self)
+
+    def progress(self):
+        return f"events: {self.sums}"
+
+    def _drive(self):
+        pass
+
+    def _sample(self, cycle):
+        v = int(self._events.value)
+        if v:
+            pos = 0
+            for name, width in self._fields:
+                self.sums[name] += (v >> pos) & ((1 << width) - 1)
+                pos += width
+        return False
 
 
 def _split(values, lanes):
@@ -75,30 +75,28 @@ async def vector_stream(dut):
     for prefix in ("o", "s_out", "resp"):
         getattr(dut, f"{prefix}__ready").value = 0
     await start_clock_and_reset(dut)
-    clk = _Clock()
-    events = dict.fromkeys([n for n, _ in fields], 0)
-    cocotb.start_soon(_count(dut, clk, events, fields))
-    a_cycle = []
-    drivers = []
+    # cycle 0 is the first rising edge after reset release
+    loop = ClockLoop.of(dut.clk)
+    events = _EventSums(dut, fields)
+    sources = {}
     for prefix, data in (("cmd", cmds), ("a", beats["a"]), ("b", beats["b"]), ("p", beats["p"]),
                          ("s_in", s_in)):
-        drv = StreamDriver(dut, prefix, dut.clk, stall=stall, rand=rand)
-        stamps = a_cycle if prefix == "a" else None
-        drivers.append(cocotb.start_soon(drv.send(data, timeout_cycles=timeout, now=lambda: clk.cycle,
-                                                  accepted_at=stamps)))
-    got = {k: [] for k in ("o", "s_out", "resp")}
-    cyc = {k: [] for k in ("o", "s_out", "resp")}
-    rx = [cocotb.start_soon(_receive(dut, k, int(meta[f"n_{k}"]), 0, rand, backpressure, clk, timeout,
-                                     got[k], cyc[k])) for k in ("o", "s_out", "resp")]
-    for task in rx + drivers:
-        await task
-    for _ in range(int(meta.get("drain_cycles", 30))):
-        await ReadOnly()
-        for k in ("o", "s_out", "resp"):
-            assert not int(getattr(dut, f"{k}__valid").value), f"a {k} beat beyond the expected count"
-        await RisingEdge(dut.clk)
+        sources[prefix] = StreamSource(dut, prefix, pause=random_pause(stall, rand.getrandbits(32)))
+        sources[prefix].send_nowait(data)
+    expect = {k: int(meta[f"n_{k}"]) for k in ("o", "s_out", "resp")}
+    sinks = {k: StreamSink(dut, k, pause=random_pause(backpressure, rand.getrandbits(32))) for k in expect}
+    await loop.until(lambda: all(s.idle() for s in sources.values())
+                     and all(len(sinks[k].beats) >= n for k, n in expect.items()),
+                     timeout_cycles=timeout, what="vector_stream")
+    # the sinks stay ready: a beat beyond the expected count would be taken and recorded
+    await loop.cycles(int(meta.get("drain_cycles", 30)))
+    for k, n in expect.items():
+        assert len(sinks[k].beats) == n, f"a {k} beat beyond the expected count"
+    got = {k: sink.beats for k, sink in sinks.items()}
+    cyc = {k: sink.accepted_at for k, sink in sinks.items()}
     save_outputs(o=_split(got["o"], lanes), s_out=np.array(got["s_out"], np.uint32),
                  resp=np.array(got["resp"], np.int64), o_cycle=np.array(cyc["o"], np.int64),
-                 resp_cycle=np.array(cyc["resp"], np.int64), a_cycle=np.array(a_cycle, np.int64),
-                 events=np.array([events[n] for n, _ in fields], np.int64),
-                 cycles=np.array(clk.cycle, np.int64))
+                 resp_cycle=np.array(cyc["resp"], np.int64),
+                 a_cycle=np.array(sources["a"].accepted_at, np.int64),
+                 events=np.array([events.sums[n] for n, _ in fields], np.int64),
+                 cycles=np.array(loop.cycle, np.int64))

@@ -1,22 +1,31 @@
 """A decoder layer on the chip (compiler.layer, sim.layer_api.run_layer) against
-golden.DecoderLayer run sequence by sequence: a small synthetic layer (d_model 64, 4 query
-heads, 2 KV heads, FFN 128) on a small chip, both modes, with AXI stalls; and the requests the
-compiler refuses before anything runs."""
+golden.DecoderLayer run sequence by sequence: a small synthetic layer (d_model 32, 4 query
+heads, 2 KV heads of 8, FFN 64: the shapes the `tiny` chip's KV cache and vector unit hold, so
+the tests reuse the chip builds the other tiny-chip tests make) in both modes, with AXI stalls;
+and the requests the compiler refuses before anything runs."""
 
 import numpy as np
 import pytest
 
 from golden.layer import DecoderLayer, LayerConfig, LayerWeights, calibrate
 from hdl.config import get_config
+from sim.chip_api import ChipSim
 from sim.layer_api import CompileError, Request, plan_layer, run_layer
 
-LC = LayerConfig(d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128)
+LC = LayerConfig(d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64)
 SEED = 7
+TINY = get_config("tiny")
+TINY_BF16 = TINY.replace(name="tiny_bf16", kvcache={"dtype": "bf16"})
 
 
 def chip_config(mode):
-    return get_config("tiny").replace(name=f"tiny_layer_{mode}", kvcache={"head_dim": 16, "dtype": mode},
-                                      vector={"max_len": 128})
+    return TINY if mode == "int8" else TINY_BF16
+
+
+def chip_sim(mode):
+    """The builds the other tiny-chip tests use: the plain chip (int8 KV cache) and the traced
+    one with a bf16 KV cache (tests/test_chip_kv_cocotb.py)."""
+    return ChipSim(TINY) if mode == "int8" else ChipSim(TINY_BF16, kv_trace=True)
 
 
 def layer(mode):
@@ -45,12 +54,13 @@ def server_steps(lay):
     ]
 
 
-@pytest.mark.parametrize("mode", ["int8", "bf16"])
+@pytest.mark.parametrize("mode", [pytest.param("int8", marks=pytest.mark.xdist_group("chip_tiny")),
+                                  pytest.param("bf16", marks=pytest.mark.xdist_group("chip_kvtrace_tiny_bf16"))])
 def test_layer_prefill_batched_decode_and_page_reuse_match_golden_row_for_row_under_axi_stalls(mode):
     lay = layer(mode)
     steps = server_steps(lay)
     print(f"seed {SEED}")
-    res = run_layer(lay, steps, config=chip_config(mode), stall=0.2, backpressure=0.2, seed=SEED)
+    res = run_layer(lay, steps, config=chip_config(mode), stall=0.2, backpressure=0.2, seed=SEED, sim=chip_sim(mode))
     for i in range(len(steps)):
         assert res.outputs[f"error{i}"][0] == 0, f"step {i}: chip error {res.outputs[f'error{i}']}"
         assert res.outputs[f"match{i}"].all(), f"step {i}: rows {np.flatnonzero(~res.outputs[f'match{i}'])} differ"
@@ -75,7 +85,9 @@ def test_compiler_refuses_bad_requests_before_anything_runs():
         with pytest.raises(CompileError, match=words):
             plan_layer(lay, steps, config=cfg)
     with pytest.raises(CompileError, match="KV cache holds"):
+        plan_layer(lay, [[Request(seq=0, x=x, alloc=True)]], config=cfg.replace(name="kv16", kvcache={"head_dim": 16}))
+    with pytest.raises(CompileError, match="does not match the layer"):
         plan_layer(lay, [[Request(seq=0, x=x, alloc=True)]], config="tiny")
     with pytest.raises(CompileError, match="vector.max_len"):
         plan_layer(lay, [[Request(seq=0, x=x, alloc=True)]],
-                   config=cfg.replace(name="short_vector", vector={"max_len": 64}))
+                   config=cfg.replace(name="short_vector", vector={"max_len": 32}))

@@ -11,13 +11,13 @@ shared machine; the cycle counts are exact.
 """
 
 import argparse
-import json
 import sys
 import time
 
 import numpy as np
 
-from sim.runner import BUILD, build, run
+from bench import write_json
+from sim.runner import build, run
 from sim.streams import run_streams
 from sim.tb.arith import (
     UNITS,
@@ -84,10 +84,7 @@ def main(argv=None):
         exact = r["bit_exact"] and r.get("stream_bit_exact", True)
         print(f"{r['unit']:13s} | {r['latency']:3d} | {r['cycles']:9d} | {r['sim_vectors_per_second']:10d} | "
               f"{r['total_vectors_per_second']:11d} | {stream} | {'yes' if exact else 'NO'}")
-    path = BUILD / "bench" / "arith.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_json("arith", result)
     ok = all(r["bit_exact"] and r.get("stream_bit_exact", True) for r in result["units"])
     return 0 if ok else 1
 

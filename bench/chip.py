@@ -17,7 +17,6 @@ clocking the idle chip (``--quick``: one int8 MATMUL only).
 """
 
 import argparse
-import json
 import sys
 import time
 
@@ -25,9 +24,9 @@ import ml_dtypes
 import numpy as np
 
 import golden
+from bench import write_json
 from sim.chip_api import ChipSim, Program
 from sim.chip_matmul import MatmulProgram
-from sim.runner import BUILD
 from spec import isa
 from spec.codes import ChipError
 
@@ -139,10 +138,7 @@ def main(argv=None):
               f"{r['dram_bytes_per_cycle']:>8} {r['dram_fraction_of_peak']:>7.1%} {r['w_ready_at_start']:>7} "
               f"{r['stall_weight']:>5} {r['sim_cycles_per_s']:>7} {r['wall_s']:>7} {r['host_s_per_cycle_work']:>7} "
               f"{r['host_s_axi_beats']:>7} {str(r['bit_exact']):>5}")
-    path = BUILD / "bench" / "chip.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_json("chip", out)
     return 0 if all(r["bit_exact"] for r in rows) else 1
 
 

@@ -13,15 +13,15 @@ model sim/models/tfa_axi_mem.v, no Python per beat) and element size:
 """
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
+from bench import write_json
 from golden.loadstore import Descriptor, elem_code
 from hdl.config import get_config
 from hdl.loadstore import default_spad_addr_width, load_desc_layout, store_desc_layout
-from sim.runner import BUILD, run
+from sim.runner import run
 from sim.tb.loadstore_top import loadstore_design
 
 SPAD_WORDS = 1024
@@ -81,10 +81,7 @@ def main(argv=None):
             print(f"{memory:7s} elem_bytes {eb}: LOAD {r['load']['cycles']} cycles (ideal {r['ideal_cycles']:.0f}, "
                   f"{r['load']['cycles_per_second']} cycles/s), STORE {r['store']['cycles']} cycles "
                   f"({r['store']['cycles_per_second']} cycles/s)", flush=True)
-    path = BUILD / "bench" / "dma.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_json("dma", results)
     return 0
 
 

@@ -26,16 +26,15 @@ Every figure is counted in simulated cycles (deterministic), no stalls on any st
 """
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
+from bench import write_json
 from golden.kvcache import KVCommand, KVOp, KVStatus, PagedKVCache
 from hdl.config import get_config
 from hdl.kvcache import KVCacheParams
 from sim.kvcache_api import run_kvcache
-from sim.runner import BUILD
 
 
 def _rows(cache, rng):
@@ -213,10 +212,7 @@ def main(argv=None):
     w = max(len(a) for a, _ in rows)
     for a, b in rows:
         print(f"  {a:<{w}}  {b}")
-    path = BUILD / "bench" / "kvcache.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=float) + "\n")
-    print(f"wrote {path}")
+    write_json("kvcache", out)
     return 0
 
 

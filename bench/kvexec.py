@@ -15,15 +15,14 @@ so the figures are the KV unit's. ``python -m bench.kvexec [--config NAME]``.
 """
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
+from bench import write_json
 from hdl.config import get_config
 from sim.chip_api import ChipSim
 from sim.chip_kv import KVPrograms
-from sim.runner import BUILD
 from spec.codes import KVOp
 
 #: Tokens of the prefill APPEND and of the one-token APPENDs (two sequences: both fit the pool).
@@ -86,10 +85,7 @@ def main(argv=None):
               f"{d['overhead_cycles_per_instruction']} over the {d['beats_per_token']} beats")
         print(f"  FREE of {r['free_tokens']} tokens: held {r['free_busy_cycles']} cycles; ALLOC: "
               f"{r['alloc_busy_cycles']} cycles")
-    path = BUILD / "bench" / "kvexec.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_json("kvexec", out)
     return 0
 
 

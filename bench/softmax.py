@@ -16,18 +16,17 @@ configuration; ``--widths`` only runs the table/width measurement behind docs/nu
 """
 
 import argparse
-import json
 import re
 import sys
 import time
 
 import numpy as np
 
+from bench import write_json
 from golden import softmax as gsm
 from hdl.config import get_config
 from hdl.softmax import SoftmaxUnit
 from sim import run_softmax
-from sim.runner import BUILD
 
 
 def _attention_logits(rng, rows, length, spread):
@@ -191,10 +190,7 @@ def main(argv=None):
         f = out["fpga"]
         print(f"\nECP5 LFE5U-85F, config {args.config}: LUT4 {f.get('luts')}, FF {f.get('flip_flops')}, "
               f"MULT18X18D {f.get('dsp_mult18')}, DP16KD {f.get('bram_dp16kd')}, Fmax {f.get('fmax_mhz')}")
-    path = BUILD / "bench" / "softmax.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {path}")
+    write_json("softmax", out)
     ok = all(r["bit_exact"] for r in out.get("throughput", []))
     return 0 if ok else 1
 

@@ -18,13 +18,12 @@ mover's rate is its words over the cycles from its first word to its last:
 """
 
 import argparse
-import json
 import sys
 
 import numpy as np
 
+from bench import write_json
 from hdl.config import get_config
-from sim.runner import BUILD
 from sim.spad_api import run_spad
 
 
@@ -94,10 +93,7 @@ def main(argv=None):
     lat = out["latency"]
     print(f"  latency: read descriptor → first word {lat['read_desc_to_first_word']} cycles, "
           f"write last word → done {lat['write_last_word_to_done']} cycles")
-    path = BUILD / "bench" / "spad.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2, default=float) + "\n")
-    print(f"wrote {path}")
+    write_json("spad", out)
     return 0
 
 

@@ -25,6 +25,7 @@ BENCHES = [
     ("vector", "bench.vector"),
     ("chip_units", "bench.chip_units"),
     ("layer", "bench.layer"),
+    ("decode", "bench.decode"),
     ("accuracy", "golden.accuracy"),
     ("flow", "bench.flow"),
 ]

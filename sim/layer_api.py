@@ -18,7 +18,7 @@ from spec import isa
 from .chip_api import ChipSim, Program
 from .result import SimResult
 
-__all__ = ["run_layer", "LayerRun", "Request", "CompileError", "plan_layer"]
+__all__ = ["run_layer", "LayerRun", "Request", "CompileError", "plan_layer", "chip_for"]
 
 _PROG_BASE = 0x0000_0000
 _IMAGE_BASE = 0x0040_0000
@@ -69,6 +69,14 @@ def plan_layer(layer, steps, *, config="default", max_pos=None):
         read_back.append((f"y{i}", y_addr, rows * stride))
         compiled.append(s)
     return LayerRun(image=image, steps=compiled, memory=memory, programs=programs, read_back=read_back)
+
+
+def chip_for(plan, config):
+    """A :class:`ChipSim` of ``config`` whose external memory holds ``plan`` (a power of two of
+    bytes); call ``.design()`` on it to build the chip before timing a run."""
+    end = max(a + len(b) for a, b in plan.memory.items())
+    end = max(end, *(a + n for _, a, n in plan.read_back))
+    return ChipSim(config, mem_bytes=max(1 << 16, 1 << (end - 1).bit_length()))
 
 
 def _check_sequences(steps, cfg):
@@ -141,9 +149,7 @@ def run_layer(layer, steps, *, config="default", stall=0.0, backpressure=0.0, se
     """
     plan = plan_layer(layer, steps, config=config)
     if sim is None:
-        end = max(a + len(b) for a, b in plan.memory.items())
-        end = max(end, *(a + n for _, a, n in plan.read_back))
-        sim = ChipSim(config, mem_bytes=max(1 << 16, 1 << (end - 1).bit_length()))
+        sim = chip_for(plan, config)
     # a step that takes 5× the compiler's estimate (and over 2M cycles) is a hang
     timeout = max(2_000_000, 5 * max(st.asm.expected_cycles for st in plan.steps))
     res = sim.run(plan.memory, plan.programs, read_back=plan.read_back, stall=stall, backpressure=backpressure,

@@ -24,7 +24,7 @@ import numpy as np
 
 from hdl.config import PRESETS, get_config
 
-from .layer_api import CompileError, Request, plan_layer, run_layer
+from .layer_api import CompileError, Request, chip_for, plan_layer, run_layer
 
 #: A layer whose input carries SmolLM2's ~2·10⁴ activation in channel 507 at position 0.
 DEFAULT_LAYER = 15
@@ -190,7 +190,10 @@ def main(argv=None):
             print(f"step {i}:\n{s.dump()}")
     est = sum(s.asm.expected_cycles for s in plan.steps)
     print(f"{len(plan.steps)} steps, {sum(len(p) for p in plan.programs)} instructions, {est:,} cycles by the "
-          f"compiler's timing model; building and running the chip (progress every 10 s) ...", flush=True)
+          f"compiler's timing model; building the {cfg.name} chip (cached after the first time) ...", flush=True)
+    sim = chip_for(plan, cfg)
+    sim.design()
+    print("running it (a progress line every 10 s) ...", flush=True)
     t1 = time.perf_counter()
     names = ["prefill"] + [f"decode {i + 1}" for i in range(args.decode)]
 
@@ -199,7 +202,7 @@ def main(argv=None):
             line = line.replace(f"run {i + 1}/{len(names)}", n)
         print(line, flush=True)
     res = run_layer(layer, steps, config=cfg, stall=args.stall, backpressure=args.stall, seed=args.seed,
-                    progress=show)
+                    progress=show, sim=sim)
     seconds = time.perf_counter() - t1
     fig = summarize(cfg, plan, res, seconds=seconds, fmax_mhz=args.fmax_mhz)
     fig.update(mode=args.mode, layer=args.layer, batch=args.batch, tokens=args.tokens, decode=args.decode,

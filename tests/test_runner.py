@@ -117,7 +117,7 @@ def test_make_verilog_with_unknown_config_prints_one_line_and_fails():
     result = subprocess.run([sys.executable, "-m", "hdl.generate", "--config", "huge"],
                             capture_output=True, text=True, cwd=runner.ROOT)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("make verilog: unknown CONFIG 'huge': choose one of tiny, default, large")
+    assert result.stderr.strip() == ("make verilog: unknown CONFIG 'huge': choose one of tiny, default, large, fpga")
 
 
 def test_make_verilog_card_gives_port_directions_seen_from_the_top_and_the_register_map():

@@ -21,12 +21,12 @@ help: ## list the targets
 	@echo "make sim-matmul     one SmolLM2-shaped matmul on the engine alone (CONFIG=)"
 	@echo "make test           the whole regression (pytest, both cores)"
 	@echo "make test-fast      golden and amaranth.sim tests only, no Verilator"
-	@echo "make verilog        write build/\$$CONFIG/*.v and build/\$$CONFIG/config.json (CONFIG=tiny|default|large; DSP=ecp5 for ECP5 DSP blocks)"
+	@echo "make verilog        write build/\$$CONFIG/*.v and build/\$$CONFIG/config.json (CONFIG=tiny|default|large|fpga; DSP=ecp5 for ECP5 DSP blocks)"
 	@echo "make lint           Verilator --lint-only -Wall on every generated top; ruff on the Python"
 	@echo "make waves TEST=id  record an FST waveform of one cocotb test and print its path"
 	@echo "make bench          benchmarks, JSON under build/bench/"
 	@echo "make accuracy       golden-model accuracy on SmolLM2 layers and the whole model, build/accuracy.json"
-	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (SEED=n: nextpnr seed, default 1; installs yowasp tools)"
+	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (TOP=one of hdl/tops.py, e.g. TOP=chip CONFIG=fpga; SEED=n: nextpnr seed, default 1; installs yowasp tools)"
 	@echo "make clean          remove build/ (keeps .venv; 'make distclean' removes it too)"
 
 # Install log in .venv/install.log; it is printed only when the install fails.
@@ -72,7 +72,7 @@ accuracy: $(STAMP)
 
 fpga: $(STAMP)
 	@$(PY) -m pip install --quiet -e '.[fpga]' > $(VENV)/install-fpga.log 2>&1 || { tail -40 $(VENV)/install-fpga.log; exit 1; }
-	$(PY) -m bench.fpga --config $(CONFIG) --seed $(SEED)
+	$(PY) -m bench.fpga --config $(CONFIG) --seed $(SEED) $(if $(TOP),--top $(TOP))
 
 clean:
 	rm -rf build

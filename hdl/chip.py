@@ -134,6 +134,7 @@ class Chip(wiring.Component):
         }
         self._counter_fields = self._counter_layout()
         self._regmap = RegisterMap.from_spec(spec_csr.chip_registers(list(self._counter_fields)))
+        self._csr = CsrBank(self._regmap)
 
     @staticmethod
     def param_beat_bytes(config):
@@ -178,6 +179,12 @@ class Chip(wiring.Component):
         """The :class:`hdl.csr.RegisterMap` of ``s_axil``."""
         return self._regmap
 
+    @property
+    def csr_read_latency(self):
+        """Cycles from an ``s_axil`` read address accepted to its data valid
+        (:attr:`hdl.csr.CsrBank.read_latency`)."""
+        return self._csr.read_latency
+
     # -- wiring ---------------------------------------------------------------------------------
     def elaborate(self, platform):
         m = Module()
@@ -189,7 +196,7 @@ class Chip(wiring.Component):
         m.submodules.store = store = self._store
         m.submodules.load_exec = lx = self._load_exec
         m.submodules.store_exec = sx = self._store_exec
-        m.submodules.csr = csr = CsrBank(self._regmap)
+        m.submodules.csr = csr = self._csr
 
         # the AXI ports
         wiring.connect(m, wiring.flipped(self.s_axil), csr.bus)

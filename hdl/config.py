@@ -20,6 +20,20 @@ Presets (:data:`PRESETS`):
     The FPGA prototyping configuration (an 8×8 array), used by ``make sim`` and integration tests.
 ``large``
     An ASIC study configuration (a 16×16 array, more lanes, a bigger KV cache).
+``fpga``
+    The whole chip on one Lattice ECP5 LFE5U-85F (83,640 LUT4, 208 DP16KD block RAMs of 18 kbit,
+    156 18×18 multipliers; ``make fpga TOP=chip CONFIG=fpga``): a 2×2 array, 2 scratchpad lanes,
+    a 64-bit AXI master. Synthesized (yosys ``synth_ecp5``, docs/chip.md "FPGA") it takes 38,665
+    LUT4 and 10,082 carry cells (about 58,800 of the LUT sites), 40,170 flip-flops, 76 multipliers
+    and 164 DP16KD. A 4×4 array with 4 lanes does not fit: 61,315 LUT4 and 13,780 carry cells
+    (about 89k LUT sites) and 212 DP16KD with these memories. It keeps a SmolLM2-135M layer's
+    shapes: a KV cache of 3 heads × 64 (int8), 16 pages of 16 = 256 positions of one layer
+    (96 KiB, 48 DP16KD), for up to 4 sequences; vector rows up to 1536 (d_ff; d_model + 2·kv_dim
+    = 960 too); softmax rows of 256 keys (the whole cache); a scratchpad of 4 banks × 4096 words
+    × 2 lanes (32768 elements, 64 DP16KD), which holds a step of up to 3 token rows in int8 mode
+    and 4 in bf16 mode (prefill in chunks of 3, decode batches of up to 3; the compiler's
+    CompileError says when a step does not fit). A bf16 KV cache (``kvcache.dtype``) doubles
+    the cache's block RAMs (212 in all: it does not fit).
 
 A bad value raises ``TypeError``/``ValueError`` naming the parameter as ``part.field`` and its
 allowed range, e.g. ``array.rows must be in 2..64, not 1``.
@@ -299,6 +313,13 @@ PRESETS = {
         kvcache=KVCacheConfig(page_size=16, pages=1024, heads=8, head_dim=128, max_seqs=32, beat_elems=16),
         vector=VectorConfig(lanes=16, max_len=11008),
         memory=MemoryConfig(spad_lanes=16, spad_words=32768, spad_banks=8, axi_data_bits=256)),
+    "fpga": ChipConfig(
+        name="fpga",
+        array=ArrayConfig(rows=2, cols=2),
+        softmax=SoftmaxConfig(lanes=2, max_len=256),
+        kvcache=KVCacheConfig(page_size=16, pages=16, heads=3, head_dim=64, max_seqs=4, beat_elems=2),
+        vector=VectorConfig(lanes=2, max_len=1536),
+        memory=MemoryConfig(spad_lanes=2, spad_words=4096, spad_banks=4, axi_data_bits=64)),
 }
 
 

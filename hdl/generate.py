@@ -7,7 +7,10 @@ Output, for configuration ``<config>``:
   multipliers are Lattice ECP5 ``MULT18X18D`` instances with their own registers (:mod:`hdl.dsp`),
   otherwise plain HDL that any tool maps;
 - ``build/<config>/config.json`` — the configuration's parameters and, for every top, every port
-  with its direction and width, plus the latency/throughput properties the component exposes.
+  with its direction (``in``/``out``, seen from the top) and width, the latency/throughput
+  properties the component exposes (:data:`PROPERTIES`) and, for a top with a register map
+  (``chip``, ``csr_bank``), its address width and every register: name, byte offset, bits,
+  access, reset value and description (counters included).
 """
 
 import argparse
@@ -17,6 +20,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 from amaranth.hdl import Value
+from amaranth.lib.wiring import In
 
 from .config import PRESETS, get_config
 from .memport import with_verilog_sources
@@ -30,17 +34,37 @@ def port_list(component, name):
     ports = [{"name": "clk", "dir": "in", "width": 1}, {"name": "rst", "dir": "in", "width": 1}]
     for path, member, value in component.signature.flatten(component):
         flat = "__".join(str(p) for p in path)
-        ports.append({"name": flat, "dir": "in" if member.flow.value == "in" else "out",
+        ports.append({"name": flat, "dir": "in" if member.flow == In else "out",
                       "width": len(Value.cast(value))})
     return ports
 
 
+#: Numeric properties copied into a top's entry when the component has them (cycles, or items
+#: per cycle for ``throughput``; each component's docstring says what it measures).
+PROPERTIES = ("latency", "throughput", "stages", "read_latency", "done_latency", "request_latency",
+              "data_latency", "csr_read_latency")
+
+
+def register_map(component):
+    """The ``{addr_width, registers}`` entry of a component with a register map (``chip``:
+    ``register_map``, ``csr_bank``: ``regmap``), or None."""
+    regmap = getattr(component, "register_map", None) or getattr(component, "regmap", None)
+    if regmap is None:
+        return None
+    return {"addr_width": regmap.addr_width,
+            "registers": [{"name": r.name, "offset": r.offset, "width": r.width, "access": r.access,
+                           "reset": r.reset, "doc": r.doc} for r in regmap]}
+
+
 def describe(component):
     info = {}
-    for prop in ("latency", "throughput", "stages"):
+    for prop in PROPERTIES:
         value = getattr(component, prop, None)
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
             info[prop] = value
+    csr = register_map(component)
+    if csr is not None:
+        info["csr"] = csr
     return info
 
 

@@ -29,6 +29,7 @@ TOPS = {
     "store_unit": ("hdl.loadstore", "StoreUnit"),
     "csr_bank": ("hdl.csr", "CsrBank"),
     "vector_unit": ("hdl.vector", "VectorUnit"),
+    "chip": ("hdl.chip", "Chip"),
 }
 
 

@@ -42,3 +42,22 @@ def test_replace_changes_only_the_named_fields_of_a_part():
     assert (cfg.name, cfg.array.rows, cfg.array.cols) == ("t2", 2, 4)
     assert cfg.kvcache == get_config("tiny").kvcache
 
+
+
+def test_fpga_preset_elaborates_a_chip_with_a_smollm2_kv_cache_and_its_counters_in_the_register_map():
+    from amaranth.hdl import Fragment
+
+    from hdl.chip import Chip
+    from spec import csr as spec_csr
+
+    cfg = get_config("fpga")
+    # SmolLM2-135M: 3 KV heads of 64, rows up to d_ff = 1536 (and d_model + 2·kv_dim = 960)
+    assert (cfg.kvcache.heads, cfg.kvcache.head_dim) == (3, 64)
+    assert cfg.vector.max_len >= 1536
+    assert cfg.softmax.max_len >= cfg.kvcache.max_tokens
+    chip = Chip.from_config("fpga")
+    Fragment.get(chip, None)
+    regs = chip.register_map
+    assert regs["ID"].offset == 0 and regs["CNT_CYCLES"].offset == spec_csr.COUNTER_BASE
+    assert [r.name for r in regs][-len(chip.counter_names):] == [f"CNT_{n.upper()}" for n in chip.counter_names]
+    assert chip.csr_read_latency == 2

@@ -117,4 +117,20 @@ def test_make_verilog_with_unknown_config_prints_one_line_and_fails():
     result = subprocess.run([sys.executable, "-m", "hdl.generate", "--config", "huge"],
                             capture_output=True, text=True, cwd=runner.ROOT)
     assert result.returncode == 2
-    assert result.stderr.strip() == ("make verilog: unknown CONFIG 'huge': choose one of tiny, default, large")
+    assert result.stderr.strip() == ("make verilog: unknown CONFIG 'huge': choose one of tiny, default, large, fpga")
+
+
+def test_make_verilog_card_gives_port_directions_seen_from_the_top_and_the_register_map():
+    from hdl.csr import CsrBank
+    from hdl.generate import describe, port_list
+    bank = CsrBank.from_config()
+    ports = {p["name"]: (p["dir"], p["width"]) for p in port_list(bank, "csr_bank")}
+    assert ports["clk"] == ("in", 1) and ports["rst"] == ("in", 1)
+    assert ports["bus__awaddr"] == ("in", 12) and ports["bus__awready"] == ("out", 1)
+    assert ports["bus__rdata"] == ("out", 32) and ports["regs__id"] == ("in", 32)
+    info = describe(bank)
+    assert info["read_latency"] == 2
+    regs = {r["name"]: r for r in info["csr"]["registers"]}
+    assert info["csr"]["addr_width"] == 12
+    assert regs["WATCHDOG"] == {"name": "WATCHDOG", "offset": 0x38, "width": 32, "access": "rw",
+                                "reset": 1 << 20, "doc": regs["WATCHDOG"]["doc"]}

@@ -12,6 +12,8 @@ from types import SimpleNamespace
 
 from amaranth.hdl import Signal, Value
 
+from .params import check_int
+
 __all__ = ["delay", "step", "check_ints", "KEEP"]
 
 #: Attribute of a register that synthesis must neither merge with an equal one nor retime
@@ -52,7 +54,4 @@ def check_ints(**params):
     """Validate constructor parameters given as ``name=(value, lo, hi)``: a ``TypeError`` for a
     value that is not an int, a ``ValueError`` naming the parameter and its range otherwise."""
     for name, (value, lo, hi) in params.items():
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise TypeError(f"{name} must be an int, not {value!r}")
-        if not lo <= value <= hi:
-            raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
+        check_int(name, value, lo, hi)

@@ -24,6 +24,7 @@ from spec.vector import MAX_HEAD_DIM, ROWS_BITS, VectorFlag, VectorOp, VectorSta
 
 from .config import ChipConfig
 from .counters import events_layout
+from .params import check_int
 from .vector_lane import LANE_LATENCY, VectorLane
 from .vector_rope import RopeFront
 from .vector_row import SLOTS, RowEngine
@@ -79,13 +80,8 @@ class VectorUnit(wiring.Component):
     """
 
     def __init__(self, *, lanes, max_len):
-        for name, value, lo, hi in (("lanes", lanes, 1, 64), ("max_len", max_len, 1, 1 << 16)):
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise TypeError(f"{name} must be an int, not {value!r}")
-            if not lo <= value <= hi:
-                raise ValueError(f"{name} must be in {lo}..{hi}, not {value}")
-        if lanes & (lanes - 1):
-            raise ValueError(f"lanes must be a power of two, not {lanes}")
+        check_int("lanes", lanes, 1, 64, pow2=True)
+        check_int("max_len", max_len, 1, 1 << 16)
         self._v, self._max_len = lanes, max_len
         self._lw = max_len.bit_length()
         self._tw = ROWS_BITS + self._lw

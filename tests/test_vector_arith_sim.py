@@ -146,3 +146,15 @@ def test_silu_core_equals_the_table_lookup_in_every_region():
     bits += [0x7F80, 0xFF80, 0x7FC0, 0x0000, 0x8000, 0x3B80, 0xBB80, 0x3B7F, 0x4100, 0xC300, 0xC2FF]
     got = _run(SiluCore(table), [{"a": b} for b in bits], ["y"], toggle=True, seed=seed)
     assert [r["y"] for r in got] == [spec.silu_bf16_lookup(b, table) for b in bits]
+
+
+@pytest.mark.parametrize("kw, exc, text", [
+    (dict(lanes=3, max_len=64), ValueError, "lanes must be a power of two"),
+    (dict(lanes=128, max_len=64), ValueError, r"lanes must be in 1\.\.64"),
+    (dict(lanes=8, max_len=0), ValueError, r"max_len must be in 1\.\.65536"),
+    (dict(lanes=8.0, max_len=64), TypeError, "lanes must be an int"),
+])
+def test_vector_unit_parameters_are_refused_naming_the_parameter(kw, exc, text):
+    from hdl.vector import VectorUnit
+    with pytest.raises(exc, match=text):
+        VectorUnit(**kw)

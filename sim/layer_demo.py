@@ -74,10 +74,8 @@ def make_steps(model, layer, index, *, batch, tokens, decode):
     return steps
 
 
-def summarize(cfg, plan, res, *, seconds, fmax_mhz, layers=30):
-    """The figures of a run: per phase (step) and in all."""
-    from sim.chip_api import ChipSim
-    names = ChipSim(cfg).chip().counter_names
+def summarize(cfg, plan, res, names, *, seconds, fmax_mhz, layers=30):
+    """The figures of a run (``names``: the chip's counter names): per phase (step) and in all."""
     R, C = cfg.array.rows, cfg.array.cols
     peak = cfg.memory.axi_data_bits // 8
     phases = []
@@ -98,7 +96,7 @@ def summarize(cfg, plan, res, *, seconds, fmax_mhz, layers=30):
             "error": [int(v) for v in res.outputs[f"error{i}"]],
             "counters": c,
         })
-    decode = [p for p in phases[1:]]
+    decode = phases[1:]
     dec_cycles = float(np.median([p["cycles"] for p in decode])) if decode else None
     batch = decode[0]["rows"] if decode else None
     total = sum(p["cycles"] for p in phases)
@@ -116,7 +114,7 @@ def summarize(cfg, plan, res, *, seconds, fmax_mhz, layers=30):
     return out
 
 
-def print_summary(fig, *, mode, layer_index, prefill_rows):
+def print_summary(fig, *, mode, layer_index):
     print(f"\nSmolLM2-135M layer {layer_index}, {mode}, on the {fig['config']} chip ({fig['array']} array)")
     hdr = f"{'phase':<10}{'rows':>6}{'golden':>10}{'cycles':>11}{'util':>7}{'DRAM B/tok':>12}{'B/cycle':>9}  " + \
         "  ".join(f"{u:>8}" for u in UNITS)
@@ -204,10 +202,10 @@ def main(argv=None):
     res = run_layer(layer, steps, config=cfg, stall=args.stall, backpressure=args.stall, seed=args.seed,
                     progress=show, sim=sim)
     seconds = time.perf_counter() - t1
-    fig = summarize(cfg, plan, res, seconds=seconds, fmax_mhz=args.fmax_mhz)
+    fig = summarize(cfg, plan, res, sim.chip().counter_names, seconds=seconds, fmax_mhz=args.fmax_mhz)
     fig.update(mode=args.mode, layer=args.layer, batch=args.batch, tokens=args.tokens, decode=args.decode,
                seed=res.seed, wall_seconds=time.perf_counter() - t0)
-    print_summary(fig, mode=args.mode, layer_index=args.layer, prefill_rows=args.tokens * args.batch)
+    print_summary(fig, mode=args.mode, layer_index=args.layer)
     rows = sum(p["rows"] for p in fig["phases"])
     good = sum(p["rows_matching"] for p in fig["phases"])
     errors = [p for p in fig["phases"] if p["error"][0] != 0]

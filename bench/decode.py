@@ -111,15 +111,11 @@ def make_steps(model, layer, index, batch):
 
 def run_batch(model, layer, cfg, layer_index, batch, *, fmax_mhz, seed, sims):
     """One simulation: prefill then one decode step of ``batch`` sequences. Returns the record."""
-    from sim.chip_api import ChipSim
-    from sim.layer_api import plan_layer, run_layer
+    from sim.layer_api import chip_for, plan_layer, run_layer
     steps = make_steps(model, layer, layer_index, batch)
     plan = plan_layer(layer, steps, config=cfg)
-    end = max(max(a + len(b) for a, b in plan.memory.items()), *(a + n for _, a, n in plan.read_back))
-    mem = max(1 << 16, 1 << (end - 1).bit_length())
-    if mem not in sims:
-        sims[mem] = ChipSim(cfg, mem_bytes=mem)
-    sim = sims[mem]
+    fresh = chip_for(plan, cfg)
+    sim = sims.setdefault(fresh.mem_bytes, fresh)      # one chip (and build) per memory size
     contexts = [context_of(b) for b in range(batch)]
     print(f"B={batch}: contexts {contexts}, prefill M={sum(contexts)}, decode M={batch}; "
           f"{sum(s.asm.expected_cycles for s in plan.steps):,} cycles by the compiler's timing model", flush=True)

@@ -70,6 +70,11 @@ class ChipSim:
     def config(self):
         return self._config
 
+    @property
+    def mem_bytes(self):
+        """Bytes of the external memory model."""
+        return self._mem_bytes
+
     def chip(self):
         """The :class:`hdl.chip.Chip` (elaboration parameters, register map, counters)."""
         if self._chip is None:

@@ -28,8 +28,8 @@ Only numpy: bf16 arrays may be ``ml_dtypes.bfloat16`` or their ``uint16`` bit pa
 
 import numpy as np
 
-__all__ = ["weight_beat_bytes", "weight_beats", "weight_bytes", "engine_weight_beats", "pack_weights",
-           "unpack_weight_beats", "param_beat_bytes", "param_bytes", "pack_params", "needs_params"]
+__all__ = ["weight_beat_bytes", "weight_beats", "weight_bytes", "engine_weight_beats", "weights_from_beats",
+           "pack_weights", "unpack_weight_beats", "param_beat_bytes", "param_bytes", "pack_params", "needs_params"]
 
 #: ``out_fmt`` of a requantized int8 result (spec.codes.OutFormat.INT8), which needs parameters.
 _OUT_INT8 = 1
@@ -115,6 +115,39 @@ def engine_weight_beats(w, *, rows, cols, transposed=False, wide=False):
             else:
                 beats.append(t[:kv])
     return np.concatenate(beats).astype(np.uint16)
+
+
+def weights_from_beats(beats, k, n, *, rows, cols, transposed=False, wide=False):
+    """The K×N matrix whose :func:`engine_weight_beats` are ``beats`` (uint16 [beats, C], as
+    :func:`unpack_weight_beats` gives them): uint16 [K, N] 16-bit lanes (int8 sign-extended,
+    bf16 bits). The inverse of :func:`engine_weight_beats`."""
+    _check_dims(k=k, n=n, rows=rows, cols=cols)
+    beats = np.asarray(beats, np.uint16)
+    R, C = rows, cols
+    Kt, Nt, J = _ceil(k, R), _ceil(n, C), _ceil(R, C)
+    wp = np.zeros((Kt * R, Nt * C), np.uint16)
+    want = weight_beats(k, n, rows=R, cols=C, transposed=transposed, wide=wide)
+    if beats.shape != (want, C):
+        raise ValueError(f"a {k}×{n} matrix has {want} beats of {C} lanes, not shape {list(beats.shape)}")
+    pos = 0
+    for nt in range(Nt):
+        for kt in range(Kt):
+            kv, nv = min(R, k - kt * R), min(C, n - nt * C)
+            r0, c0 = kt * R, nt * C
+            if transposed:
+                cols_t = beats[pos:pos + nv * J].reshape(nv, J * C)[:, :R]
+                wp[r0:r0 + R, c0:c0 + nv] = cols_t.T
+                pos += nv * J
+            elif wide:
+                half = _ceil(kv, 2)
+                pairs = np.stack([beats[pos:pos + half] & 0xFF, beats[pos:pos + half] >> 8], axis=1)
+                wp[r0:r0 + kv, c0:c0 + C] = pairs.reshape(2 * half, C)[:kv].astype(np.uint8).view(np.int8) \
+                    .astype(np.int16).view(np.uint16)
+                pos += half
+            else:
+                wp[r0:r0 + kv, c0:c0 + C] = beats[pos:pos + kv]
+                pos += kv
+    return wp[:k, :n].copy()
 
 
 def pack_weights(w, *, rows, cols, bus_bytes, transposed=False, wide=False):

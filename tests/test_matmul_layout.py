@@ -1,6 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """spec.matmul_layout: the engine beats it defines are the ones sim.matmul_api.prepare_job gives
-the engine (every format, partial tiles, R = C and R = 2·C), packing and unpacking are inverse,
+the engine (every format, partial tiles, R = C and R = 2·C), packing and unpacking are inverse and
+weights_from_beats inverts the beats,
 the parameter records hold the engine's parameter beats; and the dispatcher's MATMUL range checks
 (hdl/cmdproc.py) agree with its sizes to the bus word: weights or parameters that end exactly at
 EXT_SIZE pass, one bus word further fails with EXT_RANGE and the check's detail."""
@@ -41,6 +42,9 @@ def test_engine_beats_are_prepare_jobs_and_pack_unpack_are_inverse(rows, cols):
             job = prepare_job(a, w, rows=rows, cols=cols, bf16=dtype == "bf16", w_transposed=t, w_wide=wide)
             np.testing.assert_array_equal(beats, job.w_beats, err_msg=f"{K}×{N} {dtype} {fmt}")
             assert len(beats) == ml.weight_beats(K, N, rows=rows, cols=cols, transposed=t, wide=wide)
+            lanes = w.astype(np.int16).view(np.uint16) if dtype == "int8" else w.view(np.uint16)
+            np.testing.assert_array_equal(ml.weights_from_beats(beats, K, N, rows=rows, cols=cols, transposed=t,
+                                                                wide=wide), lanes, err_msg=f"{K}×{N} {dtype} {fmt}")
             for bus in (4, 16, 64):
                 data = ml.pack_weights(w, rows=rows, cols=cols, bus_bytes=bus, transposed=t, wide=wide)
                 assert len(data) % bus == 0 and len(data) == ml.weight_bytes(

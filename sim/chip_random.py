@@ -159,7 +159,8 @@ class RandomPrograms:
                 wait[u] = max(wait.get(u, 0), rank)
         for u in U:
             if u != unit and self.count[u] and (barrier or self.rng.random() < 0.12):
-                wait[u] = self.count[u] if barrier else max(wait.get(u, 0), int(self.rng.integers(1, self.count[u] + 1)))
+                extra = self.count[u] if barrier else int(self.rng.integers(1, self.count[u] + 1))
+                wait[u] = max(wait.get(u, 0), extra)
         if unit == U.MATMUL and any(fp.prefetch & other.writes for _, _, other in self._all_stores()):
             return None
         word = isa.encode(opcode, wait=wait or None, **fields)

@@ -467,13 +467,13 @@ class RandomPrograms:
                 self.seqs.remove(seq)
         elif self.seqs:
             seq = self.seqs[int(r.integers(len(self.seqs)))]
-            rows = int(r.integers(1, 5))
+            rows = int(r.integers(1, 9))
             room = cache.free_pages * cache.page_size + (-cache.status(seq).length) % cache.page_size
             if rows > room:
                 return
-            k = self.get("i8", cols=self.kv_row, cond=lambda t: t.rows >= rows)
-            v = k and self.get("i8", cols=self.kv_row, cond=lambda t: t.rows >= rows)
-            if v is None or k.rows < rows or v.rows < rows:
+            k, v = (self._pick("i8", cols=self.kv_row, cond=lambda t: t.rows >= rows)
+                    or self.load_new("i8", rows, self.kv_row) for _ in "kv")
+            if k is None or v is None or k not in self.tensors:
                 return
             self._emit(isa.Opcode.KV, op=KVOp.APPEND, seq=seq, rows=rows, k_addr=k.addr, k_stride=k.stride,
                        v_addr=v.addr, v_stride=v.stride)
@@ -521,18 +521,18 @@ class RandomPrograms:
             return o and self._emit(isa.Opcode.MATMUL, barrier=True, m=q.rows, k=self.head_dim, n=length + 1,
                                     dtype=0, out_fmt=OutFormat.INT32, w_src=isa.WSource.KV_K, a_addr=q.addr,
                                     a_stride=q.stride, o_addr=o.addr, o_stride=o.stride, kv_seq=seq, kv_start=0)
-        # out_of_pages: an APPEND of more tokens than the free pages hold (those that fit go in)
+        # out_of_pages: an APPEND of one more token than the free pages hold (the others go in),
+        # every token the same K and V row (stride 0)
         if not self.seqs:
             return None
         seq = self.seqs[int(r.integers(len(self.seqs)))]
-        room = cache.free_pages * cache.page_size + (-cache.status(seq).length) % cache.page_size
-        rows = room + 1
-        if rows > min(8, cache.max_length):
+        rows = cache.free_pages * cache.page_size + (-cache.status(seq).length) % cache.page_size + 1
+        if rows > cache.max_length:
             return None
-        k = self.get("i8", cols=self.kv_row, rows=rows, fresh=1.0)
-        v = k and self.get("i8", cols=self.kv_row, rows=rows, fresh=1.0)
+        k = self.get("i8", cols=self.kv_row)
+        v = k and self.get("i8", cols=self.kv_row)
         return v and self._emit(isa.Opcode.KV, barrier=True, op=KVOp.APPEND, seq=seq, rows=rows, k_addr=k.addr,
-                                k_stride=k.stride, v_addr=v.addr, v_stride=v.stride)
+                                k_stride=0, v_addr=v.addr, v_stride=0)
 
     # -- programs -------------------------------------------------------------------------------
     def program(self, length, *, fail=False):
@@ -621,7 +621,7 @@ def main(argv=None):
     ap.add_argument("--first", type=int, default=1, help="the first seed")
     ap.add_argument("--config", default="tiny")
     ap.add_argument("--programs", type=int, default=3)
-    ap.add_argument("--length", type=int, default=30)
+    ap.add_argument("--length", type=int, default=40)
     ap.add_argument("--stall", type=float, default=0.0, help="AXI stall and backpressure probability")
     args = ap.parse_args(argv)
     from .chip_api import ChipSim

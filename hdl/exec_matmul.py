@@ -217,7 +217,7 @@ class MatmulExec(wiring.Component):
             m.d.sync += s.a_ptr.eq(s.a_ptr + 1)
         self._intake(m, s)
         self._starter(m, s, eng, rd)
-        self._finisher(m, s, eng, wr)
+        self._finisher(m, s, eng, wr, wf)
         self._feeders(m, s, wf, pf)
 
         # the end of an abort: every started instruction answered, every requested word read
@@ -346,14 +346,17 @@ class MatmulExec(wiring.Component):
         m.d.comb += hold.eq(iss.cmd.dtype & (int8_in | (left != 0)))
         return hold
 
-    def _finisher(self, m, s, eng, wr):
+    def _finisher(self, m, s, eng, wr, wf):
         """Results → the scratchpad, the engine's response, ``done``; one instruction at a time."""
         L = self._L
         cur = s.pick(m, s.done, "done_entry")
         code = Signal(4)
         wdone = Signal()
         rows_left, tiles_left = Signal(16), Signal(16)
-        failed = s.err_axi_w[s.done[:s.lg]] | s.err_axi_p[s.done[:s.lg]] | s.err_kv[s.done[:s.lg]]
+        # a refused KV READ is known when the weight forwarder begins the instruction, before the
+        # engine's first result (the ring's flag only once the forwarder has finished it)
+        failed = (s.err_axi_w[s.done[:s.lg]] | s.err_axi_p[s.done[:s.lg]] | s.err_kv[s.done[:s.lg]]
+                  | ((s.fw_w == s.done) & wf.err.kv))
         with m.If(wr.done):
             m.d.sync += wdone.eq(1)
         desc = wr.desc.payload

@@ -99,6 +99,7 @@ class ChipModel:
 
     def __init__(self, config, *, ext_bytes=1 << 20):
         mem = config.memory
+        self._config = config
         self.lanes = mem.spad_lanes
         self.bus = mem.axi_data_bits // 8
         self.R, self.C = config.array.rows, config.array.cols
@@ -190,6 +191,27 @@ class ChipModel:
             a = addr + r * stride
             self.spad.mem[a:a + words] = padded[r].reshape(words, self.lanes)
 
+    def _no_overwrite(self, opcode, f, *, in_place=False):
+        """An instruction may not write scratchpad words it reads, except a VECTOR writing its
+        result over its own operand a in place (same address and stride: each row is read before
+        it is written; docs/isa.md)."""
+        fields = {k: v for k, v in f.items() if k != "opcode" and not k.startswith("wait")}
+        fp = footprint(self._config, isa.encode(opcode, **fields))
+        reads = fp.reads
+        if in_place:       # only what the b, p and s_in streams read
+            w = stream_words(f["op"], length=f["length"], lanes=self.lanes, flags=f["flags"])
+            rows, B = f["rows"], _ceil(f["length"], self.lanes)
+            reads = set()
+            if w["b"]:
+                reads |= _spad_words(f["b_addr"], f["b_stride"], rows, B)
+            if w["p"]:
+                reads |= _spad_words(f["p_addr"], f["p_stride"], rows, w["p"])
+            if w["s_in"]:
+                reads |= _spad_words(f["s_in_addr"], 1, rows, 1)
+        if reads & fp.writes:
+            raise UndefinedError(f"{opcode.name} writes over scratchpad words it reads "
+                                 f"(word {sorted(reads & fp.writes)[0][1]})")
+
     # -- LOAD, STORE ----------------------------------------------------------------------------
     def _descriptor(self, f):
         if f["elem_bytes"] not in (0, 1, 2) or not f["rows"] or not f["elems"]:
@@ -214,6 +236,7 @@ class ChipModel:
         m, k, n, dtype, fmt = f["m"], f["k"], f["n"], Dtype(f["dtype"]), f["out_fmt"]
         if not (m and k and n) or fmt >> 1 != dtype or (f["w_wide"] and (dtype or f["w_src"] != isa.WSource.EXT)):
             raise UndefinedError("a MATMUL field check fails (BAD_FIELD)")
+        self._no_overwrite(isa.Opcode.MATMUL, f)
         a16 = self._rows(f["a_addr"], f["a_stride"], m, k) & 0xFFFF          # the engine's 16-bit lanes
         if dtype == Dtype.BF16:
             a = bf16_from_bits(a16.astype(np.uint16))
@@ -298,6 +321,7 @@ class ChipModel:
             raise UndefinedError(f"a VECTOR field check fails (the unit would answer {status.name})")
         op = VectorOp(op)
         words = stream_words(op, length=length, lanes=self.lanes, flags=f["flags"])
+        self._no_overwrite(isa.Opcode.VECTOR, f, in_place=(f["o_addr"], f["o_stride"]) == (f["a_addr"], f["a_stride"]))
         a = self._rows(f["a_addr"], f["a_stride"], rows, length)
         b = self._rows(f["b_addr"], f["b_stride"], rows, length) if words["b"] else None
         s_in = (_sext(self._rows(f["s_in_addr"], 1, rows, 1)[:, 0], 32) if words["s_in"] else None)
@@ -374,6 +398,7 @@ class ChipModel:
         rows, length = f["rows"], f["length"]
         if not rows or not 1 <= length <= self.softmax_max_len:
             raise UndefinedError("a SOFTMAX field check fails (BAD_FIELD)")
+        self._no_overwrite(isa.Opcode.SOFTMAX, f)
         s = self._rows(f["a_addr"], f["a_stride"], rows, length)
         valid = min(f["valid_len"], length)
         causal = np.minimum(f["causal_pos0"] + np.arange(rows), length - 1) if f["causal"] else None

@@ -184,7 +184,7 @@ def test_what_the_model_does_not_define_raises_and_changes_nothing():
     before = model.spad.mem.copy()
     bad = [isa.encode(isa.Opcode.VECTOR, op=VectorOp.ADD, dtype=1, rows=0, length=4),           # BAD_FIELD
            isa.encode(isa.Opcode.LOAD, rows=1, elems=4, elem_bytes=0, spad_addr=4 * 1024 - 1),  # SPAD_RANGE
-           isa.encode(isa.Opcode.MATMUL, m=1, k=2, n=2, a_addr=0, a_stride=1)]     # int8 lanes of 7s: fine…
+           isa.encode(isa.Opcode.MATMUL, m=1, k=2, n=2, a_addr=0, a_stride=1, o_addr=100)]    # int8 7s: fine…
     with pytest.raises(UndefinedError, match="instruction 0: a VECTOR field check"):
         model.execute(bad[:1])
     with pytest.raises(UndefinedError, match="SPAD_RANGE"):
@@ -223,13 +223,13 @@ def test_races_finds_exactly_the_unordered_conflicting_pairs():
 def test_random_programs_are_race_free_and_use_every_opcode_and_vector_op():
     used = collections.Counter()
     errors = set()
-    for seed in range(8):
+    for seed in range(20):
         b = RandomPrograms(CFG, seed).build(3, 40)
         for p in b.programs:
             assert races(CFG, p.words) == [], f"seed {seed}"
-        # the model run from scratch on the whole memory image gives what the generator expects
-        _, outcomes, _, _ = run_model(b.segments, b.programs, [])
-        assert [o.registers for o in outcomes] == [tuple(x) for x in b.expect]
+        if seed < 4:      # the model run from scratch on the memory image gives what the generator expects
+            _, outcomes, _, _ = run_model(b.segments, b.programs, [])
+            assert [o.registers for o in outcomes] == [tuple(x) for x in b.expect]
         used.update(b.ops_used)
         errors |= {x[:2] for x in b.expect}
     assert {"LOAD", "STORE", "MATMUL", "SOFTMAX", "KV"} <= set(used)

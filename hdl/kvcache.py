@@ -26,6 +26,14 @@ Storage:
 
 Sequence slots are registers: a valid bit, the 16-bit id (matched by a parallel compare), the
 length and the page that receives the next token.
+
+The controller is the command decoder wired to its parts, each a component with its own tests
+(tests/test_kvcache_parts_sim.py):
+
+* :class:`~hdl.kvcache_slots.SlotTable`: the sequence slots and their lookup;
+* :class:`~hdl.kvcache_slots.FreeList`: the free-page stack and its initialization walk;
+* :class:`~hdl.kvcache_data.ReadEngine`: a READ's beats, block-table lookups and K/V reads → ``rdata``;
+* :class:`~hdl.kvcache_data.AppendWriter`: an APPEND's beats → the K/V memory.
 """
 
 from types import SimpleNamespace

@@ -16,6 +16,10 @@ The rings are ``lib.memory.Memory`` of 2·ceil(L_max/P) beats each; every stage 
 downstream before it takes a beat (credits), so no stage ever has to stall mid-pipeline, the
 next row's pass A overlaps the previous rows' passes B and C, and rows follow each other
 without bubbles.
+
+``elaborate`` is wiring: :meth:`SoftmaxUnit._memories`, one method per pass (``_pass_a``,
+``_pass_b``, ``_pass_c``; they share credits every cycle), the
+:class:`~hdl.softmax_rcp.Reciprocal` component between B and C, and ``_events``.
 """
 
 from types import SimpleNamespace

@@ -7,6 +7,7 @@ Three parts, each a component with its own tests:
 * :class:`Dispatcher` decodes each instruction in program order, checks it (opcode, waits, fields,
   every address range it will touch) and puts it into the queue of the unit that executes it.
   Nothing of an instruction that fails a check is executed, and nothing after it is dispatched.
+  Its address ranges go through a :class:`~hdl.cmdproc_range.RangeChecker`, one at a time.
 * :class:`CommandProcessor` wires them to the units: it counts the instructions each unit retires,
   tells each unit whether the instruction at the head of its queue may start, stops on the first
   error, and watches for a unit that makes no progress.
@@ -26,6 +27,7 @@ from spec import isa
 from spec.codes import ChipError, Dtype, KVOp, OutFormat
 from spec.vector import MAX_HEAD_DIM, VectorOp
 
+from .cmdproc_range import RangeChecker
 from .counters import events_layout
 from .params import check_int as _check_int
 
@@ -290,8 +292,9 @@ class Dispatcher(wiring.Component):
     """Decodes and checks instructions in program order and queues each for its unit.
 
     Per instruction: one cycle to take it, one for the opcode and waits, one for the field
-    checks, three per range check (a multiply, an add, a compare), one to queue it: 9 to 21
-    cycles (docs/isa.md lists the checks). A full queue holds the dispatcher (in order).
+    checks, three per range check (the :class:`~hdl.cmdproc_range.RangeChecker`'s latency: a
+    multiply, an add, a compare), one to queue it: 9 to 21 cycles (docs/isa.md lists the checks).
+    A full queue holds the dispatcher (in order).
 
     Parameters
     ----------
@@ -463,8 +466,6 @@ class Dispatcher(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = self._p
-        XW = p["ext_bits"] + 2
         cur = Signal(instr_layout())
         cur_err = Signal()
         cur_eop = Signal()
@@ -474,31 +475,13 @@ class Dispatcher(wiring.Component):
         running = Signal()     # between start and END, an error or halt
         ended = Signal()       # stopped by END
         m.d.comb += self.end.eq(ended)
-
-        # queues
-        fifos = []
-        for u in range(N_UNITS):
-            fifo = SyncFIFOBuffered(width=len(cur.as_value()), depth=self._queue_depth)
-            m.submodules[f"queue{u}"] = fifo
-            fifos.append(fifo)
-            m.d.comb += [self.queues[u].valid.eq(fifo.r_rdy), self.queues[u].payload.eq(fifo.r_data),
-                         fifo.r_en.eq(self.queues[u].ready), fifo.w_data.eq(cur)]
+        fifos = self._queues(m, cur)
+        m.submodules.range_check = chk = RangeChecker(width=self._p["ext_bits"] + 2, bus_bytes=self._p["bus_bytes"])
+        step = Signal(4)       # the range check of the opcode being done
 
         err_code = Signal(ChipError)
         err_detail = Signal(8)
         m.d.comb += [self.err_code.eq(err_code), self.err_detail.eq(err_detail), self.err_index.eq(cur.index)]
-
-        # range checker: end = base + (count - 1)·stride + words, then compared with the limit
-        step = Signal(4)
-        c_base, c_count, c_stride, c_words = (Signal(XW, name=f"chk_{n}") for n in ("base", "count", "stride", "words"))
-        c_limit = Signal(XW)
-        c_en, c_ext = Signal(), Signal()
-        prod = Signal(XW + 16)
-        end = Signal(XW + 17)
-        n_ranges = {op: len([k for k, _ in CHECKS[op] if k not in ("field",)]) for op in CHECKS}
-        n_fields = {op: len(CHECKS[op]) - n_ranges[op] for op in CHECKS}
-        lgbus = exact_log2(p["bus_bytes"])
-        total_spad = p["spad_words"]
 
         def fail(code, detail):
             m.d.sync += [err_code.eq(code), err_detail.eq(detail)]
@@ -524,12 +507,6 @@ class Dispatcher(wiring.Component):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.comb += self.events.decode.eq(1)
-                bad_wait = Signal()
-                terms = [opv.wait_mask[N_UNITS:] != 0]
-                for u in isa.Unit:
-                    count = getattr(opv, f"wait_{u.name.lower()}")
-                    terms.append(opv.wait_mask[int(u)] & (count > self.dispatched[int(u)]))
-                m.d.comb += bad_wait.eq(Cat(*terms).any())
                 with m.If(self.halt):
                     m.next = "STOPPED"
                 with m.Elif(cur_err):
@@ -537,100 +514,137 @@ class Dispatcher(wiring.Component):
                 with m.Elif(cur_eop):
                     fail(ChipError.NO_END, 0)
                 with m.Else():
-                    with m.Switch(opv.opcode):
-                        with m.Case(isa.Opcode.END):
-                            m.d.sync += ended.eq(1)
-                            m.next = "STOPPED"
-                        for op in CHECKS:
-                            if isa.UNIT_OF[op] not in self._units:
-                                continue
-                            with m.Case(op):
-                                m.d.sync += unit.eq(isa.UNIT_OF[op])
-                                with m.If(bad_wait):
-                                    fail(ChipError.BAD_WAIT, 0)
-                                with m.Else():
-                                    m.next = "FIELDS"
-                        with m.Default():
-                            fail(ChipError.BAD_OPCODE, 0)
+                    self._decode_opcode(m, opv, unit, ended, fail)
             with m.State("FIELDS"):
                 m.d.comb += self.events.decode.eq(1)
                 m.d.sync += step.eq(0)
-                with m.Switch(opv.opcode):
-                    for op, view in views.items():
-                        with m.Case(op):
-                            fields, _ = self._checks(op, view)
-                            with m.If(Cat(*fields).any()):
-                                for i in reversed(range(len(fields))):
-                                    with m.If(fields[i]):
-                                        fail(ChipError.BAD_FIELD, i)
-                            with m.Else():
-                                m.next = "RANGE_LOAD"
+                self._field_checks(m, opv, views, fail)
             with m.State("RANGE_LOAD"):
                 m.d.comb += self.events.decode.eq(1)
-                # the operands of range check ``step`` of the opcode
-                m.d.sync += c_en.eq(0)
-                with m.Switch(opv.opcode):
-                    for op, view in views.items():
-                        with m.Case(op):
-                            _, ranges = self._checks(op, view)
-                            with m.If(step >= len(ranges)):
-                                m.next = "PUSH"
-                            with m.Else():
-                                m.next = "RANGE_MUL"
-                            with m.Switch(step):
-                                for k, (en, base, count, stride, words, limit) in enumerate(ranges):
-                                    with m.Case(k):
-                                        if limit == "spad":
-                                            lim, is_ext = total_spad, 0
-                                        elif limit == "ext":
-                                            lim, is_ext = self.ext_size, 1
-                                        else:
-                                            lim, is_ext = limit, 0
-                                        m.d.sync += [c_en.eq(en), c_base.eq(base), c_count.eq(count),
-                                                     c_stride.eq(stride), c_words.eq(words), c_limit.eq(lim),
-                                                     c_ext.eq(is_ext)]
+                self._range_load(m, opv, views, step, chk)
+            # the checker's product, then its sum
             with m.State("RANGE_MUL"):
                 m.d.comb += self.events.decode.eq(1)
-                m.d.sync += prod.eq((c_count - 1) * c_stride)
                 m.next = "RANGE_ADD"
             with m.State("RANGE_ADD"):
                 m.d.comb += self.events.decode.eq(1)
-                total = c_base + prod + c_words
-                if lgbus:
-                    rounded = ((total + ((1 << lgbus) - 1)) >> lgbus) << lgbus
-                    m.d.sync += end.eq(Mux(c_ext, rounded, total))
-                else:
-                    m.d.sync += end.eq(total)
                 m.next = "RANGE_CMP"
             with m.State("RANGE_CMP"):
                 m.d.comb += self.events.decode.eq(1)
                 m.d.sync += step.eq(step + 1)
-                with m.If(c_en & (end > c_limit)):
-                    with m.Switch(opv.opcode):
-                        for op in CHECKS:
-                            with m.Case(op):
-                                kinds = [k for k, _ in CHECKS[op] if k != "field"]
-                                for k, kind in enumerate(kinds):
-                                    with m.If(step == k):
-                                        fail(_CODE_OF_KIND[kind], n_fields[op] + k)
+                with m.If(chk.over):
+                    self._range_fail(m, opv, step, fail)
                 with m.Else():
                     m.next = "RANGE_LOAD"
             with m.State("PUSH"):
                 with m.If(self.halt):
                     m.next = "STOPPED"
                 with m.Else():
-                    m.d.comb += self.events.stall_queue.eq(1)
-                    for u in range(N_UNITS):
-                        with m.If(unit == u):
-                            m.d.comb += fifos[u].w_en.eq(1)
-                            with m.If(fifos[u].w_rdy):
-                                m.d.comb += [self.events.stall_queue.eq(0), self.events.dispatched.eq(1)]
-                                m.d.sync += self.dispatched[u].eq(self.dispatched[u] + 1)
-                                m.next = "IDLE"
+                    self._push(m, fifos, unit)
             with m.State("ERROR"):
                 m.d.comb += self.err_valid.eq(1)
                 m.next = "STOPPED"
         return m
+
+    # -- parts of elaborate: the queues and the bodies of the decode states --------------------
+    def _queues(self, m, cur):
+        """One FIFO of ``queue_depth`` instructions per unit, written with ``cur``, read on
+        ``queues``."""
+        fifos = []
+        for u in range(N_UNITS):
+            fifo = SyncFIFOBuffered(width=len(cur.as_value()), depth=self._queue_depth)
+            m.submodules[f"queue{u}"] = fifo
+            fifos.append(fifo)
+            m.d.comb += [self.queues[u].valid.eq(fifo.r_rdy), self.queues[u].payload.eq(fifo.r_data),
+                         fifo.r_en.eq(self.queues[u].ready), fifo.w_data.eq(cur)]
+        return fifos
+
+    def _decode_opcode(self, m, opv, unit, ended, fail):
+        """DECODE: END stops; an opcode of one of this chip's units goes on to its field checks
+        unless it waits for more instructions than have been dispatched (BAD_WAIT); any other
+        opcode is BAD_OPCODE."""
+        bad_wait = Signal()
+        terms = [opv.wait_mask[N_UNITS:] != 0]
+        for u in isa.Unit:
+            count = getattr(opv, f"wait_{u.name.lower()}")
+            terms.append(opv.wait_mask[int(u)] & (count > self.dispatched[int(u)]))
+        m.d.comb += bad_wait.eq(Cat(*terms).any())
+        with m.Switch(opv.opcode):
+            with m.Case(isa.Opcode.END):
+                m.d.sync += ended.eq(1)
+                m.next = "STOPPED"
+            for op in CHECKS:
+                if isa.UNIT_OF[op] not in self._units:
+                    continue
+                with m.Case(op):
+                    m.d.sync += unit.eq(isa.UNIT_OF[op])
+                    with m.If(bad_wait):
+                        fail(ChipError.BAD_WAIT, 0)
+                    with m.Else():
+                        m.next = "FIELDS"
+            with m.Default():
+                fail(ChipError.BAD_OPCODE, 0)
+
+    def _field_checks(self, m, opv, views, fail):
+        """FIELDS: the first failing field check of the opcode is BAD_FIELD with its number;
+        none: on to the range checks."""
+        with m.Switch(opv.opcode):
+            for op, view in views.items():
+                with m.Case(op):
+                    fields, _ = self._checks(op, view)
+                    with m.If(Cat(*fields).any()):
+                        for i in reversed(range(len(fields))):
+                            with m.If(fields[i]):
+                                fail(ChipError.BAD_FIELD, i)
+                    with m.Else():
+                        m.next = "RANGE_LOAD"
+
+    def _range_load(self, m, opv, views, step, chk):
+        """RANGE_LOAD: the operands of range check ``step`` of the opcode into the checker (on
+        to RANGE_MUL), or, after the last one, on to PUSH."""
+        with m.Switch(opv.opcode):
+            for op, view in views.items():
+                with m.Case(op):
+                    _, ranges = self._checks(op, view)
+                    with m.If(step >= len(ranges)):
+                        m.next = "PUSH"
+                    with m.Else():
+                        m.next = "RANGE_MUL"
+                    with m.Switch(step):
+                        for k, (en, base, count, stride, words, limit) in enumerate(ranges):
+                            with m.Case(k):
+                                if limit == "spad":
+                                    lim, is_ext = self._p["spad_words"], 0
+                                elif limit == "ext":
+                                    lim, is_ext = self.ext_size, 1
+                                else:
+                                    lim, is_ext = limit, 0
+                                m.d.comb += [chk.load.eq(1), chk.en.eq(en), chk.base.eq(base),
+                                             chk.count.eq(count), chk.stride.eq(stride), chk.words.eq(words),
+                                             chk.limit.eq(lim), chk.ext.eq(is_ext)]
+
+    def _range_fail(self, m, opv, step, fail):
+        """RANGE_CMP, range check ``step`` failed: its code (by kind) and its number among all
+        the opcode's checks."""
+        n_fields = {op: len([k for k, _ in CHECKS[op] if k == "field"]) for op in CHECKS}
+        with m.Switch(opv.opcode):
+            for op in CHECKS:
+                with m.Case(op):
+                    kinds = [k for k, _ in CHECKS[op] if k != "field"]
+                    for k, kind in enumerate(kinds):
+                        with m.If(step == k):
+                            fail(_CODE_OF_KIND[kind], n_fields[op] + k)
+
+    def _push(self, m, fifos, unit):
+        """PUSH: the instruction into its unit's queue (``stall_queue`` while it is full)."""
+        m.d.comb += self.events.stall_queue.eq(1)
+        for u in range(N_UNITS):
+            with m.If(unit == u):
+                m.d.comb += fifos[u].w_en.eq(1)
+                with m.If(fifos[u].w_rdy):
+                    m.d.comb += [self.events.stall_queue.eq(0), self.events.dispatched.eq(1)]
+                    m.d.sync += self.dispatched[u].eq(self.dispatched[u] + 1)
+                    m.next = "IDLE"
 
 
 class ProcState(enum.IntEnum, shape=2):

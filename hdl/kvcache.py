@@ -26,9 +26,19 @@ Storage:
 
 Sequence slots are registers: a valid bit, the 16-bit id (matched by a parallel compare), the
 length and the page that receives the next token.
+
+The controller is the command decoder wired to its parts, each a component with its own tests
+(tests/test_kvcache_parts_sim.py):
+
+* :class:`~hdl.kvcache_slots.SlotTable`: the sequence slots and their lookup;
+* :class:`~hdl.kvcache_slots.FreeList`: the free-page stack and its initialization walk;
+* :class:`~hdl.kvcache_data.ReadEngine`: a READ's beats, block-table lookups and K/V reads → ``rdata``;
+* :class:`~hdl.kvcache_data.AppendWriter`: an APPEND's beats → the K/V memory.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal
+from types import SimpleNamespace
+
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -38,25 +48,14 @@ from amaranth.utils import ceil_log2, exact_log2
 from spec.codes import KVOp, KVStatus
 
 from .counters import events_layout
+from .kvcache_data import AppendWriter, ReadEngine
+from .kvcache_slots import SEQ_ID_BITS, FreeList, SlotTable
 from .memport import MemoryPortSignature
 from .params import check_int as _check_int
 
 __all__ = ["KVCacheController", "KVCacheParams"]
 
-SEQ_ID_BITS = 16
 HEAD_BITS = 8
-
-
-def _mul_const(x, k):
-    """``x · k`` for a constant ``k`` as a sum of shifted copies of ``x`` (one adder per set bit
-    after the first): no multiplier block on the address paths."""
-    terms = [x << i for i in range(k.bit_length()) if (k >> i) & 1]
-    if not terms:
-        return x & 0
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
 
 
 class KVCacheParams:
@@ -193,7 +192,8 @@ class KVCacheParams:
     @property
     def read_latency(self):
         """Cycles from a READ's acceptance on ``cmd`` to its first ``rdata`` beat (idle read
-        engine, ready response and data streams)."""
+        engine, ready response and data streams): EXEC, READ_DISPATCH, then the
+        :class:`~hdl.kvcache_data.ReadEngine`'s latency (5)."""
         return 7
 
     @property
@@ -298,395 +298,300 @@ class KVCacheController(KVCacheParams, wiring.Component):
     # -- hardware ----------------------------------------------------------------------------
     def elaborate(self, platform):
         m = Module()
-        N, ps, H, S = self._num_pages, self._page_size, self._kv_heads, self._max_seqs
-        bpr = self.beats_per_row
-        bw = max(bpr, 2)                   # range of beat counters (no zero-width signal)
-        HB = H * bpr                       # words per token per K or V
-        lg_ps = exact_log2(ps)
+        N, ps, S = self._num_pages, self._page_size, self._max_seqs
         lg_N = ceil_log2(N)
         pidx = max(1, lg_N)                # bits of a physical page number
-        kv_words = N * ps * HB             # V words start here
-        max_len = self.max_length
-        eb = self.elem_bits
 
-        def pages_of(length):
-            return (length + (ps - 1)) >> lg_ps
-
-        # -- storage (the K/V words are in the external memory behind ``mem``) --
-        mem = self.mem
+        # -- parts (the K/V words are in the external memory behind ``mem``) --
+        m.submodules.slots = slots = SlotTable(max_seqs=S, max_len=self.max_length, page_bits=pidx)
+        m.submodules.free = free = FreeList(num_pages=N)
         m.submodules.block_tables = btab = Memory(shape=pidx, depth=S << lg_N, init=[])
         bt_w = btab.write_port()
         bt_r = btab.read_port()
-        m.submodules.free_stack = stack = Memory(shape=pidx, depth=N, init=[])
-        st_w = stack.write_port()
-        st_r = stack.read_port()
-
-        sp = Signal(range(N + 1), init=N)  # free pages; top of stack at sp - 1
-        m.d.comb += st_r.addr.eq(sp - 1)
-
-        slot_valid = Array(Signal(name=f"slot_valid{i}") for i in range(S))
-        slot_id = Array(Signal(SEQ_ID_BITS, name=f"slot_id{i}") for i in range(S))
-        slot_len = Array(Signal(range(max_len + 1), name=f"slot_len{i}") for i in range(S))
-        slot_tail = Array(Signal(pidx, name=f"slot_tail{i}") for i in range(S))
-
-        # -- output FIFOs --
+        m.submodules.reader = rd = ReadEngine(
+            page_size=ps, num_pages=N, kv_heads=self._kv_heads, max_seqs=S,
+            beats_per_row=self.beats_per_row, beat_elems=self._beat_elems, elem_bits=self.elem_bits)
+        m.submodules.appender = wr = AppendWriter(
+            page_size=ps, num_pages=N, kv_heads=self._kv_heads, beats_per_row=self.beats_per_row,
+            data_bits=self._beat_elems * self.elem_bits)
         m.submodules.resp_fifo = resp_fifo = SyncFIFOBuffered(width=self.resp_layout.size, depth=3)
         m.d.comb += [
             self.resp.valid.eq(resp_fifo.r_rdy),
             self.resp.payload.eq(resp_fifo.r_data),
             resp_fifo.r_en.eq(self.resp.ready),
+            self.mem.raddr.eq(rd.raddr), self.mem.ren.eq(rd.ren), rd.rdata.eq(self.mem.rdata),
+            self.mem.waddr.eq(wr.waddr), self.mem.wdata.eq(wr.wdata), self.mem.wen.eq(wr.wen),
+            wr.data.eq(self.wdata.payload),
+            # the block-table read port serves the read engine, except in FREE_WALK (below)
+            bt_r.addr.eq(rd.bt_addr), rd.bt_data.eq(bt_r.data),
         ]
-        rd_depth = 6  # 2 reads in flight + the FIFO's own 2-cycle latency, with slack
-        m.submodules.rdata_fifo = rd_fifo = SyncFIFOBuffered(width=self.rdata_layout.size,
-                                                             depth=rd_depth)
-        m.d.comb += [
-            self.rdata.valid.eq(rd_fifo.r_rdy),
-            self.rdata.payload.eq(rd_fifo.r_data),
-            rd_fifo.r_en.eq(self.rdata.ready),
-        ]
+        wiring.connect(m, rd.rdata_out, wiring.flipped(self.rdata))
 
-        # -- command registers and slot lookup --
-        c = Signal(self.cmd_layout)
-        hits = Signal(S)
-        # the slot lookup compares the incoming command's id (registered as it is accepted)
-        in_seq = self.cmd.payload.seq
-        m.d.comb += hits.eq(Cat(slot_valid[i] & (slot_id[i] == in_seq) for i in range(S)))
-        # ids are unique among valid slots (ALLOC refuses a duplicate), so at most one hit:
-        # the slot number, length and tail page are AND-OR selected, no priority encoder or mux
-        def select(values):
-            out = 0
-            for i, v in enumerate(values):
-                out = out | Mux(hits[i], v, 0)
-            return out
+        k = self._decoder_registers(m, slots, free, resp_fifo)
+        k.rd, k.wr, k.bt_r, k.bt_w = rd, wr, bt_r, bt_w
+        rl = rd.load.payload
+        m.d.comb += [rl.slot.eq(k.r_slot), rl.head.eq(k.c.head), rl.kv.eq(k.c.op == KVOp.READ_V),
+                     rl.start.eq(k.c.start), rl.gm1.eq(k.d_gm1), rl.first_m1.eq(k.d_first_m1),
+                     rl.left.eq(k.d_left), rl.block_m1.eq(k.d_block_m1)]
 
-        hit_slot = Signal(range(S))
-        m.d.comb += hit_slot.eq(select(range(S)) if S > 1 else 0)
-        hit_len = Signal(range(max_len + 1))
-        m.d.comb += hit_len.eq(select(slot_len[i] for i in range(S)))
-        hit_tail = Signal(pidx)
-        m.d.comb += hit_tail.eq(select(slot_tail[i] for i in range(S)))
-        free_slot = Signal(range(S))
-        for i in reversed(range(S)):
-            with m.If(~slot_valid[i]):
-                m.d.comb += free_slot.eq(i)
-        any_free = Signal()
-        m.d.comb += any_free.eq(~Cat(slot_valid[i] for i in range(S)).all())
-        r_hit = Signal()
-        r_slot = Signal(range(S))
-        r_free_slot = Signal(range(S))
-        r_any_free = Signal()
-        cur_len = Signal(range(max_len + 1))   # the addressed slot's length and tail page,
-        cur_tail = Signal(pidx)                # registered as the command is accepted
-
-        resp = Signal(self.resp_layout)
-        m.d.comb += resp_fifo.w_data.eq(resp)
-
-        def respond(status, length=0, pages=0, free=0):
-            m.d.sync += [resp.status.eq(status), resp.op.eq(c.op), resp.length.eq(length),
-                         resp.pages.eq(pages), resp.free_pages.eq(free)]
-
-        # -- read engine: stage 1 issues a block-table read, stage 2 the data read, stage 3
-        # writes the FIFO --
-        rg_active = Signal()
-        rg_slot = Signal(range(S))
-        rg_head = Signal(range(H))
-        rg_kv = Signal()
-        rg_pos = Signal(range(max_len + 1))
-        rg_beat = Signal(range(bw))           # beat of the row
-        # tiled order (golden.kvcache.read_order): blocks of positions, groups of beats
-        rg_gbase = Signal(range(bw))          # first beat of the current group
-        rg_j = Signal(range(bw))              # beats of the group after this one
-        rg_gm1 = Signal(range(bw))            # group − 1
-        rg_bcnt = Signal(range(max_len))       # positions of the block after this one
-        rg_blen_m1 = Signal(range(max_len))    # current block length − 1
-        rg_bstart = Signal(range(max_len + 1))  # first position of the current block
-        rg_left = Signal(range(max_len + 1))   # positions after the current block
-        rg_block_m1 = Signal(range(max_len))   # block − 1 (block 0 = the whole count)
-        s2_valid, s2_last, s2_kv = Signal(), Signal(), Signal()
-        s2_off = Signal(range(max(ps, 2)))
-        s2_word = Signal(range(HB))
-        s3_valid, s3_last = Signal(), Signal()
-
-        credit = Signal()
-        m.d.comb += credit.eq(rd_fifo.level + s2_valid + s3_valid < rd_depth)
-        issue = Signal()
-        m.d.comb += issue.eq(rg_active & credit)
-        last_beat_of_row = rg_beat == bpr - 1
-        j_last = rg_j == 0                     # last beat of the group
-        block_end = j_last & (rg_bcnt == 0)    # … of the block's last position
-        issue_last = Signal()
-        m.d.comb += issue_last.eq(issue & block_end & last_beat_of_row & (rg_left == 0))
-        rg_can_load = Signal()
-        m.d.comb += rg_can_load.eq(~rg_active | issue_last)
-        rg_idle = Signal()
-        m.d.comb += rg_idle.eq(~rg_active & ~s2_valid & ~s3_valid)
-
-        # the block-table read port serves the read engine, except in FREE_WALK (FSM below)
-        m.d.comb += bt_r.addr.eq((rg_slot << lg_N) | (rg_pos >> lg_ps))
-        m.d.sync += [s2_valid.eq(issue), s3_valid.eq(s2_valid), s3_last.eq(s2_last)]
-        next_short = rg_left <= rg_block_m1    # the next block is the last, and partial
-        with m.If(issue):
-            m.d.sync += [
-                s2_last.eq(issue_last), s2_kv.eq(rg_kv),
-                s2_off.eq(rg_pos & (ps - 1)), s2_word.eq(_mul_const(rg_head, bpr) + rg_beat),
-            ]
-            with m.If(~j_last):                # next beat of the group
-                m.d.sync += [rg_beat.eq(rg_beat + 1), rg_j.eq(rg_j - 1)]
-            with m.Elif(~block_end):           # same group, next position of the block
-                m.d.sync += [rg_beat.eq(rg_gbase), rg_j.eq(rg_gm1), rg_pos.eq(rg_pos + 1),
-                             rg_bcnt.eq(rg_bcnt - 1)]
-            with m.Elif(~last_beat_of_row):    # next group: back to the block's first position
-                m.d.sync += [rg_beat.eq(rg_beat + 1), rg_gbase.eq(rg_beat + 1), rg_j.eq(rg_gm1),
-                             rg_pos.eq(rg_bstart), rg_bcnt.eq(rg_blen_m1)]
-            with m.Else():                     # next block
-                nb_m1 = Mux(next_short, rg_left - 1, rg_block_m1)
-                m.d.sync += [rg_beat.eq(0), rg_gbase.eq(0), rg_j.eq(rg_gm1),
-                             rg_pos.eq(rg_pos + 1), rg_bstart.eq(rg_pos + 1),
-                             rg_blen_m1.eq(nb_m1), rg_bcnt.eq(nb_m1),
-                             rg_left.eq(Mux(next_short, 0, rg_left - rg_block_m1 - 1))]
-                with m.If(rg_left == 0):
-                    m.d.sync += rg_active.eq(0)
-        phys = bt_r.data
-        row_index = ((_mul_const(s2_kv, N) + phys) << lg_ps) | s2_off
-        m.d.comb += [mem.raddr.eq(_mul_const(row_index, HB) + s2_word),
-                     mem.ren.eq(s2_valid)]
-        word = mem.rdata
-        if eb == 8:
-            lanes = Cat(Cat(word[8 * i:8 * i + 8], word[8 * i + 7].replicate(8))
-                        for i in range(self._beat_elems))
-        else:
-            lanes = word
-        m.d.comb += [rd_fifo.w_en.eq(s3_valid), rd_fifo.w_data.eq(Cat(lanes, s3_last))]
-
-        # -- APPEND and FREE state --
-        a_write = Signal()
-        a_row = Signal(range(N * ps))  # physical row (page · page_size + offset) of the token
-        a_word = Signal(range(HB))
-        a_kv = Signal()
-        a_cnt = Signal(range(2 * HB))
-        a_last = Signal()              # a_cnt = 2·HB − 1: the next beat is the APPEND's last
-        f_i = Signal(range(N + 1))
-        f_pages = Signal(range(N + 1))
-        f_push = Signal()
-        init_i = Signal(range(N))
-
-        boundary = Signal()
-        m.d.comb += boundary.eq((cur_len & (ps - 1)) == 0)
-
-        # READ shape (block, group) decoded in EXEC, loaded into the read engine on dispatch;
-        # the group check and the READ's end position are registered as the command is
-        # accepted (off the EXEC status path)
-        in_group = self.cmd.payload.group
-        group_ok = Signal()
-        read_end = Signal(range(2 * max_len + 1))
-        in_c = self.cmd.payload
-        r_blk = Signal(range(max_len + 1))     # block (0 → count), block − 1, count − 1
-        r_blk_m1 = Signal(range(max_len))
-        r_cnt_m1 = Signal(range(max_len))
-        one_block = Signal()
-        m.d.comb += one_block.eq(c.count <= r_blk)
-        d_first_m1 = Signal(range(max_len))
-        d_left = Signal(range(max_len + 1))
-        d_block_m1 = Signal(range(max_len))
-        d_gm1 = Signal(range(bw))
-        new_page = Signal(pidx)
-        m.d.comb += new_page.eq(Mux(boundary, st_r.data, cur_tail))
-
-        # an APPEND accepted while the previous APPEND's beats stream waits (``nxt``) and is
-        # executed with that APPEND's last beat; the previous APPEND's check, page and length
-        # update happened in its own EXEC, so the slot lookup registered at acceptance sees them
-        nxt = Signal()
-
-        def accept():
-            m.d.sync += [c.eq(self.cmd.payload),
-                         group_ok.eq((in_group == 0) | Cat(
-                             in_group == d for d in range(1, bpr + 1) if bpr % d == 0).any()),
-                         read_end.eq(in_c.start + in_c.count),
-                         r_blk.eq(Mux(in_c.block == 0, in_c.count, in_c.block)),
-                         r_blk_m1.eq(Mux(in_c.block == 0, in_c.count, in_c.block) - 1),
-                         r_cnt_m1.eq(in_c.count - 1),
-                         r_hit.eq(hits.any()), r_slot.eq(hit_slot),
-                         cur_len.eq(hit_len), cur_tail.eq(hit_tail),
-                         r_free_slot.eq(free_slot), r_any_free.eq(any_free)]
-
-        # an APPEND's check and its effect on the slot (length, tail page, block table, free
-        # stack), then its beats: in EXEC, or with the previous APPEND's last beat (one copy of
-        # the logic, below the FSM, whichever state asks for it). The length is updated here,
-        # not at the last beat: no command is executed before this APPEND's last beat, and an
-        # APPEND accepted meanwhile must see the new length (back-to-back APPENDs of one
-        # sequence).
-        exec_a = Signal()
-
-        def exec_append():
-            m.d.comb += exec_a.eq(1)
-            m.next = "APPEND_DATA"
-
-        with m.FSM(init="INIT") as fsm:
-            with m.State("INIT"):
-                m.d.comb += [st_w.addr.eq(init_i), st_w.data.eq(N - 1 - init_i), st_w.en.eq(1)]
-                m.d.sync += init_i.eq(init_i + 1)
-                with m.If(init_i == N - 1):
-                    m.d.sync += sp.eq(N)
-                    m.next = "IDLE"
-
+        # one command at a time; the free list's initialization walk holds the first
+        with m.FSM(init="IDLE") as fsm:
             with m.State("IDLE"):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    accept()
+                m.d.comb += self.cmd.ready.eq(free.ready)
+                with m.If(self.cmd.valid & free.ready):
+                    k.accept()
                     m.next = "EXEC"
 
             with m.State("EXEC"):
-                m.next = "RESP"
-                m.d.sync += nxt.eq(0)
-                m.d.sync += [d_first_m1.eq(Mux(one_block, r_cnt_m1, r_blk_m1)),
-                             d_left.eq(Mux(one_block, 0, c.count - r_blk)),
-                             d_block_m1.eq(r_blk_m1),
-                             d_gm1.eq(Mux(c.group == 0, bpr - 1, c.group - 1))]
-                with m.Switch(c.op):
-                    with m.Case(KVOp.ALLOC):
-                        with m.If(r_hit):
-                            respond(KVStatus.DUPLICATE_SEQ)
-                        with m.Elif(~r_any_free):
-                            respond(KVStatus.TOO_MANY_SEQS)
-                        with m.Else():
-                            m.d.sync += [slot_valid[r_free_slot].eq(1),
-                                         slot_id[r_free_slot].eq(c.seq),
-                                         slot_len[r_free_slot].eq(0)]
-                            respond(KVStatus.OK, 0, 0, sp)
-                    with m.Case(KVOp.STATUS):
-                        with m.If(~r_hit):
-                            respond(KVStatus.UNKNOWN_SEQ)
-                        with m.Else():
-                            respond(KVStatus.OK, cur_len, pages_of(cur_len), sp)
-                    with m.Case(KVOp.READ_K, KVOp.READ_V):
-                        with m.If(~r_hit):
-                            respond(KVStatus.UNKNOWN_SEQ)
-                        with m.Elif(c.head >= H):
-                            respond(KVStatus.HEAD_OUT_OF_RANGE)
-                        with m.Elif(~group_ok):
-                            respond(KVStatus.BAD_SHAPE)
-                        with m.Elif(read_end > cur_len):
-                            respond(KVStatus.READ_PAST_LENGTH)
-                        with m.Else():
-                            respond(KVStatus.OK, cur_len, pages_of(cur_len), sp)
-                            with m.If(c.count != 0):
-                                m.next = "READ_DISPATCH"
-                    with m.Case(KVOp.APPEND):
-                        exec_append()
-                    with m.Case(KVOp.FREE):
-                        with m.If(~r_hit):
-                            respond(KVStatus.UNKNOWN_SEQ)
-                        with m.Else():
-                            m.d.sync += [f_i.eq(0), f_pages.eq(pages_of(cur_len)), f_push.eq(0)]
-                            m.next = "FREE_WAIT"
-                    with m.Default():
-                        respond(KVStatus.BAD_OPCODE)
+                self._exec(m, k)
 
             with m.State("READ_DISPATCH"):
-                with m.If(rg_can_load & resp_fifo.w_rdy):
+                m.d.comb += rd.load.valid.eq(resp_fifo.w_rdy)
+                with m.If(rd.load.ready & resp_fifo.w_rdy):
                     m.d.comb += resp_fifo.w_en.eq(1)
-                    m.d.sync += [rg_active.eq(1), rg_slot.eq(r_slot), rg_head.eq(c.head),
-                                 rg_kv.eq(c.op == KVOp.READ_V), rg_pos.eq(c.start),
-                                 rg_bstart.eq(c.start), rg_beat.eq(0), rg_gbase.eq(0),
-                                 rg_j.eq(d_gm1), rg_gm1.eq(d_gm1), rg_bcnt.eq(d_first_m1),
-                                 rg_blen_m1.eq(d_first_m1), rg_left.eq(d_left),
-                                 rg_block_m1.eq(d_block_m1)]
                     m.next = "IDLE"
 
             with m.State("APPEND_DATA"):
-                m.d.comb += self.wdata.ready.eq(1)
-                # a next APPEND is accepted while the beats stream (not with the last one);
-                # other commands wait for IDLE, so their timing is that of an idle decoder
-                early = ~nxt & ~a_last & (self.cmd.payload.op == KVOp.APPEND)
-                m.d.comb += self.cmd.ready.eq(early)
-                with m.If(self.cmd.valid & early):
-                    accept()
-                    m.d.sync += nxt.eq(1)
-                with m.If(self.wdata.valid):
-                    m.d.comb += [
-                        mem.waddr.eq(_mul_const(a_row, HB) + a_word + Mux(a_kv, kv_words, 0)),
-                        mem.wdata.eq(self.wdata.payload),
-                        mem.wen.eq(a_write),
-                    ]
-                    m.d.sync += [a_cnt.eq(a_cnt + 1), a_word.eq(Mux(a_word == HB - 1, 0, a_word + 1)),
-                                 a_last.eq(a_cnt == 2 * HB - 2)]
-                    with m.If(a_word == HB - 1):
-                        m.d.sync += a_kv.eq(1)
-                    with m.If(a_last):
-                        # the response (set in EXEC) goes out with the last beat if it can; a
-                        # waiting APPEND is executed in the same cycle, its first beat is
-                        # accepted in the next one
-                        with m.If(resp_fifo.w_rdy):
-                            m.d.comb += resp_fifo.w_en.eq(1)
-                            with m.If(nxt):
-                                exec_append()
-                            with m.Else():
-                                m.next = "IDLE"
-                        with m.Else():
-                            m.next = "RESP"
+                self._append_data(m, k)
 
             with m.State("FREE_WAIT"):
-                with m.If(rg_idle):
+                with m.If(rd.idle):
                     m.next = "FREE_WALK"
 
             with m.State("FREE_WALK"):
-                m.d.comb += bt_r.addr.eq((r_slot << lg_N) | f_i)
-                m.d.sync += f_push.eq(f_i < f_pages)
-                with m.If(f_i < f_pages):
-                    m.d.sync += f_i.eq(f_i + 1)
-                with m.If(f_push):
-                    m.d.comb += [st_w.addr.eq(sp), st_w.data.eq(bt_r.data), st_w.en.eq(1)]
-                    m.d.sync += sp.eq(sp + 1)
-                with m.Elif(f_i == f_pages):
-                    m.d.sync += slot_valid[r_slot].eq(0)
-                    respond(KVStatus.OK, 0, 0, sp)
-                    m.next = "RESP"
+                self._free_walk(m, k)
 
             with m.State("RESP"):
                 with m.If(resp_fifo.w_rdy):
                     m.d.comb += resp_fifo.w_en.eq(1)
                     m.next = "IDLE"
-                    with m.If(nxt):
+                    with m.If(k.nxt):
                         m.next = "EXEC"
 
-        # after the FSM: takes priority over the last beat's counter updates
-        with m.If(exec_a):
-            m.d.sync += [a_word.eq(0), a_kv.eq(0), a_cnt.eq(0), a_last.eq(0), a_write.eq(0),
-                         nxt.eq(0)]
-            with m.If(~r_hit):
+        # after the FSM: takes priority over the last beat's updates
+        self._exec_append(m, k)
+        self._events(m, k, fsm)
+        return m
+
+    # -- parts of elaborate -------------------------------------------------------------------
+    def _decoder_registers(self, m, slots, free, resp_fifo):
+        """The command decoder's registers: the command, its slot lookup and READ shape (taken as
+        the command is accepted, off the EXEC status path), the response, the FREE walk.
+        Returns them as a namespace, with ``accept()`` and ``respond(...)``."""
+        ps, bpr, max_len = self._page_size, self.beats_per_row, self.max_length
+        N, S = self._num_pages, self._max_seqs
+        bw = max(bpr, 2)                   # range of beat counters (no zero-width signal)
+        pidx = max(1, ceil_log2(N))
+        k = SimpleNamespace(slots=slots, free=free, resp_fifo=resp_fifo)
+        k.c = c = Signal(self.cmd_layout)
+        # the slot lookup compares the incoming command's id (registered as it is accepted)
+        m.d.comb += slots.seq.eq(self.cmd.payload.seq)
+        k.r_hit = Signal()
+        k.r_slot = Signal(range(S))
+        k.r_free_slot = Signal(range(S))
+        k.r_any_free = Signal()
+        k.cur_len = cur_len = Signal(range(max_len + 1))   # the addressed slot's length and tail
+        k.cur_tail = Signal(pidx)                          # page, registered as it is accepted
+
+        k.resp = resp = Signal(self.resp_layout)
+        m.d.comb += resp_fifo.w_data.eq(resp)
+
+        def respond(status, length=0, pages=0, free=0):
+            m.d.sync += [resp.status.eq(status), resp.op.eq(c.op), resp.length.eq(length),
+                         resp.pages.eq(pages), resp.free_pages.eq(free)]
+        k.respond = respond
+
+        # APPEND and FREE state
+        k.f_i = Signal(range(N + 1))
+        k.f_pages = Signal(range(N + 1))
+        k.f_push = Signal()
+        k.boundary = Signal()
+        m.d.comb += k.boundary.eq((cur_len & (ps - 1)) == 0)
+
+        # READ shape (block, group) decoded in EXEC, loaded into the read engine on dispatch;
+        # the group check and the READ's end position are registered as the command is
+        # accepted (off the EXEC status path)
+        in_group = self.cmd.payload.group
+        k.group_ok = Signal()
+        k.read_end = Signal(range(2 * max_len + 1))
+        in_c = self.cmd.payload
+        k.r_blk = Signal(range(max_len + 1))     # block (0 → count), block − 1, count − 1
+        k.r_blk_m1 = Signal(range(max_len))
+        k.r_cnt_m1 = Signal(range(max_len))
+        k.one_block = Signal()
+        m.d.comb += k.one_block.eq(c.count <= k.r_blk)
+        k.d_first_m1 = Signal(range(max_len))
+        k.d_left = Signal(range(max_len + 1))
+        k.d_block_m1 = Signal(range(max_len))
+        k.d_gm1 = Signal(range(bw))
+        k.new_page = Signal(pidx)
+        m.d.comb += k.new_page.eq(Mux(k.boundary, free.top, k.cur_tail))
+
+        # an APPEND accepted while the previous APPEND's beats stream waits (``nxt``) and is
+        # executed with that APPEND's last beat; the previous APPEND's check, page and length
+        # update happened in its own EXEC, so the slot lookup registered at acceptance sees them
+        k.nxt = Signal()
+        k.exec_a = Signal()
+
+        def accept():
+            m.d.sync += [c.eq(self.cmd.payload),
+                         k.group_ok.eq((in_group == 0) | Cat(
+                             in_group == d for d in range(1, bpr + 1) if bpr % d == 0).any()),
+                         k.read_end.eq(in_c.start + in_c.count),
+                         k.r_blk.eq(Mux(in_c.block == 0, in_c.count, in_c.block)),
+                         k.r_blk_m1.eq(Mux(in_c.block == 0, in_c.count, in_c.block) - 1),
+                         k.r_cnt_m1.eq(in_c.count - 1),
+                         k.r_hit.eq(slots.hit), k.r_slot.eq(slots.slot),
+                         cur_len.eq(slots.length), k.cur_tail.eq(slots.tail),
+                         k.r_free_slot.eq(slots.free_slot), k.r_any_free.eq(slots.any_free)]
+        k.accept = accept
+        return k
+
+    def _pages_of(self, length):
+        return (length + (self._page_size - 1)) >> exact_log2(self._page_size)
+
+    def _exec(self, m, k):
+        """EXEC: the command's checks, its effect and its response (an APPEND: see
+        :meth:`_exec_append`); a READ goes on to READ_DISPATCH, a FREE to FREE_WAIT."""
+        H, bpr, c, sp, respond = self._kv_heads, self.beats_per_row, k.c, k.free.count, k.respond
+        pages_of = self._pages_of
+        m.next = "RESP"
+        m.d.sync += k.nxt.eq(0)
+        m.d.sync += [k.d_first_m1.eq(Mux(k.one_block, k.r_cnt_m1, k.r_blk_m1)),
+                     k.d_left.eq(Mux(k.one_block, 0, c.count - k.r_blk)),
+                     k.d_block_m1.eq(k.r_blk_m1),
+                     k.d_gm1.eq(Mux(c.group == 0, bpr - 1, c.group - 1))]
+        with m.Switch(c.op):
+            with m.Case(KVOp.ALLOC):
+                with m.If(k.r_hit):
+                    respond(KVStatus.DUPLICATE_SEQ)
+                with m.Elif(~k.r_any_free):
+                    respond(KVStatus.TOO_MANY_SEQS)
+                with m.Else():
+                    m.d.comb += [k.slots.alloc.eq(1), k.slots.alloc_slot.eq(k.r_free_slot),
+                                 k.slots.alloc_id.eq(c.seq)]
+                    respond(KVStatus.OK, 0, 0, sp)
+            with m.Case(KVOp.STATUS):
+                with m.If(~k.r_hit):
+                    respond(KVStatus.UNKNOWN_SEQ)
+                with m.Else():
+                    respond(KVStatus.OK, k.cur_len, pages_of(k.cur_len), sp)
+            with m.Case(KVOp.READ_K, KVOp.READ_V):
+                with m.If(~k.r_hit):
+                    respond(KVStatus.UNKNOWN_SEQ)
+                with m.Elif(c.head >= H):
+                    respond(KVStatus.HEAD_OUT_OF_RANGE)
+                with m.Elif(~k.group_ok):
+                    respond(KVStatus.BAD_SHAPE)
+                with m.Elif(k.read_end > k.cur_len):
+                    respond(KVStatus.READ_PAST_LENGTH)
+                with m.Else():
+                    respond(KVStatus.OK, k.cur_len, pages_of(k.cur_len), sp)
+                    with m.If(c.count != 0):
+                        m.next = "READ_DISPATCH"
+            with m.Case(KVOp.APPEND):
+                self._start_append(m, k)
+            with m.Case(KVOp.FREE):
+                with m.If(~k.r_hit):
+                    respond(KVStatus.UNKNOWN_SEQ)
+                with m.Else():
+                    m.d.sync += [k.f_i.eq(0), k.f_pages.eq(pages_of(k.cur_len)), k.f_push.eq(0)]
+                    m.next = "FREE_WAIT"
+            with m.Default():
+                respond(KVStatus.BAD_OPCODE)
+
+    @staticmethod
+    def _start_append(m, k):
+        m.d.comb += k.exec_a.eq(1)
+        m.next = "APPEND_DATA"
+
+    def _append_data(self, m, k):
+        """APPEND_DATA: the APPEND's beats into the append writer; its response with the last
+        one, and a next APPEND accepted meanwhile executed with it."""
+        m.d.comb += self.wdata.ready.eq(1)
+        # a next APPEND is accepted while the beats stream (not with the last one);
+        # other commands wait for IDLE, so their timing is that of an idle decoder
+        early = ~k.nxt & ~k.wr.last & (self.cmd.payload.op == KVOp.APPEND)
+        m.d.comb += self.cmd.ready.eq(early)
+        with m.If(self.cmd.valid & early):
+            k.accept()
+            m.d.sync += k.nxt.eq(1)
+        with m.If(self.wdata.valid):
+            m.d.comb += k.wr.beat.eq(1)
+            with m.If(k.wr.last):
+                # the response (set in EXEC) goes out with the last beat if it can; a
+                # waiting APPEND is executed in the same cycle, its first beat is
+                # accepted in the next one
+                with m.If(k.resp_fifo.w_rdy):
+                    m.d.comb += k.resp_fifo.w_en.eq(1)
+                    with m.If(k.nxt):
+                        self._start_append(m, k)
+                    with m.Else():
+                        m.next = "IDLE"
+                with m.Else():
+                    m.next = "RESP"
+
+    def _free_walk(self, m, k):
+        """FREE_WALK: the sequence's pages from its block table onto the free stack, one per
+        cycle; then the slot is released."""
+        lg_N = ceil_log2(self._num_pages)
+        m.d.comb += k.bt_r.addr.eq((k.r_slot << lg_N) | k.f_i)
+        m.d.sync += k.f_push.eq(k.f_i < k.f_pages)
+        with m.If(k.f_i < k.f_pages):
+            m.d.sync += k.f_i.eq(k.f_i + 1)
+        with m.If(k.f_push):
+            m.d.comb += [k.free.push.eq(1), k.free.page.eq(k.bt_r.data)]
+        with m.Elif(k.f_i == k.f_pages):
+            m.d.comb += [k.slots.release.eq(1), k.slots.release_slot.eq(k.r_slot)]
+            k.respond(KVStatus.OK, 0, 0, k.free.count)
+            m.next = "RESP"
+
+    def _exec_append(self, m, k):
+        """An APPEND's check and its effect on the slot (length, tail page, block table, free
+        stack), then its beats: in EXEC, or with the previous APPEND's last beat (one copy of
+        the logic, whichever state asks for it). The length is updated here, not at the last
+        beat: no command is executed before this APPEND's last beat, and an APPEND accepted
+        meanwhile must see the new length (back-to-back APPENDs of one sequence)."""
+        ps, lg_ps, lg_N = self._page_size, exact_log2(self._page_size), ceil_log2(self._num_pages)
+        sp, cur_len, r_slot, boundary, respond = k.free.count, k.cur_len, k.r_slot, k.boundary, k.respond
+        pages_of = self._pages_of
+        with m.If(k.exec_a):
+            m.d.comb += k.wr.start.eq(1)
+            m.d.sync += k.nxt.eq(0)
+            with m.If(~k.r_hit):
                 respond(KVStatus.UNKNOWN_SEQ)
             with m.Elif(boundary & (sp == 0)):
                 respond(KVStatus.OUT_OF_PAGES)
             with m.Else():
-                m.d.sync += [
-                    a_write.eq(1),
-                    a_row.eq((new_page << lg_ps) | (cur_len & (ps - 1))),
-                    slot_len[r_slot].eq(cur_len + 1),
+                m.d.comb += [
+                    k.wr.write.eq(1),
+                    k.wr.row.eq((k.new_page << lg_ps) | (cur_len & (ps - 1))),
+                    k.slots.grow.eq(1), k.slots.grow_slot.eq(r_slot), k.slots.grow_length.eq(cur_len + 1),
                 ]
                 respond(KVStatus.OK, cur_len + 1, pages_of(cur_len + 1), sp - boundary)
                 with m.If(boundary):
-                    m.d.sync += [sp.eq(sp - 1), slot_tail[r_slot].eq(st_r.data)]
+                    m.d.comb += [k.free.pop.eq(1), k.slots.new_tail.eq(1), k.slots.tail_page.eq(k.free.top)]
                     m.d.comb += [
-                        bt_w.addr.eq((r_slot << lg_N) | (cur_len >> lg_ps)),
-                        bt_w.data.eq(st_r.data),
-                        bt_w.en.eq(1),
+                        k.bt_w.addr.eq((r_slot << lg_N) | (cur_len >> lg_ps)),
+                        k.bt_w.data.eq(k.free.top),
+                        k.bt_w.en.eq(1),
                     ]
 
-        # -- events --
+    def _events(self, m, k, fsm):
+        """The ``events`` port (docs/conventions.md, "Counters")."""
         ev = self.events
         stall_output = (self.resp.valid & ~self.resp.ready) | (self.rdata.valid & ~self.rdata.ready)
         m.d.comb += [
-            ev.busy.eq(~fsm.ongoing("IDLE") | ~rg_idle | resp_fifo.r_rdy | rd_fifo.r_rdy),
+            ev.busy.eq(~fsm.ongoing("IDLE") | ~k.free.ready | ~k.rd.idle | k.resp_fifo.r_rdy | self.rdata.valid),
             ev.cmds.eq(self.cmd.valid & self.cmd.ready),
-            ev.cmds_rejected.eq(resp_fifo.w_en & (resp.status != KVStatus.OK)),
+            ev.cmds_rejected.eq(k.resp_fifo.w_en & (k.resp.status != KVStatus.OK)),
             ev.beats_in.eq(self.wdata.valid & self.wdata.ready),
             ev.beats_out.eq(self.rdata.valid & self.rdata.ready),
             ev.stall_output.eq(stall_output),
             ev.stall_input.eq(~stall_output & fsm.ongoing("APPEND_DATA") & ~self.wdata.valid),
             ev.stall_dependency.eq(~stall_output & (fsm.ongoing("FREE_WAIT")
-                                                    | (fsm.ongoing("READ_DISPATCH") & ~rg_can_load))),
-            ev.kv_reads.eq(mem.ren), ev.kv_writes.eq(mem.wen),
-            ev.table_reads.eq(issue | fsm.ongoing("FREE_WALK")), ev.table_writes.eq(bt_w.en),
-            ev.free_list_writes.eq(st_w.en),
+                                                    | (fsm.ongoing("READ_DISPATCH") & ~k.rd.load.ready))),
+            ev.kv_reads.eq(self.mem.ren), ev.kv_writes.eq(self.mem.wen),
+            ev.table_reads.eq(k.rd.table_read | fsm.ongoing("FREE_WALK")), ev.table_writes.eq(k.bt_w.en),
+            ev.free_list_writes.eq(k.free.write),
         ]
-        return m

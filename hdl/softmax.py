@@ -16,7 +16,13 @@ The rings are ``lib.memory.Memory`` of 2·ceil(L_max/P) beats each; every stage 
 downstream before it takes a beat (credits), so no stage ever has to stall mid-pipeline, the
 next row's pass A overlaps the previous rows' passes B and C, and rows follow each other
 without bubbles.
+
+``elaborate`` is wiring: :meth:`SoftmaxUnit._memories`, one method per pass (``_pass_a``,
+``_pass_b``, ``_pass_c``; they share credits every cycle), the
+:class:`~hdl.softmax_rcp.Reciprocal` component between B and C, and ``_events``.
 """
+
+from types import SimpleNamespace
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -30,6 +36,9 @@ from spec.codes import Dtype, SoftmaxStatus
 
 from . import counters
 from .config import ChipConfig
+from .softmax_rcp import DIV_STEPS_PER_STAGE as _DIV_STEPS_PER_STAGE
+from .softmax_rcp import Reciprocal, highest_set_bit
+from .softmax_rcp import pipeline_stage as _stage
 
 __all__ = ["SoftmaxUnit", "cmd_layout", "out_layout", "events_layout"]
 
@@ -43,7 +52,6 @@ _NW = 8  # n is clamped to N_MAX = 255
 _TW = _EB + 1
 _XMIN = -(1 << (_XW - 1))
 _XMAX = (1 << (_XW - 1)) - 1
-_DIV_STEPS_PER_STAGE = 2  # restoring-division steps between two registers of the reciprocal
 #: Rows that can wait between two passes (the row FIFOs A → B and B → C).
 _ROW_QUEUE = 8
 
@@ -71,15 +79,6 @@ def events_layout(lanes):
         "busy": 1, "cmds": 1, "cmds_rejected": 1, "rows_out": 1, "beats_in": 1, "beats_out": 1,
         "stall_output": 1, "stall_input": 1, "stall_ring": 1, "xring_reads": 1,
         "xring_writes": 1, "ering_reads": 1, "ering_writes": 1, "exp_reads": lanes.bit_length()})
-
-
-def _msb(m, value, name):
-    """Position of the highest set bit of ``value`` (0 when value is 0)."""
-    pos = Signal(range(max(len(value), 2)), name=name)
-    for i in range(len(value)):
-        with m.If(value[i]):
-            m.d.comb += pos.eq(i)
-    return pos
 
 
 def _clamp_x(m, value, name):
@@ -275,60 +274,64 @@ class SoftmaxUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        P = self._lanes
-        lw = self._lw
-        log2p = exact_log2(P)
-        ring = self._ring
-        sw = self._sw
+        k = self._memories(m)
+        self._pass_a(m, k)
+        self._pass_b(m, k)
+        self._reciprocal(m, k)
+        self._pass_c(m, k)
+        # ring occupancy: pass A writes the X ring, pass B moves a beat from it to the E ring,
+        # pass C frees it
+        m.d.sync += [k.x_occ.eq(k.x_occ + k.i_fire - k.b_issue), k.e_occ.eq(k.e_occ + k.b_issue - k.c_issue)]
+        self._events(m, k)
+        return m
 
-        def nb_m1(length):  # beats of a row, minus one
-            return ((length + (P - 1)) >> log2p) - 1
+    # -- parts of elaborate: the memories, one method per pass, the events ---------------------
+    def _nb_m1(self, length):
+        """Beats of a row, minus one."""
+        return ((length + (self._lanes - 1)) >> exact_log2(self._lanes)) - 1
 
-        def stage(prefix, src, valid):
-            """Register the values of ``src`` (dict) into a new pipeline stage."""
-            out = {}
-            for key, value in src.items():
-                sig = Signal(Value.cast(value).shape(), name=f"{prefix}_{key}")
-                m.d.sync += sig.eq(value)
-                out[key] = sig
-            v = Signal(name=f"{prefix}_valid")
-            m.d.sync += v.eq(valid)
-            out["valid"] = v
-            return out
-
-
-        # ---- memories and FIFOs ---------------------------------------------------------
+    def _memories(self, m):
+        """The X and E rings, the exp tables, the row FIFOs between the passes and the output
+        FIFO; returns the namespace the passes share."""
+        P, lw, ring, sw = self._lanes, self._lw, self._ring, self._sw
+        k = SimpleNamespace()
         m.submodules.xmem = xmem = Memory(shape=unsigned(_XW * P), depth=ring, init=[])
-        x_wr = xmem.write_port()
-        x_rd = xmem.read_port(domain="sync")
+        k.x_wr = xmem.write_port()
+        k.x_rd = xmem.read_port(domain="sync")
         m.submodules.emem = emem = Memory(shape=unsigned((_TW + _NW) * P), depth=ring, init=[])
-        e_wr = emem.write_port()
-        e_rd = emem.read_port(domain="sync")
+        k.e_wr = emem.write_port()
+        k.e_rd = emem.read_port(domain="sync")
         table = [int(v) for v in _g.EXP2_TABLE]
-        t_rd = []
+        k.t_rd = []
         for lane in range(P):
             rom = Memory(shape=unsigned(_TW), depth=len(table), init=table)
             m.submodules[f"exp_rom{lane}"] = rom
-            t_rd.append(rom.read_port(domain="sync"))
+            k.t_rd.append(rom.read_port(domain="sync"))
 
-        m1_layout = data.StructLayout({"length": lw, "vis": lw, "dtype": 1, "nan": 1,
-                                       "r": signed(_XW + 1)})
-        m2_layout = data.StructLayout({"length": lw, "vis": lw, "dtype": 1, "nan": 1,
-                                       "rcp": _RB + 1, "z": range(sw)})
-        m1_depth, m2_depth, o_depth = _ROW_QUEUE, _ROW_QUEUE + self.div_stages, 8
-        m.submodules.m1 = m1 = SyncFIFO(width=m1_layout.size, depth=m1_depth)
-        m.submodules.m2 = m2 = SyncFIFO(width=m2_layout.size, depth=m2_depth)
-        m.submodules.ofifo = ofifo = SyncFIFO(width=self.out_layout.size, depth=o_depth)
+        k.m1_layout = data.StructLayout({"length": lw, "vis": lw, "dtype": 1, "nan": 1,
+                                         "r": signed(_XW + 1)})
+        k.m2_layout = data.StructLayout({"length": lw, "vis": lw, "dtype": 1, "nan": 1,
+                                         "rcp": _RB + 1, "z": range(sw)})
+        k.m1_depth, k.m2_depth, k.o_depth = _ROW_QUEUE, _ROW_QUEUE + self.div_stages, 8
+        m.submodules.m1 = k.m1 = SyncFIFO(width=k.m1_layout.size, depth=k.m1_depth)
+        m.submodules.m2 = k.m2 = SyncFIFO(width=k.m2_layout.size, depth=k.m2_depth)
+        m.submodules.ofifo = k.ofifo = SyncFIFO(width=self.out_layout.size, depth=k.o_depth)
 
-        x_occ = Signal(range(ring + 1))
-        e_occ = Signal(range(ring + 1))
-        x_wp = Signal(range(ring))
-        x_rp = Signal(range(ring))
-        e_wp = Signal(range(ring))
-        e_rp = Signal(range(ring))
+        k.x_occ = Signal(range(ring + 1))
+        k.e_occ = Signal(range(ring + 1))
+        k.x_wp = Signal(range(ring))
+        k.x_rp = Signal(range(ring))
+        k.e_wp = Signal(range(ring))
+        k.e_rp = Signal(range(ring))
+        return k
 
-        # ---- pass A: ingest ------------------------------------------------------------
-        a_active = Signal()
+    def _pass_a(self, m, k):
+        """Pass A (ingest): takes the command and the row's score beats (A0), turns them into x
+        (:meth:`_x_lanes`, A1 … A2d), and in A3 writes the X ring, keeps the running max and at
+        the row's last beat hands the row to pass B through the row FIFO ``m1``."""
+        P, lw, ring = self._lanes, self._lw, self._ring
+        m1 = k.m1
+        k.a_active = a_active = Signal()
         a_len = Signal(lw)
         a_vis = Signal(lw)
         a_dtype = Signal()
@@ -342,21 +345,67 @@ class SoftmaxUnit(wiring.Component):
         a_last = Signal()
         m.d.comb += a_last.eq(a_bi == a_nbm1)
 
-        i_fire = Signal()
-        cmd_fire = Signal()
-        m1_pend = Signal(3)  # rows whose last beat is in A1..A3
+        k.i_fire = i_fire = Signal()
+        k.cmd_fire = cmd_fire = Signal()
+        k.m1_pend = m1_pend = Signal(3)  # rows whose last beat is in A1..A3
         m.d.comb += [
-            self.i.ready.eq(a_active & (x_occ < ring) & (~a_last | (m1.level + m1_pend < m1_depth))),
+            self.i.ready.eq(a_active & (k.x_occ < ring) & (~a_last | (m1.level + m1_pend < k.m1_depth))),
             i_fire.eq(self.i.valid & self.i.ready),
             self.cmd.ready.eq(~a_active | (i_fire & a_last)),
             cmd_fire.eq(self.cmd.valid & self.cmd.ready),
         ]
 
         # A0 → A1: the accepted beat and its row, registered
-        a1 = stage("a1", {"beat": Value.cast(self.i.payload),
-                          "lvis": Cat(*[a_base + lane < a_vis for lane in range(P)]),
-                          "first": a_bi == 0, "last": a_last, "length": a_len, "vis": a_vis,
-                          "dtype": a_dtype, "scale": a_scale, "shift": a_shift}, i_fire)
+        a1 = _stage(m, "a1", {"beat": Value.cast(self.i.payload),
+                              "lvis": Cat(*[a_base + lane < a_vis for lane in range(P)]),
+                              "first": a_bi == 0, "last": a_last, "length": a_len, "vis": a_vis,
+                              "dtype": a_dtype, "scale": a_scale, "shift": a_shift}, i_fire)
+        stages, a3 = self._x_lanes(m, a1)
+        # A3: write the X ring, running max; at the row's last beat hand the row to pass B
+        row_max = Signal(signed(_XW))
+        m.d.comb += row_max.eq(Mux(a3["first"] | (a3["bmax"] > a_max), a3["bmax"], a_max))
+        row_nan = Signal()
+        m.d.comb += row_nan.eq((~a3["first"] & a_nan) | a3["nan"])
+        m.d.comb += [
+            k.x_wr.addr.eq(k.x_wp),
+            k.x_wr.data.eq(a3["x"]),
+            k.x_wr.en.eq(a3["valid"]),
+        ]
+        m1_w = Signal(k.m1_layout)
+        one = 1 << _F
+        m.d.comb += [
+            m1_w.length.eq(a3["length"]), m1_w.vis.eq(a3["vis"]), m1_w.dtype.eq(a3["dtype"]),
+            m1_w.nan.eq(row_nan), m1_w.r.eq(((row_max + (one - 1)) >> _F) << _F),
+            m1.w_data.eq(m1_w),
+            m1.w_en.eq(a3["valid"] & a3["last"]),
+            m1_pend.eq(sum(st["valid"] & st["last"] for st in stages)),
+        ]
+        with m.If(a3["valid"]):
+            m.d.sync += [k.x_wp.eq(k.x_wp + 1), a_max.eq(row_max), a_nan.eq(row_nan)]
+        with m.If(i_fire):
+            m.d.sync += [a_bi.eq(a_bi + 1), a_base.eq(a_base + P)]
+            with m.If(a_last):
+                m.d.sync += a_active.eq(0)
+        k.bad = bad = (self.cmd.payload.length == 0) | (self.cmd.payload.length > self._max_len)
+        m.d.comb += self.error.eq(Mux(cmd_fire & bad, SoftmaxStatus.BAD_LENGTH, SoftmaxStatus.OK))
+        with m.If(cmd_fire & ~bad):
+            p = self.cmd.payload
+            lim0 = Signal(lw + 1)
+            m.d.comb += lim0.eq(Mux(p.valid_len < p.length, p.valid_len, p.length))
+            lim = Signal(lw + 1)
+            m.d.comb += lim.eq(Mux(p.causal_pos + 1 < lim0, p.causal_pos + 1, lim0))
+            m.d.sync += [
+                a_active.eq(1), a_len.eq(p.length), a_vis.eq(lim), a_dtype.eq(p.dtype),
+                a_scale.eq(p.scale), a_shift.eq(p.shift), a_bi.eq(0), a_base.eq(0),
+                a_nbm1.eq(self._nb_m1(p.length)),
+            ]
+
+    def _x_lanes(self, m, a1):
+        """Pass A's datapath from the registered beat ``a1`` to the A3 registers: per lane x
+        (int8: ``(score·m + half) >> sh``; bf16: the rounded fp32 product), saturated, masked,
+        the beat's max (a balanced tree) and NaN flag. Returns the stages (A1 … A3, for the rows
+        in flight) and A3."""
+        P = self._lanes
         # A1 → A2: products, rounding terms, flags
         ctl = ("lvis", "first", "last", "length", "vis", "dtype", "shift")
         src = {key: a1[key] for key in ctl}
@@ -364,14 +413,14 @@ class SoftmaxUnit(wiring.Component):
             for key, value in self._x_products(m, a1["beat"][32 * lane:32 * (lane + 1)], a1["scale"],
                                                a1["shift"], f"a1_{lane}").items():
                 src[f"{key}{lane}"] = value
-        a2 = stage("a2", src, a1["valid"])
+        a2 = _stage(m, "a2", src, a1["valid"])
         # A2 → A2b: sums
         src = {key: a2[key] for key in ctl}
         for lane in range(P):
             v = {key: a2[f"{key}{lane}"] for key in ("p8", "half8", "pb", "halfb", "neg")}
             src.update({f"{key}{lane}": value for key, value in self._x_sums(m, v, f"a2_{lane}").items()})
             src.update({f"{key}{lane}": a2[f"{key}{lane}"] for key in ("k", "nan", "sat", "neg")})
-        a2b = stage("a2b", src, a2["valid"])
+        a2b = _stage(m, "a2b", src, a2["valid"])
         # A2b → A2c: shifts
         src = {key: a2b[key] for key in ctl}
         for lane in range(P):
@@ -379,7 +428,7 @@ class SoftmaxUnit(wiring.Component):
             src.update({f"{key}{lane}": value
                         for key, value in self._x_shifts(m, v, a2b["shift"], f"a2b_{lane}").items()})
             src.update({f"{key}{lane}": a2b[f"{key}{lane}"] for key in ("nan", "sat", "neg")})
-        a2c = stage("a2c", src, a2b["valid"])
+        a2c = _stage(m, "a2c", src, a2b["valid"])
         # A2c → A2d: saturation, path select, masking
         lane_x, lane_m, lane_nan = [], [], []
         for lane in range(P):
@@ -400,9 +449,9 @@ class SoftmaxUnit(wiring.Component):
             lane_m.append(xm)
             lane_nan.append(a2c[f"nan{lane}"] & a2c["dtype"] & a2c["lvis"][lane])
         # A2d: the beat's max (a balanced tree) and NaN flag
-        a2d = stage("a2d", {"x": Cat(*lane_x), "xm": Cat(*lane_m), "nan": Cat(*lane_nan).any(),
-                            **{key: a2c[key] for key in ("first", "last", "length", "vis", "dtype")}},
-                    a2c["valid"])
+        a2d = _stage(m, "a2d", {"x": Cat(*lane_x), "xm": Cat(*lane_m), "nan": Cat(*lane_nan).any(),
+                                **{key: a2c[key] for key in ("first", "last", "length", "vis", "dtype")}},
+                     a2c["valid"])
         lane_m = [a2d["xm"][lane * _XW:(lane + 1) * _XW].as_signed() for lane in range(P)]
         level = 0
         while len(lane_m) > 1:  # a balanced max tree
@@ -414,91 +463,59 @@ class SoftmaxUnit(wiring.Component):
             if len(lane_m) % 2:
                 nxt.append(lane_m[-1])
             lane_m, level = nxt, level + 1
-        a3 = stage("a3", {"x": a2d["x"], "bmax": lane_m[0], "nan": a2d["nan"],
-                          **{key: a2d[key] for key in ("first", "last", "length", "vis", "dtype")}},
-                   a2d["valid"])
-        # A3: write the X ring, running max; at the row's last beat hand the row to pass B
-        row_max = Signal(signed(_XW))
-        m.d.comb += row_max.eq(Mux(a3["first"] | (a3["bmax"] > a_max), a3["bmax"], a_max))
-        row_nan = Signal()
-        m.d.comb += row_nan.eq((~a3["first"] & a_nan) | a3["nan"])
-        m.d.comb += [
-            x_wr.addr.eq(x_wp),
-            x_wr.data.eq(a3["x"]),
-            x_wr.en.eq(a3["valid"]),
-        ]
-        m1_w = Signal(m1_layout)
-        one = 1 << _F
-        m.d.comb += [
-            m1_w.length.eq(a3["length"]), m1_w.vis.eq(a3["vis"]), m1_w.dtype.eq(a3["dtype"]),
-            m1_w.nan.eq(row_nan), m1_w.r.eq(((row_max + (one - 1)) >> _F) << _F),
-            m1.w_data.eq(m1_w),
-            m1.w_en.eq(a3["valid"] & a3["last"]),
-            m1_pend.eq(sum(st["valid"] & st["last"] for st in (a1, a2, a2b, a2c, a2d, a3))),
-        ]
-        with m.If(a3["valid"]):
-            m.d.sync += [x_wp.eq(x_wp + 1), a_max.eq(row_max), a_nan.eq(row_nan)]
-        with m.If(i_fire):
-            m.d.sync += [a_bi.eq(a_bi + 1), a_base.eq(a_base + P)]
-            with m.If(a_last):
-                m.d.sync += a_active.eq(0)
-        bad = (self.cmd.payload.length == 0) | (self.cmd.payload.length > self._max_len)
-        m.d.comb += self.error.eq(Mux(cmd_fire & bad, SoftmaxStatus.BAD_LENGTH, SoftmaxStatus.OK))
-        with m.If(cmd_fire & ~bad):
-            p = self.cmd.payload
-            lim0 = Signal(lw + 1)
-            m.d.comb += lim0.eq(Mux(p.valid_len < p.length, p.valid_len, p.length))
-            lim = Signal(lw + 1)
-            m.d.comb += lim.eq(Mux(p.causal_pos + 1 < lim0, p.causal_pos + 1, lim0))
-            m.d.sync += [
-                a_active.eq(1), a_len.eq(p.length), a_vis.eq(lim), a_dtype.eq(p.dtype),
-                a_scale.eq(p.scale), a_shift.eq(p.shift), a_bi.eq(0), a_base.eq(0),
-                a_nbm1.eq(nb_m1(p.length)),
-            ]
+        a3 = _stage(m, "a3", {"x": a2d["x"], "bmax": lane_m[0], "nan": a2d["nan"],
+                              **{key: a2d[key] for key in ("first", "last", "length", "vis", "dtype")}},
+                    a2d["valid"])
+        return (a1, a2, a2b, a2c, a2d, a3), a3
 
-        # ---- pass B: exp and sum -------------------------------------------------------
-        b_row = data.View(m1_layout, m1.r_data)
-        b_bi = Signal(lw)
-        b_base = Signal(lw + 1)
-        b_last = Signal()
-        m.d.comb += b_last.eq(b_bi == nb_m1(b_row.length))
-        m2_inflight = Signal(range(m2_depth + 1))
-        b_issue = Signal()
-        m.d.comb += b_issue.eq(m1.r_rdy & (e_occ < ring) & (~b_last | (m2.level + m2_inflight < m2_depth)))
-        m.d.comb += [x_rd.addr.eq(x_rp), m1.r_en.eq(b_issue & b_last)]
+    def _pass_b(self, m, k):
+        """Pass B (exp and sum): reads the row back from the X ring (B1), looks up ``2**-f`` per
+        lane (B2), writes ``(t, n)`` into the E ring and adds the beat's terms (B2b), accumulates
+        the row's sum (B3)."""
+        P, ring, sw = self._lanes, self._ring, self._sw
+        m1, m2 = k.m1, k.m2
+        b_row = data.View(k.m1_layout, m1.r_data)
+        b_bi = Signal(self._lw)
+        b_base = Signal(self._lw + 1)
+        k.b_last = b_last = Signal()
+        m.d.comb += b_last.eq(b_bi == self._nb_m1(b_row.length))
+        k.m2_inflight = Signal(range(k.m2_depth + 1))
+        k.b_issue = b_issue = Signal()
+        m.d.comb += b_issue.eq(m1.r_rdy & (k.e_occ < ring) & (~b_last | (m2.level + k.m2_inflight < k.m2_depth)))
+        m.d.comb += [k.x_rd.addr.eq(k.x_rp), m1.r_en.eq(b_issue & b_last)]
         with m.If(b_issue):
-            m.d.sync += [x_rp.eq(x_rp + 1), b_bi.eq(b_bi + 1), b_base.eq(b_base + P)]
+            m.d.sync += [k.x_rp.eq(k.x_rp + 1), b_bi.eq(b_bi + 1), b_base.eq(b_base + P)]
             with m.If(b_last):
                 m.d.sync += [b_bi.eq(0), b_base.eq(0)]
 
-        b1 = stage("b1", {"r": b_row.r, "vis": b_row.vis, "base": b_base, "first": b_bi == 0,
-                          "last": b_last, "length": b_row.length, "dtype": b_row.dtype,
-                          "nan": b_row.nan}, b_issue)
+        k.b1 = b1 = _stage(m, "b1", {"r": b_row.r, "vis": b_row.vis, "base": b_base, "first": b_bi == 0,
+                                     "last": b_last, "length": b_row.length, "dtype": b_row.dtype,
+                                     "nan": b_row.nan}, b_issue)
         b1_n, b1_vis = [], []
         for lane in range(P):
-            x = x_rd.data[lane * _XW:(lane + 1) * _XW].as_signed()
+            x = k.x_rd.data[lane * _XW:(lane + 1) * _XW].as_signed()
             d = Signal(signed(_XW + 2), name=f"b1_d{lane}")
             m.d.comb += d.eq(b1["r"] - x)
             n = Signal(_NW, name=f"b1_n{lane}")
             hi = d >> _F
             m.d.comb += n.eq(Mux(hi > _g.N_MAX, _g.N_MAX, hi))
-            m.d.comb += t_rd[lane].addr.eq(d[:_F])
+            m.d.comb += k.t_rd[lane].addr.eq(d[:_F])
             vis = Signal(name=f"b1_vis{lane}")
             m.d.comb += vis.eq(b1["base"] + lane < b1["vis"])
             b1_n.append(n)
             b1_vis.append(vis)
-        b2 = stage("b2", {"first": b1["first"], "last": b1["last"], "length": b1["length"],
-                          "vis": b1["vis"], "dtype": b1["dtype"], "nan": b1["nan"],
-                          "n": Cat(*b1_n), "lvis": Cat(*b1_vis)}, b1["valid"])
+        k.b2 = b2 = _stage(m, "b2", {"first": b1["first"], "last": b1["last"], "length": b1["length"],
+                                     "vis": b1["vis"], "dtype": b1["dtype"], "nan": b1["nan"],
+                                     "n": Cat(*b1_n), "lvis": Cat(*b1_vis)}, b1["valid"])
         e_lanes = []
         for lane in range(P):
             t = Signal(_TW, name=f"b2_t{lane}")
-            m.d.comb += t.eq(Mux(b2["lvis"][lane], t_rd[lane].data, 0))
+            m.d.comb += t.eq(Mux(b2["lvis"][lane], k.t_rd[lane].data, 0))
             e_lanes += [t, b2["n"][lane * _NW:(lane + 1) * _NW]]
         # B2 → B2b: the table values registered; the terms and their adder tree
-        b2b = stage("b2b", {"tn": Cat(*e_lanes), **{key: b2[key] for key in
-                                                     ("first", "last", "length", "vis", "dtype", "nan")}},
-                    b2["valid"])
+        k.b2b = b2b = _stage(m, "b2b", {"tn": Cat(*e_lanes), **{key: b2[key] for key in
+                                                                ("first", "last", "length", "vis", "dtype", "nan")}},
+                             b2["valid"])
         terms = []
         for lane in range(P):
             off = lane * (_TW + _NW)
@@ -516,98 +533,72 @@ class SoftmaxUnit(wiring.Component):
             if len(terms) % 2:
                 nxt.append(terms[-1])
             terms, level = nxt, level + 1
-        m.d.comb += [e_wr.addr.eq(e_wp), e_wr.data.eq(Cat(*e_lanes)), e_wr.en.eq(b2["valid"])]
+        m.d.comb += [k.e_wr.addr.eq(k.e_wp), k.e_wr.data.eq(Cat(*e_lanes)), k.e_wr.en.eq(b2["valid"])]
         with m.If(b2["valid"]):
-            m.d.sync += e_wp.eq(e_wp + 1)
+            m.d.sync += k.e_wp.eq(k.e_wp + 1)
         # B3: accumulate the row's sum
-        b3 = stage("b3", {"bsum": terms[0], **{key: b2b[key] for key in
-                                                ("first", "last", "length", "vis", "dtype", "nan")}},
-                   b2b["valid"])
+        k.b3 = b3 = _stage(m, "b3", {"bsum": terms[0], **{key: b2b[key] for key in
+                                                          ("first", "last", "length", "vis", "dtype", "nan")}},
+                           b2b["valid"])
         s_acc = Signal(sw)
-        s_new = Signal(sw)
+        k.s_new = s_new = Signal(sw)
         m.d.comb += s_new.eq(Mux(b3["first"], 0, s_acc) + b3["bsum"])
         with m.If(b3["valid"]):
             m.d.sync += s_acc.eq(s_new)
 
-        # ---- reciprocal ----------------------------------------------------------------
-        dn = stage("dn", {"s": s_new, "length": b3["length"], "vis": b3["vis"], "dtype": b3["dtype"],
-                          "nan": b3["nan"]}, b3["valid"] & b3["last"])
-        z = _msb(m, dn["s"], "dn_z")
-        st = Signal(_RI, name="dn_st")
-        st_sh = Signal(range(sw), name="dn_st_sh")
-        m.d.comb += st_sh.eq(Mux(z >= _RI - 1, z + 1 - _RI, 0))
-        m.d.comb += st.eq(Mux(z >= _RI - 1, dn["s"] >> st_sh, 0))
-        rem = Signal(_RI + 1, name="div_rem0")
-        m.d.comb += rem.eq(1 << (_RI - 1))
-        pipe = {"st": st, "z": z, "length": dn["length"], "vis": dn["vis"], "dtype": dn["dtype"],
-                "nan": dn["nan"], "rem": rem, "q": Const(0, _RB + 1)}
-        valid = dn["valid"]
-        for step in range(_RB + 1):
-            if step % _DIV_STEPS_PER_STAGE == 0:
-                pipe = stage(f"div{step}", pipe, valid)
-                valid = pipe.pop("valid")
-            ge = pipe["rem"] >= pipe["st"]
-            r2 = Signal(_RI + 1, name=f"div_rem{step + 1}")
-            m.d.comb += r2.eq(Mux(ge, pipe["rem"] - pipe["st"], pipe["rem"]) << 1)
-            q2 = Signal(_RB + 1, name=f"div_q{step + 1}")
-            m.d.comb += q2.eq(Cat(ge, pipe["q"][:-1]))
-            pipe = dict(pipe, rem=r2, q=q2)
-        m2_w = Signal(m2_layout)
+    def _reciprocal(self, m, k):
+        """The row's sum, at its last beat, through the :class:`~hdl.softmax_rcp.Reciprocal` into
+        the row FIFO ``m2`` of pass C."""
+        b3 = k.b3
+        tag = data.StructLayout({"length": self._lw, "vis": self._lw, "dtype": 1, "nan": 1})
+        m.submodules.rcp = rcp = Reciprocal(sum_bits=self._sw, tag_bits=tag.size)
+        i_tag, o_tag = data.View(tag, rcp.i_tag), data.View(tag, rcp.o_tag)
+        m.d.comb += [rcp.i_valid.eq(b3["valid"] & b3["last"]), rcp.i_sum.eq(k.s_new),
+                     i_tag.length.eq(b3["length"]), i_tag.vis.eq(b3["vis"]), i_tag.dtype.eq(b3["dtype"]),
+                     i_tag.nan.eq(b3["nan"])]
+        m2_w = Signal(k.m2_layout)
         m.d.comb += [
-            m2_w.length.eq(pipe["length"]), m2_w.vis.eq(pipe["vis"]), m2_w.dtype.eq(pipe["dtype"]),
-            m2_w.nan.eq(pipe["nan"]), m2_w.rcp.eq(pipe["q"]), m2_w.z.eq(pipe["z"]),
-            m2.w_data.eq(m2_w), m2.w_en.eq(valid),
+            m2_w.length.eq(o_tag.length), m2_w.vis.eq(o_tag.vis), m2_w.dtype.eq(o_tag.dtype),
+            m2_w.nan.eq(o_tag.nan), m2_w.rcp.eq(rcp.o_rcp), m2_w.z.eq(rcp.o_z),
+            k.m2.w_data.eq(m2_w), k.m2.w_en.eq(rcp.o_valid),
         ]
-        m.d.sync += m2_inflight.eq(m2_inflight + (b_issue & b_last) - valid)
+        m.d.sync += k.m2_inflight.eq(k.m2_inflight + (k.b_issue & k.b_last) - rcp.o_valid)
 
-        # ---- pass C: normalize ---------------------------------------------------------
-        c_row = data.View(m2_layout, m2.r_data)
-        c_bi = Signal(lw)
-        c_base = Signal(lw + 1)
+    def _pass_c(self, m, k):
+        """Pass C (normalize): reads ``(t, n)`` back from the E ring (C1), multiplies by the
+        reciprocal (C1 → C2) and rounds to uint8 (scale 1/255) or bf16 (C2 … C3), into the
+        output FIFO."""
+        P, sw = self._lanes, self._sw
+        m2, ofifo = k.m2, k.ofifo
+        c_row = data.View(k.m2_layout, m2.r_data)
+        c_bi = Signal(self._lw)
+        c_base = Signal(self._lw + 1)
         c_last = Signal()
-        m.d.comb += c_last.eq(c_bi == nb_m1(c_row.length))
-        c_issue = Signal()
-        c_pend = Signal(3)  # beats in C1..C3
-        m.d.comb += c_issue.eq(m2.r_rdy & (ofifo.level + c_pend < o_depth))
-        m.d.comb += [e_rd.addr.eq(e_rp), m2.r_en.eq(c_issue & c_last)]
+        m.d.comb += c_last.eq(c_bi == self._nb_m1(c_row.length))
+        k.c_issue = c_issue = Signal()
+        k.c_pend = c_pend = Signal(3)  # beats in C1..C3
+        m.d.comb += c_issue.eq(m2.r_rdy & (ofifo.level + c_pend < k.o_depth))
+        m.d.comb += [k.e_rd.addr.eq(k.e_rp), m2.r_en.eq(c_issue & c_last)]
         with m.If(c_issue):
-            m.d.sync += [e_rp.eq(e_rp + 1), c_bi.eq(c_bi + 1), c_base.eq(c_base + P)]
+            m.d.sync += [k.e_rp.eq(k.e_rp + 1), c_bi.eq(c_bi + 1), c_base.eq(c_base + P)]
             with m.If(c_last):
                 m.d.sync += [c_bi.eq(0), c_base.eq(0)]
-        c1 = stage("c1", {"rcp": c_row.rcp, "z": c_row.z, "base": c_base, "vis": c_row.vis,
-                          "dtype": c_row.dtype, "nan": c_row.nan, "last": c_last}, c_issue)
+        c1 = _stage(m, "c1", {"rcp": c_row.rcp, "z": c_row.z, "base": c_base, "vis": c_row.vis,
+                              "dtype": c_row.dtype, "nan": c_row.nan, "last": c_last}, c_issue)
         # C1 → C2: V = t·Rcp and k per lane
         src = {key: c1[key] for key in ("dtype", "nan", "last")}
         kw = ceil_log2(_g.N_MAX + _RB + sw + 1)
         for lane in range(P):
             off = lane * (_TW + _NW)
-            t = e_rd.data[off:off + _TW]
-            n = e_rd.data[off + _TW:off + _TW + _NW]
+            t = k.e_rd.data[off:off + _TW]
+            n = k.e_rd.data[off + _TW:off + _TW + _NW]
             v = Signal(_TW + _RB + 1, name=f"c1_v{lane}")
             m.d.comb += v.eq(t * c1["rcp"])
-            k = Signal(kw, name=f"c1_k{lane}")
-            m.d.comb += k.eq(n + c1["z"] + (_RB - _SG))
-            src.update({f"v{lane}": v, f"k{lane}": k, f"vis{lane}": c1["base"] + lane < c1["vis"]})
-        c2 = stage("c2", src, c1["valid"])
-        # C2 → C2b: int8 255·V and 2**(k-1); bf16 leading one
-        src = {key: c2[key] for key in ("dtype", "nan", "last")}
-        for lane in range(P):
-            v, k = c2[f"v{lane}"], c2[f"k{lane}"]
-            vw = len(v)
-            kc = Signal(6, name=f"c2_kc{lane}")
-            m.d.comb += kc.eq(Mux(k > 63, 63, k))
-            v255 = Signal(vw + 8, name=f"c2_v255{lane}")
-            m.d.comb += v255.eq((v << 8) - v)
-            halfq = Signal(63, name=f"c2_halfq{lane}")
-            m.d.comb += halfq.eq((Const(1, 64) << kc) >> 1)
-            b = _msb(m, v, f"c2_b{lane}")
-            lz = Signal(range(vw), name=f"c2_lz{lane}")
-            m.d.comb += lz.eq(vw - 1 - b)
-            ev0 = Signal(signed(12), name=f"c2_ev{lane}")
-            m.d.comb += ev0.eq(b - k)
-            src.update({f"kc{lane}": kc, f"v255{lane}": v255, f"halfq{lane}": halfq, f"v{lane}": v,
-                        f"lz{lane}": lz, f"ev{lane}": ev0, f"zero{lane}": v == 0, f"vis{lane}": c2[f"vis{lane}"]})
-        c2b = stage("c2b", src, c2["valid"])
+            kk = Signal(kw, name=f"c1_k{lane}")
+            m.d.comb += kk.eq(n + c1["z"] + (_RB - _SG))
+            src.update({f"v{lane}": v, f"k{lane}": kk, f"vis{lane}": c1["base"] + lane < c1["vis"]})
+        c2 = _stage(m, "c2", src, c1["valid"])
+        c2b = self._c_round_terms(m, c2)
         # C2b → C3: int8 255·V + 2**(k-1); bf16 normalization
         src = {key: c2b[key] for key in ("dtype", "nan", "last")}
         for lane in range(P):
@@ -618,39 +609,8 @@ class SoftmaxUnit(wiring.Component):
             m.d.comb += vn.eq(v << c2b[f"lz{lane}"])
             src.update({f"pre{lane}": pre, f"vn{lane}": vn,
                         **{f"{key}{lane}": c2b[f"{key}{lane}"] for key in ("kc", "ev", "zero", "vis")}})
-        c3 = stage("c3", src, c2b["valid"])
-        # C3: int8 shift and saturation; bf16 rounding and exponent; lane select
-        outs = []
-        for lane in range(P):
-            q = Signal(64, name=f"c3_q{lane}")
-            m.d.comb += q.eq(c3[f"pre{lane}"] >> c3[f"kc{lane}"])
-            q8 = Mux(q > 255, 255, q[:8])
-            vn = c3[f"vn{lane}"]
-            vw = len(vn)
-            mant = vn[vw - 8:vw]
-            guard = vn[vw - 9]
-            sticky = vn[:vw - 9] != 0
-            up = guard & (sticky | mant[0])
-            mr = Signal(9, name=f"c3_mr{lane}")
-            m.d.comb += mr.eq(mant + up)
-            carry = mr[8]
-            ev = Signal(signed(12), name=f"c3_ev{lane}")
-            m.d.comb += ev.eq(c3[f"ev{lane}"] + carry)
-            bf = Signal(16, name=f"c3_bf{lane}")
-            with m.If(c3[f"zero{lane}"] | (ev < -126)):
-                m.d.comb += bf.eq(0)
-            with m.Else():
-                m.d.comb += bf.eq(Cat(Mux(carry, 0, mr[:7]), (ev + 127)[:8], Const(0, 1)))
-            out = Signal(16, name=f"c3_out{lane}")
-            with m.If(~c3[f"vis{lane}"]):
-                m.d.comb += out.eq(0)
-            with m.Elif(c3["dtype"] & c3["nan"]):
-                m.d.comb += out.eq(_g.BF16_NAN_ROW)
-            with m.Elif(c3["dtype"]):
-                m.d.comb += out.eq(bf)
-            with m.Else():
-                m.d.comb += out.eq(q8)
-            outs.append(out)
+        c3 = _stage(m, "c3", src, c2b["valid"])
+        outs = [self._c_lane_out(m, c3, lane) for lane in range(P)]
         m.d.comb += [ofifo.w_data.eq(Cat(*outs, c3["last"])), ofifo.w_en.eq(c3["valid"]),
                      c_pend.eq(c1["valid"] + c2["valid"] + c2b["valid"] + c3["valid"])]
         m.d.comb += [
@@ -659,24 +619,75 @@ class SoftmaxUnit(wiring.Component):
             ofifo.r_en.eq(self.o.ready),
         ]
 
-        # ---- ring occupancy -------------------------------------------------------------
-        m.d.sync += [x_occ.eq(x_occ + i_fire - b_issue), e_occ.eq(e_occ + b_issue - c_issue)]
+    def _c_round_terms(self, m, c2):
+        """C2 → C2b: int8 255·V and 2**(k-1); bf16 leading one. Returns the C2b stage."""
+        src = {key: c2[key] for key in ("dtype", "nan", "last")}
+        for lane in range(self._lanes):
+            v, k = c2[f"v{lane}"], c2[f"k{lane}"]
+            vw = len(v)
+            kc = Signal(6, name=f"c2_kc{lane}")
+            m.d.comb += kc.eq(Mux(k > 63, 63, k))
+            v255 = Signal(vw + 8, name=f"c2_v255{lane}")
+            m.d.comb += v255.eq((v << 8) - v)
+            halfq = Signal(63, name=f"c2_halfq{lane}")
+            m.d.comb += halfq.eq((Const(1, 64) << kc) >> 1)
+            b = highest_set_bit(m, v, f"c2_b{lane}")
+            lz = Signal(range(vw), name=f"c2_lz{lane}")
+            m.d.comb += lz.eq(vw - 1 - b)
+            ev0 = Signal(signed(12), name=f"c2_ev{lane}")
+            m.d.comb += ev0.eq(b - k)
+            src.update({f"kc{lane}": kc, f"v255{lane}": v255, f"halfq{lane}": halfq, f"v{lane}": v,
+                        f"lz{lane}": lz, f"ev{lane}": ev0, f"zero{lane}": v == 0, f"vis{lane}": c2[f"vis{lane}"]})
+        return _stage(m, "c2b", src, c2["valid"])
 
-        # ---- events --------------------------------------------------------------------
+    @staticmethod
+    def _c_lane_out(m, c3, lane):
+        """C3, one lane: int8 shift and saturation; bf16 rounding and exponent; the lane's
+        output (0 past the row, the NaN row, bf16 or uint8)."""
+        q = Signal(64, name=f"c3_q{lane}")
+        m.d.comb += q.eq(c3[f"pre{lane}"] >> c3[f"kc{lane}"])
+        q8 = Mux(q > 255, 255, q[:8])
+        vn = c3[f"vn{lane}"]
+        vw = len(vn)
+        mant = vn[vw - 8:vw]
+        guard = vn[vw - 9]
+        sticky = vn[:vw - 9] != 0
+        up = guard & (sticky | mant[0])
+        mr = Signal(9, name=f"c3_mr{lane}")
+        m.d.comb += mr.eq(mant + up)
+        carry = mr[8]
+        ev = Signal(signed(12), name=f"c3_ev{lane}")
+        m.d.comb += ev.eq(c3[f"ev{lane}"] + carry)
+        bf = Signal(16, name=f"c3_bf{lane}")
+        with m.If(c3[f"zero{lane}"] | (ev < -126)):
+            m.d.comb += bf.eq(0)
+        with m.Else():
+            m.d.comb += bf.eq(Cat(Mux(carry, 0, mr[:7]), (ev + 127)[:8], Const(0, 1)))
+        out = Signal(16, name=f"c3_out{lane}")
+        with m.If(~c3[f"vis{lane}"]):
+            m.d.comb += out.eq(0)
+        with m.Elif(c3["dtype"] & c3["nan"]):
+            m.d.comb += out.eq(_g.BF16_NAN_ROW)
+        with m.Elif(c3["dtype"]):
+            m.d.comb += out.eq(bf)
+        with m.Else():
+            m.d.comb += out.eq(q8)
+        return out
+
+    def _events(self, m, k):
+        """The ``events`` port (docs/conventions.md, "Counters")."""
         ev = self.events
         o_fire = self.o.valid & self.o.ready
-        busy = a_active | (m1_pend != 0) | m1.r_rdy | m2.r_rdy | b1["valid"] | b2["valid"] | b2b["valid"] \
-            | b3["valid"] \
-            | (m2_inflight != 0) | (c_pend != 0) | ofifo.r_rdy
+        busy = k.a_active | (k.m1_pend != 0) | k.m1.r_rdy | k.m2.r_rdy | k.b1["valid"] | k.b2["valid"] \
+            | k.b2b["valid"] | k.b3["valid"] | (k.m2_inflight != 0) | (k.c_pend != 0) | k.ofifo.r_rdy
         stall_output = self.o.valid & ~self.o.ready
         m.d.comb += [
-            ev.busy.eq(busy), ev.cmds.eq(cmd_fire), ev.cmds_rejected.eq(cmd_fire & bad),
-            ev.rows_out.eq(o_fire & self.o.payload.last), ev.beats_in.eq(i_fire), ev.beats_out.eq(o_fire),
+            ev.busy.eq(busy), ev.cmds.eq(k.cmd_fire), ev.cmds_rejected.eq(k.cmd_fire & k.bad),
+            ev.rows_out.eq(o_fire & self.o.payload.last), ev.beats_in.eq(k.i_fire), ev.beats_out.eq(o_fire),
             ev.stall_output.eq(stall_output),
-            ev.stall_input.eq(~stall_output & a_active & ~self.i.valid),
-            ev.stall_ring.eq(~stall_output & a_active & self.i.valid & ~self.i.ready),
-            ev.xring_writes.eq(x_wr.en), ev.xring_reads.eq(b_issue),
-            ev.ering_writes.eq(e_wr.en), ev.ering_reads.eq(c_issue),
-            ev.exp_reads.eq(Mux(b1["valid"], P, 0)),
+            ev.stall_input.eq(~stall_output & k.a_active & ~self.i.valid),
+            ev.stall_ring.eq(~stall_output & k.a_active & self.i.valid & ~self.i.ready),
+            ev.xring_writes.eq(k.x_wr.en), ev.xring_reads.eq(k.b_issue),
+            ev.ering_writes.eq(k.e_wr.en), ev.ering_reads.eq(k.c_issue),
+            ev.exp_reads.eq(Mux(k.b1["valid"], self._lanes, 0)),
         ]
-        return m

@@ -12,6 +12,7 @@ import pytest
 from amaranth.sim import Simulator
 
 from hdl.cmdproc import CHECKS, N_UNITS, CommandProcessor, Dispatcher, InstrFetcher, ProcState
+from hdl.cmdproc_range import RangeChecker
 from spec import isa
 from spec.codes import ChipError, Dtype, KVOp, OutFormat
 from spec.vector import VectorOp
@@ -343,3 +344,55 @@ def test_parameters_are_checked():
     with pytest.raises(ValueError, match="param_beat_bytes .* must be a multiple of bus_bytes"):
         Dispatcher(**{**{k: v for k, v in PARAMS.items() if k not in ("bus_bits", "addr_bits", "inflight")},
                       "bus_bytes": 4, "ext_bits": 32, "param_beat_bytes": 18})
+
+
+@pytest.mark.parametrize("bus_bytes", [1, 4])
+def test_range_checker_answers_end_past_limit_after_its_latency(bus_bytes):
+    """The dispatcher's range checker alone: random operands (and ends exactly at the limit, one
+    past it, counts of 1, external rounding), each loaded once and held; ``over`` after
+    ``latency`` cycles is ``en`` and ``base + (count − 1)·stride + words`` (external: rounded up
+    to a bus word) > limit."""
+    seed = 4242 + bus_bytes
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    width = 34
+    dut = RangeChecker(width=width, bus_bytes=bus_bytes)
+    cases = []
+    for _ in range(150):
+        count, stride, words = rng.randint(1, 40), rng.randint(0, 300), rng.randint(1, 70)
+        base = rng.randint(0, 5000)
+        end = base + (count - 1) * stride + words
+        ext = rng.random() < 0.5
+        rounded = -(-end // bus_bytes) * bus_bytes if ext else end
+        limit = rng.choice([rounded, rounded - 1, rounded + 1, end, rng.randint(0, 20000)])
+        en = rng.random() < 0.9
+        cases.append((dict(en=en, base=base, count=count, stride=stride, words=words, limit=limit, ext=ext),
+                       en and rounded > limit))
+    assert {want for _, want in cases} == {False, True}
+    got = []
+
+    async def bench(ctx):
+        for ops, _ in cases:
+            ctx.set(dut.load, 1)
+            for name, value in ops.items():
+                ctx.set(getattr(dut, name), int(value))
+            await ctx.tick()
+            ctx.set(dut.load, 0)
+            for name in ops:   # the loaded operands are registered: the inputs may change
+                ctx.set(getattr(dut, name), rng.getrandbits(8))
+            for _ in range(dut.latency - 1):
+                await ctx.tick()
+            got.append(bool(ctx.get(dut.over)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [want for _, want in cases]
+
+
+def test_range_checker_parameters_are_checked():
+    with pytest.raises(ValueError, match="bus_bytes must be a power of two"):
+        RangeChecker(width=34, bus_bytes=6)
+    with pytest.raises(ValueError, match="width"):
+        RangeChecker(width=1, bus_bytes=4)

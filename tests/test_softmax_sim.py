@@ -1,6 +1,9 @@
 # amaranth: UnusedElaboratable=no
 """Fast amaranth.sim tests of the softmax unit (hdl/softmax.py): a few rows of both paths
-against golden, the command checks, and the component's parameters and properties."""
+against golden, the command checks, the component's parameters and properties, and its
+reciprocal part (hdl/softmax_rcp.py) alone."""
+
+import random
 
 import numpy as np
 import pytest
@@ -9,10 +12,12 @@ from amaranth.sim import Simulator
 import golden
 from hdl.config import get_config
 from hdl.softmax import SoftmaxUnit
+from hdl.softmax_rcp import Reciprocal
 from hdl.standalone import Standalone
 from hdl.tops import top_class
 from sim.amaranth_streams import random_pause, stream_sink, stream_source
 from sim.softmax_api import decode_rows, encode_rows, softmax_golden
+from spec import softmax as spec
 from spec.codes import SoftmaxStatus
 
 SEED = 7
@@ -146,3 +151,44 @@ def test_from_config_and_properties():
 def test_illegal_parameters_raise_naming_the_parameter(kwargs, exc, message):
     with pytest.raises(exc, match=message):
         SoftmaxUnit(**kwargs)
+
+
+def test_reciprocal_part_gives_the_golden_reciprocal_and_tag_after_its_latency():
+    """The unit's reciprocal alone (hdl/softmax_rcp.py), a new sum every cycle: ``rcp`` is
+    ``2**(RCP_IN_BITS − 1 + RCP_BITS) // St`` of the sum's top RCP_IN_BITS bits (docs/numerics.md
+    "Softmax", step 4), ``z`` its top bit, the tag unchanged, ``latency`` cycles after the sum;
+    sums below 2**(RCP_IN_BITS − 1) give all ones."""
+    seed = 991
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    ri, rb, sw = spec.RCP_IN_BITS, spec.RCP_BITS, 30
+    sums = [rng.randrange(1 << rng.randint(ri - 1, sw - 1), 1 << sw) for _ in range(200)]
+    sums += [1 << (ri - 1), (1 << ri) - 1, (1 << sw) - 1, 5, 0]
+    dut = Reciprocal(sum_bits=sw, tag_bits=8)
+    assert dut.latency == 1 + dut.stages == 1 + SoftmaxUnit(lanes=2, max_len=8).div_stages
+
+    def want(s):
+        if s < 1 << (ri - 1):
+            return (1 << (rb + 1)) - 1, max(s.bit_length() - 1, 0)
+        z = s.bit_length() - 1
+        return (1 << (ri - 1 + rb)) // (s >> (z + 1 - ri)), z
+
+    got = []
+
+    async def bench(ctx):
+        for n in range(len(sums) + dut.latency):
+            if n < len(sums):
+                ctx.set(dut.i_valid, 1)
+                ctx.set(dut.i_sum, sums[n])
+                ctx.set(dut.i_tag, n & 0xFF)
+            else:
+                ctx.set(dut.i_valid, 0)
+            if ctx.get(dut.o_valid):
+                got.append((n, ctx.get(dut.o_rcp), ctx.get(dut.o_z), ctx.get(dut.o_tag)))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [(n + dut.latency, *want(s), n & 0xFF) for n, s in enumerate(sums)]

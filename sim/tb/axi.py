@@ -183,6 +183,15 @@ class ExternalMemory:
     async def contents(self):
         return self.read(0, len(self.mem))
 
+    async def update(self, segments):
+        """Write ``segments`` (address → bytes) into the memory while the simulation runs."""
+        for addr, data in segments.items():
+            self.write(int(addr), data)
+
+    async def regions(self, spans):
+        """The bytes of each ``(addr, nbytes)`` of ``spans``."""
+        return [self.read(int(a), int(n)) for a, n in spans]
+
 
 def lite_master(dut, prefix, clock, reset, *, rand=None, stall=0.0, backpressure=0.0):
     """A cocotbext-axi ``AxiLiteMaster`` on ``<prefix>_<axi name>`` with pause generators on its
@@ -240,9 +249,15 @@ class HdlMemory:
         nb = self.nb
         lines = [self.image[i:i + nb][::-1].hex() for i in range(0, self.size, nb)]
         (run_dir() / "axi_mem_in.hex").write_text("\n".join(lines) + "\n")
+        await self._pulse_load()
+
+    async def _pulse_load(self):
+        # the model reads the file in the cycle after the edge that samples ``load``: wait for it,
+        # so that the next load may rewrite the file
         self.dut.mem_load.value = 1
         await RisingEdge(self.clock)
         self.dut.mem_load.value = 0
+        await RisingEdge(self.clock)
 
     async def contents(self):
         """The model's memory (``size`` bytes); fails if the model saw a protocol error."""
@@ -254,3 +269,50 @@ class HdlMemory:
         words = [w for w in (run_dir() / "axi_mem_out.hex").read_text().split() if not w.startswith("//")]
         raw = b"".join(bytes.fromhex(w.rjust(2 * self.nb, "0"))[::-1] for w in words[:self.size // self.nb])
         return raw
+
+    async def update(self, segments):
+        """Write ``segments`` (address → bytes, each a whole number of bus words at a word
+        address) into the model while the simulation runs, leaving every other word as it is: a
+        ``$readmemh`` file with an ``@address`` line before each segment."""
+        nb = self.nb
+        lines = []
+        for addr, data in sorted(segments.items()):
+            addr, data = int(addr), bytes(data)
+            if addr % nb or len(data) % nb:
+                raise ValueError(f"a segment written into the running memory must be whole {nb}-byte words at a "
+                                 f"word address: {len(data)} bytes at {addr:#x}")
+            if addr + len(data) > self.size:
+                raise ValueError(f"a segment of {len(data)} bytes at {addr:#x} runs past the memory's {self.size:#x}")
+            self.image[addr:addr + len(data)] = data
+            lines.append(f"@{addr // nb:x}")
+            lines.extend(data[i:i + nb][::-1].hex() for i in range(0, len(data), nb))
+        if not lines:
+            return
+        (run_dir() / "axi_mem_in.hex").write_text("\n".join(lines) + "\n")
+        await self._pulse_load()
+
+    async def regions(self, spans):
+        """The bytes of each ``(addr, nbytes)`` of ``spans``: one dump of the model, of which only
+        those words are decoded (the dump has one fixed-width line per word)."""
+        spans = [(int(a), int(n)) for a, n in spans]
+        if not spans:
+            return []
+        assert not int(self.dut.mem_protocol_error.value), "the memory model saw an AXI protocol error"
+        self.dut.mem_dump.value = 1
+        await RisingEdge(self.clock)
+        self.dut.mem_dump.value = 0
+        await RisingEdge(self.clock)
+        nb, line = self.nb, 2 * self.nb + 1
+        path = run_dir() / "axi_mem_out.hex"
+        if path.stat().st_size != (self.size // nb) * line:   # not one word per line: parse it all
+            raw = await self.contents()
+            return [raw[a:a + n] for a, n in spans]
+        out = []
+        with open(path, "rb") as f:
+            for a, n in spans:
+                w0, w1 = a // nb, -(-(a + n) // nb)
+                f.seek(w0 * line)
+                text = f.read((w1 - w0) * line).split()
+                data = b"".join(bytes.fromhex(w.decode())[::-1] for w in text)
+                out.append(data[a - w0 * nb:a - w0 * nb + n])
+        return out

@@ -19,10 +19,14 @@ from spec.codes import ChipError, KVOp, KVStatus
 from .chip_api import ChipSim, Program
 from .result import SimResult
 
-__all__ = ["run_layer", "LayerRun", "Request", "CompileError", "plan_layer", "chip_for", "LayerSession", "StepResult"]
+__all__ = ["run_layer", "LayerRun", "Request", "CompileError", "plan_layer", "chip_for", "LayerSession", "StepResult",
+           "prefill_chunks"]
 
 _PROG_BASE = 0x0000_0000
 _IMAGE_BASE = 0x0040_0000
+#: A :class:`LayerSession`'s x and y rows (below the image; its program is at _PROG_BASE)
+_X_BASE = 0x0010_0000
+_Y_BASE = 0x0020_0000
 
 
 @dataclass
@@ -257,7 +261,8 @@ class LayerSession:
     max_pos : int or None
         Positions the image's RoPE table covers (default ``kvcache.max_tokens``).
     max_rows : int
-        Rows (tokens over all requests) a step may have: the size of the x/y area.
+        Rows (tokens over all requests) a step may have (the x and y areas below the image hold
+        1 MiB each).
     sim : ChipSim or None
         The chip (its Verilator build and memory size); default one whose memory holds the image.
     check : bool
@@ -292,11 +297,12 @@ class LayerSession:
         bus = cfg.memory.axi_data_bits // 8
         self._stride = -(-self._d * self._io.itemsize // bus) * bus
         self.max_rows = int(max_rows)
-        if self.max_rows < 1:
-            raise ValueError(f"max_rows must be ≥ 1, not {max_rows!r}")
-        self._x_addr = -(-self.image.end // 64) * 64
-        self._y_addr = -(-(self._x_addr + self.max_rows * self._stride) // 64) * 64
-        end = self._y_addr + self.max_rows * self._stride
+        # below the image: the program from 0, the x rows from _X_BASE, the y rows from _Y_BASE
+        self._x_addr, self._y_addr = _X_BASE, _Y_BASE
+        limit = (_Y_BASE - _X_BASE) // self._stride
+        if not 1 <= self.max_rows <= limit:
+            raise ValueError(f"max_rows must be in 1..{limit} (rows of {self._stride} bytes), not {max_rows!r}")
+        end = self.image.end
         if sim is None:
             sim = ChipSim(cfg, mem_bytes=max(1 << 16, 1 << (end - 1).bit_length()))
         elif end > sim.mem_bytes:
@@ -312,17 +318,13 @@ class LayerSession:
                                     timeout=timeout)
 
     @staticmethod
-    def mem_bytes_for(layer, config="default", *, max_pos=None, max_rows=64):
+    def mem_bytes_for(layer, config="default", *, max_pos=None):
         """Bytes of external memory a session of ``layer`` needs (a power of two): for building
         one :class:`ChipSim` that several sessions share."""
         cfg = get_config(config)
         image = LayerImage(layer, cfg, base=_IMAGE_BASE, max_pos=cfg.kvcache.max_tokens if max_pos is None
                            else max_pos)
-        bus = cfg.memory.axi_data_bits // 8
-        stride = -(-layer.config.d_model * layer.io_dtype.itemsize // bus) * bus
-        x = -(-image.end // 64) * 64
-        end = -(-(x + max_rows * stride) // 64) * 64 + max_rows * stride
-        return max(1 << 16, 1 << (end - 1).bit_length())
+        return max(1 << 16, 1 << (image.end - 1).bit_length())
 
     @property
     def seed(self):
@@ -374,7 +376,7 @@ class LayerSession:
             if r.x.dtype != self._io:
                 raise TypeError(f"sequence {r.seq}: x must be {self._io}, not {r.x.dtype}")
         st = compile_step(self.image, requests, x_addr=self._x_addr, y_addr=self._y_addr, prog_addr=_PROG_BASE)
-        if len(st.program_words) * isa.INSTR_BYTES > _IMAGE_BASE:
+        if len(st.program_words) * isa.INSTR_BYTES > _X_BASE:
             raise CompileError(f"step {i}: the program does not fit below the layer image")
         predicted = self._predict_kv(requests)
         timeout = max(2_000_000, 5 * st.asm.expected_cycles)
@@ -504,3 +506,41 @@ class LayerSession:
                 t = appended[r.seq]
                 self.golden.prefill(r.x[:t], r.seq)
         return appended
+
+
+def prefill_chunks(image, length, pos0=0, *, seq=0):
+    """Split a prefill of ``length`` tokens of one sequence, from position ``pos0``, into
+    consecutive steps the chip holds: a list of ``(pos0, rows)``, each chunk the most rows whose
+    step compiles at its positions (the scratchpad is the limit; scores and probabilities grow
+    with the keys, so later chunks may be shorter). Raises the compiler's :class:`CompileError`
+    for any other limit (RoPE table, softmax row, KV cache), and when not one row fits."""
+    import ml_dtypes
+    if length < 1 or pos0 < 0:
+        raise ValueError(f"length must be ≥ 1 and pos0 ≥ 0, not {length}, {pos0}")
+    io = np.dtype(np.float32) if image.mode == "int8" else np.dtype(ml_dtypes.bfloat16)
+    d = image.lc.d_model
+
+    def fits(p, n):
+        x = np.zeros((n, d), io)
+        try:
+            compile_step(image, [Request(seq=seq, x=x, pos0=p, alloc=p == 0)], x_addr=0, y_addr=0, prog_addr=0)
+        except CompileError as e:
+            if "scratchpad" not in str(e):
+                raise
+            return False
+        return True
+
+    chunks, p, end = [], pos0, pos0 + length
+    while p < end:
+        lo, hi = 0, end - p          # lo fits (0: nothing yet), the answer is in lo..hi
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(p, mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo == 0:
+            raise CompileError(f"not one row of the prefill at position {p} fits the scratchpad")
+        chunks.append((p, lo))
+        p += lo
+    return chunks

@@ -2,10 +2,12 @@
 latency and backpressure on every channel, address windows that answer SLVERR or DECERR, and a
 read side that answers the bursts of different IDs interleaved beat by beat."""
 
+import binascii
 import logging
 import random
 
 import cocotb
+import numpy as np
 from cocotb.triggers import RisingEdge
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRamRead, AxiRamWrite, AxiResp
 from cocotbext.axi.axi_channels import AxiARSink, AxiRSource, AxiRTransaction
@@ -246,9 +248,7 @@ class HdlMemory:
 
     async def fill(self):
         """Load the model with what :meth:`write` put in the image (the clock must run)."""
-        nb = self.nb
-        lines = [self.image[i:i + nb][::-1].hex() for i in range(0, self.size, nb)]
-        (run_dir() / "axi_mem_in.hex").write_text("\n".join(lines) + "\n")
+        (run_dir() / "axi_mem_in.hex").write_bytes(_hex_lines(self.image, self.nb))
         await self._pulse_load()
 
     async def _pulse_load(self):
@@ -266,9 +266,13 @@ class HdlMemory:
         await RisingEdge(self.clock)
         self.dut.mem_dump.value = 0
         await RisingEdge(self.clock)
-        words = [w for w in (run_dir() / "axi_mem_out.hex").read_text().split() if not w.startswith("//")]
-        raw = b"".join(bytes.fromhex(w.rjust(2 * self.nb, "0"))[::-1] for w in words[:self.size // self.nb])
-        return raw
+        path = run_dir() / "axi_mem_out.hex"
+        nb = self.nb
+        if path.stat().st_size == (self.size // nb) * (2 * nb + 1):   # one fixed-width line per word
+            text = np.fromfile(path, np.uint8).reshape(-1, 2 * nb + 1)[:, :2 * nb]
+            return np.frombuffer(binascii.unhexlify(text.tobytes()), np.uint8).reshape(-1, nb)[:, ::-1].tobytes()
+        words = [w for w in path.read_text().split() if not w.startswith("//")]
+        return b"".join(bytes.fromhex(w.rjust(2 * nb, "0"))[::-1] for w in words[:self.size // nb])
 
     async def update(self, segments):
         """Write ``segments`` (address → bytes, each a whole number of bus words at a word
@@ -284,11 +288,10 @@ class HdlMemory:
             if addr + len(data) > self.size:
                 raise ValueError(f"a segment of {len(data)} bytes at {addr:#x} runs past the memory's {self.size:#x}")
             self.image[addr:addr + len(data)] = data
-            lines.append(f"@{addr // nb:x}")
-            lines.extend(data[i:i + nb][::-1].hex() for i in range(0, len(data), nb))
+            lines.append(f"@{addr // nb:x}\n".encode() + _hex_lines(data, nb))
         if not lines:
             return
-        (run_dir() / "axi_mem_in.hex").write_text("\n".join(lines) + "\n")
+        (run_dir() / "axi_mem_in.hex").write_bytes(b"".join(lines))
         await self._pulse_load()
 
     async def regions(self, spans):
@@ -312,7 +315,17 @@ class HdlMemory:
             for a, n in spans:
                 w0, w1 = a // nb, -(-(a + n) // nb)
                 f.seek(w0 * line)
-                text = f.read((w1 - w0) * line).split()
-                data = b"".join(bytes.fromhex(w.decode())[::-1] for w in text)
+                text = np.frombuffer(f.read((w1 - w0) * line), np.uint8).reshape(-1, line)[:, :2 * nb]
+                data = np.frombuffer(binascii.unhexlify(text.tobytes()), np.uint8).reshape(-1, nb)[:, ::-1].tobytes()
                 out.append(data[a - w0 * nb:a - w0 * nb + n])
         return out
+
+
+def _hex_lines(data, nb):
+    """``data`` (a whole number of ``nb``-byte words) as ``$readmemh`` text: one word per line,
+    most significant byte first."""
+    words = np.frombuffer(bytes(data), np.uint8).reshape(-1, nb)[:, ::-1]
+    text = np.frombuffer(binascii.hexlify(words.tobytes()), np.uint8).reshape(-1, 2 * nb)
+    out = np.full((len(words), 2 * nb + 1), ord("\n"), np.uint8)
+    out[:, :2 * nb] = text
+    return out.tobytes()

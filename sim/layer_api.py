@@ -508,15 +508,16 @@ class LayerSession:
         return appended
 
 
-def prefill_chunks(image, length, pos0=0, *, seq=0):
+def prefill_chunks(image, length, pos0=0, *, seq=0, max_rows=None):
     """Split a prefill of ``length`` tokens of one sequence, from position ``pos0``, into
     consecutive steps the chip holds: a list of ``(pos0, rows)``, each chunk the most rows whose
     step compiles at its positions (the scratchpad is the limit; scores and probabilities grow
-    with the keys, so later chunks may be shorter). Raises the compiler's :class:`CompileError`
-    for any other limit (RoPE table, softmax row, KV cache), and when not one row fits."""
+    with the keys, so later chunks may be shorter), and at most ``max_rows`` (a server's token
+    budget per step; default none). Raises the compiler's :class:`CompileError` for any other
+    limit (RoPE table, softmax row, KV cache), and when not one row fits."""
     import ml_dtypes
-    if length < 1 or pos0 < 0:
-        raise ValueError(f"length must be ≥ 1 and pos0 ≥ 0, not {length}, {pos0}")
+    if length < 1 or pos0 < 0 or (max_rows is not None and max_rows < 1):
+        raise ValueError(f"length and max_rows must be ≥ 1 and pos0 ≥ 0, not {length}, {max_rows}, {pos0}")
     io = np.dtype(np.float32) if image.mode == "int8" else np.dtype(ml_dtypes.bfloat16)
     d = image.lc.d_model
 
@@ -532,7 +533,7 @@ def prefill_chunks(image, length, pos0=0, *, seq=0):
 
     chunks, p, end = [], pos0, pos0 + length
     while p < end:
-        lo, hi = 0, end - p          # lo fits (0: nothing yet), the answer is in lo..hi
+        lo, hi = 0, end - p if max_rows is None else min(end - p, max_rows)   # lo fits (0: nothing yet)
         while lo < hi:
             mid = (lo + hi + 1) // 2
             if fits(p, mid):

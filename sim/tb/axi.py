@@ -179,7 +179,7 @@ class ExternalMemory:
     def write(self, addr, data):
         self.mem[addr:addr + len(data)] = bytes(data)
 
-    async def fill(self):
+    async def fill(self, *, sparse=False):
         """Nothing to do: :meth:`write` writes the memory directly."""
 
     async def contents(self):
@@ -232,6 +232,7 @@ class HdlMemory:
             raise ValueError("the memory model has four error windows")
         self.dut, self.clock, self.size, self.nb = dut, clock, size, data_bytes
         self.image = bytearray(size)
+        self._written = []
         aw = len(dut.mem_err_lo) // 4
         dut.mem_seed.value = rand.randrange(1, 1 << 32)
         dut.mem_stall.value = min(int(stall * 65536), 65535)
@@ -242,13 +243,23 @@ class HdlMemory:
         dut.mem_err_resp.value = sum(int(r) << (2 * k) for k, (_, _, r) in enumerate(errors))
         dut.mem_load.value = 0
         dut.mem_dump.value = 0
+        dut.mem_dump_lo.value = 0
+        dut.mem_dump_hi.value = 0
 
     def write(self, addr, data):
         self.image[addr:addr + len(data)] = bytes(data)
+        self._written.append((addr, len(data)))
 
-    async def fill(self):
-        """Load the model with what :meth:`write` put in the image (the clock must run)."""
-        (run_dir() / "axi_mem_in.hex").write_bytes(_hex_lines(self.image, self.nb))
+    async def fill(self, *, sparse=False):
+        """Load the model with what :meth:`write` put in the image (the clock must run): every
+        word, or (``sparse``) only the words :meth:`write` touched, for a model whose memory is
+        still all zero (Verilator's ``--x-initial fast`` zero-resets it)."""
+        nb = self.nb
+        if sparse:
+            words = sorted({(a // nb, -(-(a + n) // nb)) for a, n in self._written})
+            await self.update({w0 * nb: bytes(self.image[w0 * nb:w1 * nb]) for w0, w1 in words})
+            return
+        (run_dir() / "axi_mem_in.hex").write_bytes(_hex_lines(self.image, nb))
         await self._pulse_load()
 
     async def _pulse_load(self):
@@ -295,29 +306,27 @@ class HdlMemory:
         await self._pulse_load()
 
     async def regions(self, spans):
-        """The bytes of each ``(addr, nbytes)`` of ``spans``: one dump of the model, of which only
-        those words are decoded (the dump has one fixed-width line per word)."""
-        spans = [(int(a), int(n)) for a, n in spans]
-        if not spans:
-            return []
+        """The bytes of each ``(addr, nbytes)`` of ``spans``: a dump of only the words of each
+        (``mem_dump_lo``, ``mem_dump_hi``)."""
+        nb = self.nb
         assert not int(self.dut.mem_protocol_error.value), "the memory model saw an AXI protocol error"
-        self.dut.mem_dump.value = 1
-        await RisingEdge(self.clock)
-        self.dut.mem_dump.value = 0
-        await RisingEdge(self.clock)
-        nb, line = self.nb, 2 * self.nb + 1
         path = run_dir() / "axi_mem_out.hex"
-        if path.stat().st_size != (self.size // nb) * line:   # not one word per line: parse it all
-            raw = await self.contents()
-            return [raw[a:a + n] for a, n in spans]
         out = []
-        with open(path, "rb") as f:
-            for a, n in spans:
-                w0, w1 = a // nb, -(-(a + n) // nb)
-                f.seek(w0 * line)
-                text = np.frombuffer(f.read((w1 - w0) * line), np.uint8).reshape(-1, line)[:, :2 * nb]
-                data = np.frombuffer(binascii.unhexlify(text.tobytes()), np.uint8).reshape(-1, nb)[:, ::-1].tobytes()
-                out.append(data[a - w0 * nb:a - w0 * nb + n])
+        for a, n in spans:
+            a, n = int(a), int(n)
+            w0, w1 = a // nb, -(-(a + n) // nb)
+            self.dut.mem_dump_lo.value = w0
+            self.dut.mem_dump_hi.value = w1
+            self.dut.mem_dump.value = 1
+            await RisingEdge(self.clock)
+            self.dut.mem_dump.value = 0
+            self.dut.mem_dump_hi.value = 0
+            await RisingEdge(self.clock)
+            words = [w for w in path.read_text().split() if not w.startswith(("//", "@"))]
+            if len(words) != w1 - w0:
+                raise RuntimeError(f"the memory model dumped {len(words)} words, not {w1 - w0}")
+            data = b"".join(bytes.fromhex(w.rjust(2 * nb, "0"))[::-1] for w in words)
+            out.append(data[a - w0 * nb:a - w0 * nb + n])
         return out
 
 

@@ -41,7 +41,7 @@ async def chip_session(dut):
     mem = make_memory(dut, meta, rand)
     for i, addr in enumerate(arrays["segments_addr"]):
         mem.write(int(addr), arrays[f"seg{i}"].tobytes())
-    await mem.fill()
+    await mem.fill(sparse=True)
     csr = make_csrs(dut, meta, rand)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(meta["socket"])

@@ -8,6 +8,7 @@ session per layer, its prompt prefilled in chunks; and the chip running out of K
 middle of a batch."""
 
 import functools
+import pickle
 
 import numpy as np
 import pytest
@@ -119,7 +120,8 @@ def test_layer_session_runs_the_steps_one_at_a_time_bit_exact_with_golden_and_th
     lay = layer("int8")
     steps = server_steps(lay)
     print(f"seed {SEED}")
-    with LayerSession(lay, config=TINY, sim=chip_sim("int8"), seed=SEED) as s:
+    # picklable until it starts (a Ray actor can be given one), then bound to its process
+    with pickle.loads(pickle.dumps(LayerSession(lay, config=TINY, sim=chip_sim("int8"), seed=SEED))) as s:
         for i, step in enumerate(steps):
             r = s.step(step)
             assert r.ok, f"step {i}: chip error {r.error}"
@@ -129,6 +131,8 @@ def test_layer_session_runs_the_steps_one_at_a_time_bit_exact_with_golden_and_th
             assert r.counters["matmul_exec_instrs"] > 0 and r.cycles == r.counters["cycles"] > 0
         assert s.live == {0: 8, 2: 5, 3: 4}
         assert [h["rows"] for h in s.history] == [9, 2, 6, 5]
+        with pytest.raises(TypeError, match="started"):
+            pickle.dumps(s)
 
 
 def test_prefill_chunks_are_the_longest_steps_the_scratchpad_holds():

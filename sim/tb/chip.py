@@ -1,7 +1,9 @@
 """cocotb testbench of the chip top (hdl/chip.py): external memory (cocotbext-axi AxiRam, random
 latency and backpressure on every channel), CSRs through an AxiLiteMaster, one or more programs
 run to their interrupt, then the status, the error registers, every counter and the requested
-memory regions are read back. Driven by :class:`sim.chip_api.ChipSim`.
+memory regions are read back. Driven by :class:`sim.chip_api.ChipSim`. The persistent session's
+testbench (``sim/tb/chip_session.py``) runs programs with the same helpers: :func:`make_memory`,
+:func:`make_csrs`, :func:`start_program`, :func:`finish_program`, :func:`acknowledge`.
 
 Inputs (run folder): ``segments_addr`` and ``seg<i>`` (the memory image: the address and the
 bytes of each segment), meta ``memory`` (``"hdl"``: the Verilog model of the wrapper top,

@@ -180,6 +180,8 @@ class ChipSession:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
         text = f"{e}" if e is not None else "the simulator ended without a result"
         return SimulationError(f"chip session {when}: the simulator died: {text}")
 

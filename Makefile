@@ -18,6 +18,7 @@ STAMP := $(VENV)/.installed
 
 help: ## list the targets
 	@echo "make sim            a SmolLM2 decoder layer on the chip, bit-exact against golden (MODE=int8|bf16 LAYER=0..29 BATCH= TOKENS= DECODE=; creates .venv on first use)"
+	@echo "                    LAYERS=all: the whole model, 30 layers on the chip, greedy decoding (PROMPT=\"...\" TOKENS=n, default 2; tens of minutes)"
 	@echo "make sim-matmul     one SmolLM2-shaped matmul on the engine alone (CONFIG=)"
 	@echo "make test           the whole regression (pytest, both cores)"
 	@echo "make test-fast      golden and amaranth.sim tests only, no Verilator"
@@ -42,7 +43,12 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 sim: $(STAMP)
+ifeq ($(LAYERS),all)
+	$(PY) -m sim.model_demo --config $(CONFIG) --mode $(MODE) $(if $(PROMPT),--prompt "$(PROMPT)") \
+		$(if $(filter command line environment,$(origin TOKENS)),--tokens $(TOKENS))
+else
 	$(PY) -m sim.layer_demo --config $(CONFIG) --mode $(MODE) --layer $(LAYER) --batch $(BATCH) --tokens $(TOKENS) --decode $(DECODE)
+endif
 
 sim-matmul: $(STAMP)
 	$(PY) -m sim.demo --config $(CONFIG)

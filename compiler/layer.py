@@ -40,7 +40,7 @@ from spec.vector import VectorFlag, VectorOp
 from .asm import Asm, ext, kv, spad
 from .timing import TimingModel
 
-__all__ = ["LayerImage", "Request", "Step", "compile_step", "CompileError"]
+__all__ = ["LayerImage", "Request", "Step", "compile_step", "compile_free", "CompileError"]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 _ALIGN = 64
@@ -138,6 +138,9 @@ class LayerImage:
             cos, sin = hw.rope.cos_q[:max_pos], hw.rope.sin_q[:max_pos]
         else:
             cos, sin = hw.rope.cos_bf16[:max_pos], hw.rope.sin_bf16[:max_pos]
+        if len(cos) < max_pos:
+            raise CompileError(f"the layer's RoPE table holds {len(cos)} positions (DecoderLayer max_tokens), "
+                               f"the image needs max_pos {max_pos}")
         lanes = (np.asarray(cos).view(np.uint16).astype(np.uint32)
                  | (np.asarray(sin).view(np.uint16).astype(np.uint32) << 16))
         self.rope_row_bytes = _align(hd2 * 4, self.bus)
@@ -175,6 +178,7 @@ class Step:
     rows: int
     out_dtype: np.dtype
     spans: list = field(default_factory=list)   #: (seq, first row, rows) of each request
+    appends: list = field(default_factory=list)  #: (instruction index, seq) of each KV APPEND, in order
 
     def dump(self):
         return self.asm.dump()
@@ -186,6 +190,17 @@ class Step:
         buf = np.frombuffer(bytes(data), np.uint8).reshape(self.rows, self.y_stride)
         eb = self.out_dtype.itemsize
         return buf[:, :d * eb].copy().view(self.out_dtype).reshape(self.rows, d)
+
+
+def compile_free(config, seqs):
+    """The program that FREEs the sequences ``seqs`` (KV FREE each, END): encoded words."""
+    asm = Asm(TimingModel(config))
+    if not seqs:
+        raise CompileError("compile_free needs at least one sequence")
+    for seq in seqs:
+        asm.emit(isa.Opcode.KV, writes=[kv(seq)], comment=f"free seq {seq}", op=KVOp.FREE, seq=int(seq))
+    asm.end()
+    return asm.encode()
 
 
 class _Spad:
@@ -366,6 +381,7 @@ class _StepCompiler:
         ROPE = self.sp.alloc("rope", max(r.x.shape[0] for r in self.reqs) * len(self.reqs), rope_words)
         row = 0
         self.spans = []
+        self.appends = []
         rope_rows = 0
         for r in self.reqs:
             S = r.x.shape[0]
@@ -381,9 +397,10 @@ class _StepCompiler:
                         p=tab, p_words=rope_words, p_stride=rope_words, dtype=dt,
                         comment=f"rope seq {r.seq} pos {r.pos0}..", **imm)
             base = QKV + row * qkvw
-            self.emit(isa.Opcode.KV, reads=[spad(base + dw, (S - 1) * qkvw + 2 * self.w(kvd))], writes=[kv(r.seq)],
-                      comment=f"append seq {r.seq}", op=KVOp.APPEND, seq=r.seq, rows=S, k_addr=base + dw,
-                      k_stride=qkvw, v_addr=base + dw + self.w(kvd), v_stride=qkvw)
+            ins = self.emit(isa.Opcode.KV, reads=[spad(base + dw, (S - 1) * qkvw + 2 * self.w(kvd))],
+                            writes=[kv(r.seq)], comment=f"append seq {r.seq}", op=KVOp.APPEND, seq=r.seq, rows=S,
+                            k_addr=base + dw, k_stride=qkvw, v_addr=base + dw + self.w(kvd), v_stride=qkvw)
+            self.appends.append((ins.index, r.seq))
             self.spans.append((r.seq, row, S))
             row += S
         # attention
@@ -448,7 +465,7 @@ class _StepCompiler:
         x_bytes = b"".join(self._x_rows(r, xs) for r in self.reqs)
         step = Step(asm=self.asm, program_words=self.asm.encode(), prog_addr=self.prog_addr,
                     segments={self.x_addr: x_bytes}, y_addr=self.y_addr, y_stride=xs, rows=M, out_dtype=io,
-                    spans=self.spans)
+                    spans=self.spans, appends=self.appends)
         step._d = d
         return step
 

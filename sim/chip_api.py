@@ -66,6 +66,10 @@ class ChipSim:
         self._chip = None
         self._kv_trace = bool(kv_trace)
 
+    def __getstate__(self):
+        # the configuration only: the elaborated chip and the build handle are made again on use
+        return {**self.__dict__, "_design": None, "_chip": None}
+
     @property
     def config(self):
         return self._config
@@ -143,29 +147,16 @@ class ChipSim:
         segments = {int(a): bytes(b) for a, b in memory.items()}
         for p in programs:
             segments[p.addr] = p.to_bytes()
-        self._check_segments(segments)
-        end = max(a + len(b) for a, b in segments.items())
-        for _, addr, nbytes in read_back:
-            end = max(end, addr + nbytes)
-        if end > self._mem_bytes:
-            raise ValueError(f"the memory image reaches {end:#x}: past the model's {self._mem_bytes:#x} bytes "
-                             f"(ChipSim(mem_bytes=...))")
-        mem_size = self._mem_bytes
+        self._check_image(segments, read_back)
         if seed is None:
             seed = int(np.random.default_rng().integers(1 << 31))
         chip = self.chip()
-        regs = {r.name: r.offset for r in chip.register_map}
         runs = []
         for i, p in enumerate(programs):
             runs.append(dict(prog_addr=p.addr, prog_len=len(p), ext_size=ext_size, watchdog=watchdog,
                              read_back=list(read_back) if i == len(programs) - 1 else []))
-        data = {"segments_addr": np.array(sorted(segments), np.int64)}
-        for i, a in enumerate(sorted(segments)):
-            data[f"seg{i}"] = np.frombuffer(segments[a], np.uint8)
-        data.update(runs=runs, registers=regs, counters=chip.counter_names, mem_size=mem_size, memory=self._memory,
-                    data_bytes=self._config.memory.axi_data_bits // 8, stall=stall,
-                    backpressure=backpressure, errors=[list(e) for e in errors], timeout_cycles=timeout_cycles,
-                    seed=seed, reset_at=reset_at)
+        data = self._testbench_data(segments, stall=stall, backpressure=backpressure, errors=errors, seed=seed)
+        data.update(runs=runs, timeout_cycles=timeout_cycles, reset_at=reset_at)
         if self._kv_trace:
             from .chip_kv import TRACES
             data["traces"] = list(TRACES)
@@ -182,6 +173,36 @@ class ChipSim:
             outputs[name] = out[f"run{last}_{name}"]
         return SimResult(outputs=outputs, counters=counters, seed=seed, cycles=counters["cycles"],
                          main=read_back[0][0] if read_back else None)
+
+    def session(self, memory=None, **kwargs):
+        """A :class:`sim.chip_session.ChipSession` of this chip: one simulation that stays alive
+        and runs one program per :meth:`~sim.chip_session.ChipSession.run` call, the chip's
+        state (the KV cache above all) kept between them; ``memory`` is its initial image,
+        ``kwargs`` go to :class:`~sim.chip_session.ChipSession`."""
+        from .chip_session import ChipSession
+        return ChipSession(self, memory, **kwargs)
+
+    def _check_image(self, segments, read_back=()):
+        """Segments that do not overlap and, with the read-back regions, fit the memory model."""
+        self._check_segments(segments)
+        end = max((a + len(b) for a, b in segments.items()), default=0)
+        for _, addr, nbytes in read_back:
+            end = max(end, addr + nbytes)
+        if end > self._mem_bytes:
+            raise ValueError(f"the memory image reaches {end:#x}: past the model's {self._mem_bytes:#x} bytes "
+                             f"(ChipSim(mem_bytes=...))")
+
+    def _testbench_data(self, segments, *, stall, backpressure, errors, seed):
+        """What sim/tb/chip.py and sim/tb/chip_session.py read: the initial image and the
+        memory model, the register map and the counter names."""
+        chip = self.chip()
+        data = {"segments_addr": np.array(sorted(segments), np.int64)}
+        for i, a in enumerate(sorted(segments)):
+            data[f"seg{i}"] = np.frombuffer(segments[a], np.uint8)
+        data.update(registers={r.name: r.offset for r in chip.register_map}, counters=chip.counter_names,
+                    mem_size=self._mem_bytes, memory=self._memory, data_bytes=self._config.memory.axi_data_bits // 8,
+                    stall=stall, backpressure=backpressure, errors=[list(e) for e in errors], seed=seed)
+        return data
 
     @staticmethod
     def _check_segments(segments):

@@ -314,6 +314,9 @@ def run(design, test_module, *, testcase=None, data=None, env=None, seed=None, r
     except SystemExit as exc:
         raise SimulationError(f"simulation of {design.name} failed (exit {exc.code}); log: {run_dir / 'sim.log'}\n"
                               + _tail(run_dir / "sim.log")) from None
+    except RuntimeError as exc:    # the simulator process ended abnormally (killed, crashed)
+        raise SimulationError(f"simulation of {design.name} failed ({exc}); log: {run_dir / 'sim.log'}\n"
+                              + _tail(run_dir / "sim.log")) from None
     finally:
         if pytest_current is not None:
             os.environ["PYTEST_CURRENT_TEST"] = pytest_current

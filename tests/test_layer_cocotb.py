@@ -2,15 +2,24 @@
 golden.DecoderLayer run sequence by sequence: a small synthetic layer (d_model 32, 4 query
 heads, 2 KV heads of 8, FFN 64: the shapes the `tiny` chip's KV cache and vector unit hold, so
 the tests reuse the chip builds the other tiny-chip tests make) in both modes, with AXI stalls;
-and the requests the compiler refuses before anything runs."""
+the requests the compiler refuses before anything runs; the same steps one at a time through a
+persistent session (sim.layer_api.LayerSession); a two-layer model greedy-decoding through one
+session per layer, its prompt prefilled in chunks; and the chip running out of KV pages in the
+middle of a batch."""
+
+import functools
+import pickle
 
 import numpy as np
 import pytest
 
+from compiler.layer import LayerImage, compile_step
 from golden.layer import DecoderLayer, LayerConfig, LayerWeights, calibrate
 from hdl.config import get_config
 from sim.chip_api import ChipSim
-from sim.layer_api import CompileError, Request, plan_layer, run_layer
+from sim.layer_api import _IMAGE_BASE, CompileError, LayerSession, Request, plan_layer, prefill_chunks, run_layer
+from sim.model_demo import ModelOnChip, golden_greedy
+from spec.codes import ChipError, KVStatus
 
 LC = LayerConfig(d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64)
 SEED = 7
@@ -28,11 +37,11 @@ def chip_sim(mode):
     return ChipSim(TINY) if mode == "int8" else ChipSim(TINY_BF16, kv_trace=True)
 
 
-def layer(mode):
-    w = LayerWeights.random(LC, seed=3)
+def layer(mode, seed=3):
+    w = LayerWeights.random(LC, seed=seed)
     kw = {}
     if mode == "int8":
-        kw["calibration"] = calibrate(w, np.random.default_rng(4).standard_normal((16, LC.d_model)))
+        kw["calibration"] = calibrate(w, np.random.default_rng(seed + 1).standard_normal((16, LC.d_model)))
     cfg = chip_config(mode)
     return DecoderLayer(w, mode=mode, max_tokens=cfg.kvcache.max_tokens, max_seqs=cfg.kvcache.max_seqs,
                         page_size=cfg.kvcache.page_size, **kw)
@@ -54,13 +63,21 @@ def server_steps(lay):
     ]
 
 
+@functools.lru_cache(maxsize=2)
+def one_shot(mode):
+    """:func:`run_layer` of :func:`server_steps` under AXI stalls (run once per process: the
+    session test compares with it too)."""
+    lay = layer(mode)
+    return run_layer(lay, server_steps(lay), config=chip_config(mode), stall=0.2, backpressure=0.2, seed=SEED,
+                     sim=chip_sim(mode))
+
+
 @pytest.mark.parametrize("mode", [pytest.param("int8", marks=pytest.mark.xdist_group("chip_tiny")),
                                   pytest.param("bf16", marks=pytest.mark.xdist_group("chip_kvtrace_tiny_bf16"))])
 def test_layer_prefill_batched_decode_and_page_reuse_match_golden_row_for_row_under_axi_stalls(mode):
-    lay = layer(mode)
-    steps = server_steps(lay)
+    steps = server_steps(layer(mode))
     print(f"seed {SEED}")
-    res = run_layer(lay, steps, config=chip_config(mode), stall=0.2, backpressure=0.2, seed=SEED, sim=chip_sim(mode))
+    res = one_shot(mode)
     for i in range(len(steps)):
         assert res.outputs[f"error{i}"][0] == 0, f"step {i}: chip error {res.outputs[f'error{i}']}"
         assert res.outputs[f"match{i}"].all(), f"step {i}: rows {np.flatnonzero(~res.outputs[f'match{i}'])} differ"
@@ -94,3 +111,113 @@ def test_compiler_refuses_bad_requests_before_anything_runs():
     with pytest.raises(CompileError, match="vector.max_len"):
         plan_layer(lay, [[Request(seq=0, x=x, alloc=True)]],
                    config=cfg.replace(name="short_vector", vector={"max_len": 32}))
+
+
+@pytest.mark.xdist_group("chip_tiny")
+def test_layer_session_runs_the_steps_one_at_a_time_bit_exact_with_golden_and_the_one_shot_run():
+    """The server steps through one persistent simulation, one step per call (the KV cache
+    stays in the chip between calls): every row equals golden's and the one-shot run_layer's."""
+    lay = layer("int8")
+    steps = server_steps(lay)
+    print(f"seed {SEED}")
+    # picklable until it starts (a Ray actor can be given one), then bound to its process
+    with pickle.loads(pickle.dumps(LayerSession(lay, config=TINY, sim=chip_sim("int8"), seed=SEED))) as s:
+        for i, step in enumerate(steps):
+            r = s.step(step)
+            assert r.ok, f"step {i}: chip error {r.error}"
+            assert r.match.all(), f"step {i}: rows {np.flatnonzero(~r.match)} differ from golden"
+            want = one_shot("int8").outputs[f"y{i}"]
+            assert np.array_equal(r.y.view(np.uint32), want.view(np.uint32)), f"step {i}: differs from run_layer"
+            assert r.counters["matmul_exec_instrs"] > 0 and r.cycles == r.counters["cycles"] > 0
+        assert s.live == {0: 8, 2: 5, 3: 4}
+        assert [h["rows"] for h in s.history] == [9, 2, 6, 5]
+        with pytest.raises(TypeError, match="started"):
+            pickle.dumps(s)
+
+
+def test_prefill_chunks_are_the_longest_steps_the_scratchpad_holds():
+    """Each chunk compiles at its positions and one row more does not (the scratchpad refuses);
+    the chunks cover the prefill in order; the first is shorter than the whole prompt."""
+    lay = layer("int8")
+    image = LayerImage(lay, TINY, base=_IMAGE_BASE, max_pos=TINY.kvcache.max_tokens)
+    chunks = prefill_chunks(image, 60, 2)
+    assert chunks[0][0] == 2 and sum(n for _, n in chunks) == 60 and len(chunks) > 1
+    for (p0, n), (p1, _) in zip(chunks, chunks[1:], strict=False):
+        assert p1 == p0 + n
+
+    def step(p0, n):
+        x = np.zeros((n, LC.d_model), np.float32)
+        return compile_step(image, [Request(seq=0, x=x, pos0=p0)], x_addr=0, y_addr=0, prog_addr=0)
+    for p0, n in chunks[:-1]:
+        step(p0, n)
+        with pytest.raises(CompileError, match="scratchpad"):
+            step(p0, n + 1)
+    with pytest.raises(CompileError, match="RoPE table"):
+        prefill_chunks(image, 70)
+    assert prefill_chunks(image, 10, max_rows=4) == [(0, 4), (4, 4), (8, 2)]
+
+
+@pytest.mark.xdist_group("chip_tiny")
+def test_two_layer_model_greedy_decodes_golden_tokens_with_a_chunked_prefill_through_persistent_sessions():
+    """Two synthetic layers, one persistent session each, a random embedding as the host's
+    embedding and tied head: a prompt prefilled in two chunks (steps of at most 6 rows, the
+    second at pos0 6), then greedy decoding; every layer's rows bit-exact and the tokens those
+    of golden's stack (which prefills the prompt in one go)."""
+    rng = np.random.default_rng(SEED)
+    print(f"seed {SEED}")
+    emb = rng.standard_normal((40, LC.d_model))
+    layers = [layer("int8", seed=3), layer("int8", seed=11)]
+    prompt = rng.integers(0, 40, 10)
+    want = golden_greedy(layers, lambda ids: emb[ids], lambda h: h @ emb.T, prompt, 2)
+    run = ModelOnChip(layers, lambda ids: emb[ids], config=TINY, sim=chip_sim("int8"), seed=SEED)
+    try:
+        chunks = prefill_chunks(run.sessions[0].image, len(prompt), max_rows=6)
+        assert chunks == [(0, 6), (6, 4)]
+        got = [int(np.argmax(run.prefill(prompt, chunks)[-1] @ emb.T))]
+        got.append(int(np.argmax(run.decode(got[-1], "decode 1")[-1] @ emb.T)))
+    finally:
+        run.close()
+    assert not run.mismatches, f"rows differ from golden: {run.mismatches}"
+    assert got == want
+    assert [s["rows"] for s in run.cycles] == [n for _, n in chunks] + [1]
+
+
+@pytest.mark.xdist_group("chip_tiny")
+def test_chip_out_of_kv_pages_mid_batch_stops_with_the_error_and_the_other_sequences_continue_bit_exact():
+    """With the driver's page check off (the test hook), a batch whose middle sequence needs
+    more pages than are free: the chip stops with KV / OUT_OF_PAGES at that sequence's APPEND;
+    the sequence before it holds its token, the failing one the tokens that fit, the one after
+    none — the session's state, golden's page pool and golden's layer agree with the chip. After
+    the failing sequence is freed, the others continue bit-exact, and a new sequence fills
+    exactly the pages golden's pool says are free (the chip's pool is the same)."""
+    lay = layer("int8")
+    kv = TINY.kvcache                       # 16 pages of 4 tokens
+    rng = np.random.default_rng(SEED)
+    print(f"seed {SEED}")
+
+    def x(n):
+        return rng.standard_normal((n, LC.d_model)).astype(np.float32)
+    with LayerSession(lay, config=TINY, sim=chip_sim("int8"), seed=SEED) as s:
+        for step in ([Request(seq=0, x=x(20), alloc=True), Request(seq=1, x=x(4), alloc=True)],
+                     [Request(seq=2, x=x(20), alloc=True), Request(seq=1, x=x(1), pos0=4)]):
+            r = s.step(step)
+            assert r.ok and r.match.all()
+        assert s.kv.free_pages == kv.pages - 5 - 2 - 5     # 4 pages = 16 tokens left
+        bad = [Request(seq=0, x=x(1), pos0=20),             # takes a page: 3 left
+               Request(seq=3, x=x(20), alloc=True),         # needs 5: 12 tokens fit
+               Request(seq=1, x=x(1), pos0=5)]
+        with pytest.raises(CompileError, match="pages"):    # the driver refuses it by default
+            s.step(bad)
+        assert len(s.history) == 2
+        r = s.step(bad, check_pages=False)
+        assert r.error[:2] == (ChipError.KV, KVStatus.OUT_OF_PAGES) and r.y is None
+        assert r.appended == {0: 1, 3: 12, 1: 0}
+        assert s.live == {0: 21, 1: 5, 2: 20, 3: 12} and s.kv.free_pages == 0
+        assert {q: s.golden.length(q) for q in s.live} == s.live
+        s.free(3)
+        assert s.kv.free_pages == 3 and 3 not in s.live
+        r = s.step([Request(seq=0, x=x(1), pos0=21), Request(seq=1, x=x(1), pos0=5), Request(seq=2, x=x(1), pos0=20)])
+        assert r.ok and r.match.all(), f"rows {np.flatnonzero(~r.match)} differ from golden"
+        assert s.kv.free_pages == 2                         # sequence 2 took a page
+        r = s.step([Request(seq=3, x=x(8), alloc=True)])    # exactly the 2 free pages
+        assert r.ok and r.match.all() and s.kv.free_pages == 0

@@ -15,7 +15,8 @@
 //   bits each in err_resp: a read beat inside one returns 0 with that code, a write beat inside
 //   one is dropped and its burst answers that code.
 // - `load` (one cycle) reads axi_mem_in.hex, `dump` writes axi_mem_out.hex ($readmemh format,
-//   one word per line), both in the simulation's working folder.
+//   one word per line), both in the simulation's working folder: words dump_lo .. dump_hi - 1,
+//   or every word when dump_hi is 0.
 module tfa_axi_mem #(
     parameter AW = 32,
     parameter DW = 128,
@@ -33,6 +34,8 @@ module tfa_axi_mem #(
     input wire [7:0] err_resp,
     input wire load,
     input wire dump,
+    input wire [31:0] dump_lo,
+    input wire [31:0] dump_hi,
     output reg protocol_error,
     input wire [IDW-1:0] awid,
     input wire [AW-1:0] awaddr,
@@ -146,7 +149,10 @@ module tfa_axi_mem #(
     integer i;
     always @(posedge clk) begin
         if (load) $readmemh("axi_mem_in.hex", mem);
-        if (dump) $writememh("axi_mem_out.hex", mem);
+        if (dump) begin
+            if (dump_hi != 0) $writememh("axi_mem_out.hex", mem, dump_lo, dump_hi - 1);
+            else $writememh("axi_mem_out.hex", mem);
+        end
         if (rst) begin
             g_ar <= seed ^ 32'h9E3779B9; g_aw <= seed ^ 32'h7F4A7C15; g_w <= seed ^ 32'h85EBCA6B;
             g_r <= seed ^ 32'hC2B2AE35; g_b <= seed ^ 32'h27D4EB2F; g_lat <= seed ^ 32'h165667B1;

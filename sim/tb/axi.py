@@ -2,10 +2,12 @@
 latency and backpressure on every channel, address windows that answer SLVERR or DECERR, and a
 read side that answers the bursts of different IDs interleaved beat by beat."""
 
+import binascii
 import logging
 import random
 
 import cocotb
+import numpy as np
 from cocotb.triggers import RisingEdge
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRamRead, AxiRamWrite, AxiResp
 from cocotbext.axi.axi_channels import AxiARSink, AxiRSource, AxiRTransaction
@@ -177,11 +179,20 @@ class ExternalMemory:
     def write(self, addr, data):
         self.mem[addr:addr + len(data)] = bytes(data)
 
-    async def fill(self):
+    async def fill(self, *, sparse=False):
         """Nothing to do: :meth:`write` writes the memory directly."""
 
     async def contents(self):
         return self.read(0, len(self.mem))
+
+    async def update(self, segments):
+        """Write ``segments`` (address → bytes) into the memory while the simulation runs."""
+        for addr, data in segments.items():
+            self.write(int(addr), data)
+
+    async def regions(self, spans):
+        """The bytes of each ``(addr, nbytes)`` of ``spans``."""
+        return [self.read(int(a), int(n)) for a, n in spans]
 
 
 def lite_master(dut, prefix, clock, reset, *, rand=None, stall=0.0, backpressure=0.0):
@@ -221,6 +232,7 @@ class HdlMemory:
             raise ValueError("the memory model has four error windows")
         self.dut, self.clock, self.size, self.nb = dut, clock, size, data_bytes
         self.image = bytearray(size)
+        self._written = []
         aw = len(dut.mem_err_lo) // 4
         dut.mem_seed.value = rand.randrange(1, 1 << 32)
         dut.mem_stall.value = min(int(stall * 65536), 65535)
@@ -231,18 +243,32 @@ class HdlMemory:
         dut.mem_err_resp.value = sum(int(r) << (2 * k) for k, (_, _, r) in enumerate(errors))
         dut.mem_load.value = 0
         dut.mem_dump.value = 0
+        dut.mem_dump_lo.value = 0
+        dut.mem_dump_hi.value = 0
 
     def write(self, addr, data):
         self.image[addr:addr + len(data)] = bytes(data)
+        self._written.append((addr, len(data)))
 
-    async def fill(self):
-        """Load the model with what :meth:`write` put in the image (the clock must run)."""
+    async def fill(self, *, sparse=False):
+        """Load the model with what :meth:`write` put in the image (the clock must run): every
+        word, or (``sparse``) only the words :meth:`write` touched, for a model whose memory is
+        still all zero (Verilator's ``--x-initial fast`` zero-resets it)."""
         nb = self.nb
-        lines = [self.image[i:i + nb][::-1].hex() for i in range(0, self.size, nb)]
-        (run_dir() / "axi_mem_in.hex").write_text("\n".join(lines) + "\n")
+        if sparse:
+            words = sorted({(a // nb, -(-(a + n) // nb)) for a, n in self._written})
+            await self.update({w0 * nb: bytes(self.image[w0 * nb:w1 * nb]) for w0, w1 in words})
+            return
+        (run_dir() / "axi_mem_in.hex").write_bytes(_hex_lines(self.image, nb))
+        await self._pulse_load()
+
+    async def _pulse_load(self):
+        # the model reads the file in the cycle after the edge that samples ``load``: wait for it,
+        # so that the next load may rewrite the file
         self.dut.mem_load.value = 1
         await RisingEdge(self.clock)
         self.dut.mem_load.value = 0
+        await RisingEdge(self.clock)
 
     async def contents(self):
         """The model's memory (``size`` bytes); fails if the model saw a protocol error."""
@@ -251,6 +277,64 @@ class HdlMemory:
         await RisingEdge(self.clock)
         self.dut.mem_dump.value = 0
         await RisingEdge(self.clock)
-        words = [w for w in (run_dir() / "axi_mem_out.hex").read_text().split() if not w.startswith("//")]
-        raw = b"".join(bytes.fromhex(w.rjust(2 * self.nb, "0"))[::-1] for w in words[:self.size // self.nb])
-        return raw
+        path = run_dir() / "axi_mem_out.hex"
+        nb = self.nb
+        if path.stat().st_size == (self.size // nb) * (2 * nb + 1):   # one fixed-width line per word
+            text = np.fromfile(path, np.uint8).reshape(-1, 2 * nb + 1)[:, :2 * nb]
+            return np.frombuffer(binascii.unhexlify(text.tobytes()), np.uint8).reshape(-1, nb)[:, ::-1].tobytes()
+        words = [w for w in path.read_text().split() if not w.startswith("//")]
+        return b"".join(bytes.fromhex(w.rjust(2 * nb, "0"))[::-1] for w in words[:self.size // nb])
+
+    async def update(self, segments):
+        """Write ``segments`` (address → bytes, each a whole number of bus words at a word
+        address) into the model while the simulation runs, leaving every other word as it is: a
+        ``$readmemh`` file with an ``@address`` line before each segment."""
+        nb = self.nb
+        lines = []
+        for addr, data in sorted(segments.items()):
+            addr, data = int(addr), bytes(data)
+            if addr % nb or len(data) % nb:
+                raise ValueError(f"a segment written into the running memory must be whole {nb}-byte words at a "
+                                 f"word address: {len(data)} bytes at {addr:#x}")
+            if addr + len(data) > self.size:
+                raise ValueError(f"a segment of {len(data)} bytes at {addr:#x} runs past the memory's {self.size:#x}")
+            self.image[addr:addr + len(data)] = data
+            lines.append(f"@{addr // nb:x}\n".encode() + _hex_lines(data, nb))
+        if not lines:
+            return
+        (run_dir() / "axi_mem_in.hex").write_bytes(b"".join(lines))
+        await self._pulse_load()
+
+    async def regions(self, spans):
+        """The bytes of each ``(addr, nbytes)`` of ``spans``: a dump of only the words of each
+        (``mem_dump_lo``, ``mem_dump_hi``)."""
+        nb = self.nb
+        assert not int(self.dut.mem_protocol_error.value), "the memory model saw an AXI protocol error"
+        path = run_dir() / "axi_mem_out.hex"
+        out = []
+        for a, n in spans:
+            a, n = int(a), int(n)
+            w0, w1 = a // nb, -(-(a + n) // nb)
+            self.dut.mem_dump_lo.value = w0
+            self.dut.mem_dump_hi.value = w1
+            self.dut.mem_dump.value = 1
+            await RisingEdge(self.clock)
+            self.dut.mem_dump.value = 0
+            self.dut.mem_dump_hi.value = 0
+            await RisingEdge(self.clock)
+            words = [w for w in path.read_text().split() if not w.startswith(("//", "@"))]
+            if len(words) != w1 - w0:
+                raise RuntimeError(f"the memory model dumped {len(words)} words, not {w1 - w0}")
+            data = b"".join(bytes.fromhex(w.rjust(2 * nb, "0"))[::-1] for w in words)
+            out.append(data[a - w0 * nb:a - w0 * nb + n])
+        return out
+
+
+def _hex_lines(data, nb):
+    """``data`` (a whole number of ``nb``-byte words) as ``$readmemh`` text: one word per line,
+    most significant byte first."""
+    words = np.frombuffer(bytes(data), np.uint8).reshape(-1, nb)[:, ::-1]
+    text = np.frombuffer(binascii.hexlify(words.tobytes()), np.uint8).reshape(-1, 2 * nb)
+    out = np.full((len(words), 2 * nb + 1), ord("\n"), np.uint8)
+    out[:, :2 * nb] = text
+    return out.tobytes()

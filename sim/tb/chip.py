@@ -1,7 +1,9 @@
 """cocotb testbench of the chip top (hdl/chip.py): external memory (cocotbext-axi AxiRam, random
 latency and backpressure on every channel), CSRs through an AxiLiteMaster, one or more programs
 run to their interrupt, then the status, the error registers, every counter and the requested
-memory regions are read back. Driven by :class:`sim.chip_api.ChipSim`.
+memory regions are read back. Driven by :class:`sim.chip_api.ChipSim`. The persistent session's
+testbench (``sim/tb/chip_session.py``) runs programs with the same helpers: :func:`make_memory`,
+:func:`make_csrs`, :func:`start_program`, :func:`finish_program`, :func:`acknowledge`.
 
 Inputs (run folder): ``segments_addr`` and ``seg<i>`` (the memory image: the address and the
 bytes of each segment), meta ``memory`` (``"hdl"``: the Verilog model of the wrapper top,
@@ -64,36 +66,84 @@ class Csrs:
         return lo | (await self.m.read_dword(off + 4)) << 32
 
 
+def make_memory(dut, meta, rand):
+    """The external memory of ``meta`` (``memory``, ``mem_size``, ``data_bytes``, ``stall``,
+    ``backpressure``, ``errors``)."""
+    if meta.get("memory", "axiram") == "hdl":
+        return HdlMemory(dut, dut.clk, size=int(meta["mem_size"]), data_bytes=int(meta["data_bytes"]), rand=rand,
+                         stall=meta["stall"], backpressure=meta["backpressure"], errors=meta.get("errors", ()))
+    return ExternalMemory(dut, "m_axi_", dut.clk, dut.rst, size=int(meta["mem_size"]), rand=rand,
+                          stall=meta["stall"], backpressure=meta["backpressure"], errors=meta.get("errors", ()))
+
+
+def make_csrs(dut, meta, rand):
+    """The CSR master (an AxiLiteMaster with the stalls of ``meta``) over ``meta["registers"]``."""
+    return Csrs(lite_master(dut, "s_axil_", dut.clk, dut.rst, rand=rand, stall=meta["stall"],
+                            backpressure=meta["backpressure"]), meta["registers"])
+
+
+async def start_program(csr, run):
+    """Program the registers of ``run`` (``prog_addr``, ``prog_len``, ``ext_size``, ``watchdog``),
+    clear the counters and START; returns the cycle of the START."""
+    await csr.write("PROG_ADDR", run["prog_addr"], 64)
+    await csr.write("PROG_LEN", run["prog_len"])
+    await csr.write("EXT_SIZE", run.get("ext_size", 0), 64)
+    if run.get("watchdog") is not None:
+        await csr.write("WATCHDOG", run["watchdog"])
+    await csr.write("COUNTERS_CLEAR", 1)
+    t0 = _now()
+    await csr.write("START", 1)
+    return t0
+
+
+async def finish_program(dut, csr, t0, *, limit, counters, label, progress=_progress):
+    """Wait for the interrupt of the program started at cycle ``t0`` (``TimeoutError`` after
+    ``limit`` cycles; a ``progress`` line about every 10 s, ``label`` first), then read the
+    status, the error registers and ``counters``. Returns a dict: ``wall_cycles``, ``status``,
+    ``error_code``, ``error_detail``, ``error_index``, ``irq_status``, ``counters``."""
+    wall = last = time.monotonic()
+    while not dut.irq.value:
+        await First(RisingEdge(dut.irq), Timer(POLL_CYCLES * CLOCK_NS, "ns"))
+        if _now() - t0 > limit:
+            raise TimeoutError(f"{label}: no interrupt in {limit} cycles")
+        if not dut.irq.value and time.monotonic() - last > 10:
+            last = time.monotonic()
+            done = await csr.read("CNT_PROC_RETIRED", 48) if "proc_retired" in counters else None
+            rate = (_now() - t0) / max(last - wall, 1e-9)
+            progress(f"  {label}: cycle {_now() - t0:,}"
+                     + (f", {done} instructions retired" if done is not None else "")
+                     + f", {rate:,.0f} cycles/s")
+    out = {"wall_cycles": np.array(_now() - t0)}
+    for name in ("STATUS", "ERROR_CODE", "ERROR_DETAIL", "ERROR_INDEX", "IRQ_STATUS"):
+        out[name.lower()] = np.array(await csr.read(name))
+    out["counters"] = np.array([await csr.read(f"CNT_{c.upper()}", 48) for c in counters], np.uint64)
+    return out
+
+
+async def acknowledge(csr, *, clear=True):
+    """Acknowledge the interrupt and (``clear``) return the chip to IDLE."""
+    await csr.write("IRQ_STATUS", 3)
+    if clear:
+        await csr.write("CLEAR", 1)
+
+
 @cocotb.test()
 async def chip(dut):
     arrays, meta = load_inputs()
     rand = rng(meta)
     await start_clock_and_reset(dut)
-    if meta.get("memory", "axiram") == "hdl":
-        mem = HdlMemory(dut, dut.clk, size=int(meta["mem_size"]), data_bytes=int(meta["data_bytes"]), rand=rand,
-                        stall=meta["stall"], backpressure=meta["backpressure"], errors=meta.get("errors", ()))
-    else:
-        mem = ExternalMemory(dut, "m_axi_", dut.clk, dut.rst, size=int(meta["mem_size"]), rand=rand,
-                             stall=meta["stall"], backpressure=meta["backpressure"], errors=meta.get("errors", ()))
+    mem = make_memory(dut, meta, rand)
     for i, addr in enumerate(arrays["segments_addr"]):
         mem.write(int(addr), arrays[f"seg{i}"].tobytes())
     await mem.fill()
-    csr = Csrs(lite_master(dut, "s_axil_", dut.clk, dut.rst, rand=rand, stall=meta["stall"],
-                           backpressure=meta["backpressure"]), meta["registers"])
+    csr = make_csrs(dut, meta, rand)
     out = {}
     taps = {name: Tap(dut, f"{name}__data", f"{name}__valid") for name in meta.get("traces", ())}
     run_starts = []
     for r, run in enumerate(meta["runs"]):
         if taps:
             run_starts.append(ClockLoop.of(dut.clk).cycle)
-        await csr.write("PROG_ADDR", run["prog_addr"], 64)
-        await csr.write("PROG_LEN", run["prog_len"])
-        await csr.write("EXT_SIZE", run.get("ext_size", 0), 64)
-        if run.get("watchdog") is not None:
-            await csr.write("WATCHDOG", run["watchdog"])
-        await csr.write("COUNTERS_CLEAR", 1)
-        t0 = _now()
-        await csr.write("START", 1)
+        t0 = await start_program(csr, run)
         if r == 0 and meta.get("reset_at") is not None:
             await ClockCycles(dut.clk, int(meta["reset_at"]))
             dut.rst.value = 1
@@ -103,30 +153,14 @@ async def chip(dut):
             await RisingEdge(dut.clk)
             out[f"run{r}_reset"] = np.array(1)
             continue
-        limit, wall, last = int(meta["timeout_cycles"]), time.monotonic(), time.monotonic()
-        while not dut.irq.value:
-            await First(RisingEdge(dut.irq), Timer(POLL_CYCLES * CLOCK_NS, "ns"))
-            if _now() - t0 > limit:
-                raise TimeoutError(f"run {r}: no interrupt in {limit} cycles")
-            if not dut.irq.value and time.monotonic() - last > 10:
-                last = time.monotonic()
-                done = await csr.read("CNT_PROC_RETIRED", 48) if "proc_retired" in meta["counters"] else None
-                rate = (_now() - t0) / max(last - wall, 1e-9)
-                _progress(f"  run {r + 1}/{len(meta['runs'])}: cycle {_now() - t0:,}"
-                          + (f", {done} instructions retired" if done is not None else "")
-                          + f", {rate:,.0f} cycles/s")
-        out[f"run{r}_wall_cycles"] = np.array(_now() - t0)
-        for name in ("STATUS", "ERROR_CODE", "ERROR_DETAIL", "ERROR_INDEX", "IRQ_STATUS"):
-            out[f"run{r}_{name.lower()}"] = np.array(await csr.read(name))
-        counts = [await csr.read(f"CNT_{c.upper()}", 48) for c in meta["counters"]]
-        out[f"run{r}_counters"] = np.array(counts, np.uint64)
+        res = await finish_program(dut, csr, t0, limit=int(meta["timeout_cycles"]), counters=meta["counters"],
+                                   label=f"run {r + 1}/{len(meta['runs'])}")
+        out.update({f"run{r}_{k}": v for k, v in res.items()})
         if run.get("read_back"):
             image = await mem.contents()
             for name, addr, nbytes in run["read_back"]:
                 out[f"run{r}_{name}"] = np.frombuffer(image[int(addr):int(addr) + int(nbytes)], np.uint8).copy()
-        await csr.write("IRQ_STATUS", 3)
-        if run.get("clear_after", True):
-            await csr.write("CLEAR", 1)
+        await acknowledge(csr, clear=run.get("clear_after", True))
     for name, tap in taps.items():
         nbytes = (len(getattr(dut, f"{name}__data")) + 7) // 8
         out[f"trace_{name}_cycle"] = np.array(tap.cycles, np.int64)

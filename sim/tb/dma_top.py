@@ -87,7 +87,8 @@ class WithHdlMemory(wiring.Component):
     ``tfa_axi_mem`` (sim/models/tfa_axi_mem.v) on that port. Every other member of ``inner``
     is a member of this top; the model's controls are ``mem_seed``, ``mem_stall``,
     ``mem_backpressure``, ``mem_max_latency``, ``mem_err_lo``/``mem_err_hi``/``mem_err_resp``
-    (four windows), ``mem_load``, ``mem_dump`` and ``mem_protocol_error``."""
+    (four windows), ``mem_load``, ``mem_dump`` (of the words ``mem_dump_lo`` .. ``mem_dump_hi`` − 1,
+    or every word when ``mem_dump_hi`` is 0) and ``mem_protocol_error``."""
 
     def __init__(self, inner, *, depth_log2):
         self._inner, self._depth_log2 = inner, depth_log2
@@ -97,7 +98,8 @@ class WithHdlMemory(wiring.Component):
         aw = axi.addr_width
         members.update(mem_seed=In(32), mem_stall=In(16), mem_backpressure=In(16), mem_max_latency=In(8),
                        mem_err_lo=In(4 * aw), mem_err_hi=In(4 * aw), mem_err_resp=In(8),
-                       mem_load=In(1), mem_dump=In(1), mem_protocol_error=Out(1))
+                       mem_load=In(1), mem_dump=In(1), mem_dump_lo=In(32), mem_dump_hi=In(32),
+                       mem_protocol_error=Out(1))
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -124,6 +126,7 @@ class WithHdlMemory(wiring.Component):
             i_seed=self.mem_seed, i_stall=self.mem_stall, i_backpressure=self.mem_backpressure,
             i_max_latency=self.mem_max_latency, i_err_lo=self.mem_err_lo, i_err_hi=self.mem_err_hi,
             i_err_resp=self.mem_err_resp, i_load=self.mem_load, i_dump=self.mem_dump,
+            i_dump_lo=self.mem_dump_lo, i_dump_hi=self.mem_dump_hi,
             o_protocol_error=self.mem_protocol_error, **ports)
         return m
 

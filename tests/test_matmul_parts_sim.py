@@ -1,10 +1,11 @@
 # amaranth: UnusedElaboratable=no
 """amaranth.sim tests of the matmul engine's parts alone (hdl/matmul_*.py), each against a model
-of its neighbours: the command sequencer's checks, sizes, start and response; the activation
-buffer's words in issue order; the weight loader's tiles in every format and its slot
-rules; the parameter slots and the requantization check; the accumulator banks and drain with
-every output format; the issue's order and read-after-write rule. Random stimulus is seeded (the
-seed is printed); the streams run with valid gaps and backpressure."""
+of its neighbours: the command sequencer's checks (the interleave's G·M ≤ acc_depth included),
+sizes, start and response; the activation buffer's words in the interleaved issue order; the
+weight loader's tiles in every format and tile order and its slot rules; the parameter ring and
+the requantization check; the accumulator banks and drain, per group, with every output format;
+the issue's interleaved order, slots, bias entries and read-after-write rule. Random stimulus is
+seeded (the seed is printed); the streams run with valid gaps and backpressure."""
 
 import ml_dtypes
 import numpy as np

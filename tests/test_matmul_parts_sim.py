@@ -474,6 +474,8 @@ def test_accumulator_drain_outputs_every_bank_in_order_in_each_format_with_backp
             tiles_drained[0] += ctx.get(dut.tile_drained)
             rq_addr = ctx.get(dut.rq_addr) % PARAM_ENTRIES
             await ctx.tick()
+            if len(got) == Nt * M:
+                break
         for _ in range(3):
             await ctx.tick()
         assert ctx.get(dut.idle)
@@ -578,6 +580,31 @@ def test_issue_order_weight_slots_bias_select_and_read_after_write_with_a_model_
     for gi, t in first_row_t.items():
         if gi >= 2:
             assert t - 2 > drained_at[gi - 2], f"group {gi} started before its bank was drained"
+
+
+def test_interleave_for_covers_the_read_after_write_wait_with_the_fewest_cycles():
+    """sim.run_matmul's choice of G: enough N tiles per group that a pass over a K tile lasts the
+    read-after-write wait (``dependency_latency``, which the built engine reports too), the
+    smallest G of the fewest cycles (the short last group included), within 16, N's tiles and
+    acc_depth // M; G = 1 for one K tile or an M that covers the wait alone."""
+    from hdl.config import get_config
+    cfg = get_config("default")
+    engine = MatmulEngine.from_config(cfg)
+    assert (engine.dependency_latency, engine.int8_dependency_latency) == (72, 32)
+
+    def g(m, k, n, bf16, beats):
+        return MatmulEngine.interleave_for(cfg, m, k, n, bf16=bf16, tile_beats=beats) + 1
+    assert g(1, 576, 576, True, 8) == 9            # 9 tiles × 8 beats ≥ 72
+    assert g(1, 576, 576, False, 4) == 8           # 8 × 4 ≥ 32 (wide int8)
+    assert g(1, 576, 1536, True, 8) == 12          # 192 tiles: 16 groups of 12, not 21 of 9 and one of 3
+    assert g(24, 576, 576, True, 8) == 3
+    assert g(72, 576, 576, True, 8) == g(256, 256, 256, True, 8) == 1
+    assert g(1, 8, 576, True, 8) == 1              # one K tile: no wait
+    assert g(1, 576, 24, True, 8) == 3             # only 3 N tiles
+    assert g(1, 576, 512, True, 1) == 16           # at most 16 (64 N tiles: 4 groups of 16)
+    assert g(20, 576, 576, True, 1) == 4           # 4 × 20 ≥ 72, and ≤ acc_depth // M
+    with pytest.raises(ValueError, match="m must be a positive int, not 0"):
+        g(0, 8, 8, True, 8)
 
 
 def test_engine_marks_its_register_copies_keep_in_the_verilog():

@@ -40,7 +40,7 @@ __all__ = ["MatmulEngine", "command_layout", "param_layout", "result_layout", "r
            "engine_events_layout"]
 
 # users of the array's output valid and tag, one register copy each: the accumulator's write
-# port, the issue flags' two copies ("i", "l") and the accumulator banks' write counters
+# port, the issue flags' two copies ("i", "l") and the accumulator banks' in-flight counts
 _OUT_COPIES = ("acc", "i", "l", "cnt")
 
 
@@ -52,7 +52,8 @@ class MatmulEngine(wiring.Component):
     rows, cols : int
         Array size R (along K) and C (along N), 2..64 each.
     acc_depth : int
-        Largest M of one command (accumulator rows per bank). Power of two, 2..65536.
+        Accumulator rows per bank: the largest M of one command, and of G·M with G = interleave
+        + 1. Power of two, 2..65536.
     a_depth : int
         Activation buffer words (R lanes each); a command needs M·ceil(K/R) ≤ a_depth. 2..2**20.
     mul_stages, add_stages : int or None
@@ -70,7 +71,8 @@ class MatmulEngine(wiring.Component):
         Activations: beat ``j = kt·M + m`` carries ``A[m, kt·R + r]`` in lane r (int8 sign- or
         zero-extended to 16 bits, or bf16 bits). Lanes past K are ignored.
     w : In(stream.Signature(ArrayLayout(16, C)))
-        Weight tiles in order ``for nt: for kt``. Row orientation: beats r = 0..kv−1 carry
+        Weight tiles in order ``for group: for kt: for nt in group`` (groups of G = interleave +
+        1 N tiles; ``for nt: for kt`` with interleave 0). Row orientation: beats r = 0..kv−1 carry
         ``W[kt·R + r, nt·C + c]`` in lane c; wide (``w_wide``, int8): beat j carries rows
         2j and 2j + 1 in the low and high bytes of the lanes. Transposed: for columns
         c = 0..nv−1, ceil(R/C) beats each, chunk j carrying ``W[kt·R + j·C + l, nt·C + c]`` in
@@ -92,10 +94,12 @@ class MatmulEngine(wiring.Component):
     waits in the stream and starts after the current one has sent its response; operand beats
     of a command are accepted only while that command runs.
 
-    Latency: the last result row of an N tile enters the output FIFO ``latency`` cycles after
-    the last row of its last K tile entered the array. Throughput: R·C MACs per cycle while
-    operands keep up (a weight tile takes max(kv, nv·ceil(R/C)) beats, which overlap the M
-    cycles of the tile before).
+    Latency: the last result row of a group of N tiles enters the output FIFO ``latency``
+    cycles after the last row of its last K tile entered the array. Throughput: R·C MACs per
+    cycle while operands keep up (a weight tile takes kv, ⌈kv/2⌉ or nv·ceil(R/C) beats, one per
+    cycle, which overlap the M cycles of the tiles before), and at most one weight beat per
+    cycle for M smaller than a tile's beats, when the interleave covers ``dependency_latency``
+    (docs/matmul.md, "Schedule").
     """
 
     def __init__(self, *, rows, cols, acc_depth, a_depth, mul_stages=None, add_stages=None, dsp="generic"):

@@ -587,10 +587,17 @@ def test_interleave_for_covers_the_read_after_write_wait_with_the_fewest_cycles(
     read-after-write wait (``dependency_latency``, which the built engine reports too), the
     smallest G of the fewest cycles (the short last group included), within 16, N's tiles and
     acc_depth // M; G = 1 for one K tile or an M that covers the wait alone."""
+    from amaranth.hdl import Fragment
+
     from hdl.config import get_config
+    from hdl.systolic import SystolicArray
+    tiny = MatmulEngine.from_config(get_config("tiny"))
+    Fragment.get(tiny, None)        # elaborated: the latencies are the built engine's
+    for bf16, dep in ((True, tiny.dependency_latency), (False, tiny.int8_dependency_latency)):
+        assert dep == 2 + SystolicArray.latency_for(2, 2, bf16=bf16) + 1
     cfg = get_config("default")
-    engine = MatmulEngine.from_config(cfg)
-    assert (engine.dependency_latency, engine.int8_dependency_latency) == (72, 32)
+    assert SystolicArray.latency_for(8, 8, bf16=True) + 3 == 72
+    assert SystolicArray.latency_for(8, 8, bf16=False) + 3 == 32
 
     def g(m, k, n, bf16, beats):
         return MatmulEngine.interleave_for(cfg, m, k, n, bf16=bf16, tile_beats=beats) + 1

@@ -104,7 +104,7 @@ def synth(verilog, top, work):
     verilog = Path(verilog).relative_to(work)
     # splitnets before LUT mapping: without it yosys 0.70's abc9 step can stop on an internal
     # assertion (a wire name collision, YosysHQ/yosys#4349) on Amaranth's output
-    # The systolic array passes its weight bank and control along chains of registers, one per
+    # The systolic array passes its weight slot index and control along chains of registers, one per
     # PE, so that no net spans the array. Those registers hold the same value at different
     # positions, and yosys merges equal registers (opt_merge), which would rebuild exactly the
     # array-spanning nets the chains exist to avoid: the flip-flops of every signal the HDL

@@ -9,7 +9,12 @@ Cases:
   576×1536 (SmolLM2 projections) on 8×8, int8 in both weight formats (16-bit lanes: one W row of
   C weights per beat; wide rows: two rows, 2·C weights) and bf16, and M = 1 on the ``large``
   16×16: weight bytes per cycle, and their fraction of the weight port (C lanes of 16 bits:
-  2·C bytes per cycle) and of the format (the weight bytes one beat of it carries).
+  2·C bytes per cycle) and of the format (the weight bytes one beat of it carries), with the
+  interleave ``sim.run_matmul`` chose and the fraction of the port the format and the array
+  allow (``bound_port_fraction``: a beat per cycle, and at most one row per cycle, M rows per
+  tile of ``tile_beats`` beats);
+* reference shapes: 64×576×576 (``make sim``'s projections) in int8 and bf16, and two edge
+  shapes (3×100×40 bf16, 60×64×24 int8).
 
 Every result is also checked bit-exactly against golden. ``--skip-large`` leaves out the 16×16
 cases (its Verilator build takes several minutes); ``--only PREFIX`` runs the cases whose name
@@ -40,6 +45,10 @@ CASES = [
     *[(f"decode_m1_576x576_{fmt}_large", "large", 1, 576, 576, dtype, orient) for fmt, dtype, orient in DECODE_FORMATS],
     ("prefill_512_int8", "large", 512, 512, 512, "int8", "rows"),
     ("prefill_512_bf16", "large", 512, 512, 512, "bf16", "rows"),
+    ("ref_64x576x576_int8", "default", 64, 576, 576, "int8", "rows"),
+    ("ref_64x576x576_bf16", "default", 64, 576, 576, "bf16", "rows"),
+    ("edge_3x100x40_bf16", "default", 3, 100, 40, "bf16", "rows"),
+    ("edge_60x64x24_int8", "default", 60, 64, 24, "int8", "rows"),
 ]
 #: Decode target of issue #27: weight bytes per cycle against the weight port.
 DECODE_TARGET = 0.90
@@ -81,9 +90,14 @@ def run_case(name, config, M, K, N, dtype, w_orientation="rows", seed=0):
     row["weight_format_bytes_per_beat"] = fmt_bytes
     row["weight_port_fraction"] = round(float(res.weight_port_fraction), 3)
     row["weight_format_fraction"] = round(float(res.weight_bytes_per_cycle) / fmt_bytes, 3)
+    row["interleave"] = sorted({int(x) for x in res.interleave})
+    R = cfg.array.rows
+    tile_beats = -(-R // 2) if w_orientation == "wide_rows" else R
+    row["tile_beats"] = tile_beats
+    row["bound_port_fraction"] = round(fmt_bytes * min(1.0, tile_beats / M) / port, 3)
     if name.startswith("prefill"):
         row["target_utilization"] = TARGETS[config]
-    else:
+    elif name.startswith("decode"):
         row["target_weight_port_fraction"] = DECODE_TARGET
     return row
 
@@ -99,13 +113,15 @@ def main(argv=None):
             continue
         print(f"running {case[0]} on {case[1]} ...", flush=True)
         rows.append(run_case(*case))
-    hdr = f"{'case':30} {'cfg':8} {'M×K×N':>14} {'cycles':>9} {'util':>7} {'W B/cyc':>8} {'port':>5} " \
-          f"{'of port':>7} {'of fmt':>7} {'st_in':>6} {'st_out':>6} {'st_w':>7} {'st_dep':>7} {'exact':>5} {'sim s':>6}"
+    hdr = f"{'case':30} {'cfg':8} {'M×K×N':>14} {'G':>3} {'cycles':>9} {'util':>7} {'W B/cyc':>8} {'port':>5} " \
+          f"{'of port':>7} {'bound':>6} {'of fmt':>7} {'st_in':>6} {'st_out':>6} {'st_w':>7} {'st_dep':>7} " \
+          f"{'exact':>5} {'sim s':>6}"
     print(hdr)
     for r in rows:
-        print(f"{r['case']:30} {r['config']:8} {r['M']:>4}×{r['K']}×{r['N']:<5} {r['cycles']:>9} "
+        g = "/".join(str(x + 1) for x in r["interleave"])
+        print(f"{r['case']:30} {r['config']:8} {r['M']:>4}×{r['K']}×{r['N']:<5} {g:>3} {r['cycles']:>9} "
               f"{r['utilization']:>7.2%} {r['weight_bytes_per_cycle']:>8.3f} {r['weight_port_bytes_per_cycle']:>5} "
-              f"{r['weight_port_fraction']:>7.1%} {r['weight_format_fraction']:>7.1%} "
+              f"{r['weight_port_fraction']:>7.1%} {r['bound_port_fraction']:>6.1%} {r['weight_format_fraction']:>7.1%} "
               f"{r['stall_input']:>6} {r['stall_output']:>6} {r['stall_weight']:>7} {r['stall_dependency']:>7} "
               f"{str(r['bit_exact']):>5} {r['sim_s']:>6}")
     out = BUILD / "bench" / "matmul.json"

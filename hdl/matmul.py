@@ -5,7 +5,7 @@ is docs/matmul.md. The engine is wiring of its parts, each a component with its 
 
 * :class:`~hdl.matmul_seq.CommandSequencer`: ``cmd`` → checks, sizes, start → ``resp``;
 * :class:`~hdl.matmul_abuf.ActivationBuffer`: ``a`` → lane memories → prefetch FIFO;
-* :class:`~hdl.matmul_wload.WeightLoader`: ``w`` → staging register → a weight bank;
+* :class:`~hdl.matmul_wload.WeightLoader`: ``w`` → the weight slots of the array's PEs;
 * :class:`~hdl.matmul_params.ParamSlots`: ``p`` → two slots of bias / multiplier / shift;
 * :class:`~hdl.matmul_issue.IssueControl`: the issue decision and the rows into the array;
 * :class:`~hdl.systolic.SystolicArray`;
@@ -22,6 +22,7 @@ from .config import ChipConfig
 from .matmul_abuf import ActivationBuffer
 from .matmul_acc import AccumulatorDrain
 from .matmul_common import (
+    MAX_INTERLEAVE,
     command_layout,
     engine_events_layout,
     param_layout,
@@ -39,7 +40,7 @@ __all__ = ["MatmulEngine", "command_layout", "param_layout", "result_layout", "r
            "engine_events_layout"]
 
 # users of the array's output valid and tag, one register copy each: the accumulator's write
-# port, the issue flags' two copies ("i", "l") and the accumulator banks' write counters
+# port, the issue flags' two copies ("i", "l") and the accumulator banks' in-flight counts
 _OUT_COPIES = ("acc", "i", "l", "cnt")
 
 
@@ -51,7 +52,8 @@ class MatmulEngine(wiring.Component):
     rows, cols : int
         Array size R (along K) and C (along N), 2..64 each.
     acc_depth : int
-        Largest M of one command (accumulator rows per bank). Power of two, 2..65536.
+        Accumulator rows per bank: the largest M of one command, and of G·M with G = interleave
+        + 1. Power of two, 2..65536.
     a_depth : int
         Activation buffer words (R lanes each); a command needs M·ceil(K/R) ≤ a_depth. 2..2**20.
     mul_stages, add_stages : int or None
@@ -69,7 +71,8 @@ class MatmulEngine(wiring.Component):
         Activations: beat ``j = kt·M + m`` carries ``A[m, kt·R + r]`` in lane r (int8 sign- or
         zero-extended to 16 bits, or bf16 bits). Lanes past K are ignored.
     w : In(stream.Signature(ArrayLayout(16, C)))
-        Weight tiles in order ``for nt: for kt``. Row orientation: beats r = 0..kv−1 carry
+        Weight tiles in order ``for group: for kt: for nt in group`` (groups of G = interleave +
+        1 N tiles; ``for nt: for kt`` with interleave 0). Row orientation: beats r = 0..kv−1 carry
         ``W[kt·R + r, nt·C + c]`` in lane c; wide (``w_wide``, int8): beat j carries rows
         2j and 2j + 1 in the low and high bytes of the lanes. Transposed: for columns
         c = 0..nv−1, ceil(R/C) beats each, chunk j carrying ``W[kt·R + j·C + l, nt·C + c]`` in
@@ -91,10 +94,12 @@ class MatmulEngine(wiring.Component):
     waits in the stream and starts after the current one has sent its response; operand beats
     of a command are accepted only while that command runs.
 
-    Latency: the last result row of an N tile enters the output FIFO ``latency`` cycles after
-    the last row of its last K tile entered the array. Throughput: R·C MACs per cycle while
-    operands keep up (a weight tile takes max(kv, nv·ceil(R/C)) beats, which overlap the M
-    cycles of the tile before).
+    Latency: the last result row of a group of N tiles enters the output FIFO ``latency``
+    cycles after the last row of its last K tile entered the array. Throughput: R·C MACs per
+    cycle while operands keep up (a weight tile takes kv, ⌈kv/2⌉ or nv·ceil(R/C) beats, one per
+    cycle, which overlap the M cycles of the tiles before), and at most one weight beat per
+    cycle for M smaller than a tile's beats, when the interleave covers ``dependency_latency``
+    (docs/matmul.md, "Schedule").
     """
 
     def __init__(self, *, rows, cols, acc_depth, a_depth, mul_stages=None, add_stages=None, dsp="generic"):
@@ -181,6 +186,44 @@ class MatmulEngine(wiring.Component):
         return self._rows * self._cols
 
     @property
+    def dependency_latency(self):
+        """Cycles from the issue of a row to the earliest issue of the row that adds to its
+        accumulator row (the next K tile's), bf16 commands: two cycles into the array, the
+        array, the accumulator write."""
+        return 2 + self._array.latency + 1
+
+    @property
+    def int8_dependency_latency(self):
+        """``dependency_latency`` of int8 commands."""
+        return 2 + self._array.int8_latency + 1
+
+    @classmethod
+    def interleave_for(cls, config, m, k, n, *, bf16, tile_beats):
+        """The ``interleave`` (G − 1) that keeps a command of M rows busy on the engine of
+        ``config`` (:meth:`from_config`; nothing is built). A group's pass over one K tile takes
+        about max(Gv·T, ``dependency_latency``) cycles, with Gv its N tiles and T = max(M,
+        ``tile_beats``) the cycles of one tile (``tile_beats``: R in rows, ⌈R/2⌉ wide, C·⌈R/C⌉
+        transposed): the next K tile's pass waits for the partial sums. Returns the smallest G
+        (at most 16, the N tiles there are and ``acc_depth`` // M) with the fewest cycles over
+        all groups, the last one included; 0 when K fits one K tile (no wait)."""
+        for name, v in (("m", m), ("k", k), ("n", n), ("tile_beats", tile_beats)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be a positive int, not {v!r}")
+        acc_depth, _ = cls.buffer_sizes(config)
+        R, C = config.array.rows, config.array.cols
+        if k <= R:
+            return 0
+        dep = 2 + SystolicArray.latency_for(R, C, bf16=bf16) + 1
+        t = max(m, tile_beats)
+        n_tiles = -(-n // C)
+        top = max(1, min(MAX_INTERLEAVE, n_tiles, acc_depth // m))
+
+        def cycles(g):
+            full, rest = divmod(n_tiles, g)
+            return full * max(g * t, dep) + (max(rest * t, dep) if rest else 0)
+        return min(range(1, top + 1), key=lambda g: (cycles(g), g)) - 1
+
+    @property
     def w_beats_per_column(self):
         """Beats per W tile column in transposed orientation: ceil(R/C)."""
         return -(-self._rows // self._cols)
@@ -190,12 +233,12 @@ class MatmulEngine(wiring.Component):
         R, C, AB = self._rows, self._cols, self._acc_bits
         arr = m.submodules.array = self._array
         seq = m.submodules.seq = self._seq
-        abuf = m.submodules.abuf = ActivationBuffer(rows=R, a_depth=self._a_depth)
-        wl = m.submodules.wload = WeightLoader(rows=R, cols=C, weight_hold=arr.weight_hold,
-                                               int8_weight_hold=arr.int8_weight_hold,
-                                               load_cycles=arr.load_cycles)
+        abuf = m.submodules.abuf = ActivationBuffer(rows=R, cols=C, a_depth=self._a_depth)
+        wl = m.submodules.wload = WeightLoader(rows=R, cols=C, slots=arr.slots, weight_hold=arr.weight_hold,
+                                               int8_weight_hold=arr.int8_weight_hold)
         ps = m.submodules.params = ParamSlots(cols=C)
-        iss = m.submodules.issue = IssueControl(rows=R, cols=C, acc_bits=AB, a_depth=self._a_depth, dsp=self._dsp)
+        iss = m.submodules.issue = IssueControl(rows=R, cols=C, acc_bits=AB, slots=arr.slots, a_depth=self._a_depth,
+                                                dsp=self._dsp)
         acc = m.submodules.acc_drain = self._acc
 
         wiring.connect(m, wiring.flipped(self.cmd), seq.cmd)
@@ -210,22 +253,22 @@ class MatmulEngine(wiring.Component):
         m.d.comb += [
             self.busy.eq(seq.busy), seq.done.eq(acc.idle), seq.requant_err.eq(ps.requant_err),
             iss.start.eq(seq.start), iss.command.eq(cmd), iss.shape.eq(shape),
-            abuf.k.eq(cmd.k), abuf.shape.eq(shape), wl.command.eq(cmd), ps.command.eq(cmd),
+            abuf.k.eq(cmd.k), abuf.n.eq(cmd.n), abuf.interleave.eq(cmd.interleave), abuf.shape.eq(shape),
+            wl.command.eq(cmd), ps.command.eq(cmd),
             ps.need_p.eq(shape.need_p), acc.command.eq(cmd), acc.shape.eq(shape),
             # the array: data type, rows from the issue, weights from the loader
             arr.bf16.eq(cmd.dtype), arr.a_unsigned.eq(cmd.a_unsigned & ~cmd.dtype),
-            arr.valid.eq(iss.valid), arr.a.eq(iss.a), arr.psum.eq(iss.psum), arr.bank.eq(iss.w_bank),
-            arr.tag.eq(iss.tag), arr.w_tile.eq(wl.tile), arr.w_load.eq(wl.load), arr.w_bank.eq(wl.load_bank),
+            arr.valid.eq(iss.valid), arr.a.eq(iss.a), arr.psum.eq(iss.psum), arr.slot.eq(iss.slot),
+            arr.tag.eq(iss.tag), arr.w_data.eq(wl.w_data), arr.w_en.eq(wl.w_en), arr.w_slot.eq(wl.w_slot),
             # the issue's inputs and outputs
             abuf.take.eq(iss.take), abuf.take_lanes.eq(iss.take_lanes), iss.word_in.eq(abuf.word_in),
-            iss.word.eq(abuf.word), wl.bank_full.eq(iss.w_full), wl.release.eq(iss.release),
-            wl.release_bank.eq(iss.release_bank), iss.w_loaded.eq(wl.load), iss.w_loaded_bank.eq(wl.load_bank),
-            ps.full.eq(iss.p_full), iss.p_loaded.eq(ps.loaded), iss.p_loaded_slot.eq(ps.loaded_slot),
-            iss.bias.eq(ps.bias), iss.drained.eq(acc.drained), iss.drained_bank.eq(acc.drained_bank),
+            iss.word.eq(abuf.word), wl.release.eq(iss.release), iss.w_loaded.eq(wl.loaded),
+            iss.p_loaded.eq(ps.loaded), ps.bias_addr.eq(iss.bias_addr), iss.bias.eq(ps.bias),
+            ps.tile_drained.eq(acc.tile_drained), iss.drained.eq(acc.drained), iss.drained_bank.eq(acc.drained_bank),
             iss.psum_data.eq(acc.psum_data), acc.psum_addr.eq(iss.psum_addr),
-            acc.tile_start.eq(iss.tile_start), acc.tile_issued.eq(iss.tile_issued), acc.bank.eq(iss.bank),
-            acc.issue_active.eq(iss.active), acc.multiplier.eq(ps.multiplier), acc.shift.eq(ps.shift),
-            acc.result.eq(arr.result),
+            acc.issued.eq(iss.take), acc.group_issued.eq(iss.group_issued), acc.bank.eq(iss.bank),
+            acc.issue_active.eq(iss.active), ps.rq_addr.eq(acc.rq_addr), acc.multiplier.eq(ps.multiplier),
+            acc.shift.eq(ps.shift), acc.result.eq(arr.result),
         ]
         # the array's output valid and tag in a register per user (_OUT_COPIES; timing: one
         # register reached the accumulator's block RAMs, the write counters and both copies of
@@ -247,7 +290,7 @@ class MatmulEngine(wiring.Component):
             ev.macs_bf16.eq(iev.macs & bf16.replicate(len(iev.macs))),
             ev.abuf_reads.eq(abuf.reads), ev.abuf_writes.eq(abuf.writes),
             ev.acc_reads.eq(iev.acc_read + acc.reads), ev.acc_writes.eq(acc.writes),
-            ev.weight_loads.eq(wl.load),
+            ev.weight_loads.eq(wl.loaded),
             ev.a_beats.eq(self.a.valid & self.a.ready), ev.w_beats.eq(self.w.valid & self.w.ready),
             ev.p_beats.eq(self.p.valid & self.p.ready), ev.o_beats.eq(self.o.valid & self.o.ready),
         ]

@@ -26,6 +26,8 @@ class ActivationBuffer(wiring.Component):
     ----------
     rows : int
         Lanes R.
+    cols : int
+        The array's C (N tiles of C columns).
     a_depth : int
         Words per lane memory.
 
@@ -36,10 +38,10 @@ class ActivationBuffer(wiring.Component):
         beats. Lanes past K are written as 0.
     start, stop : In(1)
         From :class:`~hdl.matmul_seq.CommandSequencer`.
-    k : In(16)
-        The command's K.
+    k, n, interleave : In
+        The command's K, N and interleave (G − 1).
     shape : In(shape_layout(a_depth))
-        ``words``, ``m_one``, ``k_one``, ``m_last2``.
+        ``words``, ``m_one``, ``k_one``, ``n_one``, ``g_one``, ``m_last``, ``m_last2``.
     take, take_lanes : In(1)
         The issue takes the next word in this cycle (two copies of one value: ``take`` steers the
         issue-side prefetch copy and the FIFO's read place, ``take_lanes`` the per-lane copies).
@@ -51,19 +53,21 @@ class ActivationBuffer(wiring.Component):
     reads, writes : Out(1)
         A row of R words is read from / written into the lane memories in this cycle (events).
 
-    The words are read in issue order: word kt·M + m of each N tile, words 0 … words − 1 and
-    again from 0 for the next N tile. Latency: a word taken from ``a`` in cycle t enters the
-    FIFO (``word_in``) in cycle t + 4 and can be taken in cycle t + 5. Throughput: one word
+    The words are read in issue order (docs/matmul.md, "Schedule"): for each group of G N tiles,
+    for each K tile kt, words kt·M … kt·M + M − 1 once per N tile of the group. Latency: a word
+    taken from ``a`` in cycle t enters the FIFO (``word_in``) in cycle t + 4 and can be taken in
+    cycle t + 5. Throughput: one word
     per cycle in and out. The lane memories are not transparent; no read uses a word in the
     cycle it is written.
     """
 
-    def __init__(self, *, rows, a_depth):
-        check_ints(rows=(rows, 1, 64), a_depth=(a_depth, 2, 1 << 20))
-        self._rows, self._a_depth = rows, a_depth
+    def __init__(self, *, rows, cols, a_depth):
+        check_ints(rows=(rows, 1, 64), cols=(cols, 1, 64), a_depth=(a_depth, 2, 1 << 20))
+        self._rows, self._cols, self._a_depth = rows, cols, a_depth
         super().__init__({
             "a": In(stream.Signature(data.ArrayLayout(16, rows))),
-            "start": In(1), "stop": In(1), "k": In(16), "shape": In(shape_layout(a_depth)),
+            "start": In(1), "stop": In(1), "k": In(16), "n": In(16), "interleave": In(4),
+            "shape": In(shape_layout(a_depth)),
             "take": In(1), "take_lanes": In(1),
             "word_in": Out(1), "word": Out(data.ArrayLayout(16, rows)),
             "reads": Out(1), "writes": Out(1),
@@ -85,7 +89,7 @@ class ActivationBuffer(wiring.Component):
         start_pfi = Signal(name="start_pfi", attrs=KEEP)
         go_pf = Signal(name="a_pfi_go", attrs=KEEP)     # take, one cycle late
         m.d.sync += [start_pfi.eq(self.start), go_pf.eq(self.take)]
-        _, pf_q2, _ = self._prefetch_control(m, "a_pfi", start_pfi, a_in_q, go_pf)
+        _, pf_q2, _ = self._prefetch_control(m, "a_pfi", start_pfi, a_in_q, go_pf, address=False)
         m.d.comb += self.word_in.eq(pf_q2)
         # each lane's copy: its read address li (the lane memory's own), its registered memory
         # output a_mq and its FIFO of registers, written at a one-hot place
@@ -95,21 +99,17 @@ class ActivationBuffer(wiring.Component):
         for r in range(R):
             start_r = Signal(name=f"start_pf{r}", attrs=KEEP)
             go_r = Signal(name=f"a_pf{r}_go", attrs=KEEP)
-            li = Signal(range(self._a_depth), name=f"a_pf{r}_li", attrs=KEEP)
             wsel = Signal(A_FIFO_DEPTH, init=1, name=f"a_pf{r}_wsel", attrs=KEEP)
             m.d.sync += [start_r.eq(self.start), go_r.eq(self.take_lanes)]
-            pf_r, pf_q2_r, one_r = self._prefetch_control(m, f"a_pf{r}", start_r, a_wps[r].en, go_r)
+            pf_r, pf_q2_r, li = self._prefetch_control(m, f"a_pf{r}", start_r, a_wps[r].en, go_r, address=True)
             if r == 0:
                 m.d.comb += self.reads.eq(pf_r)
             m.d.comb += a_rps[r].addr.eq(li)
             m.d.sync += a_mq[r].eq(a_rps[r].data)
             with m.If(start_r):
-                m.d.sync += [li.eq(0), wsel.eq(1)]
-            with m.Else():
-                with m.If(pf_r):
-                    m.d.sync += li.eq(Mux(one_r, 0, li + 1))
-                with m.If(pf_q2_r):
-                    m.d.sync += wsel.eq(wsel.rotate_left(1))
+                m.d.sync += wsel.eq(1)
+            with m.Elif(pf_q2_r):
+                m.d.sync += wsel.eq(wsel.rotate_left(1))
             for i in range(A_FIFO_DEPTH):
                 with m.If(pf_q2_r & wsel[i]):
                     m.d.sync += a_fifo[r][i].eq(a_mq[r])
@@ -180,50 +180,83 @@ class ActivationBuffer(wiring.Component):
                 m.d.sync += [a_m.eq(a_m + 1), a_mend.eq(a_m == shape.m_last2)]
         return a_in_q
 
-    def _prefetch_control(self, m, prefix, start, written, go):
+    def _prefetch_control(self, m, prefix, start, written, go, address):
         """One copy of the prefetch control. The buffer is read ahead of the issue, in issue
-        order, into the FIFO: ``pf`` reads word li when it has been written (anz: words written −
-        li != 0) and a FIFO place is free (room). A place is counted free again one cycle after
-        the issue took its word (``go``, a register), so occ never undercounts; a place is taken
-        from its read to that cycle, so five places carry one word per cycle. (timing: the
-        issue's decision used to steer the read addresses of all lanes, spread over the block-RAM
-        rows, and the count of words written ahead of them in the same cycle.) The copies (one
-        per lane, beside its memory, and one beside the issue) take the same inputs and hold the
-        same values in every cycle. ``written``: a word is written into the buffer in this cycle.
-        Returns (pf, pf_q2, one)."""
-        shape = self.shape
+        order, into the FIFO: ``pf`` reads the next word when a FIFO place is free (room) and,
+        for a word read for the first time (``fresh``: the first N tile of the first group), when
+        it has been written (anz: words written − fresh words read != 0). A place is counted free
+        again one cycle after the issue took its word (``go``, a register), so occ never
+        undercounts; a place is taken from its read to that cycle, so five places carry one word
+        per cycle. The read order's loop: mend (the last of the K tile's M words), glast (the
+        group's last N tile: g_rem = G − 1 − g is 0 or the tile is N's last), klast (the last K
+        tile); at the end of a tile the words of its K tile again for the group's next N tile,
+        at the end of a pass the next K tile's, at the end of a group from word 0. (timing: the
+        issue's decision used to steer the read addresses of all lanes, spread over the
+        block-RAM rows, and the count of words written ahead of them in the same cycle.) The
+        copies (one per lane, beside its memory, and one beside the issue) take the same inputs
+        and hold the same values in every cycle. ``written``: a word is written into the buffer
+        in this cycle. ``address``: this copy keeps the read address li (and kb, li at the start
+        of the pass). Returns (pf, pf_q2, li or None)."""
+        R, C, shape = self._rows, self._cols, self.shape
 
         def sig(name, shape=1, **kwargs):
             return Signal(shape, name=f"{prefix}_{name}", attrs=KEEP, **kwargs)
-        pf = Signal(name=f"{prefix}_rd")                # read word li in this cycle
+        pf = Signal(name=f"{prefix}_rd")                # read the next word in this cycle
         pf_q = sig("q")                                 # the word is on the memories' outputs
         pf_q2 = sig("q2")                               # ... and in the a_mq registers
-        ahead = sig("ahead", range(self._a_depth + 1))  # words written − li
+        ahead = sig("ahead", range(self._a_depth + 1))  # words written − fresh words read
         anz = sig("anz")                                # ahead != 0
-        left = sig("left", range(self._a_depth + 1))    # words − li
-        one = sig("one")                                # left == 1: li is the last word
         occ = sig("occ", range(A_FIFO_DEPTH + 1))       # places taken (read, not yet freed)
         room = sig("room")                              # occ != A_FIFO_DEPTH
-        m.d.comb += pf.eq(anz & room)
+        mcnt, mend = sig("mcnt", 16), sig("mend")       # M − 1 − m, mcnt == 0
+        g_rem, glast = sig("g_rem", 4), sig("glast")
+        t_nrem, grp_nrem = sig("t_nrem", 17), sig("grp_nrem", 17)   # N − n0 of the tile, of the group
+        krem, klast = sig("krem", 17), sig("klast")     # K − k0 of the K tile, krem ≤ R
+        fresh, first_grp = sig("fresh"), sig("first_grp")
+        li = kb = None
+        if address:
+            li, kb = sig("li", range(self._a_depth)), sig("kb", range(self._a_depth))
+        m.d.comb += pf.eq(room & (anz | ~fresh))
         m.d.sync += [pf_q.eq(pf & ~start), pf_q2.eq(pf_q & ~start)]
         with m.If(start):
-            m.d.sync += [ahead.eq(0), anz.eq(0), left.eq(shape.words), one.eq(shape.m_one & shape.k_one),
-                         occ.eq(0), room.eq(1)]
+            m.d.sync += [ahead.eq(0), anz.eq(0), occ.eq(0), room.eq(1), mcnt.eq(shape.m_last), mend.eq(shape.m_one),
+                         g_rem.eq(self.interleave), glast.eq(shape.g_one | shape.n_one), t_nrem.eq(self.n),
+                         grp_nrem.eq(self.n), krem.eq(self.k), klast.eq(shape.k_one), fresh.eq(1), first_grp.eq(1)]
+            if address:
+                m.d.sync += [li.eq(0), kb.eq(0)]
         with m.Else():
-            with m.If(pf):
-                with m.If(one):
-                    m.d.sync += [left.eq(shape.words), one.eq(shape.m_one & shape.k_one)]
+            with m.If(pf & ~mend):
+                m.d.sync += [mcnt.eq(mcnt - 1), mend.eq(mcnt == 1)]
+                if address:
+                    m.d.sync += li.eq(li + 1)
+            with m.Elif(pf):
+                m.d.sync += [mcnt.eq(shape.m_last), mend.eq(shape.m_one)]
+                with m.If(~glast):
+                    # the same K tile's words for the group's next N tile
+                    m.d.sync += [g_rem.eq(g_rem - 1), t_nrem.eq(t_nrem - C),
+                                 glast.eq((g_rem == 1) | (t_nrem <= 2 * C)), fresh.eq(0)]
+                    if address:
+                        m.d.sync += li.eq(kb)
+                with m.Elif(~klast):
+                    # the next K tile's words, from the group's first N tile
+                    m.d.sync += [g_rem.eq(self.interleave), t_nrem.eq(grp_nrem),
+                                 glast.eq(shape.g_one | (grp_nrem <= C)), krem.eq(krem - R),
+                                 klast.eq(krem <= 2 * R), fresh.eq(first_grp)]
+                    if address:
+                        m.d.sync += [li.eq(li + 1), kb.eq(li + 1)]
                 with m.Else():
-                    m.d.sync += [left.eq(left - 1), one.eq(left == 2)]
-            # word words − 1 was written before it was read: at the wrap all words are written
-            with m.If(pf & one):
-                m.d.sync += [ahead.eq(shape.words), anz.eq(1)]
-            with m.Elif(written & ~pf):
+                    # the next group, from word 0 (every word has been written by then)
+                    m.d.sync += [g_rem.eq(self.interleave), t_nrem.eq(t_nrem - C), grp_nrem.eq(t_nrem - C),
+                                 glast.eq(shape.g_one | (t_nrem <= 2 * C)), krem.eq(self.k), klast.eq(shape.k_one),
+                                 fresh.eq(0), first_grp.eq(0)]
+                    if address:
+                        m.d.sync += [li.eq(0), kb.eq(0)]
+            with m.If(written & ~(pf & fresh)):
                 m.d.sync += [ahead.eq(ahead + 1), anz.eq(1)]
-            with m.Elif(~written & pf):
+            with m.Elif(~written & pf & fresh):
                 m.d.sync += [ahead.eq(ahead - 1), anz.eq(ahead != 1)]
             with m.If(pf & ~go):
                 m.d.sync += [occ.eq(occ + 1), room.eq(occ != A_FIFO_DEPTH - 1)]
             with m.Elif(~pf & go):
                 m.d.sync += [occ.eq(occ - 1), room.eq(1)]
-        return pf, pf_q2, one
+        return pf, pf_q2, li

@@ -1,6 +1,6 @@
-"""The matmul engine's accumulator banks and drain: the array's partial sums into two banks of
-M rows, and each finished bank through the output stage (requantizer, fp32 → bf16) and the
-output FIFO onto ``o``."""
+"""The matmul engine's accumulator banks and drain: the array's partial sums into two banks (a
+group of G N tiles of M rows each), and each finished bank through the output stage
+(requantizer, fp32 → bf16) and the output FIFO onto ``o``."""
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
@@ -11,7 +11,15 @@ from amaranth.lib.wiring import In, Out
 from spec.codes import OutFormat
 
 from .arith import Fp32ToBf16Core
-from .matmul_common import KEEP, NO_RW_CHECK, command_layout, result_layout, run_control, shape_layout
+from .matmul_common import (
+    KEEP,
+    NO_RW_CHECK,
+    PARAM_ENTRIES,
+    command_layout,
+    result_layout,
+    run_control,
+    shape_layout,
+)
 from .pipeline import check_ints
 from .requant import PASS_MULTIPLIER, PASS_SHIFT, Requantizer, requant_input_layout
 
@@ -42,7 +50,7 @@ class AccumulatorDrain(wiring.Component):
     start, stop : In(1)
         From :class:`~hdl.matmul_seq.CommandSequencer`.
     command, shape : In
-        ``n``, ``out_fmt``; ``m_one``, ``m_last2``, ``words`` (the rows written per bank).
+        ``n``, ``out_fmt``, ``interleave``; ``m_one``, ``m_last2``, ``g_one``, ``n_one``.
     result : In(ArrayLayout(32, C))
         The array's result row.
     res_valid, res_tag : In(ArrayLayout(…, 2))
@@ -50,15 +58,19 @@ class AccumulatorDrain(wiring.Component):
         write port, copy 1 beside the write counts.
     psum_addr : In(acc_bits + 1)
         The issue's read address; ``psum_data`` is that row one cycle later.
-    tile_start, tile_issued, bank, issue_active : In(1)
-        From :class:`~hdl.matmul_issue.IssueControl`: the first / last row of an N tile is issued
-        into ``bank``; an N tile is left to issue.
-    multiplier, shift : In(ArrayLayout(…, 2))
-        The parameter slots' requantization values.
+    issued, group_issued, bank, issue_active : In(1)
+        From :class:`~hdl.matmul_issue.IssueControl`: a row / the last row of a group is issued
+        into ``bank``; a row is left to issue.
+    rq_addr : Out(range(PARAM_ENTRIES))
+        The parameter entry of the N tile being drained (:class:`~hdl.matmul_params.ParamSlots`).
+    multiplier, shift : In(ArrayLayout(…, C))
+        That entry's requantization values, one cycle after ``rq_addr``.
     o : Out(stream.Signature(result_layout(C)))
         One beat per (N tile, row), N-tile-major; ``last`` on a command's last beat.
     drained, drained_bank : Out(1)
-        Bank ``drained_bank`` has been read out in this cycle (its parameter slot is free).
+        Bank ``drained_bank`` has been read out in this cycle.
+    tile_drained : Out(1)
+        The last row of an N tile has been read in this cycle (its parameter entry is free).
     idle : Out(1)
         Nothing left to drain and every result has left the output FIFO.
     stall : Out(1)
@@ -66,8 +78,9 @@ class AccumulatorDrain(wiring.Component):
     reads, writes : Out(1)
         An accumulator row read by the drain / written from the array in this cycle.
 
-    A bank is drained once its N tile's last row has been issued and all ``words`` results of
-    it have been written. Latency: a drained row enters the output FIFO 3 + the requantizer's
+    The rows of a bank are drained in order (N tile g of the group at rows g·M …), once the
+    group's last row has been issued and no row issued into the bank is still in the array.
+    Latency: a drained row enters the output FIFO 3 + the requantizer's
     ``latency`` cycles after its read is decided (the memory read, its register, the output
     stage); the FIFO holds ``latency`` + 4 beats and the drain reads only while they have room.
     Throughput: one row per cycle. The memory is not transparent; no read uses a row in the
@@ -84,11 +97,11 @@ class AccumulatorDrain(wiring.Component):
             "result": In(data.ArrayLayout(32, C)),
             "res_valid": In(2), "res_tag": In(data.ArrayLayout(1 + AB, 2)),
             "psum_addr": In(1 + AB), "psum_data": Out(data.ArrayLayout(32, C)),
-            "tile_start": In(1), "tile_issued": In(1), "bank": In(1), "issue_active": In(1),
-            "multiplier": In(data.ArrayLayout(data.ArrayLayout(32, C), 2)),
-            "shift": In(data.ArrayLayout(data.ArrayLayout(8, C), 2)),
+            "issued": In(1), "group_issued": In(1), "bank": In(1), "issue_active": In(1),
+            "rq_addr": Out(range(PARAM_ENTRIES)),
+            "multiplier": In(data.ArrayLayout(32, C)), "shift": In(data.ArrayLayout(8, C)),
             "o": Out(stream.Signature(result_layout(C))),
-            "drained": Out(1), "drained_bank": Out(1), "idle": Out(1), "stall": Out(1),
+            "drained": Out(1), "drained_bank": Out(1), "tile_drained": Out(1), "idle": Out(1), "stall": Out(1),
             "reads": Out(1), "writes": Out(1),
         })
 
@@ -112,46 +125,58 @@ class AccumulatorDrain(wiring.Component):
         m.d.comb += [acc_wp.addr.eq(self.res_tag[0][:AB + 1]), acc_wp.data.eq(self.result),
                      acc_wp.en.eq(self.res_valid[0]), self.writes.eq(self.res_valid[0]),
                      acc_rp.addr.eq(self.psum_addr), self.psum_data.eq(acc_rp.data)]
-        # write counts (the first row of an N tile clears its bank's count: no write to that
-        # bank can be in flight then, its previous N tile has been drained);
-        # wr_done[b] = (wr_cnt[b] == words), kept as a register (timing: it gates the drain)
-        wr_cnt = [Signal(range(self._a_depth + 1), name=f"wr_cnt{b}") for b in range(2)]
-        wr_done = Signal(2)
-        i_done = Signal(2)               # bank: all rows of its N tile issued
+        # rows in flight per bank: +1 per row issued into it, −1 per row written to it;
+        # inf_z[b] = (inflight[b] == 0), kept as a register (timing: it gates the drain)
+        inflight = [Signal(range(self._a_depth + 1), name=f"inflight{b}") for b in range(2)]
+        inf_z = Signal(2, init=0b11)
+        i_done = Signal(2)               # bank: all rows of its group issued
         with m.If(start_d):
-            m.d.sync += [wr_done.eq(0), i_done.eq(0)]
+            m.d.sync += [inf_z.eq(0b11), i_done.eq(0)] + [x.eq(0) for x in inflight]
         for b in range(2):
-            with m.If(self.tile_start & (self.bank == b)):
-                m.d.sync += [wr_cnt[b].eq(0), wr_done[b].eq(0)]
-            with m.Elif(self.res_valid[1] & (self.res_tag[1][AB] == b)):
-                m.d.sync += [wr_cnt[b].eq(wr_cnt[b] + 1), wr_done[b].eq(wr_cnt[b] + 1 == self.shape.words)]
-            with m.If(self.tile_issued & (self.bank == b)):
+            up = self.issued & (self.bank == b)
+            down = self.res_valid[1] & (self.res_tag[1][AB] == b)
+            with m.If(~start_d & up & ~down):
+                m.d.sync += [inflight[b].eq(inflight[b] + 1), inf_z[b].eq(0)]
+            with m.Elif(~start_d & ~up & down):
+                m.d.sync += [inflight[b].eq(inflight[b] - 1), inf_z[b].eq(inflight[b] == 1)]
+            with m.If(self.group_issued & (self.bank == b)):
                 m.d.sync += i_done[b].eq(1)
 
-        d_active, d_bank, d_m, d_nrem = Signal(), Signal(), Signal(16), Signal(17)
+        # the drain's loop: d_row (row of the bank), d_end (last row of the N tile), d_glast
+        # (last N tile of the group: d_g = 0 or the command's last), d_nrem (N − n0 of the tile)
+        d_active, d_bank, d_m, d_row, d_nrem = Signal(), Signal(), Signal(16), Signal(AB + 1), Signal(17)
+        d_g = Signal(4)
+        d_pt = Signal(range(PARAM_ENTRIES))
         pending = Signal(range(self.fifo_depth + 1))
-        with m.If(start_d):
-            m.d.sync += [d_active.eq(1), d_bank.eq(0), d_m.eq(0), d_nrem.eq(self.command.n)]
-        d_ready, d_go = Signal(), Signal()
-        m.d.comb += d_ready.eq(i_done.bit_select(d_bank, 1) & wr_done.bit_select(d_bank, 1))
-        m.d.comb += d_go.eq(run_d & d_active & d_ready & (pending < self.fifo_depth))
-        m.d.comb += [acc_dp.addr.eq(Cat(d_m[:AB], d_bank)), self.reads.eq(d_go)]
-        d_last = Signal()
+        cmd, shape = self.command, self.shape
         d_end = Signal()    # d_m == M − 1, a register
-        m.d.comb += [d_last.eq(d_end & (d_nrem <= C)), self.drained.eq(d_go & d_end), self.drained_bank.eq(d_bank)]
+        d_glast = Signal()
         with m.If(start_d):
-            m.d.sync += d_end.eq(self.shape.m_one)
+            m.d.sync += [d_active.eq(1), d_bank.eq(0), d_m.eq(0), d_row.eq(0), d_nrem.eq(cmd.n), d_pt.eq(0),
+                         d_g.eq(cmd.interleave), d_end.eq(shape.m_one), d_glast.eq(shape.g_one | shape.n_one)]
+        d_ready, d_go = Signal(), Signal()
+        m.d.comb += d_ready.eq(i_done.bit_select(d_bank, 1) & inf_z.bit_select(d_bank, 1))
+        m.d.comb += d_go.eq(run_d & d_active & d_ready & (pending < self.fifo_depth))
+        m.d.comb += [acc_dp.addr.eq(Cat(d_row[:AB], d_bank)), self.reads.eq(d_go), self.rq_addr.eq(d_pt)]
+        d_last = Signal()
+        m.d.comb += [d_last.eq(d_end & (d_nrem <= C)), self.drained.eq(d_go & d_end & d_glast),
+                     self.drained_bank.eq(d_bank), self.tile_drained.eq(d_go & d_end)]
         with m.If(d_go):
             with m.If(d_end):
-                m.d.sync += [d_m.eq(0), d_end.eq(self.shape.m_one), i_done.bit_select(d_bank, 1).eq(0),
-                             d_bank.eq(~d_bank), d_nrem.eq(d_nrem - C)]
+                m.d.sync += [d_m.eq(0), d_end.eq(shape.m_one), d_nrem.eq(d_nrem - C),
+                             d_pt.eq(Mux(d_pt == PARAM_ENTRIES - 1, 0, d_pt + 1))]
+                with m.If(d_glast):
+                    m.d.sync += [d_row.eq(0), i_done.bit_select(d_bank, 1).eq(0), d_bank.eq(~d_bank),
+                                 d_g.eq(cmd.interleave), d_glast.eq(shape.g_one | (d_nrem <= 2 * C))]
+                with m.Else():
+                    m.d.sync += [d_row.eq(d_row + 1), d_g.eq(d_g - 1), d_glast.eq((d_g == 1) | (d_nrem <= 2 * C))]
                 with m.If(d_nrem <= C):
                     m.d.sync += d_active.eq(0)
             with m.Else():
-                m.d.sync += [d_m.eq(d_m + 1), d_end.eq(d_m == self.shape.m_last2)]
+                m.d.sync += [d_m.eq(d_m + 1), d_row.eq(d_row + 1), d_end.eq(d_m == shape.m_last2)]
         m.d.sync += self.stall.eq(~d_go & run_d & ~self.issue_active & d_active & d_ready)
 
-        o_fire = self._output_stage(m, acc_dp.data, d_go, d_last, d_bank)
+        o_fire = self._output_stage(m, acc_dp.data, d_go, d_last)
         with m.If(start_d):
             m.d.sync += pending.eq(0)
         with m.Elif(d_go & ~o_fire):
@@ -161,11 +186,11 @@ class AccumulatorDrain(wiring.Component):
         m.d.comb += self.idle.eq(~d_active & (pending == 0))
         return m
 
-    def _output_stage(self, m, row, d_go, d_last, d_bank):
+    def _output_stage(self, m, row, d_go, d_last):
         """d1 (memory data) → stage 0 → the requantizer → FIFO; returns the ``o`` handshake."""
         C, cmd = self._cols, self.command
-        d1_valid, d1_last, d1_slot = Signal(), Signal(), Signal()
-        m.d.sync += [d1_valid.eq(d_go), d1_last.eq(d_last), d1_slot.eq(d_bank)]
+        d1_valid, d1_last = Signal(), Signal()
+        m.d.sync += [d1_valid.eq(d_go), d1_last.eq(d_last)]
         # The output format: each column has its own three select registers, set from the
         # command's format (timing: one command register reached the 32·C output multiplexers
         # across the die). They follow ``command`` one cycle late; it changes only at an
@@ -177,7 +202,8 @@ class AccumulatorDrain(wiring.Component):
                          sel_raw.eq((cmd.out_fmt != OutFormat.INT8) & (cmd.out_fmt != OutFormat.BF16))]
             sels.append((sel_q, sel_bf, sel_raw))
         # stage 0 registers the accumulator memory's output (a block RAM's clock-to-output
-        # delay leaves no room for logic after it) with the row's parameters: the requantizer's
+        # delay leaves no room for logic after it) with the row's parameters (read from their
+        # entry in the cycle of the row's read, like the row): the requantizer's
         # input. The other formats pass the accumulators through it unchanged, with multiplier
         # 256 and shift 8: int32/fp32 results come from its pass-through register and the bf16
         # conversion reads its early pass-through.
@@ -188,9 +214,8 @@ class AccumulatorDrain(wiring.Component):
         for c in range(C):
             sel_q = sels[c][0]
             m.d.sync += [
-                rq_in.multiplier[c].eq(Mux(sel_q, Mux(d1_slot, self.multiplier[1][c], self.multiplier[0][c]),
-                                           PASS_MULTIPLIER)),
-                rq_in.shift[c].eq(Mux(sel_q, Mux(d1_slot, self.shift[1][c], self.shift[0][c]), PASS_SHIFT))]
+                rq_in.multiplier[c].eq(Mux(sel_q, self.multiplier[c], PASS_MULTIPLIER)),
+                rq_in.shift[c].eq(Mux(sel_q, self.shift[c], PASS_SHIFT))]
         m.d.comb += [rq.i.payload.eq(rq_in), rq.i.valid.eq(s0_valid)]
         assert rq.early_lead == Fp32ToBf16Core.latency_for(CVT_STAGES)
         out = Signal(result_layout(C))

@@ -8,7 +8,15 @@ from .counters import events_layout
 from .pipeline import KEEP
 
 __all__ = ["command_layout", "param_layout", "result_layout", "response_layout", "shape_layout",
-           "engine_events_layout", "lanes_below", "run_control", "NO_RW_CHECK", "KEEP"]
+           "engine_events_layout", "lanes_below", "run_control", "NO_RW_CHECK", "KEEP", "MAX_INTERLEAVE",
+           "PARAM_ENTRIES"]
+
+#: Most N tiles a command may interleave (G = ``interleave`` + 1 ≤ 16, the field's 4 bits).
+MAX_INTERLEAVE = 16
+
+#: Parameter entries the engine holds (docs/matmul.md, "Parameters"): those of the group being
+#: issued and of the group being drained.
+PARAM_ENTRIES = 2 * MAX_INTERLEAVE
 
 
 #: Attribute of the engine's memories: no read uses data from a row written in the same cycle
@@ -32,6 +40,7 @@ def command_layout():
         "a_unsigned": 1,     # int8 mode: activations are unsigned 8-bit
         "has_bias": 1,
         "w_wide": 1,       # int8 mode, rows: a beat carries two W rows, two int8 per lane
+        "interleave": 4,   # G − 1: N tiles issued together, K tile by K tile (docs/matmul.md)
     })
 
 
@@ -61,9 +70,9 @@ def response_layout():
 
 def shape_layout(a_depth):
     """The sizes the command sequencer derives from an accepted command, registers valid from
-    ``start`` on: M − 1, M − 2, M = 1, K ≤ R (one K tile), N ≤ C (one N tile), the command needs
-    parameter beats, and its activation words M·⌈K/R⌉."""
-    return data.StructLayout({"m_last": 16, "m_last2": 16, "m_one": 1, "k_one": 1, "n_one": 1,
+    ``start`` on: M − 1, M − 2, M = 1, K ≤ R (one K tile), N ≤ C (one N tile), G = 1 (no
+    interleave), the command needs parameter beats, and its activation words M·⌈K/R⌉."""
+    return data.StructLayout({"m_last": 16, "m_last2": 16, "m_one": 1, "k_one": 1, "n_one": 1, "g_one": 1,
                               "need_p": 1, "words": range(a_depth + 1)})
 
 

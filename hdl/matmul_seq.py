@@ -2,7 +2,7 @@
 starts the other parts and answers with the response when they are done."""
 
 import numpy as np
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Array, Const, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
@@ -11,7 +11,7 @@ from spec.codes import MatmulStatus as Status
 from spec.codes import OutFormat
 
 from .dsp import RegisteredMultiplier
-from .matmul_common import CYCLES_WIDTH, command_layout, response_layout, shape_layout
+from .matmul_common import CYCLES_WIDTH, MAX_INTERLEAVE, command_layout, response_layout, shape_layout
 from .pipeline import check_ints
 
 __all__ = ["CommandSequencer", "SETUP_CYCLES"]
@@ -66,8 +66,8 @@ class CommandSequencer(wiring.Component):
     requant_err : In(1)
         A requantization parameter was out of contract (answered BAD_REQUANT).
 
-    Latency: a bad command (ZERO_DIM, M_TOO_LARGE, BAD_FORMAT, BAD_W_FORMAT) is answered two
-    cycles after its accept, A_TOO_LARGE eight; a good one's ``start`` comes seven cycles after
+    Latency: a bad command (ZERO_DIM, M_TOO_LARGE, GROUP_TOO_LARGE, BAD_FORMAT, BAD_W_FORMAT) is
+    answered two cycles after its accept, A_TOO_LARGE eight; a good one's ``start`` comes seven cycles after
     its accept, and the parts run from the ninth (``SETUP_CYCLES`` cycles of setup are counted in
     ``cycles``).
     """
@@ -106,23 +106,31 @@ class CommandSequencer(wiring.Component):
         words_mul = m.submodules.words_mul = RegisteredMultiplier(17, 17, dsp=self._dsp)
         m.d.comb += [words_mul.a.eq(cmd.m), words_mul.b.eq(kt_count)]
         m.d.comb += [self.resp.payload.code.eq(code), self.resp.payload.cycles.eq(cycles)]
+        # the largest M of each interleave, acc_depth // G, looked up as the command is accepted:
+        # G·M ≤ acc_depth is then one comparison in SETUP1
+        m_max = Signal(range(self._acc_depth + 1))
+        m_max_of = Array(Const(self._acc_depth // (g + 1), len(m_max)) for g in range(MAX_INTERLEAVE))
 
         # Setup is a chain of registered steps (each one adder, multiplier or comparison)
         with m.FSM(name="engine"):
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += cmd.eq(self.cmd.payload)
+                    m.d.sync += [cmd.eq(self.cmd.payload), m_max.eq(m_max_of[self.cmd.payload.interleave])]
                     m.next = "SETUP1"
             with m.State("SETUP1"):
                 m.d.sync += [k_pad.eq(cmd.k + (R - 1)), shape.m_last.eq(cmd.m - 1), shape.m_last2.eq(cmd.m - 2),
                              shape.m_one.eq(cmd.m == 1), shape.k_one.eq(cmd.k <= R), shape.n_one.eq(cmd.n <= C),
+                             shape.g_one.eq(cmd.interleave == 0),
                              shape.need_p.eq(cmd.has_bias | (cmd.out_fmt == OutFormat.INT8))]
                 with m.If((cmd.m == 0) | (cmd.k == 0) | (cmd.n == 0)):
                     m.d.sync += code.eq(Status.ZERO_DIM)
                     m.next = "RESP"
                 with m.Elif(cmd.m > self._acc_depth):
                     m.d.sync += code.eq(Status.M_TOO_LARGE)
+                    m.next = "RESP"
+                with m.Elif(cmd.m > m_max):
+                    m.d.sync += code.eq(Status.GROUP_TOO_LARGE)
                     m.next = "RESP"
                 with m.Elif(cmd.dtype != cmd.out_fmt[1]):
                     m.d.sync += code.eq(Status.BAD_FORMAT)

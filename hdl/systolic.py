@@ -11,16 +11,19 @@ Geometry (R = ``rows`` along the reduction dimension K, C = ``cols`` along N)::
                  ▼         ▼             ▼
              result[0] result[1] ... result[C-1]      (bottom: deskewed, one row per cycle)
 
-PE(k, n) holds two weights (banks 0 and 1) and computes ``psum_out = psum_in + a·w[bank]``; the
-bank travels with the activation, so a new weight tile loads into the idle bank while rows
-that use the other bank are still in flight. The partial sum entering a PE is the sum so far
-of the products above it, so in bf16 mode every output is the strictly sequential fp32 sum
+PE(k, n) holds ``slots`` weights (one per weight tile in flight, a small memory) and computes
+``psum_out = psum_in + a·w[slot]``; the slot travels with the activation, so tiles are written
+into free slots, straight from the weight stream, while rows that use other slots are in flight.
+The partial sum entering a PE is the sum so far of the products above it, so in bf16 mode every
+output is the strictly sequential fp32 sum
 ``(((psum + a0·w0) + a1·w1) + ...)`` that docs/numerics.md requires, independent of R and C.
 """
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from .arith import (
     Bf16MulCore,
@@ -33,7 +36,12 @@ from .arith import (
 from .dsp import RegisteredMultiplier, check_dsp
 from .pipeline import KEEP, delay, step
 
-__all__ = ["ProcessingElement", "SystolicArray", "PE_ADD_STAGES"]
+__all__ = ["ProcessingElement", "SystolicArray", "PE_ADD_STAGES", "WEIGHT_SLOTS"]
+
+#: Weight slots per PE (weight tiles that can be in the array at once): enough that the weight
+#: stream at its full rate (one tile per ⌈R/2⌉ beats in wide int8) never waits for a slot to
+#: pass its ``weight_hold`` (docs/matmul.md, "The array"). 16 is one distributed-RAM block deep.
+WEIGHT_SLOTS = 16
 
 #: The PE's default fp32 adder depth: a register after every step of
 #: :class:`hdl.arith.Fp32AddCore` (6; the core's own default is 4). Inside the array the adder's
@@ -62,8 +70,15 @@ def _check_stages(name, value):
         raise ValueError(f"{name} must be in 1..{top}, not {value}")
 
 
+def _check_slots(slots):
+    if not isinstance(slots, int) or isinstance(slots, bool):
+        raise TypeError(f"slots must be an int, not {slots!r}")
+    if not 2 <= slots <= 64 or slots & (slots - 1):
+        raise ValueError(f"slots must be a power of two in 2..64, not {slots}")
+
+
 class ProcessingElement(wiring.Component):
-    """One int8/bf16 multiply-accumulate cell with two stationary weights.
+    """One int8/bf16 multiply-accumulate cell with ``slots`` stationary weights.
 
     One 9×9 signed multiplier serves both data types (one DSP block): the int8 product (the
     activation read as signed or unsigned 8-bit, the weight as signed 8-bit) or the product of
@@ -81,27 +96,30 @@ class ProcessingElement(wiring.Component):
     dsp : str
         How the multiplier is built: ``"generic"`` or ``"ecp5"``
         (:class:`hdl.dsp.RegisteredMultiplier`; same cycle behaviour).
+    slots : int
+        Weights held (a memory of ``slots`` × 16 bits with an asynchronous read), a power of two.
 
     Members
     -------
     a_in : In(16)
         Activation lane (bf16 bits, or int8 in the low 8 bits), arriving at cycle t.
-    bank_in : In(1)
-        Weight bank the activation uses; travels with it.
+    slot_in : In(log2(slots))
+        Weight slot the activation uses; travels with it (read in cycle t).
     psum_in : In(32)
         Partial sum (int32, or fp32 bits) for this activation, arriving at cycle t + ``mul_latency``.
-    a_out, bank_out : Out
-        ``a_in``/``bank_in`` one cycle later (to the PE on the right).
+    a_out, slot_out : Out
+        ``a_in``/``slot_in`` one cycle later (to the PE on the right).
     psum_out : Out(32)
-        ``psum_in + a·w[bank]``, at cycle t + ``mul_latency`` + ``latency`` (int8 mode:
+        ``psum_in + a·w[slot]``, at cycle t + ``mul_latency`` + ``latency`` (int8 mode:
         ``int8_latency``; to the PE below).
     bf16 : In(1)
         1: bf16 × bf16 → fp32 product, fp32 add (:func:`golden.fp32_add`); 0: int8 MAC, int32
         wrapping. Must stay constant while data is in flight.
     a_unsigned : In(1)
         int8 mode: the activation is unsigned 8-bit.
-    w_data, w_load, w_bank : In
-        When ``w_load`` is 1, weight bank ``w_bank`` takes ``w_data`` (16 bits).
+    w_data, w_en, w_slot : In
+        When ``w_en`` is 1, slot ``w_slot`` takes ``w_data`` (16 bits) at the end of the cycle (a
+        read of that slot in the same cycle still gets the old weight). All slots start as 0x8000.
 
     Latency: ``latency`` cycles from ``psum_in`` to ``psum_out`` in bf16 mode (the fp32 adder and
     one output register), ``int8_latency`` (2) in int8 mode (one registered 32-bit add and the
@@ -109,19 +127,21 @@ class ProcessingElement(wiring.Component):
     sum in both modes. Throughput: one MAC per cycle.
     """
 
-    def __init__(self, *, mul_stages=None, add_stages=None, dsp="generic"):
+    def __init__(self, *, mul_stages=None, add_stages=None, dsp="generic", slots=WEIGHT_SLOTS):
         for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages)):
             _check_stages(name, value)
         check_dsp(dsp)
-        self._dsp = dsp
+        _check_slots(slots)
+        self._dsp, self._slots = dsp, slots
+        sb = ceil_log2(slots)
         self._mul_lat = _mul_latency(mul_stages)
         self._add_stages = _pe_add_stages(add_stages)
         self._add_lat = Fp32AddCore.latency_for(self._add_stages)
         super().__init__({
-            "a_in": In(16), "bank_in": In(1), "psum_in": In(32),
-            "a_out": Out(16), "bank_out": Out(1), "psum_out": Out(32),
+            "a_in": In(16), "slot_in": In(sb), "psum_in": In(32),
+            "a_out": Out(16), "slot_out": Out(sb), "psum_out": Out(32),
             "bf16": In(1), "a_unsigned": In(1),
-            "w_data": In(16), "w_load": In(1), "w_bank": In(1),
+            "w_data": In(16), "w_en": In(1), "w_slot": In(sb),
         })
 
     @property
@@ -144,26 +164,27 @@ class ProcessingElement(wiring.Component):
         add = Fp32AddCore(stages=self._add_stages)
         m.submodules.add = add
 
-        # Datapath registers (weights, operands, products, sums) have no reset: only the
-        # control that qualifies them (valid, load, data type) is reset, outside the PE.
-        w = [Signal(16, name=f"w{i}", init=0x8000, reset_less=True) for i in range(2)]
-        with m.If(self.w_load):
-            with m.If(self.w_bank):
-                m.d.sync += w[1].eq(self.w_data)
-            with m.Else():
-                m.d.sync += w[0].eq(self.w_data)
+        # The weight slots: a small memory (distributed RAM on an FPGA) written from w_data and
+        # read asynchronously at the row's slot. Datapath registers (operands, products, sums)
+        # have no reset: only the control that qualifies them (valid, data type) is reset,
+        # outside the PE.
+        wmem = m.submodules.wmem = Memory(shape=16, depth=self._slots, init=[0x8000] * self._slots)
+        wp = wmem.write_port()
+        rp = wmem.read_port(domain="comb")
+        m.d.comb += [wp.addr.eq(self.w_slot), wp.data.eq(self.w_data), wp.en.eq(self.w_en),
+                     rp.addr.eq(self.slot_in)]
         w_sel = Signal(16)
-        m.d.comb += w_sel.eq(Mux(self.bank_in, w[1], w[0]))
+        m.d.comb += w_sel.eq(rp.data)
 
         a_q = Signal(16, reset_less=True)
-        bank_q = Signal(reset_less=True, attrs=KEEP)    # one per PE: the bank chain along the row
-        m.d.sync += [a_q.eq(self.a_in), bank_q.eq(self.bank_in)]
-        m.d.comb += [self.a_out.eq(a_q), self.bank_out.eq(bank_q)]
+        slot_q = Signal.like(self.slot_in, reset_less=True, attrs=KEEP)  # one per PE: the slot chain
+        m.d.sync += [a_q.eq(self.a_in), slot_q.eq(self.slot_in)]
+        m.d.comb += [self.a_out.eq(a_q), self.slot_out.eq(slot_q)]
 
         # The shared multiplier: 9-bit signed operands, 18-bit signed product. bf16: the
         # significands (< 2**8, so the sign bit is 0); int8: a sign- or zero-extended, w signed.
         # The operands and the selected bf16 bits are registered first, so that the multiplier's
-        # inputs come straight from flip-flops (timing: bank and type multiplexers in front of a
+        # inputs come straight from flip-flops (timing: slot and type multiplexers in front of a
         # DSP block's multiply do not fit one 10 ns cycle on ECP5); the bf16 exponent sums and
         # classes are computed from that register, beside the multiply.
         a8, w8 = self.a_in[:8], w_sel[:8]
@@ -222,6 +243,8 @@ class SystolicArray(wiring.Component):
         Width of ``tag``, an opaque value delayed alongside each row (0..64).
     mul_stages, add_stages, dsp
         PE parameters (see :class:`ProcessingElement`).
+    slots : int
+        Weight slots per PE (a power of two, 2..64; default :data:`WEIGHT_SLOTS`).
     out_copies : int
         Copies of the ``o_valid`` and ``o_tag`` registers (1..8): copy 0 is ``o_valid``/``o_tag``,
         the others ``o_valid_x``/``o_tag_x``. Each copy is a register of its own with the same
@@ -235,8 +258,8 @@ class SystolicArray(wiring.Component):
         Activation row: lane k multiplies weight row k.
     psum : In(ArrayLayout(32, C))
         Starting partial sums of the row (accumulator so far, bias, or zero), one per column.
-    bank : In(1)
-        Weight bank the row uses.
+    slot : In(log2(slots))
+        Weight slot the row uses.
     tag : In(tag_width)
         Returned with the result.
     bf16, a_unsigned : In(1)
@@ -244,22 +267,24 @@ class SystolicArray(wiring.Component):
         may enter together with the first row that uses it. ``bf16`` also sets the array's
         timing: ``latency`` and ``weight_hold`` in bf16 mode, ``int8_latency`` and
         ``int8_weight_hold`` in int8 mode.
-    w_tile : In(ArrayLayout(16, R*C))
-        A whole weight tile, element (k, n) at index ``k*C + n``.
-    w_load, w_bank : In(1)
-        Copy ``w_tile`` into bank ``w_bank`` of every PE. Allowed ``weight_hold`` (int8:
-        ``int8_weight_hold``) cycles after the last row using that bank entered. ``w_tile`` must
-        then stay unchanged for the next ``load_cycles`` cycles; rows using the new tile may enter
-        from the next cycle on.
+    w_data : In(ArrayLayout(16, R*C))
+        Weights to write, element (k, n) at index ``k*C + n``.
+    w_en : In(R*C)
+        Bit ``k*C + n``: PE(k, n) writes ``w_data[k*C + n]`` into slot ``w_slot[k]`` in this
+        cycle (any subset of the PEs, in any cycle). Allowed ``weight_hold`` (int8:
+        ``int8_weight_hold``) cycles after the last row using that slot entered, or later; a
+        row may use the slot from the cycle after its last write on.
+    w_slot : In(ArrayLayout(log2(slots), R))
+        The slot that row k's PEs write (one copy per row of PEs).
     o_valid, result, o_tag : Out
         ``result[n] = psum[n] + Σ_k a[k]·w[k][n]`` (sequential in k) of the row that entered
         ``latency`` (int8: ``int8_latency``) cycles earlier.
     o_valid_x : Out(out_copies − 1), o_tag_x : Out(ArrayLayout(tag_width, out_copies − 1))
         Copies 1.. of ``o_valid`` and ``o_tag`` (only with ``out_copies`` > 1).
 
-    Control distribution: the data type and the load command reach the PEs through a chain of
-    registers, one per PE (PE(k, n) is ``1 + k + n`` registers from the inputs), so no net spans
-    the whole array; each register drives only its own PE and the next one in the chain.
+    Control distribution: the data type reaches the PEs through a chain of registers, one per PE
+    (PE(k, n) is ``1 + k + n`` registers from the inputs), so no net spans the whole array; each
+    register drives only its own PE and the next one in the chain.
 
     Latency: ``latency`` = ``mul_latency + R·pe_latency + C`` cycles in bf16 mode and
     ``int8_latency`` = ``mul_latency + R·pe_int8_latency + C`` in int8 mode: the activation skew
@@ -269,7 +294,7 @@ class SystolicArray(wiring.Component):
     """
 
     def __init__(self, *, rows, cols, tag_width=0, mul_stages=None, add_stages=None, dsp="generic",
-                 out_copies=1):
+                 slots=WEIGHT_SLOTS, out_copies=1):
         for name, value in (("rows", rows), ("cols", cols)):
             if not isinstance(value, int) or isinstance(value, bool):
                 raise TypeError(f"{name} must be an int, not {value!r}")
@@ -282,17 +307,20 @@ class SystolicArray(wiring.Component):
         self._out_copies = out_copies
         for name, value in (("mul_stages", mul_stages), ("add_stages", add_stages)):
             _check_stages(name, value)
-        self._rows, self._cols, self._tag_width = rows, cols, tag_width
+        _check_slots(slots)
+        self._rows, self._cols, self._tag_width, self._slots = rows, cols, tag_width, slots
         check_dsp(dsp)
-        self._stages = dict(mul_stages=mul_stages, add_stages=add_stages, dsp=dsp)
+        self._stages = dict(mul_stages=mul_stages, add_stages=add_stages, dsp=dsp, slots=slots)
         self._mul_latency = _mul_latency(mul_stages)
         self._pe_latency = Fp32AddCore.latency_for(_pe_add_stages(add_stages)) + 1
         self._pe_int8_latency = 2       # ProcessingElement.int8_latency
+        sb = ceil_log2(slots)
         members = {
             "valid": In(1), "a": In(data.ArrayLayout(16, rows)), "psum": In(data.ArrayLayout(32, cols)),
-            "bank": In(1), "tag": In(max(tag_width, 1)),
+            "slot": In(sb), "tag": In(max(tag_width, 1)),
             "bf16": In(1), "a_unsigned": In(1),
-            "w_tile": In(data.ArrayLayout(16, rows * cols)), "w_load": In(1), "w_bank": In(1),
+            "w_data": In(data.ArrayLayout(16, rows * cols)), "w_en": In(rows * cols),
+            "w_slot": In(data.ArrayLayout(sb, rows)),
             "o_valid": Out(1), "result": Out(data.ArrayLayout(32, cols)), "o_tag": Out(max(tag_width, 1)),
         }
         if out_copies > 1:
@@ -309,6 +337,11 @@ class SystolicArray(wiring.Component):
         return self._cols
 
     @property
+    def slots(self):
+        """Weight slots per PE."""
+        return self._slots
+
+    @property
     def pe_latency(self):
         """Cycles a partial sum spends in one PE (bf16 mode)."""
         return self._pe_latency
@@ -322,6 +355,13 @@ class SystolicArray(wiring.Component):
     def mul_latency(self):
         return self._mul_latency
 
+    @staticmethod
+    def latency_for(rows, cols, *, bf16, mul_stages=None, add_stages=None):
+        """``latency`` (``bf16``) or ``int8_latency`` of an array of these parameters, without
+        building it."""
+        pe = Fp32AddCore.latency_for(_pe_add_stages(add_stages)) + 1 if bf16 else 2
+        return _mul_latency(mul_stages) + rows * pe + cols
+
     @property
     def latency(self):
         """Cycles from a row entering (``valid``) to its result (``o_valid``), bf16 mode."""
@@ -334,19 +374,16 @@ class SystolicArray(wiring.Component):
 
     @property
     def weight_hold(self):
-        """Cycles after the last row using a bank entered until that bank may be reloaded (bf16
-        mode)."""
-        return 1 + (self._rows - 1) * self._pe_latency + self._cols + 1
+        """Cycles after the last row using a slot entered until that slot may be written (bf16
+        mode): the row reads its weight at PE(k, n) ``1 + k·pe_latency + n`` cycles after it
+        entered, so the last read is at PE(R − 1, C − 1), and a write in that cycle is already
+        after it."""
+        return (self._rows - 1) * self._pe_latency + self._cols
 
     @property
     def int8_weight_hold(self):
         """``weight_hold`` in int8 mode."""
-        return 1 + (self._rows - 1) * self._pe_int8_latency + self._cols + 1
-
-    @property
-    def load_cycles(self):
-        """Cycles after ``w_load`` during which ``w_tile`` is still sampled (by the farther PEs)."""
-        return self._rows + self._cols - 1
+        return (self._rows - 1) * self._pe_int8_latency + self._cols
 
     @property
     def throughput(self):
@@ -392,9 +429,9 @@ class SystolicArray(wiring.Component):
         m.d.sync += bf16_q.eq(self.bf16)
 
         # control chain: down column 0, then along each row (one register per PE)
-        ctl_layout = data.StructLayout({"bf16": 1, "a_unsigned": 1, "w_load": 1, "w_bank": 1})
+        ctl_layout = data.StructLayout({"bf16": 1, "a_unsigned": 1})
         ctl = [[Signal(ctl_layout, name=f"ctl_{k}_{n}", attrs=KEEP) for n in range(C)] for k in range(R)]
-        m.d.sync += ctl[0][0].eq(Cat(self.bf16, self.a_unsigned, self.w_load, self.w_bank))
+        m.d.sync += ctl[0][0].eq(Cat(self.bf16, self.a_unsigned))
         for k in range(R):
             for n in range(C):
                 if n > 0:
@@ -406,15 +443,15 @@ class SystolicArray(wiring.Component):
                 m.submodules[f"pe_{k}_{n}"] = pe = pes[k][n]
                 c = ctl[k][n]
                 m.d.comb += [pe.bf16.eq(c.bf16), pe.a_unsigned.eq(c.a_unsigned),
-                             pe.w_data.eq(self.w_tile[k * C + n]), pe.w_load.eq(c.w_load),
-                             pe.w_bank.eq(c.w_bank)]
+                             pe.w_data.eq(self.w_data[k * C + n]), pe.w_en.eq(self.w_en[k * C + n]),
+                             pe.w_slot.eq(self.w_slot[k])]
                 if n == 0:
                     sel = ctl[k][0].bf16 if k else bf16_q     # row 0: one register, no taps
                     a = skew(self.a[k], 1 + k * L, 1 + k * Li, f"a_skew{k}", sel)
-                    bank = skew(self.bank, 1 + k * L, 1 + k * Li, f"bank_skew{k}", sel, keep=True)
-                    m.d.comb += [pe.a_in.eq(a), pe.bank_in.eq(bank)]
+                    slot = skew(self.slot, 1 + k * L, 1 + k * Li, f"slot_skew{k}", sel, keep=True)
+                    m.d.comb += [pe.a_in.eq(a), pe.slot_in.eq(slot)]
                 else:
-                    m.d.comb += [pe.a_in.eq(pes[k][n - 1].a_out), pe.bank_in.eq(pes[k][n - 1].bank_out)]
+                    m.d.comb += [pe.a_in.eq(pes[k][n - 1].a_out), pe.slot_in.eq(pes[k][n - 1].slot_out)]
                 if k == 0:
                     m.d.comb += pe.psum_in.eq(delay(m, self.psum[n], 1 + n + Lm, f"psum_skew{n}"))
                 else:

@@ -74,13 +74,15 @@ def _lanes16(x):
 
 
 def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out_fmt=0,
-                bf16=False, a_unsigned=False, w_transposed=False, w_wide=False, raw_cmd=None):
+                bf16=False, a_unsigned=False, w_transposed=False, w_wide=False, interleave=0, raw_cmd=None):
     """The beats of one command computing ``a @ w``; ``a``, ``w`` already validated numpy arrays
     of int8/uint8/bf16, ``bias`` uint32 bits, ``multiplier``/``shift`` integer arrays.
     ``w_wide`` (int8, rows): two W rows per beat, row 2j in the lanes' low bytes, 2j + 1 in
-    their high bytes. ``raw_cmd`` overrides command fields (to send malformed commands on
-    purpose)."""
+    their high bytes. ``interleave``: G − 1, the weight tiles in the order of
+    :func:`spec.matmul_layout.tile_order`. ``raw_cmd`` overrides command fields (to send
+    malformed commands on purpose)."""
     from spec.codes import OutFormat
+    from spec.matmul_layout import tile_order
     M, K = a.shape
     N = w.shape[1]
     R, C = rows, cols
@@ -92,6 +94,9 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
     wp = np.zeros((Kt * R, Nt * C), np.uint16)
     wp[:K, :N] = _lanes16(w)
     tiles = wp.reshape(Kt, R, Nt, C).transpose(2, 0, 1, 3)   # [nt, kt, r, c]
+    # the beats tile by tile in the order for nt: for kt, then in the command's tile order
+    kv = [min(R, K - kt * R) for kt in range(Kt)]
+    nv = [min(C, N - nt * C) for nt in range(Nt)]
     if w_wide:
         if bf16 or w_transposed:
             raise ValueError("wide weight beats carry int8 weights in row orientation only")
@@ -99,14 +104,15 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
         beats = []
         for nt in range(Nt):
             for kt in range(Kt):
-                kv = min(R, K - kt * R)
-                blk = np.zeros((2 * (-(-kv // 2)), C), np.uint16)
-                blk[:kv] = tiles[nt, kt, :kv] & 0xFF
+                blk = np.zeros((2 * (-(-kv[kt] // 2)), C), np.uint16)
+                blk[:kv[kt]] = tiles[nt, kt, :kv[kt]] & 0xFF
                 beats.append(blk[0::2] | (blk[1::2] << 8))
         w_beats = np.concatenate(beats).astype(np.uint16)
+        per_tile = [[-(-kv[kt] // 2) for kt in range(Kt)] for _ in range(Nt)]
     elif not w_transposed:
         row_valid = np.arange(Kt * R) < K
         w_beats = tiles.reshape(Nt, Kt * R, C)[:, row_valid, :].reshape(-1, C)
+        per_tile = [kv for _ in range(Nt)]
     else:
         cols_t = np.zeros((Nt, Kt, C, J * C), np.uint16)      # [nt, kt, c, k within tile]
         cols_t[..., :R] = tiles.transpose(0, 1, 3, 2)
@@ -114,6 +120,11 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
         col_valid = (np.arange(Nt)[:, None] * C + np.arange(C)[None, :]) < N   # [nt, c]
         mask = np.broadcast_to(col_valid[:, None, :, None], (Nt, Kt, C, J))
         w_beats = cols_t[mask].reshape(-1, C)
+        per_tile = [[nv[nt] * J] * Kt for nt in range(Nt)]
+    if interleave:
+        ends = np.cumsum([n for row in per_tile for n in row])
+        blocks = np.split(w_beats, ends[:-1])
+        w_beats = np.concatenate([blocks[nt * Kt + kt] for nt, kt in tile_order(Kt, Nt, interleave)])
     has_bias = bias is not None
     need_p = has_bias or out_fmt == OutFormat.INT8
     if need_p:
@@ -128,7 +139,7 @@ def prepare_job(a, w, *, rows, cols, bias=None, multiplier=None, shift=None, out
     else:
         p = np.zeros((0, 9 * C), np.uint8)
     cmd = dict(m=M, k=K, n=N, dtype=int(bf16), out_fmt=out_fmt, w_transposed=int(w_transposed),
-               a_unsigned=int(a_unsigned), has_bias=int(has_bias), w_wide=int(w_wide))
+               a_unsigned=int(a_unsigned), has_bias=int(has_bias), w_wide=int(w_wide), interleave=int(interleave))
     cmd.update(raw_cmd or {})
     return MatmulJob(cmd=cmd, a_beats=a_beats, w_beats=w_beats, p_beats=p, o_beats=Nt * M, m=M, n=N)
 
@@ -235,7 +246,7 @@ def _as_array(x, name):
 
 
 def run_matmul(a, w, bias=None, requant=None, out_dtype=None, *, config="default", stall=0.0,
-               backpressure=0.0, seed=None, w_orientation="rows"):
+               backpressure=0.0, seed=None, w_orientation="rows", interleave=None):
     """Compute ``a @ w (+ bias)`` on the Verilated matmul engine.
 
     Parameters
@@ -262,6 +273,11 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, *, config="default
         transposed (columns, as K and V come from the KV cache), or, int8 only, wide rows (two
         W rows per beat, two int8 weights per lane: the weight port's 2·C bytes all carry
         weights). The result is the same.
+    interleave : int or None
+        G − 1: the N tiles the engine issues together, K tile by K tile (docs/matmul.md,
+        "Schedule"), 0..15, with G·M ≤ acc_depth per command (M is split accordingly). None:
+        :meth:`hdl.matmul.MatmulEngine.interleave_for` chooses it (G = 1 unless M is small). The
+        result is the same.
 
     Returns
     -------
@@ -321,6 +337,9 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, *, config="default
         raise ValueError(f"w_orientation must be 'rows', 'columns' or 'wide_rows', not {w_orientation!r}")
     if w_orientation == "wide_rows" and bf16:
         raise ValueError("w_orientation 'wide_rows' carries two int8 weights per lane: int8 mode only")
+    if interleave is not None and (isinstance(interleave, bool) or not isinstance(interleave, (int, np.integer))
+                                   or not 0 <= interleave <= 15):
+        raise ValueError(f"interleave must be None or an int in 0..15, not {interleave!r}")
 
     if out_dtype is None:
         out_name = "float32" if bf16 else ("int8" if requant is not None else "int32")
@@ -374,10 +393,18 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, *, config="default
     acc_depth, a_depth = MatmulEngine.buffer_sizes(cfg)
     R, C = cfg.array.rows, cfg.array.cols
     Kt = -(-K // R)
-    m_chunk = min(acc_depth, a_depth // Kt)
-    if m_chunk < 1:
+    if Kt > a_depth:
         raise ValueError(f"K = {K} needs {Kt} activation words per row; the engine of config "
                          f"{cfg.name!r} holds {a_depth}")
+    tile_beats = {"rows": R, "wide_rows": -(-R // 2), "columns": C * -(-R // C)}[w_orientation]
+
+    def pick(m):
+        if interleave is not None:
+            return int(interleave)
+        return MatmulEngine.interleave_for(cfg, m, K, N, bf16=bf16, tile_beats=tile_beats)
+    m_chunk = min(acc_depth, a_depth // Kt)
+    if interleave is not None:
+        m_chunk = min(m_chunk, acc_depth // (int(interleave) + 1))
 
     def decode(lanes):
         if out_fmt == OutFormat.INT32:
@@ -390,9 +417,11 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, *, config="default
 
     jobs = []
     for m0 in range(0, M, m_chunk):
+        rows_m = min(m_chunk, M - m0)
         job = prepare_job(a[m0:m0 + m_chunk], w, rows=R, cols=C, bias=bias_bits, multiplier=multiplier,
                           shift=shift, out_fmt=out_fmt, bf16=bf16, a_unsigned=a.dtype == np.uint8,
-                          w_transposed=w_orientation == "columns", w_wide=w_orientation == "wide_rows")
+                          w_transposed=w_orientation == "columns", w_wide=w_orientation == "wide_rows",
+                          interleave=pick(rows_m))
         job.decode = decode
         jobs.append(job)
     res = run_jobs(jobs, config=cfg, stall=stall, backpressure=backpressure, seed=seed)
@@ -407,6 +436,7 @@ def run_matmul(a, w, bias=None, requant=None, out_dtype=None, *, config="default
     cycles = int(per_cmd["cycles"].sum())
     w_bytes = K * N * (2 if bf16 else 1) * len(jobs)
     outputs = {"c": np.concatenate(list(res.results), axis=0), "codes": res.codes, "command_counters": per_cmd,
+               "interleave": np.array([j.cmd["interleave"] for j in jobs]),
                "utilization": np.array(per_cmd["macs"].sum() / (R * C * cycles)),
                "weight_bytes_per_cycle": np.array(w_bytes / cycles),
                "weight_port_fraction": np.array(w_bytes / cycles / (2 * C))}

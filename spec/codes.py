@@ -34,6 +34,7 @@ class MatmulStatus(enum.IntEnum, shape=4):
     BAD_FORMAT = 4        #: out_fmt does not belong to dtype
     BAD_REQUANT = 5       #: a requant multiplier ≥ 2**31 or shift outside 1..62 (ran, shift clamped)
     BAD_W_FORMAT = 6      #: w_wide with bf16 or transposed weights (nothing consumed but the command)
+    GROUP_TOO_LARGE = 7   #: G·M > acc_depth, G = interleave + 1 > 1 (nothing consumed but the command)
 
 
 class SoftmaxStatus(enum.IntEnum, shape=2):

@@ -4,7 +4,8 @@ their memory images with them, and the dispatcher's range checks (hdl/cmdproc.py
 sizes (tests/test_matmul_layout.py proves it).
 
 **Weights** (``w_src`` EXT or EXT_T, at ``w_addr``): the matmul engine's ``w`` beats
-(docs/matmul.md, "Weight formats") in the order the engine takes them (``for nt: for kt``),
+(docs/matmul.md, "Weight formats") in the order the engine takes them (:func:`tile_order`:
+``for nt: for kt`` for a command without interleave, the chip's MATMUL),
 each beat in :func:`weight_beat_bytes` bytes, back to back, the whole stream padded with zeros
 to a multiple of the bus width:
 
@@ -28,8 +29,9 @@ Only numpy: bf16 arrays may be ``ml_dtypes.bfloat16`` or their ``uint16`` bit pa
 
 import numpy as np
 
-__all__ = ["weight_beat_bytes", "weight_beats", "weight_bytes", "engine_weight_beats", "weights_from_beats",
-           "pack_weights", "unpack_weight_beats", "param_beat_bytes", "param_bytes", "pack_params", "needs_params"]
+__all__ = ["tile_order", "weight_beat_bytes", "weight_beats", "weight_bytes", "engine_weight_beats",
+           "weights_from_beats", "pack_weights", "unpack_weight_beats", "param_beat_bytes", "param_bytes",
+           "pack_params", "needs_params"]
 
 #: ``out_fmt`` of a requantized int8 result (spec.codes.OutFormat.INT8), which needs parameters.
 _OUT_INT8 = 1
@@ -43,6 +45,18 @@ def _check_dims(**dims):
     for name, v in dims.items():
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"{name} must be a positive int, not {v!r}")
+
+
+def tile_order(kt_count, nt_count, interleave=0):
+    """The order of the weight tiles (nt, kt) in a matmul command's stream: groups of G =
+    ``interleave`` + 1 N tiles (the last may have fewer), ``for group: for kt: for nt in group``
+    (docs/matmul.md, "Schedule"); ``interleave`` = 0 is ``for nt: for kt``."""
+    _check_dims(kt_count=kt_count, nt_count=nt_count)
+    if isinstance(interleave, bool) or not isinstance(interleave, (int, np.integer)) or not 0 <= interleave <= 15:
+        raise ValueError(f"interleave must be an int in 0..15, not {interleave!r}")
+    G = int(interleave) + 1
+    return [(nt, kt) for n0 in range(0, nt_count, G) for kt in range(kt_count)
+            for nt in range(n0, min(n0 + G, nt_count))]
 
 
 def weight_beat_bytes(cols, *, bf16=False, wide=False):
@@ -83,10 +97,10 @@ def _lanes16(w):
     raise ValueError(f"weights must be int8 or bf16 (2-byte), not {w.dtype}")
 
 
-def engine_weight_beats(w, *, rows, cols, transposed=False, wide=False):
+def engine_weight_beats(w, *, rows, cols, transposed=False, wide=False, interleave=0):
     """The engine's ``w`` beats of ``w`` [K, N] (int8 or bf16), uint16 [beats, C]: 16-bit lanes
     (int8 sign-extended, bf16 bits; wide: two int8 rows per lane, the even row in the low
-    byte), in the engine's order (docs/matmul.md, "Weight formats")."""
+    byte), in the engine's order (docs/matmul.md, "Weight formats"; :func:`tile_order`)."""
     w = np.asarray(w)
     if w.ndim != 2:
         raise ValueError(f"w must be 2-D [K, N], got shape {list(w.shape)}")
@@ -100,20 +114,19 @@ def engine_weight_beats(w, *, rows, cols, transposed=False, wide=False):
     wp[:K, :N] = _lanes16(w)
     tiles = wp.reshape(Kt, R, Nt, C).transpose(2, 0, 1, 3)          # [nt, kt, r, c]
     beats = []
-    for nt in range(Nt):
-        for kt in range(Kt):
-            kv, nv = min(R, K - kt * R), min(C, N - nt * C)
-            t = tiles[nt, kt]
-            if transposed:
-                cols_t = np.zeros((C, J * C), np.uint16)
-                cols_t[:, :R] = t.T
-                beats.append(cols_t[:nv].reshape(nv * J, C))
-            elif wide:
-                blk = np.zeros((2 * _ceil(kv, 2), C), np.uint16)
-                blk[:kv] = t[:kv] & 0xFF
-                beats.append(blk[0::2] | (blk[1::2] << 8))
-            else:
-                beats.append(t[:kv])
+    for nt, kt in tile_order(Kt, Nt, interleave):
+        kv, nv = min(R, K - kt * R), min(C, N - nt * C)
+        t = tiles[nt, kt]
+        if transposed:
+            cols_t = np.zeros((C, J * C), np.uint16)
+            cols_t[:, :R] = t.T
+            beats.append(cols_t[:nv].reshape(nv * J, C))
+        elif wide:
+            blk = np.zeros((2 * _ceil(kv, 2), C), np.uint16)
+            blk[:kv] = t[:kv] & 0xFF
+            beats.append(blk[0::2] | (blk[1::2] << 8))
+        else:
+            beats.append(t[:kv])
     return np.concatenate(beats).astype(np.uint16)
 
 

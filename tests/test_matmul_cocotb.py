@@ -40,9 +40,13 @@ def _bf16_values(rng, shape, special_rate=0.0):
 
 def _job_set(rng, R, C, special_rate=0.0):
     """(jobs, expected lanes) covering both data types, every output format, bias, unsigned
-    activations and both weight orientations, on the shapes above."""
+    activations, every weight format and interleaves of 1 to 5 N tiles, on the shapes above."""
     jobs, expect = [], []
+    from hdl.matmul import MatmulEngine
+    acc_depth = MatmulEngine.buffer_sizes(TINY)[0]
     for i, (M, K, N) in enumerate(SHAPES):
+        # G − 1 of the int8 and the bf16 job, with G·M ≤ acc_depth
+        il8, il16 = (min(x, acc_depth // M - 1) for x in ((3 * i) % 5, (2 * i + 1) % 4))
         transposed = bool(i % 2)
         wide = i % 4 == 2             # int8 weights two rows per beat (two int8 per lane)
         # int8: signed or unsigned activations, int32 or requantized int8 output, bias or not
@@ -59,12 +63,12 @@ def _job_set(rng, R, C, special_rate=0.0):
             jobs.append(prepare_job(a, w, rows=R, cols=C, bias=None if bias is None else bias.view(np.uint32),
                                     multiplier=mult.astype(np.uint32), shift=shift.astype(np.uint8),
                                     out_fmt=OutFormat.INT8, a_unsigned=unsigned, w_transposed=transposed,
-                                    w_wide=wide))
+                                    w_wide=wide, interleave=il8))
             expect.append(golden.requantize(acc, mult, shift).astype(np.int32).view(np.uint32))
         else:
             jobs.append(prepare_job(a, w, rows=R, cols=C, bias=None if bias is None else bias.view(np.uint32),
                                     out_fmt=OutFormat.INT32, a_unsigned=unsigned, w_transposed=transposed,
-                                    w_wide=wide))
+                                    w_wide=wide, interleave=il8))
             expect.append(acc.view(np.uint32))
         # bf16: fp32 or bf16 output, bias or not
         a = _bf16_values(rng, (M, K), special_rate)
@@ -78,7 +82,7 @@ def _job_set(rng, R, C, special_rate=0.0):
         to_bf16 = i % 2 == 1
         jobs.append(prepare_job(a, w, rows=R, cols=C, bias=None if bias is None else bias.view(np.uint32),
                                 out_fmt=OutFormat.BF16 if to_bf16 else OutFormat.FP32, bf16=True,
-                                w_transposed=not transposed))
+                                w_transposed=not transposed, interleave=il16))
         expect.append(golden.fp32_to_bf16(acc.view(np.uint32)).astype(np.uint32) if to_bf16
                       else acc.view(np.uint32))
     return jobs, expect
@@ -196,6 +200,9 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
         want.append((code, None))
     jobs.append(empty_job(bad[4][0], R, C))
     want.append((bad[4][1], None))
+    # G·M > acc_depth with G = 2 (G·M = acc_depth runs: the last good job below)
+    jobs.append(empty_job(dict(m=acc_depth // 2 + 1, k=3, n=5, dtype=0, out_fmt=0, interleave=1), R, C))
+    want.append((Status.GROUP_TOO_LARGE, None))
     # a requant shift of 0 is answered BAD_REQUANT after the run (the stream is still consumed)
     bad_rq = prepare_job(a1, np.ones((1, 1), np.int8), rows=R, cols=C, out_fmt=OutFormat.INT8,
                          multiplier=np.array([1], np.uint32), shift=np.array([0], np.uint8))
@@ -210,6 +217,10 @@ def test_command_sent_while_busy_waits_and_bad_commands_get_error_codes_without_
     want.append((Status.BAD_REQUANT, None))
     jobs.append(good[0])
     want.append((Status.OK, expect[0]))
+    a_full = rng.integers(-128, 128, (acc_depth // 2, 3)).astype(np.int8)
+    w_full = rng.integers(-128, 128, (3, 5)).astype(np.int8)
+    jobs.append(prepare_job(a_full, w_full, rows=R, cols=C, out_fmt=OutFormat.INT32, interleave=1))
+    want.append((Status.OK, golden.matmul_int8(a_full, w_full).view(np.uint32)))
     res = run_jobs(jobs, config=TINY, stall=0.2, backpressure=0.2, seed=seed)
     for i, (code, exp) in enumerate(want):
         assert res.codes[i] == code, f"command {i}: status {res.codes[i]}, expected {code}"
@@ -272,6 +283,7 @@ def test_default_8x8_integration_int8_requant_wide_weights_and_bf16_transposed_w
     res = run_matmul(a, w, bias=bias, requant=(mult, shift), config="default",
                      stall=stall, backpressure=backpressure, seed=seed, w_orientation="columns")
     np.testing.assert_array_equal(res.output, golden.requantize(golden.matmul_int8(a, w, bias), mult, shift))
+    assert res.interleave[0] > 0            # M = 24 < the dependency latency: N tiles interleaved
     assert res.counters["macs_int8"] == M * K * N and res.counters["macs_bf16"] == 0
     assert res.seed == seed and list(res.codes) == [Status.OK]
     assert len(res.a_cycles) == M * -(-K // 8) and len(res.o_cycles) == M * -(-N // 8)
@@ -317,6 +329,8 @@ _WB16 = np.zeros((3, 4), BF16)
     ((_I8, _W8), dict(stall=1.0), "stall must be a probability"),
     ((_I8, _W8), dict(backpressure=-0.1), "backpressure must be a probability"),
     ((_I8, _W8), dict(w_orientation="diagonal"), "w_orientation must be 'rows', 'columns' or 'wide_rows'"),
+    ((_I8, _W8), dict(interleave=16), "interleave must be None or an int in 0..15, not 16"),
+    ((_I8, _W8), dict(interleave=1.0), "interleave must be None or an int in 0..15"),
     ((_B16, _WB16), dict(w_orientation="wide_rows"), "two int8 weights per lane: int8 mode only"),
     ((_I8, _W8), dict(config="huge"), "unknown CONFIG 'huge'"),
     (([[1]], _W8), {}, "a must be a numpy array"),

@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """spec.matmul_layout: the engine beats it defines are the ones sim.matmul_api.prepare_job gives
-the engine (every format, partial tiles, R = C and R = 2·C), packing and unpacking are inverse and
-weights_from_beats inverts the beats,
+the engine (every format, partial tiles, R = C and R = 2·C, with and without interleave; the
+tile order), packing and unpacking are inverse and weights_from_beats inverts the beats,
 the parameter records hold the engine's parameter beats; and the dispatcher's MATMUL range checks
 (hdl/cmdproc.py) agree with its sizes to the bus word: weights or parameters that end exactly at
 EXT_SIZE pass, one bus word further fails with EXT_RANGE and the check's detail."""
@@ -41,6 +41,12 @@ def test_engine_beats_are_prepare_jobs_and_pack_unpack_are_inverse(rows, cols):
             a = np.zeros((1, K), w.dtype)
             job = prepare_job(a, w, rows=rows, cols=cols, bf16=dtype == "bf16", w_transposed=t, w_wide=wide)
             np.testing.assert_array_equal(beats, job.w_beats, err_msg=f"{K}×{N} {dtype} {fmt}")
+            il = int(rng.integers(1, 5))
+            job = prepare_job(a, w, rows=rows, cols=cols, bf16=dtype == "bf16", w_transposed=t, w_wide=wide,
+                              interleave=il)
+            np.testing.assert_array_equal(
+                ml.engine_weight_beats(w, rows=rows, cols=cols, transposed=t, wide=wide, interleave=il), job.w_beats,
+                err_msg=f"{K}×{N} {dtype} {fmt}, interleave {il}")
             assert len(beats) == ml.weight_beats(K, N, rows=rows, cols=cols, transposed=t, wide=wide)
             lanes = w.astype(np.int16).view(np.uint16) if dtype == "int8" else w.view(np.uint16)
             np.testing.assert_array_equal(ml.weights_from_beats(beats, K, N, rows=rows, cols=cols, transposed=t,
@@ -52,6 +58,16 @@ def test_engine_beats_are_prepare_jobs_and_pack_unpack_are_inverse(rows, cols):
                 assert len(data) - len(beats) * ml.weight_beat_bytes(cols, bf16=dtype == "bf16", wide=wide) < bus
                 back = ml.unpack_weight_beats(data, cols=cols, beats=len(beats), bf16=dtype == "bf16", wide=wide)
                 np.testing.assert_array_equal(back, beats)
+
+
+def test_tile_order_groups_n_tiles_k_tile_by_k_tile_and_checks_the_interleave():
+    assert ml.tile_order(2, 3) == [(0, 0), (0, 1), (1, 0), (1, 1), (2, 0), (2, 1)]
+    assert ml.tile_order(2, 5, 1) == [(0, 0), (1, 0), (0, 1), (1, 1), (2, 0), (3, 0), (2, 1), (3, 1),
+                                      (4, 0), (4, 1)]
+    assert ml.tile_order(3, 2, 15) == [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]
+    for bad in (16, -1, 1.0, True):
+        with pytest.raises(ValueError, match="interleave must be an int in 0..15"):
+            ml.tile_order(2, 2, bad)
 
 
 def test_parameter_records_hold_the_engine_parameter_beats():

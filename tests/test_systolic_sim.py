@@ -1,7 +1,8 @@
 # amaranth: UnusedElaboratable=no
 """amaranth.sim tests of the systolic array alone (no engine): the required sizes elaborate and
 compute small int8 and bf16 matmuls bit-exactly (special values included), rows choose their
-weight bank, and the parameters are validated.
+weight slot, a slot may be rewritten exactly ``weight_hold`` cycles after its last row entered,
+and the parameters are validated.
 
 Cost: building the Python simulation grows with R·C (about 75 s for 16×16), so 16×16 runs one
 small matmul per data type; 8×8 is the default configuration, tested through the whole engine in
@@ -30,56 +31,67 @@ def _bf16_specials(rng, shape):
     return vals
 
 
-def _run_array(R, C, jobs, seed):
+def _run_array(R, C, jobs, seed, overwrite_after=None):
     """Feed each job's rows through one R×C array; job = dict(bf16, a_unsigned, w[R, C] lanes,
-    a[M, R] lanes, psum[M, C] bits, bank). Rows of all jobs of one dtype go back to back; the
-    array is drained before the data type changes. Returns the result rows per job; checks that
-    every result comes out exactly ``latency`` (bf16) or ``int8_latency`` (int8) cycles after its
-    row entered, and that the copies of ``o_valid`` and ``o_tag`` equal them in every cycle."""
+    a[M, R] lanes, psum[M, C] bits, slot). Each group of jobs (consecutive ones of one data type)
+    writes its tiles into their slots, one cycle each, and its rows enter interleaved from the
+    cycle after the last write; the array is drained before the data type changes. With
+    ``overwrite_after`` = "hold" (or "hold-1"), every slot of a group is overwritten with other
+    weights ``weight_hold`` (int8: ``int8_weight_hold``) cycles (one fewer) after the last row
+    using it entered.
+    Returns the result rows per job; checks that every result comes out exactly ``latency``
+    (bf16) or ``int8_latency`` (int8) cycles after its row entered, and that the copies of
+    ``o_valid`` and ``o_tag`` equal them in every cycle."""
     dut = SystolicArray(rows=R, cols=C, tag_width=16, out_copies=3)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     outputs = {}
     entered = {}
     now = [0]
+    overwrites = {}     # cycle → slot
 
     async def tick(ctx):
         await ctx.tick()
         now[0] += 1
+        await _collect(ctx)
+
+    async def write(ctx, slot, tile):
+        ctx.set(dut.w_data, [int(x) for x in tile.reshape(-1)])
+        ctx.set(dut.w_slot, [slot] * R)
+        ctx.set(dut.w_en, (1 << (R * C)) - 1)
 
     async def bench(ctx):
-        # both banks: job i uses bank i % 2, loaded before its rows
         for group in _groups(jobs):
             for i in group:
-                job = jobs[i]
-                ctx.set(dut.w_tile, [int(x) for x in job["w"].reshape(-1)])
-                ctx.set(dut.w_bank, job["bank"])
-                ctx.set(dut.w_load, 1)
+                await write(ctx, jobs[i]["slot"], jobs[i]["w"])
                 await tick(ctx)
-                # the tile stays on w_tile while the load travels down the control chain
-                ctx.set(dut.w_load, 0)
-                for _ in range(dut.load_cycles):
-                    await tick(ctx)
-                # ... and is not sampled after that: garbage on w_tile must change nothing
-                ctx.set(dut.w_tile, [(0x5A5A + 7919 * j) & 0xFFFF for j in range(R * C)])
+            ctx.set(dut.w_en, 0)
             ctx.set(dut.bf16, jobs[group[0]]["bf16"])
             ctx.set(dut.a_unsigned, jobs[group[0]]["a_unsigned"])
-            # interleave the rows of the jobs of this group, so consecutive rows use both banks
+            hold = dut.weight_hold if jobs[group[0]]["bf16"] else dut.int8_weight_hold
+            # interleave the rows of the jobs of this group, so consecutive rows use other slots
             order = [(i, r) for r in range(max(len(jobs[i]["a"]) for i in group)) for i in group
                      if r < len(jobs[i]["a"])]
+            last_use = {}
             for i, r in order:
                 ctx.set(dut.valid, 1)
                 ctx.set(dut.a, [int(x) for x in jobs[i]["a"][r]])
                 ctx.set(dut.psum, [int(x) for x in jobs[i]["psum"][r]])
-                ctx.set(dut.bank, jobs[i]["bank"])
+                ctx.set(dut.slot, jobs[i]["slot"])
                 ctx.set(dut.tag, i * 256 + r)
                 entered[i * 256 + r] = now[0]
+                last_use[jobs[i]["slot"]] = now[0]
                 await tick(ctx)
-                await _collect(ctx)
             ctx.set(dut.valid, 0)
+            if overwrite_after is not None:
+                d = hold - (overwrite_after == "hold-1")
+                overwrites.update({t + d: slot for slot, t in last_use.items()})
             for _ in range(dut.latency + 1):
+                slot = overwrites.get(now[0])
+                if slot is not None:
+                    await write(ctx, slot, np.full((R, C), 0x3F80 if jobs[group[0]]["bf16"] else 0x0077))
                 await tick(ctx)
-                await _collect(ctx)
+                ctx.set(dut.w_en, 0)
 
     async def _collect(ctx):
         for i in range(2):
@@ -99,11 +111,10 @@ def _run_array(R, C, jobs, seed):
 
 
 def _groups(jobs):
-    """Consecutive jobs of the same data type, two at a time (one per bank)."""
+    """Consecutive jobs of the same data type."""
     groups, cur = [], []
     for i, job in enumerate(jobs):
-        if cur and (jobs[cur[0]]["bf16"] != job["bf16"] or jobs[cur[0]]["a_unsigned"] != job["a_unsigned"]
-                    or len(cur) == 2):
+        if cur and (jobs[cur[0]]["bf16"] != job["bf16"] or jobs[cur[0]]["a_unsigned"] != job["a_unsigned"]):
             groups.append(cur)
             cur = []
         cur.append(i)
@@ -111,37 +122,68 @@ def _groups(jobs):
     return groups
 
 
-@pytest.mark.parametrize("R, C, extent", SIM_SIZES, ids=[f"{r}x{c}" for r, c, _ in SIM_SIZES])
-def test_array_computes_int8_and_bf16_matmuls_bit_exact(R, C, extent):
-    seed = 1000 * R + C
-    print(f"seed {seed}")
-    rng = np.random.default_rng(seed)
-    full = extent == "full"
+def _jobs(rng, R, C, full):
+    """int8 (signed and unsigned activations) and bf16 jobs with special values, each in a slot of
+    its own, and their expected results."""
     M = 3 if full else 2
     jobs, expect = [], []
-    # int8, signed and unsigned activations, one per bank
-    for bank, unsigned in ((0, False), (1, False), (0, True)) if full else ((0, False),):
+    # int8, signed and unsigned activations
+    for slot, unsigned in ((0, False), (5, False), (15, True)) if full else ((0, False),):
         a = (rng.integers(0, 256, (M, R)).astype(np.uint8) if unsigned
              else rng.integers(-128, 128, (M, R)).astype(np.int8))
         w = rng.integers(-128, 128, (R, C)).astype(np.int8)
         acc = rng.integers(-2**31, 2**31, (M, C)).astype(np.int32)
         lanes = a.astype(np.uint16) if unsigned else a.astype(np.int16).view(np.uint16)
-        jobs.append(dict(bf16=0, a_unsigned=int(unsigned), bank=bank, a=lanes,
+        jobs.append(dict(bf16=0, a_unsigned=int(unsigned), slot=slot, a=lanes,
                          w=w.astype(np.int16).view(np.uint16), psum=acc.view(np.uint32)))
         exp = np.stack([golden.matmul_int8(a[i:i + 1], w, acc[i]) for i in range(M)])[:, 0, :]
         expect.append(exp.view(np.uint32))
     # bf16 with special values, starting from fp32 partial sums (some special too)
-    for bank in (1, 0) if full else (1,):
+    for slot in (1, 2) if full else (1,):
         a = _bf16_specials(rng, (M, R))
         w = _bf16_specials(rng, (R, C))
         acc = golden.bf16_to_fp32_bits(_bf16_specials(rng, (M, C)))
-        jobs.append(dict(bf16=1, a_unsigned=0, bank=bank, a=a, w=w, psum=acc))
+        jobs.append(dict(bf16=1, a_unsigned=0, slot=slot, a=a, w=w, psum=acc))
         exp = np.stack([golden.matmul_bf16(a[i:i + 1].view(ml_dtypes.bfloat16), w.view(ml_dtypes.bfloat16),
                                            acc[i].view(np.float32)) for i in range(M)])[:, 0, :]
         expect.append(exp.view(np.uint32))
+    return jobs, expect
+
+
+@pytest.mark.parametrize("R, C, extent", SIM_SIZES, ids=[f"{r}x{c}" for r, c, _ in SIM_SIZES])
+def test_array_computes_int8_and_bf16_matmuls_bit_exact(R, C, extent):
+    seed = 1000 * R + C
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    jobs, expect = _jobs(rng, R, C, extent == "full")
     got = _run_array(R, C, jobs, seed)
     for i, (g, e) in enumerate(zip(got, expect, strict=True)):
         np.testing.assert_array_equal(g, e, err_msg=f"job {i} ({'bf16' if jobs[i]['bf16'] else 'int8'})")
+
+
+def test_a_slot_may_be_overwritten_weight_hold_cycles_after_its_last_row_entered_and_not_earlier():
+    """Slots written again exactly ``weight_hold`` (int8: ``int8_weight_hold``) cycles after the
+    last row using them entered leave every result intact; one cycle earlier the last PE,
+    PE(R − 1, C − 1), reads the new weight: the hold is the least that works."""
+    R, C = 3, 2
+    seed = 1302
+    print(f"seed {seed}")
+    jobs, expect = _jobs(np.random.default_rng(seed), R, C, True)
+    got = _run_array(R, C, jobs, seed, overwrite_after=None)
+    for i, (g, e) in enumerate(zip(got, expect, strict=True)):
+        np.testing.assert_array_equal(g, e, err_msg=f"job {i} without overwrites")
+    arr = SystolicArray(rows=R, cols=C)
+    assert arr.weight_hold > arr.int8_weight_hold
+    got = _run_array(R, C, jobs, seed, overwrite_after="hold")
+    for i, (g, e) in enumerate(zip(got, expect, strict=True)):
+        np.testing.assert_array_equal(g, e, err_msg=f"job {i}, slots overwritten at the hold")
+    got = _run_array(R, C, jobs, seed, overwrite_after="hold-1")
+    for i, (g, e) in enumerate(zip(got, expect, strict=True)):
+        last = len(jobs[i]["a"]) - 1
+        # only the last row of each job, and only in the last column, can have read the new weight
+        np.testing.assert_array_equal(g[:last], e[:last], err_msg=f"job {i}")
+        np.testing.assert_array_equal(g[last, :C - 1], e[last, :C - 1], err_msg=f"job {i}")
+    assert any(g[-1, C - 1] != e[-1, C - 1] for g, e in zip(got, expect, strict=True))
 
 
 def test_array_4x8_converts_to_verilog():
@@ -154,11 +196,11 @@ def test_array_latency_and_weight_hold_follow_the_pe_pipeline(R, C):
     arr = SystolicArray(rows=R, cols=C, tag_width=4)
     pe = ProcessingElement()
     assert arr.latency == pe.mul_latency + R * pe.latency + C
-    assert arr.weight_hold > (R - 1) * pe.latency + C
+    assert arr.weight_hold == (R - 1) * pe.latency + C
     # int8 partial sums skip the fp32 adder's depth
     assert pe.int8_latency == arr.pe_int8_latency == 2 < pe.latency
     assert arr.int8_latency == pe.mul_latency + R * pe.int8_latency + C
-    assert arr.int8_weight_hold > (R - 1) * pe.int8_latency + C
+    assert arr.int8_weight_hold == (R - 1) * pe.int8_latency + C
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -172,6 +214,8 @@ def test_array_latency_and_weight_hold_follow_the_pe_pipeline(R, C):
     (dict(rows=4, cols=4, dsp="xilinx"), "dsp must be one of 'generic', 'ecp5', not 'xilinx'"),
     (dict(rows=4, cols=4, out_copies=0), "out_copies must be an int in 1..8"),
     (dict(rows=4, cols=4, out_copies=9), "out_copies must be an int in 1..8"),
+    (dict(rows=4, cols=4, slots=12), "slots must be a power of two in 2..64, not 12"),
+    (dict(rows=4, cols=4, slots=1), "slots must be a power of two in 2..64, not 1"),
 ])
 def test_array_rejects_bad_parameters_naming_them(kwargs, message):
     with pytest.raises((TypeError, ValueError), match=message):

@@ -199,15 +199,7 @@ class ChipModel:
         fp = footprint(self._config, isa.encode(opcode, **fields))
         reads = fp.reads
         if in_place:       # only what the b, p and s_in streams read
-            w = stream_words(f["op"], length=f["length"], lanes=self.lanes, flags=f["flags"])
-            rows, B = f["rows"], _ceil(f["length"], self.lanes)
-            reads = set()
-            if w["b"]:
-                reads |= _spad_words(f["b_addr"], f["b_stride"], rows, B)
-            if w["p"]:
-                reads |= _spad_words(f["p_addr"], f["p_stride"], rows, w["p"])
-            if w["s_in"]:
-                reads |= _spad_words(f["s_in_addr"], 1, rows, 1)
+            reads = _vector_operand_reads(f, self.lanes)
         if reads & fp.writes:
             raise UndefinedError(f"{opcode.name} writes over scratchpad words it reads "
                                  f"(word {sorted(reads & fp.writes)[0][1]})")
@@ -467,13 +459,7 @@ def footprint(config, word):
     elif opcode == isa.Opcode.VECTOR:
         rows, B = f["rows"], _ceil(f["length"], L)
         w = stream_words(f["op"], length=f["length"], lanes=L, flags=f["flags"])
-        reads = _spad_words(f["a_addr"], f["a_stride"], rows, B)
-        if w["b"]:
-            reads |= _spad_words(f["b_addr"], f["b_stride"], rows, B)
-        if w["p"]:
-            reads |= _spad_words(f["p_addr"], f["p_stride"], rows, w["p"])
-        if w["s_in"]:
-            reads |= _spad_words(f["s_in_addr"], 1, rows, 1)
+        reads = _spad_words(f["a_addr"], f["a_stride"], rows, B) | _vector_operand_reads(f, L)
         writes = _spad_words(f["o_addr"], f["o_stride"], rows, B)
         if w["s_out"]:
             writes |= _spad_words(f["s_out_addr"], 1, rows, 1)
@@ -488,6 +474,20 @@ def footprint(config, word):
             reads = (_spad_words(f["k_addr"], f["k_stride"], f["rows"], n)
                      | _spad_words(f["v_addr"], f["v_stride"], f["rows"], n))
     return Footprint(frozenset(reads), frozenset(writes), frozenset(pre))
+
+
+def _vector_operand_reads(f, lanes):
+    """The scratchpad words a VECTOR instruction's b, p and s_in streams read (not a's)."""
+    rows, B = f["rows"], _ceil(f["length"], lanes)
+    w = stream_words(f["op"], length=f["length"], lanes=lanes, flags=f["flags"])
+    reads = set()
+    if w["b"]:
+        reads |= _spad_words(f["b_addr"], f["b_stride"], rows, B)
+    if w["p"]:
+        reads |= _spad_words(f["p_addr"], f["p_stride"], rows, w["p"])
+    if w["s_in"]:
+        reads |= _spad_words(f["s_in_addr"], 1, rows, 1)
+    return reads
 
 
 def races(config, words):

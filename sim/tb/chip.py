@@ -2,8 +2,9 @@
 latency and backpressure on every channel), CSRs through an AxiLiteMaster, one or more programs
 run to their interrupt, then the status, the error registers, every counter and the requested
 memory regions are read back. Driven by :class:`sim.chip_api.ChipSim`. The persistent session's
-testbench (``sim/tb/chip_session.py``) runs programs with the same helpers: :func:`make_memory`,
-:func:`make_csrs`, :func:`start_program`, :func:`finish_program`, :func:`acknowledge`.
+testbench (``sim/tb/chip_session.py``) runs programs with the same helpers: :func:`bring_up`
+(:func:`make_memory`, :func:`make_csrs`), :func:`start_program`, :func:`finish_program`,
+:func:`acknowledge`.
 
 Inputs (run folder): ``segments_addr`` and ``seg<i>`` (the memory image: the address and the
 bytes of each segment), meta ``memory`` (``"hdl"``: the Verilog model of the wrapper top,
@@ -127,16 +128,22 @@ async def acknowledge(csr, *, clear=True):
         await csr.write("CLEAR", 1)
 
 
-@cocotb.test()
-async def chip(dut):
+async def bring_up(dut, *, sparse=False):
+    """Clock and reset, the external memory model loaded with the run folder's image (``sparse``:
+    only the image's words) and the CSR master: ``(meta, memory, csrs)``."""
     arrays, meta = load_inputs()
     rand = rng(meta)
     await start_clock_and_reset(dut)
     mem = make_memory(dut, meta, rand)
     for i, addr in enumerate(arrays["segments_addr"]):
         mem.write(int(addr), arrays[f"seg{i}"].tobytes())
-    await mem.fill()
-    csr = make_csrs(dut, meta, rand)
+    await mem.fill(sparse=sparse)
+    return meta, mem, make_csrs(dut, meta, rand)
+
+
+@cocotb.test()
+async def chip(dut):
+    meta, mem, csr = await bring_up(dut)
     out = {}
     taps = {name: Tap(dut, f"{name}__data", f"{name}__valid") for name in meta.get("traces", ())}
     run_starts = []

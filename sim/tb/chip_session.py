@@ -29,20 +29,13 @@ import cocotb
 import numpy as np
 
 from sim.session_wire import recv_message, send_message
-from sim.tb.chip import acknowledge, finish_program, make_csrs, make_memory, start_program
-from sim.tb.common import load_inputs, rng, save_outputs, start_clock_and_reset
+from sim.tb.chip import acknowledge, bring_up, finish_program, start_program
+from sim.tb.common import save_outputs
 
 
 @cocotb.test()
 async def chip_session(dut):
-    arrays, meta = load_inputs()
-    rand = rng(meta)
-    await start_clock_and_reset(dut)
-    mem = make_memory(dut, meta, rand)
-    for i, addr in enumerate(arrays["segments_addr"]):
-        mem.write(int(addr), arrays[f"seg{i}"].tobytes())
-    await mem.fill(sparse=True)
-    csr = make_csrs(dut, meta, rand)
+    meta, mem, csr = await bring_up(dut, sparse=True)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(meta["socket"])
     served = 0

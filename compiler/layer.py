@@ -118,9 +118,22 @@ class LayerImage:
         self.max_pos = max_pos
         self.bus = config.memory.axi_data_bits // 8
         a = _ExtAlloc(base)
-        self.w = {}
+        from hdl.matmul import MatmulEngine
+        #: the matmul engine's accumulator rows: G·m ≤ acc_depth for every MATMUL
+        self.acc_depth = MatmulEngine.buffer_sizes(config)[0]
+        # each projection's weights (int8: the wide format, two W rows per beat of 2·C bytes, so
+        # that one beat per cycle fills the AXI port) in the tile order of the interleave (G − 1)
+        # that keeps the weight port busy at M = 1 (decode); larger M is split into MATMULs of
+        # acc_depth // G rows
+        self.wide = layer.mode == "int8"
+        self.w, self.interleave = {}, {}
         for name, w in hw.weights.items():
-            self.w[name] = a.put(ml.pack_weights(w, rows=L, cols=L, bus_bytes=self.bus))
+            k, n = w.shape
+            il = MatmulEngine.interleave_for(config, 1, k, n, bf16=not self.wide,
+                                             tile_beats=-(-L // 2) if self.wide else L)
+            self.interleave[name] = il
+            self.w[name] = a.put(ml.pack_weights(w, rows=L, cols=L, bus_bytes=self.bus, wide=self.wide,
+                                                 interleave=il))
         self.params = {}
         if layer.mode == "int8":
             m, s = hw.pv
@@ -307,15 +320,30 @@ class _StepCompiler:
         return self.emit(isa.Opcode.VECTOR, reads=reads, writes=writes, comment=comment, **fields)
 
     def matmul(self, *, a, m, k, n, o, dtype, out_fmt, w=None, p=None, kv_src=None, a_unsigned=0, comment=""):
+        """One MATMUL of ``m`` rows: ``w`` names the image's weights (their interleave; more rows
+        than acc_depth // G are split into MATMULs of that many rows each, every one reading the
+        weights), ``kv_src`` = (WSource, seq, KV head) reads the KV cache."""
         L = self.L
+        if kv_src is None:
+            il = self.im.interleave[w]
+            most = self.im.acc_depth // (il + 1)
+            if m > most:
+                last = None
+                for r0 in range(0, m, most):
+                    rows = min(most, m - r0)
+                    last = self.matmul(a=(a[0] + r0 * a[1], a[1]), m=rows, k=k, n=n, o=(o[0] + r0 * o[1], o[1]),
+                                       dtype=dtype, out_fmt=out_fmt, w=w, p=p, a_unsigned=a_unsigned,
+                                       comment=f"{comment} (rows {r0}..{r0 + rows - 1})")
+                return last
         reads = [spad(a[0], (m - 1) * a[1] + self.w(k))]
         writes = [spad(o[0], (m - 1) * o[1] + self.w(n))]
         fields = dict(m=m, k=k, n=n, dtype=dtype, out_fmt=out_fmt, a_unsigned=a_unsigned, a_addr=a[0],
                       a_stride=a[1], o_addr=o[0], o_stride=o[1])
         if kv_src is None:
-            nbytes = ml.weight_bytes(k, n, rows=L, cols=L, bus_bytes=self.bus, bf16=dtype == Dtype.BF16)
-            reads.append(ext(w, nbytes))
-            fields.update(w_src=isa.WSource.EXT, w_addr=w)
+            wide = self.im.wide
+            nbytes = ml.weight_bytes(k, n, rows=L, cols=L, bus_bytes=self.bus, bf16=dtype == Dtype.BF16, wide=wide)
+            reads.append(ext(self.im.w[w], nbytes))
+            fields.update(w_src=isa.WSource.EXT, w_addr=self.im.w[w], w_wide=int(wide), interleave=il)
         else:
             src, seq, head = kv_src
             reads.append(kv(seq))
@@ -369,13 +397,13 @@ class _StepCompiler:
             self.vector(VectorOp.QUANT_TOKEN, rows=M, length=d, a=(H, dw), o=(H, dw), s_out=E1, dtype=Dtype.BF16,
                         comment="quantize h per token")
             self.matmul(a=(H, dw), m=M, k=d, n=d + 2 * kvd, o=(QKV, qkvw), dtype=dt, out_fmt=OutFormat.INT32,
-                        w=self.im.w["wqkv"], comment="h · [Wq|Wk|Wv]")
+                        w="wqkv", comment="h · [Wq|Wk|Wv]")
             qm, qs = self._channel("qkv", d + 2 * kvd)
             self.vector(VectorOp.REQUANT, rows=M, length=d + 2 * kvd, a=(QKV, qkvw), o=(QKV, qkvw), b=(qs, 0),
                         p=qm, p_words=qkvw, s_in=E1, dtype=dt, comment="requantize q, k, v")
         else:
             self.matmul(a=(H, dw), m=M, k=d, n=d + 2 * kvd, o=(QKV, qkvw), dtype=dt, out_fmt=OutFormat.BF16,
-                        w=self.im.w["wqkv"], comment="h · [Wq|Wk|Wv]")
+                        w="wqkv", comment="h · [Wq|Wk|Wv]")
         # RoPE on q|k and the KV append, per sequence
         rope_words = self.w(hd // 2)
         ROPE = self.sp.alloc("rope", max(r.x.shape[0] for r in self.reqs) * len(self.reqs), rope_words)
@@ -408,13 +436,13 @@ class _StepCompiler:
         self._attention(QKV, qkvw, O, dw, dt)
         # Wo, residual
         if self.int8:
-            self.matmul(a=(O, dw), m=M, k=d, n=d, o=(A, dw), dtype=dt, out_fmt=OutFormat.INT32, w=self.im.w["wo"],
+            self.matmul(a=(O, dw), m=M, k=d, n=d, o=(A, dw), dtype=dt, out_fmt=OutFormat.INT32, w="wo",
                         comment="o · Wo")
             om, os_ = self._channel("o", d)
             self.vector(VectorOp.DEQUANT, rows=M, length=d, a=(A, dw), o=(A, dw), b=(os_, 0), p=om, p_words=dw,
                         dtype=dt, comment="dequantize attention")
         else:
-            self.matmul(a=(O, dw), m=M, k=d, n=d, o=(A, dw), dtype=dt, out_fmt=OutFormat.BF16, w=self.im.w["wo"],
+            self.matmul(a=(O, dw), m=M, k=d, n=d, o=(A, dw), dtype=dt, out_fmt=OutFormat.BF16, w="wo",
                         comment="o · Wo")
         self.vector(VectorOp.ADD, rows=M, length=d, a=(X, dw), b=(A, dw), o=(X, dw), dtype=dt, comment="x += attention")
         self.sp.release(attention_region)   # q|k|v, the RoPE rows, scores, probabilities, o
@@ -432,7 +460,7 @@ class _StepCompiler:
             self.vector(VectorOp.QUANT_TOKEN, rows=M, length=d, a=(H2, dw), o=(H2, dw), s_out=E2, dtype=Dtype.BF16,
                         comment="quantize h2 per token")
             self.matmul(a=(H2, dw), m=M, k=d, n=2 * dff, o=(GU, guw), dtype=dt, out_fmt=OutFormat.INT32,
-                        w=self.im.w["wgu"], comment="h2 · [Wgate|Wup]")
+                        w="wgu", comment="h2 · [Wgate|Wup]")
             gm, gs = self._channel("gu", 2 * dff)
             for half, what in ((0, "gate"), (fw, "up")):
                 self.vector(VectorOp.DEQUANT, rows=M, length=dff, a=(GU + half, guw), o=(GU + half, guw),
@@ -443,17 +471,17 @@ class _StepCompiler:
             self.vector(VectorOp.QUANT_TOKEN, rows=M, length=dff, a=(ACT, fw), o=(ACT, fw), s_out=E3,
                         dtype=Dtype.BF16, comment="quantize act per token")
             self.matmul(a=(ACT, fw), m=M, k=dff, n=d, o=(D, dw), dtype=dt, out_fmt=OutFormat.INT32,
-                        w=self.im.w["wdown"], comment="act · Wdown")
+                        w="wdown", comment="act · Wdown")
             dm, ds = self._channel("down", d)
             self.vector(VectorOp.DEQUANT, rows=M, length=d, a=(D, dw), o=(D, dw), b=(ds, 0), p=dm, p_words=dw,
                         s_in=E3, flags=VectorFlag.ROW_EXP, dtype=dt, comment="dequantize down")
         else:
             self.matmul(a=(H2, dw), m=M, k=d, n=2 * dff, o=(GU, guw), dtype=dt, out_fmt=OutFormat.BF16,
-                        w=self.im.w["wgu"], comment="h2 · [Wgate|Wup]")
+                        w="wgu", comment="h2 · [Wgate|Wup]")
             self.vector(VectorOp.SWIGLU, rows=M, length=dff, a=(GU, guw), b=(GU + fw, guw), o=(ACT, fw), dtype=dt,
                         comment="silu(gate) · up")
             self.matmul(a=(ACT, fw), m=M, k=dff, n=d, o=(D, dw), dtype=dt, out_fmt=OutFormat.BF16,
-                        w=self.im.w["wdown"], comment="act · Wdown")
+                        w="wdown", comment="act · Wdown")
         self.vector(VectorOp.ADD, rows=M, length=d, a=(X, dw), b=(D, dw), o=(X, dw), dtype=dt, comment="y = x + mlp")
         self.emit(isa.Opcode.STORE, reads=[spad(X, M * dw)], writes=[ext(self.y_addr, M * xs)], comment="store y",
                   ext_addr=self.y_addr, ext_stride=xs, spad_addr=X, spad_stride=dw, rows=M, elems=d,

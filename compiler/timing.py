@@ -45,9 +45,16 @@ class TimingModel:
             else:
                 dram = 0
             # small M: a K tile's pass waits for the previous pass's partial sums (docs/timing.md,
-            # "Throughput at small M"); fitted to bench.matmul's 1×576×576 on 8×8 and 16×16
+            # "Throughput at small M"); fitted to bench.matmul's 1×576×576 on 8×8 and 16×16. With
+            # ``interleave`` (G − 1) a group's G N tiles share that wait: a group's pass over one K
+            # tile takes max(Gv·max(M, beats), dep) (hdl.matmul.MatmulEngine.interleave_for)
             dep = 8 * self.R + 7 if f.get("dtype", 0) == Dtype.BF16 else 3 * self.R + 8
-            return over + max(kt * nt * max(m, w_beats, dep if kt > 1 else 0), dram)
+            dep = dep if kt > 1 else 0
+            g = f.get("interleave", 0) + 1
+            t = max(m, w_beats)
+            full, rest = divmod(nt, g)
+            passes = full * max(g * t, dep) + (max(rest * t, dep) if rest else 0)
+            return over + max(kt * passes, dram)
         if u == isa.Unit.VECTOR:
             beats = _ceil(f["length"], self.L)
             return over + f["rows"] * beats + (f["length"] if f.get("op") in (2, 7) else 0)

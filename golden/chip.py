@@ -228,6 +228,8 @@ class ChipModel:
         m, k, n, dtype, fmt = f["m"], f["k"], f["n"], Dtype(f["dtype"]), f["out_fmt"]
         if not (m and k and n) or fmt >> 1 != dtype or (f["w_wide"] and (dtype or f["w_src"] != isa.WSource.EXT)):
             raise UndefinedError("a MATMUL field check fails (BAD_FIELD)")
+        if f["interleave"] and f["w_src"] in (isa.WSource.KV_K, isa.WSource.KV_V):
+            raise UndefinedError("KV_K/KV_V with interleave other than 0 (BAD_FIELD)")
         self._no_overwrite(isa.Opcode.MATMUL, f)
         a16 = self._rows(f["a_addr"], f["a_stride"], m, k) & 0xFFFF          # the engine's 16-bit lanes
         if dtype == Dtype.BF16:
@@ -283,7 +285,8 @@ class ChipModel:
                                  transposed=transposed, wide=wide)
         lanes = ml.unpack_weight_beats(self.read_ext(f["w_addr"], nbytes), cols=self.C, beats=beats, bf16=bf16,
                                        wide=wide)
-        w16 = ml.weights_from_beats(lanes, k, n, rows=self.R, cols=self.C, transposed=transposed, wide=wide)
+        w16 = ml.weights_from_beats(lanes, k, n, rows=self.R, cols=self.C, transposed=transposed, wide=wide,
+                                    interleave=f["interleave"])
         return bf16_from_bits(w16) if bf16 else w16.view(np.int16).astype(np.int8)
 
     def _params(self, f, n):

@@ -17,7 +17,7 @@ A unit sees the processor through a :class:`UnitPortSignature`: the head of its 
 on which it answers every instruction it took, in order.
 """
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -245,11 +245,12 @@ CHECKS = {
         ("field", "m is 0"), ("field", "k is 0"), ("field", "n is 0"),
         ("field", "out_fmt does not belong to dtype"),
         ("field", "w_wide with bf16 or with weights other than EXT"),
-        ("field", "m exceeds the accumulator (acc_depth rows)"),
+        ("field", "(interleave + 1)·m exceeds the accumulator (acc_depth rows)"),
         ("field", "KV_K/KV_V on a chip whose KV cache does not feed the matmul engine"),
         ("field", "KV_K: ceil(k/R)·R, KV_V: ceil(n/C)·C is not the KV cache's head_dim"),
         ("field", "KV_K/KV_V: dtype is not the KV cache's"),
         ("field", "KV_K/KV_V: kv_start + positions (KV_K: n, KV_V: k) is past the KV cache's capacity"),
+        ("field", "KV_K/KV_V with interleave other than 0 (the KV cache streams tiles in plain order)"),
         ("limit", "m·ceil(k/R) exceeds the activation buffer (a_depth words)"),
         ("spad", "A reaches past the scratchpad"), ("spad", "the result reaches past the scratchpad"),
         ("ext", "the weights (EXT) reach past EXT_SIZE"), ("ext", "the weights (EXT_T) reach past EXT_SIZE"),
@@ -405,8 +406,10 @@ class Dispatcher(wiring.Component):
         elif op == isa.Opcode.MATMUL:
             kt, nt = _ceil_shift(f.k, lgL), _ceil_shift(f.n, lgL)
             fields = [f.m == 0, f.k == 0, f.n == 0, f.out_fmt[1] != f.dtype,
-                      f.w_wide & (f.dtype | (f.w_src != isa.WSource.EXT)), f.m > p["acc_depth"],
-                      *self._kv_checks(f, kt, nt)]
+                      f.w_wide & (f.dtype | (f.w_src != isa.WSource.EXT)),
+                      f.m > Array(Const(p["acc_depth"] // g, 17) for g in range(1, 17))[f.interleave],
+                      *self._kv_checks(f, kt, nt),
+                      ((f.w_src == isa.WSource.KV_K) | (f.w_src == isa.WSource.KV_V)) & (f.interleave != 0)]
             # spec.matmul_layout: one N tile is k beats of C (int8) or 2·C (bf16) bytes, or
             # ceil(k/2) wide beats of 2·C bytes; transposed, one K tile is n beats
             w_rows = ((f.k + (f.w_wide & f.k[0])) << (lgL + f.dtype))[:32]

@@ -273,7 +273,7 @@ class MatmulExec(wiring.Component):
         m.d.sync += [
             cmd.m.eq(f.m), cmd.k.eq(f.k), cmd.n.eq(f.n), cmd.dtype.eq(f.dtype), cmd.out_fmt.eq(f.out_fmt),
             cmd.w_transposed.eq(transposed), cmd.a_unsigned.eq(f.a_unsigned), cmd.has_bias.eq(f.has_bias),
-            cmd.w_wide.eq(f.w_wide),
+            cmd.w_wide.eq(f.w_wide), cmd.interleave.eq(f.interleave),
             e.a_addr.eq(f.a_addr), e.a_stride.eq(f.a_stride), e.o_addr.eq(f.o_addr), e.o_stride.eq(f.o_stride),
             e.kt.eq(kt), e.nt.eq(nt), e.kv.eq(kv),
             e.kv_cmd.op.eq(Mux(f.w_src == isa.WSource.KV_K, KVOp.READ_K, KVOp.READ_V)),

@@ -101,12 +101,13 @@ class MatmulProgram:
         return t
 
     def matmul(self, a, w, *, out=None, bias=None, requant=None, w_format="rows", wait=None, o=None,
-               w_addr=None, p_addr=None):
+               w_addr=None, p_addr=None, interleave=0):
         """MATMUL ``a`` (a scratchpad :class:`_Tensor`) by ``w`` [K, N] (int8 or bf16) from
         external memory in ``w_format`` ("rows", "wide", "transposed"); ``out`` one of
         :data:`OUT_FORMATS` (default int32 / fp32); ``bias`` int32 / float32 [N]; ``requant``
         (multiplier, shift) for int8. ``o``: the result's tensor (default: newly placed);
-        ``w_addr``/``p_addr``: reuse weights/parameters already in memory. Returns the result's
+        ``w_addr``/``p_addr``: reuse weights/parameters already in memory (packed with the same
+        ``interleave``); ``interleave``: the field (G − 1), the weights in its tile order. Returns the result's
         :class:`_Tensor` (its ``index`` is the instruction's)."""
         bf16 = w.dtype != np.int8
         out = out or ("fp32" if bf16 else "int32")
@@ -115,7 +116,7 @@ class MatmulProgram:
         C = self.L
         if w_addr is None:
             data = ml.pack_weights(w, rows=C, cols=C, bus_bytes=self.bus, transposed=w_format == "transposed",
-                                   wide=w_format == "wide")
+                                   wide=w_format == "wide", interleave=interleave)
             w_addr = self.ext_alloc(len(data), data)
         need_p = ml.needs_params(has_bias=bias is not None, out_fmt=fmt)
         if need_p and p_addr is None:
@@ -128,7 +129,8 @@ class MatmulProgram:
         index = self.raw(isa.Opcode.MATMUL, wait=wait, m=a.rows, k=K, n=N, dtype=Dtype.BF16 if bf16 else Dtype.INT8,
                            out_fmt=fmt, a_unsigned=int(a.dtype == np.uint8), has_bias=int(bias is not None),
                            w_src=_W_SOURCES[w_format], w_wide=int(w_format == "wide"), a_addr=a.addr,
-                           a_stride=a.stride, o_addr=o.addr, o_stride=o.stride, w_addr=w_addr, p_addr=p_addr or 0)
+                           a_stride=a.stride, o_addr=o.addr, o_stride=o.stride, w_addr=w_addr, p_addr=p_addr or 0,
+                           interleave=interleave)
         o.index, o.w_addr, o.p_addr = index, w_addr, p_addr
         return o
 

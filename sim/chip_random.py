@@ -76,6 +76,8 @@ class RandomPrograms:
         self.cfg = cfg = get_config(config)
         self.seed = seed
         self.rng = np.random.default_rng(seed)
+        # the interleave of EXT MATMULs, drawn apart so that it leaves the other draws as they were
+        self.il_rng = np.random.default_rng([seed, 27])
         self.model = ChipModel(cfg, ext_bytes=EXT_BYTES)
         mem = cfg.memory
         self.L, self.bus = mem.spad_lanes, mem.axi_data_bits // 8
@@ -175,6 +177,8 @@ class RandomPrograms:
         self.history.append((unit, self.count[unit], fp))
         name = opcode.name if opcode != isa.Opcode.VECTOR else f"VECTOR.{VectorOp(fields['op']).name}"
         self.ops_used[name] = self.ops_used.get(name, 0) + 1
+        if opcode == isa.Opcode.MATMUL and fields.get("interleave"):
+            self.ops_used["MATMUL interleaved"] = self.ops_used.get("MATMUL interleaved", 0) + 1
         return stop or False
 
     def _all_stores(self):
@@ -267,8 +271,11 @@ class RandomPrograms:
         k, n, C = a.cols, int(r.integers(1, 17)), self.cfg.array.cols
         fmt_name = r.choice(["rows", "transposed"] + ([] if bf16 else ["wide"]))
         w = (r.normal(0, 1, (k, n)).astype(BF16) if bf16 else r.integers(-128, 128, (k, n)).astype(np.int8))
+        # G = interleave + 1 up to 4 (G·m ≤ 32 rows, within every chip's acc_depth), half of the time
+        il = int(self.il_rng.integers(1, 4)) if self.il_rng.random() < 0.5 else 0
         w_addr = self._ext_data(ml.pack_weights(w, rows=self.cfg.array.rows, cols=C, bus_bytes=self.bus,
-                                                transposed=fmt_name == "transposed", wide=fmt_name == "wide"))
+                                                transposed=fmt_name == "transposed", wide=fmt_name == "wide",
+                                                interleave=il))
         if bf16:
             fmt = OutFormat.BF16 if r.random() < 0.5 else OutFormat.FP32
         else:
@@ -284,7 +291,7 @@ class RandomPrograms:
         out_kind = {OutFormat.INT8: "i8", OutFormat.INT32: "i32", OutFormat.FP32: "f32", OutFormat.BF16: "bf16"}[fmt]
         self._matmul(a, n, out_kind, dtype=int(bf16), out_fmt=fmt, a_unsigned=int(kind == "u8"), has_bias=has_bias,
                      w_src=isa.WSource.EXT_T if fmt_name == "transposed" else isa.WSource.EXT,
-                     w_wide=int(fmt_name == "wide"), w_addr=w_addr, p_addr=p_addr)
+                     w_wide=int(fmt_name == "wide"), w_addr=w_addr, p_addr=p_addr, interleave=il)
 
     def _matmul(self, a, n, out_kind, **fields):
         o = self._place(a.rows, n, out_kind, avoid=[a])

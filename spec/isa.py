@@ -119,6 +119,9 @@ OPERANDS = {
         ("kv_seq", 16, "KV_K, KV_V: sequence id"),
         ("kv_head", 8, "KV_K, KV_V: KV head"),
         ("kv_start", 16, "KV_K, KV_V: first position read"),
+        ("interleave", 4, "G − 1: the engine issues groups of G N tiles K tile by K tile (docs/matmul.md, "
+                          "\"Schedule\"); EXT, EXT_T weights in spec.matmul_layout.tile_order; G·m ≤ acc_depth; "
+                          "KV_K, KV_V: 0"),
     ),
     Opcode.VECTOR: (
         ("op", 8, "spec.vector.VectorOp (0–7)"),

@@ -5,7 +5,8 @@ sizes (tests/test_matmul_layout.py proves it).
 
 **Weights** (``w_src`` EXT or EXT_T, at ``w_addr``): the matmul engine's ``w`` beats
 (docs/matmul.md, "Weight formats") in the order the engine takes them (:func:`tile_order`:
-``for nt: for kt`` for a command without interleave, the chip's MATMUL),
+groups of G = ``interleave`` + 1 N tiles, ``for group: for kt: for nt in group``; ``for nt: for kt``
+with ``interleave`` 0),
 each beat in :func:`weight_beat_bytes` bytes, back to back, the whole stream padded with zeros
 to a multiple of the bus width:
 
@@ -130,10 +131,10 @@ def engine_weight_beats(w, *, rows, cols, transposed=False, wide=False, interlea
     return np.concatenate(beats).astype(np.uint16)
 
 
-def weights_from_beats(beats, k, n, *, rows, cols, transposed=False, wide=False):
-    """The K×N matrix whose :func:`engine_weight_beats` are ``beats`` (uint16 [beats, C], as
-    :func:`unpack_weight_beats` gives them): uint16 [K, N] 16-bit lanes (int8 sign-extended,
-    bf16 bits). The inverse of :func:`engine_weight_beats`."""
+def weights_from_beats(beats, k, n, *, rows, cols, transposed=False, wide=False, interleave=0):
+    """The K×N matrix whose :func:`engine_weight_beats` (with the same ``interleave``) are
+    ``beats`` (uint16 [beats, C], as :func:`unpack_weight_beats` gives them): uint16 [K, N]
+    16-bit lanes (int8 sign-extended, bf16 bits). The inverse of :func:`engine_weight_beats`."""
     _check_dims(k=k, n=n, rows=rows, cols=cols)
     beats = np.asarray(beats, np.uint16)
     R, C = rows, cols
@@ -143,32 +144,32 @@ def weights_from_beats(beats, k, n, *, rows, cols, transposed=False, wide=False)
     if beats.shape != (want, C):
         raise ValueError(f"a {k}×{n} matrix has {want} beats of {C} lanes, not shape {list(beats.shape)}")
     pos = 0
-    for nt in range(Nt):
-        for kt in range(Kt):
-            kv, nv = min(R, k - kt * R), min(C, n - nt * C)
-            r0, c0 = kt * R, nt * C
-            if transposed:
-                cols_t = beats[pos:pos + nv * J].reshape(nv, J * C)[:, :R]
-                wp[r0:r0 + R, c0:c0 + nv] = cols_t.T
-                pos += nv * J
-            elif wide:
-                half = _ceil(kv, 2)
-                pairs = np.stack([beats[pos:pos + half] & 0xFF, beats[pos:pos + half] >> 8], axis=1)
-                wp[r0:r0 + kv, c0:c0 + C] = pairs.reshape(2 * half, C)[:kv].astype(np.uint8).view(np.int8) \
-                    .astype(np.int16).view(np.uint16)
-                pos += half
-            else:
-                wp[r0:r0 + kv, c0:c0 + C] = beats[pos:pos + kv]
-                pos += kv
+    for nt, kt in tile_order(Kt, Nt, interleave):
+        kv, nv = min(R, k - kt * R), min(C, n - nt * C)
+        r0, c0 = kt * R, nt * C
+        if transposed:
+            cols_t = beats[pos:pos + nv * J].reshape(nv, J * C)[:, :R]
+            wp[r0:r0 + R, c0:c0 + nv] = cols_t.T
+            pos += nv * J
+        elif wide:
+            half = _ceil(kv, 2)
+            pairs = np.stack([beats[pos:pos + half] & 0xFF, beats[pos:pos + half] >> 8], axis=1)
+            wp[r0:r0 + kv, c0:c0 + C] = pairs.reshape(2 * half, C)[:kv].astype(np.uint8).view(np.int8) \
+                .astype(np.int16).view(np.uint16)
+            pos += half
+        else:
+            wp[r0:r0 + kv, c0:c0 + C] = beats[pos:pos + kv]
+            pos += kv
     return wp[:k, :n].copy()
 
 
-def pack_weights(w, *, rows, cols, bus_bytes, transposed=False, wide=False):
+def pack_weights(w, *, rows, cols, bus_bytes, transposed=False, wide=False, interleave=0):
     """The external-memory bytes of ``w`` [K, N] (int8 or bf16) for a MATMUL with ``w_src``
-    EXT (``transposed=False``, ``wide`` for ``w_wide``) or EXT_T (``transposed=True``):
-    :func:`weight_bytes` bytes."""
+    EXT (``transposed=False``, ``wide`` for ``w_wide``) or EXT_T (``transposed=True``) and
+    ``interleave`` (:func:`tile_order`): :func:`weight_bytes` bytes, whatever the interleave."""
     w = np.asarray(w)
-    beats = engine_weight_beats(w, rows=rows, cols=cols, transposed=transposed, wide=wide)
+    beats = engine_weight_beats(w, rows=rows, cols=cols, transposed=transposed, wide=wide,
+                                interleave=interleave)
     if w.dtype == np.int8 and not wide:
         raw = (beats & 0xFF).astype(np.uint8).tobytes()
     else:

@@ -51,12 +51,12 @@ def expected(a, w, bias, requant, out):
     return bits if out == "fp32" else golden.fp32_to_bf16(bits)
 
 
-def add_case(prog, rng, M, K, N, kind, w_format, name, wait_load=True):
+def add_case(prog, rng, M, K, N, kind, w_format, name, wait_load=True, interleave=0):
     """LOAD A, MATMUL (waiting for the LOAD), STORE (waiting for the MATMUL); the expectation."""
     a, w, bias, requant = operands(rng, M, K, N, kind)
     at = prog.load(a)
     o = prog.matmul(at, w, out=kind[1], bias=bias, requant=requant, w_format=w_format,
-                    wait={"load": prog.count("load")} if wait_load else None)
+                    wait={"load": prog.count("load")} if wait_load else None, interleave=interleave)
     prog.store(o, name, wait={"matmul": prog.count("matmul")})
     return expected(a, w, bias, requant, kind[1])
 
@@ -239,6 +239,29 @@ def test_an_abort_drops_the_matmuls_taken_but_not_started_and_the_next_program_i
     np.testing.assert_array_equal(good.result(res, "y"), golden.matmul_int8(a2, w2))
 
 
+INTERLEAVED = [  # (a dtype, out, bias), weight format, interleave (G − 1): several K and N tiles on the 2×2 array
+    (("int8", "int32", True), "rows", 1), (("int8", "int8", True), "wide", 2), (("uint8", "int32", False), "transposed", 3),
+    (("bf16", "fp32", True), "rows", 2), (("bf16", "bf16", False), "transposed", 15), (("int8", "int32", False), "rows", 4),
+]
+
+
+def test_interleaved_matmuls_take_their_weights_in_tile_order_and_match_golden_bit_for_bit():
+    """MATMULs with ``interleave`` G − 1 > 0, weights packed in spec.matmul_layout.tile_order
+    (the last group short, G past the N tiles there are), back to back without waits between
+    them, each result bit-exact."""
+    seed = 207
+    rng = np.random.default_rng(seed)
+    prog = MatmulProgram(SIM.config)
+    want = {}
+    for i, (kind, w_format, il) in enumerate(INTERLEAVED):
+        M, K, N = int(rng.integers(1, 5)), int(rng.integers(5, 12)), int(rng.integers(5, 14))
+        want[f"y{i}"] = add_case(prog, rng, M, K, N, kind, w_format, f"y{i}", interleave=il)
+    res = SIM.run(prog.memory, prog.program(), read_back=prog.read_back, stall=0.2, backpressure=0.2, seed=seed)
+    assert SIM.error_of(res) == (ChipError.OK, 0, 0)
+    for name, w in want.items():
+        np.testing.assert_array_equal(prog.result(res, name), w, err_msg=name)
+
+
 SIM_DEFAULT = ChipSim("default")   # 8×8 array, 8 lanes, 128-bit AXI (built on first use)
 
 
@@ -250,10 +273,12 @@ def test_default_chip_matmuls_match_golden_with_random_axi_stalls():
     rng = np.random.default_rng(seed)
     prog = MatmulProgram(SIM_DEFAULT.config)
     want = {}
-    for i, (M, K, N, kind, w_format) in enumerate([(3, 40, 20, ("int8", "int8", True), "wide"),
-                                                   (2, 24, 13, ("bf16", "bf16", True), "transposed"),
-                                                   (5, 17, 9, ("uint8", "int32", False), "rows")]):
-        want[f"y{i}"] = add_case(prog, rng, M, K, N, kind, w_format, f"y{i}")
+    for i, (M, K, N, kind, w_format, il) in enumerate([(3, 40, 20, ("int8", "int8", True), "wide", 0),
+                                                       (2, 24, 13, ("bf16", "bf16", True), "transposed", 0),
+                                                       (5, 17, 9, ("uint8", "int32", False), "rows", 0),
+                                                       (1, 40, 30, ("int8", "int32", True), "rows", 2),
+                                                       (1, 24, 20, ("bf16", "fp32", False), "rows", 2)]):
+        want[f"y{i}"] = add_case(prog, rng, M, K, N, kind, w_format, f"y{i}", interleave=il)
     res = SIM_DEFAULT.run(prog.memory, prog.program(), read_back=prog.read_back, stall=0.2, backpressure=0.2,
                           seed=seed)
     assert SIM_DEFAULT.error_of(res) == (ChipError.OK, 0, 0)

@@ -39,6 +39,7 @@ def test_random_mixed_programs_leave_the_memory_and_error_registers_the_chip_mod
     print(b.summary(), b.ops_used)
     assert all(races(SIM.config, p.words) == [] for p in b.programs)
     assert any(e[0] != ChipError.OK for e in b.expect)            # the seed ends a program with an error
+    assert b.ops_used.get("MATMUL interleaved", 0) >= 2            # EXT weights in tile_order with G > 1
     res = b.run(SIM, seed=SEED, stall=stall, backpressure=stall)
     b.check(SIM, res)
     c = res.counters                                               # the last program: the arena dump

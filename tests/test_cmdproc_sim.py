@@ -253,6 +253,7 @@ def test_every_decode_check_stops_the_program_at_the_instruction_with_its_code_a
                             matmul(w_src=isa.WSource.KV_K, k=4, n=4),                       # 2 K tiles, not 4
                             matmul(w_src=isa.WSource.KV_V, k=4, n=8, dtype=Dtype.BF16, out_fmt=OutFormat.FP32),
                             matmul(w_src=isa.WSource.KV_K, k=8, n=4, kv_start=61),          # 65 > 64 positions
+                            matmul(w_src=isa.WSource.KV_V, k=4, n=8, interleave=1),
                             matmul(m=64, k=128, a_stride=64), matmul(a_addr=4090, m=4),
                             matmul(o_addr=4095), matmul(w_addr=EXT_SIZE - 8),
                             matmul(w_src=isa.WSource.EXT_T, w_addr=EXT_SIZE - 8),
@@ -284,6 +285,22 @@ def test_every_decode_check_stops_the_program_at_the_instruction_with_its_code_a
         assert (state, code, got_detail, index) == (ProcState.ERROR, want, detail, 2), CHECKS[op][detail][1]
         base = 5 * i
         assert sorted(j - base for _, j, _, _ in h.started if base <= j < base + 5) == [0, 1]
+
+
+def test_the_interleave_groups_rows_must_fit_the_accumulator():
+    detail = [d for d, (_, text) in enumerate(CHECKS[isa.Opcode.MATMUL]) if "accumulator" in text][0]
+    # acc_depth 64: G·m ≤ 64 runs (m = 32 with G = 2, m = 4 with G = 16), one row more is refused
+    programs = [[load(), matmul(m=m, k=8, n=8, a_stride=4, o_stride=4, interleave=g - 1), END]
+                for m, g in ((32, 2), (33, 2), (4, 16), (5, 16), (64, 1))]
+    results = Harness(None, programs=programs).run()
+    refused = (ProcState.ERROR, ChipError.BAD_FIELD, detail, 1)
+    ran = (ProcState.DONE, ChipError.OK, 0, 0)
+    assert [r[:4] for r in results] == [ran, refused, ran, refused, ran]
+    kv_detail = [d for d, (_, text) in enumerate(CHECKS[isa.Opcode.MATMUL]) if "interleave other than 0" in text][0]
+    programs = [[load(), matmul(w_src=src, k=8, n=8, interleave=g - 1), END]
+                for src in (isa.WSource.KV_K, isa.WSource.KV_V) for g in (1, 2)]
+    results = Harness(None, programs=programs).run()
+    assert [r[:4] for r in results] == [ran, (ProcState.ERROR, ChipError.BAD_FIELD, kv_detail, 1)] * 2
 
 
 def test_kv_sourced_matmuls_are_refused_on_a_chip_whose_kv_cache_does_not_feed_the_engine():

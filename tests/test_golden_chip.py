@@ -106,6 +106,29 @@ def test_matmuls_in_every_weight_layout_and_output_format_give_golden_results(co
                                       err_msg=name)
 
 
+@pytest.mark.parametrize("w_format", ["rows", "wide", "transposed"])
+def test_an_interleaved_matmul_reads_its_weights_in_tile_order(w_format):
+    """interleave G − 1 = 2: the weights packed in tile_order give A·W; the same bytes read with
+    interleave 0 (the plain order) do not; KV-sourced weights with interleave are undefined."""
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (3, 9)).astype(np.int8)           # 5 K tiles, 6 N tiles of the 2×2 array
+    w = rng.integers(-128, 128, (9, 11)).astype(np.int8)
+    prog = MatmulProgram(CFG)
+    at = prog.load(a)
+    o = prog.matmul(at, w, w_format=w_format, wait={"load": 1}, interleave=2)
+    plain = prog.matmul(at, w, w_format=w_format, w_addr=o.w_addr, interleave=0)   # the same bytes
+    prog.store(o, "y", wait={"matmul": 2})
+    prog.store(plain, "y0", wait={"matmul": 2})
+    _, outcomes, res, _ = run_model(prog.memory, [prog.program()], prog.read_back)
+    assert outcomes[0].registers == (ChipError.OK, 0, 0)
+    np.testing.assert_array_equal(prog.result(res, "y"), golden.matmul_int8(a, w))
+    assert not np.array_equal(prog.result(res, "y0"), prog.result(res, "y"))
+    model = ChipModel(CFG)
+    with pytest.raises(UndefinedError, match="interleave"):
+        model.step(isa.encode(isa.Opcode.MATMUL, m=1, k=CFG.kvcache.head_dim, n=1, w_src=isa.WSource.KV_K,
+                              interleave=1))
+
+
 def test_kv_instructions_and_kv_matmuls_give_what_kvprograms_expects_with_refusals_at_their_index():
     b = KVPrograms(CFG, 4)
     a = b.rows(12)
@@ -232,7 +255,7 @@ def test_random_programs_are_race_free_and_use_every_opcode_and_vector_op():
             assert [o.registers for o in outcomes] == [tuple(x) for x in b.expect]
         used.update(b.ops_used)
         errors |= {x[:2] for x in b.expect}
-    assert {"LOAD", "STORE", "MATMUL", "SOFTMAX", "KV"} <= set(used)
+    assert {"LOAD", "STORE", "MATMUL", "MATMUL interleaved", "SOFTMAX", "KV"} <= set(used)
     assert {f"VECTOR.{op.name}" for op in VectorOp} <= set(used)
     assert {(ChipError.OK, 0), (ChipError.KV, KVStatus.OUT_OF_PAGES), (ChipError.KV, KVStatus.UNKNOWN_SEQ),
             (ChipError.KV, KVStatus.READ_PAST_LENGTH), (ChipError.VECTOR, VectorStatus.BAD_SCALE),

@@ -88,6 +88,40 @@ def test_layer_prefill_batched_decode_and_page_reuse_match_golden_row_for_row_un
     assert decode["matmul_exec_instrs"] == 4 + 2 * LC.n_heads * 2
 
 
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_projection_weights_are_interleaved_and_long_matmuls_split_to_fit_the_accumulator(mode):
+    """Each projection's MATMULs carry the image's interleave (G > 1: several K and N tiles on the
+    2×2 array) and int8 the wide format; a 9-row prefill (more than acc_depth // G rows) is split
+    into MATMULs of at most acc_depth // G rows that together cover every row once, each reading
+    the whole weights; the decode step's M = 2 stays one MATMUL per projection."""
+    from hdl.matmul import MatmulEngine
+    from spec import isa
+    from spec import matmul_layout as ml
+    lay = layer(mode)
+    cfg = chip_config(mode)
+    plan = plan_layer(lay, server_steps(lay)[:2], config=cfg)
+    im = plan.image
+    acc = MatmulEngine.buffer_sizes(cfg)[0]
+    assert im.acc_depth == acc and min(im.interleave.values()) >= 1
+    by_addr = {addr: name for name, addr in im.w.items()}
+    for step, M in zip(plan.steps, (9, 2), strict=True):
+        rows = {}
+        for word in step.program_words:
+            op, f = isa.decode(word)
+            if op != isa.Opcode.MATMUL or f["w_src"] != isa.WSource.EXT:
+                continue
+            name = by_addr[f["w_addr"]]
+            assert f["interleave"] == im.interleave[name] and (f["interleave"] + 1) * f["m"] <= acc
+            assert f["w_wide"] == (mode == "int8")
+            rows.setdefault(name, []).append(f["m"])
+            assert ml.tile_order(-(-f["k"] // cfg.array.rows), -(-f["n"] // cfg.array.cols), f["interleave"]) \
+                != ml.tile_order(-(-f["k"] // cfg.array.rows), -(-f["n"] // cfg.array.cols), 0)
+        assert set(rows) == set(im.w)
+        for name, ms in rows.items():
+            assert sum(ms) == M and max(ms) <= acc // (im.interleave[name] + 1), (name, ms)
+            assert len(ms) == (1 if M == 2 else -(-M // (acc // (im.interleave[name] + 1))))
+
+
 def test_compiler_refuses_bad_requests_before_anything_runs():
     lay = layer("bf16")
     cfg = chip_config("bf16")

@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """spec.matmul_layout: the engine beats it defines are the ones sim.matmul_api.prepare_job gives
 the engine (every format, partial tiles, R = C and R = 2·C, with and without interleave; the
-tile order), packing and unpacking are inverse and weights_from_beats inverts the beats,
+tile order), packing and unpacking are inverse and weights_from_beats inverts the beats (any interleave),
 the parameter records hold the engine's parameter beats; and the dispatcher's MATMUL range checks
 (hdl/cmdproc.py) agree with its sizes to the bus word: weights or parameters that end exactly at
 EXT_SIZE pass, one bus word further fails with EXT_RANGE and the check's detail."""
@@ -51,6 +51,12 @@ def test_engine_beats_are_prepare_jobs_and_pack_unpack_are_inverse(rows, cols):
             lanes = w.astype(np.int16).view(np.uint16) if dtype == "int8" else w.view(np.uint16)
             np.testing.assert_array_equal(ml.weights_from_beats(beats, K, N, rows=rows, cols=cols, transposed=t,
                                                                 wide=wide), lanes, err_msg=f"{K}×{N} {dtype} {fmt}")
+            data = ml.pack_weights(w, rows=rows, cols=cols, bus_bytes=16, transposed=t, wide=wide, interleave=il)
+            back = ml.unpack_weight_beats(data, cols=cols, beats=len(beats), bf16=dtype == "bf16", wide=wide)
+            np.testing.assert_array_equal(back, job.w_beats)
+            np.testing.assert_array_equal(ml.weights_from_beats(back, K, N, rows=rows, cols=cols, transposed=t,
+                                                                wide=wide, interleave=il), lanes,
+                                          err_msg=f"{K}×{N} {dtype} {fmt}, interleave {il}")
             for bus in (4, 16, 64):
                 data = ml.pack_weights(w, rows=rows, cols=cols, bus_bytes=bus, transposed=t, wide=wide)
                 assert len(data) % bus == 0 and len(data) == ml.weight_bytes(

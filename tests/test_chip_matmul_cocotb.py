@@ -240,8 +240,9 @@ def test_an_abort_drops_the_matmuls_taken_but_not_started_and_the_next_program_i
 
 
 INTERLEAVED = [  # (a dtype, out, bias), weight format, interleave (G − 1): several K and N tiles on the 2×2 array
-    (("int8", "int32", True), "rows", 1), (("int8", "int8", True), "wide", 2), (("uint8", "int32", False), "transposed", 3),
-    (("bf16", "fp32", True), "rows", 2), (("bf16", "bf16", False), "transposed", 15), (("int8", "int32", False), "rows", 4),
+    (("int8", "int32", True), "rows", 1), (("int8", "int8", True), "wide", 2),
+    (("uint8", "int32", False), "transposed", 3), (("bf16", "fp32", True), "rows", 2),
+    (("bf16", "bf16", False), "transposed", 15), (("int8", "int32", False), "rows", 4),
 ]
 
 

@@ -9,8 +9,8 @@ SEED ?= 1
 MODE ?= int8
 LAYER ?= 15
 BATCH ?= 2
-TOKENS ?= 8
-DECODE ?= 1
+TOKENS ?= 32
+DECODE ?= 8
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help

@@ -11,7 +11,7 @@ and per unit, array utilization, DRAM bytes per token, simulation rate, and the 
 latency per token at a clock frequency (extrapolated from one layer). Writes the figures to
 build/sim/layer.json (``--json``). Exit status 1 when any row differs from golden.
 
-    python -m sim.layer_demo --mode int8 --layer 15 --batch 2 --tokens 8 --decode 1
+    python -m sim.layer_demo --mode int8 --layer 15 --batch 2 --tokens 32 --decode 8
 """
 
 import argparse
@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from compiler.layer import LayerImage
 from hdl.config import PRESETS, get_config
 
-from .layer_api import CompileError, Request, chip_for, plan_layer, run_layer
+from .layer_api import CompileError, Request, chip_for, plan_layer, prefill_chunks, run_layer
 
 #: A layer whose input carries SmolLM2's ~2·10⁴ activation in channel 507 at position 0.
 DEFAULT_LAYER = 15
@@ -55,9 +56,11 @@ def build_layer(model, index, mode, *, max_tokens, max_seqs, page_size):
     return DecoderLayer(w, mode=mode, max_tokens=max_tokens, max_seqs=max_seqs, page_size=page_size, **kw)
 
 
-def make_steps(model, layer, index, *, batch, tokens, decode):
-    """The prefill step (every sequence's ``tokens`` rows) and ``decode`` steps of one row per
-    sequence. Sequence b reads the held-out text from token 40·b."""
+def make_steps(model, layer, index, *, batch, tokens, decode, config):
+    """The prefill steps and ``decode`` steps of one row per sequence, and a name per step.
+    Sequence b reads the held-out text from token 40·b. The prefill is one step when every
+    sequence's ``tokens`` rows fit the chip's scratchpad together; otherwise each sequence is
+    prefilled in its own steps (:func:`sim.layer_api.prefill_chunks`)."""
     from golden.models import PROMPT
     text = model.tokenize(PROMPT)
     need = 40 * (batch - 1) + tokens + decode
@@ -68,17 +71,33 @@ def make_steps(model, layer, index, *, batch, tokens, decode):
         ids = text[40 * b:40 * b + tokens + decode]
         xs.append(model.hidden_states(ids, index).astype(layer.io_dtype))
     steps = [[Request(seq=b, x=xs[b][:tokens], alloc=True) for b in range(batch)]]
+    try:
+        plan_layer(layer, steps, config=config, max_pos=tokens + decode)
+        names = ["prefill"]
+    except CompileError as e:
+        if "scratchpad" not in str(e):
+            raise
+        image = LayerImage(layer, get_config(config), base=0, max_pos=tokens + decode)
+        steps, names = [], []
+        for b in range(batch):
+            for p, n in prefill_chunks(image, tokens, seq=b):
+                steps.append([Request(seq=b, x=xs[b][p:p + n], pos0=p, alloc=p == 0)])
+                names.append(f"prefill {b}" if n == tokens else f"prefill {b}.{p}")
     for i in range(decode):
         p = tokens + i
         steps.append([Request(seq=b, x=xs[b][p:p + 1], pos0=p) for b in range(batch)])
-    return steps
+        names.append(f"decode {i + 1}")
+    return steps, names
 
 
-def summarize(cfg, plan, res, names, *, seconds, fmax_mhz, layers=30):
-    """The figures of a run (``names``: the chip's counter names): per phase (step) and in all."""
+def summarize(cfg, plan, res, names, *, seconds, fmax_mhz, layers=30, phase_names=None):
+    """The figures of a run (``names``: the chip's counter names; ``phase_names``: one per step,
+    default prefill then decode 1, 2, ...): per phase (step) and in all."""
     R, C = cfg.array.rows, cfg.array.cols
     peak = cfg.memory.axi_data_bits // 8
     phases = []
+    if phase_names is None:
+        phase_names = ["prefill"] + [f"decode {i}" for i in range(1, len(plan.steps))]
     for i, step in enumerate(plan.steps):
         c = dict(zip(names, (int(v) for v in res.outputs[f"run{i}_counters"]), strict=True))
         cycles = c["cycles"]
@@ -86,7 +105,7 @@ def summarize(cfg, plan, res, names, *, seconds, fmax_mhz, layers=30):
         dram = c["dma_rd_read_bytes"] + c["dma_wr_write_bytes"]
         match = res.outputs.get(f"match{i}")
         phases.append({
-            "phase": "prefill" if i == 0 else f"decode {i}",
+            "phase": phase_names[i],
             "rows": step.rows, "cycles": cycles,
             "busy": {u: c[f"{u}_exec_busy"] for u in UNITS},
             "macs": macs, "utilization": macs / (R * C * cycles) if cycles else 0.0,
@@ -96,7 +115,7 @@ def summarize(cfg, plan, res, names, *, seconds, fmax_mhz, layers=30):
             "error": [int(v) for v in res.outputs[f"error{i}"]],
             "counters": c,
         })
-    decode = phases[1:]
+    decode = [p for p in phases if p["phase"].startswith("decode")]
     dec_cycles = float(np.median([p["cycles"] for p in decode])) if decode else None
     batch = decode[0]["rows"] if decode else None
     total = sum(p["cycles"] for p in phases)
@@ -142,9 +161,9 @@ def main(argv=None):
     ap.add_argument("--config", default="default", choices=sorted(PRESETS), help="chip preset (default: default)")
     ap.add_argument("--mode", default="int8", choices=("int8", "bf16"))
     ap.add_argument("--layer", type=int, default=DEFAULT_LAYER, help=f"SmolLM2 layer 0..29 (default {DEFAULT_LAYER})")
-    ap.add_argument("--tokens", type=int, default=8, help="prefill tokens per sequence (default 8)")
+    ap.add_argument("--tokens", type=int, default=32, help="prefill tokens per sequence (default 32)")
     ap.add_argument("--batch", type=int, default=2, help="sequences (default 2)")
-    ap.add_argument("--decode", type=int, default=1, help="decode steps after the prefill (default 1)")
+    ap.add_argument("--decode", type=int, default=8, help="decode steps after the prefill (default 8)")
     ap.add_argument("--seed", type=int, default=1, help="testbench seed (AXI stalls)")
     ap.add_argument("--stall", type=float, default=0.0, help="AXI valid-gap / backpressure probability")
     ap.add_argument("--fmax-mhz", type=float, default=DEFAULT_FMAX_MHZ,
@@ -178,7 +197,8 @@ def main(argv=None):
     try:
         layer = build_layer(model, args.layer, args.mode, max_tokens=cfg.kvcache.max_tokens,
                             max_seqs=cfg.kvcache.max_seqs, page_size=cfg.kvcache.page_size)
-        steps = make_steps(model, layer, args.layer, batch=args.batch, tokens=args.tokens, decode=args.decode)
+        steps, names = make_steps(model, layer, args.layer, batch=args.batch, tokens=args.tokens,
+                                  decode=args.decode, config=cfg)
         plan = plan_layer(layer, steps, config=cfg)
     except (CompileError, ValueError) as e:
         print(f"sim.layer_demo: {e}", file=sys.stderr)
@@ -193,7 +213,6 @@ def main(argv=None):
     sim.design()
     print("running it (a progress line every 10 s) ...", flush=True)
     t1 = time.perf_counter()
-    names = ["prefill"] + [f"decode {i + 1}" for i in range(args.decode)]
 
     def show(line):
         for i, n in enumerate(names):       # "run i/N" → the phase's name
@@ -202,7 +221,8 @@ def main(argv=None):
     res = run_layer(layer, steps, config=cfg, stall=args.stall, backpressure=args.stall, seed=args.seed,
                     progress=show, sim=sim)
     seconds = time.perf_counter() - t1
-    fig = summarize(cfg, plan, res, sim.chip().counter_names, seconds=seconds, fmax_mhz=args.fmax_mhz)
+    fig = summarize(cfg, plan, res, sim.chip().counter_names, seconds=seconds, fmax_mhz=args.fmax_mhz,
+                    phase_names=names)
     fig.update(mode=args.mode, layer=args.layer, batch=args.batch, tokens=args.tokens, decode=args.decode,
                seed=res.seed, wall_seconds=time.perf_counter() - t0)
     print_summary(fig, mode=args.mode, layer_index=args.layer)

@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed
 
 help: ## list the targets
 	@echo "make sim            a SmolLM2 decoder layer on the chip, bit-exact against golden (MODE=int8|bf16 LAYER=0..29 BATCH= TOKENS= DECODE=; creates .venv on first use)"
-	@echo "                    LAYERS=all: the whole model, 30 layers on the chip, greedy decoding (PROMPT=\"...\" TOKENS=n, default 2; tens of minutes)"
+	@echo "                    LAYERS=all: the whole model, 30 layers on the chip, greedy decoding (PROMPT=\"...\" TOKENS=n, default 2; about 10 minutes)"
 	@echo "make sim-matmul     one SmolLM2-shaped matmul on the engine alone (CONFIG=)"
 	@echo "make test           the whole regression (pytest, both cores)"
 	@echo "make test-fast      golden and amaranth.sim tests only, no Verilator"

@@ -48,7 +48,7 @@ from amaranth.utils import ceil_log2, exact_log2
 from spec.codes import KVOp, KVStatus
 
 from .counters import events_layout
-from .kvcache_data import AppendWriter, ReadEngine
+from .kvcache_data import AppendWriter, ReadEngine, check_geometry
 from .kvcache_slots import SEQ_ID_BITS, FreeList, SlotTable
 from .memport import MemoryPortSignature
 from .params import check_int as _check_int
@@ -65,11 +65,7 @@ class KVCacheParams:
     """
 
     def __init__(self, *, page_size, num_pages, kv_heads, head_dim, max_seqs, beat_elems, dtype):
-        _check_int("page_size", page_size, 1, 256)
-        if page_size & (page_size - 1):
-            raise ValueError(f"page_size must be a power of two, not {page_size}")
-        _check_int("num_pages", num_pages, 2, 65536)
-        _check_int("kv_heads", kv_heads, 1, 64)
+        check_geometry(page_size, num_pages, kv_heads)
         _check_int("head_dim", head_dim, 1, 1024)
         _check_int("max_seqs", max_seqs, 1, 1024)
         _check_int("beat_elems", beat_elems, 1, head_dim)

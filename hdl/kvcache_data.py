@@ -25,12 +25,17 @@ def _mul_const(x, k):
     return total
 
 
-def _check(page_size, num_pages, kv_heads, beats_per_row):
+def check_geometry(page_size, num_pages, kv_heads):
+    """The page and head checks the controller and its parts share."""
     _check_int("page_size", page_size, 1, 256)
     if page_size & (page_size - 1):
         raise ValueError(f"page_size must be a power of two, not {page_size}")
     _check_int("num_pages", num_pages, 2, 65536)
     _check_int("kv_heads", kv_heads, 1, 64)
+
+
+def _check(page_size, num_pages, kv_heads, beats_per_row):
+    check_geometry(page_size, num_pages, kv_heads)
     _check_int("beats_per_row", beats_per_row, 1, 1024)
 
 

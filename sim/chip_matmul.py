@@ -13,6 +13,7 @@ the waits that order them, and decodes what a run stored.
 
 import numpy as np
 
+import golden
 from hdl.config import get_config
 from spec import isa
 from spec import matmul_layout as ml
@@ -20,7 +21,7 @@ from spec.codes import Dtype, OutFormat
 
 from .chip_api import Program
 
-__all__ = ["MatmulProgram", "OUT_FORMATS"]
+__all__ = ["MatmulProgram", "OUT_FORMATS", "matmul_expected"]
 
 #: out name → (OutFormat, bytes per element in external memory, numpy dtype of the stored value)
 OUT_FORMATS = {"int32": (OutFormat.INT32, 4, "<i4"), "int8": (OutFormat.INT8, 1, "i1"),
@@ -158,3 +159,14 @@ class MatmulProgram:
         _, eb, dt = OUT_FORMATS[t.dtype]
         raw = res.outputs[name].reshape(t.rows, stride_b)[:, :t.cols * eb]
         return np.ascontiguousarray(raw).view(dt).reshape(t.rows, t.cols)
+
+
+def matmul_expected(a, w, bias, requant, out):
+    """What a MATMUL of ``a``·``w`` (+ ``bias``) leaves for STORE in output format ``out``
+    (``"int32"``, ``"int8"`` with ``requant`` = (multipliers, shifts), ``"fp32"`` or ``"bf16"``):
+    int32 values, int8 values, fp32 bits or bf16 bits, from golden."""
+    if out in ("int32", "int8"):
+        acc = golden.matmul_int8(a, w, bias)
+        return acc if out == "int32" else golden.requantize(acc, *requant)
+    bits = golden.as_fp32_bits(golden.matmul_bf16(a, w, bias))
+    return bits if out == "fp32" else golden.fp32_to_bf16(bits)

@@ -15,7 +15,7 @@ import pytest
 import golden
 from hdl.exec_matmul import AXI_DETAIL_PARAMS, AXI_DETAIL_WEIGHTS
 from sim.chip_api import ChipSim
-from sim.chip_matmul import MatmulProgram
+from sim.chip_matmul import MatmulProgram, matmul_expected
 from spec import isa
 from spec.codes import ChipError, MatmulStatus
 
@@ -42,15 +42,6 @@ def operands(rng, M, K, N, kind):
     return a, w, bias, requant
 
 
-def expected(a, w, bias, requant, out):
-    """What STORE writes: int32, int8, fp32 bits or bf16 bits."""
-    if out in ("int32", "int8"):
-        acc = golden.matmul_int8(a, w, bias)
-        return acc if out == "int32" else golden.requantize(acc, *requant)
-    bits = golden.as_fp32_bits(golden.matmul_bf16(a, w, bias))
-    return bits if out == "fp32" else golden.fp32_to_bf16(bits)
-
-
 def add_case(prog, rng, M, K, N, kind, w_format, name, wait_load=True, interleave=0):
     """LOAD A, MATMUL (waiting for the LOAD), STORE (waiting for the MATMUL); the expectation."""
     a, w, bias, requant = operands(rng, M, K, N, kind)
@@ -58,7 +49,7 @@ def add_case(prog, rng, M, K, N, kind, w_format, name, wait_load=True, interleav
     o = prog.matmul(at, w, out=kind[1], bias=bias, requant=requant, w_format=w_format,
                     wait={"load": prog.count("load")} if wait_load else None, interleave=interleave)
     prog.store(o, name, wait={"matmul": prog.count("matmul")})
-    return expected(a, w, bias, requant, kind[1])
+    return matmul_expected(a, w, bias, requant, kind[1])
 
 
 CASES = [  # (a dtype, out, bias), weight format

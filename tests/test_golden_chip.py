@@ -20,7 +20,7 @@ import golden
 from golden.chip import ChipModel, UndefinedError, races
 from hdl.config import get_config
 from sim.chip_kv import KVPrograms, activations
-from sim.chip_matmul import MatmulProgram
+from sim.chip_matmul import MatmulProgram, matmul_expected
 from sim.chip_random import RandomPrograms
 from spec import isa
 from spec.codes import ChipError, KVOp, KVStatus, MatmulStatus
@@ -67,13 +67,6 @@ def test_every_vector_op_and_softmax_row_of_the_directed_chip_programs_gives_gol
     assert len(pb.expect) == len(cases) + 1 + 2 + 5          # QUANT_TOKEN stores its exponents too
     assert pb.mismatches(res) == {}
 
-
-def matmul_expected(a, w, bias, requant, out):
-    if out in ("int32", "int8"):
-        acc = golden.matmul_int8(a, w, bias)
-        return acc if out == "int32" else golden.requantize(acc, *requant)
-    bits = golden.as_fp32_bits(golden.matmul_bf16(a, w, bias))
-    return bits if out == "fp32" else golden.fp32_to_bf16(bits)
 
 
 @pytest.mark.parametrize("config", [CFG, get_config("default")], ids=["tiny", "default"])

@@ -302,9 +302,9 @@ PRESETS = {
         name="tiny",
         array=ArrayConfig(rows=2, cols=2),
         softmax=SoftmaxConfig(lanes=2, max_len=64),
-        kvcache=KVCacheConfig(page_size=4, pages=16, heads=2, head_dim=8, max_seqs=4, beat_elems=2),
-        vector=VectorConfig(lanes=2, max_len=64),
-        memory=MemoryConfig(spad_lanes=2, spad_words=1024, spad_banks=4, axi_data_bits=32)),
+        kvcache=KVCacheConfig(page_size=4, pages=16, heads=2, head_dim=16, max_seqs=4, beat_elems=2),
+        vector=VectorConfig(lanes=2, max_len=128),
+        memory=MemoryConfig(spad_lanes=2, spad_words=2048, spad_banks=4, axi_data_bits=32)),
     "default": ChipConfig(),
     "large": ChipConfig(
         name="large",

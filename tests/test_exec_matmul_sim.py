@@ -190,18 +190,19 @@ def test_kv_sourced_qk_and_pv_match_golden_and_a_refused_read_or_command_leaves_
     p = rng.integers(0, 256, (2, 7)).astype(np.uint8)
     a = rng.integers(-128, 128, (3, 5)).astype(np.int8)
     w = rng.integers(-128, 128, (5, 3)).astype(np.int8)
-    spad_put(spad, 0, q, 4)
-    spad_put(spad, 20, p, 4)
+    hw = -(-kv.head_dim // L)                      # scratchpad words of a head_dim row
+    spad_put(spad, 0, q, hw)                       # words 0 .. 3·hw − 1 (below 40)
+    spad_put(spad, 3 * hw, p, 4)
     spad_put(spad, 40, a, 3)
     wb = ml.pack_weights(w, rows=L, cols=L, bus_bytes=BUS)
     mem[0x100:0x100 + len(wb)] = wb
     kvf = dict(kv_seq=SEQ, kv_head=HEAD)
     instrs = [
-        matmul(m=3, k=kv.head_dim, n=7, w_src=isa.WSource.KV_K, kv_start=1, a_addr=0, a_stride=4, o_addr=100,
+        matmul(m=3, k=kv.head_dim, n=7, w_src=isa.WSource.KV_K, kv_start=1, a_addr=0, a_stride=hw, o_addr=100,
                o_stride=4, **kvf),                                                        # Q·Kᵀ, 7 keys
-        matmul(m=2, k=7, n=kv.head_dim, w_src=isa.WSource.KV_V, kv_start=2, a_unsigned=1, a_addr=20, a_stride=4,
-               o_addr=120, o_stride=4, **kvf),                                            # P·V, 7 positions
-        matmul(m=3, k=kv.head_dim, n=5, w_src=isa.WSource.KV_K, kv_start=8, a_addr=0, a_stride=4, o_addr=140,
+        matmul(m=2, k=7, n=kv.head_dim, w_src=isa.WSource.KV_V, kv_start=2, a_unsigned=1, a_addr=3 * hw,
+               a_stride=4, o_addr=112, o_stride=hw, **kvf),                               # P·V, 7 positions
+        matmul(m=3, k=kv.head_dim, n=5, w_src=isa.WSource.KV_K, kv_start=8, a_addr=0, a_stride=hw, o_addr=140,
                o_stride=4, **kvf),                                                        # past the length
         matmul(m=3, k=5, n=3, a_addr=40, a_stride=3, o_addr=160, o_stride=2, w_addr=0x100),
         matmul(m=3, k=5, n=3, out_fmt=OutFormat.FP32, a_addr=40, a_stride=3, o_addr=170, o_stride=2,
@@ -215,7 +216,7 @@ def test_kv_sourced_qk_and_pv_match_golden_and_a_refused_read_or_command_leaves_
     assert h.kv_reads[:2] == [(KVOp.READ_K, SEQ, HEAD, 1, 7, L, 1), (KVOp.READ_V, SEQ, HEAD, 2, 7, 0, 1)]
     keys, values = cache.read_k(SEQ, HEAD, 1, 7), cache.read_v(SEQ, HEAD, 2, 7)
     np.testing.assert_array_equal(spad_get(spad, 100, 3, 7, 4), golden.matmul_int8(q, keys.T.copy()))
-    np.testing.assert_array_equal(spad_get(spad, 120, 2, kv.head_dim, 4), golden.matmul_int8(p, values))
+    np.testing.assert_array_equal(spad_get(spad, 112, 2, kv.head_dim, hw), golden.matmul_int8(p, values))
     assert all(spad.get(140 + i, 0) == 0 for i in range(12)), "the refused READ's results were written"
     for addr in (160, 180):
         np.testing.assert_array_equal(spad_get(spad, addr, 3, 3, 2), golden.matmul_int8(a, w))

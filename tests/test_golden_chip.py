@@ -27,6 +27,7 @@ from spec.codes import ChipError, KVOp, KVStatus, MatmulStatus
 from spec.vector import VectorOp, VectorStatus
 
 CFG = get_config("tiny")
+SPAD_WORDS = CFG.memory.spad_banks * CFG.memory.spad_words        # words of the scratchpad
 U = isa.Unit
 BF16 = ml_dtypes.bfloat16
 KW = dict(lanes=CFG.vector.lanes, max_len=CFG.vector.max_len)
@@ -199,7 +200,7 @@ def test_what_the_model_does_not_define_raises_and_changes_nothing():
     model.spad.mem[:8] = 7
     before = model.spad.mem.copy()
     bad = [isa.encode(isa.Opcode.VECTOR, op=VectorOp.ADD, dtype=1, rows=0, length=4),           # BAD_FIELD
-           isa.encode(isa.Opcode.LOAD, rows=1, elems=4, elem_bytes=0, spad_addr=4 * 1024 - 1),  # SPAD_RANGE
+           isa.encode(isa.Opcode.LOAD, rows=1, elems=4, elem_bytes=0, spad_addr=SPAD_WORDS - 1),   # SPAD_RANGE
            isa.encode(isa.Opcode.MATMUL, m=1, k=2, n=2, a_addr=0, a_stride=1, o_addr=100)]    # int8 7s: fine…
     with pytest.raises(UndefinedError, match="instruction 0: a VECTOR field check"):
         model.execute(bad[:1])

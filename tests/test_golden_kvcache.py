@@ -294,7 +294,7 @@ def test_from_config_reads_the_kv_parameters_of_a_hardware_config():
     from hdl.config import get_config
     c = PagedKVCache.from_config(get_config("tiny").kvcache)
     assert (c.page_size, c.num_pages, c.kv_heads, c.head_dim, c.max_seqs, c.dtype) == (
-        4, 16, 2, 8, 4, "int8")
+        4, 16, 2, 16, 4, "int8")
 
 
 def test_execute_answers_hardware_codes_and_fields():

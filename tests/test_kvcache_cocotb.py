@@ -374,9 +374,9 @@ def test_default_config_random_command_stream_matches_golden(stalls):
 
 
 EDGE_GEOMETRIES = {
-    "one_beat_per_row": get_config("tiny").replace(name="tiny_bpr1", kvcache={"beat_elems": 8}),
+    "one_beat_per_row": get_config("tiny").replace(name="tiny_bpr1", kvcache={"head_dim": 8, "beat_elems": 8}),
     "one_token_per_page_one_element_beats": get_config("tiny").replace(
-        name="tiny_ps1", kvcache={"page_size": 1, "pages": 64, "beat_elems": 1}),
+        name="tiny_ps1", kvcache={"head_dim": 8, "page_size": 1, "pages": 64, "beat_elems": 1}),
 }
 
 

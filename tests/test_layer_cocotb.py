@@ -1,6 +1,6 @@
 """A decoder layer on the chip (compiler.layer, sim.layer_api.run_layer) against
-golden.DecoderLayer run sequence by sequence: a small synthetic layer (d_model 32, 4 query
-heads, 2 KV heads of 8, FFN 64: the shapes the `tiny` chip's KV cache and vector unit hold, so
+golden.DecoderLayer run sequence by sequence: a small synthetic layer (d_model 64, 4 query
+heads, 2 KV heads of 16, FFN 128: the shapes the `tiny` chip's KV cache and vector unit hold, so
 the tests reuse the chip builds the other tiny-chip tests make) in both modes, with AXI stalls;
 the requests the compiler refuses before anything runs; the same steps one at a time through a
 persistent session (sim.layer_api.LayerSession); a two-layer model greedy-decoding through one
@@ -21,7 +21,7 @@ from sim.layer_api import _IMAGE_BASE, CompileError, LayerSession, Request, plan
 from sim.model_demo import ModelOnChip, golden_greedy
 from spec.codes import ChipError, KVStatus
 
-LC = LayerConfig(d_model=32, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=64)
+LC = LayerConfig(d_model=64, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128)
 SEED = 7
 TINY = get_config("tiny")
 TINY_BF16 = TINY.replace(name="tiny_bf16", kvcache={"dtype": "bf16"})
@@ -139,12 +139,12 @@ def test_compiler_refuses_bad_requests_before_anything_runs():
         with pytest.raises(CompileError, match=words):
             plan_layer(lay, steps, config=cfg)
     with pytest.raises(CompileError, match="KV cache holds"):
-        plan_layer(lay, [[Request(seq=0, x=x, alloc=True)]], config=cfg.replace(name="kv16", kvcache={"head_dim": 16}))
+        plan_layer(lay, [[Request(seq=0, x=x, alloc=True)]], config=cfg.replace(name="kv32", kvcache={"head_dim": 32}))
     with pytest.raises(CompileError, match="does not match the layer"):
         plan_layer(lay, [[Request(seq=0, x=x, alloc=True)]], config="tiny")
     with pytest.raises(CompileError, match="vector.max_len"):
         plan_layer(lay, [[Request(seq=0, x=x, alloc=True)]],
-                   config=cfg.replace(name="short_vector", vector={"max_len": 32}))
+                   config=cfg.replace(name="short_vector", vector={"max_len": 64}))
 
 
 @pytest.mark.xdist_group("chip_tiny")

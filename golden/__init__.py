@@ -37,9 +37,11 @@ from .vector import (  # noqa: F401
     residual_add_int,
     residual_add_params,
     rmsnorm_bf16,
+    rmsnorm_fp32_in,
     rmsnorm_int8,
     rmsnorm_reference,
     rope_bf16,
+    rope_fp32_in,
     rope_int8,
     rope_reference,
     rope_table,
@@ -48,5 +50,6 @@ from .vector import (  # noqa: F401
     silu_reference,
     silu_table_int8,
     swiglu_bf16,
+    swiglu_fp32_in,
     swiglu_int8,
 )

@@ -114,6 +114,10 @@ VARIANTS = {
     "int8_no_smoothing": dict(mode="int8", smooth_alpha=None),
     "int8_per_tensor": dict(mode="int8", activation_scales="per_tensor", smooth_alpha=None),
     "bf16_fp32_residual": dict(mode="bf16", residual="fp32"),
+    # the fp32 residual with vector ops that read fp32 and round once (golden.vector.*_fp32_in)
+    "bf16_fp32_norm": dict(mode="bf16", residual="fp32", fp32_inputs=("rmsnorm",)),
+    "bf16_fp32_norm_rope": dict(mode="bf16", residual="fp32", fp32_inputs=("rmsnorm", "rope")),
+    "bf16_fp32_vector": dict(mode="bf16", residual="fp32", fp32_inputs=("rmsnorm", "rope", "swiglu")),
     "int8_hadamard": dict(mode="int8", hadamard=True),
     "int8_bf16_attn": dict(mode="int8", attention="bf16"),
     "int8_hadamard_bf16_attn": dict(mode="int8", attention="bf16", hadamard=True),
@@ -126,8 +130,8 @@ SCHEMES = ("bf16", "int8")
 #: The whole-model rows ``make accuracy`` runs: the schemes, the alternatives (not the two plain
 #: W8A8 baselines, which the per-layer table already shows far behind), and the two bounds
 #: (:data:`BOUNDS`).
-MODEL_VARIANTS = ("bf16", "int8", "bf16_fp32_residual", "int8_hadamard", "int8_bf16_attn",
-                  "int8_hadamard_bf16_attn", "int8_hadamard_bf16_attn_scale7",
+MODEL_VARIANTS = ("bf16", "int8", "bf16_fp32_residual", "bf16_fp32_norm", "bf16_fp32_norm_rope", "bf16_fp32_vector",
+                  "int8_hadamard", "int8_bf16_attn", "int8_hadamard_bf16_attn", "int8_hadamard_bf16_attn_scale7",
                   "int8_hadamard_bf16_attn_scale7_a07", "float64_bf16_weights", "float64_bf16_operands")
 #: Whole-model-only rows (not DecoderLayer modes): float64 arithmetic with the weights rounded to
 #: bf16 (the floor of any datapath that reads bf16 weights), and also every matmul operand (h, q

@@ -35,6 +35,11 @@ Measured alternatives (opt-in; the defaults above are what the hardware computes
 ``mode="bf16", residual="fp32"``
     The residual stream stays fp32 (:func:`golden.fp32_add` of the unrounded fp32 Wo and W_down
     outputs; RMSNorm reads it rounded to bf16). Input and output float32.
+``mode="bf16", residual="fp32", fp32_inputs=("rmsnorm", "rope", "swiglu")`` (or a subset)
+    Vector ops that read fp32 and round once to bf16: RMSNorm of the fp32 stream
+    (:func:`golden.vector.rmsnorm_fp32_in`), RoPE of the unrounded fp32 q/k matmul outputs with
+    fp32 cos/sin (:func:`golden.vector.rope_fp32_in`), the SwiGLU product of the unrounded fp32
+    gate/up outputs (:func:`golden.vector.swiglu_fp32_in`).
 ``mode="int8", hadamard=True``
     The inputs of Wq/Wk/Wv, W_gate/W_up and W_down pass through the 64-point fp32 Hadamard
     transform (:func:`golden.vector.hadamard_fp32`) before they are quantized per token; the
@@ -71,17 +76,20 @@ from .vector import (
     hadamard_matrix,
     residual_add_bf16,
     rmsnorm_bf16,
+    rmsnorm_fp32_in,
     rope_bf16,
+    rope_fp32_in,
     rope_int8,
     rope_table,
     swiglu_bf16,
+    swiglu_fp32_in,
 )
 
 __all__ = [
     "MODES", "LayerConfig", "LayerWeights", "Calibration", "calibrate", "DecoderLayer",
     "quantize_per_token", "quantize_static", "dequantize_acc", "quantize_weights_per_channel",
-    "ACTIVATION_SCALES", "HardwareParams", "ATTENTION", "RESIDUALS", "TOKEN_SCALE_BITS", "token_scale_table",
-    "quantize_per_token_scaled",
+    "ACTIVATION_SCALES", "HardwareParams", "ATTENTION", "RESIDUALS", "FP32_INPUTS", "TOKEN_SCALE_BITS",
+    "token_scale_table", "quantize_per_token_scaled",
 ]
 
 MODES = ("float64", "bf16", "int8")
@@ -92,6 +100,9 @@ _IO_DTYPE = {"float64": np.dtype(np.float64), "bf16": _BF16, "int8": np.dtype(np
 ATTENTION = ("int8", "bf16")
 #: The bf16 mode's residual stream (``DecoderLayer(residual=...)``; default ``"bf16"``).
 RESIDUALS = ("bf16", "fp32")
+#: The bf16 mode's vector ops that can read fp32 inputs and round once to bf16
+#: (``DecoderLayer(fp32_inputs=...)``, with ``residual="fp32"``; default none).
+FP32_INPUTS = ("rmsnorm", "rope", "swiglu")
 
 
 def _check_int(name, value, lo, hi=None):
@@ -653,6 +664,13 @@ class DecoderLayer:
     scale_bits : int
         int8 mode with ``attention="bf16"``, a measured alternative: mantissa bits of the
         per-token scale multiplier (0..10; default 0, a power of two only).
+    fp32_inputs : tuple of str
+        bf16 mode with ``residual="fp32"``, a measured alternative: the vector ops, a subset of
+        :data:`FP32_INPUTS`, that read their inputs in fp32 and round once to bf16 —
+        ``"rmsnorm"`` (the fp32 stream, :func:`golden.vector.rmsnorm_fp32_in`), ``"rope"`` (the
+        fp32 q/k matmul outputs, :func:`golden.vector.rope_fp32_in`), ``"swiglu"`` (the fp32
+        gate/up matmul outputs, :func:`golden.vector.swiglu_fp32_in`). Default ``()``: every
+        vector op reads bf16. A non-empty set needs ``residual="fp32"`` (ValueError otherwise).
     trace : bool
         Record every attention row (scores, probabilities) in :attr:`trace` (the accuracy
         report reads them); default False.
@@ -680,7 +698,7 @@ class DecoderLayer:
     def __init__(self, weights, *, mode="float64", calibration=None, max_tokens=256, max_seqs=1,
                  page_size=16, trace=False, activation_scales="per_token", smooth_alpha=0.5,
                  smooth_points=MATMUL_INPUTS, residual="bf16", attention="int8", hadamard=False,
-                 scale_bits=0):
+                 scale_bits=0, fp32_inputs=()):
         if not isinstance(weights, LayerWeights):
             raise TypeError(f"weights must be a LayerWeights, not {type(weights).__name__}")
         if mode not in MODES:
@@ -707,6 +725,14 @@ class DecoderLayer:
         if not isinstance(hadamard, (bool, np.bool_)):
             raise TypeError(f"hadamard must be a bool, not {hadamard!r}")
         scale_bits = _check_int("scale_bits", scale_bits, 0, 10)
+        if (isinstance(fp32_inputs, str) or not isinstance(fp32_inputs, (tuple, list))
+                or any(not isinstance(o, str) or o not in FP32_INPUTS for o in fp32_inputs)):
+            raise ValueError(f"fp32_inputs must be a tuple of distinct names from {FP32_INPUTS}, not {fp32_inputs!r}")
+        if len(set(fp32_inputs)) != len(fp32_inputs):
+            raise ValueError(f"fp32_inputs must be a tuple of distinct names from {FP32_INPUTS}, not {fp32_inputs!r}")
+        if mode == "bf16" and fp32_inputs and residual != "fp32":
+            raise ValueError(f"fp32_inputs={tuple(fp32_inputs)!r} needs residual='fp32' (fp32 vector inputs extend "
+                             f"the fp32 residual stream's datapath), not residual={residual!r}")
         if mode == "int8":
             if hadamard and activation_scales == "per_tensor":
                 raise ValueError("hadamard=True needs activation_scales='per_token' (the static scales are "
@@ -725,6 +751,7 @@ class DecoderLayer:
         self._attention = attention if mode == "int8" else "int8"
         self._hadamard = bool(hadamard) and mode == "int8"
         self._scale_bits = scale_bits if mode == "int8" else 0
+        self._fp32_inputs = tuple(o for o in FP32_INPUTS if o in fp32_inputs) if mode == "bf16" else ()
         if smooth_alpha is not None:
             smooth_alpha = _check_float("smooth_alpha", smooth_alpha, -1e-300)
             if smooth_alpha > 1:
@@ -780,9 +807,9 @@ class DecoderLayer:
     @property
     def options(self):
         """The measured-alternative options in effect (defaults: residual "bf16", attention
-        "int8", hadamard False, scale_bits 0)."""
+        "int8", hadamard False, scale_bits 0, fp32_inputs ())."""
         return dict(residual=self._residual, attention=self._attention, hadamard=self._hadamard,
-                    scale_bits=self._scale_bits)
+                    scale_bits=self._scale_bits, fp32_inputs=self._fp32_inputs)
 
     @property
     def trace(self):
@@ -888,7 +915,8 @@ class DecoderLayer:
         if self._mode == "float64":
             raise ValueError("hardware_params: the float64 mode is the reference, not hardware")
         options = (("residual", self._residual, "bf16"), ("attention", self._attention, "int8"),
-                   ("hadamard", self._hadamard, False), ("scale_bits", self._scale_bits, 0))
+                   ("hadamard", self._hadamard, False), ("scale_bits", self._scale_bits, 0),
+                   ("fp32_inputs", self._fp32_inputs, ()))
         extra = [f"{n}={v!r}" for n, v, d in options if v != d]
         if extra:
             raise ValueError(f"hardware_params: the chip computes the default modes only, not {', '.join(extra)} "
@@ -1071,13 +1099,15 @@ class DecoderLayer:
         act = swiglu_bf16(self._mm_bf16(h2, W["w_gate"]), self._mm_bf16(h2, W["w_up"]))
         return residual_add_bf16(x1, self._mm_bf16(act, W["w_down"]))
 
-    def _attention_bf16(self, q, k, v, seq, pos):
+    def _attention_bf16(self, q, k, v, seq, pos, rotated=False):
         """bf16 q (S, H, hd), k, v (S, H_kv, hd) → bf16 attention output (S, d_model), as the
-        default bf16 mode computes it: RoPE, the bf16 cache, scores :func:`golden.matmul_bf16`,
-        :func:`golden.softmax_bf16`, P·V :func:`golden.matmul_bf16` rounded to bf16."""
+        default bf16 mode computes it: RoPE (unless ``rotated``: q and k arrive rotated), the
+        bf16 cache, scores :func:`golden.matmul_bf16`, :func:`golden.softmax_bf16`, P·V
+        :func:`golden.matmul_bf16` rounded to bf16."""
         c = self._c
         S = q.shape[0]
-        q, k = rope_bf16(q, pos[:, None], self._rope), rope_bf16(k, pos[:, None], self._rope)
+        if not rotated:
+            q, k = rope_bf16(q, pos[:, None], self._rope), rope_bf16(k, pos[:, None], self._rope)
         for t in range(S):
             self._cache.append(seq, np.ascontiguousarray(k[t]), np.ascontiguousarray(v[t]))
         o = np.empty((S, c.n_heads, c.head_dim), _BF16)
@@ -1094,18 +1124,35 @@ class DecoderLayer:
     def _forward_bf16_fp32_residual(self, x, seq, pos0):
         """``residual="fp32"``: the default bf16 layer, except that Wo and W_down outputs stay
         fp32 and are added to the fp32 stream (:func:`golden.fp32_add`); RMSNorm reads the
-        stream rounded to bf16."""
+        stream rounded to bf16. With ``fp32_inputs``, the named vector ops read fp32 instead
+        (the stream, the unrounded q/k and gate/up matmul outputs) and round once to bf16."""
         c, W, g = self._c, self._W, self._g
         S = x.shape[0]
         pos = np.arange(pos0, pos0 + S)
-        h = rmsnorm_bf16(_bf16(x), g["attn_norm"], eps=c.rms_eps)
-        q = self._mm_bf16(h, W["wq"]).reshape(S, c.n_heads, c.head_dim)
-        k = self._mm_bf16(h, W["wk"]).reshape(S, c.n_kv_heads, c.head_dim)
+        ops = self._fp32_inputs
+
+        def norm(xs, gain):
+            if "rmsnorm" in ops:
+                return rmsnorm_fp32_in(xs, gain, eps=c.rms_eps)
+            return rmsnorm_bf16(_bf16(xs), gain, eps=c.rms_eps)
+
+        h = norm(x, g["attn_norm"])
         v = self._mm_bf16(h, W["wv"]).reshape(S, c.n_kv_heads, c.head_dim)
-        o = self._attention_bf16(q, k, v, seq, pos)
+        if "rope" in ops:
+            q = matmul_bf16(h, W["wq"]).reshape(S, c.n_heads, c.head_dim)
+            k = matmul_bf16(h, W["wk"]).reshape(S, c.n_kv_heads, c.head_dim)
+            q, k = rope_fp32_in(q, pos[:, None], self._rope), rope_fp32_in(k, pos[:, None], self._rope)
+            o = self._attention_bf16(q, k, v, seq, pos, rotated=True)
+        else:
+            q = self._mm_bf16(h, W["wq"]).reshape(S, c.n_heads, c.head_dim)
+            k = self._mm_bf16(h, W["wk"]).reshape(S, c.n_kv_heads, c.head_dim)
+            o = self._attention_bf16(q, k, v, seq, pos)
         x1 = _fp32_residual_add(x, matmul_bf16(o, W["wo"]))
-        h2 = rmsnorm_bf16(_bf16(x1), g["ffn_norm"], eps=c.rms_eps)
-        act = swiglu_bf16(self._mm_bf16(h2, W["w_gate"]), self._mm_bf16(h2, W["w_up"]))
+        h2 = norm(x1, g["ffn_norm"])
+        if "swiglu" in ops:
+            act = swiglu_fp32_in(matmul_bf16(h2, W["w_gate"]), matmul_bf16(h2, W["w_up"]))
+        else:
+            act = swiglu_bf16(self._mm_bf16(h2, W["w_gate"]), self._mm_bf16(h2, W["w_up"]))
         return _fp32_residual_add(x1, matmul_bf16(act, W["w_down"]))
 
     # -- int8 -------------------------------------------------------------------------------

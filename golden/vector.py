@@ -18,6 +18,11 @@ Hadamard transform     -                                            :func:`hadam
 
 Float references: :func:`rmsnorm_reference`, :func:`silu_reference`, :func:`rope_reference`,
 :func:`hadamard_reference`.
+
+bf16 flavours with fp32 inputs and one final rounding to bf16 (the measured alternative
+``DecoderLayer(mode="bf16", residual="fp32", fp32_inputs=...)``; the default bf16 layer does not
+use them): :func:`rmsnorm_fp32_in` (the fp32 residual stream), :func:`rope_fp32_in` (the fp32
+q/k matmul outputs, fp32 cos/sin), :func:`swiglu_fp32_in` (the fp32 gate/up matmul outputs).
 """
 
 import math
@@ -28,6 +33,7 @@ import numpy as np
 from ._check import array_of, bf16_array, check_ndim, int_array, real_array
 from .fp import (
     as_bf16_bits,
+    as_fp32_bits,
     bf16_daz,
     bf16_from_bits,
     bf16_mul,
@@ -41,11 +47,12 @@ from .requant import MULTIPLIER_MAX, SHIFT_MAX, SHIFT_MIN, quantize_multiplier, 
 
 __all__ = [
     "RMS_FRAC", "RCP_BITS", "ROPE_FRAC", "SILU_TABLE_MAX",
+    "SILU_FP32_EXP_MIN", "SILU_FP32_POS_EXP_MAX", "SILU_FP32_NEG_EXP_MAX",
     "isqrt_int64", "fp32_mul", "rsqrt_fp32_bits",
-    "RMSNormInt8", "rmsnorm_int8", "rmsnorm_bf16", "rmsnorm_reference",
-    "silu_table_int8", "silu_int8", "silu_bf16", "silu_reference",
-    "mul_int8", "mul_bf16", "swiglu_int8", "swiglu_bf16",
-    "RopeTable", "rope_table", "rope_int8", "rope_bf16", "rope_reference",
+    "RMSNormInt8", "rmsnorm_int8", "rmsnorm_bf16", "rmsnorm_fp32_in", "rmsnorm_reference",
+    "silu_table_int8", "silu_int8", "silu_bf16", "silu_fp32_out", "silu_reference",
+    "mul_int8", "mul_bf16", "swiglu_int8", "swiglu_bf16", "swiglu_fp32_in",
+    "RopeTable", "rope_table", "rope_int8", "rope_bf16", "rope_fp32_in", "rope_reference",
     "residual_add_params", "residual_add_int", "residual_add_bf16",
     "HADAMARD_BLOCK", "hadamard_fp32", "hadamard_reference", "hadamard_matrix",
 ]
@@ -267,6 +274,13 @@ def rmsnorm_int8(x, params):
     return np.clip(y, -128, 127).astype(np.int8)
 
 
+def _check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
+    if not (math.isfinite(eps) and eps >= 0):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+
+
 def rmsnorm_bf16(x, gain, *, eps):
     """RMSNorm of the last axis in bf16 (Hugging Face LlamaRMSNorm order, fp32 internals).
 
@@ -290,10 +304,7 @@ def rmsnorm_bf16(x, gain, *, eps):
     check_ndim(gb, "gain", (1,), " [D]")
     if xb.ndim == 0 or xb.shape[-1] != gb.shape[0]:
         raise ValueError(f"x's last axis must have D = {gb.shape[0]} elements, got shape {xb.shape}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating, np.integer)):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}")
-    if not (math.isfinite(eps) and eps >= 0):
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    _check_eps(eps)
     d = gb.shape[0]
     s = np.zeros(xb.shape[:-1], dtype=np.uint32)
     for i in range(d):
@@ -302,6 +313,51 @@ def rmsnorm_bf16(x, gain, *, eps):
     r = rsqrt_fp32_bits(v)
     t = fp32_to_bf16(fp32_mul(bf16_to_fp32_bits(xb), r[..., None]))
     return bf16_from_bits(fp32_to_bf16(bf16_mul(t, gb)))
+
+
+def _fp32_bits_in(x, name):
+    """A float32 array → its DAZ'd fp32 bit patterns (uint32, the array's shape)."""
+    arr = array_of(x, name, [np.float32])
+    return fp32_daz(np.ascontiguousarray(arr).view(np.uint32).reshape(arr.shape))
+
+
+def rmsnorm_fp32_in(x, gain, *, eps):
+    """RMSNorm of the last axis with an fp32 input and one final rounding to bf16 (the fp32
+    residual stream read as it is, not rounded to bf16 first).
+
+    ``s = Σ_i x_i²`` with ``s = fp32_add(s, fp32_mul(x_i, x_i))`` sequentially in i from +0;
+    ``v = fp32_add(fp32_mul(s, fp32(1/D)), fp32(eps))``; ``r = rsqrt_fp32_bits(v)``;
+    ``t_i = fp32_mul(x_i, r)`` (fp32, not rounded to bf16);
+    ``y_i = fp32_to_bf16(fp32_mul(t_i, g_i))`` (the bf16 gain widened exactly to fp32).
+    DAZ on x and g; the rules of :func:`fp32_mul`, :func:`golden.fp32_add` and
+    :func:`rsqrt_fp32_bits` for every special value (an Inf or NaN element makes the row's r
+    +0 or NaN, exactly as :func:`rmsnorm_bf16`).
+
+    Parameters
+    ----------
+    x : ndarray of float32, shape [..., D]
+    gain : ndarray of ml_dtypes.bfloat16, shape [D]
+    eps : float
+        Rounded to fp32 (RNE); must be finite and ≥ 0.
+
+    Returns
+    -------
+    ndarray of ml_dtypes.bfloat16, the shape of ``x``
+    """
+    xb = _fp32_bits_in(x, "x")
+    gb = _bf16_bits(gain, "gain")
+    check_ndim(gb, "gain", (1,), " [D]")
+    if xb.ndim == 0 or xb.shape[-1] != gb.shape[0]:
+        raise ValueError(f"x's last axis must have D = {gb.shape[0]} elements, got shape {xb.shape}")
+    _check_eps(eps)
+    d = gb.shape[0]
+    s = np.zeros(xb.shape[:-1], dtype=np.uint32)
+    for i in range(d):
+        s = fp32_add(s, fp32_mul(xb[..., i], xb[..., i]))
+    v = fp32_add(fp32_mul(s, _to_fp32_const(1.0 / d, "1/D")), fp32_daz(_to_fp32_const(eps, "eps")))
+    r = rsqrt_fp32_bits(v)
+    t = fp32_mul(xb, r[..., None])
+    return bf16_from_bits(fp32_to_bf16(fp32_mul(t, bf16_to_fp32_bits(gb))))
 
 
 def rmsnorm_reference(x, gain, *, eps):
@@ -435,6 +491,74 @@ def swiglu_bf16(gate, up):
     return mul_bf16(silu_bf16(gate), up)
 
 
+#: SiLU with an fp32 result (:func:`silu_fp32_out`): the table covers bf16 inputs with these
+#: unbiased exponents (2**-8 ≤ x < 32 and −128 < x ≤ −2**-8); outside, a rule gives the result.
+SILU_FP32_EXP_MIN, SILU_FP32_POS_EXP_MAX, SILU_FP32_NEG_EXP_MAX = -8, 4, 6
+
+
+def silu_fp32_out(x):
+    """SiLU of a bf16 input with an fp32 result (a table of fp32 entries and three rules).
+
+    DAZ on x. For 2**−8 ≤ x < 32 and −128 < x ≤ −2**−8 (3584 bf16 values) the result is the
+    exact silu(x) rounded once to fp32 (RNE): the table. Elsewhere: |x| < 2**−8 → x/2 (an
+    exponent decrement; ±0 when below 2**−126); x ≥ 32 → x (silu(x) rounds to x from x ≈ 17);
+    x ≤ −128 → −0 (|silu(x)| < 2**−126 from x ≈ −88); ±0 → ±0, +Inf → +Inf, −Inf → −0, NaN →
+    ``0x7FC00000``. So the result is correctly rounded except for |x| < 2**−8, where x/2 is low by
+    x²/4 (a relative error below |x|/2 < 2**−9). (Computed in float64, whose error is far below
+    the distance of every table entry to an fp32 rounding boundary: tested against 60-digit
+    decimal arithmetic.)
+
+    Parameters
+    ----------
+    x : ndarray of ml_dtypes.bfloat16
+
+    Returns
+    -------
+    ndarray of float32, the shape of ``x``
+    """
+    xb = _bf16_bits(x, "x")
+    with np.errstate(all="ignore"):
+        xf = bf16_from_bits(xb).astype(np.float64)
+    e = ((xb >> np.uint16(7)) & np.uint16(0xFF)).astype(np.int64) - 127
+    neg = (xb >> np.uint16(15)) == 1
+    with np.errstate(all="ignore"):
+        ex = np.exp(-np.abs(xf))
+        y = np.where(xf >= 0, xf / (1.0 + ex), xf * ex / (1.0 + ex))
+    small = e < SILU_FP32_EXP_MIN
+    y = np.where(small, xf * 0.5, y)
+    y = np.where(~small & ~neg & (e > SILU_FP32_POS_EXP_MAX), xf, y)          # x ≥ 32, +Inf
+    y = np.where(~small & neg & (e > SILU_FP32_NEG_EXP_MAX), -0.0, y)        # x ≤ −128, −Inf
+    y = np.where(np.abs(y) < 2.0 ** -126, np.copysign(0.0, y), y)           # FTZ (x/2 of ±2**−126)
+    with np.errstate(all="ignore"):
+        out = as_fp32_bits(y.astype(np.float32))
+    nan = np.isnan(xf)
+    return fp32_from_bits(np.where(nan, np.uint32(0x7FC00000), out).astype(np.uint32))
+
+
+def swiglu_fp32_in(gate, up):
+    """The SwiGLU gate with fp32 inputs (the unrounded gate/up matmul outputs) and one final
+    rounding of the product: ``fp32_to_bf16(fp32_mul(silu_fp32_out(fp32_to_bf16(gate)), up))``.
+
+    The gate is rounded to bf16 (RNE) to index the SiLU table, whose entries are fp32
+    (:func:`silu_fp32_out`); that fp32 SiLU multiplies the fp32 ``up`` (:func:`fp32_mul`: DAZ,
+    one RNE rounding, FTZ, canonical NaN), and the product is rounded to bf16
+    (:func:`golden.fp32_to_bf16`). ``up`` is never rounded to bf16, the SiLU only to fp32.
+
+    Parameters
+    ----------
+    gate, up : ndarray of float32, the same shape
+
+    Returns
+    -------
+    ndarray of ml_dtypes.bfloat16, that shape
+    """
+    gb, ub = _fp32_bits_in(gate, "gate"), _fp32_bits_in(up, "up")
+    if gb.shape != ub.shape:
+        raise ValueError(f"gate and up must have the same shape, got {gb.shape} and {ub.shape}")
+    sg = as_fp32_bits(silu_fp32_out(bf16_from_bits(fp32_to_bf16(gb))))
+    return bf16_from_bits(fp32_to_bf16(fp32_mul(sg, ub)))
+
+
 # ---------------------------------------------------------------- RoPE
 
 
@@ -450,6 +574,10 @@ class RopeTable:
         Q1.14: ``round(cos·2**14)`` half away from zero (|values| ≤ 2**14).
     cos_bf16, sin_bf16 : ndarray of ml_dtypes.bfloat16, shape [max_pos, head_dim/2]
         The float64 value rounded once to bf16 (RNE).
+    cos_fp32, sin_fp32 : ndarray of float32, shape [max_pos, head_dim/2], or None
+        The float64 value rounded once to fp32 (RNE; never subnormal for these angles), for
+        :func:`rope_fp32_in`. :func:`rope_table` fills them; a table built from the bf16 or Q1.14
+        entries alone (e.g. read back from a chip's memory) may leave them None.
     """
 
     head_dim: int
@@ -458,6 +586,8 @@ class RopeTable:
     sin_q: np.ndarray
     cos_bf16: np.ndarray
     sin_bf16: np.ndarray
+    cos_fp32: np.ndarray = None
+    sin_fp32: np.ndarray = None
 
     @property
     def max_pos(self):
@@ -486,9 +616,11 @@ def rope_table(*, head_dim, max_pos, base):
     c = np.array([[math.cos(a) for a in row] for row in ang], dtype=np.float64)
     s = np.array([[math.sin(a) for a in row] for row in ang], dtype=np.float64)
     q = lambda v: (np.sign(v) * np.floor(np.abs(v) * 2.0 ** ROPE_FRAC + 0.5)).astype(np.int16)
+    f32 = lambda v: fp32_from_bits(fp32_daz(as_fp32_bits(v.astype(np.float32))))
     return RopeTable(head_dim=int(head_dim), base=float(base), cos_q=q(c), sin_q=q(s),
                      cos_bf16=bf16_from_bits(_round_f64_to_bf16_bits(c)),
-                     sin_bf16=bf16_from_bits(_round_f64_to_bf16_bits(s)))
+                     sin_bf16=bf16_from_bits(_round_f64_to_bf16_bits(s)),
+                     cos_fp32=f32(c), sin_fp32=f32(s))
 
 
 def _rope_pairs(x, pairing):
@@ -570,6 +702,38 @@ def rope_bf16(x, pos, table, *, pairing="half"):
     neg_s = s ^ np.uint16(0x8000)
     ra = fp32_to_bf16(fp32_add(bf16_mul(a, c), bf16_mul(b, neg_s)))
     rb = fp32_to_bf16(fp32_add(bf16_mul(a, s), bf16_mul(b, c)))
+    return bf16_from_bits(_rope_join(ra, rb, pairing))
+
+
+def rope_fp32_in(x, pos, table, *, pairing="half"):
+    """Rotary position embedding of an fp32 input (the unrounded q/k matmul outputs) with fp32
+    cos/sin and one final rounding to bf16.
+
+    ``a' = fp32_to_bf16(fp32_add(fp32_mul(a, C), fp32_mul(b, −S)))``,
+    ``b' = fp32_to_bf16(fp32_add(fp32_mul(a, S), fp32_mul(b, C)))`` with C, S the fp32 tables
+    (``table.cos_fp32``, ``table.sin_fp32``; pairs as in :func:`rope_int8`). DAZ on x; the
+    rules of :func:`fp32_mul` and :func:`golden.fp32_add` for every special value.
+
+    Parameters
+    ----------
+    x : ndarray of float32, shape [..., head_dim]
+    pos : int or integer array broadcastable to ``x.shape[:-1]``, values in [0, table.max_pos)
+    table : RopeTable with its fp32 entries
+
+    Returns
+    -------
+    ndarray of ml_dtypes.bfloat16, the shape of ``x``
+    """
+    xb = _fp32_bits_in(x, "x")
+    _check_rope_x(xb, table)
+    if table.cos_fp32 is None or table.sin_fp32 is None:
+        raise ValueError("rope_fp32_in needs the table's fp32 entries (cos_fp32, sin_fp32; see rope_table)")
+    p = _rope_positions(pos, xb.shape, table)
+    a, b = _rope_pairs(xb, pairing)
+    c = as_fp32_bits(table.cos_fp32)[p]
+    s = as_fp32_bits(table.sin_fp32)[p]
+    ra = fp32_to_bf16(fp32_add(fp32_mul(a, c), fp32_mul(b, _fp32_neg(s))))
+    rb = fp32_to_bf16(fp32_add(fp32_mul(a, s), fp32_mul(b, c)))
     return bf16_from_bits(_rope_join(ra, rb, pairing))
 
 

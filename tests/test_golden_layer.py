@@ -511,7 +511,7 @@ def test_alternative_options_are_validated_naming_the_problem():
         DecoderLayer(tiny_w, mode="int8", calibration=tiny_cal, hadamard=True)
     # the options of the other mode are ignored
     assert DecoderLayer(w, mode="bf16", attention="bf16", hadamard=True).options == dict(
-        residual="bf16", attention="int8", hadamard=False, scale_bits=0)
+        residual="bf16", attention="int8", hadamard=False, scale_bits=0, fp32_inputs=())
 
 
 def test_hadamard_rotations_are_an_exact_refactoring_of_the_float_layer():

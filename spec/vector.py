@@ -5,6 +5,7 @@ and testbench), the chip's execution unit and the compiler (docs/vector.md).
 
 - :class:`VectorOp`, :class:`VectorStatus`, :class:`VectorFlag`: the ``op``, response
   ``status`` and ``flags`` fields;
+- :data:`CHIP_OPS`: the ops a chip VECTOR instruction may carry;
 - :func:`cmd_fields`: the command's fields and widths for a ``max_len``;
 - :func:`command_status`: the status the hardware answers for a command's fields;
 - :func:`stream_words`: the scratchpad words (beats of ``lanes`` 32-bit lanes) each stream
@@ -17,7 +18,7 @@ import struct
 
 from amaranth.lib import enum
 
-__all__ = ["VectorOp", "VectorStatus", "VectorFlag", "MAX_HEAD_DIM", "ROWS_BITS", "cmd_fields",
+__all__ = ["VectorOp", "VectorStatus", "VectorFlag", "CHIP_OPS", "MAX_HEAD_DIM", "ROWS_BITS", "cmd_fields",
            "command_status", "stream_words", "STREAMS", "EXP_BITS", "SHIFT_BITS",
            "SILU_POS_EXP", "SILU_NEG_EXP", "SILU_ENTRIES", "silu_bf16_exact", "silu_bf16_table",
            "silu_bf16_lookup", "TOKEN_EXP_BIAS"]
@@ -61,6 +62,13 @@ class VectorStatus(enum.IntEnum, shape=4):
 class VectorFlag(enum.IntFlag):
     """Bits of the ``flags`` field."""
     ROW_EXP = 1        #: DEQUANT: add the per-row exponent from ``s_in`` (REQUANT always reads it)
+
+
+#: The ops a chip VECTOR instruction may carry (spec.isa; hdl.cmdproc refuses the others with
+#: BAD_FIELD): the unit's ops beyond them are not yet the chip's.
+CHIP_OPS = (VectorOp.ADD, VectorOp.SWIGLU, VectorOp.RMSNORM, VectorOp.ROPE, VectorOp.DEQUANT,
+            VectorOp.REQUANT, VectorOp.QUANT_STATIC, VectorOp.QUANT_TOKEN)
+assert [int(op) for op in CHIP_OPS] == list(range(len(CHIP_OPS)))
 
 
 def cmd_fields(max_len):

@@ -260,7 +260,7 @@ CHECKS = {
         ("field", "rows is 0"), ("field", "length is 0"), ("field", "length exceeds the vector unit's max_len"),
         ("field", "op is not one of the chip's VectorOps (0–7, spec.vector.CHIP_OPS)"),
         ("field", "dtype INT8 with QUANT_TOKEN"),
-        ("field", "flags sets the reserved bit 1"),
+        ("field", "flags sets bit 1 (ROW_SCALE, not yet the chip's)"),
         ("field", "ROPE: head_dim is not a power of two in 2·lanes..256"),
         ("field", "ROPE: head_dim does not divide length"),
         ("spad", "operand a reaches past the scratchpad"),

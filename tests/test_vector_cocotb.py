@@ -206,13 +206,9 @@ def test_api_raises_naming_the_problem_before_anything_runs():
 KW = dict(lanes=V, max_len=LMAX)
 
 
-@pytest.mark.xdist_group("vector_tiny")
-@pytest.mark.parametrize("stalls", STALLS)
-def test_hadamard_scaled_quant_token_and_row_scaled_dequant_equal_golden_mixed_with_the_other_ops(request, stalls):
-    """The tables first, then the new ops at 64 (= max_len, whole Hadamard blocks) and shorter
-    rows, interleaved at random with every other op."""
-    seed = _seed(request, 600)
-    rng = np.random.default_rng(seed)
+def _mixed_cases(rng):
+    """The new ops at 64 (= max_len, whole Hadamard blocks) and shorter rows and a third of the
+    other ops, in random order, after the layer's tables."""
     new = [("hadamard", dt, False, [HADAMARD_BLOCK]) for dt in ("bf16", "int8")]
     new += [("quant_token", dt, True, [1, V + 1, 7, LMAX]) for dt in ("bf16", "int8")]
     new += [("quant_token", "int8", False, [V + 1, LMAX]), ("dequant", "int8", True, [1, V + 1, LMAX])]
@@ -224,31 +220,13 @@ def test_hadamard_scaled_quant_token_and_row_scaled_dequant_equal_golden_mixed_w
     for op, dt in ALL[::3]:
         length = 16 if op == "rope" else int(rng.choice([V + 1, LMAX]))
         cases.append(random_case(rng, op, dt, int(rng.integers(1, 2 * V + 3)), length, table=TABLE, **KW))
-    cases = table_cases(**KW) + [cases[i] for i in rng.permutation(len(cases))]
-    res = run_commands([c[0] for c in cases], config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
-    _check(cases, res)
+    return table_cases(**KW) + [cases[i] for i in rng.permutation(len(cases))]
 
 
-def test_the_quant_token_model_of_the_tests_is_golden_where_golden_is_defined():
-    """tests/vector_cases.quant_token_model (the expectation for Inf/NaN rows and other tables)
-    equals golden's quantize_per_token_scaled on finite rows with the layer's table."""
-    rng = np.random.default_rng(5)
-    x = (rng.normal(0, 1, (64, 96)) * 10.0 ** rng.integers(-40, 37, (64, 1))).astype(np.float32)
-    x[0], x[1, ::3], x[2] = 0, 1e-39, -3.0e38
-    for a in (x, bf16(x)):
-        q, e, j = quantize_per_token_scaled(a, bits=SCALE_BITS)
-        mq, me, mj = quant_token_model(a, MU)
-        assert np.array_equal(q, mq) and np.array_equal(e, me) and np.array_equal(j, mj)
-
-
-@pytest.mark.xdist_group("vector_tiny")
-@pytest.mark.parametrize("stalls", STALLS)
-def test_special_values_of_hadamard_scaled_quantization_and_row_scaled_dequantization(request, stalls):
+def _special_cases(rng):
     """±0, subnormals, ±Inf, NaN, overflow to Inf in the butterflies; rows whose smallest elements
     underflow when scaled, all-zero and all-subnormal rows, Inf/NaN rows and a table that
     saturates to ±127 in the quantizer; nu entries Inf, NaN, 0, subnormal, huge in DEQUANT."""
-    seed = _seed(request, 700)
-    rng = np.random.default_rng(seed)
     sub, big = 1e-39, 3.0e38
     sp = np.array([0.0, -0.0, sub, -sub, np.inf, -np.inf, np.nan, big, big, -big, 1.0, -2.5, 1e-30, 65504.0],
                   np.float32)
@@ -272,8 +250,10 @@ def test_special_values_of_hadamard_scaled_quantization_and_row_scaled_dequantiz
     dq = dict(multiplier=np.full(6, (1 << 31) - 1), shift=np.array([0, 0, 20, 40, 5, 63]), scale_table=nu,
               scale_index=np.arange(8), row_exp=np.array([100, 3, -20, 0, -133, 122, 5, -7]))
     sat = np.full(128, 2.0, np.float32)
-    cases = table_cases(**KW, mu=sat, nu=nu) + [
-        command("quant_token", "int8", fin, scale_table=sat, **KW),          # |q| saturates at 127
+    saturating = command("quant_token", "int8", fin, scale_table=sat, **KW)   # |q| saturates at 127
+    assert {int(w) for w in saturating[1].reshape(-1)} >= {127, 0x100000000 - 127}
+    return table_cases(**KW, mu=sat, nu=nu) + [
+        saturating,
         command("quant_token", "int8", nonfin, scale_table=sat, **KW),
     ] + table_cases(**KW, nu=nu) + [
         command("hadamard", "int8", had, **KW),
@@ -286,9 +266,31 @@ def test_special_values_of_hadamard_scaled_quantization_and_row_scaled_dequantiz
         command("dequant", "int8", acc, **dq, **KW),
         command("dequant", "int8", acc, **{**dq, "row_exp": None}, **KW),
     ]
-    assert {int(w) for w in cases[2][1].reshape(-1)} >= {127, 0x100000000 - 127}   # saturated both ways
+
+
+@pytest.mark.xdist_group("vector_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_hadamard_scaled_quant_token_and_row_scaled_dequant_equal_golden_on_special_values_and_mixed_with_other_ops(
+        request, stalls):
+    """Special values (:func:`_special_cases`, with their own tables), then the layer's tables and
+    the new ops interleaved at random with the other ops (:func:`_mixed_cases`)."""
+    seed = _seed(request, 600)
+    rng = np.random.default_rng(seed)
+    cases = _special_cases(rng) + _mixed_cases(rng)
     res = run_commands([c[0] for c in cases], config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
     _check(cases, res)
+
+
+def test_the_quant_token_model_of_the_tests_is_golden_where_golden_is_defined():
+    """tests/vector_cases.quant_token_model (the expectation for Inf/NaN rows and other tables)
+    equals golden's quantize_per_token_scaled on finite rows with the layer's table."""
+    rng = np.random.default_rng(5)
+    x = (rng.normal(0, 1, (64, 96)) * 10.0 ** rng.integers(-40, 37, (64, 1))).astype(np.float32)
+    x[0], x[1, ::3], x[2] = 0, 1e-39, -3.0e38
+    for a in (x, bf16(x)):
+        q, e, j = quantize_per_token_scaled(a, bits=SCALE_BITS)
+        mq, me, mj = quant_token_model(a, MU)
+        assert np.array_equal(q, mq) and np.array_equal(e, me) and np.array_equal(j, mj)
 
 
 @pytest.mark.xdist_group("vector_tiny")

@@ -217,6 +217,8 @@ def _mixed_cases(rng):
         for length in lengths:
             rows = int(rng.integers(1, 2 * V + 3))
             cases.append(random_case(rng, op, dt, rows, length, scaled=scaled, **KW))
+    # many one-beat rows through the token buffer's row-scalar FIFO
+    cases.append(random_case(rng, "quant_token", "bf16", 40, 1, scaled=True, **KW))
     for op, dt in ALL[::3]:
         length = 16 if op == "rope" else int(rng.choice([V + 1, LMAX]))
         cases.append(random_case(rng, op, dt, int(rng.integers(1, 2 * V + 3)), length, table=TABLE, **KW))
@@ -279,6 +281,11 @@ def test_hadamard_scaled_quant_token_and_row_scaled_dequant_equal_golden_on_spec
     cases = _special_cases(rng) + _mixed_cases(rng)
     res = run_commands([c[0] for c in cases], config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
     _check(cases, res)
+
+
+def test_the_units_hadamard_block_and_scale_bits_are_golden_s():
+    assert HADAMARD_BLOCK == golden.vector.HADAMARD_BLOCK and SCALE_BITS == golden.layer.TOKEN_SCALE_BITS
+    assert np.array_equal(MU, golden.layer.token_scale_table(SCALE_BITS)[0]) and MU.size == 1 << SCALE_BITS
 
 
 def test_the_quant_token_model_of_the_tests_is_golden_where_golden_is_defined():

@@ -364,6 +364,26 @@ def test_int8_scheme_ops_latency_and_rate_are_the_documented_ones():
         print(f"{op}: latency {oc[0] - ac[0]}, end to end {16 * LMAX / (oc[-1] - ac[0] + 1):.2f} elements/cycle")
 
 
+@pytest.mark.xdist_group("vector_default")
+def test_int8_scheme_ops_at_lengths_64_128_and_max_on_default_with_stalls(request):
+    """`tiny` holds rows of 64 at most: the new ops at 64, 128 and 1536 (max_len) on `default`
+    (V = 8, the build tests/test_vector_real_rows.py uses), with stalls and backpressure."""
+    seed = _seed(request, 900)
+    rng = np.random.default_rng(seed)
+    cfg = get_config("default")
+    kw = dict(lanes=cfg.vector.lanes, max_len=cfg.vector.max_len)
+    cases = []
+    for length in (64, 128, cfg.vector.max_len):
+        rows = 3 if length < 1000 else 2
+        for dt in ("bf16", "int8"):
+            cases.append(random_case(rng, "hadamard", dt, rows, length, **kw))
+            cases.append(random_case(rng, "quant_token", dt, rows, length, scaled=True, **kw))
+        cases.append(random_case(rng, "dequant", "int8", rows, length, scaled=True, **kw))
+    cases = table_cases(**kw) + [cases[i] for i in rng.permutation(len(cases))]
+    res = run_commands([c[0] for c in cases], config="default", stall=0.3, backpressure=0.4, seed=seed)
+    _check(cases, res)
+
+
 def test_api_raises_naming_the_problem_of_the_new_ops_before_anything_runs():
     x = bf16(np.ones((2, HADAMARD_BLOCK)))
     with pytest.raises(ValueError, match="multiple of 64"):

@@ -7,7 +7,9 @@ back-to-back commands, no stalls. Per op and dtype:
 * **rate**: one command of 64 rows of 64 elements and one of 8 rows of 1536; elements per cycle
   from the command's first ``a`` beat taken to its last output beat (``end_to_end``, includes the
   pipeline fill) and over the output beats (``sustained``: beats / (last − first + 1) · V).
-  Targets: sustained ≥ 0.95·V element-wise, ≥ 0.90·V for RMSNORM and QUANT_TOKEN.
+  Targets: sustained ≥ 0.95·V element-wise, ≥ 0.90·V for RMSNORM, QUANT_TOKEN and HADAMARD.
+  QUANT_TOKEN and DEQUANT also run with ROW_SCALE (``_rowscale``, the layer's scale tables,
+  written by two TABLE commands first).
 * **latency**: a one-row command of 64 elements: cycles from its first ``a`` beat taken to its
   first output beat, against ``VectorUnit.first_out_latency``.
 
@@ -27,9 +29,10 @@ from sim.runner import BUILD
 from sim.vector_api import OPS, run_commands
 
 sys.path.insert(0, str(BUILD.parent / "tests"))
-from vector_cases import random_case  # noqa: E402
+from vector_cases import random_case, table_cases  # noqa: E402
 
-OPLIST = [(op, dt) for op in OPS for dt in ("bf16", "int8") if (op, dt) != ("quant_token", "int8")]
+OPLIST = ([(op, dt, False) for op in OPS for dt in ("bf16", "int8")]
+          + [("quant_token", "bf16", True), ("quant_token", "int8", True), ("dequant", "int8", True)])
 
 
 def main(argv=None):
@@ -39,14 +42,16 @@ def main(argv=None):
     rng = np.random.default_rng(1)
     table = golden.rope_table(head_dim=64, max_pos=128, base=10000.0)
     plan, cases = [], []
-    for op, dt in OPLIST:
+    for op, dt, scaled in OPLIST:
         for tag, rows, length in (("latency", 1, 64), ("rows64x64", 64, 64), ("rows8x1536", 8, L)):
-            cases.append(random_case(rng, op, dt, rows, length, lanes=V, max_len=L, table=table))
-            plan.append((op, dt, tag, rows, length))
-    res = run_commands([c[0] for c in cases], config=cfg, seed=1)
+            cases.append(random_case(rng, op, dt, rows, length, lanes=V, max_len=L, table=table, scaled=scaled))
+            plan.append((op + ("_rowscale" if scaled else ""), dt, tag, rows, length))
+    tables = table_cases(lanes=V, max_len=L)
+    res = run_commands([c[0] for c in tables + cases], config=cfg, seed=1)
+    res["o"] = res["o"][len(tables):]
     report = {"config": "default", "lanes": V, "max_len": L, "ops": {}}
     ob = ab = 0
-    ok = res["status"] == [0] * len(cases)
+    ok = res["status"] == [0] * (len(tables) + len(cases))
     for (op, dt, tag, rows, length), (_cmd, want, _), got in zip(plan, cases, res["o"], strict=True):
         ok &= bool(np.array_equal(got, want))
         beats = rows * -(-length // V)
@@ -58,7 +63,8 @@ def main(argv=None):
         if tag == "latency":
             hd = 64 if op == "rope" else None
             entry["latency"] = int(oc[0] - ac[0])
-            entry["latency_documented"] = unit.first_out_latency(OPS[op], length=length, head_dim=hd)
+            entry["latency_documented"] = unit.first_out_latency(OPS[op.removesuffix("_rowscale")], length=length,
+                                                                 head_dim=hd)
         else:
             entry[tag] = {"end_to_end": round(rows * length / (oc[-1] - ac[0] + 1), 3),
                           "sustained": round(beats * V / (oc[-1] - oc[0] + 1), 3)}

@@ -7,6 +7,7 @@ a promise: the RTL's counters are the figures (docs/chip.md).
 
 from spec import isa
 from spec.codes import Dtype
+from spec.vector import VectorOp
 
 __all__ = ["TimingModel"]
 
@@ -56,8 +57,11 @@ class TimingModel:
             passes = full * max(g * t, dep) + (max(rest * t, dep) if rest else 0)
             return over + max(kt * passes, dram)
         if u == isa.Unit.VECTOR:
+            # RMSNORM sums a group's rows at one element per cycle before its first result;
+            # QUANT_TOKEN takes one row in first (docs/vector.md, "Latency and throughput")
             beats = _ceil(f["length"], self.L)
-            return over + f["rows"] * beats + (f["length"] if f.get("op") in (2, 7) else 0)
+            first = {VectorOp.RMSNORM: f["length"], VectorOp.QUANT_TOKEN: beats}.get(f.get("op"), 0)
+            return over + f["rows"] * beats + first
         if u == isa.Unit.SOFTMAX:
             return over + 3 * _ceil(f["length"], self.c.softmax.lanes) + (f["rows"] - 1) * _ceil(
                 f["length"], self.c.softmax.lanes)

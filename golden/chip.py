@@ -33,7 +33,7 @@ import numpy as np
 from spec import isa
 from spec import matmul_layout as ml
 from spec.codes import ChipError, Dtype, KVOp, KVStatus, MatmulStatus, OutFormat
-from spec.vector import VectorFlag, VectorOp, VectorStatus, command_status, stream_words
+from spec.vector import CHIP_OPS, VectorFlag, VectorOp, VectorStatus, command_status, stream_words
 
 from . import kvunit, loadstore
 from .fp import as_bf16_bits, as_fp32_bits, bf16_from_bits, fp32_add, fp32_from_bits, fp32_to_bf16
@@ -305,7 +305,8 @@ class ChipModel:
     # -- VECTOR ---------------------------------------------------------------------------------
     def _vector(self, f):
         op, dtype, rows, length = f["op"], f["dtype"], f["rows"], f["length"]
-        if not rows or not 1 <= length <= self.vector_max_len or op not in set(VectorOp) or f["flags"] & 2:
+        if (not rows or not 1 <= length <= self.vector_max_len or op not in CHIP_OPS or f["flags"] & 2
+                or (op == VectorOp.QUANT_TOKEN and dtype == Dtype.INT8)):
             raise UndefinedError("a VECTOR field check fails (BAD_FIELD)")
         status = command_status(op=op, dtype=dtype, length=length, rows=rows, head_dim=f["head_dim"],
                                 shift=f["shift"], imm0=f["imm0"], imm1=f["imm1"], lanes=self.lanes,

@@ -25,7 +25,7 @@ from amaranth.utils import exact_log2
 
 from spec import isa
 from spec.codes import ChipError, Dtype, KVOp, OutFormat
-from spec.vector import MAX_HEAD_DIM, VectorOp
+from spec.vector import CHIP_OPS, MAX_HEAD_DIM, VectorOp
 
 from .cmdproc_range import RangeChecker
 from .counters import events_layout
@@ -258,8 +258,9 @@ CHECKS = {
     ),
     isa.Opcode.VECTOR: (
         ("field", "rows is 0"), ("field", "length is 0"), ("field", "length exceeds the vector unit's max_len"),
-        ("field", "op is not a VectorOp"), ("field", "dtype INT8 with QUANT_TOKEN"),
-        ("field", "flags sets the reserved bit 1"),
+        ("field", "op is not one of the chip's VectorOps (0–7, spec.vector.CHIP_OPS)"),
+        ("field", "dtype INT8 with QUANT_TOKEN"),
+        ("field", "flags sets bit 1 (ROW_SCALE, not yet the chip's)"),
         ("field", "ROPE: head_dim is not a power of two in 2·lanes..256"),
         ("field", "ROPE: head_dim does not divide length"),
         ("spad", "operand a reaches past the scratchpad"),
@@ -429,7 +430,7 @@ class Dispatcher(wiring.Component):
             rope = vop == VectorOp.ROPE
             words = _ceil_shift(f.length, lgL)
             hd_bad = (hd < 2 * p["lanes"]) | (hd > MAX_HEAD_DIM) | ((hd & (hd - 1)) != 0)
-            fields = [f.rows == 0, f.length == 0, f.length > p["vector_max_len"], vop >= len(VectorOp),
+            fields = [f.rows == 0, f.length == 0, f.length > p["vector_max_len"], vop >= len(CHIP_OPS),
                       (vop == VectorOp.QUANT_TOKEN) & (f.dtype == Dtype.INT8), f.flags[1],
                       rope & hd_bad, rope & ((f.length & (hd - 1)) != 0)]
             uses_b = (vop == VectorOp.ADD) | (vop == VectorOp.SWIGLU) | (vop == VectorOp.DEQUANT) | (

@@ -6,14 +6,19 @@ multipliers and adders between ops, and selects the op's result into an output r
 =========  ==================================================================  ============
 chain      ops (docs/numerics.md)                                               units
 =========  ==================================================================  ============
-fadd       ADD (fp32_add, then fp32_to_bf16 for bf16), ROPE bf16               2 bf16 mul, fp32 add
+fadd       ADD (fp32_add, then fp32_to_bf16 for bf16), ROPE bf16, HADAMARD's   2 bf16 mul, fp32 add
+           last butterfly stage (fp32_add of the front end's operand pair)
 silu       SWIGLU: silu_bf16(a)·b (after fp32 → bf16 of both for dtype INT8)    SiLU ROM, bf16 mul
-fmul       RMSNORM's second pass t = bf16(x·r), y = bf16(t·g); QUANT_STATIC    fp32 mul, bf16 mul
+fmul       RMSNORM's second pass t = bf16(x·r), y = bf16(t·g); QUANT_STATIC;   fp32 mul, bf16 mul
+           QUANT_TOKEN's second pass clamp(rne(fp32_mul(x·2**−e, mu))); the
+           row scale of DEQUANT with ROW_SCALE (after the int chain)
 int        DEQUANT, REQUANT, ROPE int8 (requantize(a·C ∓ b·S))                  32×31 mul, 2 × 8×16
-qtok       QUANT_TOKEN's second pass: clamp(rne(x·2**−e))                       —
 =========  ==================================================================  ============
 
-Every op takes :data:`LANE_LATENCY` ``en``-cycles from input to ``y``.
+Every op takes :data:`LANE_LATENCY` ``en``-cycles from input to ``y``. DEQUANT with ROW_SCALE
+feeds the int chain's fp32 result (after 5 of the 7 datapath stages) to the fmul chain's
+multiplier, whose third register is the output register of that op (the other ops' results go
+through the output select and its register).
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
@@ -52,7 +57,10 @@ class VectorLane(wiring.Component):
     cs : In(32)
         ROPE: cos (bits 0..15) and sin (16..31) of the pair (bf16, or Q1.14 int16).
     sc : In(32)
-        Per-row scalar: RMSNORM r (fp32), QUANT_TOKEN / DEQUANT / REQUANT the row exponent.
+        Per-row scalar: RMSNORM r (fp32), QUANT_TOKEN / DEQUANT / REQUANT the row exponent (bits
+        0..EXP_BITS − 1).
+    rsc : In(32)
+        Per-row fp32 scale: QUANT_TOKEN mu[j] (1.0 without ROW_SCALE), DEQUANT with ROW_SCALE nu[j].
     imm0 : In(32); shift : In(6)
         QUANT_STATIC 1/scale (fp32); ROPE int8 multiplier and shift.
     mask : In(1)
@@ -71,6 +79,7 @@ class VectorLane(wiring.Component):
     p: In(32)
     cs: In(32)
     sc: In(32)
+    rsc: In(32)
     imm0: In(32)
     shift: In(6)
     mask: In(1)
@@ -89,21 +98,22 @@ class VectorLane(wiring.Component):
         en = self.en
         r = Stages(m, en, "lin").reg(op=self.op, dtype=self.dtype, flags=self.flags, half=self.half,
                                       a=self.a, b=self.b, p=self.p, cs=self.cs, sc=self.sc,
-                                      imm0=self.imm0, shift=self.shift, mask=self.mask)
+                                      rsc=self.rsc, imm0=self.imm0, shift=self.shift, mask=self.mask)
         ctl = {k: r[k] for k in ("op", "dtype", "mask")}
         late = {k: delay(m, v, _CHAIN, en, f"lctl_{k}") for k, v in ctl.items()}
         res = {}
         res.update(self._fadd_chain(m, r))
         res.update(self._silu_chain(m, r))
-        res.update(self._fmul_chain(m, r))
         res.update(self._int_chain(m, r))
-        res.update(self._qtok_chain(m, r))
+        res.update(self._fmul_chain(m, r, res["yf_conv"]))
         out = Signal(32, name="lane_out")
         op, int8 = late["op"], late["dtype"] == Dtype.INT8
         sx8 = lambda v: Cat(v, v[7].replicate(24))
         with m.Switch(op):
             with m.Case(VectorOp.ADD):
                 m.d.comb += out.eq(Mux(int8, res["fadd32"], res["fadd16"]))
+            with m.Case(VectorOp.HADAMARD):
+                m.d.comb += out.eq(res["fadd32"])
             with m.Case(VectorOp.ROPE):
                 m.d.comb += out.eq(Mux(int8, sx8(res["yq"]), res["fadd16"]))
             with m.Case(VectorOp.SWIGLU):
@@ -113,13 +123,13 @@ class VectorLane(wiring.Component):
             with m.Case(VectorOp.QUANT_STATIC):
                 m.d.comb += out.eq(sx8(res["qstatic"]))
             with m.Case(VectorOp.QUANT_TOKEN):
-                m.d.comb += out.eq(sx8(res["qtok"]))
+                m.d.comb += out.eq(sx8(res["qstatic"]))
             with m.Case(VectorOp.DEQUANT):
                 m.d.comb += out.eq(res["yf"])
             with m.Case(VectorOp.REQUANT):
                 m.d.comb += out.eq(sx8(res["yq"]))
         y = Stages(m, en, "lout").reg(y=Mux(late["mask"], out, 0))
-        m.d.comb += self.y.eq(y["y"])
+        m.d.comb += self.y.eq(Mux(res["row_scaled"], res["fmul32"], y["y"]))
         return m
 
     def _fadd_chain(self, m, r):
@@ -131,7 +141,7 @@ class VectorLane(wiring.Component):
         # a' = a·C + b·(−S) (first half), b' = a·S + b·C (second half)
         m.d.comb += [mul0.en.eq(en), mul0.a.eq(r["a"][:16]), mul0.b.eq(Mux(r["half"], s, c)),
                      mul1.en.eq(en), mul1.a.eq(r["b"][:16]), mul1.b.eq(Mux(r["half"], c, s ^ 0x8000))]
-        fp32 = r["dtype"] == Dtype.INT8
+        fp32 = (r["dtype"] == Dtype.INT8) | (r["op"] == VectorOp.HADAMARD)
         xa = delay(m, Mux(fp32, r["a"], Cat(Const(0, 16), r["a"][:16])), 2, en, "add_a")
         xb = delay(m, Mux(fp32, r["b"], Cat(Const(0, 16), r["b"][:16])), 2, en, "add_b")
         rope = delay(m, r["op"] == VectorOp.ROPE, 2, en, "add_rope")
@@ -160,13 +170,31 @@ class VectorLane(wiring.Component):
         n = 1 + silu.latency + mul.latency + cvt.latency
         return {"silu": delay(m, cvt.y, _CHAIN - n, en, "sw_y")}
 
-    def _fmul_chain(self, m, r):
-        """QUANT_STATIC: clamp(rne(x·inv)); RMSNORM: bf16(bf16(x·r)·g)."""
+    def _fmul_chain(self, m, r, yf_conv):
+        """QUANT_STATIC: clamp(rne(x·inv)); QUANT_TOKEN: clamp(rne(fp32_mul(x·2**−e, mu)));
+        RMSNORM: bf16(bf16(x·r)·g); DEQUANT with ROW_SCALE: fp32_mul(the int chain's yf, nu)."""
         en = self.en
         rms = r["op"] == VectorOp.RMSNORM
+        qtok = r["op"] == VectorOp.QUANT_TOKEN
         x = Mux(rms | (r["dtype"] == Dtype.BF16), Cat(Const(0, 16), r["a"][:16]), r["a"])
+        # QUANT_TOKEN (fp32 rows from the token buffer): x·2**−e exactly, a zero below 2**−126
+        a = r["a"]
+        ef = a[23:31]
+        es = Signal(signed(12), name="qt_exp")
+        m.d.comb += es.eq(ef - _sext(m, r["sc"][:EXP_BITS], EXP_BITS, "qt_rowexp"))
+        xs = Mux(ef == 0xFF, a, Mux((ef == 0) | (es <= 0), Cat(Const(0, 31), a[31]), Cat(a[:23], es[:8], a[31])))
+        # DEQUANT with ROW_SCALE: the multiplier takes the int chain's result and the row's nu
+        # (5 en-cycles after the input register; zeros in a lane past the row's end)
+        rs = (r["op"] == VectorOp.DEQUANT) & (r["flags"] & VectorFlag.ROW_SCALE).any()
+        late = _CHAIN - 2
+        rs_late = delay(m, rs, late, en, "rs_on")
+        mask_late = delay(m, r["mask"], late, en, "rs_mask")
+        nu_late = delay(m, r["rsc"], late, en, "rs_nu")
         m.submodules.fmul = mul = Fp32MulCore()
-        m.d.comb += [mul.en.eq(en), mul.a.eq(x), mul.b.eq(Mux(rms, r["sc"], r["imm0"]))]
+        m.d.comb += [mul.en.eq(en),
+                     mul.a.eq(Mux(rs_late, Mux(mask_late, yf_conv, 0), Mux(qtok, xs, x))),
+                     mul.b.eq(Mux(rs_late, Mux(mask_late, nu_late, 0),
+                                  Mux(rms, r["sc"], Mux(qtok, r["rsc"], r["imm0"]))))]
         m.submodules.qs_int8 = q = Fp32ToInt8Core()
         y = mul.y
         e = y[23:31]
@@ -181,7 +209,9 @@ class VectorLane(wiring.Component):
         m.submodules.rms_y = cvt_y = Fp32ToBf16Core()
         m.d.comb += [cvt_y.en.eq(en), cvt_y.a.eq(gmul.y)]
         assert mul.latency + cvt_t.latency + gmul.latency + cvt_y.latency == _CHAIN
-        return {"qstatic": delay(m, q.y, _CHAIN - mul.latency - q.latency, en, "qs_y"), "rms": cvt_y.y}
+        assert late + mul.latency == _CHAIN + 1  # mul.y is then the output register's peer
+        return {"qstatic": delay(m, q.y, _CHAIN - mul.latency - q.latency, en, "qs_y"), "rms": cvt_y.y,
+                "fmul32": mul.y, "row_scaled": delay(m, rs_late, mul.latency, en, "rs_out")}
 
     def _int_chain(self, m, r):
         """DEQUANT, REQUANT, ROPE int8 through one IntScaleCore."""
@@ -206,16 +236,6 @@ class VectorLane(wiring.Component):
         m.d.comb += [isc.en.eq(en), isc.acc.eq(st["acc"]), isc.m.eq(st["m"]),
                      isc.adj.eq(st["adj"]), isc.sh.eq(st["sh"])]
         n = 1 + isc.latency
+        assert n == _CHAIN - 2  # the row scale's multiply starts here (_fmul_chain)
         return {"yf": delay(m, isc.yf, _CHAIN - n, en, "int_yf"),
-                "yq": delay(m, isc.yq, _CHAIN - n, en, "int_yq")}
-
-    def _qtok_chain(self, m, r):
-        """QUANT_TOKEN: clamp(rne(x·2**−e)) of a bf16 x."""
-        en = self.en
-        a = r["a"][:16]
-        ef, f = a[7:15], a[:7]
-        e = _sext(m, r["sc"][:EXP_BITS], EXP_BITS, "qt_rowexp")
-        m.submodules.qt_int8 = q = Fp32ToInt8Core()
-        m.d.comb += [q.en.eq(en), q.sign.eq(a[15]), q.exp.eq(ef - e), q.sig.eq(Cat(Const(0, 16), f, 1)),
-                     q.zero.eq(ef == 0), q.nan.eq((ef == 0xFF) & (f != 0)), q.inf.eq((ef == 0xFF) & (f == 0))]
-        return {"qtok": delay(m, q.y, _CHAIN - q.latency, en, "qt_y")}
+                "yq": delay(m, isc.yq, _CHAIN - n, en, "int_yq"), "yf_conv": isc.yf}

@@ -1,16 +1,16 @@
-"""The vector unit's row engine: the first pass of RMSNORM and QUANT_TOKEN (docs/vector.md).
+"""The vector unit's row engine: the first pass of RMSNORM (docs/vector.md).
 
-Both need a statistic of the whole row before any output: RMSNORM the fp32 sum of squares in
-element order (``s = fp32_add(s, bf16_mul(x_i, x_i))``, sequential), QUANT_TOKEN the largest
-exponent field. The engine buffers rows and takes two passes over them:
+RMSNORM needs the fp32 sum of squares of the whole row, in element order (``s = fp32_add(s,
+bf16_mul(x_i, x_i))``, sequential), before any output. The engine buffers rows and takes two
+passes over them:
 
 * **write**: rows arrive on ``a`` (V elements per cycle; fp32 rounded to bf16 for dtype INT8) and
   are stored as bf16 in a *slot* of G = V rows, element i of group row r in bank (r + i) mod V;
 * **sum** (pass 1): the slot is read by columns, element i of all G rows per cycle (one word of
   each bank), so lane r accumulates row r in element order at one element per cycle (the fp32
   adder in the loop has one register); the G results go to the finisher;
-* **finish**: one row per cycle, ``r = rsqrt(fp32_add(fp32_mul(s, 1/D), eps))`` (RMSNORM) or
-  ``e = E − 133`` (QUANT_TOKEN), into the slot's per-row scalars;
+* **finish**: one row per cycle, ``r = rsqrt(fp32_add(fp32_mul(s, 1/D), eps))``, into the slot's
+  per-row scalars;
 * **read** (pass 2): the slot is read by rows, one beat per cycle, with the row's scalar, to the
   lanes (``o``), which compute the outputs.
 
@@ -21,14 +21,12 @@ elements per cycle for any D; a group of fewer than G rows still takes D cycles 
 Memory: 4·V banks of G·ceil(max_len/V) 16-bit words (4·V·max_len·16 bits, rounded up).
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
-
-from spec.vector import TOKEN_EXP_BIAS
 
 from .arith import Bf16MulCore, Fp32AddCore, Fp32ToBf16Core
 from .vector_arith import Fp32MulCore, RsqrtCore, delay
@@ -41,7 +39,7 @@ _EMPTY, _FULL, _SUMMING, _SUMMED = 0, 1, 2, 3
 
 
 class RowEngine(wiring.Component):
-    """Buffers rows and computes each row's RMSNORM reciprocal root or QUANT_TOKEN exponent.
+    """Buffers rows and computes each row's RMSNORM reciprocal root.
 
     Parameters
     ----------
@@ -53,12 +51,11 @@ class RowEngine(wiring.Component):
     Members
     -------
     start : In(1)
-        Take a command (``rms``, ``fp32``, ``length``, ``beats``, ``rows``, ``eps``, ``inv_d``).
+        Take a command (``fp32``, ``length``, ``beats``, ``rows``, ``eps``, ``inv_d``).
     a : In(stream of ArrayLayout(32, V))
         The rows, ``beats`` beats each.
     o : Out(stream of {x: ArrayLayout(16, V), sc: 32, r: range(V)})
-        The stored rows (bf16), in order, one beat per cycle, with the row's scalar ``sc``
-        (RMSNORM: r, fp32 bits; QUANT_TOKEN: e, signed).
+        The stored rows (bf16), in order, one beat per cycle, with the row's r (fp32 bits) in ``sc``.
     busy : Out(1)
         A row of the command is not yet out on ``o``.
     buf_writes, buf_reads, sq_ops, fin_ops : Out
@@ -76,7 +73,7 @@ class RowEngine(wiring.Component):
         lw = max_len.bit_length()
         self._lw = lw
         super().__init__({
-            "start": In(1), "rms": In(1), "fp32": In(1), "length": In(lw), "beats": In(lw),
+            "start": In(1), "fp32": In(1), "length": In(lw), "beats": In(lw),
             "rows": In(16), "eps": In(32), "inv_d": In(32),
             "a": In(stream.Signature(data.ArrayLayout(32, lanes))),
             "o": Out(stream.Signature(self.out_layout)),
@@ -99,7 +96,7 @@ class RowEngine(wiring.Component):
         V = self._v
         # command registers
         c = {k: Signal(len(getattr(self, k)), name=f"cmd_{k}") for k in
-             ("rms", "fp32", "length", "beats", "eps", "inv_d")}
+             ("fp32", "length", "beats", "eps", "inv_d")}
         with m.If(self.start):
             m.d.sync += [c[k].eq(getattr(self, k)) for k in c]
         mems = [[Memory(shape=unsigned(16), depth=self._depth, init=[]) for _ in range(V)]
@@ -179,7 +176,7 @@ class RowEngine(wiring.Component):
         return (rows_left != 0) | w1_valid
 
     def _sum(self, m, x):
-        """Pass 1: column reads, squares and the sequential fp32 sums (or the exponent max)."""
+        """Pass 1: column reads, squares and the sequential fp32 sums."""
         V, c = self._v, x["c"]
         lv = max(1, ceil_log2(V))
         slot = Signal(range(SLOTS))
@@ -219,7 +216,7 @@ class RowEngine(wiring.Component):
         xr = [Signal(16, name=f"sum2_x{lane}") for lane in range(V)]
         m.d.sync += [xr[lane].eq(xs[lane]) for lane in range(V)]
         ctl = {k2: delay(m, v, 2, 1, f"sum3_{k2}", reset=True) for k2, v in s2.items()}
-        accs, emaxs = [], []
+        accs = []
         for lane in range(V):
             mul = Bf16MulCore()
             m.submodules[f"sq{lane}"] = mul
@@ -227,22 +224,16 @@ class RowEngine(wiring.Component):
             add = Fp32AddCore(stages=1)
             m.submodules[f"acc{lane}"] = add
             m.d.comb += [add.en.eq(ctl["valid"]), add.a.eq(Mux(ctl["first"], 0, add.y)), add.b.eq(mul.y)]
-            ef = delay(m, xr[lane][7:15], 2, 1, f"sum_ef{lane}")
-            emax = Signal(8, name=f"emax{lane}")
-            with m.If(ctl["valid"]):
-                m.d.sync += emax.eq(Mux(ctl["first"] | (ef > emax), ef, emax))
             accs.append(add.y)
-            emaxs.append(emax)
         done = Signal()
         done_slot = Signal(range(SLOTS))
         m.d.sync += [done.eq(ctl["valid"] & ctl["last"]), done_slot.eq(ctl["slot"])]
         m.d.sync += in_flight.eq(in_flight + last - done)
         m.d.comb += self.sq_ops.eq(Mux(s2["valid"], V, 0))
-        vals = [Mux(c["rms"], accs[lane], emaxs[lane]) for lane in range(V)]
-        return dict(done=done, slot=done_slot, vals=vals, fifo_level=fifo_level)
+        return dict(done=done, slot=done_slot, vals=accs, fifo_level=fifo_level)
 
     def _finish(self, m, x, sums):
-        """One row per cycle: r = rsqrt(s·(1/D) + eps), or e = E − 133, into the slot's scalars."""
+        """One row per cycle: r = rsqrt(s·(1/D) + eps), into the slot's scalars."""
         V, c = self._v, x["c"]
         layout = data.StructLayout({"vals": data.ArrayLayout(32, V), "slot": range(SLOTS)})
         m.submodules.fin_fifo = fifo = SyncFIFO(width=layout.size, depth=2)
@@ -264,18 +255,15 @@ class RowEngine(wiring.Component):
         m.d.comb += [fm.en.eq(1), fm.a.eq(val), fm.b.eq(c["inv_d"]),
                      fa.en.eq(1), fa.a.eq(fm.y), fa.b.eq(c["eps"]), rs.en.eq(1), rs.a.eq(fa.y)]
         lat = fm.latency + fa.latency + rs.latency
-        e_now = Signal(signed(32), name="fin_e_now")
-        m.d.comb += e_now.eq(val[:8] - TOKEN_EXP_BIAS)
-        e = delay(m, e_now, lat, 1, "fin_e")
         v_out = delay(m, go, lat, 1, "fin_valid", reset=True)
         slot_out = delay(m, rd.slot, lat, 1, "fin_slot")
         cnt_out = delay(m, cnt, lat, 1, "fin_row")
         last_out = delay(m, go & lastc, lat, 1, "fin_last", reset=True)
         with m.If(v_out):
-            m.d.sync += x["scal"][slot_out][cnt_out].eq(Mux(c["rms"], rs.y, e))
+            m.d.sync += x["scal"][slot_out][cnt_out].eq(rs.y)
         with m.If(last_out):
             m.d.sync += x["state"][slot_out].eq(_SUMMED)
-        m.d.comb += self.fin_ops.eq(go & c["rms"])
+        m.d.comb += self.fin_ops.eq(go)
 
     def _read(self, m, x):
         """Pass 2: the slot's rows, one beat per cycle, with the row's scalar, to ``o``."""

@@ -32,7 +32,7 @@ from hdl.config import get_config
 from spec import isa
 from spec import matmul_layout as ml
 from spec.codes import ChipError, Dtype, KVOp, OutFormat
-from spec.vector import VectorFlag, VectorOp
+from spec.vector import CHIP_OPS, VectorFlag, VectorOp
 
 from .chip_api import Program
 
@@ -334,7 +334,7 @@ class RandomPrograms:
 
     def vector(self):
         r = self.rng
-        op = VectorOp(int(r.integers(len(VectorOp))))
+        op = CHIP_OPS[int(r.integers(len(CHIP_OPS)))]
         bf16 = r.random() < 0.5
         fp = "bf16" if bf16 else "f32"
         f = dict(op=op, dtype=int(bf16))

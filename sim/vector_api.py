@@ -20,11 +20,19 @@ op               arguments (``dtype="bf16"``: the bf16 layer; ``"int8"``: the in
 ``rmsnorm``      x: bf16 or float32 (int8); ``gain`` bf16 [D]; ``eps``
 ``rope``         x: bf16 or int8 [..., D] (D a multiple of head_dim); ``pos`` per row; ``table``
                  (golden.RopeTable); int8: ``multiplier``, ``shift``
-``dequant``      acc int32; ``multiplier`` [D], ``shift`` [D]; optional ``row_exp`` per row
+``dequant``      acc int32; ``multiplier`` [D], ``shift`` [D]; optional ``row_exp`` per row;
+                 optional ``scale_table`` (nu, float32 [128]) with ``scale_index`` (j per row):
+                 ROW_SCALE, ``dequantize_acc(..., row_scale=nu[j])``
 ``requant``      acc int32; ``multiplier`` [D], ``shift`` [D]; ``row_exp`` per row
 ``quant_static`` x: bf16 (bf16) or float32 (int8); ``scale``
-``quant_token``  x: bf16; outputs ``q`` (int8) and ``e`` (the per-row exponent)
+``quant_token``  x: bf16 (bf16) or float32 (int8); outputs ``o`` (int8) and ``s_out`` (the per-row
+                 exponent e); optional ``scale_table`` (mu, float32 [128]): ROW_SCALE,
+                 ``quantize_per_token_scaled``, outputs also ``j`` (the per-row scale index)
+``hadamard``     x: bf16 (bf16) or float32 (int8) [..., D], D a multiple of 64; output float32
 ===============  =================================================================================
+
+With ``scale_table``, :func:`run_vector` sends a TABLE command (:func:`make_table_commands`)
+before the op.
 """
 
 import math
@@ -38,31 +46,39 @@ from golden.vector import RopeTable
 from hdl.config import get_config
 from spec.vector import (
     EXP_BITS,
+    HADAMARD_BLOCK,
     MAX_HEAD_DIM,
+    SCALE_ENTRIES,
     SHIFT_BITS,
     VectorFlag,
     VectorOp,
     VectorStatus,
+    VectorTable,
     cmd_fields,
     command_status,
+    row_word,
+    row_word_fields,
     stream_words,
 )
 
-__all__ = ["run_vector", "run_commands", "vector_design", "VectorResult", "OPS", "make_command"]
+__all__ = ["run_vector", "run_commands", "vector_design", "VectorResult", "OPS", "make_command",
+           "make_table_commands"]
 
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 OPS = {"add": VectorOp.ADD, "swiglu": VectorOp.SWIGLU, "rmsnorm": VectorOp.RMSNORM,
        "rope": VectorOp.ROPE, "dequant": VectorOp.DEQUANT, "requant": VectorOp.REQUANT,
-       "quant_static": VectorOp.QUANT_STATIC, "quant_token": VectorOp.QUANT_TOKEN}
+       "quant_static": VectorOp.QUANT_STATIC, "quant_token": VectorOp.QUANT_TOKEN,
+       "hadamard": VectorOp.HADAMARD}
 
 
 @dataclass
 class VectorResult:
     """What :func:`run_vector` returns (the shape of every ``sim.run_*`` result).
 
-    ``outputs``: ``"o"`` (the result rows), and ``"s_out"`` for quant_token (the row exponents);
-    ``output`` is ``outputs["o"]``. ``counters``: the sums of the unit's events. ``cycles``: from
-    reset release to the last beat. ``seed``: the testbench's random seed.
+    ``outputs``: ``"o"`` (the result rows), and ``"s_out"`` for quant_token (the row exponents;
+    ``"j"`` the row scale indices with a scale table); ``output`` is ``outputs["o"]``.
+    ``counters``: the sums of the unit's events. ``cycles``: from reset release to the last beat.
+    ``seed``: the testbench's random seed.
     """
     outputs: dict
     counters: dict = field(default_factory=dict)
@@ -109,11 +125,34 @@ def make_command(op, *, length, rows, dtype=1, flags=0, head_dim=0, shift=0, imm
                 a=a, b=b, p=p, s_in=s_in)
 
 
+def make_table_commands(table, values, *, lanes, max_len):
+    """The TABLE command writing ``values`` (float32 [SCALE_ENTRIES], e.g. one of
+    ``golden.layer.token_scale_table()``) into scale table ``table`` (:class:`VectorTable`): rows
+    of the longest power-of-two length ≤ min(SCALE_ENTRIES, max_len), a list of one command.
+    Raises ``TypeError``/``ValueError`` for bad values or a unit whose max_len is below its lanes."""
+    table = VectorTable(table)
+    v = np.asarray(values)
+    if v.dtype != np.float32:
+        raise TypeError(f"scale_table must be float32, got dtype {v.dtype}")
+    if v.shape != (SCALE_ENTRIES,):
+        raise ValueError(f"scale_table must have shape ({SCALE_ENTRIES},), got {v.shape}")
+    length = SCALE_ENTRIES
+    while length > max_len:
+        length //= 2
+    if length < lanes:
+        raise ValueError(f"a scale table needs vector.max_len ≥ lanes ({lanes}), got {max_len}")
+    rows = SCALE_ENTRIES // length
+    p = as_fp32_bits(v).reshape(rows, length)
+    return [make_command(VectorOp.TABLE, length=length, rows=rows, dtype=0, imm0=int(table), p=p)]
+
+
 def run_commands(cmds, *, config="default", stall=0.0, backpressure=0.0, seed=None):
     """Run ``cmds`` (from :func:`make_command`) back to back; a command the unit rejects sends
     no stream beat. Returns a dict: ``status`` (per command), ``o`` (per command: [rows, length]
-    uint32 or None), ``s_out`` (per command: [rows] int64 or None), ``o_cycle``, ``a_cycle``,
-    ``resp_cycle``, ``counters``, ``cycles``, ``seed``."""
+    uint32 or None), ``s_out`` (per command: [rows] int64 exponents e or None), ``j`` (per
+    command: [rows] int64 scale indices of QUANT_TOKEN with ROW_SCALE, or None), ``o_cycle``,
+    ``a_cycle``, ``resp_cycle``, ``counters``, ``cycles``, ``seed``. The expected statuses
+    (``expected_status``) follow the TABLE commands of the list (the unit starts from reset)."""
     from hdl.vector import vector_events_layout
 
     from .runner import run
@@ -123,14 +162,16 @@ def run_commands(cmds, *, config="default", stall=0.0, backpressure=0.0, seed=No
         seed = int(np.random.default_rng().integers(1 << 31))
     print(f"run_vector seed {seed}")
     streams = {s: [] for s in ("a", "b", "p")}
-    s_in, packed, expect = [], [], []
+    s_in, packed, expect, tables = [], [], [], set()
     for c in cmds:
-        st = command_status(lanes=lanes, max_len=max_len, **{k: c[k] for k in (
+        st = command_status(lanes=lanes, max_len=max_len, tables=tables, **{k: c[k] for k in (
             "op", "dtype", "length", "rows", "head_dim", "shift", "imm0", "imm1", "flags")})
         packed.append(_pack_cmd(c, max_len))
         if st != VectorStatus.OK:
             expect.append((st, None))
             continue
+        if c["op"] == VectorOp.TABLE:
+            tables.add(VectorTable(c["imm0"]))
         w = stream_words(c["op"], length=c["length"], lanes=lanes, flags=c["flags"])
         for s in ("a", "b", "p"):
             if w[s]:
@@ -147,11 +188,12 @@ def run_commands(cmds, *, config="default", stall=0.0, backpressure=0.0, seed=No
                 n_resp=len(cmds), stall=float(stall), backpressure=float(backpressure), seed=int(seed),
                 event_fields=ev_fields, timeout_cycles=20000 + 4 * max_len + 2 * (n_o + len(beats["a"])))
     res = run(design, "sim.tb.vector", testcase="vector_stream", data=data, seed=seed)
-    out, outs, sos, pos, spos = res["o"], [], [], 0, 0
+    out, outs, sos, js, pos, spos = res["o"], [], [], [], 0, 0
     for (_st, w), c in zip(expect, cmds, strict=True):
-        if w is None:
+        if w is None or not w["o"]:
             outs.append(None)
             sos.append(None)
+            js.append(None)
             continue
         n = w["o"] * c["rows"]
         block = out[pos:pos + n].reshape(c["rows"], -1)
@@ -160,11 +202,14 @@ def run_commands(cmds, *, config="default", stall=0.0, backpressure=0.0, seed=No
             raise AssertionError("non-zero output lanes past the end of a row")
         outs.append(block[:, :c["length"]].copy())
         k = w["s_out"] * c["rows"]
-        s = res["s_out"][spos:spos + k].astype(np.int64)
+        scaled = bool(c["flags"] & VectorFlag.ROW_SCALE)
+        fields = [row_word_fields(v, scaled=scaled) for v in res["s_out"][spos:spos + k].tolist()]
         spos += k
-        sos.append(np.where(s >= 1 << 31, s - (1 << 32), s) if k else None)
+        sos.append(np.array([e for e, _ in fields], np.int64) if k else None)
+        js.append(np.array([j for _, j in fields], np.int64) if k and scaled else None)
     return {"status": res["resp"].tolist(), "expected_status": [int(st) for st, _ in expect], "o": outs,
-            "s_out": sos, "o_cycle": res["o_cycle"], "a_cycle": res["a_cycle"], "resp_cycle": res["resp_cycle"],
+            "s_out": sos, "j": js, "o_cycle": res["o_cycle"], "a_cycle": res["a_cycle"],
+            "resp_cycle": res["resp_cycle"],
             "counters": dict(zip([n for n, _ in ev_fields], res["events"].tolist(), strict=True)),
             "cycles": int(res["cycles"]), "seed": seed}
 
@@ -221,8 +266,6 @@ def _prepare(op, a, b, dtype, kw, lanes, max_len):
             raise TypeError(f"a must be {np.dtype(want).name} for {op}, got {x.dtype}")
         bits = x.astype(np.int64) & 0xFFFFFFFF
     else:
-        if op == "quant_token" and dtype != "bf16":
-            raise ValueError("quant_token takes bf16 rows (dtype 'bf16')")
         bits = _bits(a, dtype, "a")
     if bits.ndim == 0:
         raise ValueError("a must have at least one axis")
@@ -230,6 +273,8 @@ def _prepare(op, a, b, dtype, kw, lanes, max_len):
     rows = int(np.prod(lead)) if lead else 1
     if not 1 <= length <= max_len:
         raise ValueError(f"row length must be in 1..{max_len} (config vector.max_len), got {length}")
+    if op == "hadamard" and length % HADAMARD_BLOCK:
+        raise ValueError(f"hadamard needs a row length that is a multiple of {HADAMARD_BLOCK}, got {length}")
     if not 1 <= rows < 1 << 16:
         raise ValueError(f"rows must be in 1..65535, got {rows}")
     f.update(length=length, rows=rows, a=bits.reshape(rows, length))
@@ -288,6 +333,8 @@ def _op_fields(op, dtype, f, kw, rows, length, lanes):
             e = _int_range("row_exp", np.broadcast_to(np.asarray(e), (rows,)), -lim, lim - 1)
             f["s_in"] = e.astype(np.int64) & 0xFFFFFFFF
             f["flags"] = int(VectorFlag.ROW_EXP)
+        if op == "dequant":
+            _row_scale(f, kw, rows, e)
     elif op == "quant_static":
         scale = kw.pop("scale")
         if isinstance(scale, bool) or not isinstance(scale, (int, float, np.integer, np.floating)):
@@ -295,12 +342,31 @@ def _op_fields(op, dtype, f, kw, rows, length, lanes):
         if not (math.isfinite(float(scale)) and float(scale) > 0):
             raise ValueError(f"scale must be finite and > 0, got {scale!r}")
         f["imm0"] = _f32_bits(1.0 / float(scale), "1/scale")
+    elif op == "quant_token":
+        table = kw.pop("scale_table", None)
+        if table is not None:
+            f["flags"] = int(VectorFlag.ROW_SCALE)
+            f["table"] = (VectorTable.QUANT, table)
     if kw:
         raise TypeError(f"{op} got unexpected argument(s): {', '.join(sorted(kw))}")
 
 
+def _row_scale(f, kw, rows, e):
+    """DEQUANT's ``scale_table`` (nu) and ``scale_index`` (j per row): ROW_SCALE."""
+    table, j = kw.pop("scale_table", None), kw.pop("scale_index", None)
+    if (table is None) != (j is None):
+        raise TypeError("dequant takes scale_table and scale_index together")
+    if table is None:
+        return
+    j = _int_range("scale_index", np.broadcast_to(np.asarray(j), (rows,)), 0, SCALE_ENTRIES - 1)
+    e = np.zeros(rows, np.int64) if e is None else e
+    f["s_in"] = np.array([row_word(ei, ji) for ei, ji in zip(e.tolist(), j.tolist(), strict=True)], np.int64)
+    f["flags"] = f.get("flags", 0) | int(VectorFlag.ROW_SCALE)
+    f["table"] = (VectorTable.DEQUANT, table)
+
+
 def _decode(op, dtype, o, lead, length):
-    if op in ("add",) and dtype == "int8" or op == "dequant":
+    if op in ("add",) and dtype == "int8" or op in ("dequant", "hadamard"):
         return fp32_from_bits(o.astype(np.uint32)).reshape(*lead, length)
     if op in ("requant", "quant_static", "quant_token") or (op == "rope" and dtype == "int8"):
         return o.astype(np.uint32).astype(np.uint8).view(np.int8).reshape(*lead, length)
@@ -313,8 +379,9 @@ def run_vector(op, a, b=None, *, dtype="bf16", config="default", stall=0.0, back
     result with ``a``'s shape; quant_token also ``outputs["s_out"]``, the row exponents).
 
     Raises ``TypeError``/``ValueError`` naming the problem (unknown op, wrong dtype or shape, a row
-    length of 0 or above ``vector.max_len``, a position beyond the RoPE table, a scale or shift
-    out of range) before anything runs.
+    length of 0 or above ``vector.max_len`` or not a multiple of 64 for hadamard, a position
+    beyond the RoPE table, a scale, shift, scale table or scale index out of range) before
+    anything runs.
     """
     if op not in OPS:
         raise ValueError(f"unknown vector op {op!r}: choose one of {', '.join(OPS)}")
@@ -322,12 +389,17 @@ def run_vector(op, a, b=None, *, dtype="bf16", config="default", stall=0.0, back
         if not 0.0 <= float(v) < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {v}")
     cfg = get_config(config)
-    code, f, lead = _prepare(op, a, b, dtype, dict(fields), cfg.vector.lanes, cfg.vector.max_len)
-    cmd = make_command(code, **f)
-    res = run_commands([cmd], config=cfg, stall=stall, backpressure=backpressure, seed=seed)
-    if res["status"] != [0]:
-        raise AssertionError(f"the unit answered status {res['status']} to a checked command")
-    outputs = {"o": _decode(op, dtype, res["o"][0], lead, f["length"])}
+    lanes, max_len = cfg.vector.lanes, cfg.vector.max_len
+    code, f, lead = _prepare(op, a, b, dtype, dict(fields), lanes, max_len)
+    table = f.pop("table", None)
+    cmds = [] if table is None else make_table_commands(*table, lanes=lanes, max_len=max_len)
+    cmds.append(make_command(code, **f))
+    res = run_commands(cmds, config=cfg, stall=stall, backpressure=backpressure, seed=seed)
+    if res["status"] != [0] * len(cmds):
+        raise AssertionError(f"the unit answered status {res['status']} to checked commands")
+    outputs = {"o": _decode(op, dtype, res["o"][-1], lead, f["length"])}
     if op == "quant_token":
-        outputs["s_out"] = res["s_out"][0].reshape(lead)
+        outputs["s_out"] = res["s_out"][-1].reshape(lead)
+        if table is not None:
+            outputs["j"] = res["j"][-1].reshape(lead)
     return VectorResult(outputs=outputs, counters=res["counters"], seed=res["seed"], cycles=res["cycles"])

@@ -124,9 +124,11 @@ OPERANDS = {
                           "KV_K, KV_V: 0"),
     ),
     Opcode.VECTOR: (
-        ("op", 8, "spec.vector.VectorOp (0–7)"),
+        ("op", 8, "spec.vector.VectorOp 0–7 (spec.vector.CHIP_OPS; the unit's HADAMARD and TABLE are not yet "
+                  "the chip's)"),
         ("dtype", 1, "Dtype: INT8 (the int8 layer's flavour) or BF16; QUANT_TOKEN takes BF16 only"),
-        ("flags", 2, "spec.vector.VectorFlag: bit 0 ROW_EXP (DEQUANT reads a per-row exponent); bit 1 reserved (0)"),
+        ("flags", 2, "spec.vector.VectorFlag: bit 0 ROW_EXP (DEQUANT reads a per-row exponent); bit 1 (ROW_SCALE) "
+                     "0"),
         ("length", 16, "elements per row (1..vector.max_len)"),
         ("rows", 16, "rows (≥ 1)"),
         ("head_dim", 16, "ROPE: elements per head, a power of two in 2·lanes..256 dividing length"),

@@ -4,7 +4,9 @@ One definition shared by :mod:`hdl.vector` (the hardware), :mod:`sim.vector_api`
 and testbench), the chip's execution unit and the compiler (docs/vector.md).
 
 - :class:`VectorOp`, :class:`VectorStatus`, :class:`VectorFlag`: the ``op``, response
-  ``status`` and ``flags`` fields;
+  ``status`` and ``flags`` fields; :class:`VectorTable`: the scale tables TABLE writes;
+- :data:`CHIP_OPS`: the ops a chip VECTOR instruction may carry;
+- :func:`row_word`, :func:`row_word_fields`: the per-row scalar word of ``s_in`` / ``s_out``;
 - :func:`cmd_fields`: the command's fields and widths for a ``max_len``;
 - :func:`command_status`: the status the hardware answers for a command's fields;
 - :func:`stream_words`: the scratchpad words (beats of ``lanes`` 32-bit lanes) each stream
@@ -17,8 +19,9 @@ import struct
 
 from amaranth.lib import enum
 
-__all__ = ["VectorOp", "VectorStatus", "VectorFlag", "MAX_HEAD_DIM", "ROWS_BITS", "cmd_fields",
-           "command_status", "stream_words", "STREAMS", "EXP_BITS", "SHIFT_BITS",
+__all__ = ["VectorOp", "VectorStatus", "VectorFlag", "VectorTable", "CHIP_OPS", "MAX_HEAD_DIM", "ROWS_BITS",
+           "cmd_fields", "command_status", "stream_words", "STREAMS", "EXP_BITS", "SHIFT_BITS",
+           "HADAMARD_BLOCK", "SCALE_BITS", "SCALE_ENTRIES", "ROW_SCALE_SHIFT", "row_word", "row_word_fields",
            "SILU_POS_EXP", "SILU_NEG_EXP", "SILU_ENTRIES", "silu_bf16_exact", "silu_bf16_table",
            "silu_bf16_lookup", "TOKEN_EXP_BIAS"]
 
@@ -32,6 +35,13 @@ EXP_BITS = 10
 SHIFT_BITS = 6
 #: Per-token quantization: e = E − TOKEN_EXP_BIAS, E the row's largest biased exponent field.
 TOKEN_EXP_BIAS = 133
+#: Elements of one HADAMARD block (``golden.vector.HADAMARD_BLOCK``).
+HADAMARD_BLOCK = 64
+#: Bits of the per-token scale index j (``golden.layer.TOKEN_SCALE_BITS``); entries of each table.
+SCALE_BITS = 7
+SCALE_ENTRIES = 1 << SCALE_BITS
+#: Position of j in a row word with ROW_SCALE (bits 16 .. 16 + SCALE_BITS − 1; e in bits 0..15).
+ROW_SCALE_SHIFT = 16
 
 
 class VectorOp(enum.IntEnum, shape=4):
@@ -43,24 +53,65 @@ class VectorOp(enum.IntEnum, shape=4):
     DEQUANT = 4       #: int32 accumulators → fp32 (dequantize_acc)
     REQUANT = 5       #: int32 accumulators → int8, shift − row exponent (the layer's Q/K/V)
     QUANT_STATIC = 6  #: bf16 (BF16) or fp32 (INT8) → int8 with a static 1/scale
-    QUANT_TOKEN = 7   #: bf16 → int8 with a per-row power-of-two scale (s_out: the exponent)
+    QUANT_TOKEN = 7   #: bf16 (BF16) or fp32 (INT8) → int8 per row: 2**e, with ROW_SCALE × mu[j] (s_out: e, j)
+    HADAMARD = 8      #: 64-point fp32 Hadamard transform per block, bf16 (BF16) or fp32 (INT8) → fp32
+    TABLE = 9         #: write the scale table ``imm0`` (:class:`VectorTable`) from ``p``: 128 fp32 entries
 
 
 class VectorStatus(enum.IntEnum, shape=4):
     """``status`` of a vector response. Every non-zero status: no beat of any stream was taken
     for the command and nothing was output; the next command runs normally."""
     OK = 0
-    BAD_OP = 1         #: op 8..15
-    BAD_LENGTH = 2     #: length 0 or above max_len
-    BAD_ROWS = 3       #: rows 0
+    BAD_OP = 1         #: op 10..15
+    BAD_LENGTH = 2     #: length 0 or above max_len; HADAMARD: not a multiple of 64; TABLE: not a multiple of lanes
+    BAD_ROWS = 3       #: rows 0; TABLE: rows·length ≠ SCALE_ENTRIES
     BAD_HEAD_DIM = 4   #: RoPE: head_dim not a power of two in 2·lanes .. MAX_HEAD_DIM, or not dividing length
     BAD_SCALE = 5      #: an immediate out of range (eps, 1/D, 1/scale, RoPE multiplier/shift)
-    BAD_DTYPE = 6      #: QUANT_TOKEN with dtype INT8 (it takes bf16 rows)
+    BAD_DTYPE = 6      #: reserved: no command answers it (QUANT_TOKEN takes fp32 rows with dtype INT8)
+    BAD_TABLE = 7      #: TABLE: imm0 not a VectorTable; ROW_SCALE: its table not written since reset
 
 
 class VectorFlag(enum.IntFlag):
-    """Bits of the ``flags`` field."""
+    """Bits of the ``flags`` field (ignored by the ops that do not name them)."""
     ROW_EXP = 1        #: DEQUANT: add the per-row exponent from ``s_in`` (REQUANT always reads it)
+    #: QUANT_TOKEN: multiply by the 7-bit scale multiplier mu[j] (``quantize_per_token_scaled``),
+    #: s_out = :func:`row_word` (e, j); DEQUANT: multiply by nu[j] (``dequantize_acc`` ``row_scale``),
+    #: j from bits 16..22 of the ``s_in`` word (read for every row)
+    ROW_SCALE = 2
+
+
+class VectorTable(enum.IntEnum):
+    """The unit's two scale tables (``imm0`` of TABLE): SCALE_ENTRIES fp32 entries each, written by
+    TABLE, kept until reset or the next TABLE (``golden.layer.token_scale_table`` gives both)."""
+    QUANT = 0          #: mu: QUANT_TOKEN with ROW_SCALE
+    DEQUANT = 1        #: nu: DEQUANT with ROW_SCALE
+
+
+#: The ops a chip VECTOR instruction may carry (spec.isa; hdl.cmdproc refuses the others with
+#: BAD_FIELD, as it refuses ROW_SCALE and QUANT_TOKEN with dtype INT8): HADAMARD, TABLE and the
+#: scaled quantization are the vector unit's, not yet the chip's.
+CHIP_OPS = (VectorOp.ADD, VectorOp.SWIGLU, VectorOp.RMSNORM, VectorOp.ROPE, VectorOp.DEQUANT,
+            VectorOp.REQUANT, VectorOp.QUANT_STATIC, VectorOp.QUANT_TOKEN)
+assert [int(op) for op in CHIP_OPS] == list(range(len(CHIP_OPS)))
+
+
+def row_word(e, j=None):
+    """The per-row scalar word (32 bits) of ``s_out`` / ``s_in``: the exponent e sign-extended to
+    32 bits, or, with a scale index j (ROW_SCALE), e in bits 0..15 (two's complement) and j in bits
+    ROW_SCALE_SHIFT.. (REQUANT and DEQUANT read e from bits 0..EXP_BITS − 1 either way)."""
+    e = int(e)
+    if j is None:
+        return e & 0xFFFFFFFF
+    return (e & 0xFFFF) | (int(j) & (SCALE_ENTRIES - 1)) << ROW_SCALE_SHIFT
+
+
+def row_word_fields(word, *, scaled):
+    """``(e, j)`` of a :func:`row_word` (j = 0 without ``scaled``)."""
+    word = int(word) & 0xFFFFFFFF
+    if not scaled:
+        return word - (1 << 32) if word >> 31 else word, 0
+    e = word & 0xFFFF
+    return e - (1 << 16) if e >> 15 else e, (word >> ROW_SCALE_SHIFT) & (SCALE_ENTRIES - 1)
 
 
 def cmd_fields(max_len):
@@ -82,17 +133,17 @@ def _fp32_class(bits):
 
 
 def command_status(*, op, dtype, length, rows, head_dim=0, shift=0, imm0=0, imm1=0, lanes, max_len,
-                   flags=0):
+                   flags=0, tables=frozenset()):
     """The :class:`VectorStatus` the unit answers for these command fields (checked in this order:
-    op, length, rows, dtype, head_dim, immediates)."""
+    op, length, rows, head_dim, immediates, tables). ``tables``: the :class:`VectorTable` values
+    written (by a TABLE answered OK) since reset."""
     if op not in set(VectorOp):
         return VectorStatus.BAD_OP
-    if not 1 <= length <= max_len:
+    if not 1 <= length <= max_len or (op == VectorOp.HADAMARD and length % HADAMARD_BLOCK) or (
+            op == VectorOp.TABLE and length % lanes):
         return VectorStatus.BAD_LENGTH
-    if rows < 1:
+    if rows < 1 or (op == VectorOp.TABLE and rows * length != SCALE_ENTRIES):
         return VectorStatus.BAD_ROWS
-    if op == VectorOp.QUANT_TOKEN and dtype != 1:
-        return VectorStatus.BAD_DTYPE
     if op == VectorOp.ROPE:
         if (not (1 <= head_dim <= MAX_HEAD_DIM) or head_dim & (head_dim - 1) or head_dim < 2 * lanes
                 or length % head_dim):
@@ -108,6 +159,11 @@ def command_status(*, op, dtype, length, rows, head_dim=0, shift=0, imm0=0, imm1
         c, s = _fp32_class(imm0)
         if c != "normal" or s:
             return VectorStatus.BAD_SCALE
+    if op == VectorOp.TABLE and imm0 not in set(VectorTable):
+        return VectorStatus.BAD_TABLE
+    scaled = {VectorOp.QUANT_TOKEN: VectorTable.QUANT, VectorOp.DEQUANT: VectorTable.DEQUANT}
+    if op in scaled and flags & VectorFlag.ROW_SCALE and scaled[op] not in set(tables):
+        return VectorStatus.BAD_TABLE
     return VectorStatus.OK
 
 
@@ -119,22 +175,24 @@ def stream_words(op, *, length, lanes, flags=0):
     """Scratchpad words (beats of ``lanes`` lanes) per row on each stream for a valid command.
 
     Returns ``{"a", "b", "p", "s_in", "o", "s_out": words}``. With B = ceil(length / lanes):
-    a and o carry B words; b carries B (ADD, SWIGLU: the second operand; DEQUANT, REQUANT: the
-    per-channel shifts); p carries B (RMSNORM gains, DEQUANT/REQUANT per-channel multipliers) or
-    B/2 (ROPE: for each head, head_dim/2 words of (cos | sin << 16)); s_in one word (REQUANT,
-    DEQUANT with ROW_EXP); s_out one word (QUANT_TOKEN). A rejected command takes no word.
+    a and o carry B words (TABLE: none); b carries B (ADD, SWIGLU: the second operand; DEQUANT,
+    REQUANT: the per-channel shifts); p carries B (RMSNORM gains, DEQUANT/REQUANT per-channel
+    multipliers, TABLE the table's entries) or B/2 (ROPE: for each head, head_dim/2 words of
+    (cos | sin << 16)); s_in one word (REQUANT, DEQUANT with ROW_EXP or ROW_SCALE); s_out one word
+    (QUANT_TOKEN). A rejected command takes no word.
     """
     op = VectorOp(op)
     beats = -(-int(length) // int(lanes))
     w = dict.fromkeys(STREAMS, 0)
-    w["a"] = w["o"] = beats
+    if op != VectorOp.TABLE:
+        w["a"] = w["o"] = beats
     if op in (VectorOp.ADD, VectorOp.SWIGLU, VectorOp.DEQUANT, VectorOp.REQUANT):
         w["b"] = beats
-    if op in (VectorOp.RMSNORM, VectorOp.DEQUANT, VectorOp.REQUANT):
+    if op in (VectorOp.RMSNORM, VectorOp.DEQUANT, VectorOp.REQUANT, VectorOp.TABLE):
         w["p"] = beats
     if op == VectorOp.ROPE:
         w["p"] = beats // 2
-    if op == VectorOp.REQUANT or (op == VectorOp.DEQUANT and flags & VectorFlag.ROW_EXP):
+    if op == VectorOp.REQUANT or (op == VectorOp.DEQUANT and flags & (VectorFlag.ROW_EXP | VectorFlag.ROW_SCALE)):
         w["s_in"] = 1
     if op == VectorOp.QUANT_TOKEN:
         w["s_out"] = 1

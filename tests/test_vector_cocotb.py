@@ -9,14 +9,15 @@ valid gaps on every input and ready backpressure on every output. Seeds are prin
 
 import numpy as np
 import pytest
-from vector_cases import bf16, command, random_case
+from vector_cases import MU, NU, bf16, command, quant_token_model, random_case, table_cases
 
 import golden
 from golden.fp import as_bf16_bits
+from golden.layer import quantize_per_token_scaled
 from hdl.config import get_config
 from hdl.vector import VectorUnit
-from sim.vector_api import make_command, run_commands, run_vector
-from spec.vector import VectorOp, VectorStatus
+from sim.vector_api import make_command, make_table_commands, run_commands, run_vector
+from spec.vector import HADAMARD_BLOCK, SCALE_BITS, VectorOp, VectorStatus, VectorTable, row_word
 
 pytestmark = pytest.mark.cocotb
 
@@ -25,7 +26,7 @@ V, LMAX = TINY.vector.lanes, TINY.vector.max_len
 STALLS = [pytest.param((0.0, 0.0), id="no_stalls"), pytest.param((0.3, 0.4), id="stalls")]
 TABLE = golden.rope_table(head_dim=8, max_pos=40, base=10000.0)
 ALL = [(op, dt) for op in ("add", "swiglu", "rmsnorm", "rope", "dequant", "requant", "quant_static",
-                           "quant_token") for dt in ("bf16", "int8") if (op, dt) != ("quant_token", "int8")]
+                           "quant_token") for dt in ("bf16", "int8")]
 
 
 def _seed(request, base):
@@ -36,13 +37,16 @@ def _seed(request, base):
 
 def _check(cases, res):
     assert res["status"] == res["expected_status"]
-    for i, ((cmd, want, want_s), got, got_s) in enumerate(zip(cases, res["o"], res["s_out"], strict=True)):
+    for i, ((cmd, want, want_s), got, got_s, got_j) in enumerate(zip(cases, res["o"], res["s_out"], res["j"],
+                                                                     strict=True)):
         if want is None:
             assert got is None
             continue
         assert np.array_equal(got, want), (i, VectorOp(cmd["op"]).name, np.argwhere(got != want)[:4].tolist())
-        if want_s is not None:
-            assert np.array_equal(got_s, want_s), (i, got_s, want_s)
+        if isinstance(want_s, tuple):
+            assert np.array_equal(got_s, want_s[0]) and np.array_equal(got_j, want_s[1]), (i, got_s, got_j, want_s)
+        elif want_s is not None:
+            assert np.array_equal(got_s, want_s) and got_j is None, (i, got_s, want_s)
 
 
 @pytest.mark.xdist_group("vector_tiny")
@@ -118,12 +122,11 @@ def test_bad_commands_are_answered_with_their_code_take_no_data_and_the_next_com
     rng = np.random.default_rng(seed)
     good = lambda op="add", dt="bf16", n=5: random_case(rng, op, dt, 2, n, lanes=V, max_len=LMAX, table=TABLE)
     bad = [
-        (make_command(9, length=4, rows=1), VectorStatus.BAD_OP),
+        (make_command(10, length=4, rows=1), VectorStatus.BAD_OP),
         (make_command(15, length=4, rows=1), VectorStatus.BAD_OP),
         (make_command(VectorOp.ADD, length=0, rows=1), VectorStatus.BAD_LENGTH),
         (make_command(VectorOp.SWIGLU, length=LMAX + 1, rows=1), VectorStatus.BAD_LENGTH),
         (make_command(VectorOp.ADD, length=4, rows=0), VectorStatus.BAD_ROWS),
-        (make_command(VectorOp.QUANT_TOKEN, dtype=0, length=4, rows=1), VectorStatus.BAD_DTYPE),
         (make_command(VectorOp.ROPE, length=16, rows=1, head_dim=6), VectorStatus.BAD_HEAD_DIM),
         (make_command(VectorOp.ROPE, length=12, rows=1, head_dim=8), VectorStatus.BAD_HEAD_DIM),
         (make_command(VectorOp.ROPE, length=16, rows=1, head_dim=2), VectorStatus.BAD_HEAD_DIM),
@@ -195,3 +198,220 @@ def test_api_raises_naming_the_problem_before_anything_runs():
                                                                                            base=1e4), pos=0)
     with pytest.raises(TypeError, match="ml_dtypes.bfloat16"):
         run_vector("add", np.ones((1, 4), np.float32), np.ones((1, 4), np.float32), config="tiny")
+
+
+# ---------------------------------------------------------------- the int8 scheme's ops (HADAMARD,
+# QUANT_TOKEN with ROW_SCALE and fp32 rows, DEQUANT with ROW_SCALE, TABLE)
+
+KW = dict(lanes=V, max_len=LMAX)
+
+
+def _mixed_cases(rng):
+    """The new ops at 64 (= max_len, whole Hadamard blocks) and shorter rows and a third of the
+    other ops, in random order, after the layer's tables."""
+    new = [("hadamard", dt, False, [HADAMARD_BLOCK]) for dt in ("bf16", "int8")]
+    new += [("quant_token", dt, True, [1, V + 1, 7, LMAX]) for dt in ("bf16", "int8")]
+    new += [("quant_token", "int8", False, [V + 1, LMAX]), ("dequant", "int8", True, [1, V + 1, LMAX])]
+    cases = []
+    for op, dt, scaled, lengths in new:
+        for length in lengths:
+            rows = int(rng.integers(1, 2 * V + 3))
+            cases.append(random_case(rng, op, dt, rows, length, scaled=scaled, **KW))
+    # many one-beat rows through the token buffer's row-scalar FIFO
+    cases.append(random_case(rng, "quant_token", "bf16", 40, 1, scaled=True, **KW))
+    for op, dt in ALL[::3]:
+        length = 16 if op == "rope" else int(rng.choice([V + 1, LMAX]))
+        cases.append(random_case(rng, op, dt, int(rng.integers(1, 2 * V + 3)), length, table=TABLE, **KW))
+    return table_cases(**KW) + [cases[i] for i in rng.permutation(len(cases))]
+
+
+def _special_cases(rng):
+    """±0, subnormals, ±Inf, NaN, overflow to Inf in the butterflies; rows whose smallest elements
+    underflow when scaled, all-zero and all-subnormal rows, Inf/NaN rows and a table that
+    saturates to ±127 in the quantizer; nu entries Inf, NaN, 0, subnormal, huge in DEQUANT."""
+    sub, big = 1e-39, 3.0e38
+    sp = np.array([0.0, -0.0, sub, -sub, np.inf, -np.inf, np.nan, big, big, -big, 1.0, -2.5, 1e-30, 65504.0],
+                  np.float32)
+    had = rng.normal(0, 1, (3, HADAMARD_BLOCK)).astype(np.float32)
+    had[0, :len(sp)] = sp
+    had[1, ::2] = big                                  # partial sums overflow to ±Inf
+    had[2] = 0.0
+    had[2, 1::2] = -0.0
+    fin = rng.normal(0, 1, (6, LMAX)).astype(np.float32)
+    fin[0, :4] = [3.0e38, 1e-30, -1e-38, sub]          # elements that underflow below 2**-126 when scaled
+    fin[1] = 0.0
+    fin[2] = sub
+    fin[3, :3] = [2.0 ** -126, -(2.0 ** -126), 1e-38]
+    fin[4] *= np.float32(1e-37)
+    fin[5, 7] = -(2.0 ** 127) * 1.9921875
+    nonfin = rng.normal(0, 1, (3, 9)).astype(np.float32)
+    nonfin[0, 2], nonfin[1, 4], nonfin[2, :2] = np.inf, np.nan, [-np.inf, np.nan]
+    nu = NU.copy()
+    nu[:8] = [np.inf, np.nan, 0.0, sub, -1.0, big, -0.0, 2.0 ** -126]
+    acc = np.array([[2**31 - 1, -2**31, 12345, -1, 0, 7]] * 8, np.int32)
+    dq = dict(multiplier=np.full(6, (1 << 31) - 1), shift=np.array([0, 0, 20, 40, 5, 63]), scale_table=nu,
+              scale_index=np.arange(8), row_exp=np.array([100, 3, -20, 0, -133, 122, 5, -7]))
+    sat = np.full(128, 2.0, np.float32)
+    saturating = command("quant_token", "int8", fin, scale_table=sat, **KW)   # |q| saturates at 127
+    assert {int(w) for w in saturating[1].reshape(-1)} >= {127, 0x100000000 - 127}
+    return table_cases(**KW, mu=sat, nu=nu) + [
+        saturating,
+        command("quant_token", "int8", nonfin, scale_table=sat, **KW),
+    ] + table_cases(**KW, nu=nu) + [
+        command("hadamard", "int8", had, **KW),
+        command("hadamard", "bf16", bf16(had), **KW),
+        command("quant_token", "int8", fin, scale_table=MU, **KW),
+        command("quant_token", "bf16", bf16(fin), scale_table=MU, **KW),
+        command("quant_token", "int8", nonfin, scale_table=MU, **KW),
+        command("quant_token", "int8", nonfin, **KW),                        # ±Inf → ±127, NaN → 0
+        command("quant_token", "int8", fin, **KW),
+        command("dequant", "int8", acc, **dq, **KW),
+        command("dequant", "int8", acc, **{**dq, "row_exp": None}, **KW),
+    ]
+
+
+@pytest.mark.xdist_group("vector_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_hadamard_scaled_quant_token_and_row_scaled_dequant_equal_golden_on_special_values_and_mixed_with_other_ops(
+        request, stalls):
+    """Special values (:func:`_special_cases`, with their own tables), then the layer's tables and
+    the new ops interleaved at random with the other ops (:func:`_mixed_cases`)."""
+    seed = _seed(request, 600)
+    rng = np.random.default_rng(seed)
+    cases = _special_cases(rng) + _mixed_cases(rng)
+    res = run_commands([c[0] for c in cases], config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(cases, res)
+
+
+def test_the_units_hadamard_block_and_scale_bits_are_golden_s():
+    assert HADAMARD_BLOCK == golden.vector.HADAMARD_BLOCK and SCALE_BITS == golden.layer.TOKEN_SCALE_BITS
+    assert np.array_equal(MU, golden.layer.token_scale_table(SCALE_BITS)[0]) and MU.size == 1 << SCALE_BITS
+
+
+def test_the_quant_token_model_of_the_tests_is_golden_where_golden_is_defined():
+    """tests/vector_cases.quant_token_model (the expectation for Inf/NaN rows and other tables)
+    equals golden's quantize_per_token_scaled on finite rows with the layer's table."""
+    rng = np.random.default_rng(5)
+    x = (rng.normal(0, 1, (64, 96)) * 10.0 ** rng.integers(-40, 37, (64, 1))).astype(np.float32)
+    x[0], x[1, ::3], x[2] = 0, 1e-39, -3.0e38
+    for a in (x, bf16(x)):
+        q, e, j = quantize_per_token_scaled(a, bits=SCALE_BITS)
+        mq, me, mj = quant_token_model(a, MU)
+        assert np.array_equal(q, mq) and np.array_equal(e, me) and np.array_equal(j, mj)
+
+
+@pytest.mark.xdist_group("vector_tiny")
+def test_bad_int8_scheme_commands_are_answered_with_their_code_take_no_data_and_the_next_command_runs(request):
+    """From reset: ROW_SCALE before its table is written, bad HADAMARD lengths, bad TABLE fields
+    and unknown ops, each followed by a good command; then the tables and the refused ROW_SCALE
+    commands again, which now run."""
+    seed = _seed(request, 800)
+    rng = np.random.default_rng(seed)
+    scaled_q = random_case(rng, "quant_token", "int8", 3, 5, scaled=True, **KW)
+    scaled_d = random_case(rng, "dequant", "int8", 3, 5, scaled=True, **KW)
+    table = make_table_commands(VectorTable.QUANT, MU, **KW)[0]
+    p64 = table["p"][:1]
+    bad = [
+        ((scaled_q[0], None, None), VectorStatus.BAD_TABLE),
+        ((scaled_d[0], None, None), VectorStatus.BAD_TABLE),
+        ((make_command(VectorOp.HADAMARD, length=HADAMARD_BLOCK // 2, rows=2), None, None), VectorStatus.BAD_LENGTH),
+        ((make_command(VectorOp.HADAMARD, length=HADAMARD_BLOCK - 1, rows=1), None, None), VectorStatus.BAD_LENGTH),
+        ((make_command(VectorOp.HADAMARD, length=0, rows=1), None, None), VectorStatus.BAD_LENGTH),
+        ((make_command(VectorOp.TABLE, length=3, rows=43, p=np.zeros((43, 3))), None, None), VectorStatus.BAD_LENGTH),
+        ((make_command(VectorOp.TABLE, length=64, rows=1, p=p64), None, None), VectorStatus.BAD_ROWS),
+        ((make_command(VectorOp.TABLE, length=64, rows=2, imm0=2, p=table["p"]), None, None), VectorStatus.BAD_TABLE),
+        ((make_command(VectorOp.TABLE, length=64, rows=2, imm0=1 << 31, p=table["p"]), None, None),
+         VectorStatus.BAD_TABLE),
+        ((make_command(11, length=4, rows=1), None, None), VectorStatus.BAD_OP),
+        ((make_command(14, length=HADAMARD_BLOCK, rows=1), None, None), VectorStatus.BAD_OP),
+    ]
+    goods = ["hadamard", "quant_token", "dequant", "add", "rope", "rmsnorm"]
+    cases, want = [], []
+    for i, (case, status) in enumerate(bad):
+        cases.append(case)
+        want.append(status)
+        op = goods[i % len(goods)]
+        length = HADAMARD_BLOCK if op == "hadamard" else 8
+        dt = "int8" if op in ("dequant", "quant_token") else "bf16"
+        cases.append(random_case(rng, op, dt, 2, length, table=TABLE, **KW))
+        want.append(VectorStatus.OK)
+    cases += table_cases(**KW) + [scaled_q, scaled_d]
+    want += [VectorStatus.OK] * 4
+    res = run_commands([c[0] for c in cases], config="tiny", stall=0.2, backpressure=0.2, seed=seed)
+    assert res["status"] == [int(s) for s in want]
+    _check(cases, res)
+    ran = [c[0] for c, s in zip(cases, want, strict=True) if s == VectorStatus.OK and c[0]["op"] != VectorOp.TABLE]
+    assert res["counters"]["beats_in"] == sum(-(-c["length"] // V) * c["rows"] for c in ran)
+
+
+@pytest.mark.xdist_group("vector_tiny")
+def test_int8_scheme_ops_latency_and_rate_are_the_documented_ones():
+    """No stalls, 16 rows of 64: first output after VectorUnit.first_out_latency, then one beat
+    per cycle (V elements per cycle) to the end of the command."""
+    unit = VectorUnit.from_config(TINY)
+    rng = np.random.default_rng(3)
+    plan = [("hadamard", "bf16", False), ("quant_token", "int8", True), ("quant_token", "bf16", False),
+            ("dequant", "int8", True)]
+    cases = [random_case(rng, op, dt, 16, LMAX, scaled=sc, **KW) for op, dt, sc in plan]
+    res = run_commands([c[0] for c in table_cases(**KW) + cases], config="tiny", seed=3)
+    _check(table_cases(**KW) + cases, res)
+    beats = 16 * LMAX // V
+    for i, (op, _, _) in enumerate(plan):
+        oc = res["o_cycle"][i * beats:(i + 1) * beats]
+        ac = res["a_cycle"][i * beats:(i + 1) * beats]
+        assert oc[0] - ac[0] == unit.first_out_latency(VectorOp[op.upper()], length=LMAX), op
+        assert oc[-1] - oc[0] == beats - 1, op                         # one beat per cycle
+        print(f"{op}: latency {oc[0] - ac[0]}, end to end {16 * LMAX / (oc[-1] - ac[0] + 1):.2f} elements/cycle")
+
+
+@pytest.mark.xdist_group("vector_default")
+def test_int8_scheme_ops_at_lengths_64_128_and_max_on_default_with_stalls(request):
+    """`tiny` holds rows of 64 at most: the new ops at 64, 128 and 1536 (max_len) on `default`
+    (V = 8, the build tests/test_vector_real_rows.py uses), with stalls and backpressure."""
+    seed = _seed(request, 900)
+    rng = np.random.default_rng(seed)
+    cfg = get_config("default")
+    kw = dict(lanes=cfg.vector.lanes, max_len=cfg.vector.max_len)
+    cases = []
+    for length in (64, 128, cfg.vector.max_len):
+        rows = 3 if length < 1000 else 2
+        for dt in ("bf16", "int8"):
+            cases.append(random_case(rng, "hadamard", dt, rows, length, **kw))
+            cases.append(random_case(rng, "quant_token", dt, rows, length, scaled=True, **kw))
+        cases.append(random_case(rng, "dequant", "int8", rows, length, scaled=True, **kw))
+    cases = table_cases(**kw) + [cases[i] for i in rng.permutation(len(cases))]
+    res = run_commands([c[0] for c in cases], config="default", stall=0.3, backpressure=0.4, seed=seed)
+    _check(cases, res)
+
+
+def test_api_raises_naming_the_problem_of_the_new_ops_before_anything_runs():
+    x = bf16(np.ones((2, HADAMARD_BLOCK)))
+    with pytest.raises(ValueError, match="multiple of 64"):
+        run_vector("hadamard", bf16(np.ones((2, 32))), config="tiny")
+    with pytest.raises(TypeError, match="float32 for dtype 'int8'"):
+        run_vector("hadamard", x, dtype="int8", config="tiny")
+    with pytest.raises(ValueError, match=r"scale_table must have shape \(128,\)"):
+        run_vector("quant_token", x, config="tiny", scale_table=MU[:64])
+    with pytest.raises(TypeError, match="scale_table must be float32"):
+        run_vector("quant_token", x, config="tiny", scale_table=MU.astype(np.float64))
+    acc = np.ones((2, 4), np.int32)
+    dq = dict(dtype="int8", config="tiny", multiplier=np.ones(4, np.int64), shift=np.ones(4, np.int64))
+    with pytest.raises(ValueError, match="scale_index must be in"):
+        run_vector("dequant", acc, scale_table=NU, scale_index=np.array([0, 128]), **dq)
+    with pytest.raises(TypeError, match="scale_table and scale_index together"):
+        run_vector("dequant", acc, scale_index=np.array([0, 1]), **dq)
+    with pytest.raises(TypeError, match="unexpected argument"):
+        run_vector("hadamard", x, config="tiny", scale_table=MU)
+    with pytest.raises(ValueError, match="unknown vector op"):
+        run_vector("table", x, config="tiny")
+
+
+@pytest.mark.xdist_group("vector_tiny")
+def test_run_vector_writes_the_table_and_returns_the_scaled_quantizers_e_and_j():
+    x = (np.random.default_rng(9).normal(0, 4, (3, 2 * V + 1)) * [[1], [1e-3], [1e5]]).astype(np.float32)
+    res = run_vector("quant_token", x, dtype="int8", config="tiny", scale_table=MU, seed=9)
+    q, e, j = quantize_per_token_scaled(x, bits=SCALE_BITS)
+    assert np.array_equal(res.output, q) and np.array_equal(res.outputs["s_out"], e)
+    assert np.array_equal(res.outputs["j"], j)
+    assert [row_word(ei, ji) >> 16 for ei, ji in zip(e, j, strict=True)] == j.tolist()
+    assert res.counters["mul_fp32"] == x.size

@@ -56,9 +56,6 @@ def vector_events_layout(lanes):
                           "beats_out": 1, "mul_bf16": w, "mul_fp32": w, "add_fp32": w,
                           "mul_int": w, "rsqrt": 1, "buf_reads": w, "buf_writes": w})
 
-_ELEMENTWISE = (VectorOp.ADD, VectorOp.SWIGLU, VectorOp.DEQUANT, VectorOp.REQUANT, VectorOp.QUANT_STATIC)
-
-
 class VectorUnit(wiring.Component):
     """Streaming vector unit, bit-exact with golden/vector.py and golden/layer.py.
 

@@ -1,7 +1,7 @@
 # amaranth: UnusedElaboratable=no
 """The vector unit (hdl/vector.py) in Verilator through cocotb, bit-exact against golden.
 
-Unit tests use the ``tiny`` preset (V = 2, max_len 64), one build shared through the xdist group;
+Unit tests use the ``tiny`` preset (V = 2, max_len 128), one build shared through the xdist group;
 the real-row tests use ``default`` (V = 8, max_len 1536) on rows captured from golden.DecoderLayer
 runs of SmolLM2 layers 0, 15 and 29 in both modes. Every stream test runs with and without random
 valid gaps on every input and ready backpressure on every output. Seeds are printed.
@@ -366,8 +366,8 @@ def test_int8_scheme_ops_latency_and_rate_are_the_documented_ones():
 
 @pytest.mark.xdist_group("vector_default")
 def test_int8_scheme_ops_at_lengths_64_128_and_max_on_default_with_stalls(request):
-    """`tiny` holds rows of 64 at most: the new ops at 64, 128 and 1536 (max_len) on `default`
-    (V = 8, the build tests/test_vector_real_rows.py uses), with stalls and backpressure."""
+    """The new ops at 64, 128 and 1536 (max_len) on `default` (V = 8, three in-beat Hadamard
+    stages; the build tests/test_vector_real_rows.py uses), with stalls and backpressure."""
     seed = _seed(request, 900)
     rng = np.random.default_rng(seed)
     cfg = get_config("default")

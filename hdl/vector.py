@@ -244,7 +244,8 @@ class VectorUnit(wiring.Component):
                              total.eq(Mux(c.op == VectorOp.TABLE, 0, c.rows * n_beats))]
         m.d.comb += [
             row.start.eq(start & ((c.op == VectorOp.RMSNORM) | (c.op == VectorOp.RMSNORM_FP32))),
-            row.fp32.eq(c.dtype == Dtype.INT8), row.fp32_in.eq(c.op == VectorOp.RMSNORM_FP32), row.length.eq(c.length), row.beats.eq(n_beats),
+            row.fp32.eq(c.dtype == Dtype.INT8), row.fp32_in.eq(c.op == VectorOp.RMSNORM_FP32),
+            row.length.eq(c.length), row.beats.eq(n_beats),
             row.rows.eq(c.rows), row.eps.eq(c.imm0), row.inv_d.eq(c.imm1),
             tok.start.eq(start & (c.op == VectorOp.QUANT_TOKEN)), tok.fp32.eq(c.dtype == Dtype.INT8),
             tok.scaled.eq((c.flags & VectorFlag.ROW_SCALE).any()), tok.length.eq(c.length),

@@ -529,7 +529,8 @@ def test_rmsnorm_fp32_latency_is_the_documented_one_and_its_rate_is_v_elements_p
             assert sustained == 1.0
         else:
             assert sustained >= 0.9, sustained                    # ≥ 0.9·V elements per cycle
-        print(f"sustained {sustained * V:.3f} elements/cycle, "f"{VectorOp(cmd['op']).name} {cmd['rows']} x {cmd['length']}: latency {lat}, end to end "
+        print(f"{VectorOp(cmd['op']).name} {cmd['rows']} x {cmd['length']}: sustained {sustained * V:.3f} "
+              f"elements/cycle, latency {lat}, end to end "
               f"{cmd['rows'] * cmd['length'] / (oc[-1] - ac[0] + 1):.2f} elements/cycle")
 
 

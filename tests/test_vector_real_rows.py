@@ -5,11 +5,11 @@ golden.DecoderLayer prefills 5 tokens (from position 0, so the first token's mas
 ~2·10⁴ in channel 507 at layer 15, is in the rows) through layers 0, 15 and 29 in the bf16 and
 int8 modes, layers 15 and 29 in the int8 scheme that meets the accuracy targets (``int8h``:
 Hadamard, bf16 attention, 7-bit per-token scales, α = 0.7; docs/numerics.md "Measured
-alternatives") and layer 15 in the bf16 row that meets them (``bf16n``: the fp32 residual stream,
-RMSNorm of it with one final rounding, RMSNORM_FP32); every vector operation the layer calls is recorded with its real arguments (by
-wrapping the functions golden.layer calls), and each becomes one command of a single run with
-stalls and backpressure (after the two TABLE commands of the scale tables), compared bit for bit
-with golden.
+alternatives") and the RMSNorms of layer 15 in the bf16 row that meets them (``bf16n``: the fp32
+residual stream, RMSNorm of it with one final rounding, RMSNORM_FP32); every vector operation the layer
+calls is recorded with its real arguments (by wrapping the functions golden.layer calls), and
+each becomes one command of a single run with stalls and backpressure (after the two TABLE
+commands of the scale tables), compared bit for bit with golden.
 """
 
 import numpy as np
@@ -128,6 +128,8 @@ def real_cases():
                 continue
             layer = DecoderLayer(w, **opts, calibration=cal if mode != "bf16" else None)
             for case in _commands(_capture(layer, x, mp), mode):
+                if mode == "bf16n" and case[0]["op"] != VectorOp.RMSNORM_FP32:
+                    continue    # its other ops are the bf16 and int8 modes' (ADD of the fp32 stream)
                 cases.append((index, mode, case))
                 seen.add((mode, VectorOp(case[0]["op"]).name, case[0]["flags"] & VectorFlag.ROW_SCALE))
     return cases, seen, model
@@ -142,7 +144,7 @@ def test_every_layer_op_on_real_smollm2_rows_of_layers_0_15_29_is_bit_exact(real
     assert ops("int8") >= {"ADD", "SWIGLU", "RMSNORM", "ROPE", "DEQUANT", "REQUANT", "QUANT_TOKEN"}
     assert ops("int8h") == {"ADD", "SWIGLU", "RMSNORM", "ROPE", "HADAMARD"}
     assert ops("int8h", VectorFlag.ROW_SCALE) == {"QUANT_TOKEN", "DEQUANT"}
-    assert ops("bf16n") == {"ADD", "SWIGLU", "RMSNORM_FP32", "ROPE"}
+    assert ops("bf16n") == {"RMSNORM_FP32"}
     seed = 900
     print(f"seed {seed}")
     tables = table_cases(lanes=8, max_len=1536)

@@ -9,11 +9,13 @@ back-to-back commands, no stalls. Per op and dtype:
   pipeline fill) and over the output beats (``sustained``: beats / (last − first + 1) · V).
   Targets: sustained ≥ 0.95·V element-wise, ≥ 0.90·V for RMSNORM, QUANT_TOKEN and HADAMARD.
   QUANT_TOKEN and DEQUANT also run with ROW_SCALE (``_rowscale``, the layer's scale tables,
-  written by two TABLE commands first).
+  written by two TABLE commands first). RMSNORM_FP32 (``rmsnorm_fp32``, fp32 rows whatever the
+  dtype) runs once, as ``rmsnorm_fp32_int8``.
 * **latency**: a one-row command of 64 elements: cycles from its first ``a`` beat taken to its
   first output beat, against ``VectorUnit.first_out_latency``.
 
-The results are compared with golden (bit-exact) too. ``--fpga`` is ``make fpga``'s job
+The results are compared with golden (bit-exact) too. ``python -m bench.vector OP ...`` runs only
+the named ops (``OPS`` names) and prints their figures without writing the JSON. ``--fpga`` is ``make fpga``'s job
 (bench/fpga.py, top ``vector_unit``); its figures are in docs/vector.md.
 """
 
@@ -31,11 +33,15 @@ from sim.vector_api import OPS, run_commands
 sys.path.insert(0, str(BUILD.parent / "tests"))
 from vector_cases import random_case, table_cases  # noqa: E402
 
-OPLIST = ([(op, dt, False) for op in OPS for dt in ("bf16", "int8")]
+OPLIST = ([(op, dt, False) for op in OPS for dt in (("int8",) if op == "rmsnorm_fp32" else ("bf16", "int8"))]
           + [("quant_token", "bf16", True), ("quant_token", "int8", True), ("dequant", "int8", True)])
 
 
 def main(argv=None):
+    only = set(sys.argv[1:] if argv is None else argv)
+    if only - set(OPS):
+        print(f"unknown op(s) {', '.join(sorted(only - set(OPS)))}: choose from {', '.join(OPS)}")
+        return 2
     cfg = get_config("default")
     V, L = cfg.vector.lanes, cfg.vector.max_len
     unit = VectorUnit.from_config(cfg)
@@ -43,6 +49,8 @@ def main(argv=None):
     table = golden.rope_table(head_dim=64, max_pos=128, base=10000.0)
     plan, cases = [], []
     for op, dt, scaled in OPLIST:
+        if only and op not in only:
+            continue
         for tag, rows, length in (("latency", 1, 64), ("rows64x64", 64, 64), ("rows8x1536", 8, L)):
             cases.append(random_case(rng, op, dt, rows, length, lanes=V, max_len=L, table=table, scaled=scaled))
             plan.append((op + ("_rowscale" if scaled else ""), dt, tag, rows, length))
@@ -69,11 +77,12 @@ def main(argv=None):
             entry[tag] = {"end_to_end": round(rows * length / (oc[-1] - ac[0] + 1), 3),
                           "sustained": round(beats * V / (oc[-1] - oc[0] + 1), 3)}
     report["bit_exact"] = bool(ok)
-    out = BUILD / "bench" / "vector.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    if not only:
+        out = BUILD / "bench" / "vector.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {out}")
     return 0 if ok else 1
 
 

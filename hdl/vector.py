@@ -5,7 +5,7 @@ Ops, streams, numerics, latencies and errors: docs/vector.md; codes and stream w
 ``length`` elements); its parts:
 
 * :class:`hdl.vector_lane.VectorLane` × V: the element-wise arithmetic (every op's last step);
-* :class:`hdl.vector_row.RowEngine`: buffers rows for RMSNORM (pass 1);
+* :class:`hdl.vector_row.RowEngine`: buffers rows for RMSNORM and RMSNORM_FP32 (pass 1);
 * :class:`hdl.vector_token.TokenBuffer`: buffers rows for QUANT_TOKEN (the row's maximum);
 * :class:`hdl.vector_rope.RopeFront`: pairs the two halves of each RoPE head;
 * :class:`hdl.vector_hadamard.HadamardFront`: HADAMARD's first five butterfly stages;
@@ -152,10 +152,11 @@ class VectorUnit(wiring.Component):
             raise ValueError("TABLE writes no output")
         if op == VectorOp.ROPE:
             return head_dim // self._v + 1 + LANE_LATENCY   # the first head, one read
-        if op == VectorOp.RMSNORM:
-            # write (+1 register, +1 state), column sum (+5 stages), finisher, read (+1, +1)
+        if op in (VectorOp.RMSNORM, VectorOp.RMSNORM_FP32):
+            # write (+1 register, +1 state), column sum (+5 stages; the fp32 square one more),
+            # finisher, read (+1, +1)
             fin = RowEngine(lanes=self._v, max_len=self._max_len).finish_latency
-            return beats + length + fin + 8 + LANE_LATENCY
+            return beats + length + fin + 8 + (op == VectorOp.RMSNORM_FP32) + LANE_LATENCY
         if op == VectorOp.QUANT_TOKEN:
             # the row in (B beats), its scalars, the lanes
             tok = TokenBuffer.scalar_latency_for(self._v)
@@ -204,7 +205,7 @@ class VectorUnit(wiring.Component):
         with m.Elif((c.op == VectorOp.ROPE) & bad_hd):
             m.d.comb += status.eq(VectorStatus.BAD_HEAD_DIM)
         with m.Elif(((c.op == VectorOp.ROPE) & rope_scale_bad)
-                    | ((c.op == VectorOp.RMSNORM) & (eps_bad | invd_bad))
+                    | (((c.op == VectorOp.RMSNORM) | (c.op == VectorOp.RMSNORM_FP32)) & (eps_bad | invd_bad))
                     | ((c.op == VectorOp.QUANT_STATIC) & ~normal0)):
             m.d.comb += status.eq(VectorStatus.BAD_SCALE)
         with m.Elif(bad_table):
@@ -242,8 +243,9 @@ class VectorUnit(wiring.Component):
                 m.d.sync += [busy.eq(1), cur.eq(c), beats.eq(n_beats),
                              total.eq(Mux(c.op == VectorOp.TABLE, 0, c.rows * n_beats))]
         m.d.comb += [
-            row.start.eq(start & (c.op == VectorOp.RMSNORM)),
-            row.fp32.eq(c.dtype == Dtype.INT8), row.length.eq(c.length), row.beats.eq(n_beats),
+            row.start.eq(start & ((c.op == VectorOp.RMSNORM) | (c.op == VectorOp.RMSNORM_FP32))),
+            row.fp32.eq(c.dtype == Dtype.INT8), row.fp32_in.eq(c.op == VectorOp.RMSNORM_FP32),
+            row.length.eq(c.length), row.beats.eq(n_beats),
             row.rows.eq(c.rows), row.eps.eq(c.imm0), row.inv_d.eq(c.imm1),
             tok.start.eq(start & (c.op == VectorOp.QUANT_TOKEN)), tok.fp32.eq(c.dtype == Dtype.INT8),
             tok.scaled.eq((c.flags & VectorFlag.ROW_SCALE).any()), tok.length.eq(c.length),
@@ -266,12 +268,13 @@ class VectorUnit(wiring.Component):
         V = self._v
         row, tok, rope, had, tab = (parts[k] for k in ("row", "tok", "rope", "had", "tab"))
         op = cur.op
-        is_row, is_tok, is_rope, is_had = (op == o for o in (VectorOp.RMSNORM, VectorOp.QUANT_TOKEN,
-                                                              VectorOp.ROPE, VectorOp.HADAMARD))
+        is_tok, is_rope, is_had = (op == o for o in (VectorOp.QUANT_TOKEN, VectorOp.ROPE, VectorOp.HADAMARD))
+        is_row32 = op == VectorOp.RMSNORM_FP32      # the rows again on b, the scalars from the row engine
+        is_row = (op == VectorOp.RMSNORM) | is_row32
         fronts = ((is_row, row), (is_tok, tok), (is_rope, rope), (is_had, had))
         is_elem = ~(is_row | is_tok | is_rope | is_had | (op == VectorOp.TABLE))
         need_b = is_elem & ((op == VectorOp.ADD) | (op == VectorOp.SWIGLU) | (op == VectorOp.DEQUANT)
-                            | (op == VectorOp.REQUANT))
+                            | (op == VectorOp.REQUANT)) | is_row32
         need_p = (is_elem & ((op == VectorOp.DEQUANT) | (op == VectorOp.REQUANT))) | is_row
         need_s = _reads_s_in(op, cur.flags)
         issued = Signal(self._tw)
@@ -324,7 +327,7 @@ class VectorUnit(wiring.Component):
             m.submodules[f"lane{j}"] = lane
             mask = base + j < cur.length
             masks.append(mask)
-            a_src = _pick([(is_row, row.o.payload.x[j]), (is_tok, tok.o.payload.x[j]),
+            a_src = _pick([(is_row32, self.b.payload[j]), (is_row, row.o.payload.x[j]), (is_tok, tok.o.payload.x[j]),
                            (is_rope, rope.o.payload.a[j]), (is_had, had.o.payload.a[j])], self.a.payload[j])
             b_src = _pick([(is_rope, rope.o.payload.b[j]), (is_had, had.o.payload.b[j])], self.b.payload[j])
             m.d.comb += [
@@ -364,6 +367,9 @@ class VectorUnit(wiring.Component):
                              ev.mul_int.eq(Mux(int8, 3 * nn, 0))]
             with m.Case(VectorOp.RMSNORM):
                 m.d.comb += [ev.mul_bf16.eq(nn + row.sq_ops), ev.mul_fp32.eq(nn + row.fin_ops),
+                             ev.add_fp32.eq(row.sq_ops + row.fin_ops), ev.rsqrt.eq(row.fin_ops)]
+            with m.Case(VectorOp.RMSNORM_FP32):
+                m.d.comb += [ev.mul_fp32.eq(2 * nn + row.sq_ops + row.fin_ops),
                              ev.add_fp32.eq(row.sq_ops + row.fin_ops), ev.rsqrt.eq(row.fin_ops)]
             with m.Case(VectorOp.QUANT_STATIC, VectorOp.QUANT_TOKEN):
                 m.d.comb += ev.mul_fp32.eq(nn)

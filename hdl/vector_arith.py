@@ -90,6 +90,12 @@ class Fp32MulCore(_EnCore):
 
     Members: ``en``, ``a``, ``b`` (fp32 bits), ``y`` (fp32 bits). Latency 3 (multiply |
     normalize and round | pack).
+
+    Parameters
+    ----------
+    b_frac : int
+        Fraction bits of ``b`` the multiplier reads (7..23): with 7, ``b`` must be a bf16 value
+        widened to fp32 (its low 16 bits 0) and the significand product is 24 × 8 bits.
     """
 
     a: In(32)
@@ -97,6 +103,16 @@ class Fp32MulCore(_EnCore):
     y: Out(32)
 
     LATENCY = 3
+
+    def __init__(self, *, b_frac=23):
+        if not isinstance(b_frac, int) or not 7 <= b_frac <= 23:
+            raise ValueError(f"b_frac must be an int in 7..23, not {b_frac!r}")
+        self._b_frac = b_frac
+        super().__init__()
+
+    @property
+    def b_frac(self):
+        return self._b_frac
 
     def elaborate(self, platform):
         m = Module()
@@ -106,7 +122,9 @@ class Fp32MulCore(_EnCore):
         a_zero, b_zero = ea == 0, eb == 0
         a_inf, b_inf = (ea == 0xFF) & (a[:23] == 0), (eb == 0xFF) & (b[:23] == 0)
         a_nan, b_nan = (ea == 0xFF) & (a[:23] != 0), (eb == 0xFF) & (b[:23] != 0)
-        s1 = p.reg(prod=Cat(a[:23], 1) * Cat(b[:23], 1), exp=ea + eb - 127,
+        low = 23 - self._b_frac      # fraction bits of b taken as zero
+        prod = Cat(Const(0, low), Cat(a[:23], 1) * Cat(b[low:23], 1)) if low else Cat(a[:23], 1) * Cat(b[:23], 1)
+        s1 = p.reg(prod=prod, exp=ea + eb - 127,
                    sign=a[31] ^ b[31], nan=a_nan | b_nan | (a_inf & b_zero) | (b_inf & a_zero),
                    inf=a_inf | b_inf, zero=a_zero | b_zero)
         top = s1["prod"][47]

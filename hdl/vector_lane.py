@@ -9,7 +9,8 @@ chain      ops (docs/numerics.md)                                               
 fadd       ADD (fp32_add, then fp32_to_bf16 for bf16), ROPE bf16, HADAMARD's   2 bf16 mul, fp32 add
            last butterfly stage (fp32_add of the front end's operand pair)
 silu       SWIGLU: silu_bf16(a)·b (after fp32 → bf16 of both for dtype INT8)    SiLU ROM, bf16 mul
-fmul       RMSNORM's second pass t = bf16(x·r), y = bf16(t·g); QUANT_STATIC;   fp32 mul, bf16 mul
+fmul       RMSNORM's second pass t = bf16(x·r), y = bf16(t·g); RMSNORM_FP32's   fp32 mul, bf16 mul,
+           t = x·r (fp32), y = bf16(t·g) (fp32 × bf16); QUANT_STATIC;           fp32 × bf16 mul
            QUANT_TOKEN's second pass clamp(rne(fp32_mul(x·2**−e, mu))); the
            row scale of DEQUANT with ROW_SCALE (after the int chain)
 int        DEQUANT, REQUANT, ROPE int8 (requantize(a·C ∓ b·S))                  32×31 mul, 2 × 8×16
@@ -118,7 +119,7 @@ class VectorLane(wiring.Component):
                 m.d.comb += out.eq(Mux(int8, sx8(res["yq"]), res["fadd16"]))
             with m.Case(VectorOp.SWIGLU):
                 m.d.comb += out.eq(res["silu"])
-            with m.Case(VectorOp.RMSNORM):
+            with m.Case(VectorOp.RMSNORM, VectorOp.RMSNORM_FP32):
                 m.d.comb += out.eq(res["rms"])
             with m.Case(VectorOp.QUANT_STATIC):
                 m.d.comb += out.eq(sx8(res["qstatic"]))
@@ -172,11 +173,13 @@ class VectorLane(wiring.Component):
 
     def _fmul_chain(self, m, r, yf_conv):
         """QUANT_STATIC: clamp(rne(x·inv)); QUANT_TOKEN: clamp(rne(fp32_mul(x·2**−e, mu)));
-        RMSNORM: bf16(bf16(x·r)·g); DEQUANT with ROW_SCALE: fp32_mul(the int chain's yf, nu)."""
+        RMSNORM: bf16(bf16(x·r)·g); RMSNORM_FP32: bf16(fp32_mul(fp32_mul(x, r), g));
+        DEQUANT with ROW_SCALE: fp32_mul(the int chain's yf, nu)."""
         en = self.en
-        rms = r["op"] == VectorOp.RMSNORM
+        rms32 = r["op"] == VectorOp.RMSNORM_FP32
+        rms = (r["op"] == VectorOp.RMSNORM) | rms32
         qtok = r["op"] == VectorOp.QUANT_TOKEN
-        x = Mux(rms | (r["dtype"] == Dtype.BF16), Cat(Const(0, 16), r["a"][:16]), r["a"])
+        x = Mux(rms32, r["a"], Mux(rms | (r["dtype"] == Dtype.BF16), Cat(Const(0, 16), r["a"][:16]), r["a"]))
         # QUANT_TOKEN (fp32 rows from the token buffer): x·2**−e exactly, a zero below 2**−126
         a = r["a"]
         ef = a[23:31]
@@ -206,9 +209,15 @@ class VectorLane(wiring.Component):
         m.submodules.rms_mul = gmul = Bf16MulCore()
         gain = delay(m, r["p"][:16], mul.latency + cvt_t.latency, en, "rms_g")
         m.d.comb += [gmul.en.eq(en), gmul.a.eq(cvt_t.y), gmul.b.eq(gain)]
+        # RMSNORM_FP32: t stays fp32, the gain product is fp32 × bf16 (a 24 × 8-bit significand product)
+        m.submodules.rms_gmul32 = gmul32 = Fp32MulCore(b_frac=7)
+        gain32 = delay(m, r["p"][:16], mul.latency, en, "rms_g32")
+        m.d.comb += [gmul32.en.eq(en), gmul32.a.eq(mul.y), gmul32.b.eq(Cat(Const(0, 16), gain32))]
+        fp32_in = delay(m, rms32, mul.latency + gmul32.latency, en, "rms_fp32_in")
         m.submodules.rms_y = cvt_y = Fp32ToBf16Core()
-        m.d.comb += [cvt_y.en.eq(en), cvt_y.a.eq(gmul.y)]
+        m.d.comb += [cvt_y.en.eq(en), cvt_y.a.eq(Mux(fp32_in, gmul32.y, gmul.y))]
         assert mul.latency + cvt_t.latency + gmul.latency + cvt_y.latency == _CHAIN
+        assert mul.latency + gmul32.latency + cvt_y.latency == _CHAIN
         assert late + mul.latency == _CHAIN + 1  # mul.y is then the output register's peer
         return {"qstatic": delay(m, q.y, _CHAIN - mul.latency - q.latency, en, "qs_y"), "rms": cvt_y.y,
                 "fmul32": mul.y, "row_scaled": delay(m, rs_late, mul.latency, en, "rs_out")}

@@ -1,4 +1,4 @@
-"""The vector unit's row engine: the first pass of RMSNORM (docs/vector.md).
+"""The vector unit's row engine: the first pass of RMSNORM and RMSNORM_FP32 (docs/vector.md).
 
 RMSNORM needs the fp32 sum of squares of the whole row, in element order (``s = fp32_add(s,
 bf16_mul(x_i, x_i))``, sequential), before any output. The engine buffers rows and takes two
@@ -19,9 +19,20 @@ cycle while earlier groups are summed, finished and read out. Each phase of a gr
 of D elements takes about D cycles (write and read: G·ceil(D/V); sum: D), so the rate is V
 elements per cycle for any D; a group of fewer than G rows still takes D cycles to sum.
 Memory: 4·V banks of G·ceil(max_len/V) 16-bit words (4·V·max_len·16 bits, rounded up).
+
+**fp32 rows** (``fp32_in``, RMSNORM_FP32: ``s = fp32_add(s, fp32_mul(x_i, x_i))``): the same
+memory holds two groups of fp32 rows instead of four of bf16 rows. Logical slot s keeps its
+state and scalars, but its rows go to the memories of slots 2·(s mod 2) (the low 16 bits of
+each element) and 2·(s mod 2) + 1 (the high 16 bits), so a beat is still one write of each bank
+of the pair, and a column read one read of each. The pass-2 read takes no data: the unit reads
+the rows again from its ``b`` stream. A pair is free once its group has been summed, so slot s
+is written when it is empty and slot s + 2 (the pair's other user) is not waiting for its sum:
+write, sum, finish and read of four consecutive groups still overlap, at V elements per cycle.
+Each summing lane has an fp32 multiplier (:class:`~hdl.vector_arith.Fp32MulCore`) for the
+square besides the bf16 one.
 """
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -35,6 +46,7 @@ __all__ = ["RowEngine", "SLOTS"]
 
 #: Row-group slots of the buffer.
 SLOTS = 4
+assert SLOTS == 4  # fp32 rows pair slot s with slot s ^ 2
 _EMPTY, _FULL, _SUMMING, _SUMMED = 0, 1, 2, 3
 
 
@@ -51,18 +63,22 @@ class RowEngine(wiring.Component):
     Members
     -------
     start : In(1)
-        Take a command (``fp32``, ``length``, ``beats``, ``rows``, ``eps``, ``inv_d``).
+        Take a command (``fp32``, ``fp32_in``, ``length``, ``beats``, ``rows``, ``eps``, ``inv_d``):
+        ``fp32`` rounds fp32 rows to bf16 on entry, ``fp32_in`` keeps them fp32 (no ``x`` on ``o``).
     a : In(stream of ArrayLayout(32, V))
         The rows, ``beats`` beats each.
     o : Out(stream of {x: ArrayLayout(16, V), sc: 32, r: range(V)})
-        The stored rows (bf16), in order, one beat per cycle, with the row's r (fp32 bits) in ``sc``.
+        The stored rows (bf16), in order, one beat per cycle, with the row's r (fp32 bits) in ``sc``
+        (``fp32_in``: ``x`` is not read; the unit takes the row from ``b``).
     busy : Out(1)
         A row of the command is not yet out on ``o``.
     buf_writes, buf_reads, sq_ops, fin_ops : Out
-        Event amounts: buffer words written and read (16-bit words), bf16 squares and fp32 adds
-        of pass 1, and finisher rows (one fp32 multiply, one fp32 add, one rsqrt each).
+        Event amounts: buffer words written and read (16-bit words), squares (bf16, or fp32 with
+        ``fp32_in``) and fp32 adds of pass 1, and finisher rows (one fp32 multiply, one fp32 add,
+        one rsqrt each).
 
-    Latency of a group: write G·B cycles, sum D + 5, finish G + :attr:`finish_latency`, read G·B.
+    Latency of a group: write G·B cycles, sum D + 5 (``fp32_in``: D + 6), finish
+    G + :attr:`finish_latency`, read G·B.
     """
 
     def __init__(self, *, lanes, max_len):
@@ -73,12 +89,12 @@ class RowEngine(wiring.Component):
         lw = max_len.bit_length()
         self._lw = lw
         super().__init__({
-            "start": In(1), "fp32": In(1), "length": In(lw), "beats": In(lw),
+            "start": In(1), "fp32": In(1), "fp32_in": In(1), "length": In(lw), "beats": In(lw),
             "rows": In(16), "eps": In(32), "inv_d": In(32),
             "a": In(stream.Signature(data.ArrayLayout(32, lanes))),
             "o": Out(stream.Signature(self.out_layout)),
             "busy": Out(1),
-            "buf_writes": Out(ceil_log2(lanes + 1)), "buf_reads": Out(ceil_log2(lanes + 1)),
+            "buf_writes": Out(ceil_log2(2 * lanes + 1)), "buf_reads": Out(ceil_log2(4 * lanes + 1)),
             "sq_ops": Out(ceil_log2(lanes + 1)), "fin_ops": Out(1),
         })
 
@@ -96,7 +112,7 @@ class RowEngine(wiring.Component):
         V = self._v
         # command registers
         c = {k: Signal(len(getattr(self, k)), name=f"cmd_{k}") for k in
-             ("fp32", "length", "beats", "eps", "inv_d")}
+             ("fp32", "fp32_in", "length", "beats", "eps", "inv_d")}
         with m.If(self.start):
             m.d.sync += [c[k].eq(getattr(self, k)) for k in c]
         mems = [[Memory(shape=unsigned(16), depth=self._depth, init=[]) for _ in range(V)]
@@ -137,7 +153,8 @@ class RowEngine(wiring.Component):
         addr = Signal(range(self._depth))
         with m.If(self.start):
             m.d.sync += [rows_left.eq(self.rows), r.eq(0), k.eq(0), addr.eq(0)]
-        free = x["state"][slot] == _EMPTY
+        # fp32 rows: slot s shares its memories with slot s ^ 2 (see the module's docstring)
+        free = (x["state"][slot] == _EMPTY) & ~(c["fp32_in"] & (x["state"][slot ^ 2] == _FULL))
         m.d.comb += [n.eq(Mux(rows_left < V, rows_left, V)), self.a.ready.eq((rows_left != 0) & free)]
         fire = self.a.valid & self.a.ready
         last_beat = k == c["beats"] - 1
@@ -151,10 +168,10 @@ class RowEngine(wiring.Component):
         w1_valid = Signal()
         w1_last = Signal()
         w1 = {"slot": Signal(range(SLOTS)), "addr": Signal(range(self._depth)), "r": Signal(range(V + 1)),
-              "raw": Signal(16 * V), "n": Signal(range(V + 1))}
+              "raw": Signal(32 * V), "n": Signal(range(V + 1))}
         m.d.sync += [w1_valid.eq(fire), w1_last.eq(fire & last_beat & last_row), w1["slot"].eq(slot),
                      w1["addr"].eq(addr), w1["r"].eq(r), w1["n"].eq(n),
-                     w1["raw"].eq(Cat(*[self.a.payload[j][:16] for j in range(V)]))]
+                     w1["raw"].eq(Cat(*[self.a.payload[j] for j in range(V)]))]
         with m.If(fire):
             m.d.sync += [k.eq(k + 1), addr.eq(addr + 1)]
             with m.If(last_beat):
@@ -162,17 +179,21 @@ class RowEngine(wiring.Component):
                 with m.If(last_row):
                     m.d.sync += [r.eq(0), addr.eq(0), rows_left.eq(rows_left - n),
                                  slot.eq(Mux(slot == SLOTS - 1, 0, slot + 1))]
-        lanes = [Mux(c["fp32"], cvts[j], w1["raw"][16 * j:16 * (j + 1)]) for j in range(V)]
+        raw = [w1["raw"][32 * j:32 * (j + 1)] for j in range(V)]
+        lanes = [Mux(c["fp32_in"], raw[j], Cat(Mux(c["fp32"], cvts[j], raw[j][:16]), Const(0, 16)))
+                 for j in range(V)]
         # bank b holds lane (b − r) mod V
         by_bank = self._rot(lanes, (V - w1["r"]) if V > 1 else 0) if V > 1 else lanes
         for s in range(SLOTS):
+            mine = Mux(c["fp32_in"], w1["slot"][0] == s // 2, w1["slot"] == s)
             for b in range(V):
                 wp = x["wps"][s][b]
-                m.d.comb += [wp.addr.eq(w1["addr"]), wp.data.eq(by_bank[b]),
-                             wp.en.eq(w1_valid & (w1["slot"] == s))]
+                half = by_bank[b][16:] if s % 2 else by_bank[b][:16]
+                m.d.comb += [wp.addr.eq(w1["addr"]), wp.data.eq(Mux(c["fp32_in"], half, by_bank[b][:16])),
+                             wp.en.eq(w1_valid & mine)]
         with m.If(w1_last):
             m.d.sync += [x["state"][w1["slot"]].eq(_FULL), x["nrows"][w1["slot"]].eq(w1["n"])]
-        m.d.comb += [self.buf_writes.eq(Mux(w1_valid, V, 0))]
+        m.d.comb += [self.buf_writes.eq(Mux(w1_valid, Mux(c["fp32_in"], 2 * V, V), 0))]
         return (rows_left != 0) | w1_valid
 
     def _sum(self, m, x):
@@ -200,30 +221,39 @@ class RowEngine(wiring.Component):
             row = (b - j)[:lv] if V > 1 else 0
             for s in range(SLOTS):
                 rp = x["rps"][s][b]
-                with m.If(go & (slot == s)):
+                with m.If(go & Mux(c["fp32_in"], slot[0] == s // 2, slot == s)):
                     m.d.comb += [rp.addr.eq(row * c["beats"] + k), rp.en.eq(1)]
         s1 = {"valid": Signal(name="sum1_valid"), "first": Signal(name="sum1_first"),
               "last": Signal(name="sum1_last"), "slot": Signal(range(SLOTS), name="sum1_slot"),
               "j": Signal(range(max(V, 2)), name="sum1_j")}
         m.d.sync += [s1["valid"].eq(go), s1["first"].eq(i == 0), s1["last"].eq(last),
                      s1["slot"].eq(slot), s1["j"].eq(j)]
-        banks = [Array(x["rps"][s][b].data for s in range(SLOTS))[s1["slot"]] for b in range(V)]
+        banks = [Mux(c["fp32_in"], Cat(Array(x["rps"][2 * q][b].data for q in range(2))[s1["slot"][0]],
+                                       Array(x["rps"][2 * q + 1][b].data for q in range(2))[s1["slot"][0]]),
+                     Array(x["rps"][s][b].data for s in range(SLOTS))[s1["slot"]]) for b in range(V)]
         xs = self._rot(banks, s1["j"]) if V > 1 else banks
-        # registered column, then the squares (2) and the accumulators (1)
+        # registered column, then the squares (bf16: 2, fp32: 3) and the accumulators (1)
         s2 = {k2: Signal(len(v), name=f"sum2_{k2}") for k2, v in (("valid", s1["valid"]), ("first", s1["first"]),
                                                                    ("last", s1["last"]), ("slot", s1["slot"]))}
         m.d.sync += [s2[k2].eq(s1[k2]) for k2 in s2]
-        xr = [Signal(16, name=f"sum2_x{lane}") for lane in range(V)]
+        xr = [Signal(32, name=f"sum2_x{lane}") for lane in range(V)]
         m.d.sync += [xr[lane].eq(xs[lane]) for lane in range(V)]
-        ctl = {k2: delay(m, v, 2, 1, f"sum3_{k2}", reset=True) for k2, v in s2.items()}
+        ctl = {}
+        for k2, v in s2.items():
+            d2 = delay(m, v, 2, 1, f"sum3_{k2}", reset=True)
+            ctl[k2] = Mux(c["fp32_in"], delay(m, d2, 1, 1, f"sum4_{k2}", reset=True), d2)
         accs = []
         for lane in range(V):
             mul = Bf16MulCore()
             m.submodules[f"sq{lane}"] = mul
-            m.d.comb += [mul.en.eq(1), mul.a.eq(xr[lane]), mul.b.eq(xr[lane])]
+            m.d.comb += [mul.en.eq(1), mul.a.eq(xr[lane][:16]), mul.b.eq(xr[lane][:16])]
+            fmul = Fp32MulCore()
+            m.submodules[f"sq32_{lane}"] = fmul
+            m.d.comb += [fmul.en.eq(1), fmul.a.eq(xr[lane]), fmul.b.eq(xr[lane])]
             add = Fp32AddCore(stages=1)
             m.submodules[f"acc{lane}"] = add
-            m.d.comb += [add.en.eq(ctl["valid"]), add.a.eq(Mux(ctl["first"], 0, add.y)), add.b.eq(mul.y)]
+            m.d.comb += [add.en.eq(ctl["valid"]), add.a.eq(Mux(ctl["first"], 0, add.y)),
+                         add.b.eq(Mux(c["fp32_in"], fmul.y, mul.y))]
             accs.append(add.y)
         done = Signal()
         done_slot = Signal(range(SLOTS))
@@ -285,7 +315,7 @@ class RowEngine(wiring.Component):
         for s in range(SLOTS):
             for b in range(V):
                 rp = x["rps"][s][b]
-                with m.If(issue & (slot == s)):
+                with m.If(issue & (slot == s) & ~c["fp32_in"]):
                     m.d.comb += [rp.addr.eq(addr), rp.en.eq(1)]
         with m.If(issue):
             m.d.sync += [k.eq(k + 1), addr.eq(addr + 1)]
@@ -297,5 +327,7 @@ class RowEngine(wiring.Component):
         banks = [Array(x["rps"][s][b].data for s in range(SLOTS))[o_slot] for b in range(V)]
         lanes = self._rot(banks, o_r) if V > 1 else banks
         m.d.comb += [self.o.payload.x.eq(Cat(*lanes)), self.o.payload.sc.eq(o_sc),
-                     self.o.payload.r.eq(o_r), self.buf_reads.eq(Mux(issue, V, 0) + Mux(self.sq_ops != 0, V, 0))]
+                     self.o.payload.r.eq(o_r),
+                     self.buf_reads.eq(Mux(issue & ~c["fp32_in"], V, 0)
+                                       + Mux(self.sq_ops != 0, Mux(c["fp32_in"], 2 * V, V), 0))]
         return self.o.valid

@@ -18,6 +18,8 @@ op               arguments (``dtype="bf16"``: the bf16 layer; ``"int8"``: the in
 ``add``          a, b: bf16 (bf16) or float32 (int8: fp32 residual add)
 ``swiglu``       gate, up: bf16 (bf16) or float32 (int8: rounded to bf16 first)
 ``rmsnorm``      x: bf16 or float32 (int8); ``gain`` bf16 [D]; ``eps``
+``rmsnorm_fp32`` x: float32 (either dtype); ``gain`` bf16 [D]; ``eps``: ``rmsnorm_fp32_in``, the
+                 rows sent on ``a`` and again on ``b``
 ``rope``         x: bf16 or int8 [..., D] (D a multiple of head_dim); ``pos`` per row; ``table``
                  (golden.RopeTable); int8: ``multiplier``, ``shift``
 ``dequant``      acc int32; ``multiplier`` [D], ``shift`` [D]; optional ``row_exp`` per row;
@@ -68,7 +70,7 @@ _BF16 = np.dtype(ml_dtypes.bfloat16)
 OPS = {"add": VectorOp.ADD, "swiglu": VectorOp.SWIGLU, "rmsnorm": VectorOp.RMSNORM,
        "rope": VectorOp.ROPE, "dequant": VectorOp.DEQUANT, "requant": VectorOp.REQUANT,
        "quant_static": VectorOp.QUANT_STATIC, "quant_token": VectorOp.QUANT_TOKEN,
-       "hadamard": VectorOp.HADAMARD}
+       "hadamard": VectorOp.HADAMARD, "rmsnorm_fp32": VectorOp.RMSNORM_FP32}
 
 
 @dataclass
@@ -265,6 +267,10 @@ def _prepare(op, a, b, dtype, kw, lanes, max_len):
         if x.dtype != want:
             raise TypeError(f"a must be {np.dtype(want).name} for {op}, got {x.dtype}")
         bits = x.astype(np.int64) & 0xFFFFFFFF
+    elif op == "rmsnorm_fp32":
+        if np.asarray(a).dtype != np.float32:
+            raise TypeError(f"a must be float32 for rmsnorm_fp32, got {np.asarray(a).dtype}")
+        bits = _bits(a, "int8", "a")
     else:
         bits = _bits(a, dtype, "a")
     if bits.ndim == 0:
@@ -287,12 +293,14 @@ def _prepare(op, a, b, dtype, kw, lanes, max_len):
         f["b"] = bb.reshape(rows, length)
     elif b is not None:
         raise TypeError(f"{op} takes no b")
+    if op == "rmsnorm_fp32":
+        f["b"] = f["a"]        # pass 2 reads the rows again
     _op_fields(op, dtype, f, kw, rows, length, lanes)
     return code, f, lead
 
 
 def _op_fields(op, dtype, f, kw, rows, length, lanes):
-    if op == "rmsnorm":
+    if op in ("rmsnorm", "rmsnorm_fp32"):
         g = np.asarray(kw.pop("gain"))
         if g.dtype != _BF16 or g.shape != (length,):
             raise ValueError(f"gain must be a bfloat16 array of shape ({length},)")

@@ -56,13 +56,16 @@ class VectorOp(enum.IntEnum, shape=4):
     QUANT_TOKEN = 7   #: bf16 (BF16) or fp32 (INT8) → int8 per row: 2**e, with ROW_SCALE × mu[j] (s_out: e, j)
     HADAMARD = 8      #: 64-point fp32 Hadamard transform per block, bf16 (BF16) or fp32 (INT8) → fp32
     TABLE = 9         #: write the scale table ``imm0`` (:class:`VectorTable`) from ``p``: 128 fp32 entries
+    #: rmsnorm_fp32_in: fp32 rows (dtype ignored), one final rounding to bf16; the rows come twice,
+    #: on ``a`` (pass 1, the sum of squares) and again on ``b`` (pass 2, the outputs)
+    RMSNORM_FP32 = 10
 
 
 class VectorStatus(enum.IntEnum, shape=4):
     """``status`` of a vector response. Every non-zero status: no beat of any stream was taken
     for the command and nothing was output; the next command runs normally."""
     OK = 0
-    BAD_OP = 1         #: op 10..15
+    BAD_OP = 1         #: op 11..15
     BAD_LENGTH = 2     #: length 0 or above max_len; HADAMARD: not a multiple of 64; TABLE: not a multiple of lanes
     BAD_ROWS = 3       #: rows 0; TABLE: rows·length ≠ SCALE_ENTRIES
     BAD_HEAD_DIM = 4   #: RoPE: head_dim not a power of two in 2·lanes .. MAX_HEAD_DIM, or not dividing length
@@ -88,8 +91,8 @@ class VectorTable(enum.IntEnum):
 
 
 #: The ops a chip VECTOR instruction may carry (spec.isa; hdl.cmdproc refuses the others with
-#: BAD_FIELD, as it refuses ROW_SCALE and QUANT_TOKEN with dtype INT8): HADAMARD, TABLE and the
-#: scaled quantization are the vector unit's, not yet the chip's.
+#: BAD_FIELD, as it refuses ROW_SCALE and QUANT_TOKEN with dtype INT8): HADAMARD, TABLE,
+#: RMSNORM_FP32 and the scaled quantization are the vector unit's, not yet the chip's.
 CHIP_OPS = (VectorOp.ADD, VectorOp.SWIGLU, VectorOp.RMSNORM, VectorOp.ROPE, VectorOp.DEQUANT,
             VectorOp.REQUANT, VectorOp.QUANT_STATIC, VectorOp.QUANT_TOKEN)
 assert [int(op) for op in CHIP_OPS] == list(range(len(CHIP_OPS)))
@@ -150,7 +153,7 @@ def command_status(*, op, dtype, length, rows, head_dim=0, shift=0, imm0=0, imm1
             return VectorStatus.BAD_HEAD_DIM
         if dtype == 0 and (imm0 >> 31 or not 1 <= shift <= 62):
             return VectorStatus.BAD_SCALE
-    if op == VectorOp.RMSNORM:
+    if op in (VectorOp.RMSNORM, VectorOp.RMSNORM_FP32):
         ce, se = _fp32_class(imm0)
         cd, sd = _fp32_class(imm1)
         if ce in ("nan", "inf") or (ce == "normal" and se) or cd != "normal" or sd:
@@ -176,7 +179,8 @@ def stream_words(op, *, length, lanes, flags=0):
 
     Returns ``{"a", "b", "p", "s_in", "o", "s_out": words}``. With B = ceil(length / lanes):
     a and o carry B words (TABLE: none); b carries B (ADD, SWIGLU: the second operand; DEQUANT,
-    REQUANT: the per-channel shifts); p carries B (RMSNORM gains, DEQUANT/REQUANT per-channel
+    REQUANT: the per-channel shifts; RMSNORM_FP32: the rows of ``a`` again); p carries B (RMSNORM
+    and RMSNORM_FP32 gains, DEQUANT/REQUANT per-channel
     multipliers, TABLE the table's entries) or B/2 (ROPE: for each head, head_dim/2 words of
     (cos | sin << 16)); s_in one word (REQUANT, DEQUANT with ROW_EXP or ROW_SCALE); s_out one word
     (QUANT_TOKEN). A rejected command takes no word.
@@ -186,9 +190,9 @@ def stream_words(op, *, length, lanes, flags=0):
     w = dict.fromkeys(STREAMS, 0)
     if op != VectorOp.TABLE:
         w["a"] = w["o"] = beats
-    if op in (VectorOp.ADD, VectorOp.SWIGLU, VectorOp.DEQUANT, VectorOp.REQUANT):
+    if op in (VectorOp.ADD, VectorOp.SWIGLU, VectorOp.DEQUANT, VectorOp.REQUANT, VectorOp.RMSNORM_FP32):
         w["b"] = beats
-    if op in (VectorOp.RMSNORM, VectorOp.DEQUANT, VectorOp.REQUANT, VectorOp.TABLE):
+    if op in (VectorOp.RMSNORM, VectorOp.RMSNORM_FP32, VectorOp.DEQUANT, VectorOp.REQUANT, VectorOp.TABLE):
         w["p"] = beats
     if op == VectorOp.ROPE:
         w["p"] = beats // 2

@@ -15,7 +15,7 @@ from hdl.cmdproc import CHECKS, N_UNITS, CommandProcessor, Dispatcher, InstrFetc
 from hdl.cmdproc_range import RangeChecker
 from spec import isa
 from spec.codes import ChipError, Dtype, KVOp, OutFormat
-from spec.vector import VectorOp
+from spec.vector import CHIP_OPS, VectorOp
 
 BUS = 32
 PARAMS = dict(bus_bits=BUS, addr_bits=32, inflight=3, lanes=2, spad_words=4096, acc_depth=64, a_depth=2048,
@@ -413,3 +413,12 @@ def test_range_checker_parameters_are_checked():
         RangeChecker(width=34, bus_bytes=6)
     with pytest.raises(ValueError, match="width"):
         RangeChecker(width=1, bus_bytes=4)
+
+
+def test_the_vector_units_rmsnorm_fp32_is_refused_by_the_chip_with_bad_field():
+    """RMSNORM_FP32 (op 10) is the vector unit's, not yet the chip's (spec.vector.CHIP_OPS): the
+    VECTOR instruction carrying it stops the program with BAD_FIELD and the op check's detail."""
+    assert VectorOp.RMSNORM_FP32 not in CHIP_OPS
+    detail = [d for d, (_, text) in enumerate(CHECKS[isa.Opcode.VECTOR]) if "CHIP_OPS" in text][0]
+    results = Harness(None, programs=[[load(), vector(op=VectorOp.RMSNORM_FP32), END]]).run()
+    assert [r[:4] for r in results] == [(ProcState.ERROR, ChipError.BAD_FIELD, detail, 1)]

@@ -71,6 +71,24 @@ def test_fp32_mul_core_equals_golden_fp32_mul(toggle):
     assert [_u32(r["y"]) for r in got] == want.tolist()
 
 
+def test_fp32_mul_core_with_a_bf16_b_equals_golden_fp32_mul_of_the_widened_bf16():
+    """b_frac = 7 (RMSNORM_FP32's gain product, 24 × 8 bits) on bf16 values widened to fp32,
+    including bf16 subnormals, Inf, NaN and products that round, underflow and overflow."""
+    seed = 12
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    a = SPECIAL32 + rng.integers(0, 1 << 32, 200, dtype=np.uint64).tolist()
+    b16 = [x >> 16 for x in SPECIAL32[::-1]] + rng.integers(0, 1 << 16, 200).tolist()
+    near = rng.integers(0x3F000000, 0x40000000, 40, dtype=np.uint64).tolist()
+    a += [0x00800000 | (x & 0x7FFFFF) for x in near] + [0x7F000000 | (x & 0x7FFFFF) for x in near]
+    b16 += [((x & 0x807F0000) | (126 << 23)) >> 16 for x in near] + [((x & 0x807F0000) | (128 << 23)) >> 16
+                                                                      for x in near]
+    b = [int(x) << 16 for x in b16]
+    got = _run(Fp32MulCore(b_frac=7), [{"a": int(x), "b": y} for x, y in zip(a, b, strict=True)], ["y"])
+    want = fp32_mul(np.array(a, np.uint32), np.array(b, np.uint32))
+    assert [_u32(r["y"]) for r in got] == want.tolist()
+
+
 def _fp32_to_int8_ref(bits):
     x = np.array(bits, np.uint32).view(np.float32).astype(np.float64)
     x = np.where(np.abs(x) < 2.0 ** -126, 0.0, x)

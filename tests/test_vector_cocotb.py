@@ -122,7 +122,7 @@ def test_bad_commands_are_answered_with_their_code_take_no_data_and_the_next_com
     rng = np.random.default_rng(seed)
     good = lambda op="add", dt="bf16", n=5: random_case(rng, op, dt, 2, n, lanes=V, max_len=LMAX, table=TABLE)
     bad = [
-        (make_command(10, length=4, rows=1), VectorStatus.BAD_OP),
+        (make_command(11, length=4, rows=1), VectorStatus.BAD_OP),
         (make_command(15, length=4, rows=1), VectorStatus.BAD_OP),
         (make_command(VectorOp.ADD, length=0, rows=1), VectorStatus.BAD_LENGTH),
         (make_command(VectorOp.SWIGLU, length=LMAX + 1, rows=1), VectorStatus.BAD_LENGTH),
@@ -415,3 +415,143 @@ def test_run_vector_writes_the_table_and_returns_the_scaled_quantizers_e_and_j()
     assert np.array_equal(res.outputs["j"], j)
     assert [row_word(ei, ji) >> 16 for ei, ji in zip(e, j, strict=True)] == j.tolist()
     assert res.counters["mul_fp32"] == x.size
+
+
+# ---------------------------------------------------------------- RMSNORM_FP32 (rmsnorm_fp32_in)
+
+
+@pytest.mark.xdist_group("vector_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_rmsnorm_fp32_equals_golden_at_lengths_1_v_minus_1_v_v_plus_1_64_and_max_back_to_back_with_other_ops(
+        request, stalls):
+    """rmsnorm_fp32_in bit for bit, 1 .. 2V + 2 rows (so consecutive row groups share the
+    buffer's slot pairs), interleaved with RMSNORM of both dtypes, ADD and QUANT_TOKEN."""
+    seed = _seed(request, 1000)
+    rng = np.random.default_rng(seed)
+    cases = []
+    for length in (1, V - 1, V, V + 1, 64, LMAX):
+        rows = int(rng.integers(1, 2 * V + 3))
+        cases.append(random_case(rng, "rmsnorm_fp32", "int8", rows, length, **KW))
+        op, dt = [("rmsnorm", "bf16"), ("rmsnorm", "int8"), ("add", "int8"), ("quant_token", "bf16")][length % 4]
+        cases.append(random_case(rng, op, dt, int(rng.integers(1, 4)), length, **KW))
+    cases.append(random_case(rng, "rmsnorm_fp32", "bf16", 9, 64, **KW))      # dtype is ignored
+    res = run_commands([c[0] for c in cases], config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(cases, res)
+    n = sum(c[0]["rows"] * c[0]["length"] for c in cases if c[0]["op"] == VectorOp.RMSNORM_FP32)
+    assert res["counters"]["rsqrt"] == sum(c[0]["rows"] for c in cases if c[0]["op"] in (
+        VectorOp.RMSNORM, VectorOp.RMSNORM_FP32))
+    assert res["counters"]["mul_fp32"] >= 3 * n       # x², x·r and t·g per element
+
+
+@pytest.mark.xdist_group("vector_tiny")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_rmsnorm_fp32_special_values_zeros_subnormals_inf_nan_overflow_and_rounding(request, stalls):
+    seed = _seed(request, 1100)
+    rng = np.random.default_rng(seed)
+    sub = 1e-39
+    g = lambda n: bf16(1 + 0.3 * rng.normal(size=n))  # noqa: E731
+    rows = [
+        ([0.0, -0.0, sub, -sub, 1.0, -2.5, 1e-30, 3.0], 1e-5),       # ±0 and subnormals (DAZ)
+        ([1.0, np.inf, -3.0, 0.5, 0.0, -0.0, 2.0, 1.0], 1e-5),       # Inf: NaN there, ±0 elsewhere
+        ([1.0, 2.0, np.nan, -1.0, 0.0, 5.0, 1.0, 1.0], 1e-5),        # NaN: the whole row NaN
+        ([2.0 ** 64, -1.0, 3.0, 0.0, 1.0, 1.0, 1.0, -1.0], 1e-5),    # a square overflows: ±0
+        ([3e38, -3e38, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0], 1e-6),
+        ([0.0] * 8, 0.0),                                             # 0 · Inf = NaN with eps = 0
+        ([-0.0] * 8, 1e-5),
+        ([1e-20, -3e-21, 2e-20, 5e-22, 1e-20, 1e-20, 7e-21, 1e-19], 0.0),   # squares below 2**-126
+        ([1.0 + 2.0 ** -20, 1.0 - 2.0 ** -22, 3.0000002, -7.9999995, 1.0, 1.0, 1.0, 1.0], 1e-5),
+    ]
+    cases = [random_case(rng, "add", "bf16", 1, 8, **KW)]
+    for vals, eps in rows:
+        cases.append(command("rmsnorm_fp32", "int8", _f32([vals]), gain=g(8), eps=eps, **KW))
+    gains = bf16([1.0, -1.0, sub, 0.0, np.inf, 3.0e38, 1e-30, 2.0])   # bf16 gain specials
+    cases.append(command("rmsnorm_fp32", "int8", _f32([[1.5, -2.0, 3.0, 1.0, 2.0, 3.0e20, 4.0, 1.0]]), gain=gains,
+                         eps=1e-5, **KW))
+    # t·g rounds once: fp32 values whose bf16 rounding would change the result
+    x = (rng.normal(0, 1, (4, 64)) * (1 + 2.0 ** -9 * rng.integers(1, 127, (4, 64)))).astype(np.float32)
+    x[1, 5] = 2.0e4                                                      # an outlier channel
+    cases.append(command("rmsnorm_fp32", "int8", x, gain=g(64), eps=1e-5, **KW))
+    res = run_commands([c[0] for c in cases], config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(cases, res)
+    bf = command("rmsnorm", "int8", x, gain=bf16(np.ones(64)), eps=1e-5, **KW)[1]
+    fp = command("rmsnorm_fp32", "int8", x, gain=bf16(np.ones(64)), eps=1e-5, **KW)[1]
+    assert (bf != fp).any()            # the mode differs from RMSNORM of the rows rounded to bf16
+
+
+@pytest.mark.xdist_group("vector_tiny")
+def test_bad_rmsnorm_fp32_commands_are_answered_with_their_code_take_no_data_and_the_next_command_runs(request):
+    seed = _seed(request, 1200)
+    rng = np.random.default_rng(seed)
+    inv = int(golden.fp.as_fp32_bits(np.float32(1 / 8)))
+    r32 = VectorOp.RMSNORM_FP32
+    bad = [
+        (make_command(r32, length=0, rows=1, imm1=inv), VectorStatus.BAD_LENGTH),
+        (make_command(r32, length=LMAX + 1, rows=1, imm1=inv), VectorStatus.BAD_LENGTH),
+        (make_command(r32, length=8, rows=0, imm1=inv), VectorStatus.BAD_ROWS),
+        (make_command(r32, length=8, rows=1, imm0=0xBF800000, imm1=inv), VectorStatus.BAD_SCALE),   # eps −1
+        (make_command(r32, length=8, rows=1, imm0=0x7F800000, imm1=inv), VectorStatus.BAD_SCALE),   # eps Inf
+        (make_command(r32, length=8, rows=1, imm1=0), VectorStatus.BAD_SCALE),                     # 1/D 0
+        (make_command(11, length=8, rows=1), VectorStatus.BAD_OP),
+    ]
+    cases, want = [], []
+    for cmd, status in bad:
+        cases += [(cmd, None, None), random_case(rng, "rmsnorm_fp32", "int8", 3, 8, **KW)]
+        want += [status, VectorStatus.OK]
+    res = run_commands([c[0] for c in cases], config="tiny", stall=0.2, backpressure=0.2, seed=seed)
+    assert res["status"] == [int(s) for s in want]
+    _check(cases, res)
+    assert res["counters"]["beats_in"] == len(bad) * 3 * (8 // V)
+
+
+@pytest.mark.xdist_group("vector_tiny")
+def test_rmsnorm_fp32_latency_is_the_documented_one_and_its_rate_is_v_elements_per_cycle_on_rows_of_64():
+    """No stalls: one row's first output after VectorUnit.first_out_latency (RMSNORM's + 1, the
+    fp32 square's stage); 16 rows of 64 and 8 of max_len at one beat per cycle from the first
+    output to the last (V elements per cycle sustained), after and before a bf16 RMSNORM."""
+    unit = VectorUnit.from_config(TINY)
+    rng = np.random.default_rng(4)
+    plan = [(1, 64), (16, 64), (8, LMAX), (1, LMAX)]
+    cases = [random_case(rng, "rmsnorm_fp32", "int8", rows, n, **KW) for rows, n in plan]
+    cases.insert(3, random_case(rng, "rmsnorm", "bf16", 16, 64, **KW))
+    cases.insert(4, random_case(rng, "rmsnorm", "bf16", 1, 64, **KW))
+    res = run_commands([c[0] for c in cases], config="tiny", seed=4)
+    _check(cases, res)
+    pos = 0
+    for cmd, _, _ in cases:
+        beats = cmd["rows"] * cmd["length"] // V
+        oc, ac = res["o_cycle"][pos:pos + beats], res["a_cycle"][pos:pos + beats]
+        pos += beats
+        lat = oc[0] - ac[0]
+        if cmd["rows"] == 1:
+            assert lat == unit.first_out_latency(cmd["op"], length=cmd["length"]), (VectorOp(cmd["op"]).name, lat)
+        sustained = beats / (oc[-1] - oc[0] + 1)                   # beats per cycle, first to last output
+        if cmd["op"] == VectorOp.RMSNORM:
+            assert sustained == 1.0
+        else:
+            assert sustained >= 0.9, sustained                    # ≥ 0.9·V elements per cycle
+        print(f"{VectorOp(cmd['op']).name} {cmd['rows']} x {cmd['length']}: sustained {sustained * V:.3f} "
+              f"elements/cycle, latency {lat}, end to end "
+              f"{cmd['rows'] * cmd['length'] / (oc[-1] - ac[0] + 1):.2f} elements/cycle")
+
+
+def test_api_raises_naming_the_problem_of_rmsnorm_fp32_before_anything_runs():
+    x = np.ones((2, 8), np.float32)
+    with pytest.raises(TypeError, match="float32 for rmsnorm_fp32"):
+        run_vector("rmsnorm_fp32", bf16(x), config="tiny", gain=bf16(np.ones(8)), eps=1e-5)
+    with pytest.raises(ValueError, match=r"gain must be a bfloat16 array of shape \(8,\)"):
+        run_vector("rmsnorm_fp32", x, config="tiny", gain=bf16(np.ones(7)), eps=1e-5)
+    with pytest.raises(ValueError, match="eps must be finite and >= 0"):
+        run_vector("rmsnorm_fp32", x, config="tiny", gain=bf16(np.ones(8)), eps=-1.0)
+    with pytest.raises(TypeError, match="takes no b"):
+        run_vector("rmsnorm_fp32", x, x, config="tiny", gain=bf16(np.ones(8)), eps=1e-5)
+    with pytest.raises(ValueError, match="row length"):
+        run_vector("rmsnorm_fp32", np.ones((1, LMAX + 1), np.float32), config="tiny",
+                   gain=bf16(np.ones(LMAX + 1)), eps=1e-5)
+
+
+@pytest.mark.xdist_group("vector_tiny")
+def test_run_vector_rmsnorm_fp32_returns_golden_rmsnorm_fp32_in():
+    x = (np.random.default_rng(8).normal(0, 3, (3, 2 * V + 1)) * [[1], [1e-3], [1e5]]).astype(np.float32)
+    gain = bf16(np.linspace(0.5, 2.0, 2 * V + 1))
+    res = run_vector("rmsnorm_fp32", x, config="tiny", gain=gain, eps=1e-5, stall=0.3, backpressure=0.3, seed=8)
+    assert np.array_equal(as_bf16_bits(res.output), as_bf16_bits(golden.rmsnorm_fp32_in(x, gain, eps=1e-5)))

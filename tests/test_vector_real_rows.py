@@ -3,12 +3,13 @@
 
 golden.DecoderLayer prefills 5 tokens (from position 0, so the first token's massive activation,
 ~2·10⁴ in channel 507 at layer 15, is in the rows) through layers 0, 15 and 29 in the bf16 and
-int8 modes, and layers 15 and 29 in the int8 scheme that meets the accuracy targets (``int8h``:
+int8 modes, layers 15 and 29 in the int8 scheme that meets the accuracy targets (``int8h``:
 Hadamard, bf16 attention, 7-bit per-token scales, α = 0.7; docs/numerics.md "Measured
-alternatives"); every vector operation the layer calls is recorded with its real arguments (by
-wrapping the functions golden.layer calls), and each becomes one command of a single run with
-stalls and backpressure (after the two TABLE commands of the scale tables), compared bit for bit
-with golden.
+alternatives") and the RMSNorms of layer 15 in the bf16 row that meets them (``bf16n``: the fp32
+residual stream, RMSNorm of it with one final rounding, RMSNORM_FP32); every vector operation the layer
+calls is recorded with its real arguments (by wrapping the functions golden.layer calls), and
+each becomes one command of a single run with stalls and backpressure (after the two TABLE
+commands of the scale tables), compared bit for bit with golden.
 """
 
 import numpy as np
@@ -30,12 +31,15 @@ pytestmark = [
 LAYERS = (0, 15, 29)
 WRAPPED = ("rmsnorm_bf16", "rope_bf16", "rope_int8", "swiglu_bf16", "residual_add_bf16",
            "quantize_per_token", "dequantize_acc", "fp32_to_bf16", "fp32_add", "requantize",
-           "hadamard_fp32", "quantize_per_token_scaled")
+           "hadamard_fp32", "quantize_per_token_scaled", "rmsnorm_fp32_in")
 #: The int8 scheme with Hadamard on the layers with the outlier and the widest SwiGLU output.
 INT8H_LAYERS = (15, 29)
+#: The bf16 row with the fp32 stream and RMSNORM_FP32 on the layer with the outlier.
+BF16N_LAYERS = (15,)
 #: The layers run: mode label → DecoderLayer options.
 MODES = {"bf16": dict(mode="bf16"), "int8": dict(mode="int8"),
-         "int8h": dict(mode="int8", attention="bf16", hadamard=True, scale_bits=7, smooth_alpha=0.7)}
+         "int8h": dict(mode="int8", attention="bf16", hadamard=True, scale_bits=7, smooth_alpha=0.7),
+         "bf16n": dict(mode="bf16", residual="fp32", fp32_inputs=("rmsnorm",))}
 
 
 def _capture(layer, x, monkeypatch):
@@ -60,7 +64,7 @@ def _commands(calls, mode):
     """Vector-unit commands (with golden results) for the recorded calls of one layer run."""
     V, L = 8, 1536
     kw = dict(lanes=V, max_len=L)
-    dt = "bf16" if mode == "bf16" else "int8"
+    dt = "bf16" if mode.startswith("bf16") else "int8"
     out, f32 = [], []
     for name, args, k in calls:
         if name == "fp32_to_bf16":
@@ -68,6 +72,8 @@ def _commands(calls, mode):
         elif name == "rmsnorm_bf16":
             x = f32[-1] if dt == "int8" else args[0]
             out.append(command("rmsnorm", dt, x, gain=args[1], eps=k["eps"], **kw))
+        elif name == "rmsnorm_fp32_in":
+            out.append(command("rmsnorm_fp32", "int8", args[0], gain=args[1], eps=k["eps"], **kw))
         elif name in ("rope_bf16", "rope_int8"):
             x, pos, table = args
             s = x.shape[0]
@@ -118,10 +124,12 @@ def real_cases():
         x = model.hidden_states(ids, index)
         cal = calibrate(w, model.hidden_states(cal_ids, index))
         for mode, opts in MODES.items():
-            if mode == "int8h" and index not in INT8H_LAYERS:
+            if (mode == "int8h" and index not in INT8H_LAYERS) or (mode == "bf16n" and index not in BF16N_LAYERS):
                 continue
             layer = DecoderLayer(w, **opts, calibration=cal if mode != "bf16" else None)
             for case in _commands(_capture(layer, x, mp), mode):
+                if mode == "bf16n" and case[0]["op"] != VectorOp.RMSNORM_FP32:
+                    continue    # its other ops are the bf16 and int8 modes' (ADD of the fp32 stream)
                 cases.append((index, mode, case))
                 seen.add((mode, VectorOp(case[0]["op"]).name, case[0]["flags"] & VectorFlag.ROW_SCALE))
     return cases, seen, model
@@ -136,6 +144,7 @@ def test_every_layer_op_on_real_smollm2_rows_of_layers_0_15_29_is_bit_exact(real
     assert ops("int8") >= {"ADD", "SWIGLU", "RMSNORM", "ROPE", "DEQUANT", "REQUANT", "QUANT_TOKEN"}
     assert ops("int8h") == {"ADD", "SWIGLU", "RMSNORM", "ROPE", "HADAMARD"}
     assert ops("int8h", VectorFlag.ROW_SCALE) == {"QUANT_TOKEN", "DEQUANT"}
+    assert ops("bf16n") == {"RMSNORM_FP32"}
     seed = 900
     print(f"seed {seed}")
     tables = table_cases(lanes=8, max_len=1536)
@@ -158,3 +167,5 @@ def test_the_captured_rows_hold_the_massive_activation_of_layer_15(real_cases):
     x0 = np.asarray(rms[0][0]["a"])[0]
     val = np.array([x0[507] << 16], np.uint32).view(np.float32)[0]
     assert abs(val) > 1e4
+    rms32 = [c for i, mode, c in cases if i == 15 and mode == "bf16n" and c[0]["op"] == VectorOp.RMSNORM_FP32]
+    assert abs(np.array([np.asarray(rms32[0][0]["a"])[0][507]], np.uint32).view(np.float32)[0]) > 1e4

@@ -74,6 +74,8 @@ def expected(op, dtype, a, b=None, **kw):
     if op == "rmsnorm":
         x = round_bf16(a) if dtype == "int8" else a
         return as_bf16_bits(golden.rmsnorm_bf16(x, kw["gain"], eps=kw["eps"])).astype(np.uint32), None
+    if op == "rmsnorm_fp32":
+        return as_bf16_bits(golden.rmsnorm_fp32_in(a, kw["gain"], eps=kw["eps"])).astype(np.uint32), None
     if op == "rope":
         t = kw["table"]
         x = a.reshape(a.shape[:-1] + (-1, t.head_dim))
@@ -145,8 +147,8 @@ def random_case(rng, op, dtype, rows, length, *, lanes, max_len, table=None, sca
     b = None
     if op in ("add", "swiglu"):
         a, b = src(), src()
-    elif op == "rmsnorm":
-        a = src()
+    elif op in ("rmsnorm", "rmsnorm_fp32"):
+        a = f32() if op == "rmsnorm_fp32" else src()
         kw = dict(gain=bf16(1 + 0.2 * rng.normal(size=length)), eps=1e-5)
     elif op == "rope":
         kw = dict(table=table, pos=rng.integers(0, table.max_pos, rows))

@@ -281,6 +281,21 @@ def _check_eps(eps):
         raise ValueError(f"eps must be finite and >= 0, got {eps}")
 
 
+def _rms_rsqrt(xb, gb, eps, square):
+    """RMSNorm's per-row ``r = rsqrt(Σ_i square(x_i, x_i) · fp32(1/D) + fp32(eps))`` (fp32 bit
+    patterns; the sum sequential in i from +0), after checking x against the gain and eps."""
+    check_ndim(gb, "gain", (1,), " [D]")
+    if xb.ndim == 0 or xb.shape[-1] != gb.shape[0]:
+        raise ValueError(f"x's last axis must have D = {gb.shape[0]} elements, got shape {xb.shape}")
+    _check_eps(eps)
+    d = gb.shape[0]
+    s = np.zeros(xb.shape[:-1], dtype=np.uint32)
+    for i in range(d):
+        s = fp32_add(s, square(xb[..., i], xb[..., i]))
+    v = fp32_add(fp32_mul(s, _to_fp32_const(1.0 / d, "1/D")), fp32_daz(_to_fp32_const(eps, "eps")))
+    return rsqrt_fp32_bits(v)
+
+
 def rmsnorm_bf16(x, gain, *, eps):
     """RMSNorm of the last axis in bf16 (Hugging Face LlamaRMSNorm order, fp32 internals).
 
@@ -301,16 +316,7 @@ def rmsnorm_bf16(x, gain, *, eps):
     """
     xb = _bf16_bits(x, "x")
     gb = _bf16_bits(gain, "gain")
-    check_ndim(gb, "gain", (1,), " [D]")
-    if xb.ndim == 0 or xb.shape[-1] != gb.shape[0]:
-        raise ValueError(f"x's last axis must have D = {gb.shape[0]} elements, got shape {xb.shape}")
-    _check_eps(eps)
-    d = gb.shape[0]
-    s = np.zeros(xb.shape[:-1], dtype=np.uint32)
-    for i in range(d):
-        s = fp32_add(s, bf16_mul(xb[..., i], xb[..., i]))
-    v = fp32_add(fp32_mul(s, _to_fp32_const(1.0 / d, "1/D")), fp32_daz(_to_fp32_const(eps, "eps")))
-    r = rsqrt_fp32_bits(v)
+    r = _rms_rsqrt(xb, gb, eps, bf16_mul)
     t = fp32_to_bf16(fp32_mul(bf16_to_fp32_bits(xb), r[..., None]))
     return bf16_from_bits(fp32_to_bf16(bf16_mul(t, gb)))
 
@@ -346,16 +352,7 @@ def rmsnorm_fp32_in(x, gain, *, eps):
     """
     xb = _fp32_bits_in(x, "x")
     gb = _bf16_bits(gain, "gain")
-    check_ndim(gb, "gain", (1,), " [D]")
-    if xb.ndim == 0 or xb.shape[-1] != gb.shape[0]:
-        raise ValueError(f"x's last axis must have D = {gb.shape[0]} elements, got shape {xb.shape}")
-    _check_eps(eps)
-    d = gb.shape[0]
-    s = np.zeros(xb.shape[:-1], dtype=np.uint32)
-    for i in range(d):
-        s = fp32_add(s, fp32_mul(xb[..., i], xb[..., i]))
-    v = fp32_add(fp32_mul(s, _to_fp32_const(1.0 / d, "1/D")), fp32_daz(_to_fp32_const(eps, "eps")))
-    r = rsqrt_fp32_bits(v)
+    r = _rms_rsqrt(xb, gb, eps, fp32_mul)
     t = fp32_mul(xb, r[..., None])
     return bf16_from_bits(fp32_to_bf16(fp32_mul(t, bf16_to_fp32_bits(gb))))
 

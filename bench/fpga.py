@@ -57,14 +57,16 @@ def load_results(path):
     return json.loads(path.read_text()).get("tops", {})
 
 
-def entry_of(config_name, top):
-    """``make fpga``'s entry for ``top`` of preset ``config_name`` (build/bench/fpga-<config>.json),
-    with ``"current"``: whether it is of the netlist the sources give today (its Verilog hash
-    against a fresh :func:`hdl.generate.generate`); None without an entry."""
+def entry_of(config_name, top, path=None):
+    """``make fpga``'s entry for ``top`` of preset ``config_name`` (``path``, default
+    build/bench/fpga-<config>.json), with ``"current"``: whether it is of the netlist the sources
+    give today (its Verilog hash against a fresh :func:`hdl.generate.generate`); None without an
+    entry."""
     import contextlib
     import io
     import tempfile
-    entry = load_results(ROOT / "build" / "bench" / f"fpga-{config_name}.json").get(top)
+    path = ROOT / "build" / "bench" / f"fpga-{config_name}.json" if path is None else path
+    entry = load_results(path).get(top)
     if entry is None:
         return None
     config = get_config(config_name).replace(array={"dsp": "ecp5"})

@@ -42,6 +42,11 @@ DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: engine's per-part copies of its control registers (docs/timing.md). Each copy drives its own
 #: part of the die; yosys's opt_merge would otherwise fold equal registers into one.
 KEEP_SELECTION = "w:* a:keep %i %ci1 t:$dff %i"
+#: The board wrapper's clock pin: G2, a primary-clock (PCLK) input of the CABGA381 package (the
+#: 25 MHz oscillator's pin on the ULX3S). Left to nextpnr, the pin can land where no route reaches
+#: the global clock network ("Failed to route arc 0.0 of net 'clk$TRELLIS_IO_IN'", seen on the
+#: vector unit); the other four pins stay free.
+CLOCK_PIN = "G2"
 
 
 def verilog_sha256(path):
@@ -189,6 +194,10 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False):
            "--timing-allow-fail", *PNR_OPTIONS]
     if out_of_context:
         cmd.append("--out-of-context")
+    else:
+        lpf = work / f"{top}.lpf"
+        lpf.write_text(f'LOCATE COMP "clk" SITE "{CLOCK_PIN}";\nIOBUF PORT "clk" IO_TYPE=LVCMOS33;\n')
+        cmd += ["--lpf", lpf.name, "--lpf-allow-unconstrained"]
     t0 = time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
     seconds = round(time.monotonic() - t0, 1)

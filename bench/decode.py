@@ -5,8 +5,9 @@ two steps of SmolLM2-135M layer ``--layer`` (15) in int8: B sequences of the hel
 text with contexts of 1..3 tokens (sequence b holds 1 + b mod 3, read from token 8·b) prefilled
 together in one step (M = the sum of the contexts), then ONE decode step of all B (M = B). The
 figures are the decode step's chip counters: cycles per step, tokens per second per layer at
-``--fmax-mhz`` (default 99.6 MHz, the matmul engine's ECP5 Fmax: the whole chip's is not
-measured), DRAM bytes per token, the memory port's utilization (DRAM bytes per cycle over the
+``--fmax-mhz`` (default 99.6 MHz, the matmul engine's ECP5 Fmax before its weight slots; today's
+engine routes at a median 69.4 MHz, docs/timing.md, so scale those figures by 0.70 for it; the
+whole chip's Fmax is not measured), DRAM bytes per token, the memory port's utilization (DRAM bytes per cycle over the
 AXI port's 16), the array's utilization (MACs / (R·C·cycles)), and whether every output row of
 both steps is bit-identical to ``golden.DecoderLayer``. Nothing is cached: every B runs.
 
@@ -25,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-#: The clock of the per-second figures unless ``--fmax-mhz``: the matmul engine's ECP5 Fmax
-#: (docs/timing.md, seed 1); the whole chip has not been placed and routed.
+#: The clock of the per-second figures unless ``--fmax-mhz``: the matmul engine's ECP5 Fmax on
+#: seed 1 before its weight slots (docs/timing.md; today's median is 69.4 MHz); the whole chip
+#: has not been placed and routed.
 DEFAULT_FMAX_MHZ = 99.6
 DEFAULT_BATCHES = (1, 2, 4, 8, 16)
 DEFAULT_LAYER = 15

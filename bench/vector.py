@@ -15,8 +15,11 @@ back-to-back commands, no stalls. Per op and dtype:
   first output beat, against ``VectorUnit.first_out_latency``.
 
 The results are compared with golden (bit-exact) too. ``python -m bench.vector OP ...`` runs only
-the named ops (``OPS`` names) and prints their figures without writing the JSON. ``--fpga`` is ``make fpga``'s job
-(bench/fpga.py, top ``vector_unit``); its figures are in docs/vector.md.
+the named ops (``OPS`` names) and prints their figures without writing the JSON. The ECP5 figures
+are ``make fpga TOP=vector_unit``'s (bench/fpga.py, minutes to hours): the JSON's ``fpga`` entry
+copies them from build/bench/fpga-default.json and fpga-fpga.json (V = 2, the unit that fits
+the device) when they exist, with ``current`` false when they
+are of another netlist than today's; docs/vector.md quotes them.
 """
 
 import json
@@ -77,6 +80,9 @@ def main(argv=None):
             entry[tag] = {"end_to_end": round(rows * length / (oc[-1] - ac[0] + 1), 3),
                           "sustained": round(beats * V / (oc[-1] - oc[0] + 1), 3)}
     report["bit_exact"] = bool(ok)
+    # `make fpga TOP=vector_unit`'s figures per preset, if measured ("current": of today's netlist)
+    from bench.fpga import entry_of
+    report["fpga"] = {preset: entry_of(preset, "vector_unit") for preset in ("default", "fpga")}
     print(json.dumps(report, indent=1))
     if not only:
         out = BUILD / "bench" / "vector.json"

@@ -15,7 +15,7 @@ from amaranth.utils import exact_log2
 
 from spec import isa
 from spec.codes import ChipError
-from spec.vector import MAX_HEAD_DIM, VectorOp, VectorStatus
+from spec.vector import CHIP_OPS, MAX_HEAD_DIM, VectorOp, VectorStatus
 
 from .agu import SpadReader, SpadWriter
 from .cmdproc import UnitPortSignature
@@ -65,7 +65,8 @@ def stream_uses(op, flags):
 
 
 class VectorExec(wiring.Component):
-    """VECTOR instructions on a :class:`~hdl.vector.VectorUnit` (built inside).
+    """VECTOR instructions on a :class:`~hdl.vector.VectorUnit` (built inside, with the ops of
+    :data:`spec.vector.CHIP_OPS` only).
 
     Per instruction: one unit command (``op``, ``dtype``, ``flags``, ``length``, ``rows``,
     ``head_dim``, ``shift``, ``imm0``, ``imm1`` from the instruction's fields) and one descriptor
@@ -113,7 +114,8 @@ class VectorExec(wiring.Component):
         check_int("lanes", lanes, 1, 64, pow2=True)
         check_int("addr_width", addr_width, 2, 32)
         self._lanes, self._max_len, self._aw = lanes, max_len, addr_width
-        self._unit = VectorUnit(lanes=lanes, max_len=max_len)
+        # the ops a VECTOR instruction may carry: the unit's others are left out of the chip
+        self._unit = VectorUnit(lanes=lanes, max_len=max_len, ops=CHIP_OPS)
         super().__init__({
             "port": In(UnitPortSignature()),
             "spad_r": Out(read_port_signature(addr_width=addr_width, lanes=lanes)).array(len(VECTOR_READERS)),

@@ -17,7 +17,7 @@ pipeline advances when the output register is empty or read (``o.ready``), so ba
 stops everything and nothing is lost.
 """
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
@@ -65,6 +65,12 @@ class VectorUnit(wiring.Component):
         Elements per beat and per cycle V; a power of two, 1..64.
     max_len : int
         Longest row, 1..65536.
+    ops : collection of :class:`spec.vector.VectorOp`, optional
+        The ops the unit is built with (default: all). A command of another op answers BAD_OP.
+        Without HADAMARD the unit has no :class:`~hdl.vector_hadamard.HadamardFront`; without
+        RMSNORM_FP32 its lanes have no fp32 × bf16 gain multiplier; without TABLE no ROW_SCALE
+        command can run (BAD_TABLE: no table is ever written), so the lanes' row-scale path is
+        left out. The chip builds its unit with :data:`spec.vector.CHIP_OPS`.
 
     Members
     -------
@@ -87,15 +93,16 @@ class VectorUnit(wiring.Component):
     Raises
     ------
     TypeError, ValueError
-        A bad ``lanes`` or ``max_len``.
+        A bad ``lanes``, ``max_len`` or ``ops``.
 
     Latency: :attr:`latency` cycles from an element-wise beat taken to its result on ``o``;
     :meth:`first_out_latency` for every op. Throughput: V elements per cycle (docs/vector.md).
     """
 
-    def __init__(self, *, lanes, max_len):
+    def __init__(self, *, lanes, max_len, ops=None):
         check_int("lanes", lanes, 1, 64, pow2=True)
         check_int("max_len", max_len, 1, 1 << 16)
+        self._ops = _check_ops(ops)
         self._v, self._max_len = lanes, max_len
         self._lw = max_len.bit_length()
         self._tw = ROWS_BITS + self._lw
@@ -126,6 +133,11 @@ class VectorUnit(wiring.Component):
     @property
     def max_len(self):
         return self._max_len
+
+    @property
+    def ops(self):
+        """The ops the unit is built with (a tuple of :class:`~spec.vector.VectorOp`, in order)."""
+        return self._ops
 
     @property
     def cmd_layout(self):
@@ -196,7 +208,11 @@ class VectorUnit(wiring.Component):
         bad_table = ((table & (c.imm0 >= len(VectorTable)))
                      | ((c.op == VectorOp.QUANT_TOKEN) & scaled & ~written[VectorTable.QUANT])
                      | ((c.op == VectorOp.DEQUANT) & scaled & ~written[VectorTable.DEQUANT]))
-        with m.If(c.op >= len(VectorOp)):
+        if len(self._ops) == len(VectorOp):
+            bad_op = c.op >= len(VectorOp)
+        else:
+            bad_op = ~Cat(c.op == op for op in self._ops).any()
+        with m.If(bad_op):
             m.d.comb += status.eq(VectorStatus.BAD_OP)
         with m.Elif(bad_len):
             m.d.comb += status.eq(VectorStatus.BAD_LENGTH)
@@ -226,7 +242,9 @@ class VectorUnit(wiring.Component):
         m.submodules.row = row = RowEngine(lanes=V, max_len=self._max_len)
         m.submodules.tok = tok = TokenBuffer(lanes=V, max_len=self._max_len)
         m.submodules.rope = rope = RopeFront(lanes=V, total_width=self._tw)
-        m.submodules.had = had = HadamardFront(lanes=V, total_width=self._tw)
+        had = None
+        if VectorOp.HADAMARD in self._ops:
+            m.submodules.had = had = HadamardFront(lanes=V, total_width=self._tw)
         m.submodules.tab = tab = ScaleTables(lanes=V)
         status = self._status(m, c, tab.written)
         m.d.comb += self.cmd.ready.eq(~busy & ~self.resp.valid)
@@ -244,17 +262,19 @@ class VectorUnit(wiring.Component):
                              total.eq(Mux(c.op == VectorOp.TABLE, 0, c.rows * n_beats))]
         m.d.comb += [
             row.start.eq(start & ((c.op == VectorOp.RMSNORM) | (c.op == VectorOp.RMSNORM_FP32))),
-            row.fp32.eq(c.dtype == Dtype.INT8), row.fp32_in.eq(c.op == VectorOp.RMSNORM_FP32),
+            row.fp32.eq(c.dtype == Dtype.INT8),
+            row.fp32_in.eq((c.op == VectorOp.RMSNORM_FP32) if VectorOp.RMSNORM_FP32 in self._ops else 0),
             row.length.eq(c.length), row.beats.eq(n_beats),
             row.rows.eq(c.rows), row.eps.eq(c.imm0), row.inv_d.eq(c.imm1),
             tok.start.eq(start & (c.op == VectorOp.QUANT_TOKEN)), tok.fp32.eq(c.dtype == Dtype.INT8),
-            tok.scaled.eq((c.flags & VectorFlag.ROW_SCALE).any()), tok.length.eq(c.length),
+            tok.scaled.eq((c.flags & VectorFlag.ROW_SCALE).any() if VectorOp.TABLE in self._ops else 0),
+            tok.length.eq(c.length),
             tok.beats.eq(n_beats), tok.rows.eq(c.rows),
             tab.mu_j.eq(tok.mu_j), tab.mu_en.eq(tok.mu_en), tok.mu.eq(tab.mu),
             rope.start.eq(start & (c.op == VectorOp.ROPE)), rope.total.eq(c.rows * n_beats),
             rope.hb.eq(c.head_dim >> (log2v + 1)),
-            had.start.eq(start & (c.op == VectorOp.HADAMARD)), had.total.eq(c.rows * n_beats),
-            had.fp32.eq(c.dtype == Dtype.INT8),
+            *([] if had is None else [had.start.eq(start & (c.op == VectorOp.HADAMARD)),
+                                      had.total.eq(c.rows * n_beats), had.fp32.eq(c.dtype == Dtype.INT8)]),
             tab.start.eq(start & (c.op == VectorOp.TABLE)), tab.table.eq(c.imm0[0]),
             tab.s_start.eq(start & _reads_s_in(c.op, c.flags)), tab.s_rows.eq(c.rows),
         ]
@@ -268,10 +288,12 @@ class VectorUnit(wiring.Component):
         V = self._v
         row, tok, rope, had, tab = (parts[k] for k in ("row", "tok", "rope", "had", "tab"))
         op = cur.op
-        is_tok, is_rope, is_had = (op == o for o in (VectorOp.QUANT_TOKEN, VectorOp.ROPE, VectorOp.HADAMARD))
-        is_row32 = op == VectorOp.RMSNORM_FP32      # the rows again on b, the scalars from the row engine
+        has = lambda o: (op == o) if o in self._ops else Const(0)
+        is_tok, is_rope, is_had = (has(o) for o in (VectorOp.QUANT_TOKEN, VectorOp.ROPE, VectorOp.HADAMARD))
+        is_row32 = has(VectorOp.RMSNORM_FP32)      # the rows again on b, the scalars from the row engine
         is_row = (op == VectorOp.RMSNORM) | is_row32
-        fronts = ((is_row, row), (is_tok, tok), (is_rope, rope), (is_had, had))
+        fronts = tuple((sel, f) for sel, f in ((is_row, row), (is_tok, tok), (is_rope, rope), (is_had, had))
+                       if f is not None)
         is_elem = ~(is_row | is_tok | is_rope | is_had | (op == VectorOp.TABLE))
         need_b = is_elem & ((op == VectorOp.ADD) | (op == VectorOp.SWIGLU) | (op == VectorOp.DEQUANT)
                             | (op == VectorOp.REQUANT)) | is_row32
@@ -323,13 +345,14 @@ class VectorUnit(wiring.Component):
             m.d.sync += vpipe.eq(Cat(issue, vpipe[:-1]))
         masks = []
         for j in range(V):
-            lane = VectorLane()
+            lane = VectorLane(ops=self._ops)
             m.submodules[f"lane{j}"] = lane
             mask = base + j < cur.length
             masks.append(mask)
+            had_ab = [] if had is None else [(is_had, had.o.payload.a[j], had.o.payload.b[j])]
             a_src = _pick([(is_row32, self.b.payload[j]), (is_row, row.o.payload.x[j]), (is_tok, tok.o.payload.x[j]),
-                           (is_rope, rope.o.payload.a[j]), (is_had, had.o.payload.a[j])], self.a.payload[j])
-            b_src = _pick([(is_rope, rope.o.payload.b[j]), (is_had, had.o.payload.b[j])], self.b.payload[j])
+                           (is_rope, rope.o.payload.a[j])] + [(s, a) for s, a, _ in had_ab], self.a.payload[j])
+            b_src = _pick([(is_rope, rope.o.payload.b[j])] + [(s, b) for s, _, b in had_ab], self.b.payload[j])
             m.d.comb += [
                 lane.en.eq(en), lane.op.eq(op), lane.dtype.eq(cur.dtype), lane.flags.eq(cur.flags),
                 lane.half.eq(rope.o.payload.half), lane.a.eq(a_src), lane.b.eq(b_src),
@@ -379,7 +402,7 @@ class VectorUnit(wiring.Component):
                                                 & (op == VectorOp.DEQUANT), nn, 0))]
             with m.Case(VectorOp.HADAMARD):
                 m.d.comb += ev.add_fp32.eq(6 * nn)
-        bufs = [parts[k] for k in ("row", "tok", "rope", "had")]
+        bufs = [parts[k] for k in ("row", "tok", "rope", "had") if parts[k] is not None]
         m.d.comb += [
             ev.busy.eq(x["busy"]), ev.beats_out.eq(x["o_fire"]), ev.beats_in.eq(self.a.valid & self.a.ready),
             ev.stall_output.eq(x["busy"] & self.o.valid & ~self.o.ready),
@@ -387,6 +410,23 @@ class VectorUnit(wiring.Component):
             ev.buf_reads.eq(sum(b.buf_reads for b in bufs)),
             ev.buf_writes.eq(sum(b.buf_writes for b in bufs)),
         ]
+
+
+def _check_ops(ops):
+    """``ops`` as a sorted tuple of VectorOp (None: all); TypeError/ValueError naming ``ops``."""
+    if ops is None:
+        return tuple(VectorOp)
+    if isinstance(ops, (str, bytes, int)) or not hasattr(ops, "__iter__"):
+        raise TypeError(f"ops must be a collection of VectorOp, not {ops!r}")
+    out = set()
+    for op in ops:
+        try:
+            out.add(VectorOp(op))
+        except ValueError:
+            raise ValueError(f"ops: {op!r} is not a VectorOp ({', '.join(o.name for o in VectorOp)})") from None
+    if not out:
+        raise ValueError("ops must name at least one VectorOp")
+    return tuple(sorted(out))
 
 
 def _reads_s_in(op, flags):

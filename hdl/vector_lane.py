@@ -48,6 +48,15 @@ def _sext(m, value, width, name):
 class VectorLane(wiring.Component):
     """One element per ``en``-cycle of any element-wise op.
 
+    Parameters
+    ----------
+    silu_table : optional
+        The SiLU table (default :func:`spec.vector.silu_bf16_table`).
+    ops : collection of VectorOp, optional
+        The unit's ops (default all, :class:`hdl.vector.VectorUnit`): without RMSNORM_FP32 no
+        fp32 × bf16 gain multiplier, without HADAMARD no fp32 operands for its stage, without
+        TABLE no row-scale path.
+
     Members
     -------
     en : In(1)
@@ -86,9 +95,15 @@ class VectorLane(wiring.Component):
     mask: In(1)
     y: Out(32)
 
-    def __init__(self, silu_table=None):
+    def __init__(self, silu_table=None, ops=None):
         self._silu_table = silu_table
+        self._ops = frozenset(VectorOp if ops is None else ops)
         super().__init__()
+
+    def _is(self, r, op):
+        """``r["op"] == op``, or a constant 0 when the lane is built without ``op`` (its logic
+        then drops out of the netlist)."""
+        return (r["op"] == op) if op in self._ops else Const(0)
 
     @property
     def latency(self):
@@ -142,7 +157,7 @@ class VectorLane(wiring.Component):
         # a' = a·C + b·(−S) (first half), b' = a·S + b·C (second half)
         m.d.comb += [mul0.en.eq(en), mul0.a.eq(r["a"][:16]), mul0.b.eq(Mux(r["half"], s, c)),
                      mul1.en.eq(en), mul1.a.eq(r["b"][:16]), mul1.b.eq(Mux(r["half"], c, s ^ 0x8000))]
-        fp32 = (r["dtype"] == Dtype.INT8) | (r["op"] == VectorOp.HADAMARD)
+        fp32 = (r["dtype"] == Dtype.INT8) | self._is(r, VectorOp.HADAMARD)
         xa = delay(m, Mux(fp32, r["a"], Cat(Const(0, 16), r["a"][:16])), 2, en, "add_a")
         xb = delay(m, Mux(fp32, r["b"], Cat(Const(0, 16), r["b"][:16])), 2, en, "add_b")
         rope = delay(m, r["op"] == VectorOp.ROPE, 2, en, "add_rope")
@@ -176,7 +191,7 @@ class VectorLane(wiring.Component):
         RMSNORM: bf16(bf16(x·r)·g); RMSNORM_FP32: bf16(fp32_mul(fp32_mul(x, r), g));
         DEQUANT with ROW_SCALE: fp32_mul(the int chain's yf, nu)."""
         en = self.en
-        rms32 = r["op"] == VectorOp.RMSNORM_FP32
+        rms32 = self._is(r, VectorOp.RMSNORM_FP32)
         rms = (r["op"] == VectorOp.RMSNORM) | rms32
         qtok = r["op"] == VectorOp.QUANT_TOKEN
         x = Mux(rms32, r["a"], Mux(rms | (r["dtype"] == Dtype.BF16), Cat(Const(0, 16), r["a"][:16]), r["a"]))
@@ -188,7 +203,9 @@ class VectorLane(wiring.Component):
         xs = Mux(ef == 0xFF, a, Mux((ef == 0) | (es <= 0), Cat(Const(0, 31), a[31]), Cat(a[:23], es[:8], a[31])))
         # DEQUANT with ROW_SCALE: the multiplier takes the int chain's result and the row's nu
         # (5 en-cycles after the input register; zeros in a lane past the row's end)
-        rs = (r["op"] == VectorOp.DEQUANT) & (r["flags"] & VectorFlag.ROW_SCALE).any()
+        # (no ROW_SCALE command runs on a unit without TABLE: its tables are never written)
+        rs = ((r["op"] == VectorOp.DEQUANT) & (r["flags"] & VectorFlag.ROW_SCALE).any()
+              if VectorOp.TABLE in self._ops else Const(0))
         late = _CHAIN - 2
         rs_late = delay(m, rs, late, en, "rs_on")
         mask_late = delay(m, r["mask"], late, en, "rs_mask")

@@ -136,11 +136,12 @@ def _fp32_class(bits):
 
 
 def command_status(*, op, dtype, length, rows, head_dim=0, shift=0, imm0=0, imm1=0, lanes, max_len,
-                   flags=0, tables=frozenset()):
+                   flags=0, tables=frozenset(), ops=None):
     """The :class:`VectorStatus` the unit answers for these command fields (checked in this order:
     op, length, rows, head_dim, immediates, tables). ``tables``: the :class:`VectorTable` values
-    written (by a TABLE answered OK) since reset."""
-    if op not in set(VectorOp):
+    written (by a TABLE answered OK) since reset; ``ops``: the ops the unit is built with (default
+    all; ``hdl.vector.VectorUnit(ops=...)``), the others answer BAD_OP."""
+    if op not in set(VectorOp if ops is None else ops):
         return VectorStatus.BAD_OP
     if not 1 <= length <= max_len or (op == VectorOp.HADAMARD and length % HADAMARD_BLOCK) or (
             op == VectorOp.TABLE and length % lanes):

@@ -78,3 +78,20 @@ def test_fpga_seed_option_defaults_to_1_and_takes_an_integer():
     assert arg_parser().parse_args(["--seed", "3"]).seed == 3
     with pytest.raises(SystemExit):
         arg_parser().parse_args(["--seed", "three"])
+
+
+def test_fpga_entry_is_current_only_for_the_verilog_it_was_measured_on(tmp_path):
+    import json
+
+    from bench.fpga import entry_of, verilog_sha256
+    from hdl.config import get_config
+    from hdl.generate import generate
+    generate(get_config("tiny").replace(array={"dsp": "ecp5"}), ["int8_mac"], tmp_path)
+    sha = verilog_sha256(tmp_path / "int8_mac.v")
+    path = tmp_path / "fpga-tiny.json"
+    path.write_text(json.dumps({"tops": {"int8_mac": {"luts": 2, "verilog_sha256": sha},
+                                         "fp32_add": {"luts": 438, "verilog_sha256": "0" * 64}}}))
+    assert entry_of("tiny", "int8_mac", path) == {"luts": 2, "verilog_sha256": sha, "current": True}
+    assert entry_of("tiny", "fp32_add", path)["current"] is False
+    assert entry_of("tiny", "bf16_mul", path) is None
+    assert entry_of("tiny", "int8_mac", tmp_path / "missing.json") is None

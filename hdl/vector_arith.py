@@ -23,6 +23,8 @@ from amaranth.lib.wiring import In, Out
 
 from spec import vector as spec
 
+from .params import check_int
+
 __all__ = ["Stages", "delay", "Fp32MulCore", "Fp32ToInt8Core", "IntScaleCore", "SiluCore",
            "RsqrtCore", "bit_length"]
 
@@ -105,9 +107,7 @@ class Fp32MulCore(_EnCore):
     LATENCY = 3
 
     def __init__(self, *, b_frac=23):
-        if not isinstance(b_frac, int) or not 7 <= b_frac <= 23:
-            raise ValueError(f"b_frac must be an int in 7..23, not {b_frac!r}")
-        self._b_frac = b_frac
+        self._b_frac = check_int("b_frac", b_frac, 7, 23)
         super().__init__()
 
     @property
@@ -321,9 +321,7 @@ class RsqrtCore(_EnCore):
     _DIV_STEPS = 39
 
     def __init__(self, *, steps_per_stage=2):
-        if not isinstance(steps_per_stage, int) or not 1 <= steps_per_stage <= 8:
-            raise ValueError(f"steps_per_stage must be an int in 1..8, not {steps_per_stage!r}")
-        self._sps = steps_per_stage
+        self._sps = check_int("steps_per_stage", steps_per_stage, 1, 8)
         super().__init__()
 
     @property

@@ -65,7 +65,7 @@ class VectorStatus(enum.IntEnum, shape=4):
     """``status`` of a vector response. Every non-zero status: no beat of any stream was taken
     for the command and nothing was output; the next command runs normally."""
     OK = 0
-    BAD_OP = 1         #: op 11..15
+    BAD_OP = 1         #: op 11..15, or an op the unit is built without (hdl.vector.VectorUnit ``ops``)
     BAD_LENGTH = 2     #: length 0 or above max_len; HADAMARD: not a multiple of 64; TABLE: not a multiple of lanes
     BAD_ROWS = 3       #: rows 0; TABLE: rows·length ≠ SCALE_ENTRIES
     BAD_HEAD_DIM = 4   #: RoPE: head_dim not a power of two in 2·lanes .. MAX_HEAD_DIM, or not dividing length

@@ -176,3 +176,14 @@ def test_vector_unit_parameters_are_refused_naming_the_parameter(kw, exc, text):
     from hdl.vector import VectorUnit
     with pytest.raises(exc, match=text):
         VectorUnit(**kw)
+
+
+@pytest.mark.parametrize("make, exc, text", [
+    (lambda: Fp32MulCore(b_frac=6), ValueError, r"b_frac must be in 7\.\.23, not 6"),
+    (lambda: Fp32MulCore(b_frac=7.0), TypeError, "b_frac must be an int"),
+    (lambda: RsqrtCore(steps_per_stage=0), ValueError, r"steps_per_stage must be in 1\.\.8, not 0"),
+    (lambda: RsqrtCore(steps_per_stage=True), TypeError, "steps_per_stage must be an int"),
+])
+def test_core_parameters_are_refused_naming_the_parameter(make, exc, text):
+    with pytest.raises(exc, match=text):
+        make()

@@ -36,6 +36,10 @@ _ONE = 0x3F800000
 _SLACK = 16
 
 
+def _tree_levels(lanes):
+    return max(1, ceil_log2(lanes))
+
+
 class TokenBuffer(wiring.Component):
     """Buffers QUANT_TOKEN rows and computes each row's exponent, scale index and multiplier.
 
@@ -82,7 +86,7 @@ class TokenBuffer(wiring.Component):
     @property
     def tree_levels(self):
         """Registered levels of the max tree (at least one)."""
-        return max(1, ceil_log2(self._v))
+        return _tree_levels(self._v)
 
     @property
     def scalar_latency(self):
@@ -93,7 +97,7 @@ class TokenBuffer(wiring.Component):
     def scalar_latency_for(lanes):
         """:attr:`scalar_latency` of a buffer of ``lanes`` lanes: the max tree, the running
         maximum, the table read, the FIFO write and read, the output register."""
-        return max(1, ceil_log2(lanes)) + 4
+        return _tree_levels(lanes) + 4
 
     def elaborate(self, platform):
         m = Module()

@@ -13,13 +13,16 @@ The first yowasp call compiles the WebAssembly tools (about a minute); later cal
 """
 
 import argparse
+import contextlib
 import datetime
 import hashlib
+import io
 import json
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -67,9 +70,6 @@ def entry_of(config_name, top, path=None):
     build/bench/fpga-<config>.json), with ``"current"``: whether it is of the netlist the sources
     give today (its Verilog hash against a fresh :func:`hdl.generate.generate`); None without an
     entry."""
-    import contextlib
-    import io
-    import tempfile
     path = ROOT / "build" / "bench" / f"fpga-{config_name}.json" if path is None else path
     entry = load_results(path).get(top)
     if entry is None:

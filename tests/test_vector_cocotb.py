@@ -437,10 +437,16 @@ def test_rmsnorm_fp32_equals_golden_at_lengths_1_v_minus_1_v_v_plus_1_64_and_max
     cases.append(random_case(rng, "rmsnorm_fp32", "bf16", 9, 64, **KW))      # dtype is ignored
     res = run_commands([c[0] for c in cases], config="tiny", stall=stalls[0], backpressure=stalls[1], seed=seed)
     _check(cases, res)
-    n = sum(c[0]["rows"] * c[0]["length"] for c in cases if c[0]["op"] == VectorOp.RMSNORM_FP32)
     assert res["counters"]["rsqrt"] == sum(c[0]["rows"] for c in cases if c[0]["op"] in (
         VectorOp.RMSNORM, VectorOp.RMSNORM_FP32))
-    assert res["counters"]["mul_fp32"] >= 3 * n       # x², x·r and t·g per element
+    # fp32 multiplies of a command of `rows` rows of `length`: RMSNORM_FP32 x·r and t·g per element,
+    # the squares V per column cycle (a group of up to V rows takes `length` of them) and
+    # s·(1/D) per row; RMSNORM x·r per element and s·(1/D) per row; QUANT_TOKEN one per element
+    def mul_fp32(op, rows, length):
+        squares = -(-rows // V) * V * length
+        return {VectorOp.RMSNORM_FP32: 2 * rows * length + squares + rows, VectorOp.RMSNORM: rows * length + rows,
+                VectorOp.QUANT_TOKEN: rows * length, VectorOp.ADD: 0}[op]
+    assert res["counters"]["mul_fp32"] == sum(mul_fp32(c[0]["op"], c[0]["rows"], c[0]["length"]) for c in cases)
 
 
 @pytest.mark.xdist_group("vector_tiny")

@@ -18,7 +18,7 @@ from spec import isa, matmul_layout
 from .axi import AxiLiteSignature, AxiSignature
 from .cmdproc import CommandProcessor, ProcState
 from .config import ChipConfig, get_config
-from .counters import EventCounters, events_layout
+from .counters import CounterBank, events_layout
 from .csr import CsrBank, RegisterMap
 from .dma import AxiReadEngine, AxiWriteEngine
 from .exec_kv import KVExec
@@ -134,7 +134,8 @@ class Chip(wiring.Component):
         }
         self._counter_fields = self._counter_layout()
         self._regmap = RegisterMap.from_spec(spec_csr.chip_registers(list(self._counter_fields)))
-        self._csr = CsrBank(self._regmap)
+        # the counters are read from a CounterBank's memory (hdl/counters.py), not one register each
+        self._csr = CsrBank(self._regmap, window=(spec_csr.COUNTER_BASE, len(self._counter_fields)))
 
     @staticmethod
     def param_beat_bytes(config):
@@ -306,7 +307,7 @@ class Chip(wiring.Component):
 
     def _wire_counters(self, m, csr, spad):
         layout = events_layout(self._counter_fields)
-        m.submodules.counters = counters = EventCounters(layout)
+        m.submodules.counters = counters = CounterBank(layout)
         ev = counters.events
         m.d.comb += ev.cycles.eq(1)
         for block, events in self._events.items():
@@ -320,5 +321,4 @@ class Chip(wiring.Component):
                                               + [getattr(se, f"w{j}_wait") for j in range(len(SPAD_WRITERS))])),
                      ev.spad_bad_addr.eq(se.bad_addr),
                      counters.clear.eq(csr.regs.counters_clear)]
-        for name in self._counter_fields:
-            m.d.comb += getattr(csr.regs, f"cnt_{name}").eq(getattr(counters.counts, name))
+        m.d.comb += [counters.rd_index.eq(csr.win_index), csr.win_value.eq(counters.rd_value)]

@@ -12,11 +12,12 @@ from the same hardware. Counters are ``width`` bits (48 by default: 2**48 cycles
 100 MHz) and wrap.
 """
 
-from amaranth.hdl import Module
+from amaranth.hdl import Array, Module, Mux, Signal, unsigned
 from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["EventCounters", "events_layout", "COUNTER_WIDTH"]
+__all__ = ["EventCounters", "CounterBank", "events_layout", "COUNTER_WIDTH"]
 
 #: Width of every counter.
 COUNTER_WIDTH = 48
@@ -86,4 +87,121 @@ class EventCounters(wiring.Component):
                 m.d.sync += count.eq(0)
             with m.Else():
                 m.d.sync += count.eq(count + getattr(self.events, name))
+        return m
+
+
+class CounterBank(wiring.Component):
+    """The counts of :class:`EventCounters`, held in a memory and read one at a time.
+
+    For many counters read by software, one ``width``-bit register and adder per counter is the
+    costly part (on the ECP5 the chip's 124 48-bit counters took about 3,000 carry cells and
+    6,000 flip-flops, and a 124-way 48-bit read multiplexer). Here each counter has a narrow
+    *local* counter; a sweep visits one counter per cycle, in turn, and adds its local count into
+    the ``width``-bit total held in a memory (read in one cycle, written back in the next), so a
+    local counter holds at most the events of n cycles (n counters: ``ceil_log2(n·(2**w − 1) + 1)``
+    bits for an event of w bits). A counter's value is its total plus its local count plus the
+    amount the sweep is writing back for it.
+
+    Parameters
+    ----------
+    layout : data.StructLayout
+        The ``events`` layout, as for :class:`EventCounters`.
+    width : int
+        Bits per counter, 8..64.
+
+    Members
+    -------
+    events : In(layout)
+    clear : In(1)
+        As :class:`EventCounters`: every counter reads 0 from the next cycle on, and the events of
+        the cycle in which ``clear`` is 1 are not counted. (The totals are not written at once: a
+        flag per counter says its total is stale, and the sweep's next write-back of that counter
+        starts it again from 0.)
+    rd_index : In(range(n))
+        A counter to read (by layout order), every cycle.
+    rd_value : Out(width)
+        The value :class:`EventCounters`' ``counts`` would show, in the cycle ``rd_index`` is given,
+        for counter ``rd_index`` of that cycle: the events of every cycle before it since the last
+        clear. It is valid one cycle later (combinational from registers and the memory's read
+        data, through one ``width``-bit adder).
+
+    Latency: ``rd_value`` one cycle after ``rd_index`` (:attr:`read_latency`).
+    """
+
+    def __init__(self, layout, *, width=COUNTER_WIDTH):
+        if not isinstance(layout, data.StructLayout):
+            raise TypeError(f"layout must be a data.StructLayout, not {type(layout).__name__}")
+        if not isinstance(width, int) or isinstance(width, bool) or not 8 <= width <= 64:
+            raise ValueError(f"width must be an int in 8..64, not {width!r}")
+        self._fields = [(name, field.width) for name, field in layout]
+        if len(self._fields) < 2:
+            raise ValueError(f"a counter bank needs at least 2 counters, not {len(self._fields)}")
+        self._width = width
+        super().__init__({
+            "events": In(layout),
+            "clear": In(1),
+            "rd_index": In(range(len(self._fields))),
+            "rd_value": Out(width),
+        })
+
+    @property
+    def names(self):
+        """The counter names, in layout order."""
+        return [name for name, _ in self._fields]
+
+    @property
+    def read_latency(self):
+        return 1
+
+    def local_width(self, event_width):
+        """Bits of the local counter of an event of ``event_width`` bits."""
+        return (len(self._fields) * ((1 << event_width) - 1)).bit_length()
+
+    def elaborate(self, platform):
+        m = Module()
+        n, w = len(self._fields), self._width
+        lw = max(self.local_width(ew) for _, ew in self._fields)
+        local = [Signal(self.local_width(ew), name=f"local_{name}") for name, ew in self._fields]
+        # one bit per counter: its total in the memory is from before the last clear (all after
+        # reset, which does not reach the memory)
+        stale = Signal(n, init=(1 << n) - 1)
+        m.submodules.totals = totals = Memory(shape=unsigned(w), depth=n, init=[])
+        sweep_rd = totals.read_port(domain="sync")
+        sweep_wr = totals.write_port()
+        user_rd = totals.read_port(domain="sync")    # not transparent: the total before this cycle's write
+        # the sweep: take counter p's local count in cycle t (its memory total is read), add it in t + 1
+        p = Signal(range(n))
+        wb_valid = Signal()
+        wb_index = Signal(range(n))
+        wb_take = Signal(lw)
+        wb_stale = Signal()
+        m.d.sync += p.eq(Mux(p == n - 1, 0, p + 1))
+        m.d.comb += [sweep_rd.addr.eq(p), sweep_rd.en.eq(1)]
+        locals_ = Array(local)
+        for i, (name, _) in enumerate(self._fields):
+            event = getattr(self.events, name)
+            with m.If(self.clear):
+                m.d.sync += local[i].eq(0)
+            with m.Elif(p == i):
+                m.d.sync += local[i].eq(event)
+            with m.Else():
+                m.d.sync += local[i].eq(local[i] + event)
+        m.d.sync += [wb_valid.eq(~self.clear), wb_index.eq(p), wb_take.eq(locals_[p]),
+                     wb_stale.eq(stale.bit_select(p, 1))]
+        m.d.comb += [sweep_wr.addr.eq(wb_index), sweep_wr.en.eq(wb_valid & ~self.clear),
+                     sweep_wr.data.eq(Mux(wb_stale, 0, sweep_rd.data) + wb_take)]
+        with m.If(self.clear):
+            m.d.sync += stale.eq((1 << n) - 1)
+        with m.Elif(wb_valid):
+            m.d.sync += stale.bit_select(wb_index, 1).eq(0)
+        # a read: the total (0 if stale), the local count and the amount being written back, all
+        # as of the cycle rd_index is given
+        r_local = Signal(lw)
+        r_take = Signal(lw)
+        r_stale = Signal()
+        m.d.comb += [user_rd.addr.eq(self.rd_index), user_rd.en.eq(1)]
+        m.d.sync += [r_local.eq(locals_[self.rd_index]),
+                     r_take.eq(Mux(wb_valid & (wb_index == self.rd_index), wb_take, 0)),
+                     r_stale.eq(stale.bit_select(self.rd_index, 1))]
+        m.d.comb += self.rd_value.eq(Mux(r_stale, 0, user_rd.data) + r_local + r_take)
         return m

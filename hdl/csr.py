@@ -22,8 +22,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from spec import csr as spec_csr
@@ -170,6 +171,18 @@ class CsrBank(wiring.Component):
     regs : Out(Signature(regmap.signature_members()))
         One port per register (see the module docstring).
 
+    win_index : Out(range(n)), win_value : In(width)
+        With ``window``: the window register a read asks for, given in the cycle AR is accepted,
+        and its value, expected in the next cycle (a :class:`hdl.counters.CounterBank`'s
+        ``rd_index`` and ``rd_value``).
+
+    ``window`` (optional) is ``(offset, n)``: the ``n`` registers at ``offset + 8·i`` (``offset`` a
+    multiple of 8), all ``ro``, two words and of one width, are read through ``win_index`` /
+    ``win_value`` instead of one ``regs`` port each, so that a memory can hold them. A window
+    register keeps the ``ro`` rule: its high half reads the snapshot its last low-half read
+    took; the snapshots are a memory too (0 before the first low-half read after power-up; a
+    reset leaves them).
+
     Protocol: the read and the write channels are independent. R is valid 2 cycles after AR
     is accepted (:attr:`read_latency`), and the next AR is accepted once R is taken. AW and W
     are each held in a register (either may come first); in the first cycle both are held and B
@@ -178,14 +191,48 @@ class CsrBank(wiring.Component):
     is done returns the old value.
     """
 
-    def __init__(self, regmap):
+    def __init__(self, regmap, *, window=None):
         if not isinstance(regmap, RegisterMap):
             raise TypeError(f"regmap must be a RegisterMap, not {type(regmap).__name__}")
         self._map = regmap
-        super().__init__({
+        self._window = self._check_window(regmap, window)
+        members = {
             "bus": In(AxiLiteSignature(addr_width=regmap.addr_width, data_width=32)),
-            "regs": Out(wiring.Signature(regmap.signature_members())),
-        })
+            "regs": Out(wiring.Signature({k: v for k, v in regmap.signature_members().items()
+                                          if k not in {r.port for r in self._window_regs}})),
+        }
+        if self._window:
+            members["win_index"] = Out(range(self._window[1]))
+            members["win_value"] = In(self._window_regs[0].width)
+        super().__init__(members)
+
+    @staticmethod
+    def _check_window(regmap, window):
+        if window is None:
+            return None
+        offset, n = window
+        if not isinstance(offset, int) or offset < 0 or offset % 8:
+            raise ValueError(f"window offset must be a non-negative multiple of 8, not {offset!r}")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"window size must be a positive int, not {n!r}")
+        at = {r.offset: r for r in regmap}
+        widths = set()
+        for i in range(n):
+            r = at.get(offset + 8 * i)
+            if r is None or r.access != "ro" or r.words != 2:
+                raise ValueError(f"window register {i} at {offset + 8 * i:#x} must be a two-word ro register")
+            widths.add(r.width)
+        if len(widths) != 1:
+            raise ValueError(f"window registers must share one width, not {sorted(widths)}")
+        return (offset, n)
+
+    @property
+    def _window_regs(self):
+        if not self._window:
+            return []
+        offset, n = self._window
+        at = {r.offset: r for r in self._map}
+        return [at[offset + 8 * i] for i in range(n)]
 
     @classmethod
     def from_config(cls, config=None):
@@ -200,8 +247,9 @@ class CsrBank(wiring.Component):
         return 2
 
     def _word_cases(self):
-        """(offset, register, half) of every word."""
-        return [(r.offset + 4 * k, r, k) for r in self._map for k in range(r.words)]
+        """(offset, register, half) of every word outside the window."""
+        skip = {r.name for r in self._window_regs}
+        return [(r.offset + 4 * k, r, k) for r in self._map if r.name not in skip for k in range(r.words)]
 
     def elaborate(self, platform):
         m = Module()
@@ -223,6 +271,7 @@ class CsrBank(wiring.Component):
         m.d.comb += bus.arready.eq(~pending & ~bus.rvalid)
         with m.If(bus.arvalid & bus.arready):
             m.d.sync += [pending.eq(1), addr.eq(bus.araddr[2:])]
+        win = self._read_window(m, pending, addr) if self._window else None
         with m.If(bus.rready):
             m.d.sync += bus.rvalid.eq(0)
         with m.If(pending):
@@ -240,6 +289,28 @@ class CsrBank(wiring.Component):
                             m.d.sync += bus.rdata.eq(snaps[r.name])
                         else:
                             m.d.sync += bus.rdata.eq(value[32 * half:32 * half + 32])
+            if win is not None:
+                in_win, hi, snap = win
+                with m.If(in_win):
+                    m.d.sync += [bus.rresp.eq(Resp.OKAY), bus.rdata.eq(Mux(hi, snap, self.win_value[:32]))]
+
+    def _read_window(self, m, pending, addr):
+        """The window's index (from ``araddr``), its snapshot memory; (in window, high half,
+        snapshot) of the read in its ``pending`` cycle."""
+        offset, n = self._window
+        first = offset >> 2
+        word = self.bus.araddr[2:]
+        m.d.comb += self.win_index.eq((word - first)[1:])
+        hi_bits = len(self.win_value) - 32
+        m.submodules.win_snaps = snaps = Memory(shape=unsigned(hi_bits), depth=max(n, 2), init=[])
+        snap_rd = snaps.read_port(domain="sync")
+        snap_wr = snaps.write_port()
+        in_win = Signal()
+        m.d.comb += [in_win.eq((addr >= first) & (addr < first + 2 * n)),
+                     snap_rd.addr.eq(self.win_index), snap_rd.en.eq(self.bus.arvalid & self.bus.arready),
+                     snap_wr.addr.eq((addr - first)[1:]), snap_wr.en.eq(pending & in_win & ~addr[0]),
+                     snap_wr.data.eq(self.win_value[32:])]
+        return pending & in_win, addr[0], snap_rd.data
 
     def _write(self, m, cleared):
         bus = self.bus

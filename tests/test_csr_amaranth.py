@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The CSR bank without Verilator: register-map checks, the generated docs/csr.md, and
 amaranth.sim runs of every access kind through a small AXI4-Lite driver."""
 
@@ -206,3 +207,52 @@ def test_read_latency_and_write_timing_are_as_documented():
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+
+
+WINDOW_MAP = [("ID", 0x0, 32, "ro", "identifier"), ("CTRL", 0x4, 8, "rw", "read-write"),
+              ("C0", 0x40, 48, "ro", "counter 0"), ("C1", 0x48, 48, "ro", "counter 1"),
+              ("C2", 0x50, 48, "ro", "counter 2")]
+
+
+def test_window_registers_are_read_through_the_index_port_with_a_snapshot_per_register():
+    dut = CsrBank(RegisterMap([Register(*r) for r in WINDOW_MAP], addr_width=8), window=(0x40, 3))
+    assert set(dut.signature.members["regs"].signature.members) == {"id", "ctrl"}
+    drv = LiteDriver(dut.bus)
+    table = [0x0001_AAAA_0000, 0x0002_BBBB_1111, 0x0003_CCCC_2222]
+
+    async def window_model(ctx):            # the value of the index given one cycle before
+        async for _clk, _rst, index in ctx.tick().sample(dut.win_index):
+            ctx.set(dut.win_value, table[index] if index < len(table) else 0xDEAD)
+
+    async def bench(ctx):
+        ctx.set(dut.regs.id, 0x1D)
+        assert await drv.read(ctx, 0x48) == (0xBBBB_1111, 0)
+        assert await drv.read(ctx, 0x40) == (0xAAAA_0000, 0)
+        table[:] = [0x0009_0000_0000, 0x0008_0000_0000, 0x0007_0000_0007]
+        assert await drv.read(ctx, 0x4C) == (0x0002, 0)              # C1's snapshot, not C0's
+        assert await drv.read(ctx, 0x44) == (0x0001, 0)
+        assert await drv.read(ctx, 0x50) == (0x0000_0007, 0)
+        assert await drv.read(ctx, 0x54) == (0x0007, 0)
+        assert await drv.read(ctx, 0x0) == (0x1D, 0)                 # outside the window as before
+        assert await drv.read(ctx, 0x58) == (0, 2)                   # past the window: unmapped
+        assert await drv.read(ctx, 0x3C) == (0, 2)
+        assert await drv.write(ctx, 0x48, 1) == 2                    # ro: SLVERR
+        assert await drv.write(ctx, 0x4, 0x5A) == 0
+        assert await drv.read(ctx, 0x4) == (0x5A, 0)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_process(window_model)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.parametrize("window, message", [
+    ((0x44, 2), "multiple of 8"),
+    ((0x40, 0), "positive int"),
+    ((0x40, 4), "window register 3 at 0x58 must be a two-word ro register"),
+    ((0x0, 1), "window register 0 at 0x0 must be a two-word ro register"),
+])
+def test_bad_windows_raise_naming_the_problem(window, message):
+    with pytest.raises(ValueError, match=message):
+        CsrBank(RegisterMap([Register(*r) for r in WINDOW_MAP], addr_width=8), window=window)

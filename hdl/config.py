@@ -24,8 +24,8 @@ Presets (:data:`PRESETS`):
     The whole chip on one Lattice ECP5 LFE5U-85F (83,640 LUT4, 208 DP16KD block RAMs of 18 kbit,
     156 18×18 multipliers; ``make fpga TOP=chip CONFIG=fpga``): a 2×2 array, 2 scratchpad lanes,
     a 64-bit AXI master. Synthesized inside its board wrapper (yosys ``synth_ecp5``, docs/chip.md
-    "FPGA") it takes 40,069 LUT4 and 10,389 carry cells (about 60,800 of the LUT sites),
-    40,859 flip-flops, 77 multipliers and 170 DP16KD; it has not routed yet. A 4×4 array with 4
+    "FPGA") it takes 37,928 LUT4 and 8,004 carry cells (76 % of the logic cells after packing),
+    34,142 flip-flops, 77 multipliers and 175 DP16KD; it has not routed yet. A 4×4 array with 4
     lanes does not fit: 61,315 LUT4 and 13,780 carry cells (about 89k LUT sites) and 212 DP16KD
     with these memories. It keeps a SmolLM2-135M layer's
     shapes: a KV cache of 3 heads × 64 (int8), 16 pages of 16 = 256 positions of one layer

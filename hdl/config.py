@@ -30,8 +30,9 @@ Presets (:data:`PRESETS`):
     with these memories. It keeps a SmolLM2-135M layer's
     shapes: a KV cache of 3 heads × 64 (int8), 16 pages of 16 = 256 positions of one layer
     (96 KiB, 48 DP16KD), for up to 4 sequences; vector rows up to 1536 (d_ff; d_model + 2·kv_dim
-    = 960 too); softmax rows of 256 keys (the whole cache); a scratchpad of 4 banks × 4096 words
-    × 2 lanes (32768 elements, 64 DP16KD), which holds a step of up to 3 token rows in int8 mode
+    = 960 too), RMSNorm's reciprocal square root sequential (``rsqrt_steps=2``); softmax rows of
+    256 keys (the whole cache); a scratchpad of 2 banks × 8192 words × 2 lanes (32768 elements,
+    64 DP16KD; two banks rather than four halve its crossbar), which holds a step of up to 3 token rows in int8 mode
     and 4 in bf16 mode (prefill in chunks of 3, decode batches of up to 3; the compiler's
     CompileError says when a step does not fit). A bf16 KV cache (``kvcache.dtype``) doubles
     the cache's block RAMs (212 in all: it does not fit).
@@ -199,15 +200,23 @@ class VectorConfig(_Part):
     max_len : int
         Longest row (elements) of any vector command; the row buffer of RMSNorm and per-token
         quantization holds 4·lanes rows of it. 1..65536.
+    rsqrt_steps : int
+        RMSNorm's reciprocal square root (one per row): 0 for the pipelined core (one row per
+        cycle, 34 register stages); 1..8 for a sequential core doing that many of its 64 steps
+        per cycle, one row at a time (2 + ⌈25/k⌉ + ⌈39/k⌉ cycles), in a fraction of the area —
+        fast enough while a group of ``lanes`` rows of D elements takes D cycles to sum
+        (docs/vector.md "Row engine").
     """
 
     _prefix = "vector"
     lanes: int = 8
     max_len: int = 1536
+    rsqrt_steps: int = 0
 
     def __post_init__(self):
         self._int("lanes", 1, 64, pow2=True)
         self._int("max_len", 1, 1 << 16)
+        self._int("rsqrt_steps", 0, 8)
 
 
 @dataclass(frozen=True)
@@ -319,8 +328,8 @@ PRESETS = {
         array=ArrayConfig(rows=2, cols=2),
         softmax=SoftmaxConfig(lanes=2, max_len=256),
         kvcache=KVCacheConfig(page_size=16, pages=16, heads=3, head_dim=64, max_seqs=4, beat_elems=2),
-        vector=VectorConfig(lanes=2, max_len=1536),
-        memory=MemoryConfig(spad_lanes=2, spad_words=4096, spad_banks=4, axi_data_bits=64)),
+        vector=VectorConfig(lanes=2, max_len=1536, rsqrt_steps=2),
+        memory=MemoryConfig(spad_lanes=2, spad_words=8192, spad_banks=2, axi_data_bits=64)),
 }
 
 

@@ -110,12 +110,12 @@ class VectorExec(wiring.Component):
     the unit's (V elements per cycle) when the streams' banks do not conflict.
     """
 
-    def __init__(self, *, lanes, max_len, addr_width):
+    def __init__(self, *, lanes, max_len, addr_width, rsqrt_steps=0):
         check_int("lanes", lanes, 1, 64, pow2=True)
         check_int("addr_width", addr_width, 2, 32)
         self._lanes, self._max_len, self._aw = lanes, max_len, addr_width
         # the ops a VECTOR instruction may carry: the unit's others are left out of the chip
-        self._unit = VectorUnit(lanes=lanes, max_len=max_len, ops=CHIP_OPS)
+        self._unit = VectorUnit(lanes=lanes, max_len=max_len, ops=CHIP_OPS, rsqrt_steps=rsqrt_steps)
         super().__init__({
             "port": In(UnitPortSignature()),
             "spad_r": Out(read_port_signature(addr_width=addr_width, lanes=lanes)).array(len(VECTOR_READERS)),
@@ -134,7 +134,8 @@ class VectorExec(wiring.Component):
         if config.vector.lanes != mem.spad_lanes:
             raise ValueError(f"vector.lanes ({config.vector.lanes}) must equal memory.spad_lanes ({mem.spad_lanes})")
         return cls(lanes=mem.spad_lanes, max_len=config.vector.max_len,
-                   addr_width=address_width(words=mem.spad_words, banks=mem.spad_banks))
+                   addr_width=address_width(words=mem.spad_words, banks=mem.spad_banks),
+                   rsqrt_steps=config.vector.rsqrt_steps)
 
     @property
     def unit(self):

@@ -99,8 +99,9 @@ class VectorUnit(wiring.Component):
     :meth:`first_out_latency` for every op. Throughput: V elements per cycle (docs/vector.md).
     """
 
-    def __init__(self, *, lanes, max_len, ops=None):
+    def __init__(self, *, lanes, max_len, ops=None, rsqrt_steps=0):
         check_int("lanes", lanes, 1, 64, pow2=True)
+        self._rsqrt_steps = check_int("rsqrt_steps", rsqrt_steps, 0, 8)
         check_int("max_len", max_len, 1, 1 << 16)
         self._ops = _check_ops(ops)
         self._v, self._max_len = lanes, max_len
@@ -124,7 +125,8 @@ class VectorUnit(wiring.Component):
         """The unit for a :class:`~hdl.config.ChipConfig` (``vector.lanes``, ``vector.max_len``)."""
         if not isinstance(config, ChipConfig):
             raise TypeError(f"config must be a ChipConfig, not {type(config).__name__}")
-        return cls(lanes=config.vector.lanes, max_len=config.vector.max_len)
+        return cls(lanes=config.vector.lanes, max_len=config.vector.max_len,
+                   rsqrt_steps=config.vector.rsqrt_steps)
 
     @property
     def lanes(self):
@@ -167,7 +169,7 @@ class VectorUnit(wiring.Component):
         if op in (VectorOp.RMSNORM, VectorOp.RMSNORM_FP32):
             # write (+1 register, +1 state), column sum (+5 stages; the fp32 square one more),
             # finisher, read (+1, +1)
-            fin = RowEngine(lanes=self._v, max_len=self._max_len).finish_latency
+            fin = RowEngine(lanes=self._v, max_len=self._max_len, rsqrt_steps=self._rsqrt_steps).finish_latency
             return beats + length + fin + 8 + (op == VectorOp.RMSNORM_FP32) + LANE_LATENCY
         if op == VectorOp.QUANT_TOKEN:
             # the row in (B beats), its scalars, the lanes
@@ -239,7 +241,7 @@ class VectorUnit(wiring.Component):
         total = Signal(self._tw)          # output beats of the command
         beats = Signal(lw)                # beats per row
         c = self.cmd.payload
-        m.submodules.row = row = RowEngine(lanes=V, max_len=self._max_len)
+        m.submodules.row = row = RowEngine(lanes=V, max_len=self._max_len, rsqrt_steps=self._rsqrt_steps)
         m.submodules.tok = tok = TokenBuffer(lanes=V, max_len=self._max_len)
         m.submodules.rope = rope = RopeFront(lanes=V, total_width=self._tw)
         had = None

@@ -14,6 +14,9 @@ core                     computes (reference)
 :class:`SiluCore`        bf16 SiLU by table (:func:`golden.vector.silu_bf16`, spec.vector table)
 :class:`RsqrtCore`       reciprocal square root (:func:`golden.vector.rsqrt_fp32_bits`)
 =======================  ==================================================================
+
+:class:`RsqrtSeq` computes the same reciprocal square root with a handshake instead: one input
+at a time, a few of its 64 steps per cycle, in a fraction of :class:`RsqrtCore`'s area.
 """
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
@@ -26,7 +29,7 @@ from spec import vector as spec
 from .params import check_int
 
 __all__ = ["Stages", "delay", "Fp32MulCore", "Fp32ToInt8Core", "IntScaleCore", "SiluCore",
-           "RsqrtCore", "bit_length"]
+           "RsqrtCore", "RsqrtSeq", "bit_length"]
 
 _FP32_QNAN = 0x7FC00000
 
@@ -394,4 +397,143 @@ class RsqrtCore(_EnCore):
         out = p.reg(y=y)
         assert p.count == self.latency, (p.count, self.latency)
         m.d.comb += self.y.eq(out["y"])
+        return m
+
+
+class RsqrtSeq(wiring.Component):
+    """:class:`RsqrtCore`'s reciprocal square root, sequential: one input at a time, ``steps``
+    of its 25 square-root and 39 division steps per cycle, one set of registers and ``2·steps``
+    compare-and-subtract stages instead of 64 (the same results, bit for bit).
+
+    Parameters
+    ----------
+    steps : int
+        Steps per cycle (1..8, default 2).
+
+    Members
+    -------
+    start : In(1)
+        Takes ``a`` while ``ready``; ignored otherwise.
+    a : In(32)
+        fp32 bits.
+    ready : Out(1)
+        Idle: no input in progress.
+    valid : Out(1)
+        One-cycle pulse: ``y`` is the result of the last input taken; ``y`` holds it until the
+        next result.
+    y : Out(32)
+
+    Latency: :attr:`latency` cycles from ``start`` to ``valid`` (``ready`` again in that cycle).
+    """
+
+    start: In(1)
+    a: In(32)
+    ready: Out(1)
+    valid: Out(1)
+    y: Out(32)
+
+    _SQRT_STEPS = RsqrtCore._SQRT_STEPS
+    _DIV_STEPS = RsqrtCore._DIV_STEPS
+
+    def __init__(self, *, steps=2):
+        self._k = check_int("steps", steps, 1, 8)
+        super().__init__()
+
+    @property
+    def steps(self):
+        return self._k
+
+    @property
+    def latency(self):
+        """Cycles from ``start`` to ``valid``: one to take the input, the square root's and the
+        division's cycles, one to round."""
+        k = self._k
+        return 1 + -(-self._SQRT_STEPS // k) + -(-self._DIV_STEPS // k) + 1
+
+    def elaborate(self, platform):
+        m = Module()
+        k, a = self._k, self.a
+        e, f, sign = a[23:31], a[:23], a[31]
+        n = Signal(50, name="rsq_n")                   # the radicand, its next pair at the top
+        rem = Signal(27, name="rsq_rem")
+        root = Signal(25, name="rsq_root")
+        q = Signal(25, name="rsq_q")
+        drem = Signal(26, name="rsq_drem")
+        inv = Signal(39, name="rsq_inv")
+        half_e = Signal(signed(9), name="rsq_half_e")
+        special = Signal(32, name="rsq_special")
+        is_special = Signal(name="rsq_is_special")
+        cnt = Signal(range(max(self._SQRT_STEPS, self._DIV_STEPS) + k), name="rsq_cnt")
+        y = Signal(32, name="rsq_y")
+        m.d.comb += self.y.eq(y)
+        m.d.sync += self.valid.eq(0)
+
+        with m.FSM(name="rsq"):
+            with m.State("IDLE"):
+                m.d.comb += self.ready.eq(1)
+                with m.If(self.start):
+                    sp = Signal(32, name="rsq_sp")
+                    is_sp = Signal(name="rsq_is_sp")
+                    m.d.comb += is_sp.eq(1)
+                    with m.If((e == 0xFF) & (f != 0)):
+                        m.d.comb += sp.eq(_FP32_QNAN)
+                    with m.Elif(e == 0):
+                        m.d.comb += sp.eq(0x7F800000)
+                    with m.Elif(sign):
+                        m.d.comb += sp.eq(_FP32_QNAN)
+                    with m.Elif(e == 0xFF):
+                        m.d.comb += sp.eq(0)
+                    with m.Else():
+                        m.d.comb += is_sp.eq(0)
+                    odd = e[0]
+                    mant = Cat(f, 1)
+                    m.d.sync += [n.eq(Mux(odd, mant << 25, mant << 24)),
+                                 half_e.eq((e - 150 - odd).as_signed() >> 1),
+                                 special.eq(sp), is_special.eq(is_sp),
+                                 rem.eq(0), root.eq(0), cnt.eq(0)]
+                    m.next = "SQRT"
+            with m.State("SQRT"):
+                nn, r, rt = n, rem, root
+                for j in range(k):
+                    go = cnt + j < self._SQRT_STEPS
+                    r2 = Cat(nn[48:50], r)[:27]
+                    trial = Cat(Const(1, 2), rt)[:27]
+                    ge = r2 >= trial
+                    nxt = [Signal(50, name=f"rsq_n_s{j}"), Signal(27, name=f"rsq_rem_s{j}"),
+                           Signal(25, name=f"rsq_root_s{j}")]
+                    m.d.comb += [nxt[0].eq(Mux(go, (nn << 2)[:50], nn)),
+                                 nxt[1].eq(Mux(go, Mux(ge, r2 - trial, r2)[:27], r)),
+                                 nxt[2].eq(Mux(go, Cat(ge, rt)[:25], rt))]
+                    nn, r, rt = nxt
+                m.d.sync += [n.eq(nn), rem.eq(r), root.eq(rt), cnt.eq(cnt + k)]
+                with m.If(cnt + k >= self._SQRT_STEPS):
+                    m.d.sync += [q.eq(rt), drem.eq(1 << 23), inv.eq(0), cnt.eq(0)]
+                    m.next = "DIV"
+            with m.State("DIV"):
+                r, iv = drem, inv
+                for j in range(k):
+                    go = cnt + j < self._DIV_STEPS
+                    r2 = Cat(Const(0, 1), r)[:26]
+                    ge = r2 >= q
+                    nxt = [Signal(26, name=f"rsq_drem_s{j}"), Signal(39, name=f"rsq_inv_s{j}")]
+                    m.d.comb += [nxt[0].eq(Mux(go, Mux(ge, r2 - q, r2)[:26], r)),
+                                 nxt[1].eq(Mux(go, Cat(ge, iv)[:39], iv))]
+                    r, iv = nxt
+                m.d.sync += [drem.eq(r), inv.eq(iv), cnt.eq(cnt + k)]
+                with m.If(cnt + k >= self._DIV_STEPS):
+                    m.next = "ROUND"
+            with m.State("ROUND"):
+                # inv has 38 or 39 bits; keep 24 with RNE on the rest (as RsqrtCore)
+                top = inv[38]
+                sig = Mux(top, inv[15:39], inv[14:38])
+                guard = Mux(top, inv[14], inv[13])
+                sticky = Mux(top, inv[:14].any(), inv[:13].any())
+                rounded = Signal(25, name="rsq_rounded")
+                m.d.comb += rounded.eq(sig + (guard & (sticky | sig[0])))
+                exp = Signal(signed(11), name="rsq_exp")
+                m.d.comb += exp.eq(Mux(top, 38, 37) - 50 - half_e + 127 + rounded[24])
+                frac = Mux(rounded[24], rounded[1:24], rounded[:23])
+                m.d.sync += [y.eq(Mux(is_special, special, Cat(frac, exp[:8], Const(0, 1)))),
+                             self.valid.eq(1)]
+                m.next = "IDLE"
         return m

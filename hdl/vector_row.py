@@ -40,7 +40,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .arith import Bf16MulCore, Fp32AddCore, Fp32ToBf16Core
-from .vector_arith import Fp32MulCore, RsqrtCore, delay
+from .params import check_int
+from .vector_arith import Fp32MulCore, RsqrtCore, RsqrtSeq, delay
 
 __all__ = ["RowEngine", "SLOTS"]
 
@@ -77,11 +78,18 @@ class RowEngine(wiring.Component):
         ``fp32_in``) and fp32 adds of pass 1, and finisher rows (one fp32 multiply, one fp32 add,
         one rsqrt each).
 
+    rsqrt_steps : int
+        0 (default): the finisher's reciprocal square root is the pipelined
+        :class:`~hdl.vector_arith.RsqrtCore` (one row per cycle); 1..8: the sequential
+        :class:`~hdl.vector_arith.RsqrtSeq` doing that many steps per cycle, one row at a time
+        (the same results in a fraction of the area).
+
     Latency of a group: write G·B cycles, sum D + 5 (``fp32_in``: D + 6), finish
-    G + :attr:`finish_latency`, read G·B.
+    G − 1 + :attr:`finish_latency` (sequential: G·(:attr:`finish_latency` + 1) − 1), read G·B.
     """
 
-    def __init__(self, *, lanes, max_len):
+    def __init__(self, *, lanes, max_len, rsqrt_steps=0):
+        self._rsqrt_steps = check_int("rsqrt_steps", rsqrt_steps, 0, 8)
         self._v = lanes
         self._max_len = max_len
         self._bmax = -(-max_len // lanes)
@@ -103,9 +111,13 @@ class RowEngine(wiring.Component):
         return data.StructLayout({"x": data.ArrayLayout(16, self._v), "sc": 32,
                                   "r": range(max(self._v, 2))})
 
+    def _rsqrt(self):
+        return RsqrtSeq(steps=self._rsqrt_steps) if self._rsqrt_steps else RsqrtCore()
+
     @property
     def finish_latency(self):
-        return Fp32MulCore.LATENCY + 4 + RsqrtCore().latency
+        """Cycles from a row's sum taken by the finisher to its scalar written."""
+        return Fp32MulCore.LATENCY + 4 + self._rsqrt().latency
 
     def elaborate(self, platform):
         m = Module()
@@ -275,15 +287,35 @@ class RowEngine(wiring.Component):
         n = x["nrows"][rd.slot]
         go = fifo.r_rdy
         lastc = cnt == n - 1
+        if self._rsqrt_steps:
+            busy = Signal(name="fin_busy")        # one row at a time through the sequential root
+            go = fifo.r_rdy & ~busy
+            with m.If(go):
+                m.d.sync += busy.eq(1)
         with m.If(go):
             m.d.sync += cnt.eq(Mux(lastc, 0, cnt + 1))
         m.d.comb += fifo.r_en.eq(go & lastc)
         val = Array(rd.vals)[cnt]
         m.submodules.fin_mul = fm = Fp32MulCore()
         m.submodules.fin_add = fa = Fp32AddCore()
-        m.submodules.fin_rsqrt = rs = RsqrtCore()
+        m.submodules.fin_rsqrt = rs = self._rsqrt()
         m.d.comb += [fm.en.eq(1), fm.a.eq(val), fm.b.eq(c["inv_d"]),
-                     fa.en.eq(1), fa.a.eq(fm.y), fa.b.eq(c["eps"]), rs.en.eq(1), rs.a.eq(fa.y)]
+                     fa.en.eq(1), fa.a.eq(fm.y), fa.b.eq(c["eps"]), rs.a.eq(fa.y)]
+        if self._rsqrt_steps:
+            # one row at a time: its root starts when the add's result is out, and the next row
+            # goes in once the root is written
+            m.d.comb += rs.start.eq(delay(m, go, fm.latency + fa.latency, 1, "fin_start", reset=True))
+            slot_r, row_r, last_r = Signal(range(SLOTS), name="fin_slot"), Signal.like(cnt, name="fin_row"), \
+                Signal(name="fin_last")
+            with m.If(go):
+                m.d.sync += [slot_r.eq(rd.slot), row_r.eq(cnt), last_r.eq(lastc)]
+            with m.If(rs.valid):
+                m.d.sync += [x["scal"][slot_r][row_r].eq(rs.y), busy.eq(0)]
+                with m.If(last_r):
+                    m.d.sync += x["state"][slot_r].eq(_SUMMED)
+            m.d.comb += self.fin_ops.eq(go)
+            return
+        m.d.comb += rs.en.eq(1)
         lat = fm.latency + fa.latency + rs.latency
         v_out = delay(m, go, lat, 1, "fin_valid", reset=True)
         slot_out = delay(m, rd.slot, lat, 1, "fin_slot")

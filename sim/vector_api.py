@@ -98,7 +98,7 @@ def vector_design(config="default"):
 
     from . import runner
     cfg = get_config(config)
-    params = {"lanes": cfg.vector.lanes, "max_len": cfg.vector.max_len}
+    params = {"lanes": cfg.vector.lanes, "max_len": cfg.vector.max_len, "rsqrt_steps": cfg.vector.rsqrt_steps}
     return runner.build(lambda: VectorUnit.from_config(cfg), "vector_unit", params), cfg
 
 

@@ -14,7 +14,7 @@ from amaranth.sim import Simulator
 import golden
 from golden.layer import dequantize_acc
 from golden.vector import fp32_mul, rsqrt_fp32_bits
-from hdl.vector_arith import Fp32MulCore, Fp32ToInt8Core, IntScaleCore, RsqrtCore, SiluCore
+from hdl.vector_arith import Fp32MulCore, Fp32ToInt8Core, IntScaleCore, RsqrtCore, RsqrtSeq, SiluCore
 from spec import vector as spec
 
 SPECIAL32 = [0, 0x80000000, 0x7F800000, 0xFF800000, 0x7FC00000, 0x7F800001, 0x00000001, 0x807FFFFF,
@@ -145,6 +145,47 @@ def test_rsqrt_core_equals_golden_rsqrt_on_specials_and_random_values():
     assert [_u32(r["y"]) for r in got] == rsqrt_fp32_bits(np.array(vals, np.uint32)).tolist()
 
 
+@pytest.mark.parametrize("steps", [1, 2, 3, 8])
+def test_sequential_rsqrt_equals_golden_rsqrt_after_its_documented_latency_with_starts_while_busy_ignored(steps):
+    """RsqrtSeq: each input's result on ``y`` with ``valid`` exactly ``latency`` cycles after its
+    ``start``, ``ready`` again in that cycle; a ``start`` while busy (with another value) is
+    ignored; random idle gaps between inputs."""
+    seed = 16 + steps
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    vals = SPECIAL32 + [0x3F800000 + i for i in range(4)] + [0x40000000, 0x40800000]
+    vals += rng.integers(0x00800000, 0x7F800000, 40, dtype=np.uint64).tolist()
+    core = RsqrtSeq(steps=steps)
+    assert core.latency == 2 + -(-25 // steps) + -(-39 // steps)
+    got, lat = [], []
+    sim = Simulator(core)
+    sim.add_clock(1e-6)
+
+    async def bench(ctx):
+        for v in vals:
+            for _ in range(int(rng.integers(0, 3))):
+                await ctx.tick()
+            assert ctx.get(core.ready)
+            ctx.set(core.a, int(v))
+            ctx.set(core.start, 1)
+            await ctx.tick()
+            ctx.set(core.a, 0x3F800000)        # a start while busy: ignored
+            cycles = 1
+            while not ctx.get(core.valid):
+                assert not ctx.get(core.ready)
+                await ctx.tick()
+                cycles += 1
+            ctx.set(core.start, 0)
+            assert ctx.get(core.ready)
+            got.append(_u32(ctx.get(core.y)))
+            lat.append(cycles)
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == rsqrt_fp32_bits(np.array(vals, np.uint32)).tolist()
+    assert set(lat) == {core.latency}
+
+
 def test_silu_table_and_rules_equal_golden_silu_bf16_on_all_65536_inputs():
     table = spec.silu_bf16_table()
     assert len(table) == spec.SILU_ENTRIES == 3328
@@ -183,6 +224,8 @@ def test_vector_unit_parameters_are_refused_naming_the_parameter(kw, exc, text):
     (lambda: Fp32MulCore(b_frac=7.0), TypeError, "b_frac must be an int"),
     (lambda: RsqrtCore(steps_per_stage=0), ValueError, r"steps_per_stage must be in 1\.\.8, not 0"),
     (lambda: RsqrtCore(steps_per_stage=True), TypeError, "steps_per_stage must be an int"),
+    (lambda: RsqrtSeq(steps=9), ValueError, r"steps must be in 1\.\.8, not 9"),
+    (lambda: RsqrtSeq(steps=2.0), TypeError, "steps must be an int"),
 ])
 def test_core_parameters_are_refused_naming_the_parameter(make, exc, text):
     with pytest.raises(exc, match=text):

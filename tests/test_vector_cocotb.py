@@ -561,3 +561,36 @@ def test_run_vector_rmsnorm_fp32_returns_golden_rmsnorm_fp32_in():
     gain = bf16(np.linspace(0.5, 2.0, 2 * V + 1))
     res = run_vector("rmsnorm_fp32", x, config="tiny", gain=gain, eps=1e-5, stall=0.3, backpressure=0.3, seed=8)
     assert np.array_equal(as_bf16_bits(res.output), as_bf16_bits(golden.rmsnorm_fp32_in(x, gain, eps=1e-5)))
+
+
+# ---------------------------------------------------------------- the sequential rsqrt (vector.rsqrt_steps)
+
+
+@pytest.mark.xdist_group("vector_tiny_rsqrt_seq")
+@pytest.mark.parametrize("stalls", STALLS)
+def test_rmsnorm_with_the_sequential_rsqrt_equals_golden_and_its_single_row_latency_is_the_documented_one(
+        request, stalls):
+    """vector.rsqrt_steps = 2 (the fpga preset's): RMSNORM (both dtypes) and RMSNORM_FP32 bit for
+    bit at 1 .. 2V + 2 rows and lengths 1 .. max_len, special values included, back to back with
+    ADD; without stalls a one-row command's first output comes after first_out_latency."""
+    cfg = TINY.replace(name="tiny_rsqrt_seq", vector={"rsqrt_steps": 2})
+    unit = VectorUnit.from_config(cfg)
+    seed = _seed(request, 1200)
+    rng = np.random.default_rng(seed)
+    cases = []
+    for length in (1, V + 1, 64, LMAX):
+        for op, dt in (("rmsnorm", "bf16"), ("rmsnorm", "int8"), ("rmsnorm_fp32", "int8")):
+            cases.append(random_case(rng, op, dt, int(rng.integers(1, 2 * V + 3)), length, **KW))
+        cases.append(random_case(rng, "add", "int8", 2, length, **KW))
+    singles = [random_case(rng, "rmsnorm", "bf16", 1, 64, **KW), random_case(rng, "rmsnorm_fp32", "int8", 1, 64, **KW)]
+    cases += singles
+    res = run_commands([c[0] for c in cases], config=cfg, stall=stalls[0], backpressure=stalls[1], seed=seed)
+    _check(cases, res)
+    assert res["counters"]["rsqrt"] == sum(c[0]["rows"] for c in cases if c[0]["op"] in (
+        VectorOp.RMSNORM, VectorOp.RMSNORM_FP32))
+    if stalls == (0.0, 0.0):
+        pos = sum(c[0]["rows"] * -(-c[0]["length"] // V) for c in cases[:-2])
+        for cmd, _, _ in singles:
+            lat = res["o_cycle"][pos] - res["a_cycle"][pos]
+            assert lat == unit.first_out_latency(cmd["op"], length=cmd["length"]), (VectorOp(cmd["op"]).name, lat)
+            pos += cmd["length"] // V

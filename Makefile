@@ -27,7 +27,7 @@ help: ## list the targets
 	@echo "make waves TEST=id  record an FST waveform of one cocotb test and print its path"
 	@echo "make bench          benchmarks, JSON under build/bench/"
 	@echo "make accuracy       golden-model accuracy on SmolLM2 layers and the whole model, build/accuracy.json"
-	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (TOP=one of hdl/tops.py, e.g. TOP=chip CONFIG=fpga; SEED=n: nextpnr seed, default 1; FREQ=MHz: clock constraint, default 100; installs yowasp tools)"
+	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (TOP=one of hdl/tops.py, e.g. TOP=chip CONFIG=fpga; SEED=n: nextpnr seed, default 1; FREQ=MHz: clock constraint, default 100; ALT_WEIGHTS=1: router2's alternate weights; installs yowasp tools)"
 	@echo "make clean          remove build/ (keeps .venv; 'make distclean' removes it too)"
 
 # Install log in .venv/install.log; it is printed only when the install fails.
@@ -78,7 +78,7 @@ accuracy: $(STAMP)
 
 fpga: $(STAMP)
 	@$(PY) -m pip install --quiet -e '.[fpga]' > $(VENV)/install-fpga.log 2>&1 || { tail -40 $(VENV)/install-fpga.log; exit 1; }
-	$(PY) -m bench.fpga --config $(CONFIG) --seed $(SEED) $(if $(TOP),--top $(TOP)) $(if $(FREQ),--freq $(FREQ))
+	$(PY) -m bench.fpga --config $(CONFIG) --seed $(SEED) $(if $(TOP),--top $(TOP)) $(if $(FREQ),--freq $(FREQ)) $(if $(ALT_WEIGHTS),--alt-weights)
 
 clean:
 	rm -rf build

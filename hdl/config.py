@@ -24,16 +24,16 @@ Presets (:data:`PRESETS`):
     The whole chip on one Lattice ECP5 LFE5U-85F (83,640 LUT4, 208 DP16KD block RAMs of 18 kbit,
     156 18×18 multipliers; ``make fpga TOP=chip CONFIG=fpga``): a 2×2 array, 2 scratchpad lanes,
     a 64-bit AXI master. Synthesized inside its board wrapper (yosys ``synth_ecp5``, docs/chip.md
-    "FPGA") it takes 37,928 LUT4 and 8,004 carry cells (76 % of the logic cells after packing),
-    34,142 flip-flops, 77 multipliers and 175 DP16KD; it has not routed yet. A 4×4 array with 4
-    lanes does not fit: 61,315 LUT4 and 13,780 carry cells (about 89k LUT sites) and 212 DP16KD
-    with these memories. It keeps a SmolLM2-135M layer's
-    shapes: a KV cache of 3 heads × 64 (int8), 16 pages of 16 = 256 positions of one layer
-    (96 KiB, 48 DP16KD), for up to 4 sequences; vector rows up to 1536 (d_ff; d_model + 2·kv_dim
-    = 960 too), RMSNorm's reciprocal square root sequential (``rsqrt_steps=2``); softmax rows of
-    256 keys (the whole cache); a scratchpad of 2 banks × 8192 words × 2 lanes (32768 elements,
-    64 DP16KD; two banks rather than four halve its crossbar), which holds a step of up to 3 token rows in int8 mode
-    and 4 in bf16 mode (prefill in chunks of 3, decode batches of up to 3; the compiler's
+    "FPGA") it takes 35,160 LUT4 and 7,235 carry cells (66 % of the LUT sites), 31,568
+    flip-flops, 76 multipliers and 175 DP16KD; it has not routed yet. A 4×4 array with 4 lanes
+    does not fit: 61,315 LUT4 and 13,780 carry cells (about 89k LUT sites) and 212 DP16KD with
+    these memories. It keeps a SmolLM2-135M layer's shapes: a KV cache of 3 heads × 64 (int8),
+    16 pages of 16 = 256 positions of one layer (96 KiB, 48 DP16KD), for up to 4 sequences;
+    vector rows up to 1536 (d_ff; d_model + 2·kv_dim = 960 too), RMSNorm's reciprocal square
+    root sequential (``rsqrt_steps=2``); softmax rows of 256 keys (the whole cache); a
+    scratchpad of 2 banks × 8192 words × 2 lanes (32768 elements, 64 DP16KD; two banks rather
+    than four halve its crossbar), which holds a step of up to 3 token rows in int8 mode and 4
+    in bf16 mode (prefill in chunks of 3, decode batches of up to 3; the compiler's
     CompileError says when a step does not fit). A bf16 KV cache (``kvcache.dtype``) doubles
     the cache's block RAMs (212 in all: it does not fit).
 

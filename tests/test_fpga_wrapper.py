@@ -97,12 +97,12 @@ def test_fpga_entry_is_current_only_for_the_verilog_it_was_measured_on(tmp_path)
     assert entry_of("tiny", "int8_mac", tmp_path / "missing.json") is None
 
 
-def test_fpga_freq_and_no_timing_driven_options_reach_nextpnr(tmp_path, monkeypatch):
+def test_fpga_freq_no_timing_driven_and_alt_weights_options_reach_nextpnr(tmp_path, monkeypatch):
     import bench.fpga as fpga
     args = arg_parser().parse_args([])
-    assert args.freq == fpga.TARGET_MHZ and args.no_timing_driven is False
-    args = arg_parser().parse_args(["--freq", "25", "--no-timing-driven"])
-    assert args.freq == 25.0 and args.no_timing_driven is True
+    assert args.freq == fpga.TARGET_MHZ and args.no_timing_driven is False and args.alt_weights is False
+    args = arg_parser().parse_args(["--freq", "25", "--no-timing-driven", "--alt-weights"])
+    assert args.freq == 25.0 and args.no_timing_driven is True and args.alt_weights is True
     calls = []
 
     def fake_run(cmd, **kwargs):
@@ -119,3 +119,6 @@ def test_fpga_freq_and_no_timing_driven_options_reach_nextpnr(tmp_path, monkeypa
     fpga.place_and_route(tmp_path / "top.json", "top", tmp_path)
     cmd = calls[1]
     assert cmd[cmd.index("--freq") + 1] == str(fpga.TARGET_MHZ) and "--no-tmdriv" not in cmd
+    assert "--router2-alt-weights" not in cmd
+    fpga.place_and_route(tmp_path / "top.json", "top", tmp_path, alt_weights=True)
+    assert "--router2-alt-weights" in calls[2]

@@ -301,6 +301,48 @@ class SiluCore(_EnCore):
         return m
 
 
+def _rsqrt_front(m, a):
+    """The reciprocal square root's input side (comb): the result of a special input and whether
+    it is one, the radicand N = M·2**24 (M·2**25 for odd E) in 50 bits and E/2."""
+    e, f, sign = a[23:31], a[:23], a[31]
+    special = Signal(32, name="rsq_special_in")
+    is_special = Signal(name="rsq_is_special_in")
+    m.d.comb += is_special.eq(1)
+    with m.If((e == 0xFF) & (f != 0)):
+        m.d.comb += special.eq(_FP32_QNAN)
+    with m.Elif(e == 0):
+        m.d.comb += special.eq(0x7F800000)
+    with m.Elif(sign):
+        m.d.comb += special.eq(_FP32_QNAN)
+    with m.Elif(e == 0xFF):
+        m.d.comb += special.eq(0)
+    with m.Else():
+        m.d.comb += is_special.eq(0)
+    # E = e − 150; odd E (odd e) → M·2, E − 1; N = M·2**24 padded to 50 bits
+    odd = e[0]
+    mant = Cat(f, 1)
+    n = Signal(50, name="rsq_n_in")
+    m.d.comb += n.eq(Mux(odd, mant << 25, mant << 24))
+    half_e = Signal(signed(9), name="rsq_half_e_in")  # E/2 with E = e − 150 − odd
+    m.d.comb += half_e.eq((e - 150 - odd).as_signed() >> 1)
+    return dict(special=special, is_special=is_special, n=n, half_e=half_e)
+
+
+def _rsqrt_round(m, inv, half_e, is_special, special):
+    """The reciprocal square root's output (comb): ``inv`` (38 or 39 bits) to fp32 with RNE on
+    the bits below 24, scaled by 2**(−50 − E/2); or the special input's result."""
+    top = inv[38]
+    sig = Mux(top, inv[15:39], inv[14:38])
+    guard = Mux(top, inv[14], inv[13])
+    sticky = Mux(top, inv[:14].any(), inv[:13].any())
+    rounded = Signal(25, name="rsq_rounded")
+    m.d.comb += rounded.eq(sig + (guard & (sticky | sig[0])))
+    exp = Signal(signed(11), name="rsq_exp")  # bit_length(inv) − 1 − 50 − E/2 + 127
+    m.d.comb += exp.eq(Mux(top, 38, 37) - 50 - half_e + 127 + rounded[24])
+    frac = Mux(rounded[24], rounded[1:24], rounded[:23])
+    return Mux(is_special, special, Cat(frac, exp[:8], Const(0, 1)))
+
+
 class RsqrtCore(_EnCore):
     """Reciprocal square root (:func:`golden.vector.rsqrt_fp32_bits`), one input per ``en``-cycle.
 
@@ -335,28 +377,8 @@ class RsqrtCore(_EnCore):
     def elaborate(self, platform):
         m = Module()
         p = Stages(m, self.en, "rsq")
-        a = self.a
-        e, f, sign = a[23:31], a[:23], a[31]
-        special = Signal(32, name="rsq_special")
-        is_special = Signal(name="rsq_is_special")
-        m.d.comb += is_special.eq(1)
-        with m.If((e == 0xFF) & (f != 0)):
-            m.d.comb += special.eq(_FP32_QNAN)
-        with m.Elif(e == 0):
-            m.d.comb += special.eq(0x7F800000)
-        with m.Elif(sign):
-            m.d.comb += special.eq(_FP32_QNAN)
-        with m.Elif(e == 0xFF):
-            m.d.comb += special.eq(0)
-        with m.Else():
-            m.d.comb += is_special.eq(0)
-        # E = e − 150; odd E (odd e) → M·2, E − 1; N = M·2**24 padded to 50 bits
-        odd = e[0]
-        mant = Cat(f, 1)
-        n = Signal(50, name="rsq_n")
-        m.d.comb += n.eq(Mux(odd, mant << 25, mant << 24))
-        half_e = Signal(signed(9), name="rsq_half_e")  # E/2 with E = e − 150 − odd
-        m.d.comb += half_e.eq((e - 150 - odd).as_signed() >> 1)
+        fr = _rsqrt_front(m, self.a)
+        n, half_e, special, is_special = fr["n"], fr["half_e"], fr["special"], fr["is_special"]
         state = dict(n=n, rem=Const(0, 27), root=Const(0, 25), half_e=half_e,
                      special=special, is_special=is_special)
         state = p.reg(**state)
@@ -382,18 +404,7 @@ class RsqrtCore(_EnCore):
                 state = p.reg(**state)
         if step % self._sps:
             state = p.reg(**state)
-        # inv has 38 or 39 bits; keep 24 with RNE on the rest
-        inv = state["inv"]
-        top = inv[38]
-        sig = Mux(top, inv[15:39], inv[14:38])
-        guard = Mux(top, inv[14], inv[13])
-        sticky = Mux(top, inv[:14].any(), inv[:13].any())
-        rounded = Signal(25, name="rsq_rounded")
-        m.d.comb += rounded.eq(sig + (guard & (sticky | sig[0])))
-        exp = Signal(signed(11), name="rsq_exp")  # bit_length(inv) − 1 − 50 − E/2 + 127
-        m.d.comb += exp.eq(Mux(top, 38, 37) - 50 - state["half_e"] + 127 + rounded[24])
-        frac = Mux(rounded[24], rounded[1:24], rounded[:23])
-        y = Mux(state["is_special"], state["special"], Cat(frac, exp[:8], Const(0, 1)))
+        y = _rsqrt_round(m, state["inv"], state["half_e"], state["is_special"], state["special"])
         out = p.reg(y=y)
         assert p.count == self.latency, (p.count, self.latency)
         m.d.comb += self.y.eq(out["y"])
@@ -452,8 +463,8 @@ class RsqrtSeq(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        k, a = self._k, self.a
-        e, f, sign = a[23:31], a[:23], a[31]
+        k = self._k
+        fr = _rsqrt_front(m, self.a)
         n = Signal(50, name="rsq_n")                   # the radicand, its next pair at the top
         rem = Signal(27, name="rsq_rem")
         root = Signal(25, name="rsq_root")
@@ -472,24 +483,8 @@ class RsqrtSeq(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.ready.eq(1)
                 with m.If(self.start):
-                    sp = Signal(32, name="rsq_sp")
-                    is_sp = Signal(name="rsq_is_sp")
-                    m.d.comb += is_sp.eq(1)
-                    with m.If((e == 0xFF) & (f != 0)):
-                        m.d.comb += sp.eq(_FP32_QNAN)
-                    with m.Elif(e == 0):
-                        m.d.comb += sp.eq(0x7F800000)
-                    with m.Elif(sign):
-                        m.d.comb += sp.eq(_FP32_QNAN)
-                    with m.Elif(e == 0xFF):
-                        m.d.comb += sp.eq(0)
-                    with m.Else():
-                        m.d.comb += is_sp.eq(0)
-                    odd = e[0]
-                    mant = Cat(f, 1)
-                    m.d.sync += [n.eq(Mux(odd, mant << 25, mant << 24)),
-                                 half_e.eq((e - 150 - odd).as_signed() >> 1),
-                                 special.eq(sp), is_special.eq(is_sp),
+                    m.d.sync += [n.eq(fr["n"]), half_e.eq(fr["half_e"]), special.eq(fr["special"]),
+                                 is_special.eq(fr["is_special"]),
                                  rem.eq(0), root.eq(0), cnt.eq(0)]
                     m.next = "SQRT"
             with m.State("SQRT"):
@@ -523,17 +518,7 @@ class RsqrtSeq(wiring.Component):
                 with m.If(cnt + k >= self._DIV_STEPS):
                     m.next = "ROUND"
             with m.State("ROUND"):
-                # inv has 38 or 39 bits; keep 24 with RNE on the rest (as RsqrtCore)
-                top = inv[38]
-                sig = Mux(top, inv[15:39], inv[14:38])
-                guard = Mux(top, inv[14], inv[13])
-                sticky = Mux(top, inv[:14].any(), inv[:13].any())
-                rounded = Signal(25, name="rsq_rounded")
-                m.d.comb += rounded.eq(sig + (guard & (sticky | sig[0])))
-                exp = Signal(signed(11), name="rsq_exp")
-                m.d.comb += exp.eq(Mux(top, 38, 37) - 50 - half_e + 127 + rounded[24])
-                frac = Mux(rounded[24], rounded[1:24], rounded[:23])
-                m.d.sync += [y.eq(Mux(is_special, special, Cat(frac, exp[:8], Const(0, 1)))),
+                m.d.sync += [y.eq(_rsqrt_round(m, inv, half_e, is_special, special)),
                              self.valid.eq(1)]
                 m.next = "IDLE"
         return m

@@ -285,13 +285,9 @@ class RowEngine(wiring.Component):
         rd = data.View(layout, fifo.r_data)
         cnt = Signal(range(max(V, 2)))
         n = x["nrows"][rd.slot]
-        go = fifo.r_rdy
+        busy = Signal(name="fin_busy")    # a row is in the sequential root (never, with the pipelined one)
+        go = fifo.r_rdy & ~busy
         lastc = cnt == n - 1
-        if self._rsqrt_steps:
-            busy = Signal(name="fin_busy")        # one row at a time through the sequential root
-            go = fifo.r_rdy & ~busy
-            with m.If(go):
-                m.d.sync += busy.eq(1)
         with m.If(go):
             m.d.sync += cnt.eq(Mux(lastc, 0, cnt + 1))
         m.d.comb += fifo.r_en.eq(go & lastc)
@@ -308,7 +304,7 @@ class RowEngine(wiring.Component):
             slot_r, row_r, last_r = Signal(range(SLOTS), name="fin_slot"), Signal.like(cnt, name="fin_row"), \
                 Signal(name="fin_last")
             with m.If(go):
-                m.d.sync += [slot_r.eq(rd.slot), row_r.eq(cnt), last_r.eq(lastc)]
+                m.d.sync += [slot_r.eq(rd.slot), row_r.eq(cnt), last_r.eq(lastc), busy.eq(1)]
             with m.If(rs.valid):
                 m.d.sync += [x["scal"][slot_r][row_r].eq(rs.y), busy.eq(0)]
                 with m.If(last_r):

@@ -571,8 +571,9 @@ def test_run_vector_rmsnorm_fp32_returns_golden_rmsnorm_fp32_in():
 def test_rmsnorm_with_the_sequential_rsqrt_equals_golden_and_its_single_row_latency_is_the_documented_one(
         request, stalls):
     """vector.rsqrt_steps = 2 (the fpga preset's): RMSNORM (both dtypes) and RMSNORM_FP32 bit for
-    bit at 1 .. 2V + 2 rows and lengths 1 .. max_len, special values included, back to back with
-    ADD; without stalls a one-row command's first output comes after first_out_latency."""
+    bit at 1 .. 2V + 2 rows and lengths 1 .. max_len, back to back with ADD (the root's special
+    inputs are RsqrtSeq's own test); without stalls a one-row command's first output comes after
+    first_out_latency."""
     cfg = TINY.replace(name="tiny_rsqrt_seq", vector={"rsqrt_steps": 2})
     unit = VectorUnit.from_config(cfg)
     seed = _seed(request, 1200)

@@ -97,10 +97,17 @@ class CounterBank(wiring.Component):
     costly part (on the ECP5 the chip's 124 48-bit counters took about 3,000 carry cells and
     6,000 flip-flops, and a 124-way 48-bit read multiplexer). Here each counter has a narrow
     *local* counter; a sweep visits one counter per cycle, in turn, and adds its local count into
-    the ``width``-bit total held in a memory (read in one cycle, written back in the next), so a
-    local counter holds at most the events of n cycles (n counters: ``ceil_log2(n·(2**w − 1) + 1)``
-    bits for an event of w bits). A counter's value is its total plus its local count plus the
-    amount the sweep is writing back for it.
+    the ``width``-bit total held in a memory, so a local counter holds at most the events of n
+    cycles (n counters: ``ceil_log2(n·(2**w − 1) + 1)`` bits for an event of w bits). A counter's
+    value is its total plus its local count plus the amount the sweep has taken from it and not
+    yet written back.
+
+    Both the sweep and the read pick one local counter of n through two levels: the counters
+    in groups of ``group`` (layout order, so a group is mostly one block's events), a
+    ``group``-way multiplexer and a register per group, then a multiplexer over the groups'
+    registers. No net gathers all n local counters into one place: on the ECP5 the flat
+    124-way multiplexers of the sweep and the read drew the whole bank, and the routing, into
+    one congested spot of the die (docs/chip.md "FPGA").
 
     Parameters
     ----------
@@ -108,6 +115,8 @@ class CounterBank(wiring.Component):
         The ``events`` layout, as for :class:`EventCounters`.
     width : int
         Bits per counter, 8..64.
+    group : int
+        Counters per first-level group, 2..64 (the last group may be smaller).
 
     Members
     -------
@@ -123,20 +132,25 @@ class CounterBank(wiring.Component):
         The value :class:`EventCounters`' ``counts`` would show, in the cycle ``rd_index`` is given,
         for counter ``rd_index`` of that cycle: the events of every cycle before it since the last
         clear. It is valid one cycle later (combinational from registers and the memory's read
-        data, through one ``width``-bit adder).
+        data, through a multiplexer over the groups and ``width``-bit adders).
 
-    Latency: ``rd_value`` one cycle after ``rd_index`` (:attr:`read_latency`).
+    Latency: ``rd_value`` one cycle after ``rd_index`` (:attr:`read_latency`). The sweep takes a
+    counter's local count in cycle t, holds it in its group's register in t + 1 (while the
+    total is read) and writes the new total in t + 2.
     """
 
-    def __init__(self, layout, *, width=COUNTER_WIDTH):
+    def __init__(self, layout, *, width=COUNTER_WIDTH, group=8):
         if not isinstance(layout, data.StructLayout):
             raise TypeError(f"layout must be a data.StructLayout, not {type(layout).__name__}")
         if not isinstance(width, int) or isinstance(width, bool) or not 8 <= width <= 64:
             raise ValueError(f"width must be an int in 8..64, not {width!r}")
+        if not isinstance(group, int) or isinstance(group, bool) or not 2 <= group <= 64:
+            raise ValueError(f"group must be an int in 2..64, not {group!r}")
         self._fields = [(name, field.width) for name, field in layout]
         if len(self._fields) < 2:
             raise ValueError(f"a counter bank needs at least 2 counters, not {len(self._fields)}")
         self._width = width
+        self._group = group
         super().__init__({
             "events": In(layout),
             "clear": In(1),
@@ -157,10 +171,28 @@ class CounterBank(wiring.Component):
         """Bits of the local counter of an event of ``event_width`` bits."""
         return (len(self._fields) * ((1 << event_width) - 1)).bit_length()
 
+    def _pick(self, m, local, index, name):
+        """One register per group: the group's local counter ``index mod group`` of this cycle,
+        in the next; and the multiplexer over those registers, by the group of ``index`` one
+        cycle later. Returns (the group registers' pick, the delayed index)."""
+        g = self._group
+        groups = [local[i:i + g] for i in range(0, len(local), g)]
+        lo = Signal(range(g), name=f"{name}_lo")
+        later = Signal.like(index, name=f"{name}_index")
+        m.d.comb += lo.eq(index % g if g & (g - 1) else index[:g.bit_length() - 1])
+        regs = []
+        for k, members in enumerate(groups):
+            reg = Signal(max(len(x) for x in members), name=f"{name}_g{k}")
+            m.d.sync += reg.eq(Array(members)[lo] if len(members) > 1 else members[0])
+            regs.append(reg)
+        m.d.sync += later.eq(index)
+        pick = Signal(len(regs) and max(len(r) for r in regs), name=f"{name}_pick")
+        m.d.comb += pick.eq(Array(regs)[later // g] if len(regs) > 1 else regs[0])
+        return pick, later
+
     def elaborate(self, platform):
         m = Module()
         n, w = len(self._fields), self._width
-        lw = max(self.local_width(ew) for _, ew in self._fields)
         local = [Signal(self.local_width(ew), name=f"local_{name}") for name, ew in self._fields]
         # one bit per counter: its total in the memory is from before the last clear (all after
         # reset, which does not reach the memory)
@@ -169,15 +201,10 @@ class CounterBank(wiring.Component):
         sweep_rd = totals.read_port(domain="sync")
         sweep_wr = totals.write_port()
         user_rd = totals.read_port(domain="sync")    # not transparent: the total before this cycle's write
-        # the sweep: take counter p's local count in cycle t (its memory total is read), add it in t + 1
+        # the sweep: counter p's local count is taken in cycle t, is `take` (its total read) in
+        # t + 1 and is added to the total in t + 2
         p = Signal(range(n))
-        wb_valid = Signal()
-        wb_index = Signal(range(n))
-        wb_take = Signal(lw)
-        wb_stale = Signal()
         m.d.sync += p.eq(Mux(p == n - 1, 0, p + 1))
-        m.d.comb += [sweep_rd.addr.eq(p), sweep_rd.en.eq(1)]
-        locals_ = Array(local)
         for i, (name, _) in enumerate(self._fields):
             event = getattr(self.events, name)
             with m.If(self.clear):
@@ -186,22 +213,31 @@ class CounterBank(wiring.Component):
                 m.d.sync += local[i].eq(event)
             with m.Else():
                 m.d.sync += local[i].eq(local[i] + event)
-        m.d.sync += [wb_valid.eq(~self.clear), wb_index.eq(p), wb_take.eq(locals_[p]),
-                     wb_stale.eq(stale.bit_select(p, 1))]
+        take, take_index = self._pick(m, local, p, "sweep")
+        take_valid = Signal()
+        m.d.sync += take_valid.eq(~self.clear)
+        m.d.comb += [sweep_rd.addr.eq(take_index), sweep_rd.en.eq(1)]
+        wb_valid = Signal()
+        wb_index = Signal(range(n))
+        wb_take = Signal(len(take))
+        wb_stale = Signal()
+        m.d.sync += [wb_valid.eq(take_valid & ~self.clear), wb_index.eq(take_index), wb_take.eq(take),
+                     wb_stale.eq(stale.bit_select(take_index, 1))]
         m.d.comb += [sweep_wr.addr.eq(wb_index), sweep_wr.en.eq(wb_valid & ~self.clear),
                      sweep_wr.data.eq(Mux(wb_stale, 0, sweep_rd.data) + wb_take)]
         with m.If(self.clear):
             m.d.sync += stale.eq((1 << n) - 1)
         with m.Elif(wb_valid):
             m.d.sync += stale.bit_select(wb_index, 1).eq(0)
-        # a read: the total (0 if stale), the local count and the amount being written back, all
-        # as of the cycle rd_index is given
-        r_local = Signal(lw)
-        r_take = Signal(lw)
+        # a read: the total (0 if stale), the local count and the amounts taken and not yet in
+        # the total (at most one of `take` and `wb_take` is this counter's), all as of the cycle
+        # rd_index is given
+        r_local, _ = self._pick(m, local, self.rd_index, "read")
+        r_take = Signal(len(take) + 1)
         r_stale = Signal()
         m.d.comb += [user_rd.addr.eq(self.rd_index), user_rd.en.eq(1)]
-        m.d.sync += [r_local.eq(locals_[self.rd_index]),
-                     r_take.eq(Mux(wb_valid & (wb_index == self.rd_index), wb_take, 0)),
+        m.d.sync += [r_take.eq(Mux(wb_valid & (wb_index == self.rd_index), wb_take, 0)
+                               + Mux(take_valid & (take_index == self.rd_index), take, 0)),
                      r_stale.eq(stale.bit_select(self.rd_index, 1))]
         m.d.comb += self.rd_value.eq(Mux(r_stale, 0, user_rd.data) + r_local + r_take)
         return m

@@ -18,10 +18,10 @@ FIELDS = {"cycles": 1, "busy": 1, "stall": 1, "amount3": 3, "amount5": 5}
 class Pair(wiring.Component):
     """An EventCounters and a CounterBank side by side, one reset (``rst``) for both."""
 
-    def __init__(self, fields, width):
+    def __init__(self, fields, width, group=8):
         self._layout = events_layout(fields)
         self._width = width
-        self.bank = CounterBank(self._layout, width=width)
+        self.bank = CounterBank(self._layout, width=width, group=group)
         self.regs = EventCounters(self._layout, width=width)
         super().__init__({"events": In(self._layout), "clear": In(1), "rst": In(1),
                           "rd_index": In(range(len(fields))), "rd_value": Out(width),
@@ -38,11 +38,12 @@ class Pair(wiring.Component):
         return m
 
 
-def _compare(fields, width, cycles, seed, *, p_event=0.5, p_clear=0.01, reset_at=(), largest=False):
+def _compare(fields, width, cycles, seed, *, p_event=0.5, p_clear=0.01, reset_at=(), largest=False,
+             group=8):
     print(f"seed {seed}")
     rng = np.random.default_rng(seed)
     names = list(fields)
-    dut = Pair(fields, width)
+    dut = Pair(fields, width, group)
     checked = []
 
     async def bench(ctx):
@@ -87,6 +88,13 @@ def test_counter_bank_with_two_counters_sweeps_each_every_other_cycle():
     _compare({"cycles": 1, "amount": 4}, 16, 800, seed=14, p_clear=0.02)
 
 
+@pytest.mark.parametrize("group", [2, 3, 8])
+def test_counter_bank_with_several_groups_and_a_short_last_group_reads_what_event_counters_show(group):
+    fields = {**{f"flag{i}": 1 for i in range(13)}, "cycles": 1, "amount3": 3, "amount6": 6, "amount2": 2}
+    checked = _compare(fields, 48, 2500, seed=15 + group, p_clear=0.005, group=group)
+    assert max(checked) > 500
+
+
 def test_counter_bank_checks_its_parameters():
     with pytest.raises(TypeError, match="layout must be a data.StructLayout"):
         CounterBank({"a": 1})
@@ -94,4 +102,6 @@ def test_counter_bank_checks_its_parameters():
         CounterBank(events_layout(["a", "b"]), width=7)
     with pytest.raises(ValueError, match="at least 2 counters"):
         CounterBank(events_layout(["a"]))
+    with pytest.raises(ValueError, match="group must be an int in 2..64"):
+        CounterBank(events_layout(["a", "b"]), group=1)
     assert CounterBank(events_layout({"a": 1, "b": 5})).local_width(5) == 6   # 2·31 = 62 < 64

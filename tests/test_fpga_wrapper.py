@@ -122,3 +122,37 @@ def test_fpga_freq_no_timing_driven_and_alt_weights_options_reach_nextpnr(tmp_pa
     assert "--router2-alt-weights" not in cmd
     fpga.place_and_route(tmp_path / "top.json", "top", tmp_path, alt_weights=True)
     assert "--router2-alt-weights" in calls[2]
+
+
+def test_fpga_heatmap_option_reaches_nextpnr_and_the_latest_congestion_map_is_summed_by_block(tmp_path, monkeypatch):
+    import bench.fpga as fpga
+    assert arg_parser().parse_args([]).heatmap is False
+    assert arg_parser().parse_args(["--heatmap"]).heatmap is True
+    calls = []
+    maps = {1: "dut.counters.p[2][2],30\ndut.counters.local_a[3]_LUT4_B_Z[1],5\n$PACKER_GND_NET,4\n",
+            12: ("dut.counters.p[2][2],7\ndut.vector_exec.unit.row.acc1.y[8]_LUT4_C_Z[1],2\n"
+                 "dut.vector_exec.unit.lane0.x,1\nsin[91]_LUT4_B_5_Z[2],3\nsin[87][87],1\ndut.irq_r,2\n"),
+            3: "dut.softmax_exec.unit.a,99\n"}
+
+    def fake_run(cmd, **kwargs):
+        calls.append(cmd)
+        prefix = cmd[cmd.index("--router2-heatmap") + 1] if "--router2-heatmap" in cmd else None
+        if prefix:
+            for i, text in maps.items():    # what nextpnr writes after each router iteration
+                (tmp_path / f"{prefix}_congestion_by_net_{i}.csv").write_text(text)
+                (tmp_path / f"{prefix}_congestion_by_wiretype_{i}.csv").write_text("type,bound=0,\n")
+        (tmp_path / "top.report.json").write_text('{"fmax": {"$glbnet$clk": {"achieved": 31.25}}}')
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(fpga, "tool", lambda name: name)
+    monkeypatch.setattr(fpga.subprocess, "run", fake_run)
+    out = fpga.place_and_route(tmp_path / "top.json", "top", tmp_path)
+    assert "--router2-heatmap" not in calls[0] and "congestion" not in out
+    out = fpga.place_and_route(tmp_path / "top.json", "top", tmp_path, heatmap=True)
+    assert calls[1][calls[1].index("--router2-heatmap") + 1] == "heatmap/top/top"
+    # the latest iteration (12, not 3 or 1), by block below dut, other nets by name without the bits
+    assert out["congestion"] == {"iteration": 12, "total": 16,
+                                 "blocks": {"counters": 7, "sin": 4, "vector_exec.unit": 3, "dut": 2}}
+    assert list(out["congestion"]["blocks"]) == ["counters", "sin", "vector_exec.unit", "dut"]
+    assert fpga.congestion_by_block(tmp_path / "heatmap" / "top" / "top", depth=1)["blocks"]["vector_exec"] == 3
+    assert fpga.congestion_by_block(tmp_path / "nothing" / "top") is None

@@ -25,7 +25,7 @@ Presets (:data:`PRESETS`):
     156 18×18 multipliers; ``make fpga TOP=chip CONFIG=fpga``): a 2×2 array, 2 scratchpad lanes,
     a 64-bit AXI master. Synthesized inside its board wrapper (yosys ``synth_ecp5``, docs/chip.md
     "FPGA") it takes 35,106 LUT4 and 7,237 carry cells, 31,853 flip-flops, 76 multipliers and
-    175 DP16KD, and places and routes at 31.2 MHz (71 % of the logic cells; the vector unit's
+    175 DP16KD, and places and routes at 31.3 MHz (median of 3 seeds) (71 % of the logic cells; the vector unit's
     fp32 row-sum loop is the critical path). A 4×4 array with 4 lanes
     does not fit: 61,315 LUT4 and 13,780 carry cells (about 89k LUT sites) and 212 DP16KD with
     these memories. It keeps a SmolLM2-135M layer's shapes: a KV cache of 3 heads × 64 (int8),

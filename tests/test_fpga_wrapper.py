@@ -100,7 +100,9 @@ def test_fpga_entry_is_current_only_for_the_verilog_it_was_measured_on(tmp_path)
 def test_fpga_freq_no_timing_driven_and_alt_weights_options_reach_nextpnr(tmp_path, monkeypatch):
     import bench.fpga as fpga
     args = arg_parser().parse_args([])
-    assert args.freq == fpga.TARGET_MHZ and args.no_timing_driven is False and args.alt_weights is False
+    assert args.freq is None and args.no_timing_driven is False and args.alt_weights is False
+    assert fpga.clock_target("matmul_engine") == fpga.TARGET_MHZ == 100 and fpga.clock_target("chip") == 30.0
+    assert fpga.clock_target("chip", 45) == 45.0 and fpga.clock_target("kv_cache", 25.0) == 25.0
     args = arg_parser().parse_args(["--freq", "25", "--no-timing-driven", "--alt-weights"])
     assert args.freq == 25.0 and args.no_timing_driven is True and args.alt_weights is True
     calls = []

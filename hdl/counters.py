@@ -186,7 +186,7 @@ class CounterBank(wiring.Component):
             m.d.sync += reg.eq(Array(members)[lo] if len(members) > 1 else members[0])
             regs.append(reg)
         m.d.sync += later.eq(index)
-        pick = Signal(len(regs) and max(len(r) for r in regs), name=f"{name}_pick")
+        pick = Signal(max(len(r) for r in regs), name=f"{name}_pick")
         m.d.comb += pick.eq(Array(regs)[later // g] if len(regs) > 1 else regs[0])
         return pick, later
 

@@ -27,7 +27,7 @@ help: ## list the targets
 	@echo "make waves TEST=id  record an FST waveform of one cocotb test and print its path"
 	@echo "make bench          benchmarks, JSON under build/bench/"
 	@echo "make accuracy       golden-model accuracy on SmolLM2 layers and the whole model, build/accuracy.json"
-	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (TOP=one of hdl/tops.py, e.g. TOP=chip CONFIG=fpga; SEED=n: nextpnr seed, default 1; FREQ=MHz: clock constraint, default 100; ALT_WEIGHTS=1: router2's alternate weights; installs yowasp tools)"
+	@echo "make fpga           ECP5 synthesis and place-and-route of CONFIG (TOP=one of hdl/tops.py, e.g. TOP=chip CONFIG=fpga; SEED=n: nextpnr seed, default 1; FREQ=MHz: clock constraint, default 100, the chip 30; ALT_WEIGHTS=1: router2's alternate weights; HEATMAP=1: router2's congestion maps, summed by block; installs yowasp tools)"
 	@echo "make clean          remove build/ (keeps .venv; 'make distclean' removes it too)"
 
 # Install log in .venv/install.log; it is printed only when the install fails.

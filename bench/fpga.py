@@ -38,11 +38,6 @@ TARGET_MHZ = 100
 #: vector unit's fp32 row-sum loop, and a target far above it keeps the timing-driven router on
 #: shortest routes, which the 71 %-full LFE5U-85F cannot give everywhere (docs/chip.md "FPGA").
 TARGET_MHZ_BY_TOP = {"chip": 30}
-
-
-def clock_target(top, freq=None):
-    """The clock constraint for ``top``: ``freq`` if given, else its default."""
-    return float(freq) if freq is not None else float(TARGET_MHZ_BY_TOP.get(top, TARGET_MHZ))
 # nextpnr's analytic "static" placer instead of its default HeAP: on the 8×8 matmul engine,
 # same netlist, seeds 1-3 routed at 87.9 / 89.1 / 91.1 MHz against HeAP's 86.1 / 70.4 / 95.8
 # (timing weight 40), with 18 % less wire length after placement (docs/matmul.md "ECP5")
@@ -60,6 +55,11 @@ KEEP_SELECTION = "w:* a:keep %i %ci1 t:$dff %i"
 #: the global clock network ("Failed to route arc 0.0 of net 'clk$TRELLIS_IO_IN'", seen on the
 #: vector unit); the other four pins stay free.
 CLOCK_PIN = "G2"
+
+
+def clock_target(top, freq=None):
+    """The clock constraint for ``top``: ``freq`` if given, else its default."""
+    return float(freq) if freq is not None else float(TARGET_MHZ_BY_TOP.get(top, TARGET_MHZ))
 
 
 def verilog_sha256(path):
@@ -253,9 +253,9 @@ def congestion_by_block(prefix, depth=2):
     with ``--router2-heatmap <prefix>``) summed by block: ``{"iteration": i, "total": units,
     "blocks": {name: units}}``, largest first. A net's block is the first ``depth`` levels of the
     hierarchy it is in, below the board wrapper's ``dut`` (``counters``, ``vector_exec.unit``;
-    ``dut`` for the chip's own nets);
-    nets outside it (the wrapper's shift registers, the constant nets) go by their name without
-    the bit index. ``None`` if no map has been written yet. On the ``fpga`` chip this found the
+    ``dut`` for the chip's own nets); nets outside it (the wrapper's shift registers, the
+    constant nets) go by their name without the bit index. ``None`` if no map has been written
+    yet. On the ``fpga`` chip this found the
     spot that kept it from routing (docs/chip.md "FPGA")."""
     prefix = Path(prefix)
     maps = {}
@@ -332,6 +332,7 @@ def arg_parser():
 
 
 def print_congestion(summary, top=12):
+    """The ``top`` largest blocks of a :func:`congestion_by_block` summary, one line each."""
     if summary is None:
         print("no congestion map yet")
         return

@@ -24,11 +24,11 @@ Presets (:data:`PRESETS`):
     The whole chip on one Lattice ECP5 LFE5U-85F (83,640 LUT4, 208 DP16KD block RAMs of 18 kbit,
     156 18×18 multipliers; ``make fpga TOP=chip CONFIG=fpga``): a 2×2 array, 2 scratchpad lanes,
     a 64-bit AXI master. Synthesized inside its board wrapper (yosys ``synth_ecp5``, docs/chip.md
-    "FPGA") it takes 35,106 LUT4 and 7,237 carry cells, 31,853 flip-flops, 76 multipliers and
-    175 DP16KD, and places and routes at 31.3 MHz (median of 3 seeds) (71 % of the logic cells; the vector unit's
-    fp32 row-sum loop is the critical path). A 4×4 array with 4 lanes
-    does not fit: 61,315 LUT4 and 13,780 carry cells (about 89k LUT sites) and 212 DP16KD with
-    these memories. It keeps a SmolLM2-135M layer's shapes: a KV cache of 3 heads × 64 (int8),
+    "FPGA") it takes 35,106 LUT4 and 7,237 carry cells (71 % of the logic cells after packing),
+    31,853 flip-flops, 76 multipliers and 175 DP16KD, and places and routes at 31.3 MHz (the
+    median of 3 seeds; the vector unit's fp32 row-sum loop is the critical path). A 4×4 array with
+    4 lanes does not fit: 61,315 LUT4 and 13,780 carry cells (about 89k LUT sites) and 212
+    DP16KD with these memories. It keeps a SmolLM2-135M layer's shapes: a KV cache of 3 heads × 64 (int8),
     16 pages of 16 = 256 positions of one layer (96 KiB, 48 DP16KD), for up to 4 sequences;
     vector rows up to 1536 (d_ff; d_model + 2·kv_dim = 960 too), RMSNorm's reciprocal square
     root sequential (``rsqrt_steps=2``); softmax rows of 256 keys (the whole cache); a
